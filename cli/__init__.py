@@ -1,0 +1,1 @@
+"""The `lethe` command-line tool: run the embedded stack, seed data, submit and follow requests."""

@@ -1,0 +1,205 @@
+"""The `lethe` command."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Annotated, Any
+
+import httpx
+import typer
+
+from cli.render import report_text
+from cli.seed import SeedFile, SeedTargets, load, read
+from cli.stack import Stack, StackConfig
+from services.directory.ldap import LdapSettings
+
+app = typer.Typer(no_args_is_help=True, add_completion=False,
+                  help="Lethe: GDPR erasure and restriction across a company's systems.")
+STATE_DIR = Path(os.environ.get("LETHE_STATE_DIR", ".lethe"))
+DEMO_SEED = Path(__file__).resolve().parent.parent / "deploy" / "seed" / "demo.json"
+
+
+def api_url() -> str:
+    return os.environ.get("LETHE_API_URL", f"http://127.0.0.1:{os.environ.get('LETHE_HTTP_PORT', '8080')}")
+
+
+def seed_targets(stack: Stack) -> SeedTargets:
+    env = stack.env()
+    return SeedTargets(
+        database_urls={s: stack.database_url(s) for s in ("billing", "crm", "recordings", "mailing")},
+        ldap=LdapSettings(url=env["LETHE_LDAP_URL"], bind_dn=env["LETHE_LDAP_BIND_DN"],
+                          password=env["LETHE_LDAP_PASSWORD"], base_dn=env["LETHE_LDAP_BASE_DN"]),  # type: ignore[arg-type]
+        recordings_dir=stack.recordings_dir,
+        suppression_key=stack.secrets.suppression_key,
+    )
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
+    raise _Interrupted
+
+
+@app.command()
+def up(seed: Annotated[bool, typer.Option(help="Load the demo data first.")] = True) -> None:
+    """Start the whole system on this machine and stay in the foreground until Ctrl-C."""
+    stack = Stack(StackConfig.from_env(STATE_DIR))
+    signal.signal(signal.SIGINT, _raise_interrupted)
+    signal.signal(signal.SIGTERM, _raise_interrupted)
+    restarts: dict[str, float] = {}
+    try:
+        stack.start_infrastructure()
+        if seed:
+            asyncio.run(load(read(DEMO_SEED), seed_targets(stack)))
+        stack.start_services()
+        typer.echo(f"Lethe is up: API {stack.api_url} (OpenAPI at {stack.api_url}/openapi.json)")
+        typer.echo(f"logs in {stack.log_dir}; Ctrl-C stops everything")
+        while True:
+            time.sleep(0.5)
+            for service in stack.dead_services():  # restart like an orchestrator would
+                if time.monotonic() - restarts.get(service, 0.0) > 2.0:
+                    typer.echo(f"{service} exited; restarting", err=True)
+                    restarts[service] = time.monotonic()
+                    stack.start_service(service)
+    except _Interrupted:
+        typer.echo("stopping…")
+    except RuntimeError as exc:
+        typer.echo(f"lethe up: {exc}", err=True)
+        raise typer.Exit(1) from None
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        stack.stop()
+
+
+@app.command()
+def demo(timeout_s: Annotated[float, typer.Option(help="How long to wait for completion.")] = 120.0) -> None:
+    """Start the stack with demo data, erase the demo subjects, print the reports, stop."""
+    from cli.processes import free_port
+
+    with tempfile.TemporaryDirectory(prefix="lethe-demo-") as tmp:
+        config = StackConfig(state_dir=Path(tmp), http_port=free_port(), kafka_port=free_port(),
+                             ldap_port=free_port(), db_prefix="lethe_demo")
+        config.postgres_url = os.environ.get("LETHE_POSTGRES_URL", config.postgres_url)
+        stack = Stack(config)
+        try:
+            stack.start_infrastructure()
+            asyncio.run(stack.drop_databases())
+            seed_file = read(DEMO_SEED)
+            result = asyncio.run(load(seed_file, seed_targets(stack)))
+            typer.echo(f"seeded demo data: {result.rows}")
+            stack.start_services()
+            ok = _run_demo_requests(stack.api_url, seed_file, timeout_s)
+        except RuntimeError as exc:
+            typer.echo(f"lethe demo: {exc}", err=True)
+            ok = False
+        finally:
+            stack.stop()
+    raise typer.Exit(0 if ok else 1)
+
+
+def _run_demo_requests(base: str, seed_file: SeedFile, timeout_s: float) -> bool:
+    with httpx.Client(base_url=base, timeout=10) as client:
+        ids = []
+        for person in seed_file.people:
+            if person.subject is None:
+                continue
+            request_id = f"demo-{person.label}-{int(time.time())}"
+            body = {"request_id": request_id, "type": "erasure", "identity_verified": True,
+                    "subject": person.subject.model_dump(exclude_none=True)}
+            response = client.post("/v1/requests", json=body)
+            response.raise_for_status()
+            typer.echo(f"submitted {request_id}: {response.json()['status']}, "
+                       f"deadline {response.json()['deadline']}")
+            ids.append(request_id)
+        reports = [_wait_final(client, rid, timeout_s) for rid in ids]
+    for report in reports:
+        typer.echo("")
+        typer.echo(report_text(report) if report else "(no report: timed out)")
+    return all(r and r["status"] in ("completed", "completed_with_exceptions") for r in reports)
+
+
+def _wait_final(client: httpx.Client, request_id: str, timeout_s: float) -> dict[str, Any] | None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status = client.get(f"/v1/requests/{request_id}").json()["status"]
+        if status in ("completed", "completed_with_exceptions", "failed"):
+            report: dict[str, Any] = client.get(f"/v1/requests/{request_id}/report").json()
+            return report
+        time.sleep(0.1)
+    return None
+
+
+@app.command("seed")
+def seed_command(
+    file: Annotated[Path | None, typer.Argument(help="Seed file (JSON).")] = None,
+    schema: Annotated[bool, typer.Option(help="Print the seed file's JSON Schema and exit.")] = False,
+) -> None:
+    """Load people and their records into the stores of the running stack (`lethe up`)."""
+    if schema:
+        typer.echo(json.dumps(SeedFile.model_json_schema(), indent=2))
+        return
+    if file is None:
+        raise typer.BadParameter("give a seed file, or --schema")
+    try:
+        seed_file = read(file)
+    except ValueError as exc:
+        typer.echo(f"{file}: {exc}", err=True)
+        raise typer.Exit(2) from None
+    stack = Stack(StackConfig.from_env(STATE_DIR))
+    result = asyncio.run(load(seed_file, seed_targets(stack)))
+    typer.echo(f"seeded: {result.rows}; refused as suppressed: {result.refused_suppressed}")
+
+
+@app.command()
+def submit(
+    request_id: Annotated[str, typer.Option(help="Upstream id (idempotency key).")],
+    type_: Annotated[str, typer.Option("--type", help="erasure, restriction or lift_restriction")] = "erasure",
+    email: Annotated[list[str] | None, typer.Option(help="E-mail address (repeatable).")] = None,
+    phone: Annotated[list[str] | None, typer.Option(help="Phone number (repeatable).")] = None,
+    customer_id: Annotated[str | None, typer.Option()] = None,
+    ldap_uid: Annotated[str | None, typer.Option()] = None,
+    system: Annotated[list[str] | None, typer.Option(help="Limit to these systems.")] = None,
+) -> None:
+    """Submit a request (the upstream DSAR tool's job, for trying things out)."""
+    body: dict[str, Any] = {"request_id": request_id, "type": type_, "identity_verified": True,
+                            "subject": {"emails": email or [], "phones": phone or [],
+                                        "customer_id": customer_id, "ldap_uid": ldap_uid}}
+    if system:
+        body["systems"] = system
+    _print_response(httpx.post(f"{api_url()}/v1/requests", json=body, timeout=10))
+
+
+@app.command()
+def status(request_id: str) -> None:
+    """A request's status and per-system progress."""
+    _print_response(httpx.get(f"{api_url()}/v1/requests/{request_id}", timeout=10))
+
+
+@app.command()
+def report(request_id: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """A request's completion report, as text (or JSON)."""
+    response = httpx.get(f"{api_url()}/v1/requests/{request_id}/report", timeout=10)
+    if response.status_code != 200 or as_json:
+        _print_response(response)
+    else:
+        typer.echo(report_text(response.json()))
+
+
+def _print_response(response: httpx.Response) -> None:
+    typer.echo(json.dumps(response.json(), indent=2))
+    if response.status_code >= 400:
+        raise typer.Exit(1)
+
+
+if __name__ == "__main__":
+    sys.exit(app())

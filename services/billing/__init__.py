@@ -1,0 +1,1 @@
+"""Billing: accounts, invoices, payments, call detail records and Radius broadband sessions."""

@@ -1,0 +1,2 @@
+"""CRM: contacts, interaction records (calls, e-mails, tickets), purchases and licences,
+forum memberships."""

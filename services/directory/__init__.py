@@ -1,0 +1,1 @@
+"""The hosted address directory: inetOrgPerson entries in OpenLDAP."""

@@ -1,0 +1,102 @@
+"""The LDAP side of the directory worker. ldap3 is synchronous, so every call runs in a worker
+thread with a connection of its own (ldap3 connections are not thread-safe)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ldap3 import SUBTREE, Connection, Server
+from ldap3.utils.conv import escape_filter_chars
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.identity import Identities, phone_variants
+
+NO_SUCH_OBJECT = 32
+ALREADY_EXISTS = 68
+
+
+class LdapSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LETHE_LDAP_", extra="ignore")
+
+    url: str = Field("ldap://127.0.0.1:389", description="LDAP server URL.")
+    bind_dn: str = Field("cn=admin,dc=lethe,dc=test", description="DN the worker binds as.")
+    password: SecretStr = Field(description="Password of the bind DN.")
+    base_dn: str = Field("dc=lethe,dc=test", description="Suffix holding the directory.")
+
+
+@dataclass(frozen=True)
+class Entry:
+    entry_uuid: str
+    dn: str
+
+
+class LdapError(RuntimeError):
+    """An LDAP result other than success; carries the result code, never the DN."""
+
+
+class Directory:
+    def __init__(self, settings: LdapSettings) -> None:
+        self.settings = settings
+        self.people = f"ou=people,{settings.base_dn}"
+        self.restricted = f"ou=restricted,{settings.base_dn}"
+
+    def connect(self) -> Connection:
+        server = Server(self.settings.url, connect_timeout=5)
+        return Connection(server, self.settings.bind_dn, self.settings.password.get_secret_value(),
+                          auto_bind=True, receive_timeout=10)
+
+    def subject_filter(self, ids: Identities) -> str | None:
+        terms = [f"(uid={escape_filter_chars(u)})" for u in ids.ldap_uids]
+        terms += [f"(mail={escape_filter_chars(e)})" for e in ids.emails]
+        terms += [f"(telephoneNumber={escape_filter_chars(v)})"
+                  for p in ids.phones for v in phone_variants(p)]
+        terms += [f"(mobile={escape_filter_chars(v)})" for p in ids.phones for v in phone_variants(p)]
+        if not terms:
+            return None
+        return f"(&(objectClass=inetOrgPerson)(|{''.join(terms)}))"
+
+    async def find(self, ids: Identities) -> list[Entry]:
+        query = self.subject_filter(ids)
+        return [] if query is None else await asyncio.to_thread(self._search, query)
+
+    def _search(self, query: str) -> list[Entry]:
+        with self.connect() as conn:
+            conn.search(self.settings.base_dn, query, SUBTREE, attributes=["entryUUID"])
+            return [Entry(str(e.entryUUID.value), e.entry_dn) for e in conn.entries]
+
+    async def delete(self, entry_uuids: Sequence[str]) -> None:
+        await asyncio.to_thread(self._apply, entry_uuids, None)
+
+    async def move(self, entry_uuids: Sequence[str], restricted: bool) -> None:
+        await asyncio.to_thread(self._apply, entry_uuids, self.restricted if restricted else self.people)
+
+    def _apply(self, entry_uuids: Sequence[str], new_parent: str | None) -> None:
+        """Delete (new_parent None) or move each entry; an entry already gone counts as done."""
+        with self.connect() as conn:
+            for uuid in entry_uuids:
+                conn.search(self.settings.base_dn, f"(entryUUID={escape_filter_chars(uuid)})",
+                            SUBTREE, attributes=["entryUUID"])
+                if not conn.entries:
+                    continue
+                dn = conn.entries[0].entry_dn
+                if new_parent is None:
+                    conn.delete(dn)
+                else:
+                    if dn.split(",", 1)[1].lower() == new_parent.lower():
+                        continue
+                    conn.modify_dn(dn, dn.split(",", 1)[0], new_superior=new_parent)
+                if conn.result["result"] not in (0, NO_SUCH_OBJECT):
+                    raise LdapError(f"LDAP result {conn.result['result']}")
+
+    def ensure_tree(self) -> None:
+        with self.connect() as conn:
+            for ou in (self.people, self.restricted):
+                conn.add(ou, ["organizationalUnit"], {"ou": ou.split(",")[0][3:]})
+                if conn.result["result"] not in (0, ALREADY_EXISTS):
+                    raise LdapError(f"LDAP result {conn.result['result']}")
+
+
+__all__ = ["Directory", "Entry", "LdapError", "LdapSettings"]

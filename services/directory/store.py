@@ -1,0 +1,74 @@
+"""The directory worker's adapter: entries live in LDAP, which has no transactions, so the
+command journal lives in a small PostgreSQL database of the worker's own and every step is
+committed as it happens (see shared.worker.ports.StoreSession)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Self
+
+import asyncpg
+
+from services.directory.ldap import Directory, LdapSettings
+from shared.contracts.outcomes import Action
+from shared.db import apply_schema, create_pool, ensure_database
+from shared.identity import Identities
+from shared.settings import DatabaseSettings
+from shared.worker.journal import WORKER_JOURNAL_DDL, PostgresJournal
+from shared.worker.ports import Decision, Record
+
+CATEGORY = "directory_entries"
+
+
+class DirectorySession(PostgresJournal):
+    def __init__(self, conn: asyncpg.Connection, directory: Directory) -> None:
+        super().__init__(conn)
+        self.directory = directory
+
+    async def find(self, identities: Identities) -> list[Record]:
+        entries = await self.directory.find(identities)
+        return [
+            Record(category=CATEGORY, record_id=e.entry_uuid,
+                   restricted=e.dn.lower().endswith(self.directory.restricted.lower()))
+            for e in entries
+        ]
+
+    async def apply(self, decisions: Sequence[Decision]) -> None:
+        def ids(action: Action) -> list[str]:
+            return [d.record.record_id for d in decisions if d.action is action]
+
+        await self.directory.delete(ids(Action.ERASED))
+        await self.directory.move(ids(Action.RESTRICTED), restricted=True)
+        await self.directory.move(ids(Action.UNRESTRICTED), restricted=False)
+
+
+class DirectoryAdapter:
+    system = "directory"
+    categories = (CATEGORY,)
+
+    def __init__(self, database_url: str, ldap: LdapSettings) -> None:
+        self.database_url = database_url
+        self.directory = Directory(ldap)
+        self._pool: asyncpg.Pool | None = None
+
+    @classmethod
+    def from_env(cls) -> Self:
+        return cls(DatabaseSettings().database_url, LdapSettings())  # type: ignore[call-arg]
+
+    async def start(self) -> None:
+        await ensure_database(self.database_url)
+        self._pool = await create_pool(self.database_url)
+        await apply_schema(self._pool, WORKER_JOURNAL_DDL)
+        await asyncio.to_thread(self.directory.ensure_tree)
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[DirectorySession]:
+        assert self._pool is not None, "start() first"
+        async with self._pool.acquire() as conn:
+            yield DirectorySession(conn, self.directory)

@@ -1,0 +1,1 @@
+"""Intake: the HTTP API, the request store with its transactional outbox, and the relay."""

@@ -1,0 +1,98 @@
+"""Intake's process: the API, the outbox relay and the status read-model consumer."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import uvicorn
+from fastapi import FastAPI
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.intake import store
+from services.intake.api import create_app
+from shared import topics
+from shared.codec import PoisonMessage, decode
+from shared.contracts import RequestStatusChanged
+from shared.crypto import IdentifierSeal
+from shared.db import apply_schema, create_pool, ensure_database
+from shared.kafka import ensure_topics, make_consumer, make_producer, start_with_retry
+from shared.outbox import OUTBOX_DDL, OutboxRelay
+from shared.service import mark_ready, run_service
+from shared.settings import DatabaseSettings, KafkaSettings, SecretsSettings
+
+log = logging.getLogger("lethe.intake")
+
+
+class IntakeSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LETHE_", extra="ignore")
+
+    http_host: str = Field("127.0.0.1", description="Address the HTTP API binds to.")
+    http_port: int = Field(8080, ge=1, le=65535, description="Port of the HTTP API.")
+    systems: list[str] = Field(list(topics.SYSTEMS), description="Systems requests may target (JSON list).")
+
+
+async def consume_status(pool: object, kafka: KafkaSettings) -> None:
+    consumer = make_consumer(kafka, [topics.REQUEST_STATUS], "lethe-intake-status")
+    await start_with_retry(consumer, "status-consumer")
+    try:
+        async for record in consumer:
+            try:
+                event = decode(record.value, RequestStatusChanged)
+            except PoisonMessage as exc:
+                log.warning("bad status event skipped", extra={"offset": record.offset, "error": str(exc)})
+            else:
+                await store.apply_status(pool, event)  # type: ignore[arg-type]
+            await consumer.commit()
+    finally:
+        await consumer.stop()
+
+
+async def main(stop: asyncio.Event) -> None:
+    settings = IntakeSettings()
+    kafka = KafkaSettings()
+    db = DatabaseSettings()  # type: ignore[call-arg]
+    secrets = SecretsSettings()  # type: ignore[call-arg]
+    seal = IdentifierSeal(secrets.identifier_key.get_secret_value())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await ensure_database(db.database_url)
+        pool = await create_pool(db.database_url, db.db_pool_max)
+        await apply_schema(pool, *store.SCHEMA, OUTBOX_DDL)
+        await ensure_topics(kafka, topics.all_topics(tuple(settings.systems)))
+        producer = make_producer(kafka)
+        await start_with_retry(producer, "producer")
+        app.state.pool = pool
+        mark_ready()
+        tasks = [asyncio.create_task(OutboxRelay(pool, producer).run()),
+                 asyncio.create_task(consume_status(pool, kafka))]
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await producer.stop()
+            await pool.close()
+
+    app = create_app(lifespan, systems=settings.systems, seal=seal,
+                     pseudonym_key=secrets.pseudonym_key.get_secret_value())
+    server = uvicorn.Server(uvicorn.Config(app, host=settings.http_host, port=settings.http_port,
+                                           log_config=None, access_log=False))
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    serving = asyncio.create_task(server.serve())
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    server.should_exit = True
+    stopping.cancel()
+    await serving
+    if not server.started:
+        raise SystemExit("lethe-intake: failed to start (see the log above)")
+
+
+if __name__ == "__main__":
+    run_service("lethe-intake", main)

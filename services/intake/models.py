@@ -1,0 +1,88 @@
+"""The HTTP API's request and response bodies."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+from typing import Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from shared.contracts import RequestStatus, RequestType, SystemProgress
+from shared.contracts.base import RequestId, SystemName
+from shared.identity import MAX_IDENTIFIERS, Email, Identities, OpaqueId, Phone
+
+
+class SubjectIn(BaseModel):
+    """Who the request is about. Any identifier may be absent, but not all of them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    customer_id: OpaqueId | None = None
+    emails: list[Email] = Field(default_factory=list, max_length=MAX_IDENTIFIERS)
+    phones: list[Phone] = Field(default_factory=list, max_length=MAX_IDENTIFIERS)
+    ldap_uid: OpaqueId | None = None
+
+    @model_validator(mode="after")
+    def _names_someone(self) -> SubjectIn:
+        if not (self.customer_id or self.emails or self.phones or self.ldap_uid):
+            raise ValueError("subject: give at least one of customer_id, emails, phones, ldap_uid")
+        return self
+
+    def identities(self) -> Identities:
+        return Identities(
+            customer_ids=[self.customer_id] if self.customer_id else [],
+            emails=self.emails,
+            phones=self.phones,
+            ldap_uids=[self.ldap_uid] if self.ldap_uid else [],
+        )
+
+
+class SubmitRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    request_id: RequestId = Field(description="The upstream system's id; also the idempotency key.")
+    type: RequestType
+    subject: SubjectIn
+    systems: list[SystemName] | None = Field(
+        None, min_length=1, max_length=32, description="A subset of systems; all when absent."
+    )
+    received_at: AwareDatetime | None = Field(
+        None, description="When the upstream system received the request; the deadline counts from it."
+    )
+    identity_verified: Literal[True] = Field(
+        description="The upstream system verified the requester's identity (must be true)."
+    )
+
+    @field_validator("systems")
+    @classmethod
+    def _distinct(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is None else sorted(set(value))
+
+    @model_validator(mode="after")
+    def _not_in_future(self) -> SubmitRequest:
+        if self.received_at is not None and self.received_at > datetime.now(self.received_at.tzinfo):
+            raise ValueError("received_at: is in the future")
+        return self
+
+    def fingerprint(self) -> str:
+        """Idempotency: the same body gives the same fingerprint, whatever the key order."""
+        return hashlib.sha256(self.model_dump_json(exclude_none=True).encode()).hexdigest()
+
+
+class RequestView(BaseModel):
+    request_id: str
+    type: RequestType
+    status: RequestStatus
+    subject_ref: str
+    systems: list[str]
+    received_at: datetime
+    deadline: datetime
+    overdue: bool
+    progress: list[SystemProgress] = Field(default_factory=list)
+    completed_at: datetime | None = None
+    trace_id: str | None = None
+
+
+class ErrorBody(BaseModel):
+    detail: str

@@ -1,0 +1,131 @@
+"""Intake's database: requests (identifiers sealed at rest) and the outbox, written together."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from shared import topics
+from shared.contracts import COMMAND_FOR_TYPE, RequestAccepted, RequestStatus, RequestStatusChanged
+from shared.outbox import enqueue
+
+SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS requests (
+        request_id text PRIMARY KEY,
+        fingerprint text NOT NULL,
+        request_type text NOT NULL,
+        subject_ref text NOT NULL,
+        sealed_identifiers text NOT NULL,
+        systems text[] NOT NULL,
+        received_at timestamptz NOT NULL,
+        deadline timestamptz NOT NULL,
+        status text NOT NULL DEFAULT 'received',
+        status_version integer NOT NULL DEFAULT 0,
+        progress jsonb NOT NULL DEFAULT '[]',
+        report jsonb,
+        completed_at timestamptz,
+        trace_id text,
+        created_at timestamptz NOT NULL DEFAULT now(),
+        updated_at timestamptz NOT NULL DEFAULT now())""",
+    "CREATE INDEX IF NOT EXISTS requests_status ON requests (status, received_at)",
+    "CREATE INDEX IF NOT EXISTS requests_deadline ON requests (deadline) WHERE completed_at IS NULL",
+)
+
+
+@dataclass(frozen=True)
+class NewRequest:
+    request_id: str
+    fingerprint: str
+    request_type: str
+    subject_ref: str
+    sealed_identifiers: str
+    systems: list[str]
+    received_at: datetime
+    deadline: datetime
+    trace_id: str | None
+
+
+class Conflict(Exception):
+    """The request id exists with a different body."""
+
+
+async def submit(pool: asyncpg.Pool, new: NewRequest) -> asyncpg.Record:
+    """Store the request and its commands atomically; a resubmission of the same body returns
+    the stored request and dispatches nothing."""
+    async with pool.acquire() as conn, conn.transaction():
+        inserted = await conn.fetchval(
+            "INSERT INTO requests (request_id, fingerprint, request_type, subject_ref,"
+            " sealed_identifiers, systems, received_at, deadline, trace_id)"
+            " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9) ON CONFLICT (request_id) DO NOTHING RETURNING true",
+            new.request_id, new.fingerprint, new.request_type, new.subject_ref,
+            new.sealed_identifiers, new.systems, new.received_at, new.deadline, new.trace_id,
+        )
+        if inserted:
+            await _dispatch(conn, new)
+        row = await conn.fetchrow("SELECT * FROM requests WHERE request_id = $1", new.request_id)
+    assert row is not None
+    if row["fingerprint"] != new.fingerprint:
+        raise Conflict(new.request_id)
+    return row
+
+
+async def _dispatch(conn: asyncpg.Connection, new: NewRequest) -> None:
+    command_type = COMMAND_FOR_TYPE[new.request_type]  # type: ignore[index]
+    await enqueue(conn, topics.REQUESTS_ACCEPTED, new.request_id, RequestAccepted(
+        request_id=new.request_id, request_type=new.request_type,  # type: ignore[arg-type]
+        subject_ref=new.subject_ref, systems=new.systems, received_at=new.received_at,
+        deadline=new.deadline, sealed_identifiers=new.sealed_identifiers, trace_id=new.trace_id,
+    ))
+    for system in new.systems:
+        # Keyed by subject: all commands about one person land on one partition, in order.
+        await enqueue(conn, topics.command_topic(system), new.subject_ref, command_type(
+            request_id=new.request_id, system=system, subject_ref=new.subject_ref,
+            sealed_identifiers=new.sealed_identifiers,
+        ))
+
+
+async def apply_status(pool: asyncpg.Pool, event: RequestStatusChanged) -> bool:
+    """Fold the tracker's snapshot into the read model; older or repeated snapshots lose."""
+    report = event.report.model_dump(mode="json") if event.report else None
+    completed_at = event.report.completed_at if event.report else None
+    result = await pool.execute(
+        "UPDATE requests SET status = $2, status_version = $3, progress = $4::jsonb,"
+        " report = $5::jsonb, completed_at = $6, updated_at = now()"
+        " WHERE request_id = $1 AND status_version < $3",
+        event.request_id, event.status.value, event.version,
+        json.dumps([p.model_dump(mode="json") for p in event.systems]),
+        json.dumps(report) if report else None, completed_at,
+    )
+    return bool(result != "UPDATE 0")
+
+
+async def get(pool: asyncpg.Pool, request_id: str) -> asyncpg.Record | None:
+    return await pool.fetchrow("SELECT * FROM requests WHERE request_id = $1", request_id)
+
+
+async def search(pool: asyncpg.Pool, *, status: RequestStatus | None, overdue: bool | None,
+                 received_from: datetime | None, received_to: datetime | None,
+                 limit: int, offset: int) -> list[asyncpg.Record]:
+    clauses, args = ["true"], []  # type: tuple[list[str], list[Any]]
+    if status is not None:
+        args.append(status.value)
+        clauses.append(f"status = ${len(args)}")
+    if overdue is not None:
+        clauses.append(("" if overdue else "NOT ") + "(completed_at IS NULL AND deadline < now()"
+                       " OR completed_at > deadline)")
+    if received_from is not None:
+        args.append(received_from)
+        clauses.append(f"received_at >= ${len(args)}")
+    if received_to is not None:
+        args.append(received_to)
+        clauses.append(f"received_at < ${len(args)}")
+    args += [limit, offset]
+    return await pool.fetch(
+        f"SELECT * FROM requests WHERE {' AND '.join(clauses)} ORDER BY received_at DESC, request_id"
+        f" LIMIT ${len(args) - 1} OFFSET ${len(args)}",
+        *args,
+    )

@@ -1,0 +1,1 @@
+"""Mailing list: lists, subscribers, consent records and the suppression list."""

@@ -1,0 +1,135 @@
+"""The mailing-list database. Erasing a subscriber leaves only a suppression entry (a keyed
+hash of the address) so that a later import can never bring the person back."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Sequence
+from typing import Self
+
+import asyncpg
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.contracts.outcomes import Action
+from shared.identity import Identities, normalise_email
+from shared.settings import DatabaseSettings
+from shared.worker.pgstore import CategoryTable, PostgresStoreAdapter
+from shared.worker.ports import Decision, Record
+
+SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS lists (
+        list_id text PRIMARY KEY,
+        name text NOT NULL,
+        purpose text NOT NULL CHECK (purpose IN ('marketing', 'service')))""",
+    """CREATE TABLE IF NOT EXISTS subscribers (
+        subscriber_id text PRIMARY KEY,
+        list_id text NOT NULL REFERENCES lists,
+        email text NOT NULL,
+        display_name text,
+        status text NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'unsubscribed')),
+        subscribed_at timestamptz NOT NULL,
+        restricted boolean NOT NULL DEFAULT false)""",
+    "CREATE INDEX IF NOT EXISTS subscribers_email ON subscribers (lower(trim(email)))",
+    """CREATE TABLE IF NOT EXISTS consents (
+        consent_id text PRIMARY KEY,
+        subscriber_id text NOT NULL,
+        list_id text NOT NULL,
+        given_at timestamptz NOT NULL,
+        withdrawn_at timestamptz,
+        source text NOT NULL,
+        wording_version text NOT NULL,
+        restricted boolean NOT NULL DEFAULT false)""",
+    "CREATE INDEX IF NOT EXISTS consents_subscriber ON consents (subscriber_id)",
+    """CREATE TABLE IF NOT EXISTS suppression (
+        address_hash text PRIMARY KEY,
+        added_at timestamptz NOT NULL DEFAULT now(),
+        reason text NOT NULL)""",
+)
+
+_FIND = """
+WITH subject_subscribers AS (
+    SELECT subscriber_id, subscribed_at, restricted FROM subscribers
+    WHERE lower(trim(email)) = ANY($1::text[])
+)
+SELECT 'subscribers' AS category, subscriber_id AS id, restricted, subscribed_at::date AS d1
+  FROM subject_subscribers
+UNION ALL
+SELECT 'consent_records', consent_id, restricted, given_at::date FROM consents
+ WHERE subscriber_id IN (SELECT subscriber_id FROM subject_subscribers)
+"""
+
+
+class SuppressionSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LETHE_MAILING_", extra="ignore")
+    suppression_key: SecretStr = Field(
+        description="HMAC key of the suppression list: an unkeyed hash of an e-mail address is "
+        "reversible by guessing."
+    )
+
+
+def address_hash(key: str, email: str) -> str:
+    return hmac.new(key.encode(), normalise_email(email).encode(), hashlib.sha256).hexdigest()
+
+
+class AddressSuppressed(Exception):
+    """The address was erased before: it must not be re-imported."""
+
+
+async def subscribe(conn: asyncpg.Connection, key: str, subscriber_id: str, list_id: str,
+                    email: str, display_name: str | None, subscribed_at: object) -> None:
+    """The one way addresses enter the list (imports, sign-ups, seeding): it checks the
+    suppression list first."""
+    suppressed = await conn.fetchval(
+        "SELECT 1 FROM suppression WHERE address_hash = $1", address_hash(key, email)
+    )
+    if suppressed:
+        raise AddressSuppressed(subscriber_id)
+    await conn.execute(
+        "INSERT INTO subscribers (subscriber_id, list_id, email, display_name, subscribed_at)"
+        " VALUES ($1,$2,$3,$4,$5) ON CONFLICT DO NOTHING",
+        subscriber_id, list_id, email, display_name, subscribed_at,
+    )
+
+
+class MailingAdapter(PostgresStoreAdapter):
+    system = "mailing"
+    schema = SCHEMA
+    tables = (
+        CategoryTable("subscribers", "subscribers", "subscriber_id", ("display_name",)),
+        CategoryTable("consent_records", "consents", "consent_id", ()),
+    )
+
+    def __init__(self, database_url: str, suppression_key: str, pool_max: int = 10) -> None:
+        super().__init__(database_url, pool_max)
+        self.suppression_key = suppression_key
+
+    @classmethod
+    def from_env(cls) -> Self:
+        db = DatabaseSettings()  # type: ignore[call-arg]
+        key = SuppressionSettings().suppression_key.get_secret_value()  # type: ignore[call-arg]
+        return cls(db.database_url, key, db.db_pool_max)
+
+    async def find_records(self, conn: asyncpg.Connection, identities: Identities) -> list[Record]:
+        rows = await conn.fetch(_FIND, identities.emails)
+        anchor = {"subscribers": "subscribed_on", "consent_records": "given_on"}
+        return [
+            Record(category=r["category"], record_id=r["id"], restricted=r["restricted"],
+                   dates={anchor[r["category"]]: r["d1"]})
+            for r in rows
+        ]
+
+    async def apply_decisions(self, conn: asyncpg.Connection, decisions: Sequence[Decision]) -> None:
+        erased = [d.record.record_id for d in decisions
+                  if d.record.category == "subscribers" and d.action is Action.ERASED]
+        if erased:
+            emails = await conn.fetch(
+                "SELECT DISTINCT email FROM subscribers WHERE subscriber_id = ANY($1::text[])", erased
+            )
+            await conn.executemany(
+                "INSERT INTO suppression (address_hash, reason) VALUES ($1, 'erasure')"
+                " ON CONFLICT DO NOTHING",
+                [(address_hash(self.suppression_key, r["email"]),) for r in emails],
+            )
+        await super().apply_decisions(conn, decisions)

@@ -1,0 +1,57 @@
+"""Recordings' section of the seed file: each entry becomes a real WAV file and an index row."""
+
+from __future__ import annotations
+
+import math
+import struct
+import wave
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+
+import asyncpg
+from pydantic import Field
+
+from services.recordings.store import resolve
+from shared.seeding import SeedModel
+
+SAMPLE_RATE = 8_000  # narrow-band telephony
+
+
+class RecordingSeed(SeedModel):
+    recording_id: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    customer_id: str | None = None
+    caller: str
+    callee: str
+    recorded_at: datetime
+    duration_s: int = Field(ge=1, le=3600)
+    legal_tags: list[str] = Field(default_factory=list, description="e.g. 'evidence_of_transaction'")
+
+
+def write_tone(path: Path, seconds: int, frequency_hz: float = 425.0) -> None:
+    """A short tone stands in for speech: a real, playable 16-bit mono WAV. Seed files are
+    capped at 5 s of audio whatever the call length, to keep demo data small."""
+    frames = SAMPLE_RATE * min(seconds, 5)
+    samples = b"".join(
+        struct.pack("<h", int(8000 * math.sin(2 * math.pi * frequency_hz * n / SAMPLE_RATE)))
+        for n in range(frames)
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(SAMPLE_RATE)
+        out.writeframes(samples)
+
+
+async def write(conn: asyncpg.Connection, root: Path, recordings: Sequence[RecordingSeed]) -> int:
+    for r in recordings:
+        relative = f"{r.recorded_at:%Y/%m}/{r.recording_id}.wav"
+        write_tone(resolve(root, relative), r.duration_s)
+        await conn.execute(
+            "INSERT INTO recordings (recording_id, customer_id, caller, callee, recorded_at,"
+            " duration_s, path, legal_tags) VALUES ($1,$2,$3,$4,$5,$6,$7,$8) ON CONFLICT DO NOTHING",
+            r.recording_id, r.customer_id, r.caller, r.callee, r.recorded_at, r.duration_s,
+            relative, r.legal_tags,
+        )
+    return len(recordings)

@@ -1,0 +1,99 @@
+"""Recordings: the index says which file holds which call; erasure unlinks the audio first and
+then drops the index row, so a crash in between leaves a row whose file is already gone, which
+the next delivery finishes (unlinking a missing file counts as done)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Self
+
+import asyncpg
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.contracts.outcomes import Action
+from shared.identity import Identities, e164_sql
+from shared.settings import DatabaseSettings
+from shared.worker.pgstore import CategoryTable, PostgresStoreAdapter
+from shared.worker.ports import Decision, Record
+
+SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS recordings (
+        recording_id text PRIMARY KEY CHECK (recording_id ~ '^[A-Za-z0-9_-]+$'),
+        customer_id text,
+        caller text NOT NULL,
+        callee text NOT NULL,
+        recorded_at timestamptz NOT NULL,
+        duration_s integer NOT NULL,
+        path text NOT NULL,
+        legal_tags text[] NOT NULL DEFAULT '{}',
+        restricted boolean NOT NULL DEFAULT false)""",
+    "CREATE INDEX IF NOT EXISTS recordings_customer ON recordings (customer_id)",
+    f"CREATE INDEX IF NOT EXISTS recordings_caller ON recordings ({e164_sql('caller')})",
+    f"CREATE INDEX IF NOT EXISTS recordings_callee ON recordings ({e164_sql('callee')})",
+)
+
+_FIND = f"""
+SELECT recording_id, recorded_at::date AS d, restricted, legal_tags FROM recordings
+ WHERE customer_id = ANY($1::text[])
+    OR {e164_sql('caller')} = ANY($2::text[])
+    OR {e164_sql('callee')} = ANY($2::text[])
+"""
+
+
+class RecordingsSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LETHE_", extra="ignore")
+    recordings_dir: Path = Field(description="Root of the call-recording storage directory.")
+
+
+def resolve(root: Path, relative: str) -> Path:
+    """The file of an index row, refusing any path that escapes the storage root."""
+    path = (root / relative).resolve()
+    if not path.is_relative_to(root.resolve()):
+        raise ValueError("recordings.path: escapes the storage directory")
+    return path
+
+
+class RecordingsAdapter(PostgresStoreAdapter):
+    system = "recordings"
+    schema = SCHEMA
+    tables = (CategoryTable("call_recordings", "recordings", "recording_id", ("caller", "callee")),)
+
+    def __init__(self, database_url: str, root: Path, pool_max: int = 10) -> None:
+        super().__init__(database_url, pool_max)
+        self.root = root
+
+    @classmethod
+    def from_env(cls) -> Self:
+        db = DatabaseSettings()  # type: ignore[call-arg]
+        return cls(db.database_url, RecordingsSettings().recordings_dir, db.db_pool_max)  # type: ignore[call-arg]
+
+    async def start(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        await super().start()
+
+    async def find_records(self, conn: asyncpg.Connection, identities: Identities) -> list[Record]:
+        rows = await conn.fetch(_FIND, identities.customer_ids, identities.phones)
+        return [
+            Record(category="call_recordings", record_id=r["recording_id"],
+                   restricted=r["restricted"], dates={"call_date": r["d"]},
+                   facts={"legal_tags": list(r["legal_tags"])})
+            for r in rows
+        ]
+
+    async def apply_decisions(self, conn: asyncpg.Connection, decisions: Sequence[Decision]) -> None:
+        erased = [d.record.record_id for d in decisions if d.action is Action.ERASED]
+        if erased:
+            rows = await conn.fetch(
+                "SELECT path FROM recordings WHERE recording_id = ANY($1::text[])", erased
+            )
+            paths = [resolve(self.root, r["path"]) for r in rows]
+            await asyncio.to_thread(_unlink_all, paths)
+        await super().apply_decisions(conn, decisions)
+
+
+def _unlink_all(paths: Sequence[Path]) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)

@@ -1,0 +1,61 @@
+"""Commands to system workers: one per targeted system, on that system's topic.
+
+They carry the subject only as a pseudonymous reference and a sealed identifier set, so the
+broker never holds personal data in clear.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, TypeAdapter
+
+from shared.contracts.base import Message, RequestType, SubjectRef, SystemName
+
+
+class SubjectCommand(Message):
+    system: SystemName
+    subject_ref: SubjectRef
+    sealed_identifiers: str = Field(min_length=1, max_length=65_536)
+    attempt: int = Field(1, ge=1, le=100)
+
+    @property
+    def request_type(self) -> RequestType:
+        raise NotImplementedError
+
+
+class EraseSubject(SubjectCommand):
+    command: Literal["erase_subject"] = "erase_subject"
+
+    @property
+    def request_type(self) -> RequestType:
+        return RequestType.ERASURE
+
+
+class RestrictSubject(SubjectCommand):
+    command: Literal["restrict_subject"] = "restrict_subject"
+
+    @property
+    def request_type(self) -> RequestType:
+        return RequestType.RESTRICTION
+
+
+class LiftRestriction(SubjectCommand):
+    command: Literal["lift_restriction"] = "lift_restriction"
+
+    @property
+    def request_type(self) -> RequestType:
+        return RequestType.LIFT_RESTRICTION
+
+
+AnySubjectCommand = Annotated[
+    EraseSubject | RestrictSubject | LiftRestriction, Field(discriminator="command")
+]
+SUBJECT_COMMAND: TypeAdapter[EraseSubject | RestrictSubject | LiftRestriction] = TypeAdapter(
+    AnySubjectCommand
+)
+COMMAND_FOR_TYPE: dict[RequestType, type[SubjectCommand]] = {
+    RequestType.ERASURE: EraseSubject,
+    RequestType.RESTRICTION: RestrictSubject,
+    RequestType.LIFT_RESTRICTION: LiftRestriction,
+}

@@ -1,0 +1,58 @@
+"""Events: facts that happened, named in the past tense."""
+
+from __future__ import annotations
+
+from typing import Literal
+from uuid import UUID
+
+from pydantic import AwareDatetime, Field
+
+from shared.contracts.base import Message, RequestType, SubjectRef, SystemName
+from shared.contracts.outcomes import CategoryOutcome, Verification
+from shared.contracts.report import Report, RequestStatus, SystemProgress
+
+
+class RequestAccepted(Message):
+    """Intake stored a request and dispatched its commands; the tracker starts a saga."""
+
+    event: Literal["request_accepted"] = "request_accepted"
+    request_type: RequestType
+    subject_ref: SubjectRef
+    systems: list[SystemName] = Field(min_length=1)
+    received_at: AwareDatetime
+    deadline: AwareDatetime
+    sealed_identifiers: str
+    trace_id: str | None = None
+
+
+class OutcomeReported(Message):
+    """A system worker finished (or gave up on) one command."""
+
+    event: Literal["outcome_reported"] = "outcome_reported"
+    system: SystemName
+    command_id: UUID
+    attempt: int = Field(ge=1)
+    status: Literal["done", "failed"]
+    categories: list[CategoryOutcome] = Field(default_factory=list)
+    verification: Verification | None = None
+    error: str | None = Field(None, max_length=2_000)
+    started_at: AwareDatetime
+    finished_at: AwareDatetime
+
+
+class RequestStatusChanged(Message):
+    """The tracker's view of a request changed; `version` orders snapshots of one request."""
+
+    event: Literal["request_status_changed"] = "request_status_changed"
+    version: int = Field(ge=1)
+    status: RequestStatus
+    systems: list[SystemProgress]
+    report: Report | None = None
+
+
+class RequestCompleted(Message):
+    """For upstream DSAR tools: the request reached a final status; the report is attached."""
+
+    event: Literal["request_completed"] = "request_completed"
+    status: RequestStatus
+    report: Report

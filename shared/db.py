@@ -1,0 +1,69 @@
+"""PostgreSQL plumbing shared by every service that owns a database."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+log = logging.getLogger(__name__)
+
+
+def _with_database(dsn: str, database: str) -> str:
+    parts = urlsplit(dsn)
+    return urlunsplit(parts._replace(path="/" + database))
+
+
+def database_name(dsn: str) -> str:
+    name = urlsplit(dsn).path.lstrip("/")
+    if not name:
+        raise ValueError("LETHE_DATABASE_URL: names no database")
+    return name
+
+
+async def ensure_database(dsn: str) -> None:
+    """Create this service's database if it does not exist yet (dev and test convenience;
+    production databases are provisioned, and then this is a no-op)."""
+    name = database_name(dsn)
+    conn = await connect_with_retry(_with_database(dsn, "postgres"))
+    try:
+        exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name)
+        if not exists:
+            try:
+                await conn.execute(f'CREATE DATABASE "{name}"')
+            except asyncpg.DuplicateDatabaseError:
+                pass  # another instance won the race
+    finally:
+        await conn.close()
+
+
+async def connect_with_retry(dsn: str, attempts: int = 60) -> asyncpg.Connection:
+    delay = 0.2
+    for attempt in range(attempts):
+        try:
+            return await asyncpg.connect(dsn)
+        except (OSError, asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError):
+            if attempt == attempts - 1:
+                raise
+            log.warning("postgres not reachable, retrying", extra={"delay_s": delay})
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+    raise AssertionError("unreachable")
+
+
+async def create_pool(dsn: str, max_size: int = 10) -> asyncpg.Pool:
+    await connect_with_retry(dsn)  # waits for the server; the pool itself does not retry
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=max_size)
+    assert pool is not None
+    return pool
+
+
+async def apply_schema(pool: asyncpg.Pool, *ddl: str) -> None:
+    """Idempotent DDL, serialised by an advisory lock so that instances starting together do
+    not race on CREATE ... IF NOT EXISTS (which is not atomic in PostgreSQL)."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(7470656)")
+        for statement in ddl:
+            await conn.execute(statement)

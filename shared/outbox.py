@@ -1,0 +1,103 @@
+"""Transactional outbox: a service writes its change and the messages announcing it in one
+database transaction; the relay publishes them afterwards, at least once.
+
+Several relays may run (one per service instance): rows are taken with SKIP LOCKED, so each is
+published by one of them at a time. Per-key order across relays is not guaranteed, and no
+consumer depends on it: every message is idempotent and self-contained.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+from pydantic import BaseModel
+
+from shared.codec import encode
+from shared.kafka import trace_headers
+
+log = logging.getLogger(__name__)
+
+OUTBOX_DDL = """
+CREATE TABLE IF NOT EXISTS outbox (
+    id bigserial PRIMARY KEY,
+    topic text NOT NULL,
+    key text NOT NULL,
+    value bytea NOT NULL,
+    headers jsonb NOT NULL DEFAULT '[]',
+    created_at timestamptz NOT NULL DEFAULT now()
+)"""
+_CHANNEL = "lethe_outbox"
+
+
+async def enqueue(conn: asyncpg.Connection, topic: str, key: str, message: BaseModel) -> None:
+    """Must run inside the caller's transaction. The trace context is stored with the row so
+    that the relay's send continues the trace of the request that caused it."""
+    headers = [[k, v.decode()] for k, v in trace_headers()]
+    await conn.execute(
+        "INSERT INTO outbox (topic, key, value, headers) VALUES ($1, $2, $3, $4::jsonb)",
+        topic,
+        key,
+        encode(message),
+        json.dumps(headers),
+    )
+    await conn.execute(f"NOTIFY {_CHANNEL}")  # delivered at commit: wakes the relay at once
+
+
+class OutboxRelay:
+    def __init__(self, pool: asyncpg.Pool, producer: AIOKafkaProducer, batch_size: int = 500,
+                 poll_interval_s: float = 0.5) -> None:
+        self._pool = pool
+        self._producer = producer
+        self._batch_size = batch_size
+        self._poll_interval_s = poll_interval_s
+        self._wake = asyncio.Event()
+
+    async def run(self) -> None:
+        listener = await self._pool.acquire()
+        wake = lambda *_: self._wake.set()  # noqa: E731
+        await listener.add_listener(_CHANNEL, wake)
+        try:
+            while True:
+                try:
+                    sent = await self.publish_batch()
+                except (OSError, asyncpg.PostgresError) as exc:
+                    log.warning("outbox relay error, retrying", extra={"error": type(exc).__name__})
+                    await asyncio.sleep(1.0)
+                    continue
+                if sent < self._batch_size:
+                    self._wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), self._poll_interval_s)
+        finally:
+            with contextlib.suppress(Exception):
+                await listener.remove_listener(_CHANNEL, wake)
+            await self._pool.release(listener)
+
+    async def publish_batch(self) -> int:
+        """Publish up to one batch; rows are deleted only after the broker acknowledged them,
+        in the same transaction that locked them."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                "SELECT id, topic, key, value, headers FROM outbox ORDER BY id "
+                "LIMIT $1 FOR UPDATE SKIP LOCKED",
+                self._batch_size,
+            )
+            if not rows:
+                return 0
+            futures = [
+                await self._producer.send(
+                    row["topic"],
+                    value=row["value"],
+                    key=row["key"].encode(),
+                    headers=[(k, v.encode()) for k, v in json.loads(row["headers"])],
+                )
+                for row in rows
+            ]
+            await asyncio.gather(*futures)
+            await conn.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", [r["id"] for r in rows])
+            return len(rows)

@@ -1,0 +1,50 @@
+"""Configuration read from the environment, with the same names in every service.
+
+Defaults are production defaults for a real Apache Kafka; the embedded stack overrides the
+broker timings that matter on tansu (fetch wait, session timeout) through the same variables.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class KafkaSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LETHE_KAFKA_", extra="ignore")
+
+    bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers, comma-separated.")
+    fetch_max_wait_ms: int = Field(
+        500, ge=1, le=10_000, description="Consumer fetch wait; 10 on tansu, where 500 adds ~250 ms a hop."
+    )
+    session_timeout_ms: int = Field(
+        10_000, ge=1_000, le=300_000, description="Consumer group session timeout."
+    )
+    heartbeat_interval_ms: int = Field(
+        3_000, ge=100, le=60_000, description="Consumer group heartbeat interval."
+    )
+    idempotent_producer: bool = Field(
+        True, description="Enable the idempotent producer (real Kafka only; tansu refuses it)."
+    )
+    topic_partitions: int = Field(6, ge=1, le=1_000, description="Partitions of each topic created at start-up.")
+    replication_factor: int = Field(1, ge=1, le=10, description="Replication factor of created topics.")
+
+
+class SecretsSettings(BaseSettings):
+    """Keys shared by intake (which seals identifiers) and the workers (which open them)."""
+
+    model_config = SettingsConfigDict(env_prefix="LETHE_", extra="ignore")
+
+    identifier_key: SecretStr = Field(
+        description="Fernet key that seals subject identifiers inside Kafka commands."
+    )
+    pseudonym_key: SecretStr = Field(
+        description="HMAC key that derives the pseudonymous subject reference."
+    )
+
+
+class DatabaseSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LETHE_", extra="ignore")
+
+    database_url: str = Field(description="PostgreSQL DSN of this service's own database.")
+    db_pool_max: int = Field(10, ge=1, le=200, description="Largest connection pool size.")

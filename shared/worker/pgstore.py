@@ -1,0 +1,121 @@
+"""Building blocks for a system whose store is a PostgreSQL database: the transaction, the
+journal in the same database, and the generic erase / anonymise / restrict statements per
+category table. A PostgreSQL-backed adapter only declares its tables and how to find the
+subject's rows."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Self
+
+import asyncpg
+
+from shared.contracts.outcomes import Action
+from shared.db import apply_schema, create_pool, ensure_database
+from shared.identity import Identities
+from shared.settings import DatabaseSettings
+from shared.worker.journal import WORKER_JOURNAL_DDL, PostgresJournal
+from shared.worker.ports import Decision, Record
+
+
+@dataclass(frozen=True)
+class CategoryTable:
+    """Where one data category lives. `personal_columns` are nulled by anonymisation (less
+    any the rule says to keep); the row stays for the purpose that retains it."""
+
+    category: str
+    table: str
+    key: str
+    personal_columns: tuple[str, ...] = ()
+
+
+class PostgresStoreSession(PostgresJournal):
+    def __init__(self, conn: asyncpg.Connection, adapter: PostgresStoreAdapter) -> None:
+        super().__init__(conn)
+        self.adapter = adapter
+
+    async def find(self, identities: Identities) -> list[Record]:
+        return await self.adapter.find_records(self.conn, identities)
+
+    async def apply(self, decisions: Sequence[Decision]) -> None:
+        await self.adapter.apply_decisions(self.conn, decisions)
+
+
+class PostgresStoreAdapter:
+    system: str
+    tables: tuple[CategoryTable, ...]
+    schema: tuple[str, ...]
+
+    def __init__(self, database_url: str, pool_max: int = 10) -> None:
+        self.database_url = database_url
+        self.pool_max = pool_max
+        self._pool: asyncpg.Pool | None = None
+
+    @classmethod
+    def from_env(cls) -> Self:
+        settings = DatabaseSettings()  # type: ignore[call-arg]
+        return cls(settings.database_url, settings.db_pool_max)
+
+    @property
+    def categories(self) -> tuple[str, ...]:
+        return tuple(t.category for t in self.tables)
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise RuntimeError(f"{self.system} adapter used before start()")
+        return self._pool
+
+    async def start(self) -> None:
+        await ensure_database(self.database_url)
+        self._pool = await create_pool(self.database_url, self.pool_max)
+        await apply_schema(self._pool, *self.schema, WORKER_JOURNAL_DDL)
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[PostgresStoreSession]:
+        async with self.pool.acquire() as conn, conn.transaction():
+            yield PostgresStoreSession(conn, self)
+
+    async def find_records(self, conn: asyncpg.Connection, identities: Identities) -> list[Record]:
+        raise NotImplementedError
+
+    async def apply_decisions(self, conn: asyncpg.Connection, decisions: Sequence[Decision]) -> None:
+        grouped: dict[tuple[str, Action, tuple[str, ...]], list[str]] = defaultdict(list)
+        for d in decisions:
+            grouped[(d.record.category, d.action, d.keep_fields)].append(d.record.record_id)
+        tables = {t.category: t for t in self.tables}
+        for (category, action, keep), ids in grouped.items():
+            await self.apply_action(conn, tables[category], action, keep, ids)
+
+    async def apply_action(self, conn: asyncpg.Connection, table: CategoryTable, action: Action,
+                           keep: tuple[str, ...], ids: list[str]) -> None:
+        """Idempotent by construction: deleting a deleted row or setting a set flag is a no-op."""
+        where = f"{table.key}::text = ANY($1::text[])"
+        if action is Action.ERASED:
+            await conn.execute(f"DELETE FROM {table.table} WHERE {where}", ids)
+        elif action is Action.ANONYMISED:
+            cleared = [c for c in table.personal_columns if c not in keep]
+            if cleared:
+                sets = ", ".join(f"{c} = NULL" for c in cleared)
+                await conn.execute(f"UPDATE {table.table} SET {sets} WHERE {where}", ids)
+        elif action in (Action.RESTRICTED, Action.UNRESTRICTED):
+            await conn.execute(
+                f"UPDATE {table.table} SET restricted = $2 WHERE {where}", ids,
+                action is Action.RESTRICTED,
+            )
+
+
+async def open_store(database_url: str, *ddl: str) -> asyncpg.Pool:
+    """For seeders and tests: the store's database, created with its schema if new."""
+    await ensure_database(database_url)
+    pool = await create_pool(database_url, 4)
+    await apply_schema(pool, *ddl, WORKER_JOURNAL_DDL)
+    return pool

@@ -1,0 +1,78 @@
+"""What the worker runtime needs from a system: a store adapter. Everything else (decoding,
+idempotency, policy, verification, outcome, retries) is the runtime's."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
+from datetime import date
+from typing import Any, Protocol
+from uuid import UUID
+
+from pydantic import Field
+
+from shared.contracts.base import Frozen
+from shared.contracts.outcomes import Action
+from shared.identity import Identities
+
+
+class Record(Frozen):
+    """One record of the subject's, as the store found it. `record_id` is the store's own
+    key (opaque: never an e-mail or phone). `dates` are the anchors retention rules count from
+    (e.g. invoice date), `facts` anything else a rule may ask about (e.g. an active contract)."""
+
+    category: str
+    record_id: str
+    restricted: bool = False
+    dates: dict[str, date] = Field(default_factory=dict)
+    facts: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.category, self.record_id)
+
+
+class Decision(Frozen):
+    record: Record
+    action: Action
+    rule_id: str | None = None
+    legal_basis: str | None = None
+    retain_until: date | None = None
+    hold_reference: str | None = None
+    keep_fields: tuple[str, ...] = ()
+
+
+class JournalEntry(Frozen):
+    plan: list[Decision] | None = None
+    outcome: dict[str, Any] | None = None
+
+
+class StoreSession(Protocol):
+    """One unit of work against the store. For a transactional store (PostgreSQL) it is one
+    transaction, journal included; for LDAP or files the journal commits each step, and
+    `apply` must tolerate records that are already gone."""
+
+    async def load_journal(self, command_id: UUID) -> JournalEntry | None: ...
+
+    async def save_plan(self, command_id: UUID, plan: Sequence[Decision]) -> list[Decision]:
+        """Store the plan unless one exists; return the plan that won."""
+        ...
+
+    async def save_outcome(self, command_id: UUID, outcome: dict[str, Any]) -> None: ...
+
+    async def find(self, identities: Identities) -> list[Record]: ...
+
+    async def apply(self, decisions: Sequence[Decision]) -> None: ...
+
+
+class StoreAdapter(Protocol):
+    system: str
+    categories: tuple[str, ...]
+
+    async def start(self) -> None:
+        """Connect and create the store's schema if needed."""
+        ...
+
+    async def close(self) -> None: ...
+
+    def session(self) -> AbstractAsyncContextManager[StoreSession]: ...
