@@ -21,8 +21,11 @@ from cli.seed import SeedFile, SeedTargets, load, read
 from cli.stack import Stack, StackConfig
 from services.directory.ldap import LdapSettings
 
-app = typer.Typer(no_args_is_help=True, add_completion=False,
-                  help="Lethe: GDPR erasure and restriction across a company's systems.")
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help="Lethe: GDPR erasure and restriction across a company's systems.",
+)
 STATE_DIR = Path(os.environ.get("LETHE_STATE_DIR", ".lethe"))
 DEMO_SEED = Path(__file__).resolve().parent.parent / "deploy" / "seed" / "demo.json"
 
@@ -35,8 +38,12 @@ def seed_targets(stack: Stack) -> SeedTargets:
     env = stack.env()
     return SeedTargets(
         database_urls={s: stack.database_url(s) for s in ("billing", "crm", "recordings", "mailing")},
-        ldap=LdapSettings(url=env["LETHE_LDAP_URL"], bind_dn=env["LETHE_LDAP_BIND_DN"],
-                          password=env["LETHE_LDAP_PASSWORD"], base_dn=env["LETHE_LDAP_BASE_DN"]),  # type: ignore[arg-type]
+        ldap=LdapSettings(
+            url=env["LETHE_LDAP_URL"],
+            bind_dn=env["LETHE_LDAP_BIND_DN"],
+            password=env["LETHE_LDAP_PASSWORD"],
+            base_dn=env["LETHE_LDAP_BASE_DN"],
+        ),
         recordings_dir=stack.recordings_dir,
         suppression_key=stack.secrets.suppression_key,
     )
@@ -87,8 +94,13 @@ def demo(timeout_s: Annotated[float, typer.Option(help="How long to wait for com
     from cli.processes import free_port
 
     with tempfile.TemporaryDirectory(prefix="lethe-demo-") as tmp:
-        config = StackConfig(state_dir=Path(tmp), http_port=free_port(), kafka_port=free_port(),
-                             ldap_port=free_port(), db_prefix="lethe_demo")
+        config = StackConfig(
+            state_dir=Path(tmp),
+            http_port=free_port(),
+            kafka_port=free_port(),
+            ldap_port=free_port(),
+            db_prefix="lethe_demo",
+        )
         config.postgres_url = os.environ.get("LETHE_POSTGRES_URL", config.postgres_url)
         stack = Stack(config)
         try:
@@ -114,12 +126,17 @@ def _run_demo_requests(base: str, seed_file: SeedFile, timeout_s: float) -> bool
             if person.subject is None:
                 continue
             request_id = f"demo-{person.label}-{int(time.time())}"
-            body = {"request_id": request_id, "type": "erasure", "identity_verified": True,
-                    "subject": person.subject.model_dump(exclude_none=True)}
+            body = {
+                "request_id": request_id,
+                "type": "erasure",
+                "identity_verified": True,
+                "subject": person.subject.model_dump(exclude_none=True),
+            }
             response = client.post("/v1/requests", json=body)
             response.raise_for_status()
-            typer.echo(f"submitted {request_id}: {response.json()['status']}, "
-                       f"deadline {response.json()['deadline']}")
+            typer.echo(
+                f"submitted {request_id}: {response.json()['status']}, deadline {response.json()['deadline']}"
+            )
             ids.append(request_id)
         reports = [_wait_final(client, rid, timeout_s) for rid in ids]
     for report in reports:
@@ -163,7 +180,9 @@ def seed_command(
 @app.command()
 def submit(
     request_id: Annotated[str, typer.Option(help="Upstream id (idempotency key).")],
-    type_: Annotated[str, typer.Option("--type", help="erasure, restriction or lift_restriction")] = "erasure",
+    type_: Annotated[
+        str, typer.Option("--type", help="erasure, restriction or lift_restriction")
+    ] = "erasure",
     email: Annotated[list[str] | None, typer.Option(help="E-mail address (repeatable).")] = None,
     phone: Annotated[list[str] | None, typer.Option(help="Phone number (repeatable).")] = None,
     customer_id: Annotated[str | None, typer.Option()] = None,
@@ -171,9 +190,17 @@ def submit(
     system: Annotated[list[str] | None, typer.Option(help="Limit to these systems.")] = None,
 ) -> None:
     """Submit a request (the upstream DSAR tool's job, for trying things out)."""
-    body: dict[str, Any] = {"request_id": request_id, "type": type_, "identity_verified": True,
-                            "subject": {"emails": email or [], "phones": phone or [],
-                                        "customer_id": customer_id, "ldap_uid": ldap_uid}}
+    body: dict[str, Any] = {
+        "request_id": request_id,
+        "type": type_,
+        "identity_verified": True,
+        "subject": {
+            "emails": email or [],
+            "phones": phone or [],
+            "customer_id": customer_id,
+            "ldap_uid": ldap_uid,
+        },
+    }
     if system:
         body["systems"] = system
     _print_response(httpx.post(f"{api_url()}/v1/requests", json=body, timeout=10))

@@ -25,8 +25,14 @@ def _die_with_parent() -> None:
 def spawn(name: str, argv: Sequence[str], env: Mapping[str, str], log_dir: Path) -> subprocess.Popen[bytes]:
     log_dir.mkdir(parents=True, exist_ok=True)
     log = (log_dir / f"{name}.log").open("ab")
-    return subprocess.Popen(list(argv), env=dict(env), stdout=log, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)  # noqa: PLW1509
+    return subprocess.Popen(
+        list(argv),
+        env=dict(env),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        preexec_fn=_die_with_parent,
+    )
 
 
 def stop(process: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:
@@ -53,8 +59,9 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
         return s.connect_ex((host, port)) == 0
 
 
-def wait_for_port(port: int, what: str, process: subprocess.Popen[bytes] | None = None,
-                  timeout_s: float = 30.0) -> None:
+def wait_for_port(
+    port: int, what: str, process: subprocess.Popen[bytes] | None = None, timeout_s: float = 30.0
+) -> None:
     deadline = time.monotonic() + timeout_s
     while not port_open(port):
         if process is not None and process.poll() is not None:

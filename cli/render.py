@@ -11,8 +11,7 @@ def report_text(report: dict[str, Any]) -> str:
         f"Request {report['request_id']}  ({report['request_type']}, subject {report['subject_ref']})",
         f"  status      {report['status']}",
         f"  received    {report['received_at']}",
-        f"  deadline    {report['deadline']}"
-        + ("" if met is None else ("  (met)" if met else "  (MISSED)")),
+        f"  deadline    {report['deadline']}" + ("" if met is None else ("  (met)" if met else "  (MISSED)")),
         f"  completed   {report.get('completed_at') or '-'}",
     ]
     if report.get("trace_id"):
@@ -33,7 +32,9 @@ def report_text(report: dict[str, Any]) -> str:
             for kept in c.get("retained", []):
                 why = kept.get("hold_reference") or kept.get("rule_id") or "-"
                 until = kept.get("retain_until") or "while the hold lasts"
-                lines.append(f"        kept {kept['count']} under {why}: {kept['legal_basis']} (until {until})")
+                lines.append(
+                    f"        kept {kept['count']} under {why}: {kept['legal_basis']} (until {until})"
+                )
             if c.get("note"):
                 lines.append(f"        note: {c['note']}")
     return "\n".join(lines)

@@ -78,16 +78,19 @@ async def load(seed: SeedFile, targets: SeedTargets) -> SeedReport:
     pool = await open_store(targets.database_urls["recordings"], *RECORDINGS_SCHEMA)
     async with pool.acquire() as conn, conn.transaction():
         rows["recordings"] = await recordings_seed.write(
-            conn, targets.recordings_dir, [r for p in people for r in p.recordings])
+            conn, targets.recordings_dir, [r for p in people for r in p.recordings]
+        )
     await pool.close()
     pool = await open_store(targets.database_urls["mailing"], *MAILING_SCHEMA)
     async with pool.acquire() as conn, conn.transaction():
         await mailing_seed.write_lists(conn, seed.mailing_lists)
         rows["mailing"], refused = await mailing_seed.write(
-            conn, targets.suppression_key, [s for p in people for s in p.mailing])
+            conn, targets.suppression_key, [s for p in people for s in p.mailing]
+        )
     await pool.close()
     rows["directory"] = await directory_seed.write(
-        Directory(targets.ldap), [e for p in people for e in p.directory])
+        Directory(targets.ldap), [e for p in people for e in p.directory]
+    )
     return SeedReport(rows=rows, refused_suppressed=refused)
 
 

@@ -30,27 +30,39 @@ def slapd_binary() -> str:
     return found
 
 
-def start_slapd(workdir: Path, port: int, base_dn: str, admin_dn: str, password: str,
-                log_dir: Path) -> subprocess.Popen[bytes]:
+def start_slapd(
+    workdir: Path, port: int, base_dn: str, admin_dn: str, password: str, log_dir: Path
+) -> subprocess.Popen[bytes]:
     data = workdir / "data"
     data.mkdir(parents=True, exist_ok=True)
     conf = workdir / "slapd.conf"
-    conf.write_text("\n".join([
-        *(f"include {SCHEMA_DIR / s}" for s in ("core.schema", "cosine.schema", "inetorgperson.schema")),
-        f"pidfile {workdir / 'slapd.pid'}",
-        f"modulepath {MODULE_DIR}",
-        "moduleload back_mdb",
-        "database mdb",
-        "maxsize 1073741824",
-        f'suffix "{base_dn}"',
-        f'rootdn "{admin_dn}"',
-        f"rootpw {ssha(password)}",
-        f"directory {data}",
-        "index objectClass,uid,mail,telephoneNumber,mobile,entryUUID eq",
-        "",
-    ]))
-    process = spawn("slapd", [slapd_binary(), "-f", str(conf), "-h", f"ldap://127.0.0.1:{port}/",
-                              "-d", "0"], os.environ, log_dir)
+    conf.write_text(
+        "\n".join(
+            [
+                *(
+                    f"include {SCHEMA_DIR / s}"
+                    for s in ("core.schema", "cosine.schema", "inetorgperson.schema")
+                ),
+                f"pidfile {workdir / 'slapd.pid'}",
+                f"modulepath {MODULE_DIR}",
+                "moduleload back_mdb",
+                "database mdb",
+                "maxsize 1073741824",
+                f'suffix "{base_dn}"',
+                f'rootdn "{admin_dn}"',
+                f"rootpw {ssha(password)}",
+                f"directory {data}",
+                "index objectClass,uid,mail,telephoneNumber,mobile,entryUUID eq",
+                "",
+            ]
+        )
+    )
+    process = spawn(
+        "slapd",
+        [slapd_binary(), "-f", str(conf), "-h", f"ldap://127.0.0.1:{port}/", "-d", "0"],
+        os.environ,
+        log_dir,
+    )
     wait_for_port(port, "slapd", process)
     _ensure_suffix(port, base_dn, admin_dn, password)
     return process

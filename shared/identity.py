@@ -85,12 +85,12 @@ class Identities(BaseModel):
 
 # Postgres mirror of normalise_phone for UK-style data: keeps digits and '+', turns 00 into +,
 # and a national 0 into +44. Stores index this expression so matching stays an index lookup.
-E164_SQL = """(CASE
-  WHEN regexp_replace({col}, '[^0-9+]', '', 'g') LIKE '+%' THEN regexp_replace({col}, '[^0-9+]', '', 'g')
-  WHEN regexp_replace({col}, '[^0-9]', '', 'g') LIKE '00%' THEN '+' || substr(regexp_replace({col}, '[^0-9]', '', 'g'), 3)
-  WHEN regexp_replace({col}, '[^0-9]', '', 'g') LIKE '0%' THEN '+44' || substr(regexp_replace({col}, '[^0-9]', '', 'g'), 2)
-  ELSE '+' || regexp_replace({col}, '[^0-9]', '', 'g') END)"""
-
-
 def e164_sql(column: str) -> str:
-    return E164_SQL.format(col=column)
+    plus = f"regexp_replace({column}, '[^0-9+]', '', 'g')"
+    digits = f"regexp_replace({column}, '[^0-9]', '', 'g')"
+    return (
+        f"(CASE WHEN {plus} LIKE '+%' THEN {plus}"
+        f" WHEN {digits} LIKE '00%' THEN '+' || substr({digits}, 3)"
+        f" WHEN {digits} LIKE '0%' THEN '+44' || substr({digits}, 2)"
+        f" ELSE '+' || {digits} END)"
+    )

@@ -49,8 +49,13 @@ async def enqueue(conn: asyncpg.Connection, topic: str, key: str, message: BaseM
 
 
 class OutboxRelay:
-    def __init__(self, pool: asyncpg.Pool, producer: AIOKafkaProducer, batch_size: int = 500,
-                 poll_interval_s: float = 0.5) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        producer: AIOKafkaProducer,
+        batch_size: int = 500,
+        poll_interval_s: float = 0.5,
+    ) -> None:
         self._pool = pool
         self._producer = producer
         self._batch_size = batch_size

@@ -26,7 +26,9 @@ class KafkaSettings(BaseSettings):
     idempotent_producer: bool = Field(
         True, description="Enable the idempotent producer (real Kafka only; tansu refuses it)."
     )
-    topic_partitions: int = Field(6, ge=1, le=1_000, description="Partitions of each topic created at start-up.")
+    topic_partitions: int = Field(
+        6, ge=1, le=1_000, description="Partitions of each topic created at start-up."
+    )
     replication_factor: int = Field(1, ge=1, le=10, description="Replication factor of created topics.")
 
 
@@ -38,9 +40,7 @@ class SecretsSettings(BaseSettings):
     identifier_key: SecretStr = Field(
         description="Fernet key that seals subject identifiers inside Kafka commands."
     )
-    pseudonym_key: SecretStr = Field(
-        description="HMAC key that derives the pseudonymous subject reference."
-    )
+    pseudonym_key: SecretStr = Field(description="HMAC key that derives the pseudonymous subject reference.")
 
 
 class DatabaseSettings(BaseSettings):

@@ -61,34 +61,65 @@ async def write(conn: asyncpg.Connection, accounts: Sequence[BillingAccountSeed]
         await conn.execute(
             "INSERT INTO accounts (account_id, customer_id, holder_name, email, phone, postal_address,"
             " status, opened_on, closed_on) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9) ON CONFLICT DO NOTHING",
-            a.account_id, a.customer_id, a.holder_name, a.email, a.phone, a.postal_address,
-            a.status, a.opened_on, a.closed_on,
+            a.account_id,
+            a.customer_id,
+            a.holder_name,
+            a.email,
+            a.phone,
+            a.postal_address,
+            a.status,
+            a.opened_on,
+            a.closed_on,
         )
         await conn.executemany(
             "INSERT INTO invoices (invoice_id, account_id, issued_on, amount_pence, billing_name,"
             " billing_address, billing_email) VALUES ($1,$2,$3,$4,$5,$6,$7) ON CONFLICT DO NOTHING",
-            [(i.invoice_id, a.account_id, i.issued_on, i.amount_pence, a.holder_name,
-              a.postal_address, a.email) for i in a.invoices],
+            [
+                (
+                    i.invoice_id,
+                    a.account_id,
+                    i.issued_on,
+                    i.amount_pence,
+                    a.holder_name,
+                    a.postal_address,
+                    a.email,
+                )
+                for i in a.invoices
+            ],
         )
         await conn.executemany(
             "INSERT INTO payments (payment_id, account_id, paid_on, amount_pence, method, payer_name)"
             " VALUES ($1,$2,$3,$4,$5,$6) ON CONFLICT DO NOTHING",
-            [(p.payment_id, a.account_id, p.paid_on, p.amount_pence, p.method, a.holder_name)
-             for p in a.payments],
+            [
+                (p.payment_id, a.account_id, p.paid_on, p.amount_pence, p.method, a.holder_name)
+                for p in a.payments
+            ],
         )
         await conn.executemany(
             "INSERT INTO cdrs (cdr_id, account_id, started_at, caller, callee, duration_s)"
             " VALUES ($1,$2,$3,$4,$5,$6) ON CONFLICT DO NOTHING",
-            [(f"{a.account_id}-cdr-{n}", a.account_id, c.started_at, a.phone or "", c.callee,
-              c.duration_s) for n, c in enumerate(a.call_detail_records, 1)],
+            [
+                (f"{a.account_id}-cdr-{n}", a.account_id, c.started_at, a.phone or "", c.callee, c.duration_s)
+                for n, c in enumerate(a.call_detail_records, 1)
+            ],
         )
         await conn.executemany(
             "INSERT INTO radius_sessions (session_id, account_id, username, started_at, duration_s,"
             " bytes_in, bytes_out, framed_ip) VALUES ($1,$2,$3,$4,$5,$6,$7,$8::inet)"
             " ON CONFLICT DO NOTHING",
-            [(f"{a.account_id}-rad-{n}", a.account_id, f"{a.customer_id}@broadband", r.started_at,
-              r.duration_s, r.bytes_in, r.bytes_out, r.framed_ip)
-             for n, r in enumerate(a.radius_sessions, 1)],
+            [
+                (
+                    f"{a.account_id}-rad-{n}",
+                    a.account_id,
+                    f"{a.customer_id}@broadband",
+                    r.started_at,
+                    r.duration_s,
+                    r.bytes_in,
+                    r.bytes_out,
+                    r.framed_ip,
+                )
+                for n, r in enumerate(a.radius_sessions, 1)
+            ],
         )
         rows += 1 + sum(len(x) for x in (a.invoices, a.payments, a.call_detail_records, a.radius_sessions))
     return rows

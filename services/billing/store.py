@@ -69,7 +69,7 @@ WITH subject_accounts AS (
     SELECT account_id, status, opened_on, closed_on, restricted FROM accounts
     WHERE customer_id = ANY($1::text[])
        OR lower(trim(email)) = ANY($2::text[])
-       OR {e164_sql('phone')} = ANY($3::text[])
+       OR {e164_sql("phone")} = ANY($3::text[])
 )
 SELECT 'accounts' AS category, account_id AS id, restricted, opened_on AS d1, closed_on AS d2,
        status = 'active' AS active FROM subject_accounts
@@ -99,10 +99,12 @@ class BillingAdapter(PostgresStoreAdapter):
     system = "billing"
     schema = SCHEMA
     tables = (
-        CategoryTable("accounts", "accounts", "account_id",
-                      ("holder_name", "email", "phone", "postal_address")),
-        CategoryTable("invoices", "invoices", "invoice_id",
-                      ("billing_name", "billing_address", "billing_email")),
+        CategoryTable(
+            "accounts", "accounts", "account_id", ("holder_name", "email", "phone", "postal_address")
+        ),
+        CategoryTable(
+            "invoices", "invoices", "invoice_id", ("billing_name", "billing_address", "billing_email")
+        ),
         CategoryTable("payments", "payments", "payment_id", ("payer_name",)),
         CategoryTable("call_detail_records", "cdrs", "cdr_id", ("caller", "callee")),
         CategoryTable("radius_sessions", "radius_sessions", "session_id", ("username", "framed_ip")),
@@ -116,6 +118,13 @@ class BillingAdapter(PostgresStoreAdapter):
             if row["d2"] is not None:
                 dates["closed_on"] = row["d2"]
             facts = {} if row["active"] is None else {"contract_active": row["active"]}
-            records.append(Record(category=row["category"], record_id=row["id"],
-                                  restricted=row["restricted"], dates=dates, facts=facts))
+            records.append(
+                Record(
+                    category=row["category"],
+                    record_id=row["id"],
+                    restricted=row["restricted"],
+                    dates=dates,
+                    facts=facts,
+                )
+            )
         return records

@@ -52,21 +52,37 @@ async def write(conn: asyncpg.Connection, contacts: Sequence[CrmContactSeed]) ->
         await conn.execute(
             "INSERT INTO contacts (contact_id, customer_id, full_name, email, phone, organisation,"
             " job_title, created_on) VALUES ($1,$2,$3,$4,$5,$6,$7,$8) ON CONFLICT DO NOTHING",
-            c.contact_id, c.customer_id, c.full_name, c.email, c.phone, c.organisation,
-            c.job_title, c.created_on,
+            c.contact_id,
+            c.customer_id,
+            c.full_name,
+            c.email,
+            c.phone,
+            c.organisation,
+            c.job_title,
+            c.created_on,
         )
         await conn.executemany(
             "INSERT INTO interactions (interaction_id, contact_id, channel, occurred_at, summary)"
             " VALUES ($1,$2,$3,$4,$5) ON CONFLICT DO NOTHING",
-            [(i.interaction_id, c.contact_id, i.channel, i.occurred_at, i.summary)
-             for i in c.interactions],
+            [(i.interaction_id, c.contact_id, i.channel, i.occurred_at, i.summary) for i in c.interactions],
         )
         await conn.executemany(
             "INSERT INTO purchases (purchase_id, contact_id, product, licence_key, purchased_on,"
             " contract_end, buyer_name, buyer_email) VALUES ($1,$2,$3,$4,$5,$6,$7,$8)"
             " ON CONFLICT DO NOTHING",
-            [(p.purchase_id, c.contact_id, p.product, p.licence_key, p.purchased_on,
-              p.contract_end, c.full_name, c.email) for p in c.purchases],
+            [
+                (
+                    p.purchase_id,
+                    c.contact_id,
+                    p.product,
+                    p.licence_key,
+                    p.purchased_on,
+                    p.contract_end,
+                    c.full_name,
+                    c.email,
+                )
+                for p in c.purchases
+            ],
         )
         await conn.executemany(
             "INSERT INTO forum_memberships (membership_id, contact_id, handle, joined_on)"

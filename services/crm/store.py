@@ -55,7 +55,7 @@ WITH subject_contacts AS (
     SELECT contact_id, created_on, restricted FROM contacts
     WHERE customer_id = ANY($1::text[])
        OR lower(trim(email)) = ANY($2::text[])
-       OR {e164_sql('phone')} = ANY($3::text[])
+       OR {e164_sql("phone")} = ANY($3::text[])
 )
 SELECT 'contacts' AS category, contact_id AS id, restricted, created_on AS d1, NULL::date AS d2
   FROM subject_contacts
@@ -81,8 +81,7 @@ class CrmAdapter(PostgresStoreAdapter):
     system = "crm"
     schema = SCHEMA
     tables = (
-        CategoryTable("contacts", "contacts", "contact_id",
-                      ("full_name", "email", "phone", "job_title")),
+        CategoryTable("contacts", "contacts", "contact_id", ("full_name", "email", "phone", "job_title")),
         CategoryTable("interactions", "interactions", "interaction_id", ("summary",)),
         CategoryTable("purchases", "purchases", "purchase_id", ("buyer_name", "buyer_email")),
         CategoryTable("forum_memberships", "forum_memberships", "membership_id", ("handle",)),
@@ -92,14 +91,19 @@ class CrmAdapter(PostgresStoreAdapter):
         rows = await conn.fetch(_FIND, identities.customer_ids, identities.emails, identities.phones)
         # A purchase without an end date, or ending today or later, is a contract still running.
         today = await conn.fetchval("SELECT current_date")
-        active = any(r["category"] == "purchases" and (r["d2"] is None or r["d2"] >= today)
-                     for r in rows)
+        active = any(r["category"] == "purchases" and (r["d2"] is None or r["d2"] >= today) for r in rows)
         records = []
         for row in rows:
             dates = {_ANCHOR[row["category"]]: row["d1"]}
             if row["d2"] is not None:
                 dates["contract_end"] = row["d2"]
-            records.append(Record(category=row["category"], record_id=row["id"],
-                                  restricted=row["restricted"], dates=dates,
-                                  facts={"contract_active": active}))
+            records.append(
+                Record(
+                    category=row["category"],
+                    record_id=row["id"],
+                    restricted=row["restricted"],
+                    dates=dates,
+                    facts={"contract_active": active},
+                )
+            )
         return records

@@ -45,14 +45,20 @@ class Directory:
 
     def connect(self) -> Connection:
         server = Server(self.settings.url, connect_timeout=5)
-        return Connection(server, self.settings.bind_dn, self.settings.password.get_secret_value(),
-                          auto_bind=True, receive_timeout=10)
+        return Connection(
+            server,
+            self.settings.bind_dn,
+            self.settings.password.get_secret_value(),
+            auto_bind=True,
+            receive_timeout=10,
+        )
 
     def subject_filter(self, ids: Identities) -> str | None:
         terms = [f"(uid={escape_filter_chars(u)})" for u in ids.ldap_uids]
         terms += [f"(mail={escape_filter_chars(e)})" for e in ids.emails]
-        terms += [f"(telephoneNumber={escape_filter_chars(v)})"
-                  for p in ids.phones for v in phone_variants(p)]
+        terms += [
+            f"(telephoneNumber={escape_filter_chars(v)})" for p in ids.phones for v in phone_variants(p)
+        ]
         terms += [f"(mobile={escape_filter_chars(v)})" for p in ids.phones for v in phone_variants(p)]
         if not terms:
             return None
@@ -77,8 +83,12 @@ class Directory:
         """Delete (new_parent None) or move each entry; an entry already gone counts as done."""
         with self.connect() as conn:
             for uuid in entry_uuids:
-                conn.search(self.settings.base_dn, f"(entryUUID={escape_filter_chars(uuid)})",
-                            SUBTREE, attributes=["entryUUID"])
+                conn.search(
+                    self.settings.base_dn,
+                    f"(entryUUID={escape_filter_chars(uuid)})",
+                    SUBTREE,
+                    attributes=["entryUUID"],
+                )
                 if not conn.entries:
                     continue
                 dn = conn.entries[0].entry_dn

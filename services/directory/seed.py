@@ -27,8 +27,12 @@ def _write(directory: Directory, entries: Sequence[DirectoryEntrySeed]) -> int:
     with directory.connect() as conn:
         for e in entries:
             attrs: dict[str, str] = {"uid": e.uid, "cn": e.cn, "sn": e.sn}
-            optional = {"mail": e.mail, "telephoneNumber": e.telephone_number,
-                        "mobile": e.mobile, "o": e.organisation}
+            optional = {
+                "mail": e.mail,
+                "telephoneNumber": e.telephone_number,
+                "mobile": e.mobile,
+                "o": e.organisation,
+            }
             attrs.update({k: v for k, v in optional.items() if v})
             conn.add(f"uid={escape_rdn(e.uid)},{directory.people}", ["inetOrgPerson"], attrs)
             if conn.result["result"] not in (0, ALREADY_EXISTS):

@@ -30,8 +30,11 @@ class DirectorySession(PostgresJournal):
     async def find(self, identities: Identities) -> list[Record]:
         entries = await self.directory.find(identities)
         return [
-            Record(category=CATEGORY, record_id=e.entry_uuid,
-                   restricted=e.dn.lower().endswith(self.directory.restricted.lower()))
+            Record(
+                category=CATEGORY,
+                record_id=e.entry_uuid,
+                restricted=e.dn.lower().endswith(self.directory.restricted.lower()),
+            )
             for e in entries
         ]
 
@@ -55,7 +58,7 @@ class DirectoryAdapter:
 
     @classmethod
     def from_env(cls) -> Self:
-        return cls(DatabaseSettings().database_url, LdapSettings())  # type: ignore[call-arg]
+        return cls(DatabaseSettings().database_url, LdapSettings())
 
     async def start(self) -> None:
         await ensure_database(self.database_url)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import uvicorn
 from fastapi import FastAPI
@@ -45,17 +45,25 @@ async def consume_status(pool: object, kafka: KafkaSettings) -> None:
             except PoisonMessage as exc:
                 log.warning("bad status event skipped", extra={"offset": record.offset, "error": str(exc)})
             else:
-                await store.apply_status(pool, event)  # type: ignore[arg-type]
+                await store.apply_status(pool, event)
             await consumer.commit()
     finally:
         await consumer.stop()
 
 
+class _Server(uvicorn.Server):
+    """Signals are the service runner's: it stops the relay and consumer too, in order."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
 async def main(stop: asyncio.Event) -> None:
     settings = IntakeSettings()
     kafka = KafkaSettings()
-    db = DatabaseSettings()  # type: ignore[call-arg]
-    secrets = SecretsSettings()  # type: ignore[call-arg]
+    db = DatabaseSettings()
+    secrets = SecretsSettings()
     seal = IdentifierSeal(secrets.identifier_key.get_secret_value())
 
     @contextlib.asynccontextmanager
@@ -68,8 +76,10 @@ async def main(stop: asyncio.Event) -> None:
         await start_with_retry(producer, "producer")
         app.state.pool = pool
         mark_ready()
-        tasks = [asyncio.create_task(OutboxRelay(pool, producer).run()),
-                 asyncio.create_task(consume_status(pool, kafka))]
+        tasks = [
+            asyncio.create_task(OutboxRelay(pool, producer).run()),
+            asyncio.create_task(consume_status(pool, kafka)),
+        ]
         try:
             yield
         finally:
@@ -79,11 +89,14 @@ async def main(stop: asyncio.Event) -> None:
             await producer.stop()
             await pool.close()
 
-    app = create_app(lifespan, systems=settings.systems, seal=seal,
-                     pseudonym_key=secrets.pseudonym_key.get_secret_value())
-    server = uvicorn.Server(uvicorn.Config(app, host=settings.http_host, port=settings.http_port,
-                                           log_config=None, access_log=False))
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    app = create_app(
+        lifespan, systems=settings.systems, seal=seal, pseudonym_key=secrets.pseudonym_key.get_secret_value()
+    )
+    server = _Server(
+        uvicorn.Config(
+            app, host=settings.http_host, port=settings.http_port, log_config=None, access_log=False
+        )
+    )
     serving = asyncio.create_task(server.serve())
     stopping = asyncio.create_task(stop.wait())
     await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)

@@ -30,17 +30,26 @@ def _view(row: asyncpg.Record) -> RequestView:
     now = datetime.now(UTC)
     completed = row["completed_at"]
     return RequestView(
-        request_id=row["request_id"], type=row["request_type"], status=row["status"],
-        subject_ref=row["subject_ref"], systems=list(row["systems"]),
-        received_at=row["received_at"], deadline=row["deadline"],
+        request_id=row["request_id"],
+        type=row["request_type"],
+        status=row["status"],
+        subject_ref=row["subject_ref"],
+        systems=list(row["systems"]),
+        received_at=row["received_at"],
+        deadline=row["deadline"],
         overdue=(completed or now) > row["deadline"],
         progress=[SystemProgress.model_validate(p) for p in json.loads(row["progress"])],
-        completed_at=completed, trace_id=row["trace_id"],
+        completed_at=completed,
+        trace_id=row["trace_id"],
     )
 
 
-@router.post("/requests", status_code=202, response_model=RequestView,
-             responses={409: {"model": ErrorBody}, 422: {"model": ErrorBody}})
+@router.post(
+    "/requests",
+    status_code=202,
+    response_model=RequestView,
+    responses={409: {"model": ErrorBody}, 422: {"model": ErrorBody}},
+)
 async def submit_request(body: SubmitRequest, request: Request) -> RequestView:
     app_state = request.app.state
     unknown = sorted(set(body.systems or ()) - set(app_state.systems))
@@ -50,11 +59,14 @@ async def submit_request(body: SubmitRequest, request: Request) -> RequestView:
     identities = body.subject.identities()
     span = trace.get_current_span().get_span_context()
     new = store.NewRequest(
-        request_id=body.request_id, fingerprint=body.fingerprint(), request_type=body.type.value,
+        request_id=body.request_id,
+        fingerprint=body.fingerprint(),
+        request_type=body.type.value,
         subject_ref=subject_ref(app_state.pseudonym_key, identities),
         sealed_identifiers=app_state.seal.seal(identities),
         systems=body.systems or list(app_state.systems),
-        received_at=received_at, deadline=add_months(received_at, 1),
+        received_at=received_at,
+        deadline=add_months(received_at, 1),
         trace_id=format(span.trace_id, "032x") if span.is_valid else None,
     )
     try:
@@ -82,9 +94,15 @@ async def list_requests(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> list[RequestView]:
-    rows = await store.search(_pool(request), status=status, overdue=overdue,
-                              received_from=received_from, received_to=received_to,
-                              limit=limit, offset=offset)
+    rows = await store.search(
+        _pool(request),
+        status=status,
+        overdue=overdue,
+        received_from=received_from,
+        received_to=received_to,
+        limit=limit,
+        offset=offset,
+    )
     return [_view(r) for r in rows]
 
 
@@ -112,8 +130,12 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 def create_app(lifespan: Any, *, systems: list[str], seal: IdentifierSeal, pseudonym_key: str) -> FastAPI:
-    app = FastAPI(title="Lethe", version="1", lifespan=lifespan,
-                  description="GDPR erasure and restriction requests across a company's systems.")
+    app = FastAPI(
+        title="Lethe",
+        version="1",
+        lifespan=lifespan,
+        description="GDPR erasure and restriction requests across a company's systems.",
+    )
     app.state.systems = systems
     app.state.seal = seal
     app.state.pseudonym_key = pseudonym_key

@@ -61,8 +61,15 @@ async def submit(pool: asyncpg.Pool, new: NewRequest) -> asyncpg.Record:
             "INSERT INTO requests (request_id, fingerprint, request_type, subject_ref,"
             " sealed_identifiers, systems, received_at, deadline, trace_id)"
             " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9) ON CONFLICT (request_id) DO NOTHING RETURNING true",
-            new.request_id, new.fingerprint, new.request_type, new.subject_ref,
-            new.sealed_identifiers, new.systems, new.received_at, new.deadline, new.trace_id,
+            new.request_id,
+            new.fingerprint,
+            new.request_type,
+            new.subject_ref,
+            new.sealed_identifiers,
+            new.systems,
+            new.received_at,
+            new.deadline,
+            new.trace_id,
         )
         if inserted:
             await _dispatch(conn, new)
@@ -75,17 +82,34 @@ async def submit(pool: asyncpg.Pool, new: NewRequest) -> asyncpg.Record:
 
 async def _dispatch(conn: asyncpg.Connection, new: NewRequest) -> None:
     command_type = COMMAND_FOR_TYPE[new.request_type]  # type: ignore[index]
-    await enqueue(conn, topics.REQUESTS_ACCEPTED, new.request_id, RequestAccepted(
-        request_id=new.request_id, request_type=new.request_type,  # type: ignore[arg-type]
-        subject_ref=new.subject_ref, systems=new.systems, received_at=new.received_at,
-        deadline=new.deadline, sealed_identifiers=new.sealed_identifiers, trace_id=new.trace_id,
-    ))
+    await enqueue(
+        conn,
+        topics.REQUESTS_ACCEPTED,
+        new.request_id,
+        RequestAccepted(
+            request_id=new.request_id,
+            request_type=new.request_type,
+            subject_ref=new.subject_ref,
+            systems=new.systems,
+            received_at=new.received_at,
+            deadline=new.deadline,
+            sealed_identifiers=new.sealed_identifiers,
+            trace_id=new.trace_id,
+        ),
+    )
     for system in new.systems:
         # Keyed by subject: all commands about one person land on one partition, in order.
-        await enqueue(conn, topics.command_topic(system), new.subject_ref, command_type(
-            request_id=new.request_id, system=system, subject_ref=new.subject_ref,
-            sealed_identifiers=new.sealed_identifiers,
-        ))
+        await enqueue(
+            conn,
+            topics.command_topic(system),
+            new.subject_ref,
+            command_type(
+                request_id=new.request_id,
+                system=system,
+                subject_ref=new.subject_ref,
+                sealed_identifiers=new.sealed_identifiers,
+            ),
+        )
 
 
 async def apply_status(pool: asyncpg.Pool, event: RequestStatusChanged) -> bool:
@@ -96,9 +120,12 @@ async def apply_status(pool: asyncpg.Pool, event: RequestStatusChanged) -> bool:
         "UPDATE requests SET status = $2, status_version = $3, progress = $4::jsonb,"
         " report = $5::jsonb, completed_at = $6, updated_at = now()"
         " WHERE request_id = $1 AND status_version < $3",
-        event.request_id, event.status.value, event.version,
+        event.request_id,
+        event.status.value,
+        event.version,
         json.dumps([p.model_dump(mode="json") for p in event.systems]),
-        json.dumps(report) if report else None, completed_at,
+        json.dumps(report) if report else None,
+        completed_at,
     )
     return bool(result != "UPDATE 0")
 
@@ -107,16 +134,23 @@ async def get(pool: asyncpg.Pool, request_id: str) -> asyncpg.Record | None:
     return await pool.fetchrow("SELECT * FROM requests WHERE request_id = $1", request_id)
 
 
-async def search(pool: asyncpg.Pool, *, status: RequestStatus | None, overdue: bool | None,
-                 received_from: datetime | None, received_to: datetime | None,
-                 limit: int, offset: int) -> list[asyncpg.Record]:
-    clauses, args = ["true"], []  # type: tuple[list[str], list[Any]]
+async def search(
+    pool: asyncpg.Pool,
+    *,
+    status: RequestStatus | None,
+    overdue: bool | None,
+    received_from: datetime | None,
+    received_to: datetime | None,
+    limit: int,
+    offset: int,
+) -> list[asyncpg.Record]:
+    clauses: list[str] = ["true"]
+    args: list[Any] = []
     if status is not None:
         args.append(status.value)
         clauses.append(f"status = ${len(args)}")
     if overdue is not None:
-        clauses.append(("" if overdue else "NOT ") + "(completed_at IS NULL AND deadline < now()"
-                       " OR completed_at > deadline)")
+        clauses.append(("" if overdue else "NOT ") + "(coalesce(completed_at, now()) > deadline)")
     if received_from is not None:
         args.append(received_from)
         clauses.append(f"received_at >= ${len(args)}")
@@ -124,8 +158,9 @@ async def search(pool: asyncpg.Pool, *, status: RequestStatus | None, overdue: b
         args.append(received_to)
         clauses.append(f"received_at < ${len(args)}")
     args += [limit, offset]
-    return await pool.fetch(
+    rows: list[asyncpg.Record] = await pool.fetch(
         f"SELECT * FROM requests WHERE {' AND '.join(clauses)} ORDER BY received_at DESC, request_id"
         f" LIMIT ${len(args) - 1} OFFSET ${len(args)}",
         *args,
     )
+    return rows

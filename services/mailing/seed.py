@@ -49,16 +49,25 @@ async def write(conn: asyncpg.Connection, key: str, subs: Sequence[SubscriptionS
     rows = refused = 0
     for s in subs:
         try:
-            await subscribe(conn, key, s.subscriber_id, s.list_id, s.email, s.display_name,
-                            s.subscribed_at)
+            await subscribe(conn, key, s.subscriber_id, s.list_id, s.email, s.display_name, s.subscribed_at)
         except AddressSuppressed:
             refused += 1
             continue
         await conn.executemany(
             "INSERT INTO consents (consent_id, subscriber_id, list_id, given_at, withdrawn_at,"
             " source, wording_version) VALUES ($1,$2,$3,$4,$5,$6,$7) ON CONFLICT DO NOTHING",
-            [(c.consent_id, s.subscriber_id, s.list_id, c.given_at, c.withdrawn_at, c.source,
-              c.wording_version) for c in s.consents],
+            [
+                (
+                    c.consent_id,
+                    s.subscriber_id,
+                    s.list_id,
+                    c.given_at,
+                    c.withdrawn_at,
+                    c.source,
+                    c.wording_version,
+                )
+                for c in s.consents
+            ],
         )
         rows += 1 + len(s.consents)
     return rows, refused

@@ -77,8 +77,15 @@ class AddressSuppressed(Exception):
     """The address was erased before: it must not be re-imported."""
 
 
-async def subscribe(conn: asyncpg.Connection, key: str, subscriber_id: str, list_id: str,
-                    email: str, display_name: str | None, subscribed_at: object) -> None:
+async def subscribe(
+    conn: asyncpg.Connection,
+    key: str,
+    subscriber_id: str,
+    list_id: str,
+    email: str,
+    display_name: str | None,
+    subscribed_at: object,
+) -> None:
     """The one way addresses enter the list (imports, sign-ups, seeding): it checks the
     suppression list first."""
     suppressed = await conn.fetchval(
@@ -89,7 +96,11 @@ async def subscribe(conn: asyncpg.Connection, key: str, subscriber_id: str, list
     await conn.execute(
         "INSERT INTO subscribers (subscriber_id, list_id, email, display_name, subscribed_at)"
         " VALUES ($1,$2,$3,$4,$5) ON CONFLICT DO NOTHING",
-        subscriber_id, list_id, email, display_name, subscribed_at,
+        subscriber_id,
+        list_id,
+        email,
+        display_name,
+        subscribed_at,
     )
 
 
@@ -107,22 +118,29 @@ class MailingAdapter(PostgresStoreAdapter):
 
     @classmethod
     def from_env(cls) -> Self:
-        db = DatabaseSettings()  # type: ignore[call-arg]
-        key = SuppressionSettings().suppression_key.get_secret_value()  # type: ignore[call-arg]
+        db = DatabaseSettings()
+        key = SuppressionSettings().suppression_key.get_secret_value()
         return cls(db.database_url, key, db.db_pool_max)
 
     async def find_records(self, conn: asyncpg.Connection, identities: Identities) -> list[Record]:
         rows = await conn.fetch(_FIND, identities.emails)
         anchor = {"subscribers": "subscribed_on", "consent_records": "given_on"}
         return [
-            Record(category=r["category"], record_id=r["id"], restricted=r["restricted"],
-                   dates={anchor[r["category"]]: r["d1"]})
+            Record(
+                category=r["category"],
+                record_id=r["id"],
+                restricted=r["restricted"],
+                dates={anchor[r["category"]]: r["d1"]},
+            )
             for r in rows
         ]
 
     async def apply_decisions(self, conn: asyncpg.Connection, decisions: Sequence[Decision]) -> None:
-        erased = [d.record.record_id for d in decisions
-                  if d.record.category == "subscribers" and d.action is Action.ERASED]
+        erased = [
+            d.record.record_id
+            for d in decisions
+            if d.record.category == "subscribers" and d.action is Action.ERASED
+        ]
         if erased:
             emails = await conn.fetch(
                 "SELECT DISTINCT email FROM subscribers WHERE subscriber_id = ANY($1::text[])", erased

@@ -51,7 +51,13 @@ async def write(conn: asyncpg.Connection, root: Path, recordings: Sequence[Recor
         await conn.execute(
             "INSERT INTO recordings (recording_id, customer_id, caller, callee, recorded_at,"
             " duration_s, path, legal_tags) VALUES ($1,$2,$3,$4,$5,$6,$7,$8) ON CONFLICT DO NOTHING",
-            r.recording_id, r.customer_id, r.caller, r.callee, r.recorded_at, r.duration_s,
-            relative, r.legal_tags,
+            r.recording_id,
+            r.customer_id,
+            r.caller,
+            r.callee,
+            r.recorded_at,
+            r.duration_s,
+            relative,
+            r.legal_tags,
         )
     return len(recordings)

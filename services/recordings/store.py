@@ -38,8 +38,8 @@ SCHEMA = (
 _FIND = f"""
 SELECT recording_id, recorded_at::date AS d, restricted, legal_tags FROM recordings
  WHERE customer_id = ANY($1::text[])
-    OR {e164_sql('caller')} = ANY($2::text[])
-    OR {e164_sql('callee')} = ANY($2::text[])
+    OR {e164_sql("caller")} = ANY($2::text[])
+    OR {e164_sql("callee")} = ANY($2::text[])
 """
 
 
@@ -67,8 +67,8 @@ class RecordingsAdapter(PostgresStoreAdapter):
 
     @classmethod
     def from_env(cls) -> Self:
-        db = DatabaseSettings()  # type: ignore[call-arg]
-        return cls(db.database_url, RecordingsSettings().recordings_dir, db.db_pool_max)  # type: ignore[call-arg]
+        db = DatabaseSettings()
+        return cls(db.database_url, RecordingsSettings().recordings_dir, db.db_pool_max)
 
     async def start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -77,9 +77,13 @@ class RecordingsAdapter(PostgresStoreAdapter):
     async def find_records(self, conn: asyncpg.Connection, identities: Identities) -> list[Record]:
         rows = await conn.fetch(_FIND, identities.customer_ids, identities.phones)
         return [
-            Record(category="call_recordings", record_id=r["recording_id"],
-                   restricted=r["restricted"], dates={"call_date": r["d"]},
-                   facts={"legal_tags": list(r["legal_tags"])})
+            Record(
+                category="call_recordings",
+                record_id=r["recording_id"],
+                restricted=r["restricted"],
+                dates={"call_date": r["d"]},
+                facts={"legal_tags": list(r["legal_tags"])},
+            )
             for r in rows
         ]
 

@@ -31,7 +31,7 @@ async def handle(pool: asyncpg.Pool, record: ConsumerRecord[bytes, bytes]) -> No
 
 async def main(stop: asyncio.Event) -> None:
     kafka = KafkaSettings()
-    db = DatabaseSettings()  # type: ignore[call-arg]
+    db = DatabaseSettings()
     await ensure_database(db.database_url)
     pool = await create_pool(db.database_url, db.db_pool_max)
     await apply_schema(pool, *store.SCHEMA)
@@ -51,12 +51,19 @@ async def main(stop: asyncio.Event) -> None:
                     try:
                         await handle(pool, record)
                     except PoisonMessage as exc:
-                        log.warning("poison message dead-lettered",
-                                    extra={"topic": record.topic, "offset": record.offset, "error": str(exc)})
+                        log.warning(
+                            "poison message dead-lettered",
+                            extra={"topic": record.topic, "offset": record.offset, "error": str(exc)},
+                        )
                         await producer.send_and_wait(
-                            topics.DEAD_LETTERS, value=record.value or b"", key=record.key,
-                            headers=[("lethe-error", str(exc).encode()[:1000]),
-                                     ("lethe-source-topic", record.topic.encode())])
+                            topics.DEAD_LETTERS,
+                            value=record.value or b"",
+                            key=record.key,
+                            headers=[
+                                ("lethe-error", str(exc).encode()[:1000]),
+                                ("lethe-source-topic", record.topic.encode()),
+                            ],
+                        )
             if batches:
                 await consumer.commit()
     finally:

@@ -27,16 +27,26 @@ class SystemSlot:
     outcome: OutcomeReported | None = None
 
     def progress(self) -> SystemProgress:
-        return SystemProgress(system=self.system, state=self.state, attempts=self.attempts,
-                              dispatched_at=self.dispatched_at, answered_at=self.answered_at)
+        return SystemProgress(
+            system=self.system,
+            state=self.state,
+            attempts=self.attempts,
+            dispatched_at=self.dispatched_at,
+            answered_at=self.answered_at,
+        )
 
     def report(self) -> SystemReport:
         cats = self.outcome.categories if self.outcome else []
         return SystemReport(
-            system=self.system, state=self.state, attempts=self.attempts,
-            records_found=sum(c.found for c in cats), erased=sum(c.erased for c in cats),
-            anonymised=sum(c.anonymised for c in cats), restricted=sum(c.restricted for c in cats),
-            retained=sum(c.retained_count for c in cats), categories=cats,
+            system=self.system,
+            state=self.state,
+            attempts=self.attempts,
+            records_found=sum(c.found for c in cats),
+            erased=sum(c.erased for c in cats),
+            anonymised=sum(c.anonymised for c in cats),
+            restricted=sum(c.restricted for c in cats),
+            retained=sum(c.retained_count for c in cats),
+            categories=cats,
             verification=self.outcome.verification if self.outcome else None,
             error=self.outcome.error if self.outcome else None,
             finished_at=self.outcome.finished_at if self.outcome else None,
@@ -92,11 +102,14 @@ class Saga:
 
     def report(self) -> Report:
         return Report(
-            request_id=self.request_id, subject_ref=self.subject_ref,
-            request_type=self.request_type, status=self.status, received_at=self.received_at,
-            deadline=self.deadline, completed_at=self.completed_at,
+            request_id=self.request_id,
+            subject_ref=self.subject_ref,
+            request_type=self.request_type,
+            status=self.status,
+            received_at=self.received_at,
+            deadline=self.deadline,
+            completed_at=self.completed_at,
             deadline_met=None if self.completed_at is None else self.completed_at <= self.deadline,
             systems=[self.slots[name].report() for name in sorted(self.slots)],
             trace_id=self.trace_id,
         )
-

@@ -56,13 +56,22 @@ async def _load(conn: asyncpg.Connection, request_id: str) -> tuple[Saga, int] |
     row = await conn.fetchrow("SELECT * FROM sagas WHERE request_id = $1 FOR UPDATE", request_id)
     if row is None:
         return None
-    saga = Saga(request_id=row["request_id"], request_type=RequestType(row["request_type"]),
-                subject_ref=row["subject_ref"], received_at=row["received_at"],
-                deadline=row["deadline"], trace_id=row["trace_id"], completed_at=row["completed_at"])
+    saga = Saga(
+        request_id=row["request_id"],
+        request_type=RequestType(row["request_type"]),
+        subject_ref=row["subject_ref"],
+        received_at=row["received_at"],
+        deadline=row["deadline"],
+        trace_id=row["trace_id"],
+        completed_at=row["completed_at"],
+    )
     for s in await conn.fetch("SELECT * FROM saga_systems WHERE request_id = $1", request_id):
         saga.slots[s["system"]] = SystemSlot(
-            system=s["system"], state=SystemState(s["state"]), attempts=s["attempts"],
-            dispatched_at=s["dispatched_at"], answered_at=s["answered_at"],
+            system=s["system"],
+            state=SystemState(s["state"]),
+            attempts=s["attempts"],
+            dispatched_at=s["dispatched_at"],
+            answered_at=s["answered_at"],
             outcome=None if s["outcome"] is None else OutcomeReported.model_validate_json(s["outcome"]),
         )
     return saga, row["version"]
@@ -74,22 +83,46 @@ async def _save(conn: asyncpg.Connection, saga: Saga, version: int) -> None:
     status = saga.status
     await conn.execute(
         "UPDATE sagas SET status = $2, version = $3, completed_at = $4 WHERE request_id = $1",
-        saga.request_id, status.value, version, saga.completed_at,
+        saga.request_id,
+        status.value,
+        version,
+        saga.completed_at,
     )
     await conn.executemany(
         "UPDATE saga_systems SET state = $3, attempts = $4, answered_at = $5, outcome = $6::jsonb"
         " WHERE request_id = $1 AND system = $2",
-        [(saga.request_id, s.system, s.state.value, s.attempts, s.answered_at,
-          s.outcome.model_dump_json() if s.outcome else None) for s in saga.slots.values()],
+        [
+            (
+                saga.request_id,
+                s.system,
+                s.state.value,
+                s.attempts,
+                s.answered_at,
+                s.outcome.model_dump_json() if s.outcome else None,
+            )
+            for s in saga.slots.values()
+        ],
     )
     report = saga.report()
-    await enqueue(conn, topics.REQUEST_STATUS, saga.request_id, RequestStatusChanged(
-        request_id=saga.request_id, version=version, status=status,
-        systems=[s.progress() for s in saga.slots.values()], report=report,
-    ))
+    await enqueue(
+        conn,
+        topics.REQUEST_STATUS,
+        saga.request_id,
+        RequestStatusChanged(
+            request_id=saga.request_id,
+            version=version,
+            status=status,
+            systems=[s.progress() for s in saga.slots.values()],
+            report=report,
+        ),
+    )
     if status.is_final:
-        await enqueue(conn, topics.REQUESTS_COMPLETED, saga.request_id,
-                      RequestCompleted(request_id=saga.request_id, status=status, report=report))
+        await enqueue(
+            conn,
+            topics.REQUESTS_COMPLETED,
+            saga.request_id,
+            RequestCompleted(request_id=saga.request_id, status=status, report=report),
+        )
 
 
 async def start_saga(pool: asyncpg.Pool, event: RequestAccepted, now: datetime) -> None:
@@ -100,8 +133,13 @@ async def start_saga(pool: asyncpg.Pool, event: RequestAccepted, now: datetime) 
             "INSERT INTO sagas (request_id, request_type, subject_ref, received_at, deadline,"
             " trace_id, status, sealed_identifiers) VALUES ($1,$2,$3,$4,$5,$6,'in_progress',$7)"
             " ON CONFLICT DO NOTHING RETURNING true",
-            event.request_id, event.request_type.value, event.subject_ref, event.received_at,
-            event.deadline, event.trace_id, event.sealed_identifiers,
+            event.request_id,
+            event.request_type.value,
+            event.subject_ref,
+            event.received_at,
+            event.deadline,
+            event.trace_id,
+            event.sealed_identifiers,
         )
         if not inserted:
             return
@@ -132,7 +170,9 @@ async def record_outcome(pool: asyncpg.Pool, event: OutcomeReported) -> None:
             await conn.execute(
                 "INSERT INTO early_outcomes (message_id, request_id, outcome) VALUES ($1,$2,$3::jsonb)"
                 " ON CONFLICT DO NOTHING",
-                event.message_id, event.request_id, event.model_dump_json(),
+                event.message_id,
+                event.request_id,
+                event.model_dump_json(),
             )
             return
         saga, version = loaded

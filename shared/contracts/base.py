@@ -34,7 +34,7 @@ class Frozen(BaseModel):
 
 
 class Message(Frozen):
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1] = 1
     message_id: UUID = Field(default_factory=uuid4)
     occurred_at: AwareDatetime = Field(default_factory=utcnow)
     request_id: RequestId

@@ -61,7 +61,7 @@ class SystemReport(Frozen):
 
 
 class Report(Frozen):
-    report_schema_version: Literal[1] = REPORT_SCHEMA_VERSION
+    report_schema_version: Literal[1] = 1
     request_id: str
     subject_ref: SubjectRef
     request_type: RequestType

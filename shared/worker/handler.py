@@ -108,8 +108,7 @@ def _category_outcome(category: str, decisions: Sequence[Decision]) -> CategoryO
         restricted=counts[Action.RESTRICTED],
         unrestricted=counts[Action.UNRESTRICTED],
         retained=[
-            Retention(count=n, rule_id=rule, hold_reference=hold, legal_basis=basis,
-                      retain_until=until)  # type: ignore[arg-type]
+            Retention(count=n, rule_id=rule, hold_reference=hold, legal_basis=basis, retain_until=until)
             for (rule, hold, basis, until), n in sorted(kept.items(), key=str)
         ],
     )

@@ -55,8 +55,7 @@ class PostgresJournal:
 
     async def save_outcome(self, command_id: UUID, outcome: dict[str, Any]) -> None:
         await self.conn.execute(
-            "UPDATE lethe_command_journal SET outcome = $2::jsonb, updated_at = now() "
-            "WHERE command_id = $1",
+            "UPDATE lethe_command_journal SET outcome = $2::jsonb, updated_at = now() WHERE command_id = $1",
             command_id,
             json.dumps(outcome),
         )

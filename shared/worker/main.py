@@ -19,7 +19,7 @@ from shared.worker.runtime import RetrySettings, WorkerRuntime
 def run_worker(system: str, make_adapter: Callable[[], StoreAdapter]) -> None:
     async def main(stop: asyncio.Event) -> None:
         kafka = KafkaSettings()
-        secrets = SecretsSettings()  # type: ignore[call-arg]
+        secrets = SecretsSettings()
         runtime = WorkerRuntime(
             adapter=make_adapter(),
             policy=ActOnEverything(),
@@ -30,7 +30,7 @@ def run_worker(system: str, make_adapter: Callable[[], StoreAdapter]) -> None:
         await ensure_topics(kafka, all_topics())
         task = asyncio.create_task(runtime.run())
         stopper = asyncio.create_task(stop.wait())
-        done, _ = await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
         runtime.stop()
         stopper.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -56,7 +56,7 @@ class PostgresStoreAdapter:
 
     @classmethod
     def from_env(cls) -> Self:
-        settings = DatabaseSettings()  # type: ignore[call-arg]
+        settings = DatabaseSettings()
         return cls(settings.database_url, settings.db_pool_max)
 
     @property
@@ -95,8 +95,14 @@ class PostgresStoreAdapter:
         for (category, action, keep), ids in grouped.items():
             await self.apply_action(conn, tables[category], action, keep, ids)
 
-    async def apply_action(self, conn: asyncpg.Connection, table: CategoryTable, action: Action,
-                           keep: tuple[str, ...], ids: list[str]) -> None:
+    async def apply_action(
+        self,
+        conn: asyncpg.Connection,
+        table: CategoryTable,
+        action: Action,
+        keep: tuple[str, ...],
+        ids: list[str],
+    ) -> None:
         """Idempotent by construction: deleting a deleted row or setting a set flag is a no-op."""
         where = f"{table.key}::text = ANY($1::text[])"
         if action is Action.ERASED:
@@ -108,7 +114,8 @@ class PostgresStoreAdapter:
                 await conn.execute(f"UPDATE {table.table} SET {sets} WHERE {where}", ids)
         elif action in (Action.RESTRICTED, Action.UNRESTRICTED):
             await conn.execute(
-                f"UPDATE {table.table} SET restricted = $2 WHERE {where}", ids,
+                f"UPDATE {table.table} SET restricted = $2 WHERE {where}",
+                ids,
                 action is Action.RESTRICTED,
             )
 

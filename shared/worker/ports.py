@@ -66,8 +66,13 @@ class StoreSession(Protocol):
 
 
 class StoreAdapter(Protocol):
-    system: str
-    categories: tuple[str, ...]
+    @property
+    def system(self) -> str: ...
+
+    @property
+    def categories(self) -> tuple[str, ...]:
+        """Every category the system holds, so a report can say `not_found` for each."""
+        ...
 
     async def start(self) -> None:
         """Connect and create the store's schema if needed."""

@@ -106,28 +106,39 @@ class WorkerRuntime:
         await self._send(topics.OUTCOMES, command.request_id, encode(outcome))
         log.info(
             "command handled",
-            extra={"request_id": command.request_id, "system": self.adapter.system,
-                   "status": outcome.status, "attempt": command.attempt},
+            extra={
+                "request_id": command.request_id,
+                "system": self.adapter.system,
+                "status": outcome.status,
+                "attempt": command.attempt,
+            },
         )
 
-    async def _execute_with_retry(self, command: SubjectCommand, identities: object,
-                                  record: ConsumerRecord[bytes, bytes]) -> OutcomeReported:
+    async def _execute_with_retry(
+        self, command: SubjectCommand, identities: object, record: ConsumerRecord[bytes, bytes]
+    ) -> OutcomeReported:
         delay = self.retry.backoff_initial_s
         for attempt in range(1, self.retry.attempts + 1):
             try:
                 return await execute(command, identities, self.adapter, self.policy, self.clock)  # type: ignore[arg-type]
             except Exception as exc:  # store errors of every driver; the type is what we report
                 error = type(exc).__name__
-                log.warning("command failed", extra={"request_id": command.request_id,
-                                                     "try": attempt, "error": error})
+                log.warning(
+                    "command failed", extra={"request_id": command.request_id, "try": attempt, "error": error}
+                )
                 if attempt == self.retry.attempts:
                     await self.dead_letter(record, f"gave up after {attempt} tries: {error}")
                     now = self.clock()
                     return OutcomeReported(
-                        message_id=outcome_id(command), request_id=command.request_id,
-                        system=self.adapter.system, command_id=command.message_id,
-                        attempt=command.attempt, status="failed",
-                        error=f"{error} after {attempt} tries", started_at=now, finished_at=now,
+                        message_id=outcome_id(command),
+                        request_id=command.request_id,
+                        system=self.adapter.system,
+                        command_id=command.message_id,
+                        attempt=command.attempt,
+                        status="failed",
+                        error=f"{error} after {attempt} tries",
+                        started_at=now,
+                        finished_at=now,
                     )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.retry.backoff_max_s)

@@ -1,0 +1,40 @@
+# Everything a fresh machine needs is installed by these targets themselves.
+VENV   ?= .venv
+PYTHON ?= python3
+BIN     = $(VENV)/bin
+STAMP   = $(VENV)/.installed
+SUDO    = $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: demo up test test-fast faults bench lint typecheck system-deps clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+# OpenLDAP's slapd comes from the OS packages (the directory worker's real store).
+system-deps:
+	@command -v slapd >/dev/null 2>&1 || [ -x /usr/sbin/slapd ] || { \
+	  echo "installing slapd and ldap-utils from Debian packages"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq slapd ldap-utils >/dev/null; }
+
+demo: $(STAMP) system-deps
+	$(BIN)/lethe demo
+
+up: $(STAMP) system-deps
+	$(BIN)/lethe up
+
+test: $(STAMP) system-deps
+	$(BIN)/pytest -q -p no:cacheprovider
+
+test-fast: $(STAMP)
+	$(BIN)/pytest -q -p no:cacheprovider tests/unit
+
+lint: $(STAMP)
+	$(BIN)/ruff check shared services cli tests
+	$(BIN)/mypy
+
+clean:
+	rm -rf .lethe test-output

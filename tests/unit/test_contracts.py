@@ -1,0 +1,98 @@
+import json
+from datetime import UTC, datetime
+from uuid import uuid4
+
+import pytest
+
+from shared.codec import PoisonMessage, decode, encode
+from shared.contracts import SUBJECT_COMMAND, EraseSubject, OutcomeReported, RequestAccepted
+from shared.crypto import IdentifierSeal, IdentifierSealError, new_identifier_key, subject_ref
+from shared.identity import Identities
+
+SEAL = IdentifierSeal(new_identifier_key())
+ALICE = Identities(emails=["alice@example.co.uk"], phones=["07700 900123"], customer_ids=["C-1"])
+REF = subject_ref("k", ALICE)
+
+
+def test_command_round_trips_through_the_codec() -> None:
+    command = EraseSubject(
+        request_id="r-1", system="billing", subject_ref=REF, sealed_identifiers=SEAL.seal(ALICE)
+    )
+    decoded = decode(encode(command), SUBJECT_COMMAND)
+    assert decoded == command
+    assert SEAL.open(decoded.sealed_identifiers) == ALICE
+
+
+def test_command_carries_no_plaintext_identifiers() -> None:
+    wire = encode(
+        EraseSubject(request_id="r-1", system="billing", subject_ref=REF, sealed_identifiers=SEAL.seal(ALICE))
+    ).decode()
+    for value in ("alice@example.co.uk", "+447700900123", "7700900123", "C-1"):
+        assert value not in wire
+
+
+def test_subject_ref_is_stable_and_keyed() -> None:
+    same = Identities(emails=["ALICE@example.co.uk"], phones=["+447700900123"], customer_ids=["C-1"])
+    assert subject_ref("k", same) == REF
+    assert subject_ref("other key", same) != REF
+
+
+@pytest.mark.parametrize(
+    ("raw", "field"),
+    [
+        (b"not json", "(value)"),
+        (b"[1, 2]", "(value)"),
+        (json.dumps({"schema_version": 2}).encode(), "schema_version"),
+        (
+            json.dumps(
+                {
+                    "schema_version": 1,
+                    "command": "erase_subject",
+                    "request_id": "r",
+                    "system": "billing",
+                    "subject_ref": "nope",
+                    "sealed_identifiers": "x",
+                }
+            ).encode(),
+            "erase_subject.subject_ref",
+        ),
+        (json.dumps({"schema_version": 1, "command": "launch_rocket"}).encode(), "(message)"),
+    ],
+)
+def test_poison_messages_name_the_field(raw: bytes, field: str) -> None:
+    with pytest.raises(PoisonMessage) as info:
+        decode(raw, SUBJECT_COMMAND)
+    assert info.value.field == field
+
+
+def test_sealed_identifiers_need_the_key() -> None:
+    other = IdentifierSeal(new_identifier_key())
+    with pytest.raises(IdentifierSealError):
+        other.open(SEAL.seal(ALICE))
+
+
+def test_events_require_timezone_aware_times() -> None:
+    with pytest.raises(ValueError):
+        OutcomeReported(
+            request_id="r",
+            system="crm",
+            command_id=uuid4(),
+            attempt=1,
+            status="done",
+            started_at=datetime(2026, 1, 1),
+            finished_at=datetime(2026, 1, 1),
+        )
+
+
+def test_accepted_event_has_message_id_and_version() -> None:
+    event = RequestAccepted(
+        request_id="r",
+        request_type="erasure",
+        subject_ref=REF,  # type: ignore[arg-type]
+        systems=["crm"],
+        received_at=datetime.now(UTC),
+        deadline=datetime.now(UTC),
+        sealed_identifiers="x",
+    )
+    body = json.loads(encode(event))
+    assert body["schema_version"] == 1 and body["message_id"] and body["occurred_at"]

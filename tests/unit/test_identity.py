@@ -1,0 +1,71 @@
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from shared.identity import Identities, normalise_email, normalise_phone, phone_variants
+
+
+@pytest.mark.parametrize(
+    "written",
+    [
+        "07700 900123",
+        "+44 7700 900123",
+        "0044 7700 900123",
+        "+447700900123",
+        "07700-900-123",
+        "(07700) 900123",
+        "+44 (0)7700 900123",
+    ],
+)
+def test_uk_numbers_normalise_to_e164(written: str) -> None:
+    assert normalise_phone(written) == "+447700900123"
+
+
+def test_foreign_number_keeps_its_country() -> None:
+    assert normalise_phone("+1 415 555 2671") == "+14155552671"
+
+
+@pytest.mark.parametrize("bad", ["", "not a phone", "12"])
+def test_bad_phone_is_rejected(bad: str) -> None:
+    with pytest.raises(ValueError):
+        normalise_phone(bad)
+
+
+def test_email_is_trimmed_and_case_folded() -> None:
+    assert normalise_email("  Alice.Hartley@Example.CO.UK ") == "alice.hartley@example.co.uk"
+
+
+def test_bad_email_names_the_field() -> None:
+    with pytest.raises(ValidationError) as info:
+        Identities(emails=["nobody"])
+    assert info.value.errors()[0]["loc"] == ("emails", 0)
+
+
+def test_canonical_form_ignores_order_and_spelling() -> None:
+    a = Identities(emails=["B@x.org", "a@x.org"], phones=["07700 900123"])
+    b = Identities(emails=["a@x.org", "b@x.org"], phones=["+447700900123"])
+    assert a.canonical() == b.canonical()
+
+
+def test_phone_variants_cover_directory_spellings() -> None:
+    assert set(phone_variants("+447700900123")) == {"+447700900123", "00447700900123", "07700900123"}
+
+
+@given(
+    st.from_regex(r"7[0-9]{9}", fullmatch=True),
+    st.sampled_from(["0", "+44", "0044", "+44 (0)"]),
+    st.sampled_from(["", " ", "-"]),
+)
+def test_any_uk_mobile_spelling_normalises_the_same(digits: str, prefix: str, sep: str) -> None:
+    spelled = prefix + digits[:4] + sep + digits[4:]
+    assert normalise_phone(spelled) == "+44" + digits
+
+
+@given(st.emails())
+def test_email_normalisation_is_idempotent(email: str) -> None:
+    try:
+        once = normalise_email(email)
+    except ValueError:
+        return
+    assert normalise_email(once) == once
