@@ -26,7 +26,7 @@ demo: $(STAMP) system-deps
 up: $(STAMP) system-deps
 	$(BIN)/lethe up
 
-test: $(STAMP) system-deps
+test: $(STAMP) system-deps lint
 	$(BIN)/pytest -q -p no:cacheprovider
 
 test-fast: $(STAMP)
