@@ -17,7 +17,13 @@ LETHE_SERVICES = {"intake", "tracker", "billing", "crm", "recordings", "director
 
 
 def test_every_lethe_service_runs_and_exists_as_a_package() -> None:
-    assert set(COMPOSE["services"]) >= LETHE_SERVICES | {"kafka", "postgres", "openldap", "otel-collector", "jaeger"}
+    assert set(COMPOSE["services"]) >= LETHE_SERVICES | {
+        "kafka",
+        "postgres",
+        "openldap",
+        "otel-collector",
+        "jaeger",
+    }
     for name in LETHE_SERVICES:
         service = COMPOSE["services"][name]
         assert service["command"] == ["python", "-m", f"services.{name}"]
