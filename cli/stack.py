@@ -38,6 +38,7 @@ EMBEDDED_KAFKA_ENV = {
     "LETHE_KAFKA_HEARTBEAT_INTERVAL_MS": "500",
     "LETHE_KAFKA_IDEMPOTENT_PRODUCER": "false",  # tansu has no idempotent producer
     "LETHE_KAFKA_TOPIC_PARTITIONS": "4",
+    "LETHE_TRACKER_TICK_S": "1",
 }
 
 

@@ -34,18 +34,19 @@ CREATE TABLE IF NOT EXISTS outbox (
 _CHANNEL = "lethe_outbox"
 
 
-async def enqueue(conn: asyncpg.Connection, topic: str, key: str, message: BaseModel) -> None:
+async def enqueue(conn: asyncpg.Connection, topic: str, key: str, message: BaseModel) -> int:
     """Must run inside the caller's transaction. The trace context is stored with the row so
     that the relay's send continues the trace of the request that caused it."""
     headers = [[k, v.decode()] for k, v in trace_headers()]
-    await conn.execute(
-        "INSERT INTO outbox (topic, key, value, headers) VALUES ($1, $2, $3, $4::jsonb)",
+    row_id: int = await conn.fetchval(
+        "INSERT INTO outbox (topic, key, value, headers) VALUES ($1, $2, $3, $4::jsonb) RETURNING id",
         topic,
         key,
         encode(message),
         json.dumps(headers),
     )
     await conn.execute(f"NOTIFY {_CHANNEL}")  # delivered at commit: wakes the relay at once
+    return row_id
 
 
 class OutboxRelay:
@@ -82,6 +83,19 @@ class OutboxRelay:
             with contextlib.suppress(Exception):
                 await listener.remove_listener(_CHANNEL, wake)
             await self._pool.release(listener)
+
+    async def wait_published(self, row_id: int, timeout_s: float = 10.0) -> bool:
+        """Publish now and wait until this row is on the broker (another relay instance may be
+        the one sending it). For answers that promise the message is out, e.g. a placed hold."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while loop.time() < deadline:
+            with contextlib.suppress(OSError, asyncpg.PostgresError):
+                await self.publish_batch()
+                if not await self._pool.fetchval("SELECT 1 FROM outbox WHERE id = $1", row_id):
+                    return True
+            await asyncio.sleep(0.02)
+        return False
 
     async def publish_batch(self) -> int:
         """Publish up to one batch; rows are deleted only after the broker acknowledged them,

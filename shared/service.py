@@ -39,7 +39,7 @@ def run_service(name: str, main: Callable[[asyncio.Event], Coroutine[Any, Any, N
     except ValidationError as exc:
         print(f"{name}: {settings_error(exc)}", file=sys.stderr)
         sys.exit(2)
-    except ValueError as exc:  # settings parsed but unusable, e.g. a malformed key
+    except ValueError as exc:  # settings parsed but unusable: a malformed key, a bad policy file
         print(f"{name}: configuration error: {exc}", file=sys.stderr)
         sys.exit(2)
 

@@ -23,4 +23,10 @@ def all_topics(systems: tuple[str, ...] = SYSTEMS) -> list[str]:
         REQUEST_STATUS,
         REQUESTS_COMPLETED,
         DEAD_LETTERS,
+        HOLDS,
+        NOTIFICATIONS,
     ]
+
+
+HOLDS = "lethe.holds.v1"
+NOTIFICATIONS = "lethe.notifications.v1"

@@ -89,21 +89,29 @@ class CrmAdapter(PostgresStoreAdapter):
 
     async def find_records(self, conn: asyncpg.Connection, identities: Identities) -> list[Record]:
         rows = await conn.fetch(_FIND, identities.customer_ids, identities.emails, identities.phones)
-        # A purchase without an end date, or ending today or later, is a contract still running.
-        today = await conn.fetchval("SELECT current_date")
-        active = any(r["category"] == "purchases" and (r["d2"] is None or r["d2"] >= today) for r in rows)
+        # Contract facts are dates, not booleans computed against the database clock: the policy
+        # compares them with its own (injectable) clock.
+        ends = [r["d2"] for r in rows if r["category"] == "purchases"]
+        open_ended = any(end is None for end in ends)
+        latest_end = max((e for e in ends if e is not None), default=None)
         records = []
         for row in rows:
             dates = {_ANCHOR[row["category"]]: row["d1"]}
-            if row["d2"] is not None:
-                dates["contract_end"] = row["d2"]
+            if row["category"] == "purchases":
+                if row["d2"] is not None:
+                    dates["contract_end"] = row["d2"]
+                facts = {"contract_open_ended": row["d2"] is None}
+            else:
+                if latest_end is not None and not open_ended:
+                    dates["latest_contract_end"] = latest_end
+                facts = {"contract_open_ended": open_ended}
             records.append(
                 Record(
                     category=row["category"],
                     record_id=row["id"],
                     restricted=row["restricted"],
                     dates=dates,
-                    facts={"contract_active": active},
+                    facts=facts,
                 )
             )
         return records

@@ -73,6 +73,12 @@ class Directory:
             conn.search(self.settings.base_dn, query, SUBTREE, attributes=["entryUUID"])
             return [Entry(str(e.entryUUID.value), e.entry_dn) for e in conn.entries]
 
+    async def existing(self, entry_uuids: Sequence[str]) -> set[str]:
+        if not entry_uuids:
+            return set()
+        query = "(|" + "".join(f"(entryUUID={escape_filter_chars(u)})" for u in entry_uuids) + ")"
+        return {e.entry_uuid for e in await asyncio.to_thread(self._search, query)}
+
     async def delete(self, entry_uuids: Sequence[str]) -> None:
         await asyncio.to_thread(self._apply, entry_uuids, None)
 

@@ -46,10 +46,17 @@ class DirectorySession(PostgresJournal):
         await self.directory.move(ids(Action.RESTRICTED), restricted=True)
         await self.directory.move(ids(Action.UNRESTRICTED), restricted=False)
 
+    async def existing(self, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+        present = await self.directory.existing([record_id for _, record_id in keys])
+        return {(CATEGORY, u) for u in present}
+
 
 class DirectoryAdapter:
     system = "directory"
     categories = (CATEGORY,)
+    personal_fields: dict[str, tuple[str, ...]] = {
+        CATEGORY: ("cn", "sn", "mail", "telephoneNumber", "mobile")
+    }
 
     def __init__(self, database_url: str, ldap: LdapSettings) -> None:
         self.database_url = database_url

@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from services.intake import store
+from services.intake import holds, store
 from services.intake.api import create_app
 from shared import topics
 from shared.codec import PoisonMessage, decode
@@ -70,14 +70,15 @@ async def main(stop: asyncio.Event) -> None:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await ensure_database(db.database_url)
         pool = await create_pool(db.database_url, db.db_pool_max)
-        await apply_schema(pool, *store.SCHEMA, OUTBOX_DDL)
+        await apply_schema(pool, *store.SCHEMA, *holds.SCHEMA, OUTBOX_DDL)
         await ensure_topics(kafka, topics.all_topics(tuple(settings.systems)))
         producer = make_producer(kafka)
         await start_with_retry(producer, "producer")
         app.state.pool = pool
+        app.state.relay = relay = OutboxRelay(pool, producer)
         mark_ready()
         tasks = [
-            asyncio.create_task(OutboxRelay(pool, producer).run()),
+            asyncio.create_task(relay.run()),
             asyncio.create_task(consume_status(pool, kafka)),
         ]
         try:

@@ -12,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from opentelemetry import trace
 
-from services.intake import store
+from services.intake import holds_api, store
 from services.intake.models import ErrorBody, RequestView, SubmitRequest
 from shared.contracts import RequestStatus, SystemProgress
 from shared.crypto import IdentifierSeal, subject_ref
@@ -140,6 +140,7 @@ def create_app(lifespan: Any, *, systems: list[str], seal: IdentifierSeal, pseud
     app.state.seal = seal
     app.state.pseudonym_key = pseudonym_key
     app.include_router(router)
+    app.include_router(holds_api.router)
     app.add_exception_handler(RequestValidationError, _validation_error)
 
     @app.get("/healthz", include_in_schema=False)

@@ -10,7 +10,14 @@ from typing import Any
 import asyncpg
 
 from shared import topics
-from shared.contracts import COMMAND_FOR_TYPE, RequestAccepted, RequestStatus, RequestStatusChanged
+from shared.contracts import (
+    COMMAND_FOR_TYPE,
+    NotificationRequested,
+    RequestAccepted,
+    RequestStatus,
+    RequestStatusChanged,
+    RequestType,
+)
 from shared.outbox import enqueue
 
 SCHEMA = (
@@ -81,7 +88,18 @@ async def submit(pool: asyncpg.Pool, new: NewRequest) -> asyncpg.Record:
 
 
 async def _dispatch(conn: asyncpg.Connection, new: NewRequest) -> None:
-    command_type = COMMAND_FOR_TYPE[new.request_type]  # type: ignore[index]
+    command_type = COMMAND_FOR_TYPE[RequestType(new.request_type)]
+    if new.request_type == RequestType.LIFT_RESTRICTION:
+        # Art. 18(3): the person is told before the lift takes effect; the outbox publishes in
+        # row order, so the notification leaves before the commands.
+        await enqueue(
+            conn,
+            topics.NOTIFICATIONS,
+            new.request_id,
+            NotificationRequested(
+                request_id=new.request_id, kind="restriction_lift", subject_ref=new.subject_ref
+            ),
+        )
     await enqueue(
         conn,
         topics.REQUESTS_ACCEPTED,

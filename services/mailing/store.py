@@ -107,6 +107,10 @@ async def subscribe(
 class MailingAdapter(PostgresStoreAdapter):
     system = "mailing"
     schema = SCHEMA
+    erasure_notes = {
+        "subscribers": "a suppression entry (keyed hash of the address) is kept so the address is "
+        "never re-imported",
+    }
     tables = (
         CategoryTable("subscribers", "subscribers", "subscriber_id", ("display_name",)),
         CategoryTable("consent_records", "consents", "consent_id", ()),

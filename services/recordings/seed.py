@@ -26,6 +26,9 @@ class RecordingSeed(SeedModel):
     recorded_at: datetime
     duration_s: int = Field(ge=1, le=3600)
     legal_tags: list[str] = Field(default_factory=list, description="e.g. 'evidence_of_transaction'")
+    processed_for: str | None = Field(
+        None, description="The controller, when the call was recorded as its processor (seed 003)."
+    )
 
 
 def write_tone(path: Path, seconds: int, frequency_hz: float = 425.0) -> None:
@@ -50,7 +53,8 @@ async def write(conn: asyncpg.Connection, root: Path, recordings: Sequence[Recor
         write_tone(resolve(root, relative), r.duration_s)
         await conn.execute(
             "INSERT INTO recordings (recording_id, customer_id, caller, callee, recorded_at,"
-            " duration_s, path, legal_tags) VALUES ($1,$2,$3,$4,$5,$6,$7,$8) ON CONFLICT DO NOTHING",
+            " duration_s, path, legal_tags, processed_for) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)"
+            " ON CONFLICT DO NOTHING",
             r.recording_id,
             r.customer_id,
             r.caller,
@@ -59,5 +63,6 @@ async def write(conn: asyncpg.Connection, root: Path, recordings: Sequence[Recor
             r.duration_s,
             relative,
             r.legal_tags,
+            r.processed_for,
         )
     return len(recordings)

@@ -30,13 +30,15 @@ SCHEMA = (
         path text NOT NULL,
         legal_tags text[] NOT NULL DEFAULT '{}',
         restricted boolean NOT NULL DEFAULT false)""",
+    # Calls recorded for a business customer's own callers: we are its processor (seed 003).
+    "ALTER TABLE recordings ADD COLUMN IF NOT EXISTS processed_for text",
     "CREATE INDEX IF NOT EXISTS recordings_customer ON recordings (customer_id)",
     f"CREATE INDEX IF NOT EXISTS recordings_caller ON recordings ({e164_sql('caller')})",
     f"CREATE INDEX IF NOT EXISTS recordings_callee ON recordings ({e164_sql('callee')})",
 )
 
 _FIND = f"""
-SELECT recording_id, recorded_at::date AS d, restricted, legal_tags FROM recordings
+SELECT recording_id, recorded_at::date AS d, restricted, legal_tags, processed_for FROM recordings
  WHERE customer_id = ANY($1::text[])
     OR {e164_sql("caller")} = ANY($2::text[])
     OR {e164_sql("callee")} = ANY($2::text[])
@@ -82,7 +84,7 @@ class RecordingsAdapter(PostgresStoreAdapter):
                 record_id=r["recording_id"],
                 restricted=r["restricted"],
                 dates={"call_date": r["d"]},
-                facts={"legal_tags": list(r["legal_tags"])},
+                facts={"legal_tags": list(r["legal_tags"]), "processed_for": r["processed_for"]},
             )
             for r in rows
         ]

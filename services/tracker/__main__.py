@@ -1,18 +1,23 @@
-"""The tracker's process: consume acceptances and outcomes, keep sagas, relay status events."""
+"""The tracker's process: consume acceptances, outcomes and hold changes, keep sagas, dispatch
+deferred erasures when they fall due, relay status events."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from datetime import UTC, datetime
 
 import asyncpg
-from aiokafka import ConsumerRecord
+from aiokafka import AIOKafkaProducer, ConsumerRecord
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from services.tracker import store
+from services.tracker import schedule, store
 from shared import topics
 from shared.codec import PoisonMessage, decode
 from shared.contracts import OutcomeReported, RequestAccepted
+from shared.contracts.holds import HoldUpdated
 from shared.db import apply_schema, create_pool, ensure_database
 from shared.kafka import ensure_topics, make_consumer, make_producer, start_with_retry
 from shared.outbox import OutboxRelay
@@ -22,27 +27,51 @@ from shared.settings import DatabaseSettings, KafkaSettings
 log = logging.getLogger("lethe.tracker")
 
 
+class TrackerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LETHE_TRACKER_", extra="ignore")
+
+    tick_s: float = Field(30.0, gt=0, le=3600, description="How often due deferred erasures are dispatched.")
+
+
 async def handle(pool: asyncpg.Pool, record: ConsumerRecord[bytes, bytes]) -> None:
     if record.topic == topics.REQUESTS_ACCEPTED:
         await store.start_saga(pool, decode(record.value, RequestAccepted), datetime.now(UTC))
+    elif record.topic == topics.HOLDS:
+        await schedule.schedule_hold_release(pool, decode(record.value, HoldUpdated))
     else:
         await store.record_outcome(pool, decode(record.value, OutcomeReported))
+
+
+async def dead_letter(producer: AIOKafkaProducer, record: ConsumerRecord[bytes, bytes], error: str) -> None:
+    log.warning(
+        "poison message dead-lettered", extra={"topic": record.topic, "offset": record.offset, "error": error}
+    )
+    await producer.send_and_wait(
+        topics.DEAD_LETTERS,
+        value=record.value or b"",
+        key=record.key,
+        headers=[("lethe-error", error.encode()[:1000]), ("lethe-source-topic", record.topic.encode())],
+    )
 
 
 async def main(stop: asyncio.Event) -> None:
     kafka = KafkaSettings()
     db = DatabaseSettings()
+    settings = TrackerSettings()
     await ensure_database(db.database_url)
     pool = await create_pool(db.database_url, db.db_pool_max)
     await apply_schema(pool, *store.SCHEMA)
     await ensure_topics(kafka, topics.all_topics())
     producer = make_producer(kafka)
-    consumer = make_consumer(kafka, [topics.REQUESTS_ACCEPTED, topics.OUTCOMES], "lethe-tracker")
+    consumer = make_consumer(
+        kafka, [topics.REQUESTS_ACCEPTED, topics.OUTCOMES, topics.HOLDS], "lethe-tracker"
+    )
     await start_with_retry(producer, "producer")
     await start_with_retry(consumer, "consumer")
     relay = asyncio.create_task(OutboxRelay(pool, producer).run())
     log.info("tracker started")
     mark_ready()
+    next_tick = 0.0
     try:
         while not stop.is_set():
             batches = await consumer.getmany(timeout_ms=200)
@@ -51,21 +80,12 @@ async def main(stop: asyncio.Event) -> None:
                     try:
                         await handle(pool, record)
                     except PoisonMessage as exc:
-                        log.warning(
-                            "poison message dead-lettered",
-                            extra={"topic": record.topic, "offset": record.offset, "error": str(exc)},
-                        )
-                        await producer.send_and_wait(
-                            topics.DEAD_LETTERS,
-                            value=record.value or b"",
-                            key=record.key,
-                            headers=[
-                                ("lethe-error", str(exc).encode()[:1000]),
-                                ("lethe-source-topic", record.topic.encode()),
-                            ],
-                        )
+                        await dead_letter(producer, record, str(exc))
             if batches:
                 await consumer.commit()
+            if time.monotonic() >= next_tick:
+                await schedule.dispatch_due(pool, datetime.now(UTC))
+                next_tick = time.monotonic() + settings.tick_s
     finally:
         relay.cancel()
         await asyncio.gather(relay, return_exceptions=True)

@@ -4,9 +4,11 @@ what that makes of the request. No I/O here, so the rules are unit-tested direct
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 
 from shared.contracts import (
+    CategoryOutcome,
+    DeferredErasure,
     OutcomeReported,
     Report,
     RequestStatus,
@@ -17,6 +19,10 @@ from shared.contracts import (
 )
 
 
+def _total(categories: list[CategoryOutcome], attribute: str) -> int:
+    return sum(int(getattr(c, attribute)) for c in categories)
+
+
 @dataclass
 class SystemSlot:
     system: str
@@ -25,6 +31,7 @@ class SystemSlot:
     dispatched_at: datetime
     answered_at: datetime | None = None
     outcome: OutcomeReported | None = None
+    deferred: list[OutcomeReported] = field(default_factory=list)
 
     def progress(self) -> SystemProgress:
         return SystemProgress(
@@ -35,21 +42,47 @@ class SystemSlot:
             answered_at=self.answered_at,
         )
 
+    def latest(self) -> OutcomeReported | None:
+        return self.deferred[-1] if self.deferred else self.outcome
+
+    def next_erasure_on(self) -> date | None:
+        latest = self.latest()
+        dates = [
+            r.retain_until
+            for c in (latest.categories if latest else [])
+            for r in c.retained
+            if r.retain_until is not None
+        ]
+        return min(dates, default=None)
+
     def report(self) -> SystemReport:
         cats = self.outcome.categories if self.outcome else []
         return SystemReport(
             system=self.system,
             state=self.state,
             attempts=self.attempts,
-            records_found=sum(c.found for c in cats),
-            erased=sum(c.erased for c in cats),
-            anonymised=sum(c.anonymised for c in cats),
-            restricted=sum(c.restricted for c in cats),
-            retained=sum(c.retained_count for c in cats),
+            records_found=_total(cats, "found"),
+            erased=_total(cats, "erased"),
+            anonymised=_total(cats, "anonymised"),
+            restricted=_total(cats, "restricted"),
+            retained=_total(cats, "retained_count"),
+            redirected=sum(r.count for c in cats for r in c.redirected),
             categories=cats,
             verification=self.outcome.verification if self.outcome else None,
             error=self.outcome.error if self.outcome else None,
             finished_at=self.outcome.finished_at if self.outcome else None,
+            policy_version=self.outcome.policy_version if self.outcome else None,
+            deferred=[
+                DeferredErasure(
+                    finished_at=d.finished_at,
+                    status=d.status,
+                    erased=_total(d.categories, "erased"),
+                    still_retained=_total(d.categories, "retained_count"),
+                    categories=d.categories,
+                )
+                for d in self.deferred
+            ],
+            next_erasure_on=self.next_erasure_on(),
         )
 
 
@@ -66,9 +99,17 @@ class Saga:
 
     def record(self, outcome: OutcomeReported) -> bool:
         """Take a system's answer; False if it changes nothing (a duplicate, or an answer for
-        a system that already answered)."""
+        a system that already answered). A deferred erasure's outcome is added to the
+        system's history without reopening the request."""
         slot = self.slots.get(outcome.system)
-        if slot is None or slot.state is not SystemState.DISPATCHED:
+        if slot is None:
+            return False
+        if outcome.resume_of is not None:
+            if any(d.command_id == outcome.command_id for d in slot.deferred):
+                return False
+            slot.deferred.append(outcome)
+            return True
+        if slot.state is not SystemState.DISPATCHED:
             return False
         slot.state = SystemState.DONE if outcome.status == "done" else SystemState.FAILED
         slot.answered_at = outcome.finished_at
@@ -89,12 +130,12 @@ class Saga:
         return RequestStatus.COMPLETED
 
     def _has_exceptions(self) -> bool:
-        """Something the person asked to be erased is still held: retained, or only restricted.
-        Anonymised data is no longer personal data, so it is not an exception; a restriction
-        request that restricted is simply done."""
+        """Something the person asked to be erased is still held: retained, restricted or
+        referred to another controller. Anonymised data is no longer personal data, so it is
+        not an exception; a restriction request that restricted is simply done."""
         for slot in self.slots.values():
             for c in slot.outcome.categories if slot.outcome else []:
-                if c.retained:
+                if c.retained or c.redirected:
                     return True
                 if self.request_type is RequestType.ERASURE and c.restricted:
                     return True

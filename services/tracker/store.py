@@ -4,11 +4,13 @@ with the processed-message journal, so redelivered events change nothing."""
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 
 import asyncpg
 
 from services.tracker.saga import Saga, SystemSlot
+from services.tracker.schedule import schedule_retention_ends
 from shared import topics
 from shared.contracts import (
     OutcomeReported,
@@ -41,12 +43,23 @@ SCHEMA = (
         dispatched_at timestamptz NOT NULL,
         answered_at timestamptz,
         outcome jsonb,
+        deferred jsonb NOT NULL DEFAULT '[]',
         PRIMARY KEY (request_id, system))""",
     """CREATE TABLE IF NOT EXISTS early_outcomes (
         message_id uuid PRIMARY KEY,
         request_id text NOT NULL,
         outcome jsonb NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS early_outcomes_request ON early_outcomes (request_id)",
+    # Deferred erasures: re-examine what `resume_of` retained once `due_on` comes.
+    """CREATE TABLE IF NOT EXISTS scheduled_erasures (
+        request_id text NOT NULL REFERENCES sagas,
+        system text NOT NULL,
+        resume_of uuid NOT NULL,
+        due_on date NOT NULL,
+        reason text NOT NULL,
+        dispatched_at timestamptz,
+        PRIMARY KEY (request_id, system, resume_of, due_on))""",
+    "CREATE INDEX IF NOT EXISTS scheduled_due ON scheduled_erasures (due_on) WHERE dispatched_at IS NULL",
     JOURNAL_DDL,
     OUTBOX_DDL,
 )
@@ -73,12 +86,14 @@ async def _load(conn: asyncpg.Connection, request_id: str) -> tuple[Saga, int] |
             dispatched_at=s["dispatched_at"],
             answered_at=s["answered_at"],
             outcome=None if s["outcome"] is None else OutcomeReported.model_validate_json(s["outcome"]),
+            deferred=[OutcomeReported.model_validate(d) for d in json.loads(s["deferred"])],
         )
     return saga, row["version"]
 
 
-async def _save(conn: asyncpg.Connection, saga: Saga, version: int) -> None:
-    """Persist the saga and announce the new snapshot, in the caller's transaction."""
+async def _save(conn: asyncpg.Connection, saga: Saga, version: int, was_final: bool) -> None:
+    """Persist the saga and announce the new snapshot, in the caller's transaction; announce
+    completion once, when the request first reaches a final status."""
     version += 1
     status = saga.status
     await conn.execute(
@@ -155,8 +170,10 @@ async def start_saga(pool: asyncpg.Pool, event: RequestAccepted, now: datetime) 
             "DELETE FROM early_outcomes WHERE request_id = $1 RETURNING outcome", event.request_id
         )
         for row in early:
-            saga.record(OutcomeReported.model_validate_json(row["outcome"]))
-        await _save(conn, saga, version)
+            outcome = OutcomeReported.model_validate_json(row["outcome"])
+            if saga.record(outcome) and saga.request_type is RequestType.ERASURE:
+                await schedule_retention_ends(conn, outcome)
+        await _save(conn, saga, version, was_final=False)
 
 
 async def record_outcome(pool: asyncpg.Pool, event: OutcomeReported) -> None:
@@ -176,5 +193,8 @@ async def record_outcome(pool: asyncpg.Pool, event: OutcomeReported) -> None:
             )
             return
         saga, version = loaded
+        was_final = saga.status.is_final
         if saga.record(event):
-            await _save(conn, saga, version)
+            await _save(conn, saga, version, was_final)
+            if saga.request_type is RequestType.ERASURE:
+                await schedule_retention_ends(conn, event)

@@ -10,6 +10,7 @@ from shared.contracts.commands import (
     SubjectCommand,
 )
 from shared.contracts.events import (
+    NotificationRequested,
     OutcomeReported,
     RequestAccepted,
     RequestCompleted,
@@ -18,6 +19,7 @@ from shared.contracts.events import (
 from shared.contracts.outcomes import Action, CategoryOutcome, Retention, Verification
 from shared.contracts.report import (
     FINAL_STATUSES,
+    DeferredErasure,
     Report,
     RequestStatus,
     SystemProgress,
@@ -32,9 +34,11 @@ __all__ = [
     "SUBJECT_COMMAND",
     "Action",
     "CategoryOutcome",
+    "DeferredErasure",
     "EraseSubject",
     "LiftRestriction",
     "Message",
+    "NotificationRequested",
     "OutcomeReported",
     "Report",
     "RequestAccepted",

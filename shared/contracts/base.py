@@ -33,8 +33,13 @@ class Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class Message(Frozen):
+class Envelope(Frozen):
     schema_version: Literal[1] = 1
     message_id: UUID = Field(default_factory=uuid4)
     occurred_at: AwareDatetime = Field(default_factory=utcnow)
+
+
+class Message(Envelope):
+    """A message about one data-subject request."""
+
     request_id: RequestId

@@ -7,6 +7,7 @@ broker never holds personal data in clear.
 from __future__ import annotations
 
 from typing import Annotated, Literal
+from uuid import UUID
 
 from pydantic import Field, TypeAdapter
 
@@ -18,6 +19,11 @@ class SubjectCommand(Message):
     subject_ref: SubjectRef
     sealed_identifiers: str = Field(min_length=1, max_length=65_536)
     attempt: int = Field(1, ge=1, le=100)
+    resume_of: UUID | None = Field(
+        None,
+        description="Deferred erasure: re-examine what this earlier command retained (retention "
+        "ended, hold released), besides whatever the identifiers still find.",
+    )
 
     @property
     def request_type(self) -> RequestType:

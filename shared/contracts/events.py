@@ -32,10 +32,12 @@ class OutcomeReported(Message):
     system: SystemName
     command_id: UUID
     attempt: int = Field(ge=1)
+    resume_of: UUID | None = None
     status: Literal["done", "failed"]
     categories: list[CategoryOutcome] = Field(default_factory=list)
     verification: Verification | None = None
     error: str | None = Field(None, max_length=2_000)
+    policy_version: str | None = Field(None, description="The retention policy the decisions followed.")
     started_at: AwareDatetime
     finished_at: AwareDatetime
 
@@ -56,3 +58,12 @@ class RequestCompleted(Message):
     event: Literal["request_completed"] = "request_completed"
     status: RequestStatus
     report: Report
+
+
+class NotificationRequested(Message):
+    """Upstream must tell the person something before Lethe proceeds, e.g. that a restriction
+    is about to be lifted (Art. 18(3)) or that the deadline was extended (Art. 12(3))."""
+
+    event: Literal["notification_requested"] = "notification_requested"
+    kind: Literal["restriction_lift"]
+    subject_ref: SubjectRef

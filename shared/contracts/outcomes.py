@@ -16,6 +16,7 @@ class Action(StrEnum):
     RESTRICTED = "restricted"
     UNRESTRICTED = "unrestricted"
     RETAINED = "retained"
+    REDIRECTED = "redirected"
 
 
 class Retention(Frozen):
@@ -29,6 +30,14 @@ class Retention(Frozen):
     retain_until: date | None = None
 
 
+class Redirect(Frozen):
+    """Records held as a processor for another controller: the request is referred to it
+    (Art. 28(3)(e)); Lethe does not act on them."""
+
+    count: int = Field(ge=1)
+    controller: str
+
+
 class CategoryOutcome(Frozen):
     category: str
     found: int = Field(ge=0)
@@ -37,6 +46,7 @@ class CategoryOutcome(Frozen):
     restricted: int = Field(0, ge=0)
     unrestricted: int = Field(0, ge=0)
     retained: list[Retention] = Field(default_factory=list)
+    redirected: list[Redirect] = Field(default_factory=list)
     note: str | None = None
 
     @property

@@ -3,6 +3,7 @@ its pseudonymous reference."""
 
 from __future__ import annotations
 
+from datetime import date
 from enum import StrEnum
 from typing import Literal
 
@@ -45,6 +46,16 @@ class SystemProgress(Frozen):
     answered_at: AwareDatetime | None = None
 
 
+class DeferredErasure(Frozen):
+    """A later run for records an earlier one retained: retention ended or a hold was released."""
+
+    finished_at: AwareDatetime
+    status: Literal["done", "failed"]
+    erased: int
+    still_retained: int
+    categories: list[CategoryOutcome]
+
+
 class SystemReport(Frozen):
     system: SystemName
     state: SystemState
@@ -58,6 +69,10 @@ class SystemReport(Frozen):
     verification: Verification | None
     error: str | None = None
     finished_at: AwareDatetime | None
+    redirected: int = 0
+    policy_version: str | None = None
+    deferred: list[DeferredErasure] = Field(default_factory=list)
+    next_erasure_on: date | None = Field(None, description="When retained records are due to be erased.")
 
 
 class Report(Frozen):

@@ -5,27 +5,44 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.crypto import IdentifierSeal
 from shared.kafka import ensure_topics
+from shared.policy.evaluate import RetentionPolicy
+from shared.policy.model import DEFAULT_POLICY_FILE, check_categories, load_policy
 from shared.service import run_service
 from shared.settings import KafkaSettings, SecretsSettings
 from shared.topics import all_topics
-from shared.worker.policy import ActOnEverything
+from shared.worker.holds import HoldsView
 from shared.worker.ports import StoreAdapter
 from shared.worker.runtime import RetrySettings, WorkerRuntime
+
+
+class PolicySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LETHE_", extra="ignore")
+
+    policy_file: Path = Field(DEFAULT_POLICY_FILE, description="The retention policy (YAML).")
 
 
 def run_worker(system: str, make_adapter: Callable[[], StoreAdapter]) -> None:
     async def main(stop: asyncio.Event) -> None:
         kafka = KafkaSettings()
         secrets = SecretsSettings()
+        adapter = make_adapter()
+        policy = load_policy(PolicySettings().policy_file)
+        check_categories(policy, system, adapter.personal_fields)
+        seal = IdentifierSeal(secrets.identifier_key.get_secret_value())
         runtime = WorkerRuntime(
-            adapter=make_adapter(),
-            policy=ActOnEverything(),
-            seal=IdentifierSeal(secrets.identifier_key.get_secret_value()),
+            adapter=adapter,
+            policy=RetentionPolicy(policy),
+            seal=seal,
             kafka=kafka,
             retry=RetrySettings(),
+            holds=HoldsView(kafka, seal),
         )
         await ensure_topics(kafka, all_topics())
         task = asyncio.create_task(runtime.run())

@@ -43,6 +43,21 @@ class PostgresStoreSession(PostgresJournal):
     async def apply(self, decisions: Sequence[Decision]) -> None:
         await self.adapter.apply_decisions(self.conn, decisions)
 
+    async def existing(self, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+        by_category: dict[str, list[str]] = defaultdict(list)
+        for category, record_id in keys:
+            by_category[category].append(record_id)
+        tables = {t.category: t for t in self.adapter.tables}
+        found: set[tuple[str, str]] = set()
+        for category, ids in by_category.items():
+            table = tables[category]
+            key = f"{table.key}::text"
+            rows = await self.conn.fetch(
+                f"SELECT {key} AS id FROM {table.table} WHERE {key} = ANY($1::text[])", ids
+            )
+            found.update((category, r["id"]) for r in rows)
+        return found
+
 
 class PostgresStoreAdapter:
     system: str
@@ -62,6 +77,10 @@ class PostgresStoreAdapter:
     @property
     def categories(self) -> tuple[str, ...]:
         return tuple(t.category for t in self.tables)
+
+    @property
+    def personal_fields(self) -> dict[str, tuple[str, ...]]:
+        return {t.category: t.personal_columns for t in self.tables}
 
     @property
     def pool(self) -> asyncpg.Pool:

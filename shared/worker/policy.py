@@ -1,13 +1,12 @@
-"""Deciding, per record, what a request does to it.
+"""What the worker runtime asks of a policy: a decision per record.
 
-This is where legal holds and retention rules are evaluated: a record may be kept (with its
-rule or hold cited) instead of erased. The default policy acts on everything; the retention
-policy file replaces it.
+`shared.policy.evaluate.RetentionPolicy` is the real one (rules and holds); `ActOnEverything`
+gives every record the request's action, for adapter tests that are about the store alone.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import date
 from typing import Protocol
 
@@ -23,16 +22,31 @@ ACTION_FOR_REQUEST = {
 
 
 class Policy(Protocol):
+    @property
+    def version(self) -> str | None: ...
+
     def decide(
-        self, system: str, request_type: RequestType, records: Sequence[Record], today: date
-    ) -> list[Decision]: ...
+        self,
+        system: str,
+        request_type: RequestType,
+        records: Sequence[Record],
+        today: date,
+        held: Mapping[tuple[str, str], str] | None = None,
+    ) -> list[Decision]:
+        """`held` maps a record's key to the case reference of a hold covering it."""
+        ...
 
 
 class ActOnEverything:
-    """No exceptions: every record found gets the request's action."""
+    version = None
 
     def decide(
-        self, system: str, request_type: RequestType, records: Sequence[Record], today: date
+        self,
+        system: str,
+        request_type: RequestType,
+        records: Sequence[Record],
+        today: date,
+        held: Mapping[tuple[str, str], str] | None = None,
     ) -> list[Decision]:
         action = ACTION_FOR_REQUEST[request_type]
         return [Decision(record=r, action=action) for r in records]

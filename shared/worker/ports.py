@@ -39,7 +39,9 @@ class Decision(Frozen):
     legal_basis: str | None = None
     retain_until: date | None = None
     hold_reference: str | None = None
+    controller: str | None = None
     keep_fields: tuple[str, ...] = ()
+    strip_fields: tuple[str, ...] = ()
 
 
 class JournalEntry(Frozen):
@@ -64,6 +66,10 @@ class StoreSession(Protocol):
 
     async def apply(self, decisions: Sequence[Decision]) -> None: ...
 
+    async def existing(self, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Which of these records are still in the store."""
+        ...
+
 
 class StoreAdapter(Protocol):
     @property
@@ -72,6 +78,11 @@ class StoreAdapter(Protocol):
     @property
     def categories(self) -> tuple[str, ...]:
         """Every category the system holds, so a report can say `not_found` for each."""
+        ...
+
+    @property
+    def personal_fields(self) -> dict[str, tuple[str, ...]]:
+        """Per category, the fields anonymisation clears and retention rules may strip."""
         ...
 
     async def start(self) -> None:

@@ -21,10 +21,12 @@ from shared import topics
 from shared.codec import PoisonMessage, decode, encode
 from shared.contracts import SUBJECT_COMMAND, OutcomeReported, SubjectCommand
 from shared.crypto import IdentifierSeal, IdentifierSealError
+from shared.identity import Identities
 from shared.kafka import make_consumer, make_producer, start_with_retry, trace_headers
 from shared.service import mark_ready
 from shared.settings import KafkaSettings
 from shared.worker.handler import Clock, execute, outcome_id
+from shared.worker.holds import HoldsView
 from shared.worker.policy import Policy
 from shared.worker.ports import StoreAdapter
 
@@ -52,6 +54,7 @@ class WorkerRuntime:
         kafka: KafkaSettings,
         retry: RetrySettings,
         clock: Clock = utc_clock,
+        holds: HoldsView | None = None,
     ) -> None:
         self.adapter = adapter
         self.policy = policy
@@ -59,6 +62,7 @@ class WorkerRuntime:
         self.kafka = kafka
         self.retry = retry
         self.clock = clock
+        self.holds = holds
         self.topic = topics.command_topic(adapter.system)
         self.group_id = f"lethe-worker-{adapter.system}"
         self._stopping = asyncio.Event()
@@ -73,6 +77,8 @@ class WorkerRuntime:
         consumer = make_consumer(self.kafka, [self.topic], self.group_id)
         await start_with_retry(producer, "producer")
         await start_with_retry(consumer, "consumer")
+        if self.holds is not None:
+            await self.holds.start()
         log.info("worker started", extra={"system": self.adapter.system, "topic": self.topic})
         mark_ready()
         try:
@@ -86,6 +92,8 @@ class WorkerRuntime:
         finally:
             await consumer.stop()
             await producer.stop()
+            if self.holds is not None:
+                await self.holds.stop()
             await self.adapter.close()
 
     async def _handle_partition(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
@@ -115,12 +123,12 @@ class WorkerRuntime:
         )
 
     async def _execute_with_retry(
-        self, command: SubjectCommand, identities: object, record: ConsumerRecord[bytes, bytes]
+        self, command: SubjectCommand, identities: Identities, record: ConsumerRecord[bytes, bytes]
     ) -> OutcomeReported:
         delay = self.retry.backoff_initial_s
         for attempt in range(1, self.retry.attempts + 1):
             try:
-                return await execute(command, identities, self.adapter, self.policy, self.clock)  # type: ignore[arg-type]
+                return await execute(command, identities, self.adapter, self.policy, self.clock, self.holds)
             except Exception as exc:  # store errors of every driver; the type is what we report
                 error = type(exc).__name__
                 log.warning(

@@ -1,0 +1,104 @@
+"""Litigation and regulatory holds: placed and released by Legal, never forgotten (a release
+is recorded on the row, which stays). Each change goes to the holds topic through the outbox."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from uuid import UUID, uuid4
+
+import asyncpg
+
+from shared import topics
+from shared.contracts.holds import HoldUpdated
+from shared.outbox import enqueue
+
+SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS holds (
+        hold_id uuid PRIMARY KEY,
+        version integer NOT NULL,
+        case_reference text NOT NULL,
+        reason text NOT NULL,
+        subject_ref text NOT NULL,
+        sealed_identifiers text NOT NULL,
+        systems text[],
+        categories text[],
+        placed_at timestamptz NOT NULL,
+        expires_at timestamptz,
+        released_at timestamptz)""",
+)
+
+
+@dataclass(frozen=True)
+class NewHold:
+    case_reference: str
+    reason: str
+    subject_ref: str
+    sealed_identifiers: str
+    systems: list[str] | None
+    categories: list[str] | None
+    placed_at: datetime
+    expires_at: datetime | None
+
+
+def _event(row: asyncpg.Record) -> HoldUpdated:
+    return HoldUpdated(
+        hold_id=row["hold_id"],
+        version=row["version"],
+        case_reference=row["case_reference"],
+        subject_ref=row["subject_ref"],
+        sealed_identifiers=row["sealed_identifiers"],
+        systems=row["systems"],
+        categories=row["categories"],
+        placed_at=row["placed_at"],
+        expires_at=row["expires_at"],
+        released_at=row["released_at"],
+    )
+
+
+async def place(pool: asyncpg.Pool, new: NewHold) -> tuple[asyncpg.Record, int]:
+    """Returns the hold and the outbox row announcing it."""
+    async with pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(
+            "INSERT INTO holds (hold_id, version, case_reference, reason, subject_ref, sealed_identifiers,"
+            " systems, categories, placed_at, expires_at) VALUES ($1,1,$2,$3,$4,$5,$6,$7,$8,$9) RETURNING *",
+            uuid4(),
+            new.case_reference,
+            new.reason,
+            new.subject_ref,
+            new.sealed_identifiers,
+            new.systems,
+            new.categories,
+            new.placed_at,
+            new.expires_at,
+        )
+        outbox_id = await enqueue(conn, topics.HOLDS, str(row["hold_id"]), _event(row))
+    return row, outbox_id
+
+
+async def release(
+    pool: asyncpg.Pool, hold_id: UUID, now: datetime
+) -> tuple[asyncpg.Record | None, int | None]:
+    """Idempotent: releasing a released hold changes nothing and announces nothing."""
+    async with pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(
+            "UPDATE holds SET released_at = $2, version = version + 1"
+            " WHERE hold_id = $1 AND released_at IS NULL RETURNING *",
+            hold_id,
+            now,
+        )
+        if row is None:
+            return await conn.fetchrow("SELECT * FROM holds WHERE hold_id = $1", hold_id), None
+        return row, await enqueue(conn, topics.HOLDS, str(hold_id), _event(row))
+
+
+async def listing(pool: asyncpg.Pool, active_only: bool, now: datetime) -> list[asyncpg.Record]:
+    where = (
+        "released_at IS NULL AND (expires_at IS NULL OR expires_at > $1)"
+        if active_only
+        else "$1::timestamptz IS NOT NULL"
+    )
+    rows: list[asyncpg.Record] = await pool.fetch(
+        f"SELECT * FROM holds WHERE {where} ORDER BY placed_at DESC", now
+    )
+    return rows

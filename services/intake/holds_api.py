@@ -1,0 +1,108 @@
+"""HTTP endpoints for Legal: place, release and list holds."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from uuid import UUID
+
+import asyncpg
+from fastapi import APIRouter, HTTPException, Request, Response
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from services.intake import holds
+from services.intake.models import ErrorBody, SubjectIn
+from shared.contracts.base import SystemName
+from shared.contracts.holds import CaseReference
+from shared.crypto import subject_ref
+
+router = APIRouter(prefix="/v1/holds", tags=["holds"])
+
+
+class PlaceHold(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    subject: SubjectIn
+    systems: list[SystemName] | None = Field(None, min_length=1, max_length=32)
+    categories: list[str] | None = Field(None, min_length=1, max_length=64)
+    case_reference: CaseReference = Field(description="Opaque case id; cited in reports. No names.")
+    reason: str = Field(min_length=3, max_length=2000, description="Kept in intake only; never sent on.")
+    expires_at: AwareDatetime | None = None
+
+
+class HoldView(BaseModel):
+    id: UUID
+    case_reference: str
+    subject_ref: str
+    systems: list[str] | None
+    categories: list[str] | None
+    placed_at: datetime
+    expires_at: datetime | None
+    released_at: datetime | None
+    active: bool
+    propagated: bool = Field(description="The hold's change is on the holds topic, so workers honour it.")
+
+
+def _view(row: asyncpg.Record, propagated: bool = True) -> HoldView:
+    now = datetime.now(UTC)
+    active = row["released_at"] is None and (row["expires_at"] is None or row["expires_at"] > now)
+    return HoldView(
+        id=row["hold_id"],
+        case_reference=row["case_reference"],
+        subject_ref=row["subject_ref"],
+        systems=row["systems"],
+        categories=row["categories"],
+        placed_at=row["placed_at"],
+        expires_at=row["expires_at"],
+        released_at=row["released_at"],
+        active=active,
+        propagated=propagated,
+    )
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=HoldView,
+    responses={202: {"model": HoldView}, 422: {"model": ErrorBody}},
+)
+async def place_hold(body: PlaceHold, request: Request, response: Response) -> HoldView:
+    """201 once every worker is bound to honour the hold; 202 if it is stored but could not be
+    published yet (it will be, by the relay; workers honour it from then on)."""
+    state = request.app.state
+    unknown = sorted(set(body.systems or ()) - set(state.systems))
+    if unknown:
+        raise HTTPException(422, f"systems: unknown system(s) {', '.join(unknown)}")
+    identities = body.subject.identities()
+    row, outbox_id = await holds.place(
+        state.pool,
+        holds.NewHold(
+            case_reference=body.case_reference,
+            reason=body.reason,
+            subject_ref=subject_ref(state.pseudonym_key, identities),
+            sealed_identifiers=state.seal.seal(identities),
+            systems=body.systems,
+            categories=body.categories,
+            placed_at=datetime.now(UTC),
+            expires_at=body.expires_at,
+        ),
+    )
+    propagated = await state.relay.wait_published(outbox_id)
+    if not propagated:
+        response.status_code = 202
+    return _view(row, propagated)
+
+
+@router.delete("/{hold_id}", response_model=HoldView, responses={404: {"model": ErrorBody}})
+async def release_hold(hold_id: UUID, request: Request) -> HoldView:
+    """Release (recorded, never deleted). What the hold kept is then erased if no rule keeps it."""
+    state = request.app.state
+    row, outbox_id = await holds.release(state.pool, hold_id, datetime.now(UTC))
+    if row is None:
+        raise HTTPException(404, "hold_id: no such hold")
+    propagated = outbox_id is None or await state.relay.wait_published(outbox_id)
+    return _view(row, propagated)
+
+
+@router.get("", response_model=list[HoldView])
+async def list_holds(request: Request, active: bool = False) -> list[HoldView]:
+    return [_view(r) for r in await holds.listing(request.app.state.pool, active, datetime.now(UTC))]

@@ -1,0 +1,41 @@
+"""Litigation and regulatory holds, as Legal places and releases them. One message per change
+of a hold, keyed by hold id, carrying the hold's whole state (the topic can be compacted)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+from uuid import UUID
+
+from pydantic import AwareDatetime, Field, StringConstraints
+
+from shared.contracts.base import Envelope, SubjectRef, SystemName
+
+# Opaque on purpose: "Smith v Telco" would put a litigant's name in every report that cites it.
+CaseReference = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9./_:-]{0,63}$")]
+
+
+class HoldUpdated(Envelope):
+    event: Literal["hold_updated"] = "hold_updated"
+    hold_id: UUID
+    version: int = Field(ge=1)
+    case_reference: CaseReference
+    subject_ref: SubjectRef
+    sealed_identifiers: str
+    systems: list[SystemName] | None = None
+    categories: list[str] | None = None
+    placed_at: AwareDatetime
+    expires_at: AwareDatetime | None = None
+    released_at: AwareDatetime | None = None
+
+    def active_at(self, moment: datetime) -> bool:
+        if moment < self.placed_at:
+            return False
+        if self.released_at is not None and moment >= self.released_at:
+            return False
+        return self.expires_at is None or moment < self.expires_at
+
+    def covers(self, system: str, category: str | None = None) -> bool:
+        if self.systems is not None and system not in self.systems:
+            return False
+        return category is None or self.categories is None or category in self.categories
