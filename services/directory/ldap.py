@@ -73,6 +73,19 @@ class Directory:
             conn.search(self.settings.base_dn, query, SUBTREE, attributes=["entryUUID"])
             return [Entry(str(e.entryUUID.value), e.entry_dn) for e in conn.entries]
 
+    async def lookup(self, text: str) -> list[str]:
+        """The directory's normal lookup (phone book search by name): only ou=people, so
+        restricted entries, moved to ou=restricted, are out of normal processing."""
+        value = escape_filter_chars(text)
+        query = f"(&(objectClass=inetOrgPerson)(|(cn=*{value}*)(sn=*{value}*)))"
+
+        def search() -> list[str]:
+            with self.connect() as conn:
+                conn.search(self.people, query, SUBTREE, attributes=["uid"])
+                return sorted(str(e.uid.value) for e in conn.entries)
+
+        return await asyncio.to_thread(search)
+
     async def existing(self, entry_uuids: Sequence[str]) -> set[str]:
         if not entry_uuids:
             return set()

@@ -90,16 +90,44 @@ class RecordingsAdapter(PostgresStoreAdapter):
         ]
 
     async def apply_decisions(self, conn: asyncpg.Connection, decisions: Sequence[Decision]) -> None:
-        erased = [d.record.record_id for d in decisions if d.action is Action.ERASED]
+        def ids(action: Action) -> list[str]:
+            return [d.record.record_id for d in decisions if d.action is action]
+
+        erased = ids(Action.ERASED)
         if erased:
-            rows = await conn.fetch(
-                "SELECT path FROM recordings WHERE recording_id = ANY($1::text[])", erased
-            )
-            paths = [resolve(self.root, r["path"]) for r in rows]
-            await asyncio.to_thread(_unlink_all, paths)
+            rows = await conn.fetch("SELECT path FROM recordings WHERE recording_id = ANY($1::text[])", erased)
+            await asyncio.to_thread(_unlink_all, [resolve(self.root, r["path"]) for r in rows])
+        await self._move(conn, ids(Action.RESTRICTED), restricted=True)
+        await self._move(conn, ids(Action.UNRESTRICTED), restricted=False)
         await super().apply_decisions(conn, decisions)
+
+    async def _move(self, conn: asyncpg.Connection, recording_ids: list[str], restricted: bool) -> None:
+        """Restricted audio moves under restricted/, out of the tree playback serves; lifting
+        moves it back. Idempotent: a file already in place stays; the index follows the file."""
+        if not recording_ids:
+            return
+        rows = await conn.fetch(
+            "SELECT recording_id, path FROM recordings WHERE recording_id = ANY($1::text[])", recording_ids
+        )
+        for row in rows:
+            path = row["path"]
+            target = (f"{RESTRICTED_DIR}/{path}" if restricted and not path.startswith(f"{RESTRICTED_DIR}/")
+                      else path.removeprefix(f"{RESTRICTED_DIR}/") if not restricted else path)
+            if target != path:
+                await asyncio.to_thread(_move_file, resolve(self.root, path), resolve(self.root, target))
+                await conn.execute("UPDATE recordings SET path = $2 WHERE recording_id = $1",
+                                   row["recording_id"], target)
+
+
+RESTRICTED_DIR = "restricted"
 
 
 def _unlink_all(paths: Sequence[Path]) -> None:
     for path in paths:
         path.unlink(missing_ok=True)
+
+
+def _move_file(source: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if source.exists():
+        source.replace(target)

@@ -46,7 +46,6 @@ class RetentionPolicy:
                 action=Action.RETAINED,
                 hold_reference=hold_reference,
                 legal_basis=HOLD_BASIS,
-                rule_id="hold",
             )
         rule = self.policy.rule_for(system, record.category)
         if rule is None:  # workers check coverage at start-up; this is a programming error

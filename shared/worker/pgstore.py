@@ -107,27 +107,33 @@ class PostgresStoreAdapter:
         raise NotImplementedError
 
     async def apply_decisions(self, conn: asyncpg.Connection, decisions: Sequence[Decision]) -> None:
+        tables = {t.category: t for t in self.tables}
         grouped: dict[tuple[str, Action, tuple[str, ...]], list[str]] = defaultdict(list)
         for d in decisions:
-            grouped[(d.record.category, d.action, d.keep_fields)].append(d.record.record_id)
-        tables = {t.category: t for t in self.tables}
-        for (category, action, keep), ids in grouped.items():
-            await self.apply_action(conn, tables[category], action, keep, ids)
+            cleared: tuple[str, ...] = ()
+            if d.action is Action.ANONYMISED:
+                personal = tables[d.record.category].personal_columns
+                cleared = tuple(c for c in personal if c not in d.keep_fields)
+            elif d.action is Action.RETAINED:
+                cleared = d.strip_fields
+            grouped[(d.record.category, d.action, cleared)].append(d.record.record_id)
+        for (category, action, cleared), ids in grouped.items():
+            await self.apply_action(conn, tables[category], action, cleared, ids)
 
     async def apply_action(
         self,
         conn: asyncpg.Connection,
         table: CategoryTable,
         action: Action,
-        keep: tuple[str, ...],
+        cleared: tuple[str, ...],
         ids: list[str],
     ) -> None:
-        """Idempotent by construction: deleting a deleted row or setting a set flag is a no-op."""
+        """Idempotent by construction: deleting a deleted row, clearing a cleared field or
+        setting a set flag is a no-op. Retained records lose the fields their rule strips."""
         where = f"{table.key}::text = ANY($1::text[])"
         if action is Action.ERASED:
             await conn.execute(f"DELETE FROM {table.table} WHERE {where}", ids)
-        elif action is Action.ANONYMISED:
-            cleared = [c for c in table.personal_columns if c not in keep]
+        elif action in (Action.ANONYMISED, Action.RETAINED):
             if cleared:
                 sets = ", ".join(f"{c} = NULL" for c in cleared)
                 await conn.execute(f"UPDATE {table.table} SET {sets} WHERE {where}", ids)
