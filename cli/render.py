@@ -27,6 +27,11 @@ def report_text(report: dict[str, Any]) -> str:
         )
         if system.get("error"):
             lines.append(f"      error: {system['error']}")
+        if system.get("next_erasure_on"):
+            lines.append(f"      next scheduled erasure: {system['next_erasure_on']}")
+        for later in system.get("deferred", []):
+            lines.append(f"      later: {later['erased']} erased on {later['finished_at']}"
+                         f" ({later['still_retained']} still retained)")
         for c in system["categories"]:
             lines.append(f"      {c['category']:<22} {_category_summary(c)}")
             for kept in c.get("retained", []):
@@ -35,6 +40,8 @@ def report_text(report: dict[str, Any]) -> str:
                 lines.append(
                     f"        kept {kept['count']} under {why}: {kept['legal_basis']} (until {until})"
                 )
+            for referred in c.get("redirected", []):
+                lines.append(f"        referred {referred['count']} to the controller {referred['controller']}")
             if c.get("note"):
                 lines.append(f"        note: {c['note']}")
     return "\n".join(lines)
@@ -47,4 +54,8 @@ def _category_summary(c: dict[str, Any]) -> str:
     kept = sum(r["count"] for r in c.get("retained", []))
     if kept:
         parts.append(f"{kept} retained")
+    referred = sum(r["count"] for r in c.get("redirected", []))
+    if referred:
+        parts.append(f"{referred} redirected")
+
     return f"{c['found']} found: " + ", ".join(parts)

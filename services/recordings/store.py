@@ -95,7 +95,9 @@ class RecordingsAdapter(PostgresStoreAdapter):
 
         erased = ids(Action.ERASED)
         if erased:
-            rows = await conn.fetch("SELECT path FROM recordings WHERE recording_id = ANY($1::text[])", erased)
+            rows = await conn.fetch(
+                "SELECT path FROM recordings WHERE recording_id = ANY($1::text[])", erased
+            )
             await asyncio.to_thread(_unlink_all, [resolve(self.root, r["path"]) for r in rows])
         await self._move(conn, ids(Action.RESTRICTED), restricted=True)
         await self._move(conn, ids(Action.UNRESTRICTED), restricted=False)
@@ -111,12 +113,18 @@ class RecordingsAdapter(PostgresStoreAdapter):
         )
         for row in rows:
             path = row["path"]
-            target = (f"{RESTRICTED_DIR}/{path}" if restricted and not path.startswith(f"{RESTRICTED_DIR}/")
-                      else path.removeprefix(f"{RESTRICTED_DIR}/") if not restricted else path)
+            target = (
+                f"{RESTRICTED_DIR}/{path}"
+                if restricted and not path.startswith(f"{RESTRICTED_DIR}/")
+                else path.removeprefix(f"{RESTRICTED_DIR}/")
+                if not restricted
+                else path
+            )
             if target != path:
                 await asyncio.to_thread(_move_file, resolve(self.root, path), resolve(self.root, target))
-                await conn.execute("UPDATE recordings SET path = $2 WHERE recording_id = $1",
-                                   row["recording_id"], target)
+                await conn.execute(
+                    "UPDATE recordings SET path = $2 WHERE recording_id = $1", row["recording_id"], target
+                )
 
 
 RESTRICTED_DIR = "restricted"

@@ -104,8 +104,8 @@ async def _save(conn: asyncpg.Connection, saga: Saga, version: int, was_final: b
         saga.completed_at,
     )
     await conn.executemany(
-        "UPDATE saga_systems SET state = $3, attempts = $4, answered_at = $5, outcome = $6::jsonb"
-        " WHERE request_id = $1 AND system = $2",
+        "UPDATE saga_systems SET state = $3, attempts = $4, answered_at = $5, outcome = $6::jsonb,"
+        " deferred = $7::jsonb WHERE request_id = $1 AND system = $2",
         [
             (
                 saga.request_id,
@@ -114,6 +114,7 @@ async def _save(conn: asyncpg.Connection, saga: Saga, version: int, was_final: b
                 s.attempts,
                 s.answered_at,
                 s.outcome.model_dump_json() if s.outcome else None,
+                json.dumps([d.model_dump(mode="json") for d in s.deferred]),
             )
             for s in saga.slots.values()
         ],
@@ -131,7 +132,7 @@ async def _save(conn: asyncpg.Connection, saga: Saga, version: int, was_final: b
             report=report,
         ),
     )
-    if status.is_final:
+    if status.is_final and not was_final:
         await enqueue(
             conn,
             topics.REQUESTS_COMPLETED,

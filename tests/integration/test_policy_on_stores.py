@@ -43,9 +43,16 @@ def at(day: date):  # type: ignore[no-untyped-def]
     return lambda: datetime(day.year, day.month, day.day, 12, tzinfo=UTC)
 
 
-def command(cls: type[SubjectCommand], system: str, resume_of: OutcomeReported | None = None) -> SubjectCommand:
-    return cls(request_id="pol-1", system=system, subject_ref=REF, sealed_identifiers="x",
-               resume_of=resume_of.command_id if resume_of else None)
+def command(
+    cls: type[SubjectCommand], system: str, resume_of: OutcomeReported | None = None
+) -> SubjectCommand:
+    return cls(
+        request_id="pol-1",
+        system=system,
+        subject_ref=REF,
+        sealed_identifiers="x",
+        resume_of=resume_of.command_id if resume_of else None,
+    )
 
 
 class FixedHolds:
@@ -57,12 +64,15 @@ class FixedHolds:
 
 
 def by_category(outcome: OutcomeReported) -> dict[str, tuple[int, int, list[tuple[str | None, date | None]]]]:
-    return {c.category: (c.found, c.erased, [(r.rule_id or r.hold_reference, r.retain_until) for r in c.retained])
-            for c in outcome.categories}
+    return {
+        c.category: (c.found, c.erased, [(r.rule_id or r.hold_reference, r.retain_until) for r in c.retained])
+        for c in outcome.categories
+    }
 
 
-async def run(adapter: StoreAdapter, cmd: SubjectCommand, ids: Identities, day: date,
-              holds: FixedHolds | None = None) -> OutcomeReported:
+async def run(
+    adapter: StoreAdapter, cmd: SubjectCommand, ids: Identities, day: date, holds: FixedHolds | None = None
+) -> OutcomeReported:
     return await execute(cmd, ids, adapter, POLICY, at(day), holds)
 
 
@@ -82,12 +92,22 @@ async def test_billing_keeps_tax_records_strips_contact_and_erases_the_rest(bill
     cats = by_category(outcome)
     assert cats["accounts"] == (2, 2, [])  # both closed
     assert cats["invoices"][1] == 1  # the 2019 invoice is past six years
-    assert sorted(cats["invoices"][2]) == [("billing.invoices.hmrc", date(2031, 5, 1)),
-                                           ("billing.invoices.hmrc", date(2032, 1, 1))]
-    assert cats["call_detail_records"] == (2, 0, [("billing.cdrs.bill-challenge", date(2026, 12, 3)),
-                                                  ("billing.cdrs.bill-challenge", date(2027, 2, 20))])
+    assert sorted(cats["invoices"][2]) == [
+        ("billing.invoices.hmrc", date(2031, 5, 1)),
+        ("billing.invoices.hmrc", date(2032, 1, 1)),
+    ]
+    assert cats["call_detail_records"] == (
+        2,
+        0,
+        [
+            ("billing.cdrs.bill-challenge", date(2026, 12, 3)),
+            ("billing.cdrs.bill-challenge", date(2027, 2, 20)),
+        ],
+    )
     assert cats["radius_sessions"] == (1, 1, [])  # February session: past six months
-    row = await billing.pool.fetchrow("SELECT billing_name, billing_email FROM invoices WHERE invoice_id = 'INV-1001-2026-01'")
+    row = await billing.pool.fetchrow(
+        "SELECT billing_name, billing_email FROM invoices WHERE invoice_id = 'INV-1001-2026-01'"
+    )
     assert row["billing_name"] == "Alice Hartley" and row["billing_email"] is None
     assert await billing.pool.fetchval("SELECT count(*) FROM accounts WHERE customer_id = 'C-1002'") == 1
 
@@ -103,20 +123,29 @@ async def test_deferred_erasure_erases_what_was_kept_once_retention_ends(billing
     final = await run(billing, command(EraseSubject, "billing", resume_of=later), ALICE, date(2032, 6, 1))
     assert sum(c.erased for c in final.categories) == 4  # 2 invoices, 2 payments
     assert not any(c.retained for c in final.categories)
-    assert await billing.pool.fetchval(
-        "SELECT count(*) FROM invoices WHERE account_id IN ('ACC-1001','ACC-2044')") == 0
+    assert (
+        await billing.pool.fetchval(
+            "SELECT count(*) FROM invoices WHERE account_id IN ('ACC-1001','ACC-2044')"
+        )
+        == 0
+    )
     assert await billing.pool.fetchval("SELECT count(*) FROM invoices WHERE account_id = 'ACC-1002'") == 1
 
 
 async def test_a_hold_keeps_records_a_rule_would_erase(billing: BillingAdapter) -> None:
     hold = ActiveHold("LIT-2026-14", Identities(customer_ids=["C-1001"]), frozenset({"invoices", "accounts"}))
-    outcome = await run(billing, command(EraseSubject, "billing"), ALICE, date(2026, 11, 27), FixedHolds(hold))
+    outcome = await run(
+        billing, command(EraseSubject, "billing"), ALICE, date(2026, 11, 27), FixedHolds(hold)
+    )
     cats = by_category(outcome)
     assert cats["invoices"][1] == 0  # even the 2019 invoice, past retention, is held
     assert ("LIT-2026-14", None) in cats["invoices"][2]
     # The hold names customer C-1001: account ACC-2044 (C-2044, same e-mail) is not covered.
     assert cats["accounts"][1] == 1 and cats["accounts"][2] == [("LIT-2026-14", None)]
-    assert await billing.pool.fetchval("SELECT count(*) FROM invoices WHERE invoice_id = 'INV-1001-2019-04'") == 1
+    assert (
+        await billing.pool.fetchval("SELECT count(*) FROM invoices WHERE invoice_id = 'INV-1001-2019-04'")
+        == 1
+    )
 
 
 async def test_restriction_is_honoured_by_dunning_and_lift_restores(billing: BillingAdapter) -> None:
@@ -150,7 +179,9 @@ async def test_crm_keeps_an_active_customer_until_contract_end_then_erases(crm: 
     assert cats["interactions"][2] == [("crm.interactions.contract", date(2027, 1, 9))]
     assert cats["purchases"][2] == [("crm.purchases.contract-plus-6y", date(2033, 1, 9))]
     assert cats["forum_memberships"] == (1, 1, [])
-    buyer = await crm.pool.fetchrow("SELECT buyer_name, buyer_email, product FROM purchases WHERE purchase_id='PUR-303'")
+    buyer = await crm.pool.fetchrow(
+        "SELECT buyer_name, buyer_email, product FROM purchases WHERE purchase_id='PUR-303'"
+    )
     assert buyer["buyer_name"] is None and buyer["buyer_email"] is None and buyer["product"]
     after = await run(crm, command(EraseSubject, "crm", resume_of=first), CHLOE, date(2027, 1, 10))
     cats = by_category(after)
@@ -159,7 +190,9 @@ async def test_crm_keeps_an_active_customer_until_contract_end_then_erases(crm: 
 
 
 async def test_crm_open_ended_contract_keeps_the_contact_with_no_end_date(crm: CrmAdapter) -> None:
-    outcome = await run(crm, command(EraseSubject, "crm"), Identities(customer_ids=["C-1002"]), date(2026, 11, 27))
+    outcome = await run(
+        crm, command(EraseSubject, "crm"), Identities(customer_ids=["C-1002"]), date(2026, 11, 27)
+    )
     assert by_category(outcome)["contacts"][2] == [("crm.contacts.contract", None)]
 
 
@@ -170,7 +203,9 @@ async def test_crm_restriction_keeps_contacts_out_of_campaigns(crm: CrmAdapter) 
         assert "CRM-502" in await crm_processing.contacts_for_campaign(conn)
 
 
-async def test_mailing_keeps_consent_as_proof_and_suspends_on_restriction(fresh_db: str, demo_seed: SeedFile) -> None:
+async def test_mailing_keeps_consent_as_proof_and_suspends_on_restriction(
+    fresh_db: str, demo_seed: SeedFile
+) -> None:
     adapter = MailingAdapter(fresh_db, "k")
     await adapter.start()
     try:
@@ -191,17 +226,28 @@ async def test_mailing_keeps_consent_as_proof_and_suspends_on_restriction(fresh_
 
 
 async def test_recordings_processor_data_is_redirected_and_restricted_audio_leaves_playback(
-        fresh_db: str, tmp_path: Path) -> None:
+    fresh_db: str, tmp_path: Path
+) -> None:
     adapter = RecordingsAdapter(fresh_db, tmp_path)
     await adapter.start()
     try:
         seeds = [
-            recordings_seed.RecordingSeed(recording_id="R-OWN", customer_id="C-1001", caller="07700900123",
-                                          callee="+441708000100", recorded_at=datetime(2026, 11, 1, tzinfo=UTC),
-                                          duration_s=10),
-            recordings_seed.RecordingSeed(recording_id="R-PROC", caller="+441632960999", callee="07700 900123",
-                                          recorded_at=datetime(2026, 11, 2, tzinfo=UTC), duration_s=10,
-                                          processed_for="Riverside Surgery"),
+            recordings_seed.RecordingSeed(
+                recording_id="R-OWN",
+                customer_id="C-1001",
+                caller="07700900123",
+                callee="+441708000100",
+                recorded_at=datetime(2026, 11, 1, tzinfo=UTC),
+                duration_s=10,
+            ),
+            recordings_seed.RecordingSeed(
+                recording_id="R-PROC",
+                caller="+441632960999",
+                callee="07700 900123",
+                recorded_at=datetime(2026, 11, 2, tzinfo=UTC),
+                duration_s=10,
+                processed_for="Riverside Surgery",
+            ),
         ]
         async with adapter.pool.acquire() as conn:
             await recordings_seed.write(conn, tmp_path, seeds)

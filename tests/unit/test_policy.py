@@ -20,16 +20,26 @@ DECIDE = RetentionPolicy(POLICY)
 TODAY = date(2026, 11, 27)
 
 
-def decide(system: str, record: Record, today: date = TODAY, held: str | None = None,
-           request_type: RequestType = RequestType.ERASURE):  # type: ignore[no-untyped-def]
+def decide(
+    system: str,
+    record: Record,
+    today: date = TODAY,
+    held: str | None = None,
+    request_type: RequestType = RequestType.ERASURE,
+):  # type: ignore[no-untyped-def]
     return DECIDE.decide(system, request_type, [record], today, {record.key: held} if held else {})[0]
 
 
-@pytest.mark.parametrize("adapter", [
-    BillingAdapter("postgresql://x/y"), CrmAdapter("postgresql://x/y"),
-    MailingAdapter("postgresql://x/y", "k"), RecordingsAdapter("postgresql://x/y", Path("/tmp")),
-    DirectoryAdapter.__new__(DirectoryAdapter),
-])
+@pytest.mark.parametrize(
+    "adapter",
+    [
+        BillingAdapter("postgresql://x/y"),
+        CrmAdapter("postgresql://x/y"),
+        MailingAdapter("postgresql://x/y", "k"),
+        RecordingsAdapter("postgresql://x/y", Path("/tmp")),
+        DirectoryAdapter.__new__(DirectoryAdapter),
+    ],
+)
 def test_default_policy_covers_every_category_of_every_system(adapter) -> None:  # type: ignore[no-untyped-def]
     check_categories(POLICY, adapter.system, adapter.personal_fields)
 
@@ -50,11 +60,17 @@ def test_invoice_past_six_years_is_erased() -> None:
     assert decide("billing", invoice(date(2019, 4, 1))).action is Action.ERASED
 
 
-@pytest.mark.parametrize(("called", "action"), [(TODAY - timedelta(days=300), Action.RETAINED),
-                                                (TODAY - timedelta(days=400), Action.ERASED)])
+@pytest.mark.parametrize(
+    ("called", "action"),
+    [(TODAY - timedelta(days=300), Action.RETAINED), (TODAY - timedelta(days=400), Action.ERASED)],
+)
 def test_cdrs_kept_only_while_the_bill_can_be_challenged(called: date, action: Action) -> None:
-    assert decide("billing", Record(category="call_detail_records", record_id="c",
-                                    dates={"call_date": called})).action is action
+    assert (
+        decide(
+            "billing", Record(category="call_detail_records", record_id="c", dates={"call_date": called})
+        ).action
+        is action
+    )
 
 
 def test_radius_sessions_kept_six_months() -> None:
@@ -71,20 +87,32 @@ def test_active_account_is_retained_while_the_contract_runs() -> None:
     assert decide("billing", closed).action is Action.ERASED
 
 
-@pytest.mark.parametrize(("facts", "dates", "action", "until"), [
-    ({"contract_open_ended": True}, {}, Action.RETAINED, None),
-    ({"contract_open_ended": False}, {"latest_contract_end": date(2027, 1, 9)}, Action.RETAINED, date(2027, 1, 9)),
-    ({"contract_open_ended": False}, {"latest_contract_end": date(2026, 2, 28)}, Action.ERASED, None),
-    ({"contract_open_ended": False}, {}, Action.ERASED, None),
-])
+@pytest.mark.parametrize(
+    ("facts", "dates", "action", "until"),
+    [
+        ({"contract_open_ended": True}, {}, Action.RETAINED, None),
+        (
+            {"contract_open_ended": False},
+            {"latest_contract_end": date(2027, 1, 9)},
+            Action.RETAINED,
+            date(2027, 1, 9),
+        ),
+        ({"contract_open_ended": False}, {"latest_contract_end": date(2026, 2, 28)}, Action.ERASED, None),
+        ({"contract_open_ended": False}, {}, Action.ERASED, None),
+    ],
+)
 def test_crm_contact_kept_while_contract_active_and_rechecked_at_its_end(facts, dates, action, until) -> None:  # type: ignore[no-untyped-def]
     d = decide("crm", Record(category="contacts", record_id="c", facts=facts, dates=dates))
     assert d.action is action and d.retain_until == until
 
 
 def test_purchase_kept_for_contract_plus_six_years_with_contact_fields_anonymised() -> None:
-    ended = Record(category="purchases", record_id="p", dates={"contract_end": date(2026, 2, 28)},
-                   facts={"contract_open_ended": False})
+    ended = Record(
+        category="purchases",
+        record_id="p",
+        dates={"contract_end": date(2026, 2, 28)},
+        facts={"contract_open_ended": False},
+    )
     d = decide("crm", ended)
     assert d.action is Action.RETAINED and d.retain_until == date(2032, 2, 28)
     assert set(d.strip_fields) == {"buyer_name", "buyer_email"}
@@ -92,13 +120,19 @@ def test_purchase_kept_for_contract_plus_six_years_with_contact_fields_anonymise
 
 
 def test_forum_and_directory_and_recordings_are_erased() -> None:
-    for system, category in [("crm", "forum_memberships"), ("directory", "directory_entries"),
-                             ("recordings", "call_recordings"), ("mailing", "subscribers")]:
+    for system, category in [
+        ("crm", "forum_memberships"),
+        ("directory", "directory_entries"),
+        ("recordings", "call_recordings"),
+        ("mailing", "subscribers"),
+    ]:
         assert decide(system, Record(category=category, record_id="x")).action is Action.ERASED
 
 
 def test_consent_history_is_kept_as_proof() -> None:
-    d = decide("mailing", Record(category="consent_records", record_id="c", dates={"given_on": date(2024, 4, 1)}))
+    d = decide(
+        "mailing", Record(category="consent_records", record_id="c", dates={"given_on": date(2024, 4, 1)})
+    )
     assert d.action is Action.RETAINED and d.retain_until == date(2030, 4, 1)
 
 
@@ -114,17 +148,25 @@ def test_restriction_restricts_even_held_records_and_lift_unrestricts() -> None:
 
 
 def test_processor_data_is_redirected_to_its_controller() -> None:
-    d = decide("recordings", Record(category="call_recordings", record_id="r",
-                                    facts={"processed_for": "Riverside Surgery"}))
+    d = decide(
+        "recordings",
+        Record(category="call_recordings", record_id="r", facts={"processed_for": "Riverside Surgery"}),
+    )
     assert d.action is Action.REDIRECTED and d.controller == "Riverside Surgery"
 
 
-@given(issued=st.dates(date(2000, 1, 1), date(2030, 12, 31)), today=st.dates(date(2000, 1, 1), date(2040, 1, 1)),
-       held=st.booleans())
+@given(
+    issued=st.dates(date(2000, 1, 1), date(2030, 12, 31)),
+    today=st.dates(date(2000, 1, 1), date(2040, 1, 1)),
+    held=st.booleans(),
+)
 def test_invoice_property_retained_iff_inside_period_or_held(issued: date, today: date, held: bool) -> None:
     d = decide("billing", invoice(issued), today=today, held="H-1" if held else None)
-    inside = today < issued.replace(year=issued.year + 6) if not (issued.month == 2 and issued.day == 29) \
+    inside = (
+        today < issued.replace(year=issued.year + 6)
+        if not (issued.month == 2 and issued.day == 29)
         else today < date(issued.year + 6, 2, 28)
+    )
     assert (d.action is Action.RETAINED) == (held or inside)
     assert d.action in (Action.RETAINED, Action.ERASED)
     if d.action is Action.RETAINED:
@@ -147,14 +189,22 @@ GOOD_RULE = """  - id: crm.forum.erase
 """
 
 
-@pytest.mark.parametrize(("rules", "message"), [
-    (GOOD_RULE.replace("on_erasure: erase", "on_erasure: obliterate"), "rule crm.forum.erase: on_erasure"),
-    (GOOD_RULE.replace("on_erasure: erase", "on_erasure: retain\n    retain_for: {years: 6}"),
-     "rule crm.forum.erase: (rule)"),
-    (GOOD_RULE.replace('"17(1)(a)"', '"article seventeen"'), "rule crm.forum.erase: gdpr_article"),
-    (GOOD_RULE + GOOD_RULE, "duplicate id"),
-    (GOOD_RULE.replace("    source: \"test\"\n", ""), "rule crm.forum.erase: source"),
-])
+@pytest.mark.parametrize(
+    ("rules", "message"),
+    [
+        (
+            GOOD_RULE.replace("on_erasure: erase", "on_erasure: obliterate"),
+            "rule crm.forum.erase: on_erasure",
+        ),
+        (
+            GOOD_RULE.replace("on_erasure: erase", "on_erasure: retain\n    retain_for: {years: 6}"),
+            "rule crm.forum.erase: (rule)",
+        ),
+        (GOOD_RULE.replace('"17(1)(a)"', '"article seventeen"'), "rule crm.forum.erase: gdpr_article"),
+        (GOOD_RULE + GOOD_RULE, "duplicate id"),
+        (GOOD_RULE.replace('    source: "test"\n', ""), "rule crm.forum.erase: source"),
+    ],
+)
 def test_bad_policy_file_names_the_rule_and_field(tmp_path: Path, rules: str, message: str) -> None:
     with pytest.raises(PolicyError) as info:
         load_policy(write(tmp_path, f"version: t\nrules:\n{rules}"))
@@ -162,10 +212,17 @@ def test_bad_policy_file_names_the_rule_and_field(tmp_path: Path, rules: str, me
 
 
 def test_a_strip_field_that_is_not_personal_stops_the_worker() -> None:
-    bad = POLICY.model_copy(update={"rules": [
-        r.model_copy(update={"strip_fields": ("amount_pence",)}) if r.id == "billing.invoices.hmrc" else r
-        for r in POLICY.rules]})
-    with pytest.raises(PolicyError, match="billing.invoices.hmrc.*amount_pence"):
+    bad = POLICY.model_copy(
+        update={
+            "rules": [
+                r.model_copy(update={"strip_fields": ("amount_pence",)})
+                if r.id == "billing.invoices.hmrc"
+                else r
+                for r in POLICY.rules
+            ]
+        }
+    )
+    with pytest.raises(PolicyError, match=r"billing\.invoices\.hmrc.*amount_pence"):
         check_categories(bad, "billing", BillingAdapter("postgresql://x/y").personal_fields)
 
 

@@ -1,0 +1,185 @@
+"""The tracker's saga and deferred-erasure schedule on a real PostgreSQL; the workers' view
+of holds on the real broker."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, date, datetime, timedelta
+from uuid import uuid4
+
+import asyncpg
+import pytest
+
+from services.tracker import schedule, store
+from shared import topics
+from shared.codec import encode
+from shared.contracts import (
+    CategoryOutcome,
+    OutcomeReported,
+    RequestAccepted,
+    RequestType,
+    Retention,
+)
+from shared.contracts.holds import HoldUpdated
+from shared.crypto import IdentifierSeal, new_identifier_key, subject_ref
+from shared.db import apply_schema, create_pool, ensure_database
+from shared.identity import Identities
+from shared.kafka import ensure_topics, make_producer
+from shared.settings import KafkaSettings
+from shared.worker.holds import HoldsUnavailable, HoldsView
+
+pytestmark = pytest.mark.integration
+T0 = datetime(2026, 11, 27, 9, tzinfo=UTC)
+REF = subject_ref("k", Identities(emails=["a@example.com"]))
+
+
+@pytest.fixture
+async def tracker_db(fresh_db: str):  # type: ignore[no-untyped-def]
+    await ensure_database(fresh_db)
+    pool = await create_pool(fresh_db)
+    await apply_schema(pool, *store.SCHEMA)
+    yield pool
+    await pool.close()
+
+
+def accepted(request_id: str, *systems: str) -> RequestAccepted:
+    return RequestAccepted(
+        request_id=request_id,
+        request_type=RequestType.ERASURE,
+        subject_ref=REF,
+        systems=list(systems),
+        received_at=T0,
+        deadline=T0 + timedelta(days=30),
+        sealed_identifiers="sealed",
+        occurred_at=T0,
+    )
+
+
+def outcome(
+    request_id: str,
+    system: str,
+    retained: list[Retention] | None = None,
+    resume_of: OutcomeReported | None = None,
+    erased: int = 1,
+) -> OutcomeReported:
+    return OutcomeReported(
+        request_id=request_id,
+        system=system,
+        command_id=uuid4(),
+        attempt=1,
+        status="done",
+        resume_of=resume_of.command_id if resume_of else None,
+        categories=[
+            CategoryOutcome(
+                category="invoices",
+                found=erased + sum(r.count for r in retained or []),
+                erased=erased,
+                retained=retained or [],
+            )
+        ],
+        started_at=T0,
+        finished_at=T0 + timedelta(minutes=1),
+    )
+
+
+async def outbox(pool: asyncpg.Pool, topic: str) -> list[dict[str, object]]:
+    rows = await pool.fetch("SELECT value FROM outbox WHERE topic = $1 ORDER BY id", topic)
+    return [json.loads(r["value"]) for r in rows]
+
+
+async def test_outcomes_complete_the_saga_once_and_duplicates_change_nothing(
+    tracker_db: asyncpg.Pool,
+) -> None:
+    await store.start_saga(tracker_db, accepted("t-1", "crm", "billing"), T0)
+    crm = outcome("t-1", "crm")
+    await store.record_outcome(tracker_db, crm)
+    await store.record_outcome(tracker_db, crm)  # redelivered
+    await store.record_outcome(tracker_db, outcome("t-1", "billing"))
+    statuses = [m["status"] for m in await outbox(tracker_db, topics.REQUEST_STATUS)]
+    assert statuses == ["in_progress", "in_progress", "completed"]
+    assert len(await outbox(tracker_db, topics.REQUESTS_COMPLETED)) == 1
+
+
+async def test_an_outcome_that_overtakes_its_request_is_kept_until_the_saga_starts(
+    tracker_db: asyncpg.Pool,
+) -> None:
+    await store.record_outcome(tracker_db, outcome("t-2", "crm"))
+    await store.start_saga(tracker_db, accepted("t-2", "crm"), T0)
+    assert [m["status"] for m in await outbox(tracker_db, topics.REQUEST_STATUS)] == ["completed"]
+
+
+async def test_retention_end_schedules_a_deferred_erasure_and_the_report_records_it(
+    tracker_db: asyncpg.Pool,
+) -> None:
+    await store.start_saga(tracker_db, accepted("t-3", "billing"), T0)
+    kept = Retention(
+        count=2, rule_id="billing.invoices.hmrc", legal_basis="HMRC", retain_until=date(2032, 1, 1)
+    )
+    first = outcome("t-3", "billing", retained=[kept])
+    await store.record_outcome(tracker_db, first)
+    assert await schedule.pending(tracker_db, "t-3") == [("billing", date(2032, 1, 1))]
+    assert await schedule.dispatch_due(tracker_db, datetime(2031, 12, 31, tzinfo=UTC)) == 0
+    assert await schedule.dispatch_due(tracker_db, datetime(2032, 1, 1, 3, tzinfo=UTC)) == 1
+    assert await schedule.dispatch_due(tracker_db, datetime(2032, 1, 2, tzinfo=UTC)) == 0  # sent once
+    command = (await outbox(tracker_db, topics.command_topic("billing")))[0]
+    assert command["resume_of"] == str(first.command_id) and command["command"] == "erase_subject"
+    await store.record_outcome(tracker_db, outcome("t-3", "billing", resume_of=first, erased=2))
+    report = (await outbox(tracker_db, topics.REQUEST_STATUS))[-1]["report"]
+    billing = report["systems"][0]
+    assert report["status"] == "completed_with_exceptions"  # history: something was kept at first
+    assert billing["deferred"][0]["erased"] == 2 and billing["next_erasure_on"] is None
+    assert len(await outbox(tracker_db, topics.REQUESTS_COMPLETED)) == 1
+
+
+async def test_releasing_a_hold_schedules_erasure_of_what_it_held(tracker_db: asyncpg.Pool) -> None:
+    await store.start_saga(tracker_db, accepted("t-4", "recordings"), T0)
+    held = Retention(count=1, hold_reference="LIT-9", legal_basis="hold")
+    await store.record_outcome(tracker_db, outcome("t-4", "recordings", retained=[held]))
+    assert await schedule.pending(tracker_db, "t-4") == []  # a hold has no end date
+    released = HoldUpdated(
+        hold_id=uuid4(),
+        version=2,
+        case_reference="LIT-9",
+        subject_ref=REF,
+        sealed_identifiers="x",
+        placed_at=T0,
+        released_at=T0 + timedelta(days=3),
+    )
+    assert await schedule.schedule_hold_release(tracker_db, released) == 1
+    assert await schedule.pending(tracker_db, "t-4") == [("recordings", date(2026, 11, 30))]
+
+
+async def test_holds_view_sees_every_hold_acknowledged_before_it_decides(broker: KafkaSettings) -> None:
+    await ensure_topics(broker, topics.all_topics())
+    seal = IdentifierSeal(new_identifier_key())
+    view = HoldsView(broker, seal)
+    await view.start()
+    producer = make_producer(broker)
+    await producer.start()
+    try:
+        hold = HoldUpdated(
+            hold_id=uuid4(),
+            version=1,
+            case_reference="LIT-1",
+            subject_ref=REF,
+            sealed_identifiers=seal.seal(Identities(customer_ids=["C-1"])),
+            systems=["billing"],
+            placed_at=T0,
+        )
+        assert await view.active("billing", T0 + timedelta(seconds=1)) == []
+        # Acknowledged by the broker, so the very next decision must see it: no sleeping here.
+        await producer.send_and_wait(topics.HOLDS, encode(hold), key=str(hold.hold_id).encode())
+        active = await view.active("billing", T0 + timedelta(seconds=1))
+        assert [h.case_reference for h in active] == ["LIT-1"]
+        assert active[0].identities.customer_ids == ["C-1"]
+        assert await view.active("crm", T0 + timedelta(seconds=1)) == []  # other systems unaffected
+        released = hold.model_copy(update={"version": 2, "released_at": T0 + timedelta(days=1)})
+        await producer.send_and_wait(topics.HOLDS, encode(released), key=str(hold.hold_id).encode())
+        assert await view.active("billing", T0 + timedelta(days=2)) == []
+        assert len(await view.active("billing", T0 + timedelta(hours=1))) == 1  # still in force then
+        await producer.send_and_wait(topics.HOLDS, b"garbage", key=b"x")
+        with pytest.raises(HoldsUnavailable):  # fail closed: nothing is erased on a guess
+            await view.active("billing", T0)
+    finally:
+        await producer.stop()
+        await view.stop()
