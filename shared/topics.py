@@ -4,10 +4,16 @@ from __future__ import annotations
 
 SYSTEMS: tuple[str, ...] = ("billing", "crm", "recordings", "directory", "mailing")
 
+INGRESS = "lethe.requests.v1"  # upstream submissions, same body as POST /v1/requests
+INGRESS_REPLIES = "lethe.requests.replies.v1"  # accepted, or the validation error
 REQUESTS_ACCEPTED = "lethe.requests.accepted.v1"
 OUTCOMES = "lethe.outcomes.v1"
 REQUEST_STATUS = "lethe.requests.status.v1"
 REQUESTS_COMPLETED = "lethe.requests.completed.v1"
+DEADLINES = "lethe.requests.deadlines.v1"
+RETRIES = "lethe.requests.retries.v1"
+HOLDS = "lethe.holds.v1"
+NOTIFICATIONS = "lethe.notifications.v1"
 DEAD_LETTERS = "lethe.deadletter.v1"
 
 
@@ -18,15 +24,15 @@ def command_topic(system: str) -> str:
 def all_topics(systems: tuple[str, ...] = SYSTEMS) -> list[str]:
     return [
         *(command_topic(s) for s in systems),
+        INGRESS,
+        INGRESS_REPLIES,
         REQUESTS_ACCEPTED,
         OUTCOMES,
         REQUEST_STATUS,
         REQUESTS_COMPLETED,
-        DEAD_LETTERS,
+        DEADLINES,
+        RETRIES,
         HOLDS,
         NOTIFICATIONS,
+        DEAD_LETTERS,
     ]
-
-
-HOLDS = "lethe.holds.v1"
-NOTIFICATIONS = "lethe.notifications.v1"

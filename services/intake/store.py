@@ -100,34 +100,22 @@ async def _dispatch(conn: asyncpg.Connection, new: NewRequest) -> None:
                 request_id=new.request_id, kind="restriction_lift", subject_ref=new.subject_ref
             ),
         )
-    await enqueue(
-        conn,
-        topics.REQUESTS_ACCEPTED,
-        new.request_id,
-        RequestAccepted(
-            request_id=new.request_id,
-            request_type=new.request_type,
-            subject_ref=new.subject_ref,
-            systems=new.systems,
-            received_at=new.received_at,
-            deadline=new.deadline,
+    commands = {
+        system: command_type(
+            request_id=new.request_id, system=system, subject_ref=new.subject_ref,
             sealed_identifiers=new.sealed_identifiers,
-            trace_id=new.trace_id,
-        ),
-    )
-    for system in new.systems:
-        # Keyed by subject: all commands about one person land on one partition, in order.
-        await enqueue(
-            conn,
-            topics.command_topic(system),
-            new.subject_ref,
-            command_type(
-                request_id=new.request_id,
-                system=system,
-                subject_ref=new.subject_ref,
-                sealed_identifiers=new.sealed_identifiers,
-            ),
         )
+        for system in new.systems
+    }
+    await enqueue(conn, topics.REQUESTS_ACCEPTED, new.request_id, RequestAccepted(
+        request_id=new.request_id, request_type=RequestType(new.request_type), subject_ref=new.subject_ref,
+        systems=new.systems, received_at=new.received_at, deadline=new.deadline,
+        sealed_identifiers=new.sealed_identifiers, trace_id=new.trace_id,
+        command_ids={system: c.message_id for system, c in commands.items()},
+    ))
+    for system, command in commands.items():
+        # Keyed by subject: all commands about one person land on one partition, in order.
+        await enqueue(conn, topics.command_topic(system), new.subject_ref, command)
 
 
 async def apply_status(pool: asyncpg.Pool, event: RequestStatusChanged) -> bool:

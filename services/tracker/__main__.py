@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 from aiokafka import AIOKafkaProducer, ConsumerRecord
@@ -14,10 +14,13 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.tracker import schedule, store
+from services.tracker.saga import Timeouts
 from shared import topics
 from shared.codec import PoisonMessage, decode
 from shared.contracts import OutcomeReported, RequestAccepted
+from shared.contracts.events import DeadlineExtended, RetrySystem
 from shared.contracts.holds import HoldUpdated
+
 from shared.db import apply_schema, create_pool, ensure_database
 from shared.kafka import ensure_topics, make_consumer, make_producer, start_with_retry
 from shared.outbox import OutboxRelay
@@ -30,7 +33,17 @@ log = logging.getLogger("lethe.tracker")
 class TrackerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LETHE_TRACKER_", extra="ignore")
 
-    tick_s: float = Field(30.0, gt=0, le=3600, description="How often due deferred erasures are dispatched.")
+    tick_s: float = Field(
+        30.0, gt=0, le=3600, description="How often timeouts and due deferred erasures are checked."
+    )
+    system_timeout_s: float = Field(
+        900.0, gt=0, le=7 * 86400, description="How long a system may stay silent before its command is re-sent."
+    )
+    max_attempts: int = Field(3, ge=1, le=20, description="Tries of a silent system before it is failed.")
+    timeout_backoff: float = Field(2.0, ge=1.0, le=10.0, description="Each further try waits this much longer.")
+
+    def timeouts(self) -> Timeouts:
+        return Timeouts(timedelta(seconds=self.system_timeout_s), self.max_attempts, self.timeout_backoff)
 
 
 async def handle(pool: asyncpg.Pool, record: ConsumerRecord[bytes, bytes]) -> None:
@@ -38,6 +51,10 @@ async def handle(pool: asyncpg.Pool, record: ConsumerRecord[bytes, bytes]) -> No
         await store.start_saga(pool, decode(record.value, RequestAccepted), datetime.now(UTC))
     elif record.topic == topics.HOLDS:
         await schedule.schedule_hold_release(pool, decode(record.value, HoldUpdated))
+    elif record.topic == topics.DEADLINES:
+        await store.extend_deadline(pool, decode(record.value, DeadlineExtended))
+    elif record.topic == topics.RETRIES:
+        await store.retry_system(pool, decode(record.value, RetrySystem), datetime.now(UTC))
     else:
         await store.record_outcome(pool, decode(record.value, OutcomeReported))
 
@@ -64,7 +81,9 @@ async def main(stop: asyncio.Event) -> None:
     await ensure_topics(kafka, topics.all_topics())
     producer = make_producer(kafka)
     consumer = make_consumer(
-        kafka, [topics.REQUESTS_ACCEPTED, topics.OUTCOMES, topics.HOLDS], "lethe-tracker"
+        kafka,
+        [topics.REQUESTS_ACCEPTED, topics.OUTCOMES, topics.HOLDS, topics.DEADLINES, topics.RETRIES],
+        "lethe-tracker",
     )
     await start_with_retry(producer, "producer")
     await start_with_retry(consumer, "consumer")
@@ -84,7 +103,9 @@ async def main(stop: asyncio.Event) -> None:
             if batches:
                 await consumer.commit()
             if time.monotonic() >= next_tick:
-                await schedule.dispatch_due(pool, datetime.now(UTC))
+                now = datetime.now(UTC)
+                await store.check_timeouts(pool, now, settings.timeouts())
+                await schedule.dispatch_due(pool, now)
                 next_tick = time.monotonic() + settings.tick_s
     finally:
         relay.cancel()

@@ -1,10 +1,13 @@
-"""The saga of one request, as plain data: which systems were asked, what each answered, and
-what that makes of the request. No I/O here, so the rules are unit-tested directly."""
+"""The saga of one request, as plain data: which systems were asked, what each answered, what
+that makes of the request, and the audit events each change produces. No I/O here, so the rules
+are unit-tested directly."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
+from typing import Any
+from uuid import UUID
 
 from shared.contracts import (
     CategoryOutcome,
@@ -17,10 +20,24 @@ from shared.contracts import (
     SystemReport,
     SystemState,
 )
+from shared.contracts.report import Extension
 
 
 def _total(categories: list[CategoryOutcome], attribute: str) -> int:
     return sum(int(getattr(c, attribute)) for c in categories)
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """How long a system may stay silent: `first` for the first try, multiplied by `backoff`
+    for each further try; after `attempts` tries the system is failed."""
+
+    first: timedelta
+    attempts: int
+    backoff: float = 2.0
+
+    def wait(self, attempt: int) -> timedelta:
+        return self.first * (self.backoff ** (attempt - 1))
 
 
 @dataclass
@@ -29,57 +46,41 @@ class SystemSlot:
     state: SystemState
     attempts: int
     dispatched_at: datetime
+    command_id: UUID
     answered_at: datetime | None = None
     outcome: OutcomeReported | None = None
     deferred: list[OutcomeReported] = field(default_factory=list)
+    error: str | None = None
 
     def progress(self) -> SystemProgress:
-        return SystemProgress(
-            system=self.system,
-            state=self.state,
-            attempts=self.attempts,
-            dispatched_at=self.dispatched_at,
-            answered_at=self.answered_at,
-        )
+        return SystemProgress(system=self.system, state=self.state, attempts=self.attempts,
+                              dispatched_at=self.dispatched_at, answered_at=self.answered_at, error=self.error)
 
     def latest(self) -> OutcomeReported | None:
         return self.deferred[-1] if self.deferred else self.outcome
 
     def next_erasure_on(self) -> date | None:
         latest = self.latest()
-        dates = [
-            r.retain_until
-            for c in (latest.categories if latest else [])
-            for r in c.retained
-            if r.retain_until is not None
-        ]
+        dates = [r.retain_until for c in (latest.categories if latest else []) for r in c.retained
+                 if r.retain_until is not None]
         return min(dates, default=None)
 
     def report(self) -> SystemReport:
         cats = self.outcome.categories if self.outcome else []
         return SystemReport(
-            system=self.system,
-            state=self.state,
-            attempts=self.attempts,
-            records_found=_total(cats, "found"),
-            erased=_total(cats, "erased"),
-            anonymised=_total(cats, "anonymised"),
-            restricted=_total(cats, "restricted"),
+            system=self.system, state=self.state, attempts=self.attempts,
+            records_found=_total(cats, "found"), erased=_total(cats, "erased"),
+            anonymised=_total(cats, "anonymised"), restricted=_total(cats, "restricted"),
             retained=_total(cats, "retained_count"),
-            redirected=sum(r.count for c in cats for r in c.redirected),
-            categories=cats,
+            redirected=sum(r.count for c in cats for r in c.redirected), categories=cats,
             verification=self.outcome.verification if self.outcome else None,
-            error=self.outcome.error if self.outcome else None,
-            finished_at=self.outcome.finished_at if self.outcome else None,
+            error=self.error, finished_at=self.answered_at,
             policy_version=self.outcome.policy_version if self.outcome else None,
             deferred=[
-                DeferredErasure(
-                    finished_at=d.finished_at,
-                    status=d.status,
-                    erased=_total(d.categories, "erased"),
-                    still_retained=_total(d.categories, "retained_count"),
-                    categories=d.categories,
-                )
+                DeferredErasure(finished_at=d.finished_at, status=d.status,
+                                erased=_total(d.categories, "erased"),
+                                still_retained=_total(d.categories, "retained_count"),
+                                categories=d.categories)
                 for d in self.deferred
             ],
             next_erasure_on=self.next_erasure_on(),
@@ -96,11 +97,17 @@ class Saga:
     trace_id: str | None
     slots: dict[str, SystemSlot] = field(default_factory=dict)
     completed_at: datetime | None = None
+    extension: Extension | None = None
+    audit: list[tuple[datetime, str, dict[str, Any]]] = field(default_factory=list)
+
+    def note(self, at: datetime, kind: str, **detail: Any) -> None:
+        """An audit event for the store to chain; details are ids and counts, never identifiers."""
+        self.audit.append((at, kind, detail))
 
     def record(self, outcome: OutcomeReported) -> bool:
-        """Take a system's answer; False if it changes nothing (a duplicate, or an answer for
-        a system that already answered). A deferred erasure's outcome is added to the
-        system's history without reopening the request."""
+        """Take a system's answer; False if it changes nothing. Duplicates change nothing; an
+        answer that arrives after the system was failed for silence is taken, since the work
+        was done; a deferred erasure's outcome is added to the history without reopening."""
         slot = self.slots.get(outcome.system)
         if slot is None:
             return False
@@ -108,15 +115,72 @@ class Saga:
             if any(d.command_id == outcome.command_id for d in slot.deferred):
                 return False
             slot.deferred.append(outcome)
+            self.note(outcome.finished_at, "deferred_erasure", system=slot.system, status=outcome.status,
+                      erased=_total(outcome.categories, "erased"))
             return True
-        if slot.state is not SystemState.DISPATCHED:
+        late = slot.state is SystemState.FAILED and slot.outcome is None and outcome.command_id == slot.command_id
+        if slot.state is not SystemState.DISPATCHED and not late:
             return False
+        was_final = self.status.is_final
         slot.state = SystemState.DONE if outcome.status == "done" else SystemState.FAILED
         slot.answered_at = outcome.finished_at
         slot.outcome = outcome
-        if self.status.is_final and self.completed_at is None:
-            self.completed_at = max(s.answered_at for s in self.slots.values() if s.answered_at)
+        slot.error = outcome.error
+        self.note(outcome.finished_at, "outcome_recorded", system=slot.system, status=outcome.status,
+                  attempt=outcome.attempt, found=_total(outcome.categories, "found"),
+                  erased=_total(outcome.categories, "erased"), late=late)
+        self._after_change(outcome.finished_at, was_final)
         return True
+
+    def time_out(self, system: str, now: datetime, timeouts: Timeouts) -> str | None:
+        """A silent system: 'redispatch' the same command (its worker de-duplicates), or after
+        the last try 'failed'. None if it answered meanwhile or is not yet due."""
+        slot = self.slots[system]
+        if slot.state is not SystemState.DISPATCHED or now < slot.dispatched_at + timeouts.wait(slot.attempts):
+            return None
+        if slot.attempts >= timeouts.attempts:
+            was_final = self.status.is_final
+            slot.state = SystemState.FAILED
+            slot.answered_at = now
+            slot.error = f"no answer after {slot.attempts} attempts"
+            self.note(now, "system_failed", system=system, attempts=slot.attempts, error=slot.error)
+            self._after_change(now, was_final)
+            return "failed"
+        slot.attempts += 1
+        slot.dispatched_at = now
+        self.note(now, "redispatched", system=system, attempt=slot.attempts)
+        return "redispatch"
+
+    def retry(self, system: str, now: datetime, command_id: UUID) -> bool:
+        """An operator's retry of a failed system, with a new command (the old one's journal
+        holds its failure). The request is in progress again until the system answers."""
+        slot = self.slots.get(system)
+        if slot is None or slot.state is not SystemState.FAILED:
+            self.note(now, "retry_ignored", system=system)
+            return False
+        slot.state = SystemState.DISPATCHED
+        slot.attempts += 1
+        slot.dispatched_at = now
+        slot.command_id = command_id
+        slot.outcome = None
+        slot.answered_at = None
+        slot.error = None
+        self.completed_at = None
+        self.note(now, "retry_dispatched", system=system, attempt=slot.attempts)
+        return True
+
+    def extend(self, months: int, deadline: datetime, at: datetime) -> bool:
+        if self.extension is not None:
+            return False
+        self.extension = Extension(months=months, extended_at=at)
+        self.deadline = deadline
+        self.note(at, "deadline_extended", months=months, deadline=deadline.isoformat())
+        return True
+
+    def _after_change(self, at: datetime, was_final: bool) -> None:
+        if self.status.is_final and not was_final:
+            self.completed_at = max(s.answered_at for s in self.slots.values() if s.answered_at)
+            self.note(at, "completed", status=self.status.value)
 
     @property
     def status(self) -> RequestStatus:
@@ -143,14 +207,10 @@ class Saga:
 
     def report(self) -> Report:
         return Report(
-            request_id=self.request_id,
-            subject_ref=self.subject_ref,
-            request_type=self.request_type,
-            status=self.status,
-            received_at=self.received_at,
-            deadline=self.deadline,
-            completed_at=self.completed_at,
+            request_id=self.request_id, subject_ref=self.subject_ref,
+            request_type=self.request_type, status=self.status, received_at=self.received_at,
+            deadline=self.deadline, completed_at=self.completed_at,
             deadline_met=None if self.completed_at is None else self.completed_at <= self.deadline,
             systems=[self.slots[name].report() for name in sorted(self.slots)],
-            trace_id=self.trace_id,
+            trace_id=self.trace_id, extension=self.extension,
         )

@@ -15,6 +15,19 @@ from shared.contracts import EraseSubject, OutcomeReported
 from shared.contracts.holds import HoldUpdated
 from shared.outbox import enqueue
 
+SCHEDULE_DDL = (
+    # Deferred erasures: re-examine what `resume_of` retained once `due_on` comes.
+    """CREATE TABLE IF NOT EXISTS scheduled_erasures (
+        request_id text NOT NULL REFERENCES sagas,
+        system text NOT NULL,
+        resume_of uuid NOT NULL,
+        due_on date NOT NULL,
+        reason text NOT NULL,
+        dispatched_at timestamptz,
+        PRIMARY KEY (request_id, system, resume_of, due_on))""",
+    "CREATE INDEX IF NOT EXISTS scheduled_due ON scheduled_erasures (due_on) WHERE dispatched_at IS NULL",
+)
+
 
 async def schedule_retention_ends(conn: asyncpg.Connection, outcome: OutcomeReported) -> None:
     due_dates = {r.retain_until for c in outcome.categories for r in c.retained if r.retain_until}

@@ -1,18 +1,22 @@
-"""The tracker's database: one row per saga, one per targeted system, outcomes that arrived
-before their request, and the outbox for status events. Every handler runs in one transaction
-with the processed-message journal, so redelivered events change nothing."""
+"""The tracker's database: sagas, their systems, the audit chain, outcomes that arrived before
+their request, deferred erasures, and the outbox. Every handler runs in one transaction with
+the processed-message journal, so redelivered events change nothing."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
+from uuid import uuid4
 
 import asyncpg
 
-from services.tracker.saga import Saga, SystemSlot
-from services.tracker.schedule import schedule_retention_ends
+from services.tracker.saga import Saga, SystemSlot, Timeouts
+from services.tracker.schedule import SCHEDULE_DDL, schedule_retention_ends
 from shared import topics
 from shared.contracts import (
+    COMMAND_FOR_TYPE,
     OutcomeReported,
     RequestAccepted,
     RequestCompleted,
@@ -20,6 +24,9 @@ from shared.contracts import (
     RequestType,
     SystemState,
 )
+from shared.contracts.audit import GENESIS, AuditEntry
+from shared.contracts.events import DeadlineExtended, RetrySystem
+from shared.contracts.report import Extension
 from shared.journal import JOURNAL_DDL, claim
 from shared.outbox import OUTBOX_DDL, enqueue
 
@@ -34,6 +41,7 @@ SCHEMA = (
         status text NOT NULL,
         version integer NOT NULL DEFAULT 0,
         completed_at timestamptz,
+        extension jsonb,
         sealed_identifiers text NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS saga_systems (
         request_id text NOT NULL REFERENCES sagas,
@@ -41,104 +49,131 @@ SCHEMA = (
         state text NOT NULL,
         attempts integer NOT NULL,
         dispatched_at timestamptz NOT NULL,
+        command_id uuid NOT NULL,
         answered_at timestamptz,
         outcome jsonb,
+        error text,
         deferred jsonb NOT NULL DEFAULT '[]',
         PRIMARY KEY (request_id, system))""",
+    "CREATE INDEX IF NOT EXISTS saga_systems_waiting ON saga_systems (dispatched_at) WHERE state = 'dispatched'",
     """CREATE TABLE IF NOT EXISTS early_outcomes (
         message_id uuid PRIMARY KEY,
         request_id text NOT NULL,
         outcome jsonb NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS early_outcomes_request ON early_outcomes (request_id)",
-    # Deferred erasures: re-examine what `resume_of` retained once `due_on` comes.
-    """CREATE TABLE IF NOT EXISTS scheduled_erasures (
-        request_id text NOT NULL REFERENCES sagas,
-        system text NOT NULL,
-        resume_of uuid NOT NULL,
-        due_on date NOT NULL,
-        reason text NOT NULL,
-        dispatched_at timestamptz,
-        PRIMARY KEY (request_id, system, resume_of, due_on))""",
-    "CREATE INDEX IF NOT EXISTS scheduled_due ON scheduled_erasures (due_on) WHERE dispatched_at IS NULL",
+    """CREATE TABLE IF NOT EXISTS audit_log (
+        request_id text NOT NULL,
+        seq integer NOT NULL,
+        at timestamptz NOT NULL,
+        kind text NOT NULL,
+        detail jsonb NOT NULL,
+        prev_hash text NOT NULL,
+        hash text NOT NULL,
+        PRIMARY KEY (request_id, seq))""",
+    # Append-only in the database itself: an edit needs a superuser to drop the trigger first,
+    # and even then the hash chain (copied into every status event) shows it.
+    """CREATE OR REPLACE FUNCTION lethe_audit_append_only() RETURNS trigger LANGUAGE plpgsql AS
+       $$ BEGIN RAISE EXCEPTION 'audit_log is append-only'; END $$""",
+    """CREATE OR REPLACE TRIGGER audit_log_append_only BEFORE UPDATE OR DELETE ON audit_log
+       FOR EACH ROW EXECUTE FUNCTION lethe_audit_append_only()""",
+    *SCHEDULE_DDL,
     JOURNAL_DDL,
     OUTBOX_DDL,
 )
 
 
-async def _load(conn: asyncpg.Connection, request_id: str) -> tuple[Saga, int] | None:
+@dataclass
+class Loaded:
+    saga: Saga
+    version: int
+    sealed_identifiers: str
+
+
+async def _load(conn: asyncpg.Connection, request_id: str) -> Loaded | None:
     row = await conn.fetchrow("SELECT * FROM sagas WHERE request_id = $1 FOR UPDATE", request_id)
     if row is None:
         return None
     saga = Saga(
-        request_id=row["request_id"],
-        request_type=RequestType(row["request_type"]),
-        subject_ref=row["subject_ref"],
-        received_at=row["received_at"],
-        deadline=row["deadline"],
-        trace_id=row["trace_id"],
-        completed_at=row["completed_at"],
+        request_id=row["request_id"], request_type=RequestType(row["request_type"]),
+        subject_ref=row["subject_ref"], received_at=row["received_at"], deadline=row["deadline"],
+        trace_id=row["trace_id"], completed_at=row["completed_at"],
+        extension=None if row["extension"] is None else Extension.model_validate_json(row["extension"]),
     )
     for s in await conn.fetch("SELECT * FROM saga_systems WHERE request_id = $1", request_id):
         saga.slots[s["system"]] = SystemSlot(
-            system=s["system"],
-            state=SystemState(s["state"]),
-            attempts=s["attempts"],
-            dispatched_at=s["dispatched_at"],
-            answered_at=s["answered_at"],
+            system=s["system"], state=SystemState(s["state"]), attempts=s["attempts"],
+            dispatched_at=s["dispatched_at"], command_id=s["command_id"], answered_at=s["answered_at"],
             outcome=None if s["outcome"] is None else OutcomeReported.model_validate_json(s["outcome"]),
             deferred=[OutcomeReported.model_validate(d) for d in json.loads(s["deferred"])],
+            error=s["error"],
         )
-    return saga, row["version"]
+    return Loaded(saga, row["version"], row["sealed_identifiers"])
 
 
-async def _save(conn: asyncpg.Connection, saga: Saga, version: int, was_final: bool) -> None:
-    """Persist the saga and announce the new snapshot, in the caller's transaction; announce
-    completion once, when the request first reaches a final status."""
-    version += 1
+async def _append_audit(conn: asyncpg.Connection, saga: Saga) -> list[AuditEntry]:
+    last = await conn.fetchrow(
+        "SELECT seq, hash FROM audit_log WHERE request_id = $1 ORDER BY seq DESC LIMIT 1", saga.request_id
+    )
+    seq, prev = (last["seq"], last["hash"]) if last else (0, GENESIS)
+    for at, kind, detail in saga.audit:
+        seq += 1
+        digest = AuditEntry.digest(saga.request_id, seq, at, kind, detail, prev)
+        await conn.execute(
+            "INSERT INTO audit_log (request_id, seq, at, kind, detail, prev_hash, hash)"
+            " VALUES ($1,$2,$3,$4,$5::jsonb,$6,$7)",
+            saga.request_id, seq, at, kind, json.dumps(detail, default=str), prev, digest,
+        )
+        prev = digest
+    saga.audit.clear()
+    return await audit_trail(conn, saga.request_id)
+
+
+async def audit_trail(conn: asyncpg.Connection | asyncpg.Pool, request_id: str) -> list[AuditEntry]:
+    rows = await conn.fetch("SELECT * FROM audit_log WHERE request_id = $1 ORDER BY seq", request_id)
+    return [AuditEntry(request_id=r["request_id"], seq=r["seq"], at=r["at"], kind=r["kind"],
+                       detail=json.loads(r["detail"]), prev_hash=r["prev_hash"], hash=r["hash"]) for r in rows]
+
+
+async def _dispatch(conn: asyncpg.Connection, loaded: Loaded, systems: Sequence[str]) -> None:
+    saga = loaded.saga
+    command_type = COMMAND_FOR_TYPE[saga.request_type]
+    for system in systems:
+        slot = saga.slots[system]
+        await enqueue(conn, topics.command_topic(system), saga.subject_ref, command_type(
+            message_id=slot.command_id, request_id=saga.request_id, system=system,
+            subject_ref=saga.subject_ref, sealed_identifiers=loaded.sealed_identifiers, attempt=slot.attempts,
+        ))
+
+
+async def _save(conn: asyncpg.Connection, loaded: Loaded, was_final: bool) -> None:
+    """Persist the saga, chain its audit events and announce the new snapshot, in the caller's
+    transaction; announce completion once each time the request reaches a final status."""
+    saga = loaded.saga
+    loaded.version += 1
     status = saga.status
     await conn.execute(
-        "UPDATE sagas SET status = $2, version = $3, completed_at = $4 WHERE request_id = $1",
-        saga.request_id,
-        status.value,
-        version,
-        saga.completed_at,
+        "UPDATE sagas SET status = $2, version = $3, completed_at = $4, deadline = $5, extension = $6::jsonb"
+        " WHERE request_id = $1",
+        saga.request_id, status.value, loaded.version, saga.completed_at, saga.deadline,
+        saga.extension.model_dump_json() if saga.extension else None,
     )
     await conn.executemany(
-        "UPDATE saga_systems SET state = $3, attempts = $4, answered_at = $5, outcome = $6::jsonb,"
-        " deferred = $7::jsonb WHERE request_id = $1 AND system = $2",
-        [
-            (
-                saga.request_id,
-                s.system,
-                s.state.value,
-                s.attempts,
-                s.answered_at,
-                s.outcome.model_dump_json() if s.outcome else None,
-                json.dumps([d.model_dump(mode="json") for d in s.deferred]),
-            )
-            for s in saga.slots.values()
-        ],
+        "UPDATE saga_systems SET state = $3, attempts = $4, dispatched_at = $5, command_id = $6,"
+        " answered_at = $7, outcome = $8::jsonb, error = $9, deferred = $10::jsonb"
+        " WHERE request_id = $1 AND system = $2",
+        [(saga.request_id, s.system, s.state.value, s.attempts, s.dispatched_at, s.command_id, s.answered_at,
+          s.outcome.model_dump_json() if s.outcome else None, s.error,
+          json.dumps([d.model_dump(mode="json") for d in s.deferred])) for s in saga.slots.values()],
     )
+    audit = await _append_audit(conn, saga)
     report = saga.report()
-    await enqueue(
-        conn,
-        topics.REQUEST_STATUS,
-        saga.request_id,
-        RequestStatusChanged(
-            request_id=saga.request_id,
-            version=version,
-            status=status,
-            systems=[s.progress() for s in saga.slots.values()],
-            report=report,
-        ),
-    )
+    await enqueue(conn, topics.REQUEST_STATUS, saga.request_id, RequestStatusChanged(
+        request_id=saga.request_id, version=loaded.version, status=status,
+        systems=[s.progress() for s in saga.slots.values()], report=report, audit=audit,
+    ))
     if status.is_final and not was_final:
-        await enqueue(
-            conn,
-            topics.REQUESTS_COMPLETED,
-            saga.request_id,
-            RequestCompleted(request_id=saga.request_id, status=status, report=report),
-        )
+        await enqueue(conn, topics.REQUESTS_COMPLETED, saga.request_id,
+                      RequestCompleted(request_id=saga.request_id, status=status, report=report))
 
 
 async def start_saga(pool: asyncpg.Pool, event: RequestAccepted, now: datetime) -> None:
@@ -149,32 +184,29 @@ async def start_saga(pool: asyncpg.Pool, event: RequestAccepted, now: datetime) 
             "INSERT INTO sagas (request_id, request_type, subject_ref, received_at, deadline,"
             " trace_id, status, sealed_identifiers) VALUES ($1,$2,$3,$4,$5,$6,'in_progress',$7)"
             " ON CONFLICT DO NOTHING RETURNING true",
-            event.request_id,
-            event.request_type.value,
-            event.subject_ref,
-            event.received_at,
-            event.deadline,
-            event.trace_id,
-            event.sealed_identifiers,
+            event.request_id, event.request_type.value, event.subject_ref, event.received_at,
+            event.deadline, event.trace_id, event.sealed_identifiers,
         )
         if not inserted:
             return
         await conn.executemany(
-            "INSERT INTO saga_systems (request_id, system, state, attempts, dispatched_at)"
-            " VALUES ($1, $2, 'dispatched', 1, $3)",
-            [(event.request_id, system, event.occurred_at) for system in event.systems],
+            "INSERT INTO saga_systems (request_id, system, state, attempts, dispatched_at, command_id)"
+            " VALUES ($1, $2, 'dispatched', 1, $3, $4)",
+            [(event.request_id, system, event.occurred_at, event.command_ids.get(system, uuid4()))
+             for system in event.systems],
         )
         loaded = await _load(conn, event.request_id)
         assert loaded is not None
-        saga, version = loaded
-        early = await conn.fetch(
-            "DELETE FROM early_outcomes WHERE request_id = $1 RETURNING outcome", event.request_id
-        )
+        saga = loaded.saga
+        saga.note(event.occurred_at, "accepted", request_type=event.request_type.value, systems=event.systems,
+                  deadline=event.deadline.isoformat())
+        early = await conn.fetch("DELETE FROM early_outcomes WHERE request_id = $1 RETURNING outcome",
+                                 event.request_id)
         for row in early:
             outcome = OutcomeReported.model_validate_json(row["outcome"])
             if saga.record(outcome) and saga.request_type is RequestType.ERASURE:
                 await schedule_retention_ends(conn, outcome)
-        await _save(conn, saga, version, was_final=False)
+        await _save(conn, loaded, was_final=False)
 
 
 async def record_outcome(pool: asyncpg.Pool, event: OutcomeReported) -> None:
@@ -188,14 +220,63 @@ async def record_outcome(pool: asyncpg.Pool, event: OutcomeReported) -> None:
             await conn.execute(
                 "INSERT INTO early_outcomes (message_id, request_id, outcome) VALUES ($1,$2,$3::jsonb)"
                 " ON CONFLICT DO NOTHING",
-                event.message_id,
-                event.request_id,
-                event.model_dump_json(),
+                event.message_id, event.request_id, event.model_dump_json(),
             )
             return
-        saga, version = loaded
-        was_final = saga.status.is_final
-        if saga.record(event):
-            await _save(conn, saga, version, was_final)
-            if saga.request_type is RequestType.ERASURE:
+        was_final = loaded.saga.status.is_final
+        if loaded.saga.record(event):
+            await _save(conn, loaded, was_final)
+            if loaded.saga.request_type is RequestType.ERASURE:
                 await schedule_retention_ends(conn, event)
+
+
+async def check_timeouts(pool: asyncpg.Pool, now: datetime, timeouts: Timeouts) -> int:
+    """Re-send commands to silent systems, or fail them after the last try. The candidate rows
+    are claimed with SKIP LOCKED, so several tracker instances share the work."""
+    changed = 0
+    async with pool.acquire() as conn, conn.transaction():
+        candidates = await conn.fetch(
+            "SELECT request_id FROM sagas g WHERE EXISTS (SELECT 1 FROM saga_systems s"
+            " WHERE s.request_id = g.request_id AND s.state = 'dispatched' AND s.dispatched_at <= $1)"
+            " LIMIT 200 FOR UPDATE SKIP LOCKED",
+            now - timeouts.first,
+        )
+
+        for row in candidates:
+            loaded = await _load(conn, row["request_id"])
+            if loaded is None:
+                continue
+            was_final = loaded.saga.status.is_final
+            actions = {name: loaded.saga.time_out(name, now, timeouts) for name in list(loaded.saga.slots)}
+            if not any(actions.values()):
+                continue
+            await _dispatch(conn, loaded, [name for name, action in actions.items() if action == "redispatch"])
+            await _save(conn, loaded, was_final)
+            changed += 1
+    return changed
+
+
+async def retry_system(pool: asyncpg.Pool, event: RetrySystem, now: datetime) -> bool:
+    async with pool.acquire() as conn, conn.transaction():
+        if not await claim(conn, event.message_id):
+            return False
+        loaded = await _load(conn, event.request_id)
+        if loaded is None:
+            return False
+        was_final = loaded.saga.status.is_final
+        retried = loaded.saga.retry(event.system, now, uuid4())
+        if retried:
+            await _dispatch(conn, loaded, [event.system])
+        await _save(conn, loaded, was_final)
+        return retried
+
+
+async def extend_deadline(pool: asyncpg.Pool, event: DeadlineExtended) -> None:
+    async with pool.acquire() as conn, conn.transaction():
+        if not await claim(conn, event.message_id):
+            return
+        loaded = await _load(conn, event.request_id)
+        if loaded is not None and loaded.saga.extend(event.months, event.deadline, event.occurred_at):
+            await _save(conn, loaded, loaded.saga.status.is_final)
+
+

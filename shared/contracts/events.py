@@ -7,6 +7,7 @@ from uuid import UUID
 
 from pydantic import AwareDatetime, Field
 
+from shared.contracts.audit import AuditEntry
 from shared.contracts.base import Message, RequestType, SubjectRef, SystemName
 from shared.contracts.outcomes import CategoryOutcome, Verification
 from shared.contracts.report import Report, RequestStatus, SystemProgress
@@ -22,6 +23,9 @@ class RequestAccepted(Message):
     received_at: AwareDatetime
     deadline: AwareDatetime
     sealed_identifiers: str
+    command_ids: dict[SystemName, UUID] = Field(
+        default_factory=dict, description="The command sent to each system, re-sent as is on a timeout."
+    )
     trace_id: str | None = None
 
 
@@ -50,6 +54,8 @@ class RequestStatusChanged(Message):
     status: RequestStatus
     systems: list[SystemProgress]
     report: Report | None = None
+    audit: list[AuditEntry] = Field(default_factory=list)
+
 
 
 class RequestCompleted(Message):
@@ -67,3 +73,19 @@ class NotificationRequested(Message):
     event: Literal["notification_requested"] = "notification_requested"
     kind: Literal["restriction_lift"]
     subject_ref: SubjectRef
+
+
+class DeadlineExtended(Message):
+    """The response deadline was extended once (Art. 12(3)); upstream must tell the person, with
+    the reasons, within the first month."""
+
+    event: Literal["deadline_extended"] = "deadline_extended"
+    months: int = Field(ge=1, le=2)
+    deadline: AwareDatetime
+
+
+class RetrySystem(Message):
+    """An operator asks for a failed system to be tried again."""
+
+    command: Literal["retry_system"] = "retry_system"
+    system: SystemName

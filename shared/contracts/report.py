@@ -44,6 +44,7 @@ class SystemProgress(Frozen):
     attempts: int = Field(ge=1)
     dispatched_at: AwareDatetime
     answered_at: AwareDatetime | None = None
+    error: str | None = None
 
 
 class DeferredErasure(Frozen):
@@ -75,7 +76,13 @@ class SystemReport(Frozen):
     next_erasure_on: date | None = Field(None, description="When retained records are due to be erased.")
 
 
+class Extension(Frozen):
+    months: int
+    extended_at: AwareDatetime
+
+
 class Report(Frozen):
+
     report_schema_version: Literal[1] = 1
     request_id: str
     subject_ref: SubjectRef
@@ -87,3 +94,5 @@ class Report(Frozen):
     deadline_met: bool | None
     systems: list[SystemReport]
     trace_id: str | None = None
+    extension: Extension | None = None
+

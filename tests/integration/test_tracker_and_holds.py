@@ -11,6 +11,7 @@ import asyncpg
 import pytest
 
 from services.tracker import schedule, store
+from services.tracker.saga import Timeouts
 from shared import topics
 from shared.codec import encode
 from shared.contracts import (
@@ -20,7 +21,10 @@ from shared.contracts import (
     RequestType,
     Retention,
 )
+from shared.contracts.audit import verify_chain
+from shared.contracts.events import DeadlineExtended, RetrySystem
 from shared.contracts.holds import HoldUpdated
+
 from shared.crypto import IdentifierSeal, new_identifier_key, subject_ref
 from shared.db import apply_schema, create_pool, ensure_database
 from shared.identity import Identities
@@ -183,3 +187,42 @@ async def test_holds_view_sees_every_hold_acknowledged_before_it_decides(broker:
     finally:
         await producer.stop()
         await view.stop()
+
+
+TIMEOUTS = Timeouts(first=timedelta(minutes=5), attempts=2, backoff=2.0)
+
+
+async def test_silent_system_is_redispatched_with_the_same_command_then_failed(tracker_db: asyncpg.Pool) -> None:
+    event = accepted("t-5", "crm").model_copy(update={"command_ids": {"crm": uuid4()}})
+    await store.start_saga(tracker_db, event, T0)
+    assert await store.check_timeouts(tracker_db, T0 + timedelta(minutes=4), TIMEOUTS) == 0
+    assert await store.check_timeouts(tracker_db, T0 + timedelta(minutes=5), TIMEOUTS) == 1
+    resent = await outbox(tracker_db, topics.command_topic("crm"))
+    assert [c["message_id"] for c in resent] == [str(event.command_ids["crm"])]  # the worker de-duplicates
+    assert resent[0]["attempt"] == 2
+    assert await store.check_timeouts(tracker_db, T0 + timedelta(minutes=14), TIMEOUTS) == 0
+    assert await store.check_timeouts(tracker_db, T0 + timedelta(minutes=15), TIMEOUTS) == 1
+    status = (await outbox(tracker_db, topics.REQUEST_STATUS))[-1]
+    assert status["status"] == "failed"
+    assert status["systems"][0]["error"] == "no answer after 2 attempts"
+    kinds = [e["kind"] for e in status["audit"]]
+    assert kinds == ["accepted", "redispatched", "system_failed", "completed"]
+
+
+async def test_operator_retry_and_extension_are_audited_in_a_chain_the_database_protects(
+        tracker_db: asyncpg.Pool) -> None:
+    await store.start_saga(tracker_db, accepted("t-6", "crm"), T0)
+    await store.record_outcome(tracker_db, outcome("t-6", "crm").model_copy(update={"status": "failed"}))
+    assert await store.retry_system(tracker_db, RetrySystem(request_id="t-6", system="crm"), T0 + timedelta(hours=1))
+    assert len(await outbox(tracker_db, topics.command_topic("crm"))) == 1
+    extended = DeadlineExtended(request_id="t-6", months=2, deadline=T0 + timedelta(days=90))
+    await store.extend_deadline(tracker_db, extended)
+    await store.extend_deadline(tracker_db, extended)  # redelivered: no second entry
+    entries = await store.audit_trail(tracker_db, "t-6")
+    assert [e.kind for e in entries] == ["accepted", "outcome_recorded", "completed", "retry_dispatched",
+                                         "deadline_extended"]
+    assert verify_chain(entries) is None
+    with pytest.raises(asyncpg.RaiseError, match="append-only"):
+        await tracker_db.execute("UPDATE audit_log SET kind = 'nothing' WHERE request_id = 't-6'")
+    with pytest.raises(asyncpg.RaiseError, match="append-only"):
+        await tracker_db.execute("DELETE FROM audit_log WHERE request_id = 't-6'")

@@ -1,7 +1,7 @@
 from datetime import UTC, datetime, timedelta
-from uuid import uuid4
+from uuid import UUID, uuid4
 
-from services.tracker.saga import Saga, SystemSlot
+from services.tracker.saga import Saga, SystemSlot, Timeouts
 from shared.contracts import (
     CategoryOutcome,
     OutcomeReported,
@@ -10,40 +10,27 @@ from shared.contracts import (
     Retention,
     SystemState,
 )
+from shared.contracts.audit import GENESIS, AuditEntry, verify_chain
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
+TIMEOUTS = Timeouts(first=timedelta(minutes=10), attempts=3, backoff=2.0)
 
 
 def saga(*systems: str) -> Saga:
-    s = Saga(
-        request_id="r",
-        request_type=RequestType.ERASURE,
-        subject_ref="subj_" + "0" * 32,
-        received_at=T0,
-        deadline=T0 + timedelta(days=30),
-        trace_id=None,
-    )
+    s = Saga(request_id="r", request_type=RequestType.ERASURE, subject_ref="subj_" + "0" * 32,
+             received_at=T0, deadline=T0 + timedelta(days=30), trace_id=None)
     for name in systems:
-        s.slots[name] = SystemSlot(system=name, state=SystemState.DISPATCHED, attempts=1, dispatched_at=T0)
+        s.slots[name] = SystemSlot(system=name, state=SystemState.DISPATCHED, attempts=1, dispatched_at=T0,
+                                   command_id=uuid4())
     return s
 
 
-def outcome(system: str, status: str = "done", **category: object) -> OutcomeReported:
-    cats = (
-        [CategoryOutcome(category="things", found=1, erased=1)]
-        if not category
-        else [CategoryOutcome(category="things", found=1, **category)]
-    )  # type: ignore[arg-type]
-    return OutcomeReported(
-        request_id="r",
-        system=system,
-        command_id=uuid4(),
-        attempt=1,
-        status=status,
-        categories=cats,  # type: ignore[arg-type]
-        started_at=T0,
-        finished_at=T0 + timedelta(hours=1),
-    )
+def outcome(system: str, status: str = "done", command_id: UUID | None = None, **category: object) -> OutcomeReported:
+    cats = [CategoryOutcome(category="things", found=1, erased=1)] if not category else [
+        CategoryOutcome(category="things", found=1, **category)]  # type: ignore[arg-type]
+    return OutcomeReported(request_id="r", system=system, command_id=command_id or uuid4(), attempt=1,
+                           status=status, categories=cats,  # type: ignore[arg-type]
+                           started_at=T0, finished_at=T0 + timedelta(hours=1))
 
 
 def test_in_progress_until_every_system_answers() -> None:
@@ -54,6 +41,7 @@ def test_in_progress_until_every_system_answers() -> None:
     assert s.status is RequestStatus.COMPLETED
     assert s.completed_at == T0 + timedelta(hours=1)
     assert s.report().deadline_met is True
+    assert [kind for _, kind, _ in s.audit] == ["outcome_recorded", "outcome_recorded", "completed"]
 
 
 def test_retained_records_make_it_completed_with_exceptions() -> None:
@@ -78,8 +66,73 @@ def test_duplicate_and_unknown_outcomes_change_nothing() -> None:
     assert s.report().systems[0].erased == 1
 
 
-def test_report_totals_per_system() -> None:
+def test_timeout_redispatches_with_backoff_then_an_answer_completes() -> None:
     s = saga("crm")
-    s.record(outcome("crm"))
+    assert s.time_out("crm", T0 + timedelta(minutes=9), TIMEOUTS) is None
+    assert s.time_out("crm", T0 + timedelta(minutes=10), TIMEOUTS) == "redispatch"
+    second = T0 + timedelta(minutes=10)
+    assert s.time_out("crm", second + timedelta(minutes=19), TIMEOUTS) is None  # waits 20 min now
+    assert s.record(outcome("crm", command_id=s.slots["crm"].command_id))
+    assert s.status is RequestStatus.COMPLETED and s.slots["crm"].attempts == 2
+
+
+def test_timeouts_to_exhaustion_fail_the_system_instead_of_hanging() -> None:
+    s = saga("crm", "billing")
+    s.record(outcome("billing"))
+    now = T0
+    for _ in range(2):
+        now += TIMEOUTS.wait(s.slots["crm"].attempts)
+        assert s.time_out("crm", now, TIMEOUTS) == "redispatch"
+    now += TIMEOUTS.wait(3)
+    assert s.time_out("crm", now, TIMEOUTS) == "failed"
+    assert s.status is RequestStatus.FAILED and s.completed_at is not None
+    assert s.slots["crm"].error == "no answer after 3 attempts"
+    assert s.time_out("crm", now + timedelta(days=1), TIMEOUTS) is None
+
+
+def test_a_late_answer_after_failing_for_silence_is_taken() -> None:
+    s = saga("crm")
+    command = s.slots["crm"].command_id
+    s.slots["crm"].attempts = 3
+    assert s.time_out("crm", T0 + timedelta(days=1), TIMEOUTS) == "failed"
+    assert s.record(outcome("crm", command_id=command))
+    assert s.status is RequestStatus.COMPLETED
+
+
+def test_operator_retry_reopens_a_failed_system_with_a_new_command() -> None:
+    s = saga("crm")
+    old = s.slots["crm"].command_id
+    s.record(outcome("crm", status="failed", command_id=old))
+    assert not s.retry("nonexistent", T0, uuid4())
+    new = uuid4()
+    assert s.retry("crm", T0 + timedelta(hours=2), new)
+    assert s.status is RequestStatus.IN_PROGRESS and s.completed_at is None
+    assert s.slots["crm"].command_id == new and s.slots["crm"].attempts == 2
+    assert not s.retry("crm", T0, uuid4())  # not failed any more
+
+
+def test_extension_moves_the_deadline_once() -> None:
+    s = saga("crm")
+    assert s.extend(2, T0 + timedelta(days=91), T0 + timedelta(days=3))
+    assert not s.extend(1, T0 + timedelta(days=60), T0 + timedelta(days=4))
     report = s.report()
-    assert [(r.system, r.records_found, r.erased) for r in report.systems] == [("crm", 1, 1)]
+    assert report.deadline == T0 + timedelta(days=91) and report.extension and report.extension.months == 2
+
+
+def chain(*kinds: str) -> list[AuditEntry]:
+    entries, prev = [], GENESIS
+    for seq, kind in enumerate(kinds, start=1):
+        digest = AuditEntry.digest("r", seq, T0, kind, {"n": seq}, prev)
+        entries.append(AuditEntry(request_id="r", seq=seq, at=T0, kind=kind, detail={"n": seq},
+                                  prev_hash=prev, hash=digest))
+        prev = digest
+    return entries
+
+
+def test_audit_chain_verifies_and_detects_an_edit_a_removal_and_a_reorder() -> None:
+    entries = chain("accepted", "outcome_recorded", "completed")
+    assert verify_chain(entries) is None
+    edited = entries[1].model_copy(update={"detail": {"n": 99}})
+    assert verify_chain([entries[0], edited, entries[2]]) == 2
+    assert verify_chain([entries[0], entries[2]]) == 3
+    assert verify_chain([entries[1], entries[0], entries[2]]) == 2
