@@ -122,9 +122,15 @@ def demo(timeout_s: Annotated[float, typer.Option(help="How long to wait for com
 def _run_demo_requests(base: str, seed_file: SeedFile, timeout_s: float) -> bool:
     with httpx.Client(base_url=base, timeout=10) as client:
         # Legal holds one customer's call recordings: the report will say they were kept, and why.
-        hold = client.post("/v1/holds", json={
-            "subject": {"customer_id": "C-1001"}, "systems": ["recordings"], "case_reference": "LIT-DEMO-1",
-            "reason": "Demo: complaint under investigation"})
+        hold = client.post(
+            "/v1/holds",
+            json={
+                "subject": {"customer_id": "C-1001"},
+                "systems": ["recordings"],
+                "case_reference": "LIT-DEMO-1",
+                "reason": "Demo: complaint under investigation",
+            },
+        )
         hold.raise_for_status()
         typer.echo(f"placed hold LIT-DEMO-1 on customer C-1001's recordings ({hold.json()['id']})")
         ids = []

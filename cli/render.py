@@ -30,8 +30,10 @@ def report_text(report: dict[str, Any]) -> str:
         if system.get("next_erasure_on"):
             lines.append(f"      next scheduled erasure: {system['next_erasure_on']}")
         for later in system.get("deferred", []):
-            lines.append(f"      later: {later['erased']} erased on {later['finished_at']}"
-                         f" ({later['still_retained']} still retained)")
+            lines.append(
+                f"      later: {later['erased']} erased on {later['finished_at']}"
+                f" ({later['still_retained']} still retained)"
+            )
         for c in system["categories"]:
             lines.append(f"      {c['category']:<22} {_category_summary(c)}")
             for kept in c.get("retained", []):
@@ -41,7 +43,9 @@ def report_text(report: dict[str, Any]) -> str:
                     f"        kept {kept['count']} under {why}: {kept['legal_basis']} (until {until})"
                 )
             for referred in c.get("redirected", []):
-                lines.append(f"        referred {referred['count']} to the controller {referred['controller']}")
+                lines.append(
+                    f"        referred {referred['count']} to the controller {referred['controller']}"
+                )
             if c.get("note"):
                 lines.append(f"        note: {c['note']}")
     return "\n".join(lines)

@@ -70,15 +70,21 @@ class Secrets:
     pseudonym_key: str
     suppression_key: str
     ldap_password: str
+    callback_secret: str
 
     @classmethod
     def load_or_create(cls, path: Path) -> Secrets:
-        if path.exists():
-            return cls(**json.loads(path.read_text()))
-        secrets = cls(
-            Fernet.generate_key().decode(), os.urandom(32).hex(), os.urandom(32).hex(), os.urandom(12).hex()
-        )
+        fresh = {
+            "identifier_key": Fernet.generate_key().decode(),
+            "pseudonym_key": os.urandom(32).hex(),
+            "suppression_key": os.urandom(32).hex(),
+            "ldap_password": os.urandom(12).hex(),
+            "callback_secret": os.urandom(32).hex(),
+        }
+        stored = json.loads(path.read_text()) if path.exists() else {}
+        secrets = cls(**{**fresh, **stored})  # keys a newer version added are generated once
         path.parent.mkdir(parents=True, exist_ok=True)
+
         path.write_text(json.dumps(secrets.__dict__))
         path.chmod(0o600)
         return secrets
@@ -124,6 +130,7 @@ class Stack:
             "LETHE_IDENTIFIER_KEY": self.secrets.identifier_key,
             "LETHE_PSEUDONYM_KEY": self.secrets.pseudonym_key,
             "LETHE_MAILING_SUPPRESSION_KEY": self.secrets.suppression_key,
+            "LETHE_CALLBACK_SECRET": self.secrets.callback_secret,
             "LETHE_LDAP_URL": f"ldap://127.0.0.1:{self.config.ldap_port}",
             "LETHE_LDAP_BIND_DN": ADMIN_DN,
             "LETHE_LDAP_PASSWORD": self.secrets.ldap_password,

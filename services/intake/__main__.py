@@ -1,4 +1,5 @@
-"""Intake's process: the API, the outbox relay and the status read-model consumer."""
+"""Intake's process: the API, the outbox relay, the status read-model consumer, the ingress
+topic consumer and the callback sender."""
 
 from __future__ import annotations
 
@@ -7,13 +8,15 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterator
 
+import asyncpg
 import uvicorn
 from fastapi import FastAPI
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from services.intake import holds, store
+from services.intake import callbacks, holds, ingress, store
 from services.intake.api import create_app
+from services.intake.service import IntakeContext
 from shared import topics
 from shared.codec import PoisonMessage, decode
 from shared.contracts import RequestStatusChanged
@@ -33,9 +36,13 @@ class IntakeSettings(BaseSettings):
     http_host: str = Field("127.0.0.1", description="Address the HTTP API binds to.")
     http_port: int = Field(8080, ge=1, le=65535, description="Port of the HTTP API.")
     systems: list[str] = Field(list(topics.SYSTEMS), description="Systems requests may target (JSON list).")
+    stuck_after_s: float = Field(3600, gt=0, description="A request unchanged this long is listed as stuck.")
+    callback_secret: SecretStr = Field(
+        SecretStr(""), description="HMAC key signing callbacks; callbacks are not sent without one."
+    )
 
 
-async def consume_status(pool: object, kafka: KafkaSettings) -> None:
+async def consume_status(pool: asyncpg.Pool, kafka: KafkaSettings) -> None:
     consumer = make_consumer(kafka, [topics.REQUEST_STATUS], "lethe-intake-status")
     await start_with_retry(consumer, "status-consumer")
     try:
@@ -43,16 +50,18 @@ async def consume_status(pool: object, kafka: KafkaSettings) -> None:
             try:
                 event = decode(record.value, RequestStatusChanged)
             except PoisonMessage as exc:
-                log.warning("bad status event skipped", extra={"offset": record.offset, "error": str(exc)})
+                log.error("bad status event skipped", extra={"offset": record.offset, "error": str(exc)})
             else:
-                await store.apply_status(pool, event)
+                async with pool.acquire() as conn, conn.transaction():
+                    if await store.apply_status(conn, event):
+                        await callbacks.enqueue_callback(conn, event.request_id, event.version)
             await consumer.commit()
     finally:
         await consumer.stop()
 
 
 class _Server(uvicorn.Server):
-    """Signals are the service runner's: it stops the relay and consumer too, in order."""
+    """Signals are the service runner's: it stops the relay and consumers too, in order."""
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -70,17 +79,28 @@ async def main(stop: asyncio.Event) -> None:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await ensure_database(db.database_url)
         pool = await create_pool(db.database_url, db.db_pool_max)
-        await apply_schema(pool, *store.SCHEMA, *holds.SCHEMA, OUTBOX_DDL)
+        await apply_schema(pool, *store.SCHEMA, *holds.SCHEMA, *callbacks.SCHEMA, OUTBOX_DDL)
         await ensure_topics(kafka, topics.all_topics(tuple(settings.systems)))
         producer = make_producer(kafka)
         await start_with_retry(producer, "producer")
-        app.state.pool = pool
+        secret = settings.callback_secret.get_secret_value()
+        ctx = IntakeContext(
+            pool,
+            settings.systems,
+            seal,
+            secrets.pseudonym_key.get_secret_value(),
+            callbacks_enabled=bool(secret),
+        )
+        app.state.ctx = ctx
         app.state.relay = relay = OutboxRelay(pool, producer)
-        mark_ready()
         tasks = [
             asyncio.create_task(relay.run()),
             asyncio.create_task(consume_status(pool, kafka)),
+            asyncio.create_task(ingress.consume(ctx, kafka, producer)),
         ]
+        if secret:
+            tasks.append(asyncio.create_task(callbacks.CallbackSender(pool, secret).run()))
+        mark_ready()
         try:
             yield
         finally:
@@ -90,12 +110,13 @@ async def main(stop: asyncio.Event) -> None:
             await producer.stop()
             await pool.close()
 
-    app = create_app(
-        lifespan, systems=settings.systems, seal=seal, pseudonym_key=secrets.pseudonym_key.get_secret_value()
-    )
     server = _Server(
         uvicorn.Config(
-            app, host=settings.http_host, port=settings.http_port, log_config=None, access_log=False
+            create_app(lifespan, settings.stuck_after_s),
+            host=settings.http_host,
+            port=settings.http_port,
+            log_config=None,
+            access_log=False,
         )
     )
     serving = asyncio.create_task(server.serve())

@@ -1,33 +1,33 @@
-"""The HTTP API. Handlers are thin: validate, call the store, shape the answer."""
+"""The HTTP API. Handlers are thin: validate, call the service layer or store, shape the answer."""
 
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any
 
 import asyncpg
 from fastapi import APIRouter, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from opentelemetry import trace
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
 
-from services.intake import holds_api, store
+from services.intake import holds_api, operations, pages, store
 from services.intake.models import ErrorBody, RequestView, SubmitRequest
+from services.intake.service import IntakeContext, Unacceptable, accept
 from shared.contracts import RequestStatus, SystemProgress
-from shared.crypto import IdentifierSeal, subject_ref
-from shared.deadlines import add_months
+from shared.contracts.audit import AuditEntry, verify_chain
 
 router = APIRouter(prefix="/v1")
+pages_router = APIRouter(include_in_schema=False)
 
 
-def _pool(request: Request) -> asyncpg.Pool:
-    pool: asyncpg.Pool = request.app.state.pool
-    return pool
+def _ctx(request: Request) -> IntakeContext:
+    ctx: IntakeContext = request.app.state.ctx
+    return ctx
 
 
 def _view(row: asyncpg.Record) -> RequestView:
-    now = datetime.now(UTC)
     completed = row["completed_at"]
     return RequestView(
         request_id=row["request_id"],
@@ -37,11 +37,19 @@ def _view(row: asyncpg.Record) -> RequestView:
         systems=list(row["systems"]),
         received_at=row["received_at"],
         deadline=row["deadline"],
-        overdue=(completed or now) > row["deadline"],
+        overdue=(completed or datetime.now(UTC)) > row["deadline"],
         progress=[SystemProgress.model_validate(p) for p in json.loads(row["progress"])],
         completed_at=completed,
         trace_id=row["trace_id"],
+        extension_months=row["extension_months"],
     )
+
+
+async def _row(request: Request, request_id: str) -> asyncpg.Record:
+    row = await store.get(_ctx(request).pool, request_id)
+    if row is None:
+        raise HTTPException(404, "request_id: no such request")
+    return row
 
 
 @router.post(
@@ -51,37 +59,17 @@ def _view(row: asyncpg.Record) -> RequestView:
     responses={409: {"model": ErrorBody}, 422: {"model": ErrorBody}},
 )
 async def submit_request(body: SubmitRequest, request: Request) -> RequestView:
-    app_state = request.app.state
-    unknown = sorted(set(body.systems or ()) - set(app_state.systems))
-    if unknown:
-        raise HTTPException(422, f"systems: unknown system(s) {', '.join(unknown)}")
-    received_at = body.received_at or datetime.now(UTC)
-    identities = body.subject.identities()
-    span = trace.get_current_span().get_span_context()
-    new = store.NewRequest(
-        request_id=body.request_id,
-        fingerprint=body.fingerprint(),
-        request_type=body.type.value,
-        subject_ref=subject_ref(app_state.pseudonym_key, identities),
-        sealed_identifiers=app_state.seal.seal(identities),
-        systems=body.systems or list(app_state.systems),
-        received_at=received_at,
-        deadline=add_months(received_at, 1),
-        trace_id=format(span.trace_id, "032x") if span.is_valid else None,
-    )
     try:
-        row = await store.submit(_pool(request), new)
+        return _view(await accept(_ctx(request), body))
+    except Unacceptable as exc:
+        raise HTTPException(422, str(exc)) from None
     except store.Conflict:
         raise HTTPException(409, "request_id: already used for a different request") from None
-    return _view(row)
 
 
 @router.get("/requests/{request_id}", response_model=RequestView, responses={404: {"model": ErrorBody}})
 async def get_request(request_id: str, request: Request) -> RequestView:
-    row = await store.get(_pool(request), request_id)
-    if row is None:
-        raise HTTPException(404, "request_id: no such request")
-    return _view(row)
+    return _view(await _row(request, request_id))
 
 
 @router.get("/requests", response_model=list[RequestView])
@@ -89,33 +77,118 @@ async def list_requests(
     request: Request,
     status: RequestStatus | None = None,
     overdue: bool | None = None,
+    stuck: Annotated[
+        bool, Query(description="Only requests not final and unchanged for LETHE_STUCK_AFTER_S")
+    ] = False,
     received_from: datetime | None = None,
     received_to: datetime | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> list[RequestView]:
+    stuck_before = datetime.now(UTC) - timedelta(seconds=request.app.state.stuck_after_s) if stuck else None
     rows = await store.search(
-        _pool(request),
+        _ctx(request).pool,
         status=status,
         overdue=overdue,
         received_from=received_from,
         received_to=received_to,
         limit=limit,
         offset=offset,
+        stuck_before=stuck_before,
     )
     return [_view(r) for r in rows]
 
 
-@router.get("/requests/{request_id}/report", responses={404: {"model": ErrorBody}})
-async def get_report(request_id: str, request: Request) -> dict[str, Any]:
-    """The completion report as the tracker last built it (partial while in progress)."""
-    row = await store.get(_pool(request), request_id)
-    if row is None:
-        raise HTTPException(404, "request_id: no such request")
+@router.get(
+    "/requests/{request_id}/report",
+    responses={404: {"model": ErrorBody}},
+    description="The report as JSON, or as an HTML page for `Accept: text/html`.",
+)
+async def get_report(request_id: str, request: Request) -> Response:
+    row = await _row(request, request_id)
     if row["report"] is None:
         raise HTTPException(404, "report: not yet available; the tracker has not seen the request")
     report: dict[str, Any] = json.loads(row["report"])
-    return report
+    accept_header = request.headers.get("accept", "")
+    if "text/html" in accept_header and "application/json" not in accept_header:
+        return HTMLResponse(pages.report_html(report))
+    return JSONResponse(report)
+
+
+class AuditView(BaseModel):
+    request_id: str
+    entries: list[AuditEntry]
+    chain_valid: bool
+    first_broken_seq: int | None
+
+
+@router.get("/requests/{request_id}/audit", response_model=AuditView, responses={404: {"model": ErrorBody}})
+async def get_audit(request_id: str, request: Request) -> AuditView:
+    row = await _row(request, request_id)
+    entries = [AuditEntry.model_validate(e) for e in json.loads(row["audit"])]
+    broken = verify_chain(entries)
+    return AuditView(
+        request_id=request_id, entries=entries, chain_valid=broken is None, first_broken_seq=broken
+    )
+
+
+class ExtensionBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    months: int = Field(ge=1, le=2, description="1 or 2: at most two further months (Art. 12(3)).")
+    reason: str = Field(min_length=3, max_length=2000, description="Why; upstream tells the person.")
+
+
+@router.post(
+    "/requests/{request_id}/extension",
+    response_model=RequestView,
+    responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}, 422: {"model": ErrorBody}},
+)
+async def extend_deadline(request_id: str, body: ExtensionBody, request: Request) -> RequestView:
+    try:
+        row = await operations.extend(
+            _ctx(request).pool, request_id, body.months, body.reason, datetime.now(UTC)
+        )
+    except operations.NotFound:
+        raise HTTPException(404, "request_id: no such request") from None
+    except operations.Refused as exc:
+        raise HTTPException(409, str(exc)) from None
+    return _view(row)
+
+
+@router.post(
+    "/requests/{request_id}/systems/{system}/retry", status_code=202, responses={404: {"model": ErrorBody}}
+)
+async def retry_system(request_id: str, system: str, request: Request) -> dict[str, str]:
+    """Ask the tracker to try a failed system again; it ignores systems that have not failed."""
+    try:
+        await operations.request_retry(_ctx(request).pool, request_id, system)
+    except operations.NotFound as exc:
+        raise HTTPException(
+            404, str(exc) if "system" in str(exc) else "request_id: no such request"
+        ) from None
+    return {"request_id": request_id, "system": system, "retry": "requested"}
+
+
+@router.get("/exports/requests.csv", response_class=PlainTextResponse)
+async def export_csv(
+    request: Request, received_from: date | None = None, received_to: date | None = None
+) -> Response:
+    start, end = pages.period(received_from, received_to)
+    rows = await pages.rows_in(_ctx(request).pool, start, end)
+    return Response(
+        pages.requests_csv(rows, datetime.now(UTC)),
+        media_type="text/csv",
+        headers={"Content-Disposition": 'attachment; filename="lethe-requests.csv"'},
+    )
+
+
+@pages_router.get("/dashboard", response_class=HTMLResponse)
+async def dashboard(
+    request: Request, received_from: date | None = None, received_to: date | None = None
+) -> str:
+    start, end = pages.period(received_from, received_to)
+    rows = await pages.rows_in(_ctx(request).pool, start, end)
+    return pages.dashboard_html(rows, received_from, received_to, request.url.query, datetime.now(UTC))
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -129,18 +202,17 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(status_code=422, content={"detail": summary, "errors": errors})
 
 
-def create_app(lifespan: Any, *, systems: list[str], seal: IdentifierSeal, pseudonym_key: str) -> FastAPI:
+def create_app(lifespan: Any, stuck_after_s: float = 3600) -> FastAPI:
     app = FastAPI(
         title="Lethe",
         version="1",
         lifespan=lifespan,
         description="GDPR erasure and restriction requests across a company's systems.",
     )
-    app.state.systems = systems
-    app.state.seal = seal
-    app.state.pseudonym_key = pseudonym_key
+    app.state.stuck_after_s = stuck_after_s
     app.include_router(router)
     app.include_router(holds_api.router)
+    app.include_router(pages_router)
     app.add_exception_handler(RequestValidationError, _validation_error)
 
     @app.get("/healthz", include_in_schema=False)

@@ -69,17 +69,17 @@ async def place_hold(body: PlaceHold, request: Request, response: Response) -> H
     """201 once every worker is bound to honour the hold; 202 if it is stored but could not be
     published yet (it will be, by the relay; workers honour it from then on)."""
     state = request.app.state
-    unknown = sorted(set(body.systems or ()) - set(state.systems))
+    unknown = sorted(set(body.systems or ()) - set(state.ctx.systems))
     if unknown:
         raise HTTPException(422, f"systems: unknown system(s) {', '.join(unknown)}")
     identities = body.subject.identities()
     row, outbox_id = await holds.place(
-        state.pool,
+        state.ctx.pool,
         holds.NewHold(
             case_reference=body.case_reference,
             reason=body.reason,
-            subject_ref=subject_ref(state.pseudonym_key, identities),
-            sealed_identifiers=state.seal.seal(identities),
+            subject_ref=subject_ref(state.ctx.pseudonym_key, identities),
+            sealed_identifiers=state.ctx.seal.seal(identities),
             systems=body.systems,
             categories=body.categories,
             placed_at=datetime.now(UTC),
@@ -96,7 +96,7 @@ async def place_hold(body: PlaceHold, request: Request, response: Response) -> H
 async def release_hold(hold_id: UUID, request: Request) -> HoldView:
     """Release (recorded, never deleted). What the hold kept is then erased if no rule keeps it."""
     state = request.app.state
-    row, outbox_id = await holds.release(state.pool, hold_id, datetime.now(UTC))
+    row, outbox_id = await holds.release(state.ctx.pool, hold_id, datetime.now(UTC))
     if row is None:
         raise HTTPException(404, "hold_id: no such hold")
     propagated = outbox_id is None or await state.relay.wait_published(outbox_id)
@@ -105,4 +105,4 @@ async def release_hold(hold_id: UUID, request: Request) -> HoldView:
 
 @router.get("", response_model=list[HoldView])
 async def list_holds(request: Request, active: bool = False) -> list[HoldView]:
-    return [_view(r) for r in await holds.listing(request.app.state.pool, active, datetime.now(UTC))]
+    return [_view(r) for r in await holds.listing(request.app.state.ctx.pool, active, datetime.now(UTC))]

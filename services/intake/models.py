@@ -6,7 +6,7 @@ import hashlib
 from datetime import datetime
 from typing import Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, HttpUrl, field_validator, model_validator
 
 from shared.contracts import RequestStatus, RequestType, SystemProgress
 from shared.contracts.base import RequestId, SystemName
@@ -53,6 +53,9 @@ class SubmitRequest(BaseModel):
     identity_verified: Literal[True] = Field(
         description="The upstream system verified the requester's identity (must be true)."
     )
+    callback_url: HttpUrl | None = Field(
+        None, description="POSTed the final status (HMAC-signed, retried) when the request completes."
+    )
 
     @field_validator("systems")
     @classmethod
@@ -82,6 +85,7 @@ class RequestView(BaseModel):
     progress: list[SystemProgress] = Field(default_factory=list)
     completed_at: datetime | None = None
     trace_id: str | None = None
+    extension_months: int | None = None
 
 
 class ErrorBody(BaseModel):

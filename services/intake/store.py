@@ -38,6 +38,11 @@ SCHEMA = (
         trace_id text,
         created_at timestamptz NOT NULL DEFAULT now(),
         updated_at timestamptz NOT NULL DEFAULT now())""",
+    "ALTER TABLE requests ADD COLUMN IF NOT EXISTS callback_url text",
+    "ALTER TABLE requests ADD COLUMN IF NOT EXISTS audit jsonb NOT NULL DEFAULT '[]'",
+    "ALTER TABLE requests ADD COLUMN IF NOT EXISTS extension_months integer",
+    "ALTER TABLE requests ADD COLUMN IF NOT EXISTS extension_reason text",
+    "ALTER TABLE requests ADD COLUMN IF NOT EXISTS extended_at timestamptz",
     "CREATE INDEX IF NOT EXISTS requests_status ON requests (status, received_at)",
     "CREATE INDEX IF NOT EXISTS requests_deadline ON requests (deadline) WHERE completed_at IS NULL",
 )
@@ -54,6 +59,7 @@ class NewRequest:
     received_at: datetime
     deadline: datetime
     trace_id: str | None
+    callback_url: str | None = None
 
 
 class Conflict(Exception):
@@ -66,8 +72,8 @@ async def submit(pool: asyncpg.Pool, new: NewRequest) -> asyncpg.Record:
     async with pool.acquire() as conn, conn.transaction():
         inserted = await conn.fetchval(
             "INSERT INTO requests (request_id, fingerprint, request_type, subject_ref,"
-            " sealed_identifiers, systems, received_at, deadline, trace_id)"
-            " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9) ON CONFLICT (request_id) DO NOTHING RETURNING true",
+            " sealed_identifiers, systems, received_at, deadline, trace_id, callback_url)"
+            " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10) ON CONFLICT (request_id) DO NOTHING RETURNING true",
             new.request_id,
             new.fingerprint,
             new.request_type,
@@ -77,6 +83,7 @@ async def submit(pool: asyncpg.Pool, new: NewRequest) -> asyncpg.Record:
             new.received_at,
             new.deadline,
             new.trace_id,
+            new.callback_url,
         )
         if inserted:
             await _dispatch(conn, new)
@@ -102,38 +109,59 @@ async def _dispatch(conn: asyncpg.Connection, new: NewRequest) -> None:
         )
     commands = {
         system: command_type(
-            request_id=new.request_id, system=system, subject_ref=new.subject_ref,
+            request_id=new.request_id,
+            system=system,
+            subject_ref=new.subject_ref,
             sealed_identifiers=new.sealed_identifiers,
         )
         for system in new.systems
     }
-    await enqueue(conn, topics.REQUESTS_ACCEPTED, new.request_id, RequestAccepted(
-        request_id=new.request_id, request_type=RequestType(new.request_type), subject_ref=new.subject_ref,
-        systems=new.systems, received_at=new.received_at, deadline=new.deadline,
-        sealed_identifiers=new.sealed_identifiers, trace_id=new.trace_id,
-        command_ids={system: c.message_id for system, c in commands.items()},
-    ))
+    await enqueue(
+        conn,
+        topics.REQUESTS_ACCEPTED,
+        new.request_id,
+        RequestAccepted(
+            request_id=new.request_id,
+            request_type=RequestType(new.request_type),
+            subject_ref=new.subject_ref,
+            systems=new.systems,
+            received_at=new.received_at,
+            deadline=new.deadline,
+            sealed_identifiers=new.sealed_identifiers,
+            trace_id=new.trace_id,
+            command_ids={system: c.message_id for system, c in commands.items()},
+        ),
+    )
     for system, command in commands.items():
         # Keyed by subject: all commands about one person land on one partition, in order.
         await enqueue(conn, topics.command_topic(system), new.subject_ref, command)
 
 
-async def apply_status(pool: asyncpg.Pool, event: RequestStatusChanged) -> bool:
-    """Fold the tracker's snapshot into the read model; older or repeated snapshots lose."""
-    report = event.report.model_dump(mode="json") if event.report else None
-    completed_at = event.report.completed_at if event.report else None
-    result = await pool.execute(
-        "UPDATE requests SET status = $2, status_version = $3, progress = $4::jsonb,"
-        " report = $5::jsonb, completed_at = $6, updated_at = now()"
-        " WHERE request_id = $1 AND status_version < $3",
+async def apply_status(conn: asyncpg.Connection, event: RequestStatusChanged) -> bool:
+    """Fold the tracker's snapshot into the read model; older or repeated snapshots lose.
+    True if the request just reached a final status (callers then notify upstream)."""
+    report = event.report
+    previous = await conn.fetchval(
+        "SELECT status FROM requests WHERE request_id = $1 AND status_version < $2 FOR UPDATE",
+        event.request_id,
+        event.version,
+    )
+    if previous is None:
+        return False
+    await conn.execute(
+        "UPDATE requests SET status = $2, status_version = $3, progress = $4::jsonb, report = $5::jsonb,"
+        " completed_at = $6, deadline = coalesce($7, deadline), audit = $8::jsonb, updated_at = now()"
+        " WHERE request_id = $1",
         event.request_id,
         event.status.value,
         event.version,
         json.dumps([p.model_dump(mode="json") for p in event.systems]),
-        json.dumps(report) if report else None,
-        completed_at,
+        report.model_dump_json() if report else None,
+        report.completed_at if report else None,
+        report.deadline if report else None,
+        json.dumps([e.model_dump(mode="json") for e in event.audit]),
     )
-    return bool(result != "UPDATE 0")
+    return event.status.is_final and not RequestStatus(previous).is_final
 
 
 async def get(pool: asyncpg.Pool, request_id: str) -> asyncpg.Record | None:
@@ -149,9 +177,13 @@ async def search(
     received_to: datetime | None,
     limit: int,
     offset: int,
+    stuck_before: datetime | None = None,
 ) -> list[asyncpg.Record]:
     clauses: list[str] = ["true"]
     args: list[Any] = []
+    if stuck_before is not None:  # not final and unchanged since then
+        args.append(stuck_before)
+        clauses.append(f"status IN ('received', 'in_progress') AND updated_at < ${len(args)}")
     if status is not None:
         args.append(status.value)
         clauses.append(f"status = ${len(args)}")

@@ -20,7 +20,6 @@ from shared.codec import PoisonMessage, decode
 from shared.contracts import OutcomeReported, RequestAccepted
 from shared.contracts.events import DeadlineExtended, RetrySystem
 from shared.contracts.holds import HoldUpdated
-
 from shared.db import apply_schema, create_pool, ensure_database
 from shared.kafka import ensure_topics, make_consumer, make_producer, start_with_retry
 from shared.outbox import OutboxRelay
@@ -37,10 +36,15 @@ class TrackerSettings(BaseSettings):
         30.0, gt=0, le=3600, description="How often timeouts and due deferred erasures are checked."
     )
     system_timeout_s: float = Field(
-        900.0, gt=0, le=7 * 86400, description="How long a system may stay silent before its command is re-sent."
+        900.0,
+        gt=0,
+        le=7 * 86400,
+        description="How long a system may stay silent before its command is re-sent.",
     )
     max_attempts: int = Field(3, ge=1, le=20, description="Tries of a silent system before it is failed.")
-    timeout_backoff: float = Field(2.0, ge=1.0, le=10.0, description="Each further try waits this much longer.")
+    timeout_backoff: float = Field(
+        2.0, ge=1.0, le=10.0, description="Each further try waits this much longer."
+    )
 
     def timeouts(self) -> Timeouts:
         return Timeouts(timedelta(seconds=self.system_timeout_s), self.max_attempts, self.timeout_backoff)

@@ -53,34 +53,53 @@ class SystemSlot:
     error: str | None = None
 
     def progress(self) -> SystemProgress:
-        return SystemProgress(system=self.system, state=self.state, attempts=self.attempts,
-                              dispatched_at=self.dispatched_at, answered_at=self.answered_at, error=self.error)
+        return SystemProgress(
+            system=self.system,
+            state=self.state,
+            attempts=self.attempts,
+            dispatched_at=self.dispatched_at,
+            answered_at=self.answered_at,
+            error=self.error,
+        )
 
     def latest(self) -> OutcomeReported | None:
         return self.deferred[-1] if self.deferred else self.outcome
 
     def next_erasure_on(self) -> date | None:
         latest = self.latest()
-        dates = [r.retain_until for c in (latest.categories if latest else []) for r in c.retained
-                 if r.retain_until is not None]
+        dates = [
+            r.retain_until
+            for c in (latest.categories if latest else [])
+            for r in c.retained
+            if r.retain_until is not None
+        ]
         return min(dates, default=None)
 
     def report(self) -> SystemReport:
         cats = self.outcome.categories if self.outcome else []
         return SystemReport(
-            system=self.system, state=self.state, attempts=self.attempts,
-            records_found=_total(cats, "found"), erased=_total(cats, "erased"),
-            anonymised=_total(cats, "anonymised"), restricted=_total(cats, "restricted"),
+            system=self.system,
+            state=self.state,
+            attempts=self.attempts,
+            records_found=_total(cats, "found"),
+            erased=_total(cats, "erased"),
+            anonymised=_total(cats, "anonymised"),
+            restricted=_total(cats, "restricted"),
             retained=_total(cats, "retained_count"),
-            redirected=sum(r.count for c in cats for r in c.redirected), categories=cats,
+            redirected=sum(r.count for c in cats for r in c.redirected),
+            categories=cats,
             verification=self.outcome.verification if self.outcome else None,
-            error=self.error, finished_at=self.answered_at,
+            error=self.error,
+            finished_at=self.answered_at,
             policy_version=self.outcome.policy_version if self.outcome else None,
             deferred=[
-                DeferredErasure(finished_at=d.finished_at, status=d.status,
-                                erased=_total(d.categories, "erased"),
-                                still_retained=_total(d.categories, "retained_count"),
-                                categories=d.categories)
+                DeferredErasure(
+                    finished_at=d.finished_at,
+                    status=d.status,
+                    erased=_total(d.categories, "erased"),
+                    still_retained=_total(d.categories, "retained_count"),
+                    categories=d.categories,
+                )
                 for d in self.deferred
             ],
             next_erasure_on=self.next_erasure_on(),
@@ -115,10 +134,19 @@ class Saga:
             if any(d.command_id == outcome.command_id for d in slot.deferred):
                 return False
             slot.deferred.append(outcome)
-            self.note(outcome.finished_at, "deferred_erasure", system=slot.system, status=outcome.status,
-                      erased=_total(outcome.categories, "erased"))
+            self.note(
+                outcome.finished_at,
+                "deferred_erasure",
+                system=slot.system,
+                status=outcome.status,
+                erased=_total(outcome.categories, "erased"),
+            )
             return True
-        late = slot.state is SystemState.FAILED and slot.outcome is None and outcome.command_id == slot.command_id
+        late = (
+            slot.state is SystemState.FAILED
+            and slot.outcome is None
+            and outcome.command_id == slot.command_id
+        )
         if slot.state is not SystemState.DISPATCHED and not late:
             return False
         was_final = self.status.is_final
@@ -126,9 +154,16 @@ class Saga:
         slot.answered_at = outcome.finished_at
         slot.outcome = outcome
         slot.error = outcome.error
-        self.note(outcome.finished_at, "outcome_recorded", system=slot.system, status=outcome.status,
-                  attempt=outcome.attempt, found=_total(outcome.categories, "found"),
-                  erased=_total(outcome.categories, "erased"), late=late)
+        self.note(
+            outcome.finished_at,
+            "outcome_recorded",
+            system=slot.system,
+            status=outcome.status,
+            attempt=outcome.attempt,
+            found=_total(outcome.categories, "found"),
+            erased=_total(outcome.categories, "erased"),
+            late=late,
+        )
         self._after_change(outcome.finished_at, was_final)
         return True
 
@@ -136,7 +171,9 @@ class Saga:
         """A silent system: 'redispatch' the same command (its worker de-duplicates), or after
         the last try 'failed'. None if it answered meanwhile or is not yet due."""
         slot = self.slots[system]
-        if slot.state is not SystemState.DISPATCHED or now < slot.dispatched_at + timeouts.wait(slot.attempts):
+        if slot.state is not SystemState.DISPATCHED or now < slot.dispatched_at + timeouts.wait(
+            slot.attempts
+        ):
             return None
         if slot.attempts >= timeouts.attempts:
             was_final = self.status.is_final
@@ -207,10 +244,15 @@ class Saga:
 
     def report(self) -> Report:
         return Report(
-            request_id=self.request_id, subject_ref=self.subject_ref,
-            request_type=self.request_type, status=self.status, received_at=self.received_at,
-            deadline=self.deadline, completed_at=self.completed_at,
+            request_id=self.request_id,
+            subject_ref=self.subject_ref,
+            request_type=self.request_type,
+            status=self.status,
+            received_at=self.received_at,
+            deadline=self.deadline,
+            completed_at=self.completed_at,
             deadline_met=None if self.completed_at is None else self.completed_at <= self.deadline,
             systems=[self.slots[name].report() for name in sorted(self.slots)],
-            trace_id=self.trace_id, extension=self.extension,
+            trace_id=self.trace_id,
+            extension=self.extension,
         )

@@ -55,7 +55,9 @@ SCHEMA = (
         error text,
         deferred jsonb NOT NULL DEFAULT '[]',
         PRIMARY KEY (request_id, system))""",
-    "CREATE INDEX IF NOT EXISTS saga_systems_waiting ON saga_systems (dispatched_at) WHERE state = 'dispatched'",
+    "CREATE INDEX IF NOT EXISTS saga_systems_waiting ON saga_systems (dispatched_at)"
+    " WHERE state = 'dispatched'",
+
     """CREATE TABLE IF NOT EXISTS early_outcomes (
         message_id uuid PRIMARY KEY,
         request_id text NOT NULL,
@@ -94,15 +96,23 @@ async def _load(conn: asyncpg.Connection, request_id: str) -> Loaded | None:
     if row is None:
         return None
     saga = Saga(
-        request_id=row["request_id"], request_type=RequestType(row["request_type"]),
-        subject_ref=row["subject_ref"], received_at=row["received_at"], deadline=row["deadline"],
-        trace_id=row["trace_id"], completed_at=row["completed_at"],
+        request_id=row["request_id"],
+        request_type=RequestType(row["request_type"]),
+        subject_ref=row["subject_ref"],
+        received_at=row["received_at"],
+        deadline=row["deadline"],
+        trace_id=row["trace_id"],
+        completed_at=row["completed_at"],
         extension=None if row["extension"] is None else Extension.model_validate_json(row["extension"]),
     )
     for s in await conn.fetch("SELECT * FROM saga_systems WHERE request_id = $1", request_id):
         saga.slots[s["system"]] = SystemSlot(
-            system=s["system"], state=SystemState(s["state"]), attempts=s["attempts"],
-            dispatched_at=s["dispatched_at"], command_id=s["command_id"], answered_at=s["answered_at"],
+            system=s["system"],
+            state=SystemState(s["state"]),
+            attempts=s["attempts"],
+            dispatched_at=s["dispatched_at"],
+            command_id=s["command_id"],
+            answered_at=s["answered_at"],
             outcome=None if s["outcome"] is None else OutcomeReported.model_validate_json(s["outcome"]),
             deferred=[OutcomeReported.model_validate(d) for d in json.loads(s["deferred"])],
             error=s["error"],
@@ -121,7 +131,13 @@ async def _append_audit(conn: asyncpg.Connection, saga: Saga) -> list[AuditEntry
         await conn.execute(
             "INSERT INTO audit_log (request_id, seq, at, kind, detail, prev_hash, hash)"
             " VALUES ($1,$2,$3,$4,$5::jsonb,$6,$7)",
-            saga.request_id, seq, at, kind, json.dumps(detail, default=str), prev, digest,
+            saga.request_id,
+            seq,
+            at,
+            kind,
+            json.dumps(detail, default=str),
+            prev,
+            digest,
         )
         prev = digest
     saga.audit.clear()
@@ -130,8 +146,18 @@ async def _append_audit(conn: asyncpg.Connection, saga: Saga) -> list[AuditEntry
 
 async def audit_trail(conn: asyncpg.Connection | asyncpg.Pool, request_id: str) -> list[AuditEntry]:
     rows = await conn.fetch("SELECT * FROM audit_log WHERE request_id = $1 ORDER BY seq", request_id)
-    return [AuditEntry(request_id=r["request_id"], seq=r["seq"], at=r["at"], kind=r["kind"],
-                       detail=json.loads(r["detail"]), prev_hash=r["prev_hash"], hash=r["hash"]) for r in rows]
+    return [
+        AuditEntry(
+            request_id=r["request_id"],
+            seq=r["seq"],
+            at=r["at"],
+            kind=r["kind"],
+            detail=json.loads(r["detail"]),
+            prev_hash=r["prev_hash"],
+            hash=r["hash"],
+        )
+        for r in rows
+    ]
 
 
 async def _dispatch(conn: asyncpg.Connection, loaded: Loaded, systems: Sequence[str]) -> None:
@@ -139,10 +165,19 @@ async def _dispatch(conn: asyncpg.Connection, loaded: Loaded, systems: Sequence[
     command_type = COMMAND_FOR_TYPE[saga.request_type]
     for system in systems:
         slot = saga.slots[system]
-        await enqueue(conn, topics.command_topic(system), saga.subject_ref, command_type(
-            message_id=slot.command_id, request_id=saga.request_id, system=system,
-            subject_ref=saga.subject_ref, sealed_identifiers=loaded.sealed_identifiers, attempt=slot.attempts,
-        ))
+        await enqueue(
+            conn,
+            topics.command_topic(system),
+            saga.subject_ref,
+            command_type(
+                message_id=slot.command_id,
+                request_id=saga.request_id,
+                system=system,
+                subject_ref=saga.subject_ref,
+                sealed_identifiers=loaded.sealed_identifiers,
+                attempt=slot.attempts,
+            ),
+        )
 
 
 async def _save(conn: asyncpg.Connection, loaded: Loaded, was_final: bool) -> None:
@@ -154,26 +189,55 @@ async def _save(conn: asyncpg.Connection, loaded: Loaded, was_final: bool) -> No
     await conn.execute(
         "UPDATE sagas SET status = $2, version = $3, completed_at = $4, deadline = $5, extension = $6::jsonb"
         " WHERE request_id = $1",
-        saga.request_id, status.value, loaded.version, saga.completed_at, saga.deadline,
+        saga.request_id,
+        status.value,
+        loaded.version,
+        saga.completed_at,
+        saga.deadline,
         saga.extension.model_dump_json() if saga.extension else None,
     )
     await conn.executemany(
         "UPDATE saga_systems SET state = $3, attempts = $4, dispatched_at = $5, command_id = $6,"
         " answered_at = $7, outcome = $8::jsonb, error = $9, deferred = $10::jsonb"
         " WHERE request_id = $1 AND system = $2",
-        [(saga.request_id, s.system, s.state.value, s.attempts, s.dispatched_at, s.command_id, s.answered_at,
-          s.outcome.model_dump_json() if s.outcome else None, s.error,
-          json.dumps([d.model_dump(mode="json") for d in s.deferred])) for s in saga.slots.values()],
+        [
+            (
+                saga.request_id,
+                s.system,
+                s.state.value,
+                s.attempts,
+                s.dispatched_at,
+                s.command_id,
+                s.answered_at,
+                s.outcome.model_dump_json() if s.outcome else None,
+                s.error,
+                json.dumps([d.model_dump(mode="json") for d in s.deferred]),
+            )
+            for s in saga.slots.values()
+        ],
     )
     audit = await _append_audit(conn, saga)
     report = saga.report()
-    await enqueue(conn, topics.REQUEST_STATUS, saga.request_id, RequestStatusChanged(
-        request_id=saga.request_id, version=loaded.version, status=status,
-        systems=[s.progress() for s in saga.slots.values()], report=report, audit=audit,
-    ))
+    await enqueue(
+        conn,
+        topics.REQUEST_STATUS,
+        saga.request_id,
+        RequestStatusChanged(
+            request_id=saga.request_id,
+            version=loaded.version,
+            status=status,
+            systems=[s.progress() for s in saga.slots.values()],
+            report=report,
+            audit=audit,
+        ),
+    )
     if status.is_final and not was_final:
-        await enqueue(conn, topics.REQUESTS_COMPLETED, saga.request_id,
-                      RequestCompleted(request_id=saga.request_id, status=status, report=report))
+        await enqueue(
+            conn,
+            topics.REQUESTS_COMPLETED,
+            saga.request_id,
+            RequestCompleted(request_id=saga.request_id, status=status, report=report),
+        )
 
 
 async def start_saga(pool: asyncpg.Pool, event: RequestAccepted, now: datetime) -> None:
@@ -184,24 +248,37 @@ async def start_saga(pool: asyncpg.Pool, event: RequestAccepted, now: datetime) 
             "INSERT INTO sagas (request_id, request_type, subject_ref, received_at, deadline,"
             " trace_id, status, sealed_identifiers) VALUES ($1,$2,$3,$4,$5,$6,'in_progress',$7)"
             " ON CONFLICT DO NOTHING RETURNING true",
-            event.request_id, event.request_type.value, event.subject_ref, event.received_at,
-            event.deadline, event.trace_id, event.sealed_identifiers,
+            event.request_id,
+            event.request_type.value,
+            event.subject_ref,
+            event.received_at,
+            event.deadline,
+            event.trace_id,
+            event.sealed_identifiers,
         )
         if not inserted:
             return
         await conn.executemany(
             "INSERT INTO saga_systems (request_id, system, state, attempts, dispatched_at, command_id)"
             " VALUES ($1, $2, 'dispatched', 1, $3, $4)",
-            [(event.request_id, system, event.occurred_at, event.command_ids.get(system, uuid4()))
-             for system in event.systems],
+            [
+                (event.request_id, system, event.occurred_at, event.command_ids.get(system, uuid4()))
+                for system in event.systems
+            ],
         )
         loaded = await _load(conn, event.request_id)
         assert loaded is not None
         saga = loaded.saga
-        saga.note(event.occurred_at, "accepted", request_type=event.request_type.value, systems=event.systems,
-                  deadline=event.deadline.isoformat())
-        early = await conn.fetch("DELETE FROM early_outcomes WHERE request_id = $1 RETURNING outcome",
-                                 event.request_id)
+        saga.note(
+            event.occurred_at,
+            "accepted",
+            request_type=event.request_type.value,
+            systems=event.systems,
+            deadline=event.deadline.isoformat(),
+        )
+        early = await conn.fetch(
+            "DELETE FROM early_outcomes WHERE request_id = $1 RETURNING outcome", event.request_id
+        )
         for row in early:
             outcome = OutcomeReported.model_validate_json(row["outcome"])
             if saga.record(outcome) and saga.request_type is RequestType.ERASURE:
@@ -220,7 +297,9 @@ async def record_outcome(pool: asyncpg.Pool, event: OutcomeReported) -> None:
             await conn.execute(
                 "INSERT INTO early_outcomes (message_id, request_id, outcome) VALUES ($1,$2,$3::jsonb)"
                 " ON CONFLICT DO NOTHING",
-                event.message_id, event.request_id, event.model_dump_json(),
+                event.message_id,
+                event.request_id,
+                event.model_dump_json(),
             )
             return
         was_final = loaded.saga.status.is_final
@@ -250,7 +329,9 @@ async def check_timeouts(pool: asyncpg.Pool, now: datetime, timeouts: Timeouts) 
             actions = {name: loaded.saga.time_out(name, now, timeouts) for name in list(loaded.saga.slots)}
             if not any(actions.values()):
                 continue
-            await _dispatch(conn, loaded, [name for name, action in actions.items() if action == "redispatch"])
+            await _dispatch(
+                conn, loaded, [name for name, action in actions.items() if action == "redispatch"]
+            )
             await _save(conn, loaded, was_final)
             changed += 1
     return changed
@@ -278,5 +359,3 @@ async def extend_deadline(pool: asyncpg.Pool, event: DeadlineExtended) -> None:
         loaded = await _load(conn, event.request_id)
         if loaded is not None and loaded.saga.extend(event.months, event.deadline, event.occurred_at):
             await _save(conn, loaded, loaded.saga.status.is_final)
-
-

@@ -25,10 +25,15 @@ class AuditEntry(Frozen):
     hash: str
 
     @staticmethod
-    def digest(request_id: str, seq: int, at: AwareDatetime, kind: str, detail: dict[str, Any],
-               prev_hash: str) -> str:
-        body = json.dumps({"request_id": request_id, "seq": seq, "at": at.isoformat(), "kind": kind,
-                           "detail": detail}, sort_keys=True, separators=(",", ":"), default=str)
+    def digest(
+        request_id: str, seq: int, at: AwareDatetime, kind: str, detail: dict[str, Any], prev_hash: str
+    ) -> str:
+        body = json.dumps(
+            {"request_id": request_id, "seq": seq, "at": at.isoformat(), "kind": kind, "detail": detail},
+            sort_keys=True,
+            separators=(",", ":"),
+            default=str,
+        )
         return hashlib.sha256(f"{prev_hash}|{body}".encode()).hexdigest()
 
     def expected_hash(self) -> str:

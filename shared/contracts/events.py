@@ -8,7 +8,7 @@ from uuid import UUID
 from pydantic import AwareDatetime, Field
 
 from shared.contracts.audit import AuditEntry
-from shared.contracts.base import Message, RequestType, SubjectRef, SystemName
+from shared.contracts.base import Envelope, Message, RequestType, SubjectRef, SystemName
 from shared.contracts.outcomes import CategoryOutcome, Verification
 from shared.contracts.report import Report, RequestStatus, SystemProgress
 
@@ -57,7 +57,6 @@ class RequestStatusChanged(Message):
     audit: list[AuditEntry] = Field(default_factory=list)
 
 
-
 class RequestCompleted(Message):
     """For upstream DSAR tools: the request reached a final status; the report is attached."""
 
@@ -89,3 +88,15 @@ class RetrySystem(Message):
 
     command: Literal["retry_system"] = "retry_system"
     system: SystemName
+
+
+class IngressReplied(Envelope):
+    """The answer to a submission on the ingress topic: accepted (with the deadline), or the
+    validation error naming the field. Every submission gets one; none is dropped silently."""
+
+    event: Literal["ingress_replied"] = "ingress_replied"
+    request_id: str | None = None
+    accepted: bool
+    status: str | None = None
+    deadline: AwareDatetime | None = None
+    error: str | None = None

@@ -82,7 +82,6 @@ class Extension(Frozen):
 
 
 class Report(Frozen):
-
     report_schema_version: Literal[1] = 1
     request_id: str
     subject_ref: SubjectRef
@@ -95,4 +94,3 @@ class Report(Frozen):
     systems: list[SystemReport]
     trace_id: str | None = None
     extension: Extension | None = None
-

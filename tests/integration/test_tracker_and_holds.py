@@ -24,7 +24,6 @@ from shared.contracts import (
 from shared.contracts.audit import verify_chain
 from shared.contracts.events import DeadlineExtended, RetrySystem
 from shared.contracts.holds import HoldUpdated
-
 from shared.crypto import IdentifierSeal, new_identifier_key, subject_ref
 from shared.db import apply_schema, create_pool, ensure_database
 from shared.identity import Identities
@@ -192,7 +191,9 @@ async def test_holds_view_sees_every_hold_acknowledged_before_it_decides(broker:
 TIMEOUTS = Timeouts(first=timedelta(minutes=5), attempts=2, backoff=2.0)
 
 
-async def test_silent_system_is_redispatched_with_the_same_command_then_failed(tracker_db: asyncpg.Pool) -> None:
+async def test_silent_system_is_redispatched_with_the_same_command_then_failed(
+    tracker_db: asyncpg.Pool,
+) -> None:
     event = accepted("t-5", "crm").model_copy(update={"command_ids": {"crm": uuid4()}})
     await store.start_saga(tracker_db, event, T0)
     assert await store.check_timeouts(tracker_db, T0 + timedelta(minutes=4), TIMEOUTS) == 0
@@ -210,17 +211,25 @@ async def test_silent_system_is_redispatched_with_the_same_command_then_failed(t
 
 
 async def test_operator_retry_and_extension_are_audited_in_a_chain_the_database_protects(
-        tracker_db: asyncpg.Pool) -> None:
+    tracker_db: asyncpg.Pool,
+) -> None:
     await store.start_saga(tracker_db, accepted("t-6", "crm"), T0)
     await store.record_outcome(tracker_db, outcome("t-6", "crm").model_copy(update={"status": "failed"}))
-    assert await store.retry_system(tracker_db, RetrySystem(request_id="t-6", system="crm"), T0 + timedelta(hours=1))
+    assert await store.retry_system(
+        tracker_db, RetrySystem(request_id="t-6", system="crm"), T0 + timedelta(hours=1)
+    )
     assert len(await outbox(tracker_db, topics.command_topic("crm"))) == 1
     extended = DeadlineExtended(request_id="t-6", months=2, deadline=T0 + timedelta(days=90))
     await store.extend_deadline(tracker_db, extended)
     await store.extend_deadline(tracker_db, extended)  # redelivered: no second entry
     entries = await store.audit_trail(tracker_db, "t-6")
-    assert [e.kind for e in entries] == ["accepted", "outcome_recorded", "completed", "retry_dispatched",
-                                         "deadline_extended"]
+    assert [e.kind for e in entries] == [
+        "accepted",
+        "outcome_recorded",
+        "completed",
+        "retry_dispatched",
+        "deadline_extended",
+    ]
     assert verify_chain(entries) is None
     with pytest.raises(asyncpg.RaiseError, match="append-only"):
         await tracker_db.execute("UPDATE audit_log SET kind = 'nothing' WHERE request_id = 't-6'")

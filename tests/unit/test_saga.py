@@ -17,20 +17,39 @@ TIMEOUTS = Timeouts(first=timedelta(minutes=10), attempts=3, backoff=2.0)
 
 
 def saga(*systems: str) -> Saga:
-    s = Saga(request_id="r", request_type=RequestType.ERASURE, subject_ref="subj_" + "0" * 32,
-             received_at=T0, deadline=T0 + timedelta(days=30), trace_id=None)
+    s = Saga(
+        request_id="r",
+        request_type=RequestType.ERASURE,
+        subject_ref="subj_" + "0" * 32,
+        received_at=T0,
+        deadline=T0 + timedelta(days=30),
+        trace_id=None,
+    )
     for name in systems:
-        s.slots[name] = SystemSlot(system=name, state=SystemState.DISPATCHED, attempts=1, dispatched_at=T0,
-                                   command_id=uuid4())
+        s.slots[name] = SystemSlot(
+            system=name, state=SystemState.DISPATCHED, attempts=1, dispatched_at=T0, command_id=uuid4()
+        )
     return s
 
 
-def outcome(system: str, status: str = "done", command_id: UUID | None = None, **category: object) -> OutcomeReported:
-    cats = [CategoryOutcome(category="things", found=1, erased=1)] if not category else [
-        CategoryOutcome(category="things", found=1, **category)]  # type: ignore[arg-type]
-    return OutcomeReported(request_id="r", system=system, command_id=command_id or uuid4(), attempt=1,
-                           status=status, categories=cats,  # type: ignore[arg-type]
-                           started_at=T0, finished_at=T0 + timedelta(hours=1))
+def outcome(
+    system: str, status: str = "done", command_id: UUID | None = None, **category: object
+) -> OutcomeReported:
+    cats = (
+        [CategoryOutcome(category="things", found=1, erased=1)]
+        if not category
+        else [CategoryOutcome(category="things", found=1, **category)]
+    )  # type: ignore[arg-type]
+    return OutcomeReported(
+        request_id="r",
+        system=system,
+        command_id=command_id or uuid4(),
+        attempt=1,
+        status=status,
+        categories=cats,  # type: ignore[arg-type]
+        started_at=T0,
+        finished_at=T0 + timedelta(hours=1),
+    )
 
 
 def test_in_progress_until_every_system_answers() -> None:
@@ -123,8 +142,11 @@ def chain(*kinds: str) -> list[AuditEntry]:
     entries, prev = [], GENESIS
     for seq, kind in enumerate(kinds, start=1):
         digest = AuditEntry.digest("r", seq, T0, kind, {"n": seq}, prev)
-        entries.append(AuditEntry(request_id="r", seq=seq, at=T0, kind=kind, detail={"n": seq},
-                                  prev_hash=prev, hash=digest))
+        entries.append(
+            AuditEntry(
+                request_id="r", seq=seq, at=T0, kind=kind, detail={"n": seq}, prev_hash=prev, hash=digest
+            )
+        )
         prev = digest
     return entries
 

@@ -1,0 +1,64 @@
+"""Submissions on the ingress topic (`lethe.requests.v1`), with the HTTP API's body. Each gets
+a reply on `lethe.requests.replies.v1`: accepted, or the error naming the field."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from aiokafka import AIOKafkaProducer, ConsumerRecord
+from pydantic import ValidationError
+
+from services.intake import store
+from services.intake.models import SubmitRequest
+from services.intake.service import IntakeContext, Unacceptable, accept
+from shared import topics
+from shared.codec import describe_validation_error, encode
+from shared.contracts.events import IngressReplied
+from shared.kafka import make_consumer, start_with_retry
+from shared.settings import KafkaSettings
+
+log = logging.getLogger(__name__)
+
+
+async def handle(ctx: IntakeContext, raw: bytes | None) -> IngressReplied:
+    request_id = None
+    try:
+        data = json.loads(raw or b"")
+        if isinstance(data, dict) and isinstance(data.get("request_id"), str):
+            request_id = data["request_id"][:128]
+        body = SubmitRequest.model_validate(data)
+        row = await accept(ctx, body)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return IngressReplied(request_id=None, accepted=False, error="(body): not JSON")
+    except ValidationError as exc:
+        field, reason = describe_validation_error(exc)
+        return IngressReplied(request_id=request_id, accepted=False, error=f"{field}: {reason}")
+    except Unacceptable as exc:
+        return IngressReplied(request_id=request_id, accepted=False, error=str(exc))
+    except store.Conflict:
+        return IngressReplied(
+            request_id=request_id, accepted=False, error="request_id: already used for a different request"
+        )
+    return IngressReplied(
+        request_id=row["request_id"], accepted=True, status=row["status"], deadline=row["deadline"]
+    )
+
+
+async def consume(ctx: IntakeContext, kafka: KafkaSettings, producer: AIOKafkaProducer) -> None:
+    consumer = make_consumer(kafka, [topics.INGRESS], "lethe-intake-ingress")
+    await start_with_retry(consumer, "ingress-consumer")
+    try:
+        async for record in consumer:
+            await reply(ctx, producer, record)
+            await consumer.commit()
+    finally:
+        await consumer.stop()
+
+
+async def reply(ctx: IntakeContext, producer: AIOKafkaProducer, record: ConsumerRecord[bytes, bytes]) -> None:
+    answer = await handle(ctx, record.value)
+    if not answer.accepted:
+        log.info("ingress submission refused", extra={"offset": record.offset, "error": answer.error})
+    key = record.key or (answer.request_id or "unknown").encode()
+    await producer.send_and_wait(topics.INGRESS_REPLIES, encode(answer), key=key)

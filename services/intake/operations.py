@@ -1,0 +1,64 @@
+"""What compliance does to a request in flight: extend its deadline once, retry a system."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import asyncpg
+
+from shared import topics
+from shared.contracts import RequestStatus
+from shared.contracts.events import DeadlineExtended, RetrySystem
+from shared.deadlines import add_months
+from shared.outbox import enqueue
+
+
+class NotFound(LookupError):
+    pass
+
+
+class Refused(ValueError):
+    """The operation does not apply to the request as it stands (HTTP 409)."""
+
+
+async def extend(
+    pool: asyncpg.Pool, request_id: str, months: int, reason: str, now: datetime
+) -> asyncpg.Record:
+    """Art. 12(3): by up to two further months, once, while the request is open; the event
+    lets upstream tell the person, with the reason, within the first month."""
+    async with pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow("SELECT * FROM requests WHERE request_id = $1 FOR UPDATE", request_id)
+        if row is None:
+            raise NotFound(request_id)
+        if row["extension_months"] is not None:
+            raise Refused("request_id: the deadline was already extended once")
+        if RequestStatus(row["status"]).is_final:
+            raise Refused("request_id: the request is finished")
+        deadline = add_months(row["deadline"], months)
+        updated = await conn.fetchrow(
+            "UPDATE requests SET deadline = $2, extension_months = $3, extension_reason = $4,"
+            " extended_at = $5, updated_at = now() WHERE request_id = $1 RETURNING *",
+
+            request_id,
+            deadline,
+            months,
+            reason,
+            now,
+        )
+        await enqueue(
+            conn,
+            topics.DEADLINES,
+            request_id,
+            DeadlineExtended(request_id=request_id, months=months, deadline=deadline, occurred_at=now),
+        )
+    return updated
+
+
+async def request_retry(pool: asyncpg.Pool, request_id: str, system: str) -> None:
+    async with pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow("SELECT systems, progress FROM requests WHERE request_id = $1", request_id)
+        if row is None:
+            raise NotFound(request_id)
+        if system not in row["systems"]:
+            raise NotFound(f"system: {system} is not targeted by this request")
+        await enqueue(conn, topics.RETRIES, request_id, RetrySystem(request_id=request_id, system=system))

@@ -1,0 +1,58 @@
+"""Intake's service layer: one way in for a request, whether it came over HTTP or the ingress
+topic."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import asyncpg
+from opentelemetry import trace
+
+from services.intake import store
+from services.intake.models import SubmitRequest
+from shared.crypto import IdentifierSeal, subject_ref
+from shared.deadlines import add_months
+
+
+@dataclass(frozen=True)
+class IntakeContext:
+    pool: asyncpg.Pool
+    systems: list[str]
+    seal: IdentifierSeal
+    pseudonym_key: str
+    callbacks_enabled: bool = False
+
+
+class Unacceptable(ValueError):
+    """A well-formed request this deployment cannot take; the message names the field."""
+
+
+async def accept(ctx: IntakeContext, body: SubmitRequest) -> asyncpg.Record:
+    """Validate against configuration, store, dispatch. Raises store.Conflict for a known id
+    with another body, Unacceptable naming the field."""
+    unknown = sorted(set(body.systems or ()) - set(ctx.systems))
+    if unknown:
+        raise Unacceptable(f"systems: unknown system(s) {', '.join(unknown)}")
+    if body.callback_url and not ctx.callbacks_enabled:
+        # Accepting it would promise a call that never comes.
+        raise Unacceptable("callback_url: callbacks are not configured here (LETHE_CALLBACK_SECRET)")
+
+    received_at = body.received_at or datetime.now(UTC)
+    identities = body.subject.identities()
+    span = trace.get_current_span().get_span_context()
+    return await store.submit(
+        ctx.pool,
+        store.NewRequest(
+            request_id=body.request_id,
+            fingerprint=body.fingerprint(),
+            request_type=body.type.value,
+            subject_ref=subject_ref(ctx.pseudonym_key, identities),
+            sealed_identifiers=ctx.seal.seal(identities),
+            systems=body.systems or list(ctx.systems),
+            received_at=received_at,
+            deadline=add_months(received_at, 1),
+            trace_id=format(span.trace_id, "032x") if span.is_valid else None,
+            callback_url=str(body.callback_url) if body.callback_url else None,
+        ),
+    )
