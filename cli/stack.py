@@ -51,6 +51,7 @@ class StackConfig:
     postgres_url: str = "postgresql://postgres@127.0.0.1:5432"
     db_prefix: str = "lethe"
     services: tuple[str, ...] = SERVICES
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls, state_dir: Path, db_prefix: str = "lethe") -> StackConfig:
@@ -138,6 +139,7 @@ class Stack:
             "LETHE_RECORDINGS_DIR": str(self.recordings_dir),
             "LETHE_HTTP_PORT": str(self.config.http_port),
         }
+        env.update(self.config.extra_env)
         if service is not None:
             env["LETHE_DATABASE_URL"] = self.database_url(service)
             env["LETHE_READY_FILE"] = str(self._ready_file(service))
@@ -170,11 +172,20 @@ class Stack:
         self.processes["broker"] = broker
         slapd_dir = self.config.state_dir / "slapd"
         shutil.rmtree(slapd_dir, ignore_errors=True)  # throwaway: the directory is seeded anew
-        self.processes["slapd"] = start_slapd(
-            slapd_dir, self.config.ldap_port, BASE_DN, ADMIN_DN, self.secrets.ldap_password, self.log_dir
-        )
+        self.start_slapd()
         wait_for_port(self.config.kafka_port, "broker", broker)
         asyncio.run(ensure_topics(self.kafka_settings(), all_topics()))
+
+    def start_slapd(self) -> None:
+        """Starts slapd on its directory as it is: a restart keeps the entries."""
+        self.processes["slapd"] = start_slapd(
+            self.config.state_dir / "slapd",
+            self.config.ldap_port,
+            BASE_DN,
+            ADMIN_DN,
+            self.secrets.ldap_password,
+            self.log_dir,
+        )
 
     def _ensure_postgres(self) -> None:
         parts = urlsplit(self.config.postgres_url)

@@ -38,7 +38,6 @@ async def extend(
         updated = await conn.fetchrow(
             "UPDATE requests SET deadline = $2, extension_months = $3, extension_reason = $4,"
             " extended_at = $5, updated_at = now() WHERE request_id = $1 RETURNING *",
-
             request_id,
             deadline,
             months,

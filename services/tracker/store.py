@@ -57,7 +57,6 @@ SCHEMA = (
         PRIMARY KEY (request_id, system))""",
     "CREATE INDEX IF NOT EXISTS saga_systems_waiting ON saga_systems (dispatched_at)"
     " WHERE state = 'dispatched'",
-
     """CREATE TABLE IF NOT EXISTS early_outcomes (
         message_id uuid PRIMARY KEY,
         request_id text NOT NULL,

@@ -27,7 +27,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory, pg_server: str) -> Iterator[
         ldap_port=free_port(),
         postgres_url=POSTGRES_URL,
         db_prefix=f"lethe_e2e_{uuid4().hex[:8]}",
+        # Short enough for a test to watch a silent system be re-sent and then failed.
+        extra_env={
+            "LETHE_TRACKER_SYSTEM_TIMEOUT_S": "2",
+            "LETHE_TRACKER_MAX_ATTEMPTS": "2",
+            "LETHE_STUCK_AFTER_S": "1",
+        },
     )
+
     running = Stack(config)
     try:
         running.start_infrastructure()
