@@ -5,7 +5,7 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 SUDO    = $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo up test test-fast faults bench lint typecheck system-deps clean
+.PHONY: demo up test test-fast faults bench lint system-deps browser-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,12 +13,20 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-# OpenLDAP's slapd comes from the OS packages (the directory worker's real store).
+# From the OS packages: OpenLDAP's slapd (the directory worker's real store) and, for tests,
+# Chromium (the report and dashboard are checked in a real browser).
 system-deps:
 	@command -v slapd >/dev/null 2>&1 || [ -x /usr/sbin/slapd ] || { \
 	  echo "installing slapd and ldap-utils from Debian packages"; \
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq slapd ldap-utils >/dev/null; }
+
+browser-deps:
+	@[ -x /usr/bin/chromium ] || { \
+	  echo "installing chromium from Debian packages"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
+
 
 demo: $(STAMP) system-deps
 	$(BIN)/lethe demo
@@ -26,7 +34,7 @@ demo: $(STAMP) system-deps
 up: $(STAMP) system-deps
 	$(BIN)/lethe up
 
-test: $(STAMP) system-deps lint
+test: $(STAMP) system-deps browser-deps lint
 	$(BIN)/pytest -q -p no:cacheprovider
 
 test-fast: $(STAMP)

@@ -15,11 +15,13 @@ from typing import Annotated, Any
 
 import httpx
 import typer
+from pydantic import ValidationError
 
 from cli.render import report_text
 from cli.seed import SeedFile, SeedTargets, load, read
 from cli.stack import Stack, StackConfig
 from services.directory.ldap import LdapSettings
+from shared.codec import describe_validation_error
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -182,7 +184,11 @@ def seed_command(
         raise typer.BadParameter("give a seed file, or --schema")
     try:
         seed_file = read(file)
-    except ValueError as exc:
+    except ValidationError as exc:
+        field, reason = describe_validation_error(exc)
+        typer.echo(f"{file}: {field}: {reason}", err=True)
+        raise typer.Exit(2) from None
+    except (OSError, ValueError) as exc:
         typer.echo(f"{file}: {exc}", err=True)
         raise typer.Exit(2) from None
     stack = Stack(StackConfig.from_env(STATE_DIR))
@@ -235,7 +241,70 @@ def report(request_id: str, as_json: Annotated[bool, typer.Option("--json")] = F
         typer.echo(report_text(response.json()))
 
 
+@app.command("list")
+def list_requests(
+    overdue: Annotated[bool, typer.Option("--overdue", help="Only requests past their deadline.")] = False,
+    stuck: Annotated[bool, typer.Option("--stuck", help="Only requests unchanged for a while.")] = False,
+    status_filter: Annotated[str | None, typer.Option("--status")] = None,
+) -> None:
+    """Requests, newest first: id, type, status, deadline."""
+    params: dict[str, str] = {}
+    if overdue:
+        params["overdue"] = "true"
+    if stuck:
+        params["stuck"] = "true"
+    if status_filter:
+        params["status"] = status_filter
+    response = httpx.get(f"{api_url()}/v1/requests", params=params, timeout=10)
+    if response.status_code != 200:
+        _print_response(response)
+    for r in response.json():
+        flag = "  OVERDUE" if r["overdue"] else ""
+        typer.echo(f"{r['request_id']:<32} {r['type']:<17} {r['status']:<26} deadline {r['deadline']}{flag}")
+
+
+@app.command()
+def extend(
+    request_id: str,
+    months: Annotated[int, typer.Option(min=1, max=2)],
+    reason: Annotated[str, typer.Option(help="Why; upstream tells the person.")],
+) -> None:
+    """Extend a request's deadline once by one or two months (Art. 12(3))."""
+    _print_response(
+        httpx.post(
+            f"{api_url()}/v1/requests/{request_id}/extension",
+            json={"months": months, "reason": reason},
+            timeout=10,
+        )
+    )
+
+
+@app.command()
+def retry(request_id: str, system: str) -> None:
+    """Try a failed system of a request again."""
+    _print_response(httpx.post(f"{api_url()}/v1/requests/{request_id}/systems/{system}/retry", timeout=10))
+
+
+@app.command()
+def audit(request_id: str) -> None:
+    """Print a request's audit trail and verify its hash chain here, not trusting the server's verdict."""
+    from shared.contracts.audit import AuditEntry, verify_chain
+
+    response = httpx.get(f"{api_url()}/v1/requests/{request_id}/audit", timeout=10)
+    if response.status_code != 200:
+        _print_response(response)
+    entries = [AuditEntry.model_validate(e) for e in response.json()["entries"]]
+    for e in entries:
+        typer.echo(f"{e.seq:>3} {e.at.isoformat()} {e.kind:<18} {json.dumps(e.detail)}  {e.hash[:12]}")
+    broken = verify_chain(entries)
+    if broken is not None:
+        typer.echo(f"audit chain BROKEN at entry {broken}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"audit chain verified: {len(entries)} entries")
+
+
 def _print_response(response: httpx.Response) -> None:
+
     typer.echo(json.dumps(response.json(), indent=2))
     if response.status_code >= 400:
         raise typer.Exit(1)

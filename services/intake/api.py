@@ -10,7 +10,7 @@ import asyncpg
 from fastapi import APIRouter, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from services.intake import holds_api, operations, pages, store
 from services.intake.models import ErrorBody, RequestView, SubmitRequest
@@ -169,9 +169,13 @@ async def retry_system(request_id: str, system: str, request: Request) -> dict[s
     return {"request_id": request_id, "system": system, "retry": "requested"}
 
 
+# An HTML form sends an empty field as "": that means no bound, not a bad date.
+OptionalDay = Annotated[date | None, BeforeValidator(lambda value: value or None)]
+
+
 @router.get("/exports/requests.csv", response_class=PlainTextResponse)
 async def export_csv(
-    request: Request, received_from: date | None = None, received_to: date | None = None
+    request: Request, received_from: OptionalDay = None, received_to: OptionalDay = None
 ) -> Response:
     start, end = pages.period(received_from, received_to)
     rows = await pages.rows_in(_ctx(request).pool, start, end)
@@ -184,7 +188,7 @@ async def export_csv(
 
 @pages_router.get("/dashboard", response_class=HTMLResponse)
 async def dashboard(
-    request: Request, received_from: date | None = None, received_to: date | None = None
+    request: Request, received_from: OptionalDay = None, received_to: OptionalDay = None
 ) -> str:
     start, end = pages.period(received_from, received_to)
     rows = await pages.rows_in(_ctx(request).pool, start, end)
