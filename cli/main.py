@@ -36,6 +36,21 @@ def api_url() -> str:
     return os.environ.get("LETHE_API_URL", f"http://127.0.0.1:{os.environ.get('LETHE_HTTP_PORT', '8080')}")
 
 
+def api_token() -> str | None:
+    """LETHE_API_TOKEN, else the admin token `lethe up` provisioned in its state directory."""
+    token = os.environ.get("LETHE_API_TOKEN")
+    secrets_file = STATE_DIR / "secrets.json"
+    if not token and secrets_file.exists():
+        token = json.loads(secrets_file.read_text()).get("admin_token")
+    return token
+
+
+def api() -> httpx.Client:
+    token = api_token()
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx.Client(base_url=api_url(), headers=headers, timeout=10)
+
+
 def seed_targets(stack: Stack) -> SeedTargets:
     env = stack.env()
     return SeedTargets(
@@ -73,6 +88,11 @@ def up(seed: Annotated[bool, typer.Option(help="Load the demo data first.")] = T
         stack.start_services()
         typer.echo(f"Lethe is up: API {stack.api_url} (OpenAPI at {stack.api_url}/openapi.json)")
         typer.echo(f"logs in {stack.log_dir}; Ctrl-C stops everything")
+        if "LETHE_BOOTSTRAP_TOKENS" not in os.environ:
+            typer.echo(
+                f"admin API token: 'admin_token' in {stack.config.state_dir / 'secrets.json'} "
+                "(the lethe command uses it; `lethe tokens create --role R` makes others)"
+            )
         while True:
             time.sleep(0.5)
             for service in stack.dead_services():  # restart like an orchestrator would
@@ -112,7 +132,7 @@ def demo(timeout_s: Annotated[float, typer.Option(help="How long to wait for com
             result = asyncio.run(load(seed_file, seed_targets(stack)))
             typer.echo(f"seeded demo data: {result.rows}")
             stack.start_services()
-            ok = _run_demo_requests(stack.api_url, seed_file, timeout_s)
+            ok = _run_demo_requests(stack.api_url, stack.secrets.admin_token, seed_file, timeout_s)
         except RuntimeError as exc:
             typer.echo(f"lethe demo: {exc}", err=True)
             ok = False
@@ -121,8 +141,8 @@ def demo(timeout_s: Annotated[float, typer.Option(help="How long to wait for com
     raise typer.Exit(0 if ok else 1)
 
 
-def _run_demo_requests(base: str, seed_file: SeedFile, timeout_s: float) -> bool:
-    with httpx.Client(base_url=base, timeout=10) as client:
+def _run_demo_requests(base: str, token: str, seed_file: SeedFile, timeout_s: float) -> bool:
+    with httpx.Client(base_url=base, timeout=10, headers={"Authorization": f"Bearer {token}"}) as client:
         # Legal holds one customer's call recordings: the report will say they were kept, and why.
         hold = client.post(
             "/v1/holds",
@@ -222,19 +242,19 @@ def submit(
     }
     if system:
         body["systems"] = system
-    _print_response(httpx.post(f"{api_url()}/v1/requests", json=body, timeout=10))
+    _print_response(api().post("/v1/requests", json=body))
 
 
 @app.command()
 def status(request_id: str) -> None:
     """A request's status and per-system progress."""
-    _print_response(httpx.get(f"{api_url()}/v1/requests/{request_id}", timeout=10))
+    _print_response(api().get(f"/v1/requests/{request_id}"))
 
 
 @app.command()
 def report(request_id: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """A request's completion report, as text (or JSON)."""
-    response = httpx.get(f"{api_url()}/v1/requests/{request_id}/report", timeout=10)
+    response = api().get(f"/v1/requests/{request_id}/report")
     if response.status_code != 200 or as_json:
         _print_response(response)
     else:
@@ -255,7 +275,7 @@ def list_requests(
         params["stuck"] = "true"
     if status_filter:
         params["status"] = status_filter
-    response = httpx.get(f"{api_url()}/v1/requests", params=params, timeout=10)
+    response = api().get("/v1/requests", params=params)
     if response.status_code != 200:
         _print_response(response)
     for r in response.json():
@@ -271,8 +291,8 @@ def extend(
 ) -> None:
     """Extend a request's deadline once by one or two months (Art. 12(3))."""
     _print_response(
-        httpx.post(
-            f"{api_url()}/v1/requests/{request_id}/extension",
+        api().post(
+            f"/v1/requests/{request_id}/extension",
             json={"months": months, "reason": reason},
             timeout=10,
         )
@@ -282,7 +302,7 @@ def extend(
 @app.command()
 def retry(request_id: str, system: str) -> None:
     """Try a failed system of a request again."""
-    _print_response(httpx.post(f"{api_url()}/v1/requests/{request_id}/systems/{system}/retry", timeout=10))
+    _print_response(api().post(f"/v1/requests/{request_id}/systems/{system}/retry"))
 
 
 @app.command()
@@ -290,7 +310,7 @@ def audit(request_id: str) -> None:
     """Print a request's audit trail and verify its hash chain here, not trusting the server's verdict."""
     from shared.contracts.audit import AuditEntry, verify_chain
 
-    response = httpx.get(f"{api_url()}/v1/requests/{request_id}/audit", timeout=10)
+    response = api().get(f"/v1/requests/{request_id}/audit")
     if response.status_code != 200:
         _print_response(response)
     entries = [AuditEntry.model_validate(e) for e in response.json()["entries"]]
@@ -301,6 +321,19 @@ def audit(request_id: str) -> None:
         typer.echo(f"audit chain BROKEN at entry {broken}", err=True)
         raise typer.Exit(1)
     typer.echo(f"audit chain verified: {len(entries)} entries")
+
+
+tokens = typer.Typer(help="API tokens (admin).", no_args_is_help=True)
+app.add_typer(tokens, name="tokens")
+
+
+@tokens.command("create")
+def create_token(
+    role: Annotated[str, typer.Option(help="submitter, compliance, legal or admin")],
+    label: Annotated[str, typer.Option(help="Who or what it is for.")] = "",
+) -> None:
+    """Create a token; it is printed once and only its hash is kept."""
+    _print_response(api().post("/v1/tokens", json={"role": role, "label": label}))
 
 
 def _print_response(response: httpx.Response) -> None:

@@ -72,6 +72,7 @@ class Secrets:
     suppression_key: str
     ldap_password: str
     callback_secret: str
+    admin_token: str
 
     @classmethod
     def load_or_create(cls, path: Path) -> Secrets:
@@ -81,6 +82,7 @@ class Secrets:
             "suppression_key": os.urandom(32).hex(),
             "ldap_password": os.urandom(12).hex(),
             "callback_secret": os.urandom(32).hex(),
+            "admin_token": f"lethe_admin{os.urandom(4).hex()}_{os.urandom(32).hex()}",
         }
         stored = json.loads(path.read_text()) if path.exists() else {}
         secrets = cls(**{**fresh, **stored})  # keys a newer version added are generated once
@@ -132,6 +134,11 @@ class Stack:
             "LETHE_PSEUDONYM_KEY": self.secrets.pseudonym_key,
             "LETHE_MAILING_SUPPRESSION_KEY": self.secrets.suppression_key,
             "LETHE_CALLBACK_SECRET": self.secrets.callback_secret,
+            # Without tokens of its own, the embedded stack provisions an admin token (`lethe up`
+            # says where it is); LETHE_BOOTSTRAP_TOKENS from the environment replaces it.
+            "LETHE_BOOTSTRAP_TOKENS": os.environ.get(
+                "LETHE_BOOTSTRAP_TOKENS", f"admin:{self.secrets.admin_token}"
+            ),
             "LETHE_LDAP_URL": f"ldap://127.0.0.1:{self.config.ldap_port}",
             "LETHE_LDAP_BIND_DN": ADMIN_DN,
             "LETHE_LDAP_PASSWORD": self.secrets.ldap_password,

@@ -10,12 +10,13 @@ from collections.abc import AsyncIterator, Iterator
 
 import asyncpg
 import uvicorn
+from aiokafka import AIOKafkaProducer
 from fastapi import FastAPI
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from services.intake import callbacks, holds, ingress, store
-from services.intake.api import create_app
+from services.intake import auth, callbacks, holds, ingress, store
+from services.intake.api import ApiLimits, create_app
 from services.intake.service import IntakeContext
 from shared import topics
 from shared.codec import PoisonMessage, decode
@@ -40,6 +41,17 @@ class IntakeSettings(BaseSettings):
     callback_secret: SecretStr = Field(
         SecretStr(""), description="HMAC key signing callbacks; callbacks are not sent without one."
     )
+    bootstrap_tokens: SecretStr = Field(
+        SecretStr(""), description="role:token,role:token provisioned at start-up (scripts, CI, first admin)."
+    )
+    rate_limit_per_s: float = Field(50, gt=0, description="Requests a second allowed per token (sustained).")
+    rate_limit_burst: int = Field(200, ge=1, description="Requests a token may make in a burst.")
+    max_body_bytes: int = Field(65536, ge=1024, le=16 * 1024 * 1024, description="Largest request body.")
+
+    def limits(self) -> ApiLimits:
+        return ApiLimits(
+            self.stuck_after_s, self.rate_limit_per_s, self.rate_limit_burst, self.max_body_bytes
+        )
 
 
 async def consume_status(pool: asyncpg.Pool, kafka: KafkaSettings) -> None:
@@ -60,6 +72,15 @@ async def consume_status(pool: asyncpg.Pool, kafka: KafkaSettings) -> None:
         await consumer.stop()
 
 
+async def readiness(pool: asyncpg.Pool, producer: AIOKafkaProducer) -> dict[str, bool]:
+    checks = {"database": False, "broker": False}
+    with contextlib.suppress(OSError, asyncpg.PostgresError, TimeoutError):
+        checks["database"] = await asyncio.wait_for(pool.fetchval("SELECT true"), 2) is True
+    with contextlib.suppress(Exception):
+        checks["broker"] = bool(await asyncio.wait_for(producer.partitions_for(topics.OUTCOMES), 2))
+    return checks
+
+
 class _Server(uvicorn.Server):
     """Signals are the service runner's: it stops the relay and consumers too, in order."""
 
@@ -74,12 +95,15 @@ async def main(stop: asyncio.Event) -> None:
     db = DatabaseSettings()
     secrets = SecretsSettings()
     seal = IdentifierSeal(secrets.identifier_key.get_secret_value())
+    bootstrap = auth.parse_bootstrap(settings.bootstrap_tokens.get_secret_value())  # fails fast, naming it
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await ensure_database(db.database_url)
         pool = await create_pool(db.database_url, db.db_pool_max)
-        await apply_schema(pool, *store.SCHEMA, *holds.SCHEMA, *callbacks.SCHEMA, OUTBOX_DDL)
+        await apply_schema(pool, *store.SCHEMA, *holds.SCHEMA, *callbacks.SCHEMA, *auth.SCHEMA, OUTBOX_DDL)
+        for role, token in bootstrap:
+            await auth.create(pool, role, "bootstrap", token)
         await ensure_topics(kafka, topics.all_topics(tuple(settings.systems)))
         producer = make_producer(kafka)
         await start_with_retry(producer, "producer")
@@ -93,6 +117,7 @@ async def main(stop: asyncio.Event) -> None:
         )
         app.state.ctx = ctx
         app.state.relay = relay = OutboxRelay(pool, producer)
+        app.state.readiness = lambda: readiness(pool, producer)
         tasks = [
             asyncio.create_task(relay.run()),
             asyncio.create_task(consume_status(pool, kafka)),
@@ -112,7 +137,7 @@ async def main(stop: asyncio.Event) -> None:
 
     server = _Server(
         uvicorn.Config(
-            create_app(lifespan, settings.stuck_after_s),
+            create_app(lifespan, settings.limits()),
             host=settings.http_host,
             port=settings.http_port,
             log_config=None,

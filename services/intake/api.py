@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any
 
 import asyncpg
 from fastapi import APIRouter, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from services.intake import holds_api, operations, pages, store
+from services.intake import admin_api, holds_api, operations, pages, store
+from services.intake.auth import RateLimiter, Role, guarded
+from services.intake.limits import BodySizeLimit
 from services.intake.models import ErrorBody, RequestView, SubmitRequest
 from services.intake.service import IntakeContext, Unacceptable, accept
 from shared.contracts import RequestStatus, SystemProgress
@@ -57,6 +61,7 @@ async def _row(request: Request, request_id: str) -> asyncpg.Record:
     status_code=202,
     response_model=RequestView,
     responses={409: {"model": ErrorBody}, 422: {"model": ErrorBody}},
+    **guarded(Role.SUBMITTER),
 )
 async def submit_request(body: SubmitRequest, request: Request) -> RequestView:
     try:
@@ -67,12 +72,17 @@ async def submit_request(body: SubmitRequest, request: Request) -> RequestView:
         raise HTTPException(409, "request_id: already used for a different request") from None
 
 
-@router.get("/requests/{request_id}", response_model=RequestView, responses={404: {"model": ErrorBody}})
+@router.get(
+    "/requests/{request_id}",
+    response_model=RequestView,
+    responses={404: {"model": ErrorBody}},
+    **guarded(Role.SUBMITTER, Role.COMPLIANCE),
+)
 async def get_request(request_id: str, request: Request) -> RequestView:
     return _view(await _row(request, request_id))
 
 
-@router.get("/requests", response_model=list[RequestView])
+@router.get("/requests", response_model=list[RequestView], **guarded(Role.SUBMITTER, Role.COMPLIANCE))
 async def list_requests(
     request: Request,
     status: RequestStatus | None = None,
@@ -103,6 +113,7 @@ async def list_requests(
     "/requests/{request_id}/report",
     responses={404: {"model": ErrorBody}},
     description="The report as JSON, or as an HTML page for `Accept: text/html`.",
+    **guarded(Role.SUBMITTER, Role.COMPLIANCE),
 )
 async def get_report(request_id: str, request: Request) -> Response:
     row = await _row(request, request_id)
@@ -122,7 +133,12 @@ class AuditView(BaseModel):
     first_broken_seq: int | None
 
 
-@router.get("/requests/{request_id}/audit", response_model=AuditView, responses={404: {"model": ErrorBody}})
+@router.get(
+    "/requests/{request_id}/audit",
+    response_model=AuditView,
+    responses={404: {"model": ErrorBody}},
+    **guarded(Role.SUBMITTER, Role.COMPLIANCE),
+)
 async def get_audit(request_id: str, request: Request) -> AuditView:
     row = await _row(request, request_id)
     entries = [AuditEntry.model_validate(e) for e in json.loads(row["audit"])]
@@ -142,6 +158,7 @@ class ExtensionBody(BaseModel):
     "/requests/{request_id}/extension",
     response_model=RequestView,
     responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}, 422: {"model": ErrorBody}},
+    **guarded(Role.COMPLIANCE),
 )
 async def extend_deadline(request_id: str, body: ExtensionBody, request: Request) -> RequestView:
     try:
@@ -156,7 +173,10 @@ async def extend_deadline(request_id: str, body: ExtensionBody, request: Request
 
 
 @router.post(
-    "/requests/{request_id}/systems/{system}/retry", status_code=202, responses={404: {"model": ErrorBody}}
+    "/requests/{request_id}/systems/{system}/retry",
+    status_code=202,
+    responses={404: {"model": ErrorBody}},
+    **guarded(Role.COMPLIANCE),
 )
 async def retry_system(request_id: str, system: str, request: Request) -> dict[str, str]:
     """Ask the tracker to try a failed system again; it ignores systems that have not failed."""
@@ -173,7 +193,7 @@ async def retry_system(request_id: str, system: str, request: Request) -> dict[s
 OptionalDay = Annotated[date | None, BeforeValidator(lambda value: value or None)]
 
 
-@router.get("/exports/requests.csv", response_class=PlainTextResponse)
+@router.get("/exports/requests.csv", response_class=PlainTextResponse, **guarded(Role.COMPLIANCE))
 async def export_csv(
     request: Request, received_from: OptionalDay = None, received_to: OptionalDay = None
 ) -> Response:
@@ -186,7 +206,7 @@ async def export_csv(
     )
 
 
-@pages_router.get("/dashboard", response_class=HTMLResponse)
+@pages_router.get("/dashboard", response_class=HTMLResponse, **guarded(Role.COMPLIANCE))
 async def dashboard(
     request: Request, received_from: OptionalDay = None, received_to: OptionalDay = None
 ) -> str:
@@ -206,21 +226,52 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(status_code=422, content={"detail": summary, "errors": errors})
 
 
-def create_app(lifespan: Any, stuck_after_s: float = 3600) -> FastAPI:
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """A person's browser without a token goes to the sign-in page; API clients get JSON."""
+    assert isinstance(exc, StarletteHTTPException)
+    wants_page = request.method == "GET" and "text/html" in request.headers.get("accept", "")
+    if exc.status_code == 401 and wants_page:
+        return RedirectResponse(f"/login?next={request.url.path}", status_code=303)
+    return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+
+@dataclass(frozen=True)
+class ApiLimits:
+    stuck_after_s: float = 3600
+    rate_per_s: float = 50
+    burst: int = 200
+    max_body_bytes: int = 64 * 1024
+
+
+def create_app(lifespan: Any, limits: ApiLimits) -> FastAPI:
     app = FastAPI(
         title="Lethe",
         version="1",
         lifespan=lifespan,
-        description="GDPR erasure and restriction requests across a company's systems.",
+        description="GDPR erasure and restriction requests across a company's systems. Every /v1 call needs "
+        "a bearer token; each operation lists the roles allowed in `x-roles`.",
     )
-    app.state.stuck_after_s = stuck_after_s
+    app.state.stuck_after_s = limits.stuck_after_s
+    app.state.rate_limiter = RateLimiter(limits.rate_per_s, limits.burst)
     app.include_router(router)
     app.include_router(holds_api.router)
+    app.include_router(admin_api.router)
     app.include_router(pages_router)
+    app.include_router(admin_api.pages)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_middleware(BodySizeLimit, max_bytes=limits.max_body_bytes)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:
+        """Alive: the process answers."""
         return {"status": "ok"}
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz(request: Request) -> Response:
+        """Ready: what is missing, if anything (database, broker)."""
+        checks = await request.app.state.readiness() if hasattr(request.app.state, "readiness") else {}
+        ready = all(checks.values()) and bool(checks)
+        return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 
     return app

@@ -10,6 +10,7 @@ from fastapi import APIRouter, HTTPException, Request, Response
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from services.intake import holds
+from services.intake.auth import Role, guarded
 from services.intake.models import ErrorBody, SubjectIn
 from shared.contracts.base import SystemName
 from shared.contracts.holds import CaseReference
@@ -64,6 +65,7 @@ def _view(row: asyncpg.Record, propagated: bool = True) -> HoldView:
     status_code=201,
     response_model=HoldView,
     responses={202: {"model": HoldView}, 422: {"model": ErrorBody}},
+    **guarded(Role.LEGAL),
 )
 async def place_hold(body: PlaceHold, request: Request, response: Response) -> HoldView:
     """201 once every worker is bound to honour the hold; 202 if it is stored but could not be
@@ -92,7 +94,9 @@ async def place_hold(body: PlaceHold, request: Request, response: Response) -> H
     return _view(row, propagated)
 
 
-@router.delete("/{hold_id}", response_model=HoldView, responses={404: {"model": ErrorBody}})
+@router.delete(
+    "/{hold_id}", response_model=HoldView, responses={404: {"model": ErrorBody}}, **guarded(Role.LEGAL)
+)
 async def release_hold(hold_id: UUID, request: Request) -> HoldView:
     """Release (recorded, never deleted). What the hold kept is then erased if no rule keeps it."""
     state = request.app.state
@@ -103,6 +107,6 @@ async def release_hold(hold_id: UUID, request: Request) -> HoldView:
     return _view(row, propagated)
 
 
-@router.get("", response_model=list[HoldView])
+@router.get("", response_model=list[HoldView], **guarded(Role.LEGAL, Role.COMPLIANCE))
 async def list_holds(request: Request, active: bool = False) -> list[HoldView]:
     return [_view(r) for r in await holds.listing(request.app.state.ctx.pool, active, datetime.now(UTC))]

@@ -47,7 +47,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, pg_server: str) -> Iterator[
 
 @pytest.fixture(scope="session")
 def api(stack: Stack) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=stack.api_url, timeout=10) as client:
+    headers = {"Authorization": f"Bearer {stack.secrets.admin_token}"}
+    with httpx.Client(base_url=stack.api_url, timeout=10, headers=headers) as client:
         yield client
 
 

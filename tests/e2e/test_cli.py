@@ -19,7 +19,7 @@ RUNNER = CliRunner()
 
 @pytest.fixture
 def env(stack: Stack) -> dict[str, str]:
-    return {"LETHE_API_URL": stack.api_url}
+    return {"LETHE_API_URL": stack.api_url, "LETHE_API_TOKEN": stack.secrets.admin_token}
 
 
 def run(env: dict[str, str], *args: str) -> tuple[int, str]:

@@ -10,6 +10,7 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, sync_playwright
 
+from cli.stack import Stack
 from tests.conftest import OUTPUT
 from tests.e2e.conftest import wait_final
 
@@ -38,7 +39,7 @@ def browser() -> Iterator[Browser]:
         launched.close()
 
 
-def test_report_page_shows_the_report(browser: Browser, api: httpx.Client) -> None:
+def test_report_page_shows_the_report(browser: Browser, api: httpx.Client, stack: Stack) -> None:
     api.post(
         "/v1/requests",
         json={
@@ -49,7 +50,8 @@ def test_report_page_shows_the_report(browser: Browser, api: httpx.Client) -> No
         },
     )
     wait_final(api, "browser-1")
-    page = browser.new_page()
+    context = browser.new_context(extra_http_headers={"Authorization": f"Bearer {stack.secrets.admin_token}"})
+    page = context.new_page()
     page.goto(f"{api.base_url}/v1/requests/browser-1/report")  # a browser asks for text/html
     assert page.locator("h1").inner_text() == "Data-subject request report"
     assert "browser-1" in page.content()
@@ -60,9 +62,14 @@ def test_report_page_shows_the_report(browser: Browser, api: httpx.Client) -> No
     page.screenshot(path=str(SCREENSHOTS / "report.png"), full_page=True)
 
 
-def test_dashboard_shows_statuses_chart_and_overdue(browser: Browser, api: httpx.Client) -> None:
+def test_dashboard_after_signing_in_shows_statuses_chart_and_overdue(
+    browser: Browser, api: httpx.Client, stack: Stack
+) -> None:
     page = browser.new_page()
     page.goto(f"{api.base_url}/dashboard")
+    assert "/login" in page.url  # no token yet: the sign-in page, not a JSON 401
+    page.fill("input[name=token]", stack.secrets.admin_token)
+    page.click("button[type=submit]")
     assert page.locator("h1").inner_text() == "Compliance dashboard"
     assert page.locator("#by-status").is_visible()
     assert page.locator("#ttc-chart rect").count() >= 1

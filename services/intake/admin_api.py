@@ -1,0 +1,55 @@
+"""Administration: API tokens, and a login page that lets a browser carry a token as a cookie."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from services.intake import auth
+from services.intake.auth import Role, guarded
+
+router = APIRouter(prefix="/v1/tokens", tags=["admin"])
+pages = APIRouter(include_in_schema=False)
+
+
+class NewToken(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: Role
+    label: str = Field("", max_length=200, description="Who or what the token is for.")
+
+
+class CreatedToken(BaseModel):
+    token: str = Field(description="Shown once; only its hash is stored.")
+    role: Role
+
+
+@router.post("", status_code=201, response_model=CreatedToken, **guarded())
+async def create_token(body: NewToken, request: Request) -> CreatedToken:
+    token = await auth.create(request.app.state.ctx.pool, body.role, body.label)
+    return CreatedToken(token=token, role=body.role)
+
+
+LOGIN_FORM = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Lethe sign-in</title></head>
+<body style="font: 14px system-ui; margin: 4rem auto; max-width: 28rem">
+<h1>Lethe</h1><form method="post" action="/login">
+<label>API token <input name="token" type="password" autocomplete="off" style="width: 100%"></label>
+<input type="hidden" name="next" value="{next}"><p><button type="submit">Sign in</button></p>
+</form></body></html>"""
+
+
+@pages.get("/login", response_class=HTMLResponse)
+async def login_form(next: str = "/dashboard") -> str:
+    return LOGIN_FORM.format(next="/dashboard" if not next.startswith("/") else next.replace('"', ""))
+
+
+@pages.post("/login")
+async def login(
+    token: Annotated[str, Form()], next: Annotated[str, Form()] = "/dashboard"
+) -> RedirectResponse:
+    target = next if next.startswith("/") and not next.startswith("//") else "/dashboard"
+    response = RedirectResponse(target, status_code=303)
+    response.set_cookie("lethe_token", token, httponly=True, samesite="strict", max_age=8 * 3600)
+    return response

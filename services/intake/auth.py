@@ -1,0 +1,158 @@
+"""Bearer tokens with roles.
+
+A token reads `lethe_<id>_<secret>`: the id finds the row, the secret is compared in constant
+time with its stored SHA-256 (tokens are 256-bit random, so a plain hash is enough: there is
+nothing to brute-force). Tokens are shown once, when created, and never stored in clear.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import asyncpg
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS api_tokens (
+        token_id text PRIMARY KEY,
+        role text NOT NULL,
+        secret_sha256 text NOT NULL,
+        label text NOT NULL DEFAULT '',
+        created_at timestamptz NOT NULL DEFAULT now(),
+        revoked_at timestamptz)""",
+)
+
+
+class Role(StrEnum):
+    SUBMITTER = "submitter"
+    COMPLIANCE = "compliance"
+    LEGAL = "legal"
+    ADMIN = "admin"
+
+
+@dataclass(frozen=True)
+class Caller:
+    token_id: str
+    role: Role
+
+
+def _sha256(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def parse(token: str) -> tuple[str, str] | None:
+    parts = token.split("_")
+    if len(parts) != 3 or parts[0] != "lethe" or not parts[1] or not parts[2]:
+        return None
+    return parts[1], parts[2]
+
+
+async def create(pool: asyncpg.Pool, role: Role, label: str = "", token: str | None = None) -> str:
+    """A new token (or the given one, for bootstrap); idempotent for a given token."""
+    token = token or f"lethe_{secrets.token_hex(6)}_{secrets.token_urlsafe(32).replace('_', '-')}"
+    parsed = parse(token)
+    if parsed is None:
+        raise ValueError("token: must read lethe_<id>_<secret>")
+    token_id, secret = parsed
+    await pool.execute(
+        "INSERT INTO api_tokens (token_id, role, secret_sha256, label) VALUES ($1,$2,$3,$4)"
+        " ON CONFLICT (token_id) DO UPDATE SET role = excluded.role, secret_sha256 = excluded.secret_sha256",
+        token_id,
+        role.value,
+        _sha256(secret),
+        label,
+    )
+    return token
+
+
+def parse_bootstrap(spec: str) -> list[tuple[Role, str]]:
+    """LETHE_BOOTSTRAP_TOKENS=role:token,role:token"""
+    entries = []
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        role, sep, token = item.partition(":")
+        if not sep or role not in Role.__members__.values() or parse(token) is None:
+            raise ValueError(
+                "LETHE_BOOTSTRAP_TOKENS: each entry must read role:lethe_<id>_<secret>, "
+                f"role one of {', '.join(r.value for r in Role)}"
+            )
+        entries.append((Role(role), token))
+    return entries
+
+
+class RateLimiter:
+    """A token bucket per caller: `rate` requests a second, bursts up to `burst`."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def allow(self, key: str) -> float:
+        """0 if allowed, else the seconds to wait."""
+        now = time.monotonic()
+        tokens, last = self._buckets.get(key, (float(self.burst), now))
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        if tokens < 1:
+            self._buckets[key] = (tokens, now)
+            return (1 - tokens) / self.rate
+        self._buckets[key] = (tokens - 1, now)
+        return 0.0
+
+
+BEARER = HTTPBearer(auto_error=False, description="A Lethe API token: lethe_<id>_<secret>")
+
+
+async def authenticate(request: Request, credentials: HTTPAuthorizationCredentials | None) -> Caller:
+    token = credentials.credentials if credentials else request.cookies.get("lethe_token", "")
+    parsed = parse(token.strip())
+    if parsed is None:
+        raise HTTPException(
+            401, "authorization: a bearer token is required", headers={"WWW-Authenticate": "Bearer"}
+        )
+    token_id, secret = parsed
+    row = await request.app.state.ctx.pool.fetchrow(
+        "SELECT role, secret_sha256 FROM api_tokens WHERE token_id = $1 AND revoked_at IS NULL", token_id
+    )
+    # Compare even when the id is unknown, so timing does not tell which ids exist.
+    stored = row["secret_sha256"] if row else "0" * 64
+    if not hmac.compare_digest(stored, _sha256(secret)) or row is None:
+        raise HTTPException(
+            401, "authorization: invalid or revoked token", headers={"WWW-Authenticate": "Bearer"}
+        )
+    wait = request.app.state.rate_limiter.allow(token_id)
+    if wait:
+        raise HTTPException(429, "rate limit exceeded for this token", headers={"Retry-After": f"{wait:.0f}"})
+    return Caller(token_id, Role(row["role"]))
+
+
+def require(*roles: Role) -> Callable[[Request], Awaitable[Caller]]:
+    """A dependency admitting the given roles and admin (who may do everything)."""
+    allowed = {*roles, Role.ADMIN}
+
+    async def dependency(
+        request: Request,
+        credentials: HTTPAuthorizationCredentials | None = Depends(BEARER),  # noqa: B008
+    ) -> Caller:
+        caller = await authenticate(request, credentials)
+        if caller.role not in allowed:
+            raise HTTPException(403, f"role {caller.role.value} may not do this")
+        return caller
+
+    return dependency
+
+
+def guarded(*roles: Role) -> dict[str, Any]:
+    """Route options: the role check, and the roles in the OpenAPI document (`x-roles`), from
+    which the tests derive what every role may and may not call."""
+    return {
+        "dependencies": [Depends(require(*roles))],
+        "openapi_extra": {"x-roles": sorted({r.value for r in (*roles, Role.ADMIN)})},
+    }
