@@ -93,7 +93,7 @@ async def list_requests(
     received_from: datetime | None = None,
     received_to: datetime | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
 ) -> list[RequestView]:
     stuck_before = datetime.now(UTC) - timedelta(seconds=request.app.state.stuck_after_s) if stuck else None
     rows = await store.search(
