@@ -24,6 +24,7 @@ def command_topic(system: str) -> str:
 def all_topics(systems: tuple[str, ...] = SYSTEMS) -> list[str]:
     return [
         *(command_topic(s) for s in systems),
+        *(retry_topic(s) for s in systems),
         INGRESS,
         INGRESS_REPLIES,
         REQUESTS_ACCEPTED,
@@ -36,3 +37,8 @@ def all_topics(systems: tuple[str, ...] = SYSTEMS) -> list[str]:
         NOTIFICATIONS,
         DEAD_LETTERS,
     ]
+
+
+def retry_topic(system: str) -> str:
+    """Where a system's failing commands wait for their next try, off the main topic's path."""
+    return f"lethe.commands.{system}.retry.v1"

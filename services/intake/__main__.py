@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import asyncpg
 import uvicorn
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, ConsumerRecord
 from fastapi import FastAPI
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -19,10 +19,11 @@ from services.intake import auth, callbacks, holds, ingress, store
 from services.intake.api import ApiLimits, create_app
 from services.intake.service import IntakeContext
 from shared import topics
-from shared.codec import PoisonMessage, decode
+from shared.codec import decode
 from shared.contracts import RequestStatusChanged
 from shared.crypto import IdentifierSeal
 from shared.db import apply_schema, create_pool, ensure_database
+from shared.delivery import Handler, Publisher, consume_forever
 from shared.kafka import ensure_topics, make_consumer, make_producer, start_with_retry
 from shared.outbox import OUTBOX_DDL, OutboxRelay
 from shared.service import mark_ready, run_service
@@ -54,20 +55,20 @@ class IntakeSettings(BaseSettings):
         )
 
 
-async def consume_status(pool: asyncpg.Pool, kafka: KafkaSettings) -> None:
-    consumer = make_consumer(kafka, [topics.REQUEST_STATUS], "lethe-intake-status")
-    await start_with_retry(consumer, "status-consumer")
+async def fold_status(pool: asyncpg.Pool, record: ConsumerRecord[bytes, bytes]) -> None:
+    event = decode(record.value, RequestStatusChanged)
+    async with pool.acquire() as conn, conn.transaction():
+        if await store.apply_status(conn, event):
+            await callbacks.enqueue_callback(conn, event.request_id, event.version)
+
+
+async def consume(
+    kafka: KafkaSettings, topic: str, group: str, handle: Handler, publisher: Publisher
+) -> None:
+    consumer = make_consumer(kafka, [topic], group)
+    await start_with_retry(consumer, group)
     try:
-        async for record in consumer:
-            try:
-                event = decode(record.value, RequestStatusChanged)
-            except PoisonMessage as exc:
-                log.error("bad status event skipped", extra={"offset": record.offset, "error": str(exc)})
-            else:
-                async with pool.acquire() as conn, conn.transaction():
-                    if await store.apply_status(conn, event):
-                        await callbacks.enqueue_callback(conn, event.request_id, event.version)
-            await consumer.commit()
+        await consume_forever(consumer, handle, publisher, group)
     finally:
         await consumer.stop()
 
@@ -118,10 +119,28 @@ async def main(stop: asyncio.Event) -> None:
         app.state.ctx = ctx
         app.state.relay = relay = OutboxRelay(pool, producer)
         app.state.readiness = lambda: readiness(pool, producer)
+        stopping = asyncio.Event()
+        publisher = Publisher(producer, stopping)
         tasks = [
             asyncio.create_task(relay.run()),
-            asyncio.create_task(consume_status(pool, kafka)),
-            asyncio.create_task(ingress.consume(ctx, kafka, producer)),
+            asyncio.create_task(
+                consume(
+                    kafka,
+                    topics.REQUEST_STATUS,
+                    "lethe-intake-status",
+                    lambda record: fold_status(pool, record),
+                    publisher,
+                )
+            ),
+            asyncio.create_task(
+                consume(
+                    kafka,
+                    topics.INGRESS,
+                    "lethe-intake-ingress",
+                    lambda record: ingress.reply(ctx, publisher, record),
+                    publisher,
+                )
+            ),
         ]
         if secret:
             tasks.append(asyncio.create_task(callbacks.CallbackSender(pool, secret).run()))
@@ -129,6 +148,7 @@ async def main(stop: asyncio.Event) -> None:
         try:
             yield
         finally:
+            stopping.set()
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 
-from aiokafka import AIOKafkaProducer, ConsumerRecord
+from aiokafka import ConsumerRecord
 from pydantic import ValidationError
 
 from services.intake import store
@@ -15,8 +15,7 @@ from services.intake.service import IntakeContext, Unacceptable, accept
 from shared import topics
 from shared.codec import describe_validation_error, encode
 from shared.contracts.events import IngressReplied
-from shared.kafka import make_consumer, start_with_retry
-from shared.settings import KafkaSettings
+from shared.delivery import Publisher
 
 log = logging.getLogger(__name__)
 
@@ -45,20 +44,9 @@ async def handle(ctx: IntakeContext, raw: bytes | None) -> IngressReplied:
     )
 
 
-async def consume(ctx: IntakeContext, kafka: KafkaSettings, producer: AIOKafkaProducer) -> None:
-    consumer = make_consumer(kafka, [topics.INGRESS], "lethe-intake-ingress")
-    await start_with_retry(consumer, "ingress-consumer")
-    try:
-        async for record in consumer:
-            await reply(ctx, producer, record)
-            await consumer.commit()
-    finally:
-        await consumer.stop()
-
-
-async def reply(ctx: IntakeContext, producer: AIOKafkaProducer, record: ConsumerRecord[bytes, bytes]) -> None:
+async def reply(ctx: IntakeContext, publisher: Publisher, record: ConsumerRecord[bytes, bytes]) -> None:
     answer = await handle(ctx, record.value)
     if not answer.accepted:
         log.info("ingress submission refused", extra={"offset": record.offset, "error": answer.error})
     key = record.key or (answer.request_id or "unknown").encode()
-    await producer.send_and_wait(topics.INGRESS_REPLIES, encode(answer), key=key)
+    await publisher.publish(topics.INGRESS_REPLIES, key, encode(answer))

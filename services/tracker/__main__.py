@@ -4,23 +4,24 @@ deferred erasures when they fall due, relay status events."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import time
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
-from aiokafka import AIOKafkaProducer, ConsumerRecord
+from aiokafka import ConsumerRecord
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.tracker import schedule, store
 from services.tracker.saga import Timeouts
 from shared import topics
-from shared.codec import PoisonMessage, decode
+from shared.codec import decode
 from shared.contracts import OutcomeReported, RequestAccepted
 from shared.contracts.events import DeadlineExtended, RetrySystem
 from shared.contracts.holds import HoldUpdated
 from shared.db import apply_schema, create_pool, ensure_database
+from shared.delivery import TRANSIENT, Publisher, consume_forever
 from shared.kafka import ensure_topics, make_consumer, make_producer, start_with_retry
 from shared.outbox import OutboxRelay
 from shared.service import mark_ready, run_service
@@ -63,16 +64,17 @@ async def handle(pool: asyncpg.Pool, record: ConsumerRecord[bytes, bytes]) -> No
         await store.record_outcome(pool, decode(record.value, OutcomeReported))
 
 
-async def dead_letter(producer: AIOKafkaProducer, record: ConsumerRecord[bytes, bytes], error: str) -> None:
-    log.warning(
-        "poison message dead-lettered", extra={"topic": record.topic, "offset": record.offset, "error": error}
-    )
-    await producer.send_and_wait(
-        topics.DEAD_LETTERS,
-        value=record.value or b"",
-        key=record.key,
-        headers=[("lethe-error", error.encode()[:1000]), ("lethe-source-topic", record.topic.encode())],
-    )
+async def tick(pool: asyncpg.Pool, settings: TrackerSettings, stopping: asyncio.Event) -> None:
+    """Timeouts and due deferred erasures, every tick_s; a database that is away skips a tick."""
+    while not stopping.is_set():
+        now = datetime.now(UTC)
+        try:
+            await store.check_timeouts(pool, now, settings.timeouts())
+            await schedule.dispatch_due(pool, now)
+        except TRANSIENT as exc:
+            log.warning("tick skipped", extra={"error": type(exc).__name__})
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), settings.tick_s)
 
 
 async def main(stop: asyncio.Event) -> None:
@@ -91,29 +93,19 @@ async def main(stop: asyncio.Event) -> None:
     )
     await start_with_retry(producer, "producer")
     await start_with_retry(consumer, "consumer")
-    relay = asyncio.create_task(OutboxRelay(pool, producer).run())
+    publisher = Publisher(producer, stop)
+    tasks = [
+        asyncio.create_task(OutboxRelay(pool, producer).run()),
+        asyncio.create_task(tick(pool, settings, stop)),
+    ]
     log.info("tracker started")
     mark_ready()
-    next_tick = 0.0
     try:
-        while not stop.is_set():
-            batches = await consumer.getmany(timeout_ms=200)
-            for records in batches.values():
-                for record in records:
-                    try:
-                        await handle(pool, record)
-                    except PoisonMessage as exc:
-                        await dead_letter(producer, record, str(exc))
-            if batches:
-                await consumer.commit()
-            if time.monotonic() >= next_tick:
-                now = datetime.now(UTC)
-                await store.check_timeouts(pool, now, settings.timeouts())
-                await schedule.dispatch_due(pool, now)
-                next_tick = time.monotonic() + settings.tick_s
+        await consume_forever(consumer, lambda record: handle(pool, record), publisher, "tracker")
     finally:
-        relay.cancel()
-        await asyncio.gather(relay, return_exceptions=True)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await consumer.stop()
         await producer.stop()
         await pool.close()

@@ -1,19 +1,27 @@
-"""The consume loop every system worker runs.
+"""The consume loops every system worker runs.
 
-At-least-once: offsets are committed only after each message's outcome (or dead letter) was
-acknowledged by the broker. A message that can never succeed (poison) is dead-lettered at
-once; a message whose store keeps failing is retried with backoff, then reported `failed` to
-the tracker and dead-lettered with the error, so nothing is dropped and nothing hangs.
+At-least-once, nothing lost, nothing stuck:
+- offsets are committed only after each message's outcome, retry or dead letter was
+  acknowledged by the broker;
+- a poison message (not JSON, wrong schema version, another system's, identifiers that do not
+  open) goes to the dead-letter topic at once and the consumer moves on;
+- a command whose store fails goes to the system's retry topic with a due time; a second
+  consumer takes it when due and tries again with exponential backoff; after the last try it is
+  dead-lettered with the error and reported `failed` to the tracker.
+The main topic never waits for a failing store: other subjects' commands keep flowing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Sequence
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 
-from aiokafka import AIOKafkaProducer, ConsumerRecord
+from aiokafka import AIOKafkaConsumer, ConsumerRecord
+from aiokafka.errors import KafkaError
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -21,8 +29,9 @@ from shared import topics
 from shared.codec import PoisonMessage, decode, encode
 from shared.contracts import SUBJECT_COMMAND, OutcomeReported, SubjectCommand
 from shared.crypto import IdentifierSeal, IdentifierSealError
+from shared.delivery import Publisher, commit, retry_state
 from shared.identity import Identities
-from shared.kafka import make_consumer, make_producer, start_with_retry, trace_headers
+from shared.kafka import make_consumer, make_producer, start_with_retry
 from shared.service import mark_ready
 from shared.settings import KafkaSettings
 from shared.worker.handler import Clock, execute, outcome_id
@@ -36,9 +45,22 @@ log = logging.getLogger(__name__)
 class RetrySettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LETHE_WORKER_", extra="ignore")
 
-    attempts: int = Field(5, ge=1, le=50, description="Tries of one command before it is reported failed.")
-    backoff_initial_s: float = Field(0.2, gt=0, le=60, description="First retry delay; doubles each try.")
-    backoff_max_s: float = Field(5.0, gt=0, le=600, description="Longest retry delay.")
+    attempts: int = Field(8, ge=1, le=50, description="Tries of one command before it is reported failed.")
+    backoff_initial_s: float = Field(
+        0.5, gt=0, le=60, description="Delay before the second try; doubles each try."
+    )
+    backoff_max_s: float = Field(30.0, gt=0, le=3600, description="Longest delay between tries.")
+
+    def delay(self, attempt: int) -> float:
+        """Delay before try number `attempt + 1`."""
+        return float(min(self.backoff_initial_s * 2 ** (attempt - 1), self.backoff_max_s))
+
+
+Handler = Callable[[ConsumerRecord[bytes, bytes]], Awaitable[None]]
+
+
+class _Stopping(Exception):
+    pass
 
 
 def utc_clock() -> datetime:
@@ -64,106 +86,135 @@ class WorkerRuntime:
         self.clock = clock
         self.holds = holds
         self.topic = topics.command_topic(adapter.system)
+        self.retry_topic = topics.retry_topic(adapter.system)
         self.group_id = f"lethe-worker-{adapter.system}"
-        self._stopping = asyncio.Event()
-        self._producer: AIOKafkaProducer | None = None
+        self.stopping = asyncio.Event()
+        self.ready = False
+        self.publisher: Publisher | None = None
 
     def stop(self) -> None:
-        self._stopping.set()
+        self.stopping.set()
 
     async def run(self) -> None:
         await self.adapter.start()
-        producer = self._producer = make_producer(self.kafka)
-        consumer = make_consumer(self.kafka, [self.topic], self.group_id)
+        producer = make_producer(self.kafka)
         await start_with_retry(producer, "producer")
-        await start_with_retry(consumer, "consumer")
+        self.publisher = Publisher(producer, self.stopping)
+        main = make_consumer(self.kafka, [self.topic], self.group_id)
+        retries = make_consumer(self.kafka, [self.retry_topic], f"{self.group_id}-retry")
+        await start_with_retry(main, "consumer")
+        await start_with_retry(retries, "retry-consumer")
         if self.holds is not None:
             await self.holds.start()
         log.info("worker started", extra={"system": self.adapter.system, "topic": self.topic})
+        self.ready = True
         mark_ready()
         try:
-            while not self._stopping.is_set():
-                batches = await consumer.getmany(timeout_ms=200)
-                if not batches:
-                    continue
-                # Partitions are independent: work on them concurrently, in order within each.
-                await asyncio.gather(*(self._handle_partition(b) for b in batches.values()))
-                await consumer.commit()
+            await asyncio.gather(self._consume(main, self._first_try), self._consume(retries, self._retry))
         finally:
-            await consumer.stop()
-            await producer.stop()
+            self.ready = False
+            for client in (main, retries, producer):
+                with contextlib.suppress(Exception):
+                    await client.stop()
             if self.holds is not None:
                 await self.holds.stop()
             await self.adapter.close()
 
-    async def _handle_partition(self, records: Sequence[ConsumerRecord[bytes, bytes]]) -> None:
-        for record in records:
-            await self.handle(record)
+    async def _consume(self, consumer: AIOKafkaConsumer, handle: Handler) -> None:
+        delay = 0.2
+        while not self.stopping.is_set():
+            try:
+                batches = await consumer.getmany(timeout_ms=200)
+            except KafkaError as exc:  # broker away: keep trying, with backoff
+                log.warning("fetch failed", extra={"error": type(exc).__name__})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            delay = 0.2
+            if batches:
+                # Partitions are independent: work on them concurrently, in order within each.
+                try:
+                    await asyncio.gather(*(self._partition(records, handle) for records in batches.values()))
+                except _Stopping:
+                    return  # the batch is not committed: it is processed again after the restart
+                await commit(consumer)
 
-    async def handle(self, record: ConsumerRecord[bytes, bytes]) -> None:
+    async def _partition(self, records: Sequence[ConsumerRecord[bytes, bytes]], handle: Handler) -> None:
+        for record in records:
+            await handle(record)
+
+    def _open(self, record: ConsumerRecord[bytes, bytes]) -> tuple[SubjectCommand, Identities]:
+        command = decode(record.value, SUBJECT_COMMAND)
+        if command.system != self.adapter.system:
+            raise PoisonMessage("system", f"{command.system!r} is not handled by this worker")
+        return command, self.seal.open(command.sealed_identifiers)
+
+    async def _first_try(self, record: ConsumerRecord[bytes, bytes]) -> None:
+        assert self.publisher is not None
         try:
-            command = decode(record.value, SUBJECT_COMMAND)
-            if command.system != self.adapter.system:
-                raise PoisonMessage("system", f"{command.system!r} is not handled by this worker")
-            identities = self.seal.open(command.sealed_identifiers)
+            command, identities = self._open(record)
         except (PoisonMessage, IdentifierSealError) as exc:
             log.warning("poison message dead-lettered", extra={"offset": record.offset, "error": str(exc)})
-            await self.dead_letter(record, str(exc))
+            await self.publisher.dead_letter(record, str(exc))
             return
-        outcome = await self._execute_with_retry(command, identities, record)
-        await self._send(topics.OUTCOMES, command.request_id, encode(outcome))
+        await self._attempt(record, command, identities, attempt=1)
+
+    async def _retry(self, record: ConsumerRecord[bytes, bytes]) -> None:
+        attempt, due = retry_state(record)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.stopping.wait(), max(0.0, due - time.time()))
+        if self.stopping.is_set():
+            raise _Stopping
+
+        try:
+            command, identities = self._open(record)
+        except (PoisonMessage, IdentifierSealError) as exc:
+            assert self.publisher is not None
+            await self.publisher.dead_letter(record, str(exc))
+            return
+        await self._attempt(record, command, identities, attempt)
+
+    async def _attempt(
+        self,
+        record: ConsumerRecord[bytes, bytes],
+        command: SubjectCommand,
+        identities: Identities,
+        attempt: int,
+    ) -> None:
+        assert self.publisher is not None
+        try:
+            outcome = await execute(command, identities, self.adapter, self.policy, self.clock, self.holds)
+        except Exception as exc:  # store errors of every driver; only the type is reported
+            error = type(exc).__name__
+            log.warning(
+                "command failed", extra={"request_id": command.request_id, "try": attempt, "error": error}
+            )
+            if attempt < self.retry.attempts:
+                await self.publisher.retry_later(
+                    record, self.retry_topic, attempt + 1, self.retry.delay(attempt), error
+                )
+                return
+            await self.publisher.dead_letter(record, f"gave up after {attempt} tries: {error}")
+            now = self.clock()
+            outcome = OutcomeReported(
+                message_id=outcome_id(command),
+                request_id=command.request_id,
+                system=self.adapter.system,
+                command_id=command.message_id,
+                attempt=command.attempt,
+                resume_of=command.resume_of,
+                status="failed",
+                error=f"{error} after {attempt} tries",
+                started_at=now,
+                finished_at=now,
+            )
+        await self.publisher.publish(topics.OUTCOMES, command.request_id.encode(), encode(outcome))
         log.info(
             "command handled",
             extra={
                 "request_id": command.request_id,
                 "system": self.adapter.system,
                 "status": outcome.status,
-                "attempt": command.attempt,
+                "try": attempt,
             },
         )
-
-    async def _execute_with_retry(
-        self, command: SubjectCommand, identities: Identities, record: ConsumerRecord[bytes, bytes]
-    ) -> OutcomeReported:
-        delay = self.retry.backoff_initial_s
-        for attempt in range(1, self.retry.attempts + 1):
-            try:
-                return await execute(command, identities, self.adapter, self.policy, self.clock, self.holds)
-            except Exception as exc:  # store errors of every driver; the type is what we report
-                error = type(exc).__name__
-                log.warning(
-                    "command failed", extra={"request_id": command.request_id, "try": attempt, "error": error}
-                )
-                if attempt == self.retry.attempts:
-                    await self.dead_letter(record, f"gave up after {attempt} tries: {error}")
-                    now = self.clock()
-                    return OutcomeReported(
-                        message_id=outcome_id(command),
-                        request_id=command.request_id,
-                        system=self.adapter.system,
-                        command_id=command.message_id,
-                        attempt=command.attempt,
-                        status="failed",
-                        error=f"{error} after {attempt} tries",
-                        started_at=now,
-                        finished_at=now,
-                    )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.retry.backoff_max_s)
-        raise AssertionError("unreachable")
-
-    async def dead_letter(self, record: ConsumerRecord[bytes, bytes], error: str) -> None:
-        headers = [
-            ("lethe-error", error.encode()[:1000]),
-            ("lethe-source-topic", record.topic.encode()),
-            ("lethe-source-partition", str(record.partition).encode()),
-            ("lethe-source-offset", str(record.offset).encode()),
-        ]
-        assert self._producer is not None
-        await self._producer.send_and_wait(
-            topics.DEAD_LETTERS, value=record.value or b"", key=record.key, headers=headers
-        )
-
-    async def _send(self, topic: str, key: str, value: bytes) -> None:
-        assert self._producer is not None
-        await self._producer.send_and_wait(topic, value=value, key=key.encode(), headers=trace_headers())

@@ -32,7 +32,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory, pg_server: str) -> Iterator[
             "LETHE_TRACKER_SYSTEM_TIMEOUT_S": "2",
             "LETHE_TRACKER_MAX_ATTEMPTS": "2",
             "LETHE_STUCK_AFTER_S": "1",
+            "LETHE_WORKER_BACKOFF_INITIAL_S": "0.2",
+            "LETHE_WORKER_BACKOFF_MAX_S": "1",
+            "LETHE_WORKER_ATTEMPTS": "4",
         },
+
     )
 
     running = Stack(config)

@@ -1,0 +1,159 @@
+"""Delivery that loses nothing while the broker comes and goes: sends retried with backoff,
+commits that tolerate a rebalance, dead letters with the error attached, and the retry-topic
+headers that carry a message's attempt count and due time."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka.errors import CommitFailedError, KafkaError
+
+from shared import topics
+from shared.codec import PoisonMessage
+from shared.kafka import Headers, trace_headers
+
+log = logging.getLogger(__name__)
+ATTEMPT = "lethe-attempt"
+DUE_MS = "lethe-due-ms"
+ERROR = "lethe-error"
+SOURCE_TOPIC = "lethe-source-topic"
+
+
+class Publisher:
+    def __init__(self, producer: AIOKafkaProducer, stopping: asyncio.Event | None = None) -> None:
+        self.producer = producer
+        self.stopping = stopping or asyncio.Event()
+
+    async def publish(
+        self, topic: str, key: bytes | None, value: bytes, headers: Headers | None = None
+    ) -> None:
+        """Until the broker acknowledges. Raises only if the service is stopping meanwhile, so
+        that the message's offset is not committed and it is processed again after restart."""
+        delay = 0.2
+        while True:
+            try:
+                await self.producer.send_and_wait(
+                    topic, value=value, key=key, headers=headers if headers is not None else trace_headers()
+                )
+                return
+            except KafkaError as exc:
+                if self.stopping.is_set():
+                    raise
+                log.warning("send failed, retrying", extra={"topic": topic, "error": type(exc).__name__})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def dead_letter(self, record: ConsumerRecord[bytes, bytes], error: str) -> None:
+        headers = [(k, v) for k, v in (record.headers or ()) if k not in (ERROR, SOURCE_TOPIC)]
+        source = dict(record.headers or ()).get(SOURCE_TOPIC, record.topic.encode())
+        headers += [
+            (ERROR, error.encode()[:1000]),
+            (SOURCE_TOPIC, source),
+            ("lethe-source-partition", str(record.partition).encode()),
+            ("lethe-source-offset", str(record.offset).encode()),
+        ]
+        await self.publish(topics.DEAD_LETTERS, record.key, record.value or b"", headers)
+
+    async def retry_later(
+        self, record: ConsumerRecord[bytes, bytes], retry_topic: str, attempt: int, delay_s: float, error: str
+    ) -> None:
+        keep = [(k, v) for k, v in (record.headers or ()) if k not in (ATTEMPT, DUE_MS, ERROR)]
+        due = int((time.time() + delay_s) * 1000)
+        headers = [
+            *keep,
+            (ATTEMPT, str(attempt).encode()),
+            (DUE_MS, str(due).encode()),
+            (ERROR, error.encode()),
+        ]
+        await self.publish(retry_topic, record.key, record.value or b"", headers)
+
+
+def retry_state(record: ConsumerRecord[bytes, bytes]) -> tuple[int, float]:
+    """(attempt number, due time in epoch seconds) of a message on a retry topic."""
+    headers = dict(record.headers or ())
+    try:
+        return int(headers.get(ATTEMPT, b"1")), int(headers.get(DUE_MS, b"0")) / 1000
+    except ValueError:
+        return 1, 0.0
+
+
+async def commit(consumer: AIOKafkaConsumer) -> None:
+    """A failed commit (the group rebalanced meanwhile) means redelivery, which the handlers'
+    idempotency absorbs; it must not stop the consumer."""
+    try:
+        await consumer.commit()
+    except (CommitFailedError, KafkaError) as exc:
+        log.warning("commit failed; messages may be redelivered", extra={"error": type(exc).__name__})
+
+
+Handler = Callable[[ConsumerRecord[bytes, bytes]], Awaitable[None]]
+# Failures of a dependency that comes back: wait and try the same message again.
+TRANSIENT: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    KafkaError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.ConnectionDoesNotExistError,
+)
+
+
+async def consume_forever(
+    consumer: AIOKafkaConsumer, handle: Handler, publisher: Publisher, what: str
+) -> None:
+    """In order, one message at a time, until `publisher.stopping`. A dependency that is away
+    holds the line (the same message is tried again with backoff: order matters to a saga); a
+    message that fails for any other reason is dead-lettered with the error, so nothing blocks
+    the topic for ever and nothing is dropped without a trace."""
+    delay = 0.2
+    while not publisher.stopping.is_set():
+        try:
+            batches = await consumer.getmany(timeout_ms=200)
+        except KafkaError as exc:
+            log.warning("fetch failed", extra={"consumer": what, "error": type(exc).__name__})
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+            continue
+        delay = 0.2
+        for records in batches.values():
+            for record in records:
+                if not await _handle_one(record, handle, publisher, what):
+                    return  # stopping: the batch stays uncommitted and is redone after restart
+        if batches:
+            await commit(consumer)
+
+
+async def _handle_one(
+    record: ConsumerRecord[bytes, bytes], handle: Handler, publisher: Publisher, what: str
+) -> bool:
+    delay = 0.2
+    while True:
+        try:
+            await handle(record)
+            return True
+        except PoisonMessage as exc:
+            log.warning(
+                "poison message dead-lettered",
+                extra={"consumer": what, "offset": record.offset, "error": str(exc)},
+            )
+            await publisher.dead_letter(record, str(exc))
+            return True
+        except TRANSIENT as exc:
+            log.warning(
+                "dependency unavailable, retrying", extra={"consumer": what, "error": type(exc).__name__}
+            )
+            if publisher.stopping.is_set():
+                return False
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+        except Exception as exc:
+            log.exception("message failed; dead-lettered", extra={"consumer": what, "offset": record.offset})
+            await publisher.dead_letter(record, f"{type(exc).__name__} while handling")
+            return True
