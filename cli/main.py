@@ -17,11 +17,13 @@ import httpx
 import typer
 from pydantic import ValidationError
 
+from cli import dlq as dead_letters
 from cli.render import report_text
 from cli.seed import SeedFile, SeedTargets, load, read
 from cli.stack import Stack, StackConfig
 from services.directory.ldap import LdapSettings
 from shared.codec import describe_validation_error
+from shared.settings import KafkaSettings
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -321,6 +323,55 @@ def audit(request_id: str) -> None:
         typer.echo(f"audit chain BROKEN at entry {broken}", err=True)
         raise typer.Exit(1)
     typer.echo(f"audit chain verified: {len(entries)} entries")
+
+
+dlq = typer.Typer(help="The dead-letter topic: what could not be processed, and why.", no_args_is_help=True)
+app.add_typer(dlq, name="dlq")
+
+
+def kafka_settings() -> KafkaSettings:
+    """LETHE_KAFKA_BOOTSTRAP, else the embedded broker of `lethe up`."""
+    bootstrap = (
+        os.environ.get("LETHE_KAFKA_BOOTSTRAP") or f"127.0.0.1:{StackConfig.from_env(STATE_DIR).kafka_port}"
+    )
+    return KafkaSettings(
+        bootstrap=bootstrap,
+        idempotent_producer=False,
+        fetch_max_wait_ms=10,
+        session_timeout_ms=2000,
+        heartbeat_interval_ms=500,
+    )
+
+
+@dlq.command("list")
+def dlq_list() -> None:
+    """Every dead letter: where it came from, the error, and its ids (never its payload)."""
+    letters = asyncio.run(dead_letters.list_dead_letters(kafka_settings()))
+    for d in letters:
+        typer.echo(
+            f"{d.partition}:{d.offset:<6} {d.source_topic:<36} request {d.request_id or '-':<24} {d.error}"
+        )
+    typer.echo(f"{len(letters)} dead letter(s)")
+
+
+@dlq.command("replay")
+def dlq_replay(
+    everything: Annotated[bool, typer.Option("--all", help="Every letter not replayed before.")] = False,
+    at: Annotated[str | None, typer.Option("--at", help="One letter, as PARTITION:OFFSET.")] = None,
+) -> None:
+    """Send dead letters back to where they came from (after the cause is fixed)."""
+    if everything == (at is not None):
+        raise typer.BadParameter("give --all or --at PARTITION:OFFSET")
+    only = None
+    if at is not None:
+        partition, _, offset = at.partition(":")
+        if not (partition.isdigit() and offset.isdigit()):
+            raise typer.BadParameter("--at: PARTITION:OFFSET, e.g. 0:42")
+        only = (int(partition), int(offset))
+    replayed = asyncio.run(dead_letters.replay(kafka_settings(), only))
+    for d in replayed:
+        typer.echo(f"replayed {d.partition}:{d.offset} to {dead_letters.replay_target(d.source_topic)}")
+    typer.echo(f"{len(replayed)} replayed")
 
 
 tokens = typer.Typer(help="API tokens (admin).", no_args_is_help=True)

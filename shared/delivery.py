@@ -62,14 +62,17 @@ class Publisher:
     async def retry_later(
         self, record: ConsumerRecord[bytes, bytes], retry_topic: str, attempt: int, delay_s: float, error: str
     ) -> None:
-        keep = [(k, v) for k, v in (record.headers or ()) if k not in (ATTEMPT, DUE_MS, ERROR)]
+        keep = [(k, v) for k, v in (record.headers or ()) if k not in (ATTEMPT, DUE_MS, ERROR, SOURCE_TOPIC)]
+        source = dict(record.headers or ()).get(SOURCE_TOPIC, record.topic.encode())
         due = int((time.time() + delay_s) * 1000)
         headers = [
             *keep,
             (ATTEMPT, str(attempt).encode()),
             (DUE_MS, str(due).encode()),
             (ERROR, error.encode()),
+            (SOURCE_TOPIC, source),
         ]
+
         await self.publish(retry_topic, record.key, record.value or b"", headers)
 
 

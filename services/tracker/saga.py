@@ -142,11 +142,14 @@ class Saga:
                 erased=_total(outcome.categories, "erased"),
             )
             return True
+        # The same command answered after its system was failed (for silence, or by a failure
+        # report followed by a replay from the dead-letter topic): the work was done; take it.
         late = (
             slot.state is SystemState.FAILED
-            and slot.outcome is None
             and outcome.command_id == slot.command_id
+            and (slot.outcome is None or outcome.status == "done")
         )
+
         if slot.state is not SystemState.DISPATCHED and not late:
             return False
         was_final = self.status.is_final

@@ -41,9 +41,11 @@ class NoHolds:
         return []
 
 
-def outcome_id(command: SubjectCommand) -> uuid.UUID:
+def outcome_id(command: SubjectCommand, failed_after: int | None = None) -> uuid.UUID:
     """Deterministic, so that a re-emitted outcome de-duplicates at the tracker."""
-    return uuid.uuid5(_OUTCOME_NAMESPACE, str(command.message_id))
+    suffix = "" if failed_after is None else f":failed:{failed_after}"
+    return uuid.uuid5(_OUTCOME_NAMESPACE, f"{command.message_id}{suffix}")
+
 
 
 async def execute(

@@ -197,7 +197,10 @@ class WorkerRuntime:
             await self.publisher.dead_letter(record, f"gave up after {attempt} tries: {error}")
             now = self.clock()
             outcome = OutcomeReported(
-                message_id=outcome_id(command),
+                # Not the success's id: a later success (after a replay) must not be taken for
+                # a duplicate of this failure.
+                message_id=outcome_id(command, failed_after=attempt),
+
                 request_id=command.request_id,
                 system=self.adapter.system,
                 command_id=command.message_id,
