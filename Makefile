@@ -37,7 +37,13 @@ up: $(STAMP) system-deps
 test: $(STAMP) system-deps browser-deps lint
 	$(BIN)/pytest -q -p no:cacheprovider
 
+# The fault suite at the issue's sizes: hundreds of requests, 30 s broker pause, 60 s without
+# slapd, 1,000 poison messages. `make test` (and CI) runs the same scenarios, shorter.
+faults: $(STAMP) system-deps
+	LETHE_FAULTS_SCALE=full $(BIN)/pytest -q -p no:cacheprovider tests/faults
+
 test-fast: $(STAMP)
+
 	$(BIN)/pytest -q -p no:cacheprovider tests/unit
 
 lint: $(STAMP)

@@ -105,6 +105,7 @@ TRANSIENT: tuple[type[BaseException], ...] = (
     asyncpg.CannotConnectNowError,
     asyncpg.TooManyConnectionsError,
     asyncpg.ConnectionDoesNotExistError,
+    asyncpg.InternalClientError,  # seen when a connection dies mid-query during a server restart
 )
 
 

@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaProducer
 from pydantic import BaseModel
 
 from shared.codec import encode
+from shared.delivery import TRANSIENT
 from shared.kafka import trace_headers
 
 log = logging.getLogger(__name__)
@@ -64,17 +65,24 @@ class OutboxRelay:
         self._wake = asyncio.Event()
 
     async def run(self) -> None:
-        listener = await self._pool.acquire()
+        """Publish until cancelled. The database or the broker going away pauses it; it never
+        dies quietly, since a dead relay means requests that are accepted and never dispatched."""
+        while True:
+            try:
+                await self._run_listening()
+            except TRANSIENT as exc:
+                log.warning("outbox relay interrupted, resuming", extra={"error": type(exc).__name__})
+            except Exception:
+                log.exception("outbox relay failed, resuming")
+            await asyncio.sleep(1.0)
+
+    async def _run_listening(self) -> None:
         wake = lambda *_: self._wake.set()  # noqa: E731
-        await listener.add_listener(_CHANNEL, wake)
+        listener = await self._pool.acquire()
         try:
-            while True:
-                try:
-                    sent = await self.publish_batch()
-                except (OSError, asyncpg.PostgresError) as exc:
-                    log.warning("outbox relay error, retrying", extra={"error": type(exc).__name__})
-                    await asyncio.sleep(1.0)
-                    continue
+            await listener.add_listener(_CHANNEL, wake)
+            while not listener.is_closed():
+                sent = await self.publish_batch()
                 if sent < self._batch_size:
                     self._wake.clear()
                     with contextlib.suppress(TimeoutError):
@@ -82,7 +90,8 @@ class OutboxRelay:
         finally:
             with contextlib.suppress(Exception):
                 await listener.remove_listener(_CHANNEL, wake)
-            await self._pool.release(listener)
+            with contextlib.suppress(Exception):
+                await self._pool.release(listener)
 
     async def wait_published(self, row_id: int, timeout_s: float = 10.0) -> bool:
         """Publish now and wait until this row is on the broker (another relay instance may be
@@ -90,7 +99,7 @@ class OutboxRelay:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while loop.time() < deadline:
-            with contextlib.suppress(OSError, asyncpg.PostgresError):
+            with contextlib.suppress(*TRANSIENT, asyncpg.PostgresError):
                 await self.publish_batch()
                 if not await self._pool.fetchval("SELECT 1 FROM outbox WHERE id = $1", row_id):
                     return True

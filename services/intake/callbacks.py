@@ -6,7 +6,6 @@ backoff until the receiver answers 2xx or the attempts run out."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import json
@@ -16,6 +15,8 @@ from typing import Any
 
 import asyncpg
 import httpx
+
+from shared.delivery import TRANSIENT
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +79,12 @@ class CallbackSender:
 
     async def run(self, interval_s: float = 0.5) -> None:
         while True:
-            with contextlib.suppress(OSError, asyncpg.PostgresError):
+            try:
                 await self.send_due(datetime.now(UTC))
+            except TRANSIENT as exc:
+                log.warning("callbacks paused", extra={"error": type(exc).__name__})
+            except Exception:
+                log.exception("callback pass failed")
             await asyncio.sleep(interval_s)
 
     async def send_due(self, now: datetime) -> int:

@@ -47,7 +47,6 @@ def outcome_id(command: SubjectCommand, failed_after: int | None = None) -> uuid
     return uuid.uuid5(_OUTCOME_NAMESPACE, f"{command.message_id}{suffix}")
 
 
-
 async def execute(
     command: SubjectCommand,
     identities: Identities,

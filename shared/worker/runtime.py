@@ -200,7 +200,6 @@ class WorkerRuntime:
                 # Not the success's id: a later success (after a replay) must not be taken for
                 # a duplicate of this failure.
                 message_id=outcome_id(command, failed_after=attempt),
-
                 request_id=command.request_id,
                 system=self.adapter.system,
                 command_id=command.message_id,

@@ -36,7 +36,6 @@ def stack(tmp_path_factory: pytest.TempPathFactory, pg_server: str) -> Iterator[
             "LETHE_WORKER_BACKOFF_MAX_S": "1",
             "LETHE_WORKER_ATTEMPTS": "4",
         },
-
     )
 
     running = Stack(config)

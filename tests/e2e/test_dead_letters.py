@@ -40,12 +40,27 @@ def dlq(stack: Stack, *args: str) -> str:
 
 def test_poison_is_dead_lettered_at_once_and_the_consumer_moves_on(stack: Stack, api: httpx.Client) -> None:
     wrong_version = json.dumps({"schema_version": 9, "command": "erase_subject"}).encode()
-    other_system = json.dumps({"schema_version": 1, "command": "erase_subject", "request_id": "poison-x",
-                               "system": "billing", "subject_ref": "subj_" + "0" * 32,
-                               "sealed_identifiers": "x"}).encode()
+    other_system = json.dumps(
+        {
+            "schema_version": 1,
+            "command": "erase_subject",
+            "request_id": "poison-x",
+            "system": "billing",
+            "subject_ref": "subj_" + "0" * 32,
+            "sealed_identifiers": "x",
+        }
+    ).encode()
     asyncio.run(produce(stack, topics.command_topic("crm"), b"\x00garbage", wrong_version, other_system))
-    api.post("/v1/requests", json={"request_id": "after-poison", "type": "erasure", "identity_verified": True,
-                                   "subject": {"emails": ["after.poison@example.com"]}, "systems": ["crm"]})
+    api.post(
+        "/v1/requests",
+        json={
+            "request_id": "after-poison",
+            "type": "erasure",
+            "identity_verified": True,
+            "subject": {"emails": ["after.poison@example.com"]},
+            "systems": ["crm"],
+        },
+    )
     assert wait_final(api, "after-poison")["status"] == "completed"
     listing = dlq(stack, "list")
     assert "(value): not JSON" in listing
@@ -57,8 +72,16 @@ def test_poison_is_dead_lettered_at_once_and_the_consumer_moves_on(stack: Stack,
 def test_a_command_that_failed_for_good_is_replayed_after_the_fix(stack: Stack, api: httpx.Client) -> None:
     stop(stack.processes.pop("slapd"))
     try:
-        api.post("/v1/requests", json={"request_id": "dlq-replay", "type": "erasure", "identity_verified": True,
-                                       "subject": {"ldap_uid": "nobody"}, "systems": ["directory"]})
+        api.post(
+            "/v1/requests",
+            json={
+                "request_id": "dlq-replay",
+                "type": "erasure",
+                "identity_verified": True,
+                "subject": {"ldap_uid": "nobody"},
+                "systems": ["directory"],
+            },
+        )
         deadline = time.monotonic() + 30
         while "dlq-replay" not in (listing := dlq(stack, "list")):
             assert time.monotonic() < deadline
@@ -77,4 +100,3 @@ def test_a_command_that_failed_for_good_is_replayed_after_the_fix(stack: Stack, 
     # other test came back as new letters when replayed, and only those go back now.
     again = dlq(stack, "replay", "--all")
     assert "lethe.commands.directory.v1" not in again
-
