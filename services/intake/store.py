@@ -39,6 +39,9 @@ SCHEMA = (
         created_at timestamptz NOT NULL DEFAULT now(),
         updated_at timestamptz NOT NULL DEFAULT now())""",
     "ALTER TABLE requests ADD COLUMN IF NOT EXISTS callback_url text",
+    # Identifiers are dropped once the request is final (data minimisation): see apply_status.
+    "ALTER TABLE requests ALTER COLUMN sealed_identifiers DROP NOT NULL",
+
     "ALTER TABLE requests ADD COLUMN IF NOT EXISTS audit jsonb NOT NULL DEFAULT '[]'",
     "ALTER TABLE requests ADD COLUMN IF NOT EXISTS extension_months integer",
     "ALTER TABLE requests ADD COLUMN IF NOT EXISTS extension_reason text",
@@ -150,7 +153,10 @@ async def apply_status(conn: asyncpg.Connection, event: RequestStatusChanged) ->
         return False
     await conn.execute(
         "UPDATE requests SET status = $2, status_version = $3, progress = $4::jsonb, report = $5::jsonb,"
-        " completed_at = $6, deadline = coalesce($7, deadline), audit = $8::jsonb, updated_at = now()"
+        " completed_at = $6, deadline = coalesce($7, deadline), audit = $8::jsonb, updated_at = now(),"
+        # Intake needs the identifiers only to dispatch; once the request is final they go.
+        # (The tracker keeps its sealed copy while a deferred erasure or a retry may need it.)
+        " sealed_identifiers = CASE WHEN $9 THEN NULL ELSE sealed_identifiers END"
         " WHERE request_id = $1",
         event.request_id,
         event.status.value,
@@ -160,6 +166,7 @@ async def apply_status(conn: asyncpg.Connection, event: RequestStatusChanged) ->
         report.completed_at if report else None,
         report.deadline if report else None,
         json.dumps([e.model_dump(mode="json") for e in event.audit]),
+        event.status.is_final,
     )
     return event.status.is_final and not RequestStatus(previous).is_final
 
