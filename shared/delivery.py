@@ -10,12 +10,14 @@ import time
 from collections.abc import Awaitable, Callable
 
 import asyncpg
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
 from shared import topics
 from shared.codec import PoisonMessage
-from shared.kafka import Headers, trace_headers
+from shared.kafka import Headers
+from shared.telemetry import metrics
+from shared.telemetry.messaging import TRACE_HEADERS, consuming, producing
 
 log = logging.getLogger(__name__)
 ATTEMPT = "lethe-attempt"
@@ -33,13 +35,16 @@ class Publisher:
         self, topic: str, key: bytes | None, value: bytes, headers: Headers | None = None
     ) -> None:
         """Until the broker acknowledges. Raises only if the service is stopping meanwhile, so
-        that the message's offset is not committed and it is processed again after restart."""
+        that the message's offset is not committed and it is processed again after restart.
+        The message carries the context of its send span, whatever trace headers it had."""
         delay = 0.2
+        kept = [(k, v) for k, v in (headers or ()) if k not in TRACE_HEADERS]
         while True:
             try:
-                await self.producer.send_and_wait(
-                    topic, value=value, key=key, headers=headers if headers is not None else trace_headers()
-                )
+                with producing(topic) as trace_context:
+                    await self.producer.send_and_wait(
+                        topic, value=value, key=key, headers=kept + trace_context
+                    )
                 return
             except KafkaError as exc:
                 if self.stopping.is_set():
@@ -49,6 +54,7 @@ class Publisher:
                 delay = min(delay * 2, 5.0)
 
     async def dead_letter(self, record: ConsumerRecord[bytes, bytes], error: str) -> None:
+        metrics.dead_letters.add(1, {"topic": record.topic})
         headers = [(k, v) for k, v in (record.headers or ()) if k not in (ERROR, SOURCE_TOPIC)]
         source = dict(record.headers or ()).get(SOURCE_TOPIC, record.topic.encode())
         headers += [
@@ -62,6 +68,7 @@ class Publisher:
     async def retry_later(
         self, record: ConsumerRecord[bytes, bytes], retry_topic: str, attempt: int, delay_s: float, error: str
     ) -> None:
+        metrics.retries.add(1, {"topic": record.topic})
         keep = [(k, v) for k, v in (record.headers or ()) if k not in (ATTEMPT, DUE_MS, ERROR, SOURCE_TOPIC)]
         source = dict(record.headers or ()).get(SOURCE_TOPIC, record.topic.encode())
         due = int((time.time() + delay_s) * 1000)
@@ -126,6 +133,7 @@ async def consume_forever(
             delay = min(delay * 2, 5.0)
             continue
         delay = 0.2
+        record_lag(consumer, batches)
         for records in batches.values():
             for record in records:
                 if not await _handle_one(record, handle, publisher, what):
@@ -140,7 +148,8 @@ async def _handle_one(
     delay = 0.2
     while True:
         try:
-            await handle(record)
+            with consuming(record, what):
+                await handle(record)
             return True
         except PoisonMessage as exc:
             log.warning(
@@ -161,3 +170,15 @@ async def _handle_one(
             log.exception("message failed; dead-lettered", extra={"consumer": what, "offset": record.offset})
             await publisher.dead_letter(record, f"{type(exc).__name__} while handling")
             return True
+
+
+def record_lag(
+    consumer: AIOKafkaConsumer, batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
+) -> None:
+    for tp, records in batches.items():
+        highwater = consumer.highwater(tp)
+        if highwater is not None and records:
+            metrics.consumer_lag.set(
+                max(0, highwater - records[-1].offset - 1),
+                {"topic": tp.topic, "partition": str(tp.partition)},
+            )

@@ -20,6 +20,8 @@ from pydantic import BaseModel
 from shared.codec import encode
 from shared.delivery import TRANSIENT
 from shared.kafka import trace_headers
+from shared.telemetry.messaging import TRACE_HEADERS, context_of, producing, quiet
+from shared.telemetry.metrics import outbox_backlog
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +59,9 @@ class OutboxRelay:
         producer: AIOKafkaProducer,
         batch_size: int = 500,
         poll_interval_s: float = 0.5,
+        service: str = "lethe",
     ) -> None:
+        self._name = service
         self._pool = pool
         self._producer = producer
         self._batch_size = batch_size
@@ -109,6 +113,10 @@ class OutboxRelay:
     async def publish_batch(self) -> int:
         """Publish up to one batch; rows are deleted only after the broker acknowledged them,
         in the same transaction that locked them."""
+        with quiet():
+            return await self._publish_batch()
+
+    async def _publish_batch(self) -> int:
         async with self._pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
                 "SELECT id, topic, key, value, headers FROM outbox ORDER BY id "
@@ -117,15 +125,25 @@ class OutboxRelay:
             )
             if not rows:
                 return 0
-            futures = [
-                await self._producer.send(
-                    row["topic"],
-                    value=row["value"],
-                    key=row["key"].encode(),
-                    headers=[(k, v.encode()) for k, v in json.loads(row["headers"])],
-                )
-                for row in rows
-            ]
+            futures = []
+            for row in rows:
+                stored = [(k, v.encode()) for k, v in json.loads(row["headers"])]
+                # The send continues the trace of whatever wrote the row (an HTTP request, a saga step).
+                with producing(row["topic"], parent=context_of(stored)) as trace_context:
+                    futures.append(
+                        await self._producer.send(
+                            row["topic"],
+                            value=row["value"],
+                            key=row["key"].encode(),
+                            headers=[h for h in stored if h[0] not in TRACE_HEADERS] + trace_context,
+                        )
+                    )
             await asyncio.gather(*futures)
+            # A partial batch emptied the outbox; only a full one leaves a backlog worth counting.
+            backlog = (
+                0 if len(rows) < self._batch_size else await conn.fetchval("SELECT count(*) FROM outbox")
+            )
+            outbox_backlog.set(max(0, backlog - len(rows)), {"service": self._name})
+
             await conn.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", [r["id"] for r in rows])
             return len(rows)

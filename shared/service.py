@@ -1,5 +1,5 @@
-"""Running a service process: logs, settings errors that name the variable, and a clean stop
-on SIGINT/SIGTERM."""
+"""Running a service process: logs, telemetry, the health endpoint, settings errors that name
+the variable, and a clean stop on SIGINT/SIGTERM."""
 
 from __future__ import annotations
 
@@ -15,24 +15,50 @@ from pydantic import ValidationError
 
 from shared.codec import describe_validation_error
 from shared.logs import configure_logging
+from shared.telemetry.health import HealthServer, Readiness
+from shared.telemetry.setup import setup_telemetry, shutdown_telemetry
+
+_readiness: list[Readiness] = []
 
 
 def settings_error(exc: ValidationError) -> str:
     field, reason = describe_validation_error(exc)
-    prefix = getattr(exc, "title", "")
-    return f"configuration error in {prefix}: {field.upper()}: {reason}"
+    return f"configuration error in {exc.title}: {field.upper()}: {reason}"
+
+
+def set_readiness(check: Readiness) -> None:
+    """What /readyz reports for this process (database, broker, directory…)."""
+    _readiness[:] = [check]
+
+
+async def _readiness_now() -> dict[str, bool]:
+    return await _readiness[0]() if _readiness else {}
 
 
 def run_service(name: str, main: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> None:
     """Run `main(stop_event)` until it returns; the first SIGINT/SIGTERM sets the event."""
     configure_logging(name)
+    setup_telemetry(name)
 
     async def runner() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await main(stop)
+        health = None
+        port = os.environ.get("LETHE_METRICS_PORT")
+        if port:
+            if not port.isdigit():
+                raise ValueError("LETHE_METRICS_PORT: not a port number")
+            health = HealthServer(
+                os.environ.get("LETHE_METRICS_HOST", "127.0.0.1"), int(port), _readiness_now
+            )
+            await health.start()
+        try:
+            await main(stop)
+        finally:
+            if health is not None:
+                await health.stop()
 
     try:
         asyncio.run(runner())
@@ -42,11 +68,13 @@ def run_service(name: str, main: Callable[[asyncio.Event], Coroutine[Any, Any, N
     except ValueError as exc:  # settings parsed but unusable: a malformed key, a bad policy file
         print(f"{name}: configuration error: {exc}", file=sys.stderr)
         sys.exit(2)
+    finally:
+        shutdown_telemetry()
 
 
 def mark_ready() -> None:
     """Tell a supervisor (the embedded stack, a test) that this process is up: it touches the
-    file named by LETHE_READY_FILE, if any. Kubernetes uses the HTTP probes instead."""
+    file named by LETHE_READY_FILE, if any. Kubernetes uses /readyz instead."""
     ready_file = os.environ.get("LETHE_READY_FILE")
     if ready_file:
         Path(ready_file).touch()

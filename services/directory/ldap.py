@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 from ldap3 import SUBTREE, Connection, Server
 from ldap3.utils.conv import escape_filter_chars
+from opentelemetry.trace import Span, SpanKind
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.identity import Identities, phone_variants
+from shared.telemetry.messaging import TRACER
 
 NO_SUCH_OBJECT = 32
 ALREADY_EXISTS = 68
@@ -31,6 +34,13 @@ class LdapSettings(BaseSettings):
 class Entry:
     entry_uuid: str
     dn: str
+
+
+def _span(operation: str) -> AbstractContextManager[Span]:
+    """A CLIENT span per LDAP call (the filter and DNs are personal data: never recorded)."""
+    return TRACER.start_as_current_span(
+        f"ldap {operation}", kind=SpanKind.CLIENT, attributes={"lethe.ldap.operation": operation}
+    )
 
 
 class LdapError(RuntimeError):
@@ -69,8 +79,9 @@ class Directory:
         return [] if query is None else await asyncio.to_thread(self._search, query)
 
     def _search(self, query: str) -> list[Entry]:
-        with self.connect() as conn:
+        with _span("search") as span, self.connect() as conn:
             conn.search(self.settings.base_dn, query, SUBTREE, attributes=["entryUUID"])
+            span.set_attribute("lethe.ldap.entries", len(conn.entries))
             return [Entry(str(e.entryUUID.value), e.entry_dn) for e in conn.entries]
 
     async def lookup(self, text: str) -> list[str]:
@@ -100,7 +111,10 @@ class Directory:
 
     def _apply(self, entry_uuids: Sequence[str], new_parent: str | None) -> None:
         """Delete (new_parent None) or move each entry; an entry already gone counts as done."""
-        with self.connect() as conn:
+        if not entry_uuids:
+            return
+        with _span("delete" if new_parent is None else "modify_dn") as span, self.connect() as conn:
+            span.set_attribute("lethe.ldap.entries", len(entry_uuids))
             for uuid in entry_uuids:
                 conn.search(
                     self.settings.base_dn,

@@ -73,7 +73,13 @@ class DirectoryAdapter:
         await apply_schema(self._pool, WORKER_JOURNAL_DDL)
         await asyncio.to_thread(self.directory.ensure_tree)
 
+    async def ping(self) -> bool:
+        """The directory answers a search (the journal database is checked by the runtime)."""
+        await self.directory.find(Identities(ldap_uids=["lethe-readiness-probe"]))
+        return True
+
     async def close(self) -> None:
+
         if self._pool is not None:
             await self._pool.close()
 

@@ -117,7 +117,7 @@ async def main(stop: asyncio.Event) -> None:
             callbacks_enabled=bool(secret),
         )
         app.state.ctx = ctx
-        app.state.relay = relay = OutboxRelay(pool, producer)
+        app.state.relay = relay = OutboxRelay(pool, producer, service="intake")
         app.state.readiness = lambda: readiness(pool, producer)
         stopping = asyncio.Event()
         publisher = Publisher(producer, stopping)

@@ -17,6 +17,7 @@ import asyncpg
 import httpx
 
 from shared.delivery import TRANSIENT
+from shared.telemetry.messaging import quiet
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,10 @@ class CallbackSender:
     async def send_due(self, now: datetime) -> int:
         """One pass over due callbacks; each row is locked while it is sent (SKIP LOCKED for
         other instances) and updated in the same transaction."""
+        with quiet():
+            return await self._send_due(now)
+
+    async def _send_due(self, now: datetime) -> int:
         sent = 0
         async with self.pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(

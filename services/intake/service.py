@@ -13,6 +13,8 @@ from services.intake import store
 from services.intake.models import SubmitRequest
 from shared.crypto import IdentifierSeal, subject_ref
 from shared.deadlines import add_months
+from shared.telemetry import metrics
+from shared.telemetry.messaging import current_traceparent
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,9 @@ async def accept(ctx: IntakeContext, body: SubmitRequest) -> asyncpg.Record:
         # Accepting it would promise a call that never comes.
         raise Unacceptable("callback_url: callbacks are not configured here (LETHE_CALLBACK_SECRET)")
 
+    metrics.requests_submitted.add(1, {"type": body.type.value})
     received_at = body.received_at or datetime.now(UTC)
+
     identities = body.subject.identities()
     span = trace.get_current_span().get_span_context()
     return await store.submit(
@@ -53,6 +57,7 @@ async def accept(ctx: IntakeContext, body: SubmitRequest) -> asyncpg.Record:
             received_at=received_at,
             deadline=add_months(received_at, 1),
             trace_id=format(span.trace_id, "032x") if span.is_valid else None,
+            traceparent=current_traceparent(),
             callback_url=str(body.callback_url) if body.callback_url else None,
         ),
     )

@@ -41,7 +41,6 @@ SCHEMA = (
     "ALTER TABLE requests ADD COLUMN IF NOT EXISTS callback_url text",
     # Identifiers are dropped once the request is final (data minimisation): see apply_status.
     "ALTER TABLE requests ALTER COLUMN sealed_identifiers DROP NOT NULL",
-
     "ALTER TABLE requests ADD COLUMN IF NOT EXISTS audit jsonb NOT NULL DEFAULT '[]'",
     "ALTER TABLE requests ADD COLUMN IF NOT EXISTS extension_months integer",
     "ALTER TABLE requests ADD COLUMN IF NOT EXISTS extension_reason text",
@@ -63,6 +62,7 @@ class NewRequest:
     deadline: datetime
     trace_id: str | None
     callback_url: str | None = None
+    traceparent: str | None = None
 
 
 class Conflict(Exception):
@@ -132,6 +132,7 @@ async def _dispatch(conn: asyncpg.Connection, new: NewRequest) -> None:
             deadline=new.deadline,
             sealed_identifiers=new.sealed_identifiers,
             trace_id=new.trace_id,
+            traceparent=new.traceparent,
             command_ids={system: c.message_id for system, c in commands.items()},
         ),
     )

@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from shared.contracts.outcomes import Action
 from shared.identity import Identities, e164_sql
 from shared.settings import DatabaseSettings
+from shared.telemetry.messaging import TRACER
 from shared.worker.pgstore import CategoryTable, PostgresStoreAdapter
 from shared.worker.ports import Decision, Record
 
@@ -131,11 +132,17 @@ RESTRICTED_DIR = "restricted"
 
 
 def _unlink_all(paths: Sequence[Path]) -> None:
-    for path in paths:
-        path.unlink(missing_ok=True)
+    with TRACER.start_as_current_span(
+        "file unlink", attributes={"lethe.file.operation": "unlink", "lethe.file.count": len(paths)}
+    ):
+        for path in paths:
+            path.unlink(missing_ok=True)
 
 
 def _move_file(source: Path, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if source.exists():
-        source.replace(target)
+    with TRACER.start_as_current_span(
+        "file move", attributes={"lethe.file.operation": "move", "lethe.file.count": 1}
+    ):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.exists():
+            source.replace(target)

@@ -24,8 +24,10 @@ from shared.db import apply_schema, create_pool, ensure_database
 from shared.delivery import TRANSIENT, Publisher, consume_forever
 from shared.kafka import ensure_topics, make_consumer, make_producer, start_with_retry
 from shared.outbox import OutboxRelay
-from shared.service import mark_ready, run_service
+from shared.service import mark_ready, run_service, set_readiness
 from shared.settings import DatabaseSettings, KafkaSettings
+from shared.telemetry import metrics
+from shared.telemetry.messaging import quiet
 
 log = logging.getLogger("lethe.tracker")
 
@@ -69,12 +71,21 @@ async def tick(pool: asyncpg.Pool, settings: TrackerSettings, stopping: asyncio.
     while not stopping.is_set():
         now = datetime.now(UTC)
         try:
-            await store.check_timeouts(pool, now, settings.timeouts())
-            await schedule.dispatch_due(pool, now)
+            with quiet():
+                await _tick_once(pool, settings, now)
         except TRANSIENT as exc:
             log.warning("tick skipped", extra={"error": type(exc).__name__})
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stopping.wait(), settings.tick_s)
+
+
+async def _tick_once(pool: asyncpg.Pool, settings: TrackerSettings, now: datetime) -> None:
+    await store.check_timeouts(pool, now, settings.timeouts())
+    await schedule.dispatch_due(pool, now)
+    overdue = await pool.fetchval(
+        "SELECT count(*) FROM sagas WHERE completed_at IS NULL AND deadline < $1", now
+    )
+    metrics.overdue_requests.set(overdue)
 
 
 async def main(stop: asyncio.Event) -> None:
@@ -95,13 +106,21 @@ async def main(stop: asyncio.Event) -> None:
     await start_with_retry(consumer, "consumer")
     publisher = Publisher(producer, stop)
     tasks = [
-        asyncio.create_task(OutboxRelay(pool, producer).run()),
+        asyncio.create_task(OutboxRelay(pool, producer, service="tracker").run()),
         asyncio.create_task(tick(pool, settings, stop)),
     ]
+
+    async def readiness() -> dict[str, bool]:
+        checks = {"database": False}
+        with contextlib.suppress(*TRANSIENT):
+            checks["database"] = await asyncio.wait_for(pool.fetchval("SELECT true"), 2) is True
+        return checks
+
+    set_readiness(readiness)
     log.info("tracker started")
     mark_ready()
     try:
-        await consume_forever(consumer, lambda record: handle(pool, record), publisher, "tracker")
+        await consume_forever(consumer, lambda record: handle(pool, record), publisher, "lethe-tracker")
     finally:
         for task in tasks:
             task.cancel()

@@ -14,6 +14,7 @@ from shared import topics
 from shared.contracts import EraseSubject, OutcomeReported
 from shared.contracts.holds import HoldUpdated
 from shared.outbox import enqueue
+from shared.telemetry.messaging import TRACER, link_to
 
 SCHEDULE_DDL = (
     # Deferred erasures: re-examine what `resume_of` retained once `due_on` comes.
@@ -74,25 +75,35 @@ async def dispatch_due(pool: asyncpg.Pool, now: datetime) -> int:
     claimed with SKIP LOCKED and marked in the transaction that enqueues their command."""
     async with pool.acquire() as conn, conn.transaction():
         rows = await conn.fetch(
-            """SELECT s.request_id, s.system, s.resume_of, s.due_on, g.subject_ref, g.sealed_identifiers
+            """SELECT s.request_id, s.system, s.resume_of, s.due_on, g.subject_ref, g.sealed_identifiers,
+                      g.traceparent
                  FROM scheduled_erasures s JOIN sagas g USING (request_id)
                 WHERE s.dispatched_at IS NULL AND s.due_on <= $1
                 ORDER BY s.due_on LIMIT 200 FOR UPDATE OF s SKIP LOCKED""",
             now.date(),
         )
         for row in rows:
-            await enqueue(
-                conn,
-                topics.command_topic(row["system"]),
-                row["subject_ref"],
-                EraseSubject(
-                    request_id=row["request_id"],
-                    system=row["system"],
-                    subject_ref=row["subject_ref"],
-                    sealed_identifiers=row["sealed_identifiers"],
-                    resume_of=row["resume_of"],
-                ),
-            )
+            with TRACER.start_as_current_span(
+                "deferred erasure",
+                links=link_to(row["traceparent"]),
+                attributes={
+                    "lethe.request_id": row["request_id"],
+                    "lethe.system": row["system"],
+                    "lethe.resume_of": str(row["resume_of"]),
+                },
+            ):
+                await enqueue(
+                    conn,
+                    topics.command_topic(row["system"]),
+                    row["subject_ref"],
+                    EraseSubject(
+                        request_id=row["request_id"],
+                        system=row["system"],
+                        subject_ref=row["subject_ref"],
+                        sealed_identifiers=row["sealed_identifiers"],
+                        resume_of=row["resume_of"],
+                    ),
+                )
             await conn.execute(
                 "UPDATE scheduled_erasures SET dispatched_at = $5 WHERE request_id = $1 AND system = $2"
                 " AND resume_of = $3 AND due_on = $4",

@@ -25,10 +25,13 @@ from shared.contracts import (
     SystemState,
 )
 from shared.contracts.audit import GENESIS, AuditEntry
+from shared.contracts.commands import SubjectCommand
 from shared.contracts.events import DeadlineExtended, RetrySystem
 from shared.contracts.report import Extension
 from shared.journal import JOURNAL_DDL, claim
 from shared.outbox import OUTBOX_DDL, enqueue
+from shared.telemetry import metrics
+from shared.telemetry.messaging import TRACER, link_to
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS sagas (
@@ -43,6 +46,7 @@ SCHEMA = (
         completed_at timestamptz,
         extension jsonb,
         sealed_identifiers text NOT NULL)""",
+    "ALTER TABLE sagas ADD COLUMN IF NOT EXISTS traceparent text",
     """CREATE TABLE IF NOT EXISTS saga_systems (
         request_id text NOT NULL REFERENCES sagas,
         system text NOT NULL,
@@ -88,6 +92,7 @@ class Loaded:
     saga: Saga
     version: int
     sealed_identifiers: str
+    traceparent: str | None = None
 
 
 async def _load(conn: asyncpg.Connection, request_id: str) -> Loaded | None:
@@ -116,7 +121,7 @@ async def _load(conn: asyncpg.Connection, request_id: str) -> Loaded | None:
             deferred=[OutcomeReported.model_validate(d) for d in json.loads(s["deferred"])],
             error=s["error"],
         )
-    return Loaded(saga, row["version"], row["sealed_identifiers"])
+    return Loaded(saga, row["version"], row["sealed_identifiers"], row["traceparent"])
 
 
 async def _append_audit(conn: asyncpg.Connection, saga: Saga) -> list[AuditEntry]:
@@ -160,23 +165,46 @@ async def audit_trail(conn: asyncpg.Connection | asyncpg.Pool, request_id: str) 
 
 
 async def _dispatch(conn: asyncpg.Connection, loaded: Loaded, systems: Sequence[str]) -> None:
+    """Re-sending happens outside the request's trace (a timer, an operator), so its span links
+    back to the request's first span: the trace tool shows both, connected."""
     saga = loaded.saga
     command_type = COMMAND_FOR_TYPE[saga.request_type]
     for system in systems:
         slot = saga.slots[system]
-        await enqueue(
-            conn,
-            topics.command_topic(system),
-            saga.subject_ref,
-            command_type(
-                message_id=slot.command_id,
-                request_id=saga.request_id,
-                system=system,
-                subject_ref=saga.subject_ref,
-                sealed_identifiers=loaded.sealed_identifiers,
-                attempt=slot.attempts,
-            ),
-        )
+        metrics.redispatches.add(1, {"system": system})
+        with TRACER.start_as_current_span(
+            "redispatch",
+            links=link_to(loaded.traceparent),
+            attributes={
+                "lethe.request_id": saga.request_id,
+                "lethe.system": system,
+                "lethe.attempt": slot.attempts,
+            },
+        ):
+            await _enqueue_command(conn, loaded, command_type, system, slot)
+
+
+async def _enqueue_command(
+    conn: asyncpg.Connection,
+    loaded: Loaded,
+    command_type: type[SubjectCommand],
+    system: str,
+    slot: SystemSlot,
+) -> None:
+    saga = loaded.saga
+    await enqueue(
+        conn,
+        topics.command_topic(system),
+        saga.subject_ref,
+        command_type(
+            message_id=slot.command_id,
+            request_id=saga.request_id,
+            system=system,
+            subject_ref=saga.subject_ref,
+            sealed_identifiers=loaded.sealed_identifiers,
+            attempt=slot.attempts,
+        ),
+    )
 
 
 async def _save(conn: asyncpg.Connection, loaded: Loaded, was_final: bool) -> None:
@@ -231,6 +259,10 @@ async def _save(conn: asyncpg.Connection, loaded: Loaded, was_final: bool) -> No
         ),
     )
     if status.is_final and not was_final:
+        labels = {"type": saga.request_type.value, "status": status.value}
+        metrics.requests_completed.add(1, labels)
+        if saga.completed_at is not None:
+            metrics.request_duration.record((saga.completed_at - saga.received_at).total_seconds(), labels)
         await enqueue(
             conn,
             topics.REQUESTS_COMPLETED,
@@ -245,7 +277,8 @@ async def start_saga(pool: asyncpg.Pool, event: RequestAccepted, now: datetime) 
             return
         inserted = await conn.fetchval(
             "INSERT INTO sagas (request_id, request_type, subject_ref, received_at, deadline,"
-            " trace_id, status, sealed_identifiers) VALUES ($1,$2,$3,$4,$5,$6,'in_progress',$7)"
+            " trace_id, status, sealed_identifiers, traceparent)"
+            " VALUES ($1,$2,$3,$4,$5,$6,'in_progress',$7,$8)"
             " ON CONFLICT DO NOTHING RETURNING true",
             event.request_id,
             event.request_type.value,
@@ -254,6 +287,7 @@ async def start_saga(pool: asyncpg.Pool, event: RequestAccepted, now: datetime) 
             event.deadline,
             event.trace_id,
             event.sealed_identifiers,
+            event.traceparent,
         )
         if not inserted:
             return

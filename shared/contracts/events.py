@@ -27,6 +27,7 @@ class RequestAccepted(Message):
         default_factory=dict, description="The command sent to each system, re-sent as is on a timeout."
     )
     trace_id: str | None = None
+    traceparent: str | None = Field(None, description="W3C context of the request's first span, for links.")
 
 
 class OutcomeReported(Message):

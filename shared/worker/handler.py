@@ -23,6 +23,7 @@ from shared.contracts import (
 )
 from shared.contracts.outcomes import Redirect
 from shared.identity import Identities
+from shared.telemetry.messaging import TRACER
 from shared.worker.holds import ActiveHold
 from shared.worker.policy import Policy
 from shared.worker.ports import Decision, Record, StoreAdapter, StoreSession
@@ -63,13 +64,22 @@ async def execute(
         if journal is not None and journal.plan is not None:
             plan = journal.plan
         else:
-            records = await _records(store, identities, command)
-            held = await _held(store, adapter.system, holds or NoHolds(), started, command.request_type)
-            decided = policy.decide(adapter.system, command.request_type, records, started.date(), held)
-            plan = await store.save_plan(command.message_id, decided)
-        await store.apply(plan)
-        after = await store.find(identities)
-        left = unfinished(command.request_type, plan, after)
+            with TRACER.start_as_current_span("match") as span:
+                records = await _records(store, identities, command)
+                span.set_attribute("lethe.records.found", len(records))
+            with TRACER.start_as_current_span("holds") as span:
+                held = await _held(store, adapter.system, holds or NoHolds(), started, command.request_type)
+                span.set_attribute("lethe.records.retained", len(held))
+            with TRACER.start_as_current_span("decide"):
+                decided = policy.decide(adapter.system, command.request_type, records, started.date(), held)
+                plan = await store.save_plan(command.message_id, decided)
+        with TRACER.start_as_current_span("act") as span:
+            await store.apply(plan)
+            span.set_attribute("lethe.records.erased", sum(d.action is Action.ERASED for d in plan))
+        with TRACER.start_as_current_span("verify") as span:
+            after = await store.find(identities)
+            left = unfinished(command.request_type, plan, after)
+            span.set_attribute("lethe.verification.passed", not left)
         verification = Verification(passed=not left, remaining=len(left), checked_at=clock())
         outcome = OutcomeReported(
             message_id=outcome_id(command),

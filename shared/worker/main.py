@@ -14,7 +14,7 @@ from shared.crypto import IdentifierSeal
 from shared.kafka import ensure_topics
 from shared.policy.evaluate import RetentionPolicy
 from shared.policy.model import DEFAULT_POLICY_FILE, check_categories, load_policy
-from shared.service import run_service
+from shared.service import run_service, set_readiness
 from shared.settings import KafkaSettings, SecretsSettings
 from shared.topics import all_topics
 from shared.worker.holds import HoldsView
@@ -44,6 +44,7 @@ def run_worker(system: str, make_adapter: Callable[[], StoreAdapter]) -> None:
             retry=RetrySettings(),
             holds=HoldsView(kafka, seal),
         )
+        set_readiness(runtime.readiness)
         await ensure_topics(kafka, all_topics())
         task = asyncio.create_task(runtime.run())
         stopper = asyncio.create_task(stop.wait())

@@ -17,11 +17,13 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from aiokafka.errors import KafkaError
+from opentelemetry import trace
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -29,11 +31,13 @@ from shared import topics
 from shared.codec import PoisonMessage, decode, encode
 from shared.contracts import SUBJECT_COMMAND, OutcomeReported, SubjectCommand
 from shared.crypto import IdentifierSeal, IdentifierSealError
-from shared.delivery import Publisher, commit, retry_state
+from shared.delivery import Publisher, commit, record_lag, retry_state
 from shared.identity import Identities
 from shared.kafka import make_consumer, make_producer, start_with_retry
 from shared.service import mark_ready
 from shared.settings import KafkaSettings
+from shared.telemetry import metrics
+from shared.telemetry.messaging import consuming
 from shared.worker.handler import Clock, execute, outcome_id
 from shared.worker.holds import HoldsView
 from shared.worker.policy import Policy
@@ -95,6 +99,16 @@ class WorkerRuntime:
     def stop(self) -> None:
         self.stopping.set()
 
+    async def readiness(self) -> dict[str, bool]:
+        """For /readyz: consuming, and the store answers (its journal, and its own ping)."""
+        checks = {"consumers": self.ready, "store": False}
+        with contextlib.suppress(Exception):
+            async with self.adapter.session() as store:
+                await store.load_journal(uuid.uuid4())
+            ping = getattr(self.adapter, "ping", None)
+            checks["store"] = bool(await ping()) if ping else True
+        return checks
+
     async def run(self) -> None:
         await self.adapter.start()
         producer = make_producer(self.kafka)
@@ -131,6 +145,7 @@ class WorkerRuntime:
                 delay = min(delay * 2, 5.0)
                 continue
             delay = 0.2
+            record_lag(consumer, batches)
             if batches:
                 # Partitions are independent: work on them concurrently, in order within each.
                 try:
@@ -141,7 +156,9 @@ class WorkerRuntime:
 
     async def _partition(self, records: Sequence[ConsumerRecord[bytes, bytes]], handle: Handler) -> None:
         for record in records:
-            await handle(record)
+            with consuming(record, self.group_id) as span:
+                span.set_attribute("lethe.system", self.adapter.system)
+                await handle(record)
 
     def _open(self, record: ConsumerRecord[bytes, bytes]) -> tuple[SubjectCommand, Identities]:
         command = decode(record.value, SUBJECT_COMMAND)
@@ -210,6 +227,23 @@ class WorkerRuntime:
                 started_at=now,
                 finished_at=now,
             )
+        span = trace.get_current_span()
+        span.set_attributes(
+            {
+                "lethe.request_id": command.request_id,
+                "lethe.status": outcome.status,
+                "lethe.attempt": attempt,
+                "lethe.command_id": str(command.message_id),
+            }
+        )
+        for category in outcome.categories:
+            for action in ("erased", "anonymised", "restricted", "unrestricted"):
+                if count := getattr(category, action):
+                    metrics.outcomes.add(count, {"system": self.adapter.system, "action": action})
+            if category.retained_count:
+                metrics.outcomes.add(
+                    category.retained_count, {"system": self.adapter.system, "action": "retained"}
+                )
         await self.publisher.publish(topics.OUTCOMES, command.request_id.encode(), encode(outcome))
         log.info(
             "command handled",

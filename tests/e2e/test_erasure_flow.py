@@ -161,13 +161,23 @@ def test_stores_keep_only_what_the_report_retains_of_alice_and_all_of_ben(
     assert asyncio.run(_sql(stack, system, ben)) >= 1
 
 
-def test_intake_drops_the_identifiers_once_the_request_is_final(erased_alice: dict[str, Any], stack: Stack) -> None:
-    assert asyncio.run(_sql(stack, "intake", "SELECT count(*) FROM requests WHERE request_id = 'e2e-alice-1'"
-                                             " AND sealed_identifiers IS NULL")) == 1
+def test_intake_drops_the_identifiers_once_the_request_is_final(
+    erased_alice: dict[str, Any], stack: Stack
+) -> None:
+    assert (
+        asyncio.run(
+            _sql(
+                stack,
+                "intake",
+                "SELECT count(*) FROM requests WHERE request_id = 'e2e-alice-1'"
+                " AND sealed_identifiers IS NULL",
+            )
+        )
+        == 1
+    )
 
 
-def test_audio_files_of_alice_are_gone(
-erased_alice: dict[str, Any], stack: Stack) -> None:
+def test_audio_files_of_alice_are_gone(erased_alice: dict[str, Any], stack: Stack) -> None:
     names = sorted(p.name for p in stack.recordings_dir.rglob("*.wav"))
     assert names == ["REC-1002-01.wav"]
 
