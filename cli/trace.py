@@ -77,7 +77,34 @@ def _roots(spans: list[Span]) -> list[Span]:
     return roots
 
 
+SQL_SPANS = frozenset(
+    {
+        "SELECT",
+        "INSERT",
+        "UPDATE",
+        "DELETE",
+        "WITH",
+        "BEGIN;",
+        "COMMIT;",
+        "ROLLBACK;",
+        "NOTIFY",
+        "CREATE",
+        "ALTER",
+        "LISTEN",
+        "UNLISTEN",
+    }
+)
+
+
+def without_sql(roots: list[Span]) -> list[Span]:
+    """Database statements are many and short; their time is inside their parent's anyway."""
+    for span in roots:
+        span.children = without_sql([c for c in span.children if c.name not in SQL_SPANS or c.error])
+    return roots
+
+
 def waterfall(roots: list[Span], width: int = 40) -> list[str]:
+
     start = min(s.start for s in roots)
     end = max(_last_end(s) for s in roots)
     scale = max(end - start, 1) / width
