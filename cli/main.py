@@ -21,7 +21,8 @@ from cli import dlq as dead_letters
 from cli.render import report_text
 from cli.seed import SeedFile, SeedTargets, load, read
 from cli.stack import Stack, StackConfig
-from cli.trace import read_spans, request_traces, waterfall
+from cli.trace import read_spans, request_traces, waterfall, without_sql
+
 from services.directory.ldap import LdapSettings
 from shared.codec import describe_validation_error
 from shared.settings import KafkaSettings
@@ -381,6 +382,7 @@ def trace_command(
     traces: Annotated[
         Path | None, typer.Option(help="Folder of *.jsonl span files (default: the stack's).")
     ] = None,
+    sql: Annotated[bool, typer.Option("--sql", help="Show every database statement too.")] = False,
 ) -> None:
     """A request's trace as a waterfall: service, span, duration, status."""
     response = api().get(f"/v1/requests/{request_id}")
@@ -399,7 +401,7 @@ def trace_command(
         typer.echo(
             f"trace {roots[0].trace_id}" + (" (linked: started later for this request)" if number else "")
         )
-        for line in waterfall(roots):
+        for line in waterfall(roots if sql else without_sql(roots)):
             typer.echo(line)
 
 
