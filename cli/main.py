@@ -22,7 +22,6 @@ from cli.render import report_text
 from cli.seed import SeedFile, SeedTargets, load, read
 from cli.stack import Stack, StackConfig
 from cli.trace import read_spans, request_traces, waterfall, without_sql
-
 from services.directory.ldap import LdapSettings
 from shared.codec import describe_validation_error
 from shared.settings import KafkaSettings
