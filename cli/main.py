@@ -404,7 +404,16 @@ def trace_command(
             typer.echo(line)
 
 
+@app.command("config-reference")
+def config_reference() -> None:
+    """Every environment variable, its default and meaning (Markdown), from the settings classes."""
+    from cli.config_reference import markdown
+
+    typer.echo(markdown(), nl=False)
+
+
 tokens = typer.Typer(help="API tokens (admin).", no_args_is_help=True)
+
 app.add_typer(tokens, name="tokens")
 
 

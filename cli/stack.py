@@ -235,12 +235,27 @@ class Stack:
         # Where each service's /metrics, /healthz and /readyz answer (intake: on the API port).
         (self.config.state_dir / "run" / "metrics-ports.json").write_text(json.dumps(self.metrics_ports))
 
-    def start_service(self, service: str) -> None:
-        self._ready_file(service).parent.mkdir(parents=True, exist_ok=True)
-        self._ready_file(service).unlink(missing_ok=True)
-        self.processes[service] = spawn(
-            service, [sys.executable, "-m", f"services.{service}"], self.env(service), self.log_dir
-        )
+    def start_service(self, service: str, instance: str | None = None) -> str:
+        """Start a service, or another instance of it (same consumer groups, its own ports,
+        log and ready file): Lethe assumes no single instance of anything."""
+        name = service if instance is None else f"{service}-{instance}"
+        self._ready_file(name).parent.mkdir(parents=True, exist_ok=True)
+        self._ready_file(name).unlink(missing_ok=True)
+        env = self.env(service)
+        env.update({"LETHE_READY_FILE": str(self._ready_file(name)),
+                    "LETHE_TRACE_FILE": str(self.trace_dir / f"{name}.jsonl"),
+                    "LETHE_METRICS_PORT": str(self.metrics_ports.setdefault(name, free_port()))})
+        self.processes[name] = spawn(name, [sys.executable, "-m", f"services.{service}"], env, self.log_dir)
+        return name
+
+    def wait_ready(self, name: str, timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not self._ready_file(name).exists():
+            if self.processes[name].poll() is not None:
+                raise RuntimeError(f"{name} exited with code {self.processes[name].returncode}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{name} not ready after {timeout_s:.0f}s")
+            time.sleep(0.05)
 
     def dead_services(self) -> list[str]:
         return [
@@ -249,10 +264,11 @@ class Stack:
 
     def stop(self) -> None:
         """Services first (they finish their batch and commit), then the broker and slapd."""
-        for name in [*self.config.services, "broker", "slapd"]:
+        for name in [*self.processes.keys() - {"broker", "slapd"}, "broker", "slapd"]:
             process = self.processes.pop(name, None)
             if process is not None:
                 stop(process)
+
         shutil.rmtree(self.config.state_dir / "slapd", ignore_errors=True)
         shutil.rmtree(self.config.state_dir / "run", ignore_errors=True)
 

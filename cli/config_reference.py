@@ -1,0 +1,73 @@
+"""The configuration reference, generated from the settings classes so that it cannot drift:
+`lethe config-reference` prints it; docs/configuration.md is its committed copy (a test keeps
+the two equal), and deployment files are checked against it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic_settings import BaseSettings
+
+from shared.settings import DatabaseSettings, KafkaSettings, SecretsSettings
+
+ROOT = Path(__file__).resolve().parents[1]
+# Read with os.environ where a settings class would be overkill (process plumbing).
+PROCESS_VARIABLES = {
+    "LETHE_METRICS_PORT": ("-", "Port of /metrics, /healthz and /readyz (workers and tracker); off when unset."),
+    "LETHE_METRICS_HOST": ("127.0.0.1", "Address that endpoint binds to (0.0.0.0 in a container)."),
+    "LETHE_TRACE_FILE": ("-", "Also write spans as OTLP JSON lines to this file (the embedded stack does)."),
+    "LETHE_READY_FILE": ("-", "A file touched when the service is up (used by the embedded stack)."),
+    "LETHE_LOG_LEVEL": ("INFO", "Log level of the JSON logs."),
+    "OTEL_SERVICE_NAME": ("lethe-<service>", "Service name in traces and metrics."),
+    "OTEL_EXPORTER_OTLP_ENDPOINT": ("-", "Send spans over OTLP/HTTP to this collector."),
+}
+
+
+def env_names(classes: list[type[BaseSettings]]) -> dict[str, str]:
+    """Environment variable -> description."""
+    return {name: description for name, (_, description, _) in _rows(classes).items()}
+
+
+def _rows(classes: list[type[BaseSettings]]) -> dict[str, tuple[str, str, str]]:
+    rows = {}
+    for cls in classes:
+        prefix = str(cls.model_config.get("env_prefix", ""))
+        for field_name, info in cls.model_fields.items():
+            value = None if info.is_required() else info.get_default(call_default_factory=True)
+            default = "required" if info.is_required() else repr(value)
+            if isinstance(value, Path):  # a path in the source tree: say so, not this machine's
+                default = f"<source tree>/{value.relative_to(ROOT)}" if value.is_relative_to(ROOT) else str(value)
+            if "secret" in str(info.annotation).lower() and not info.is_required():
+                default = "(empty)" if not str(info.get_default()) else "(set)"
+            rows[(prefix + field_name).upper()] = (default, info.description or "", cls.__name__)
+    return rows
+
+
+def all_settings() -> list[type[BaseSettings]]:
+    """Every settings class of every service."""
+    from services.directory.ldap import LdapSettings
+    from services.intake.__main__ import IntakeSettings
+    from services.mailing.store import SuppressionSettings
+    from services.recordings.store import RecordingsSettings
+    from services.tracker.__main__ import TrackerSettings
+    from shared.worker.main import PolicySettings
+    from shared.worker.runtime import RetrySettings
+
+    return [KafkaSettings, DatabaseSettings, SecretsSettings, RetrySettings, PolicySettings, IntakeSettings,
+            TrackerSettings, LdapSettings, RecordingsSettings, SuppressionSettings]
+
+
+def known_variables() -> set[str]:
+    return set(env_names(all_settings())) | set(PROCESS_VARIABLES)
+
+
+def markdown() -> str:
+    lines = ["# Configuration reference", "",
+             "Generated from the settings classes by `lethe config-reference`; do not edit by hand.",
+             "Every service reads the variables of the classes it uses; the names are the same everywhere.", "",
+             "| variable | default | meaning | read by |", "| --- | --- | --- | --- |"]
+    for name, (default, description, cls) in sorted(_rows(all_settings()).items()):
+        lines.append(f"| `{name}` | `{default}` | {description} | {cls} |")
+    for name, (default, description) in sorted(PROCESS_VARIABLES.items()):
+        lines.append(f"| `{name}` | `{default}` | {description} | process |")
+    return "\n".join(lines) + "\n"
