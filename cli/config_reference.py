@@ -13,7 +13,10 @@ from shared.settings import DatabaseSettings, KafkaSettings, SecretsSettings
 ROOT = Path(__file__).resolve().parents[1]
 # Read with os.environ where a settings class would be overkill (process plumbing).
 PROCESS_VARIABLES = {
-    "LETHE_METRICS_PORT": ("-", "Port of /metrics, /healthz and /readyz (workers and tracker); off when unset."),
+    "LETHE_METRICS_PORT": (
+        "-",
+        "Port of /metrics, /healthz and /readyz (workers and tracker); off when unset.",
+    ),
     "LETHE_METRICS_HOST": ("127.0.0.1", "Address that endpoint binds to (0.0.0.0 in a container)."),
     "LETHE_TRACE_FILE": ("-", "Also write spans as OTLP JSON lines to this file (the embedded stack does)."),
     "LETHE_READY_FILE": ("-", "A file touched when the service is up (used by the embedded stack)."),
@@ -36,7 +39,9 @@ def _rows(classes: list[type[BaseSettings]]) -> dict[str, tuple[str, str, str]]:
             value = None if info.is_required() else info.get_default(call_default_factory=True)
             default = "required" if info.is_required() else repr(value)
             if isinstance(value, Path):  # a path in the source tree: say so, not this machine's
-                default = f"<source tree>/{value.relative_to(ROOT)}" if value.is_relative_to(ROOT) else str(value)
+                default = (
+                    f"<source tree>/{value.relative_to(ROOT)}" if value.is_relative_to(ROOT) else str(value)
+                )
             if "secret" in str(info.annotation).lower() and not info.is_required():
                 default = "(empty)" if not str(info.get_default()) else "(set)"
             rows[(prefix + field_name).upper()] = (default, info.description or "", cls.__name__)
@@ -53,8 +58,18 @@ def all_settings() -> list[type[BaseSettings]]:
     from shared.worker.main import PolicySettings
     from shared.worker.runtime import RetrySettings
 
-    return [KafkaSettings, DatabaseSettings, SecretsSettings, RetrySettings, PolicySettings, IntakeSettings,
-            TrackerSettings, LdapSettings, RecordingsSettings, SuppressionSettings]
+    return [
+        KafkaSettings,
+        DatabaseSettings,
+        SecretsSettings,
+        RetrySettings,
+        PolicySettings,
+        IntakeSettings,
+        TrackerSettings,
+        LdapSettings,
+        RecordingsSettings,
+        SuppressionSettings,
+    ]
 
 
 def known_variables() -> set[str]:
@@ -62,10 +77,15 @@ def known_variables() -> set[str]:
 
 
 def markdown() -> str:
-    lines = ["# Configuration reference", "",
-             "Generated from the settings classes by `lethe config-reference`; do not edit by hand.",
-             "Every service reads the variables of the classes it uses; the names are the same everywhere.", "",
-             "| variable | default | meaning | read by |", "| --- | --- | --- | --- |"]
+    lines = [
+        "# Configuration reference",
+        "",
+        "Generated from the settings classes by `lethe config-reference`; do not edit by hand.",
+        "Every service reads the variables of the classes it uses; the names are the same everywhere.",
+        "",
+        "| variable | default | meaning | read by |",
+        "| --- | --- | --- | --- |",
+    ]
     for name, (default, description, cls) in sorted(_rows(all_settings()).items()):
         lines.append(f"| `{name}` | `{default}` | {description} | {cls} |")
     for name, (default, description) in sorted(PROCESS_VARIABLES.items()):

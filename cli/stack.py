@@ -242,9 +242,13 @@ class Stack:
         self._ready_file(name).parent.mkdir(parents=True, exist_ok=True)
         self._ready_file(name).unlink(missing_ok=True)
         env = self.env(service)
-        env.update({"LETHE_READY_FILE": str(self._ready_file(name)),
-                    "LETHE_TRACE_FILE": str(self.trace_dir / f"{name}.jsonl"),
-                    "LETHE_METRICS_PORT": str(self.metrics_ports.setdefault(name, free_port()))})
+        env.update(
+            {
+                "LETHE_READY_FILE": str(self._ready_file(name)),
+                "LETHE_TRACE_FILE": str(self.trace_dir / f"{name}.jsonl"),
+                "LETHE_METRICS_PORT": str(self.metrics_ports.setdefault(name, free_port())),
+            }
+        )
         self.processes[name] = spawn(name, [sys.executable, "-m", f"services.{service}"], env, self.log_dir)
         return name
 

@@ -16,7 +16,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from shared import topics  # noqa: E402
+from shared import topics
 
 HERE = Path(__file__).resolve().parent
 NAMESPACE = "lethe"
