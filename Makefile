@@ -42,12 +42,20 @@ test: $(STAMP) system-deps browser-deps lint
 faults: $(STAMP) system-deps
 	LETHE_FAULTS_SCALE=full $(BIN)/pytest -q -p no:cacheprovider tests/faults
 
+# Throughput and latency against the limit of the stores themselves (see README, Performance).
+bench: $(STAMP) system-deps
+	$(BIN)/python -m bench.run --requests $${REQUESTS:-1000} --rate $${RATE:-100}
+
+soak: $(STAMP) system-deps
+	$(BIN)/python -m bench.run --soak-minutes $${MINUTES:-10} --rate $${RATE:-50}
+
 test-fast: $(STAMP)
+
 
 	$(BIN)/pytest -q -p no:cacheprovider tests/unit
 
 lint: $(STAMP)
-	$(BIN)/ruff check shared services cli tests
+	$(BIN)/ruff check shared services cli tests deploy bench
 	$(BIN)/mypy
 
 clean:

@@ -41,14 +41,23 @@ def make_producer(settings: KafkaSettings) -> AIOKafkaProducer:
     )
 
 
-def make_consumer(settings: KafkaSettings, topics: Sequence[str], group_id: str) -> AIOKafkaConsumer:
+# Consumers off the hot path (retry topics, the holds view) wait longer between empty fetches:
+# an idle consumer polling every 10 ms costs the broker CPU that the hot path needs.
+COLD_FETCH_WAIT_MS = 250
+
+
+def make_consumer(
+    settings: KafkaSettings, topics: Sequence[str], group_id: str, cold: bool = False
+) -> AIOKafkaConsumer:
     return AIOKafkaConsumer(
         *topics,
         bootstrap_servers=settings.bootstrap,
         group_id=group_id,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
-        fetch_max_wait_ms=settings.fetch_max_wait_ms,
+        fetch_max_wait_ms=max(settings.fetch_max_wait_ms, COLD_FETCH_WAIT_MS)
+        if cold
+        else settings.fetch_max_wait_ms,
         session_timeout_ms=settings.session_timeout_ms,
         heartbeat_interval_ms=settings.heartbeat_interval_ms,
         max_poll_records=200,

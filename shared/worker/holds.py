@@ -1,10 +1,10 @@
 """The holds a worker must honour, read from the holds topic.
 
-The guarantee: a hold that intake acknowledged (201) before a worker decides what to do with a
-subject's records is honoured by that decision. Intake answers only after the hold's message
-is on the topic; before every decision the worker reads the topic's end offsets and catches up
-to them, so every acknowledged hold is at an offset it has read. A hold acknowledged while a
-decided command is being applied (milliseconds) applies from the next command on.
+The guarantee: a hold that intake acknowledged (201) before a worker takes up a batch of
+commands is honoured by every decision in that batch. Intake answers only after the hold's
+message is on the topic; before each batch the worker reads the topic's end offsets and catches
+up to them, so every acknowledged hold is at an offset it has read. A hold acknowledged while a
+batch is being processed (milliseconds to seconds) applies from the next batch on.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ class HoldsView:
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            fetch_max_wait_ms=self.kafka.fetch_max_wait_ms,
+            fetch_max_wait_ms=max(self.kafka.fetch_max_wait_ms, 100),  # cold: idle most of the time
         )
         await consumer.start()
         await consumer.topics()  # fetches metadata
@@ -68,9 +68,14 @@ class HoldsView:
         if self._consumer is not None:
             await self._consumer.stop()
 
-    async def active(self, system: str, moment: datetime) -> list[ActiveHold]:
+    async def refresh(self) -> None:
+        """Catch up with the holds topic to its end offsets as of now. The worker calls this
+        before each batch of commands: it is the decision point of every command in it."""
         async with self._lock:
             await self._catch_up()
+
+    async def active(self, system: str, moment: datetime) -> list[ActiveHold]:
+        """The holds in force at `moment`, as of the last refresh."""
         if self._unreadable:
             raise HoldsUnavailable(f"{len(self._unreadable)} unreadable hold message(s)")
         return [

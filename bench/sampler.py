@@ -1,0 +1,103 @@
+"""CPU and memory of every process of the stack, from /proc: the services, the broker, slapd
+and the PostgreSQL server (all its backends together)."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+TICKS = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+
+
+def _rss_bytes(pid: int) -> int:
+    """Proportional set size: shared pages (PostgreSQL's shared buffers) counted once overall."""
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1]) * 1024
+    return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE
+
+
+def postgres_pids() -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == "postgres":
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+@dataclass
+class Usage:
+    cpu_start: float = 0.0
+    cpu_end: float = 0.0
+    peak_rss: int = 0
+    samples: list[tuple[float, int]] = field(default_factory=list)  # (seconds since start, rss)
+
+
+class Sampler:
+    """Samples every `interval_s` in a thread; `groups` maps a name to a function giving pids."""
+
+    def __init__(self, groups: dict[str, object], interval_s: float = 1.0) -> None:
+        self.groups = groups
+        self.interval_s = interval_s
+        self.usage = {name: Usage() for name in groups}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._t0 = time.monotonic()
+
+    def _measure(self, name: str) -> tuple[float, int]:
+        cpu, rss = 0.0, 0
+
+        for pid in self.groups[name]():  # type: ignore[operator]
+            try:
+                cpu += _cpu_seconds(pid)
+                rss += _rss_bytes(pid)
+            except OSError:
+                continue
+        return cpu, rss
+
+    def start(self) -> None:
+        for name in self.groups:
+            self.usage[name].cpu_start = self._measure(name)[0]
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._sample()
+
+    def _sample(self) -> None:
+        now = time.monotonic() - self._t0
+        for name, usage in self.usage.items():
+            cpu, rss = self._measure(name)
+            usage.cpu_end = cpu
+            usage.peak_rss = max(usage.peak_rss, rss)
+            usage.samples.append((now, rss))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+
+def slope_mb_per_min(samples: list[tuple[float, int]]) -> float:
+    """Least-squares slope of RSS over time: memory that grows without bound shows here."""
+    if len(samples) < 3:
+        return 0.0
+    n = len(samples)
+    mean_t = sum(t for t, _ in samples) / n
+    mean_m = sum(m for _, m in samples) / n
+    var = sum((t - mean_t) ** 2 for t, _ in samples)
+    cov = sum((t - mean_t) * (m - mean_m) for t, m in samples)
+    return (cov / var) * 60 / 2**20 if var else 0.0
