@@ -88,7 +88,7 @@ async def run(
 ) -> float:
     """Erasures per second."""
     pools = {
-        name: await asyncpg.create_pool(url, min_size=2, max_size=concurrency)
+        name: await asyncpg.create_pool(url, min_size=2, max_size=min(concurrency, 8))
         for name, url in database_urls.items()
     }
     directory = Directory(ldap)

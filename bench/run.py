@@ -69,7 +69,7 @@ async def listen(stack: Stack, run: Run, total: int, stop: asyncio.Event) -> Non
         topics.REQUESTS_COMPLETED,
         bootstrap_servers=stack.kafka_bootstrap,
         group_id=f"bench-{uuid4().hex[:6]}",
-        auto_offset_reset="latest",
+        auto_offset_reset="earliest",  # a fresh stack: every completion is ours
         fetch_max_wait_ms=10,
     )
     await consumer.start()
@@ -151,7 +151,7 @@ def start_stack(tmp: Path, prefix: str) -> Stack:
             "LETHE_RATE_LIMIT_PER_S": "100000",
             "LETHE_RATE_LIMIT_BURST": "100000",
             "LETHE_LOG_LEVEL": "WARNING",
-            "LETHE_DB_POOL_MAX": "20",
+            "LETHE_DB_POOL_MAX": "10",
         },
     )
     stack = Stack(config)

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import defaultdict
+
 from collections.abc import Awaitable, Callable
 
 import asyncpg
@@ -117,12 +119,13 @@ TRANSIENT: tuple[type[BaseException], ...] = (
 
 
 async def consume_forever(
-    consumer: AIOKafkaConsumer, handle: Handler, publisher: Publisher, what: str
+    consumer: AIOKafkaConsumer, handle: Handler, publisher: Publisher, what: str, concurrency: int = 8
 ) -> None:
-    """In order, one message at a time, until `publisher.stopping`. A dependency that is away
-    holds the line (the same message is tried again with backoff: order matters to a saga); a
-    message that fails for any other reason is dead-lettered with the error, so nothing blocks
-    the topic for ever and nothing is dropped without a trace."""
+    """Until `publisher.stopping`: in order per key (one request, one subject), different keys
+    concurrently. A dependency that is away holds the line (the same message is tried again
+    with backoff: order matters to a saga); a message that fails for any other reason is
+    dead-lettered with the error, so nothing blocks the topic for ever and nothing is dropped
+    without a trace."""
     delay = 0.2
     while not publisher.stopping.is_set():
         try:
@@ -134,12 +137,24 @@ async def consume_forever(
             continue
         delay = 0.2
         record_lag(consumer, batches)
+        if not batches:
+            continue
+        by_key: dict[bytes | None, list[ConsumerRecord[bytes, bytes]]] = defaultdict(list)
         for records in batches.values():
             for record in records:
-                if not await _handle_one(record, handle, publisher, what):
-                    return  # stopping: the batch stays uncommitted and is redone after restart
-        if batches:
-            await commit(consumer)
+                by_key[record.key].append(record)
+        gate = asyncio.Semaphore(concurrency)
+
+        async def in_order(group: list[ConsumerRecord[bytes, bytes]]) -> bool:
+            async with gate:
+                for record in group:
+                    if not await _handle_one(record, handle, publisher, what):
+                        return False
+                return True
+
+        if not all(await asyncio.gather(*(in_order(g) for g in by_key.values()))):
+            return  # stopping: the batch stays uncommitted and is redone after restart
+        await commit(consumer)
 
 
 async def _handle_one(

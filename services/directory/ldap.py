@@ -4,8 +4,9 @@ thread with a connection of its own (ldap3 connections are not thread-safe)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
-from contextlib import AbstractContextManager
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass
 
 from ldap3 import SUBTREE, Connection, Server
@@ -52,6 +53,7 @@ class Directory:
         self.settings = settings
         self.people = f"ou=people,{settings.base_dn}"
         self.restricted = f"ou=restricted,{settings.base_dn}"
+        self._local = threading.local()
 
     def connect(self) -> Connection:
         server = Server(self.settings.url, connect_timeout=5)
@@ -62,6 +64,22 @@ class Directory:
             auto_bind=True,
             receive_timeout=10,
         )
+
+    @contextmanager
+    def bound(self) -> Iterator[Connection]:
+        """This thread's bound connection, made once and kept: a connect and bind per call cost
+        more than the call. A connection that failed is dropped, so the next call reconnects
+        (slapd restarted, network blip)."""
+        conn: Connection | None = getattr(self._local, "conn", None)
+        if conn is None or conn.closed:
+            conn = self._local.conn = self.connect()
+        try:
+            yield conn
+        except Exception:
+            self._local.conn = None
+            with suppress(Exception):
+                conn.unbind()
+            raise
 
     def subject_filter(self, ids: Identities) -> str | None:
         terms = [f"(uid={escape_filter_chars(u)})" for u in ids.ldap_uids]
@@ -79,7 +97,7 @@ class Directory:
         return [] if query is None else await asyncio.to_thread(self._search, query)
 
     def _search(self, query: str) -> list[Entry]:
-        with _span("search") as span, self.connect() as conn:
+        with _span("search") as span, self.bound() as conn:
             conn.search(self.settings.base_dn, query, SUBTREE, attributes=["entryUUID"])
             span.set_attribute("lethe.ldap.entries", len(conn.entries))
             return [Entry(str(e.entryUUID.value), e.entry_dn) for e in conn.entries]
@@ -113,23 +131,16 @@ class Directory:
         """Delete (new_parent None) or move each entry; an entry already gone counts as done."""
         if not entry_uuids:
             return
-        with _span("delete" if new_parent is None else "modify_dn") as span, self.connect() as conn:
+        with _span("delete" if new_parent is None else "modify_dn") as span, self.bound() as conn:
             span.set_attribute("lethe.ldap.entries", len(entry_uuids))
-            for uuid in entry_uuids:
-                conn.search(
-                    self.settings.base_dn,
-                    f"(entryUUID={escape_filter_chars(uuid)})",
-                    SUBTREE,
-                    attributes=["entryUUID"],
-                )
-                if not conn.entries:
-                    continue
-                dn = conn.entries[0].entry_dn
+            query = "(|" + "".join(f"(entryUUID={escape_filter_chars(u)})" for u in entry_uuids) + ")"
+            conn.search(self.settings.base_dn, query, SUBTREE, attributes=["entryUUID"])
+            for dn in [entry.entry_dn for entry in conn.entries]:
                 if new_parent is None:
                     conn.delete(dn)
+                elif dn.split(",", 1)[1].lower() == new_parent.lower():
+                    continue
                 else:
-                    if dn.split(",", 1)[1].lower() == new_parent.lower():
-                        continue
                     conn.modify_dn(dn, dn.split(",", 1)[0], new_superior=new_parent)
                 if conn.result["result"] not in (0, NO_SUCH_OBJECT):
                     raise LdapError(f"LDAP result {conn.result['result']}")
