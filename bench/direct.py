@@ -58,7 +58,6 @@ async def erase_one(
     rows = await pools["recordings"].fetch(
         f"DELETE FROM recordings WHERE customer_id = $1 OR {e164_sql('caller')} = $2"
         f" OR {e164_sql('callee')} = $2 RETURNING path",
-
         cid,
         phone,
     )

@@ -8,7 +8,6 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-
 from collections.abc import Awaitable, Callable
 
 import asyncpg
