@@ -144,14 +144,14 @@ async def consume_forever(
                 by_key[record.key].append(record)
         gate = asyncio.Semaphore(concurrency)
 
-        async def in_order(group: list[ConsumerRecord[bytes, bytes]]) -> bool:
+        async def in_order(group: list[ConsumerRecord[bytes, bytes]], gate: asyncio.Semaphore) -> bool:
             async with gate:
                 for record in group:
                     if not await _handle_one(record, handle, publisher, what):
                         return False
                 return True
 
-        if not all(await asyncio.gather(*(in_order(g) for g in by_key.values()))):
+        if not all(await asyncio.gather(*(in_order(g, gate) for g in by_key.values()))):
             return  # stopping: the batch stays uncommitted and is redone after restart
         await commit(consumer)
 
