@@ -103,6 +103,7 @@ async def commit(consumer: AIOKafkaConsumer) -> None:
 
 
 Handler = Callable[[ConsumerRecord[bytes, bytes]], Awaitable[None]]
+GroupHandler = Callable[[list[ConsumerRecord[bytes, bytes]]], Awaitable[None]]
 # Failures of a dependency that comes back: wait and try the same message again.
 TRANSIENT: tuple[type[BaseException], ...] = (
     OSError,
@@ -118,13 +119,20 @@ TRANSIENT: tuple[type[BaseException], ...] = (
 
 
 async def consume_forever(
-    consumer: AIOKafkaConsumer, handle: Handler, publisher: Publisher, what: str, concurrency: int = 8
+    consumer: AIOKafkaConsumer,
+    handle: Handler,
+    publisher: Publisher,
+    what: str,
+    concurrency: int = 8,
+    handle_group: GroupHandler | None = None,
 ) -> None:
     """Until `publisher.stopping`: in order per key (one request, one subject), different keys
     concurrently. A dependency that is away holds the line (the same message is tried again
     with backoff: order matters to a saga); a message that fails for any other reason is
     dead-lettered with the error, so nothing blocks the topic for ever and nothing is dropped
-    without a trace."""
+    without a trace. With `handle_group`, the messages of one key in a batch are handed over
+    together (one transaction instead of many); if that fails for any reason other than a
+    missing dependency, they are handled one by one, so a poison message stays isolated."""
     delay = 0.2
     while not publisher.stopping.is_set():
         try:
@@ -146,6 +154,10 @@ async def consume_forever(
 
         async def in_order(group: list[ConsumerRecord[bytes, bytes]], gate: asyncio.Semaphore) -> bool:
             async with gate:
+                if handle_group is not None and len(group) > 1:
+                    together = await _handle_group(group, handle_group, publisher, what)
+                    if together is not None:
+                        return together
                 for record in group:
                     if not await _handle_one(record, handle, publisher, what):
                         return False
@@ -184,6 +196,30 @@ async def _handle_one(
             log.exception("message failed; dead-lettered", extra={"consumer": what, "offset": record.offset})
             await publisher.dead_letter(record, f"{type(exc).__name__} while handling")
             return True
+
+
+async def _handle_group(
+    records: list[ConsumerRecord[bytes, bytes]], handle_group: GroupHandler, publisher: Publisher, what: str
+) -> bool | None:
+    """True when handled, False when stopping, None to fall back to one by one."""
+    delay = 0.2
+    while True:
+        try:
+            # One span for the group, linked to each message's producer: a trace tool shows
+            # every request's outcomes joining the same processing.
+            with consuming(records[0], what, links=[r.headers for r in records[1:]]):
+                await handle_group(records)
+            return True
+        except TRANSIENT as exc:
+            log.warning(
+                "dependency unavailable, retrying", extra={"consumer": what, "error": type(exc).__name__}
+            )
+            if publisher.stopping.is_set():
+                return False
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+        except Exception:
+            return None
 
 
 def record_lag(

@@ -23,7 +23,7 @@ from shared.codec import decode
 from shared.contracts import RequestStatusChanged
 from shared.crypto import IdentifierSeal
 from shared.db import apply_schema, create_pool, ensure_database
-from shared.delivery import Handler, Publisher, consume_forever
+from shared.delivery import GroupHandler, Handler, Publisher, consume_forever
 from shared.kafka import ensure_topics, make_consumer, make_producer, start_with_retry
 from shared.outbox import OUTBOX_DDL, OutboxRelay
 from shared.service import mark_ready, run_service
@@ -56,19 +56,29 @@ class IntakeSettings(BaseSettings):
 
 
 async def fold_status(pool: asyncpg.Pool, record: ConsumerRecord[bytes, bytes]) -> None:
-    event = decode(record.value, RequestStatusChanged)
+    await fold_statuses(pool, [record])
+
+
+async def fold_statuses(pool: asyncpg.Pool, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+    """Snapshots of one request: only the newest matters (each carries the whole state)."""
+    event = max((decode(r.value, RequestStatusChanged) for r in records), key=lambda e: e.version)
     async with pool.acquire() as conn, conn.transaction():
         if await store.apply_status(conn, event):
             await callbacks.enqueue_callback(conn, event.request_id, event.version)
 
 
 async def consume(
-    kafka: KafkaSettings, topic: str, group: str, handle: Handler, publisher: Publisher
+    kafka: KafkaSettings,
+    topic: str,
+    group: str,
+    handle: Handler,
+    publisher: Publisher,
+    handle_group: GroupHandler | None = None,
 ) -> None:
     consumer = make_consumer(kafka, [topic], group)
     await start_with_retry(consumer, group)
     try:
-        await consume_forever(consumer, handle, publisher, group)
+        await consume_forever(consumer, handle, publisher, group, handle_group=handle_group)
     finally:
         await consumer.stop()
 
@@ -130,6 +140,7 @@ async def main(stop: asyncio.Event) -> None:
                     "lethe-intake-status",
                     lambda record: fold_status(pool, record),
                     publisher,
+                    lambda records: fold_statuses(pool, records),
                 )
             ),
             asyncio.create_task(

@@ -66,6 +66,21 @@ async def handle(pool: asyncpg.Pool, record: ConsumerRecord[bytes, bytes]) -> No
         await store.record_outcome(pool, decode(record.value, OutcomeReported))
 
 
+async def handle_group(pool: asyncpg.Pool, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+    """The messages of one request in a batch, in order: runs of outcomes in one transaction."""
+    outcomes: list[OutcomeReported] = []
+    for record in records:
+        if record.topic == topics.OUTCOMES:
+            outcomes.append(decode(record.value, OutcomeReported))
+            continue
+        if outcomes:
+            await store.record_outcomes(pool, outcomes)
+            outcomes = []
+        await handle(pool, record)
+    if outcomes:
+        await store.record_outcomes(pool, outcomes)
+
+
 async def tick(pool: asyncpg.Pool, settings: TrackerSettings, stopping: asyncio.Event) -> None:
     """Timeouts and due deferred erasures, every tick_s; a database that is away skips a tick."""
     while not stopping.is_set():
@@ -120,7 +135,14 @@ async def main(stop: asyncio.Event) -> None:
     log.info("tracker started")
     mark_ready()
     try:
-        await consume_forever(consumer, lambda record: handle(pool, record), publisher, "lethe-tracker")
+        await consume_forever(
+            consumer,
+            lambda record: handle(pool, record),
+            publisher,
+            "lethe-tracker",
+            handle_group=lambda records: handle_group(pool, records),
+        )
+
     finally:
         for task in tasks:
             task.cancel()

@@ -320,26 +320,33 @@ async def start_saga(pool: asyncpg.Pool, event: RequestAccepted, now: datetime) 
 
 
 async def record_outcome(pool: asyncpg.Pool, event: OutcomeReported) -> None:
+    await record_outcomes(pool, [event])
+
+
+async def record_outcomes(pool: asyncpg.Pool, events: list[OutcomeReported]) -> None:
+    """Outcomes of one request, in one transaction: the saga is loaded, changed and announced
+    once for all of them (under load, a request's five answers often arrive together)."""
     async with pool.acquire() as conn, conn.transaction():
-        if not await claim(conn, event.message_id):
-            return  # a redelivery of an outcome already counted
-        loaded = await _load(conn, event.request_id)
+        fresh = [e for e in events if await claim(conn, e.message_id)]  # redeliveries change nothing
+        if not fresh:
+            return
+        loaded = await _load(conn, fresh[0].request_id)
         if loaded is None:
-            # The outcome overtook its request's acceptance (different topics, different
-            # partitions): keep it until the saga starts.
-            await conn.execute(
+            # The outcomes overtook their request's acceptance (different topics, different
+            # partitions): keep them until the saga starts.
+            await conn.executemany(
                 "INSERT INTO early_outcomes (message_id, request_id, outcome) VALUES ($1,$2,$3::jsonb)"
                 " ON CONFLICT DO NOTHING",
-                event.message_id,
-                event.request_id,
-                event.model_dump_json(),
+                [(e.message_id, e.request_id, e.model_dump_json()) for e in fresh],
             )
             return
         was_final = loaded.saga.status.is_final
-        if loaded.saga.record(event):
+        recorded = [e for e in fresh if loaded.saga.record(e)]
+        if recorded:
             await _save(conn, loaded, was_final)
             if loaded.saga.request_type is RequestType.ERASURE:
-                await schedule_retention_ends(conn, event)
+                for event in recorded:
+                    await schedule_retention_ends(conn, event)
 
 
 async def check_timeouts(pool: asyncpg.Pool, now: datetime, timeouts: Timeouts) -> int:

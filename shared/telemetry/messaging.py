@@ -44,11 +44,21 @@ def producing(topic: str, parent: Context | None = None) -> Iterator[list[tuple[
 
 
 @contextmanager
-def consuming(record: ConsumerRecord[bytes, bytes], group: str) -> Iterator[Span]:
+def consuming(
+    record: ConsumerRecord[bytes, bytes], group: str, links: list[Any] | None = None
+) -> Iterator[Span]:
+    """A CONSUMER span, child of the record's producer span; `links` (other records' headers)
+    when several messages are processed together."""
+    linked = [
+        Link(c)
+        for c in (trace.get_current_span(context_of(h)).get_span_context() for h in links or [])
+        if c.is_valid
+    ]
     with TRACER.start_as_current_span(
         f"process {record.topic}",
         context=context_of(record.headers),
         kind=SpanKind.CONSUMER,
+        links=linked,
         attributes={
             "messaging.system": "kafka",
             "messaging.destination.name": record.topic,
