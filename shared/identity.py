@@ -70,9 +70,6 @@ class Identities(BaseModel):
     phones: list[Phone] = Field(default_factory=list, max_length=MAX_IDENTIFIERS)
     ldap_uids: list[OpaqueId] = Field(default_factory=list, max_length=MAX_IDENTIFIERS)
 
-    def is_empty(self) -> bool:
-        return not (self.customer_ids or self.emails or self.phones or self.ldap_uids)
-
     def canonical(self) -> str:
         """A stable text of the set of identifiers, order-independent, for pseudonymisation."""
         parts = [

@@ -10,7 +10,7 @@ import asyncio
 import logging
 from collections.abc import Sequence
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 from opentelemetry import propagate
@@ -26,10 +26,6 @@ def trace_headers() -> Headers:
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
     return [(k, v.encode()) for k, v in carrier.items()]
-
-
-def header_dict(record: ConsumerRecord[bytes, bytes]) -> dict[str, str]:
-    return {k: v.decode(errors="replace") for k, v in (record.headers or ())}
 
 
 def make_producer(settings: KafkaSettings) -> AIOKafkaProducer:
