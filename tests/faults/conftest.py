@@ -42,12 +42,13 @@ FINAL = {"completed", "completed_with_exceptions", "failed"}
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory: pytest.TempPathFactory, pg_server: str) -> Iterator[Stack]:
-    # Outlast the longest outage: the worker keeps retrying, the tracker keeps waiting.
+    # Outlast the longest outage (60 s without slapd, after the submissions): 16 tries with
+    # backoff capped at 8 s keep a command alive ~100 s; the tracker waits 90 s a try.
     with running_stack(
         tmp_path_factory.mktemp("faults"),
         "faults",
         {
-            "LETHE_WORKER_ATTEMPTS": "12",
+            "LETHE_WORKER_ATTEMPTS": "16",
             "LETHE_WORKER_BACKOFF_MAX_S": "8",
             "LETHE_TRACKER_SYSTEM_TIMEOUT_S": "90",
             "LETHE_TRACKER_MAX_ATTEMPTS": "3",
