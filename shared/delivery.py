@@ -168,21 +168,13 @@ async def consume_forever(
         await commit(consumer)
 
 
-async def _handle_one(
-    record: ConsumerRecord[bytes, bytes], handle: Handler, publisher: Publisher, what: str
-) -> bool:
+async def _while_away(attempt: Callable[[], Awaitable[None]], publisher: Publisher, what: str) -> bool:
+    """Run `attempt` until it gets past a missing dependency: True once it ran, False if the
+    service is stopping meanwhile. Any other exception is the caller's."""
     delay = 0.2
     while True:
         try:
-            with consuming(record, what):
-                await handle(record)
-            return True
-        except PoisonMessage as exc:
-            log.warning(
-                "poison message dead-lettered",
-                extra={"consumer": what, "offset": record.offset, "error": str(exc)},
-            )
-            await publisher.dead_letter(record, str(exc))
+            await attempt()
             return True
         except TRANSIENT as exc:
             log.warning(
@@ -192,34 +184,44 @@ async def _handle_one(
                 return False
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10.0)
-        except Exception as exc:
-            log.exception("message failed; dead-lettered", extra={"consumer": what, "offset": record.offset})
-            await publisher.dead_letter(record, f"{type(exc).__name__} while handling")
-            return True
+
+
+async def _handle_one(
+    record: ConsumerRecord[bytes, bytes], handle: Handler, publisher: Publisher, what: str
+) -> bool:
+    async def attempt() -> None:
+        with consuming(record, what):
+            await handle(record)
+
+    try:
+        return await _while_away(attempt, publisher, what)
+    except PoisonMessage as exc:
+        log.warning(
+            "poison message dead-lettered",
+            extra={"consumer": what, "offset": record.offset, "error": str(exc)},
+        )
+        await publisher.dead_letter(record, str(exc))
+    except Exception as exc:
+        log.exception("message failed; dead-lettered", extra={"consumer": what, "offset": record.offset})
+        await publisher.dead_letter(record, f"{type(exc).__name__} while handling")
+    return True
 
 
 async def _handle_group(
     records: list[ConsumerRecord[bytes, bytes]], handle_group: GroupHandler, publisher: Publisher, what: str
 ) -> bool | None:
     """True when handled, False when stopping, None to fall back to one by one."""
-    delay = 0.2
-    while True:
-        try:
-            # One span for the group, linked to each message's producer: a trace tool shows
-            # every request's outcomes joining the same processing.
-            with consuming(records[0], what, links=[r.headers for r in records[1:]]):
-                await handle_group(records)
-            return True
-        except TRANSIENT as exc:
-            log.warning(
-                "dependency unavailable, retrying", extra={"consumer": what, "error": type(exc).__name__}
-            )
-            if publisher.stopping.is_set():
-                return False
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
-        except Exception:
-            return None
+
+    async def attempt() -> None:
+        # One span for the group, linked to each message's producer: a trace tool shows every
+        # request's outcomes joining the same processing.
+        with consuming(records[0], what, links=[r.headers for r in records[1:]]):
+            await handle_group(records)
+
+    try:
+        return await _while_away(attempt, publisher, what)
+    except Exception:
+        return None
 
 
 def record_lag(

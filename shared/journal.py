@@ -17,7 +17,6 @@ CREATE TABLE IF NOT EXISTS processed_messages (
 )"""
 
 
-
 async def claim(conn: asyncpg.Connection, message_id: UUID) -> bool:
     """Take the message for this transaction; False if it was already processed. A concurrent
     claimer of the same id waits on the row lock and then sees it processed."""
