@@ -42,7 +42,8 @@ class HoldsView:
     def __init__(self, kafka: KafkaSettings, seal: IdentifierSeal) -> None:
         self.kafka = kafka
         self.seal = seal
-        self._holds: dict[UUID, HoldUpdated] = {}
+        self._holds: dict[UUID, tuple[HoldUpdated, Identities]] = {}
+
         self._lock = asyncio.Lock()
         self._consumer: AIOKafkaConsumer | None = None
         self._partitions: list[TopicPartition] = []
@@ -80,11 +81,9 @@ class HoldsView:
             raise HoldsUnavailable(f"{len(self._unreadable)} unreadable hold message(s)")
         return [
             ActiveHold(
-                h.case_reference,
-                self.seal.open(h.sealed_identifiers),
-                None if h.categories is None else frozenset(h.categories),
+                h.case_reference, identities, None if h.categories is None else frozenset(h.categories)
             )
-            for h in self._holds.values()
+            for h, identities in self._holds.values()
             if h.active_at(moment) and h.covers(system)
         ]
 
@@ -101,12 +100,12 @@ class HoldsView:
     def _apply(self, raw: bytes | None, offset: int) -> None:
         try:
             hold = decode(raw, HoldUpdated)
-            self.seal.open(hold.sealed_identifiers)
+            identities = self.seal.open(hold.sealed_identifiers)  # once, not per command
         except (PoisonMessage, IdentifierSealError) as exc:
             # Fail closed: a hold we cannot read might cover the records we are about to erase.
             log.error("unreadable hold message", extra={"offset": offset, "error": str(exc)})
             self._unreadable.add(offset)
             return
         current = self._holds.get(hold.hold_id)
-        if current is None or hold.version > current.version:
-            self._holds[hold.hold_id] = hold
+        if current is None or hold.version > current[0].version:
+            self._holds[hold.hold_id] = (hold, identities)
