@@ -125,27 +125,27 @@ async def _load(conn: asyncpg.Connection, request_id: str) -> Loaded | None:
 
 
 async def _append_audit(conn: asyncpg.Connection, saga: Saga) -> list[AuditEntry]:
-    last = await conn.fetchrow(
-        "SELECT seq, hash FROM audit_log WHERE request_id = $1 ORDER BY seq DESC LIMIT 1", saga.request_id
-    )
-    seq, prev = (last["seq"], last["hash"]) if last else (0, GENESIS)
-    for at, kind, detail in saga.audit:
-        seq += 1
+    """Chain the saga's new audit events onto its trail; returns the whole trail (read once)."""
+    trail = await audit_trail(conn, saga.request_id)
+    prev = trail[-1].hash if trail else GENESIS
+    added: list[AuditEntry] = []
+    for at, kind, raw in saga.audit:
+        detail = json.loads(json.dumps(raw, default=str))  # as stored, so the hash checks out
+        seq = len(trail) + len(added) + 1
         digest = AuditEntry.digest(saga.request_id, seq, at, kind, detail, prev)
-        await conn.execute(
-            "INSERT INTO audit_log (request_id, seq, at, kind, detail, prev_hash, hash)"
-            " VALUES ($1,$2,$3,$4,$5::jsonb,$6,$7)",
-            saga.request_id,
-            seq,
-            at,
-            kind,
-            json.dumps(detail, default=str),
-            prev,
-            digest,
+        entry = AuditEntry(
+            request_id=saga.request_id, seq=seq, at=at, kind=kind, detail=detail, prev_hash=prev, hash=digest
         )
-        prev = digest
+
+        added.append(entry)
+        prev = entry.hash
+    await conn.executemany(
+        "INSERT INTO audit_log (request_id, seq, at, kind, detail, prev_hash, hash)"
+        " VALUES ($1,$2,$3,$4,$5::jsonb,$6,$7)",
+        [(e.request_id, e.seq, e.at, e.kind, json.dumps(e.detail), e.prev_hash, e.hash) for e in added],
+    )
     saga.audit.clear()
-    return await audit_trail(conn, saga.request_id)
+    return trail + added
 
 
 async def audit_trail(conn: asyncpg.Connection | asyncpg.Pool, request_id: str) -> list[AuditEntry]:
