@@ -8,6 +8,7 @@ from datetime import date
 
 from shared.contracts import Action, RequestType
 from shared.policy.model import OnErasure, PolicyFile, Rule
+from shared.worker.policy import ACTION_FOR_REQUEST
 from shared.worker.ports import Decision, Record
 
 HOLD_BASIS = "Legal claims: a litigation or regulatory hold is in force; kept while the hold lasts"
@@ -36,10 +37,8 @@ class RetentionPolicy:
         if controller:
             # Processor data: the controller decides; Lethe refers the person to it.
             return Decision(record=record, action=Action.REDIRECTED, controller=str(controller))
-        if request_type is RequestType.RESTRICTION:
-            return Decision(record=record, action=Action.RESTRICTED)
-        if request_type is RequestType.LIFT_RESTRICTION:
-            return Decision(record=record, action=Action.UNRESTRICTED)
+        if request_type is not RequestType.ERASURE:  # restriction and its lift keep everything
+            return Decision(record=record, action=ACTION_FOR_REQUEST[request_type])
         if hold_reference is not None:
             return Decision(
                 record=record,
