@@ -44,7 +44,7 @@ faults: $(STAMP) system-deps
 
 # Throughput and latency against the limit of the stores themselves (see README, Performance).
 bench: $(STAMP) system-deps
-	$(BIN)/python -m bench.run --requests $${REQUESTS:-1000} --rate $${RATE:-100}
+	$(BIN)/python -m bench.run --requests $${REQUESTS:-1000} --rate $${RATE:-100} $${PROFILE:+--profile}
 
 soak: $(STAMP) system-deps
 	$(BIN)/python -m bench.run --soak-minutes $${MINUTES:-10} --rate $${RATE:-50}

@@ -67,7 +67,9 @@ async def erase_one(
 
 
 def _ldap_delete(directory: Directory, uid: str, email: str) -> None:
-    with directory.connect() as conn:
+    # A bound connection per thread, kept, as the worker does: a connect and bind per erasure
+    # made the first version of this baseline LDAP-bound at ~40/s, flattering Lethe's ratio.
+    with directory.bound() as conn:
         conn.search(
             directory.settings.base_dn,
             f"(|(uid={escape_filter_chars(uid)})(mail={escape_filter_chars(email)}))",

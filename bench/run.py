@@ -24,7 +24,7 @@ from uuid import uuid4
 import httpx
 from aiokafka import AIOKafkaConsumer
 
-from bench import direct
+from bench import direct, profile
 from bench.sampler import Sampler, postgres_pids, slope_mb_per_min
 from cli import synthetic
 from cli.main import seed_targets
@@ -204,6 +204,9 @@ def main() -> None:
         "--soak-minutes", type=float, default=0.0, help="Soak instead: a steady rate this long."
     )
     parser.add_argument("--no-direct", action="store_true", help="Skip the direct-store baseline.")
+    parser.add_argument(
+        "--profile", action="store_true", help="Sample every service with py-spy while it runs."
+    )
     args = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -222,11 +225,22 @@ def main() -> None:
                 subjects = [p.subject.model_dump(exclude_none=True) for p in seeded.people]  # type: ignore[union-attr]
             sampler = sampler_for(stack)
             sampler.start()
+            profile_dir = RESULTS / f"profile-{stamp}"
+            if args.profile:
+                profile_dir.mkdir()
+                services = {n: p.pid for n, p in stack.processes.items() if n not in ("broker", "slapd")}
+                spies = profile.start(services, profile_dir)
             run, wall = asyncio.run(
                 measure(stack, subjects, args.rate, "soak" if soak else "bench", timeout_s=120 + count / 20)
             )
             sampler.stop()
             result = summarise(stack, run, wall, args.rate, sampler, soak)
+            if args.profile:
+                profile.stop(spies)
+                result["profile"] = profile.report(
+                    {n: profile.summarise(profile_dir / f"{n}.collapsed") for n in services},
+                    rate_hz=profile.RATE_HZ,
+                )
             if not soak and not args.no_direct:
                 baseline = synthetic.people(count, prefix="direct")
                 asyncio.run(load(baseline, seed_targets(stack)))
@@ -349,6 +363,12 @@ def print_table(result: dict[str, Any]) -> None:
     print("  process              cpu s   peak MB   slope MB/min")
     for name, u in result["usage"].items():
         print(f"  {name:<18} {u['cpu_seconds']:>7}  {u['peak_rss_mb']:>8}  {u['rss_slope_mb_per_min']:>10}")
+    for name, p in result.get("profile", {}).items():
+        print(f"\n  {name}: busy {p['busy_seconds_sampled']} s sampled; self time by library / module:")
+        print("    " + ", ".join(f"{a} {v}%" for a, v in p["self_by_area_pct"].items()))
+        print("    Lethe functions, with callees:")
+        for func, v in p["lethe_inclusive_pct"].items():
+            print(f"      {v:>5}%  {func}")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,10 @@ PROCESS_VARIABLES = {
     ),
     "LETHE_METRICS_HOST": ("127.0.0.1", "Address that endpoint binds to (0.0.0.0 in a container)."),
     "LETHE_TRACE_FILE": ("-", "Also write spans as OTLP JSON lines to this file (the embedded stack does)."),
+    "LETHE_TRACE_SQL": (
+        "false",
+        "A span per SQL statement under each step (asyncpg instrumentation); costs CPU under load.",
+    ),
     "LETHE_READY_FILE": ("-", "A file touched when the service is up (used by the embedded stack)."),
     "LETHE_LOG_LEVEL": ("INFO", "Log level of the JSON logs."),
     "OTEL_SERVICE_NAME": ("lethe-<service>", "Service name in traces and metrics."),

@@ -53,9 +53,16 @@ async def connect_with_retry(dsn: str, attempts: int = 60) -> asyncpg.Connection
     raise AssertionError("unreachable")
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Lethe's connections leave no session state behind (no SET, no session advisory locks;
+    the one LISTEN is removed before release), so the pool skips asyncpg's default reset
+    query, which costs a round trip on every release. asyncpg still rolls back an open
+    transaction and drops listener callbacks."""
+
+
 async def create_pool(dsn: str, max_size: int = 10) -> asyncpg.Pool:
     await connect_with_retry(dsn)  # waits for the server; the pool itself does not retry
-    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=max_size)
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=max_size, reset=_keep_session)
     assert pool is not None
     return pool
 

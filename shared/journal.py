@@ -6,6 +6,7 @@ finds its id taken and changes nothing.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from uuid import UUID
 
 import asyncpg
@@ -26,3 +27,13 @@ async def claim(conn: asyncpg.Connection, message_id: UUID) -> bool:
         message_id,
     )
     return bool(inserted)
+
+
+async def claim_many(conn: asyncpg.Connection, message_ids: Sequence[UUID]) -> set[UUID]:
+    """`claim` for several messages in one round trip; returns the ids that were new."""
+    rows = await conn.fetch(
+        "INSERT INTO processed_messages (message_id) SELECT unnest($1::uuid[]) "
+        "ON CONFLICT (message_id) DO NOTHING RETURNING message_id",
+        list(message_ids),
+    )
+    return {r["message_id"] for r in rows}

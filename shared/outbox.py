@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Sequence
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
@@ -40,16 +41,27 @@ _CHANNEL = "lethe_outbox"
 async def enqueue(conn: asyncpg.Connection, topic: str, key: str, message: BaseModel) -> int:
     """Must run inside the caller's transaction. The trace context is stored with the row so
     that the relay's send continues the trace of the request that caused it."""
-    headers = [[k, v.decode()] for k, v in trace_headers()]
-    row_id: int = await conn.fetchval(
-        "INSERT INTO outbox (topic, key, value, headers) VALUES ($1, $2, $3, $4::jsonb) RETURNING id",
-        topic,
-        key,
-        encode(message),
-        json.dumps(headers),
-    )
-    await conn.execute(f"NOTIFY {_CHANNEL}")  # delivered at commit: wakes the relay at once
+    (row_id,) = await enqueue_many(conn, [(topic, key, message)])
     return row_id
+
+
+async def enqueue_many(conn: asyncpg.Connection, messages: Sequence[tuple[str, str, BaseModel]]) -> list[int]:
+    """Several messages of one change in one statement, in order (the relay publishes by id).
+    The NOTIFY rides in the same statement and is delivered at commit: it wakes the relay at
+    once. One round trip instead of two per message: a request's dispatch is six messages."""
+    headers = json.dumps([[k, v.decode()] for k, v in trace_headers()])
+    ids: list[int] = await conn.fetchval(
+        "WITH added AS (INSERT INTO outbox (topic, key, value, headers)"
+        " SELECT t, k, v, $4::jsonb FROM unnest($1::text[], $2::text[], $3::bytea[]) WITH ORDINALITY"
+        " AS m(t, k, v, n) ORDER BY n RETURNING id),"
+        f" wake AS (SELECT pg_notify('{_CHANNEL}', ''))"
+        " SELECT array_agg(id ORDER BY id) FROM added, wake",
+        [topic for topic, _, _ in messages],
+        [key for _, key, _ in messages],
+        [encode(message) for _, _, message in messages],
+        headers,
+    )
+    return ids
 
 
 class OutboxRelay:

@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
+from pydantic import BaseModel
 
 from shared import topics
 from shared.contracts import (
@@ -18,7 +19,7 @@ from shared.contracts import (
     RequestStatusChanged,
     RequestType,
 )
-from shared.outbox import enqueue
+from shared.outbox import enqueue_many
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS requests (
@@ -73,10 +74,10 @@ async def submit(pool: asyncpg.Pool, new: NewRequest) -> asyncpg.Record:
     """Store the request and its commands atomically; a resubmission of the same body returns
     the stored request and dispatches nothing."""
     async with pool.acquire() as conn, conn.transaction():
-        inserted = await conn.fetchval(
+        row = await conn.fetchrow(
             "INSERT INTO requests (request_id, fingerprint, request_type, subject_ref,"
             " sealed_identifiers, systems, received_at, deadline, trace_id, callback_url)"
-            " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10) ON CONFLICT (request_id) DO NOTHING RETURNING true",
+            " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10) ON CONFLICT (request_id) DO NOTHING RETURNING *",
             new.request_id,
             new.fingerprint,
             new.request_type,
@@ -88,9 +89,10 @@ async def submit(pool: asyncpg.Pool, new: NewRequest) -> asyncpg.Record:
             new.trace_id,
             new.callback_url,
         )
-        if inserted:
+        if row is not None:
             await _dispatch(conn, new)
-        row = await conn.fetchrow("SELECT * FROM requests WHERE request_id = $1", new.request_id)
+        else:
+            row = await conn.fetchrow("SELECT * FROM requests WHERE request_id = $1", new.request_id)
     assert row is not None
     if row["fingerprint"] != new.fingerprint:
         raise Conflict(new.request_id)
@@ -99,17 +101,14 @@ async def submit(pool: asyncpg.Pool, new: NewRequest) -> asyncpg.Record:
 
 async def _dispatch(conn: asyncpg.Connection, new: NewRequest) -> None:
     command_type = COMMAND_FOR_TYPE[RequestType(new.request_type)]
+    messages: list[tuple[str, str, BaseModel]] = []
     if new.request_type == RequestType.LIFT_RESTRICTION:
         # Art. 18(3): the person is told before the lift takes effect; the outbox publishes in
         # row order, so the notification leaves before the commands.
-        await enqueue(
-            conn,
-            topics.NOTIFICATIONS,
-            new.request_id,
-            NotificationRequested(
-                request_id=new.request_id, kind="restriction_lift", subject_ref=new.subject_ref
-            ),
+        notice = NotificationRequested(
+            request_id=new.request_id, kind="restriction_lift", subject_ref=new.subject_ref
         )
+        messages.append((topics.NOTIFICATIONS, new.request_id, notice))
     commands = {
         system: command_type(
             request_id=new.request_id,
@@ -119,26 +118,22 @@ async def _dispatch(conn: asyncpg.Connection, new: NewRequest) -> None:
         )
         for system in new.systems
     }
-    await enqueue(
-        conn,
-        topics.REQUESTS_ACCEPTED,
-        new.request_id,
-        RequestAccepted(
-            request_id=new.request_id,
-            request_type=RequestType(new.request_type),
-            subject_ref=new.subject_ref,
-            systems=new.systems,
-            received_at=new.received_at,
-            deadline=new.deadline,
-            sealed_identifiers=new.sealed_identifiers,
-            trace_id=new.trace_id,
-            traceparent=new.traceparent,
-            command_ids={system: c.message_id for system, c in commands.items()},
-        ),
+    accepted = RequestAccepted(
+        request_id=new.request_id,
+        request_type=RequestType(new.request_type),
+        subject_ref=new.subject_ref,
+        systems=new.systems,
+        received_at=new.received_at,
+        deadline=new.deadline,
+        sealed_identifiers=new.sealed_identifiers,
+        trace_id=new.trace_id,
+        traceparent=new.traceparent,
+        command_ids={system: c.message_id for system, c in commands.items()},
     )
-    for system, command in commands.items():
-        # Keyed by subject: all commands about one person land on one partition, in order.
-        await enqueue(conn, topics.command_topic(system), new.subject_ref, command)
+    messages.append((topics.REQUESTS_ACCEPTED, new.request_id, accepted))
+    # Keyed by subject: all commands about one person land on one partition, in order.
+    messages += [(topics.command_topic(s), new.subject_ref, c) for s, c in commands.items()]
+    await enqueue_many(conn, messages)
 
 
 async def apply_status(conn: asyncpg.Connection, event: RequestStatusChanged) -> bool:

@@ -11,6 +11,7 @@ from datetime import datetime
 from uuid import uuid4
 
 import asyncpg
+from pydantic import BaseModel
 
 from services.tracker.saga import Saga, SystemSlot, Timeouts
 from services.tracker.schedule import SCHEDULE_DDL, schedule_retention_ends
@@ -28,8 +29,8 @@ from shared.contracts.audit import GENESIS, AuditEntry
 from shared.contracts.commands import SubjectCommand
 from shared.contracts.events import DeadlineExtended, RetrySystem
 from shared.contracts.report import Extension
-from shared.journal import JOURNAL_DDL, claim
-from shared.outbox import OUTBOX_DDL, enqueue
+from shared.journal import JOURNAL_DDL, claim, claim_many
+from shared.outbox import OUTBOX_DDL, enqueue, enqueue_many
 from shared.telemetry import metrics
 from shared.telemetry.messaging import TRACER, link_to
 
@@ -245,30 +246,23 @@ async def _save(conn: asyncpg.Connection, loaded: Loaded, was_final: bool) -> No
     )
     audit = await _append_audit(conn, saga)
     report = saga.report()
-    await enqueue(
-        conn,
-        topics.REQUEST_STATUS,
-        saga.request_id,
-        RequestStatusChanged(
-            request_id=saga.request_id,
-            version=loaded.version,
-            status=status,
-            systems=[s.progress() for s in saga.slots.values()],
-            report=report,
-            audit=audit,
-        ),
+    snapshot = RequestStatusChanged(
+        request_id=saga.request_id,
+        version=loaded.version,
+        status=status,
+        systems=[s.progress() for s in saga.slots.values()],
+        report=report,
+        audit=audit,
     )
+    messages: list[tuple[str, str, BaseModel]] = [(topics.REQUEST_STATUS, saga.request_id, snapshot)]
     if status.is_final and not was_final:
         labels = {"type": saga.request_type.value, "status": status.value}
         metrics.requests_completed.add(1, labels)
         if saga.completed_at is not None:
             metrics.request_duration.record((saga.completed_at - saga.received_at).total_seconds(), labels)
-        await enqueue(
-            conn,
-            topics.REQUESTS_COMPLETED,
-            saga.request_id,
-            RequestCompleted(request_id=saga.request_id, status=status, report=report),
-        )
+        completed = RequestCompleted(request_id=saga.request_id, status=status, report=report)
+        messages.append((topics.REQUESTS_COMPLETED, saga.request_id, completed))
+    await enqueue_many(conn, messages)
 
 
 async def start_saga(pool: asyncpg.Pool, event: RequestAccepted, now: datetime) -> None:
@@ -327,7 +321,8 @@ async def record_outcomes(pool: asyncpg.Pool, events: list[OutcomeReported]) -> 
     """Outcomes of one request, in one transaction: the saga is loaded, changed and announced
     once for all of them (under load, a request's five answers often arrive together)."""
     async with pool.acquire() as conn, conn.transaction():
-        fresh = [e for e in events if await claim(conn, e.message_id)]  # redeliveries change nothing
+        new_ids = await claim_many(conn, [e.message_id for e in events])
+        fresh = [e for e in events if e.message_id in new_ids]  # redeliveries change nothing
         if not fresh:
             return
         loaded = await _load(conn, fresh[0].request_id)

@@ -41,9 +41,22 @@ def setup_telemetry(service: str) -> None:
     meter_provider = MeterProvider(resource=resource, metric_readers=[PrometheusMetricReader()])
     metrics.set_meter_provider(meter_provider)
     _providers.extend([tracer_provider, meter_provider])
-    from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
+    if trace_sql():
+        from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
 
-    AsyncPGInstrumentor().instrument()  # type: ignore[no-untyped-call]  # store calls as child spans; statements are not exported
+        AsyncPGInstrumentor().instrument()  # type: ignore[no-untyped-call]  # statements are not exported
+
+
+def trace_sql() -> bool:
+    """LETHE_TRACE_SQL: a span per SQL statement. Off by default: a request runs some forty
+    statements across the services, and under load their spans cost more CPU than the
+    statements (README, Performance); the step spans already time every stage."""
+    raw = os.environ.get("LETHE_TRACE_SQL", "false").strip().lower()
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"LETHE_TRACE_SQL: expected true or false, got {raw!r}")
 
 
 def shutdown_telemetry() -> None:

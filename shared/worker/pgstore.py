@@ -107,6 +107,9 @@ class PostgresStoreAdapter:
         raise NotImplementedError
 
     async def apply_decisions(self, conn: asyncpg.Connection, decisions: Sequence[Decision]) -> None:
+        """Every change of the plan in one statement (data-modifying CTEs see one snapshot and
+        each runs once): a round trip per command, not one per table and action. Foreign keys
+        are checked at the end of the statement, so children and parents go together."""
         tables = {t.category: t for t in self.tables}
         grouped: dict[tuple[str, Action, tuple[str, ...]], list[str]] = defaultdict(list)
         for d in decisions:
@@ -117,32 +120,36 @@ class PostgresStoreAdapter:
             elif d.action is Action.RETAINED:
                 cleared = d.strip_fields
             grouped[(d.record.category, d.action, cleared)].append(d.record.record_id)
+        statements: list[str] = []
+        args: list[list[str]] = []
         for (category, action, cleared), ids in grouped.items():
-            await self.apply_action(conn, tables[category], action, cleared, ids)
+            statement = change_statement(tables[category], action, cleared, len(args) + 1)
+            if statement is not None:
+                statements.append(statement)
+                args.append(ids)
+        if len(statements) == 1:
+            await conn.execute(statements[0], *args)
+        elif statements:
+            ctes = ", ".join(f"change_{n} AS ({sql})" for n, sql in enumerate(statements))
+            await conn.execute(f"WITH {ctes} SELECT 1", *args)
 
-    async def apply_action(
-        self,
-        conn: asyncpg.Connection,
-        table: CategoryTable,
-        action: Action,
-        cleared: tuple[str, ...],
-        ids: list[str],
-    ) -> None:
-        """Idempotent by construction: deleting a deleted row, clearing a cleared field or
-        setting a set flag is a no-op. Retained records lose the fields their rule strips."""
-        where = f"{table.key}::text = ANY($1::text[])"
-        if action is Action.ERASED:
-            await conn.execute(f"DELETE FROM {table.table} WHERE {where}", ids)
-        elif action in (Action.ANONYMISED, Action.RETAINED):
-            if cleared:
-                sets = ", ".join(f"{c} = NULL" for c in cleared)
-                await conn.execute(f"UPDATE {table.table} SET {sets} WHERE {where}", ids)
-        elif action in (Action.RESTRICTED, Action.UNRESTRICTED):
-            await conn.execute(
-                f"UPDATE {table.table} SET restricted = $2 WHERE {where}",
-                ids,
-                action is Action.RESTRICTED,
-            )
+
+def change_statement(
+    table: CategoryTable, action: Action, cleared: tuple[str, ...], param: int
+) -> str | None:
+    """The statement carrying out one action on the rows whose keys are in parameter `param`.
+    Idempotent by construction: deleting a deleted row, clearing a cleared field or setting a
+    set flag is a no-op. Retained records lose the fields their rule strips."""
+    where = f"{table.key}::text = ANY(${param}::text[])"
+    if action is Action.ERASED:
+        return f"DELETE FROM {table.table} WHERE {where}"
+    if action in (Action.ANONYMISED, Action.RETAINED):
+        if not cleared:
+            return None
+        return f"UPDATE {table.table} SET {', '.join(f'{c} = NULL' for c in cleared)} WHERE {where}"
+    if action in (Action.RESTRICTED, Action.UNRESTRICTED):
+        return f"UPDATE {table.table} SET restricted = {action is Action.RESTRICTED} WHERE {where}"
+    return None  # redirected: the record stays as it is, the controller is told
 
 
 async def open_store(database_url: str, *ddl: str) -> asyncpg.Pool:

@@ -27,6 +27,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, pg_server: str) -> Iterator[
             "LETHE_WORKER_BACKOFF_INITIAL_S": "0.2",
             "LETHE_WORKER_BACKOFF_MAX_S": "1",
             "LETHE_WORKER_ATTEMPTS": "4",
+            # Statement spans on: the tracing test checks they join the trace and leak nothing.
+            "LETHE_TRACE_SQL": "true",
         },
     ) as running:
         yield running
