@@ -5,8 +5,7 @@ transaction as the change; the others keep it in a small database of the worker'
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
 
@@ -22,6 +21,16 @@ CREATE TABLE IF NOT EXISTS lethe_command_journal (
     outcome jsonb,
     updated_at timestamptz NOT NULL DEFAULT now()
 )"""
+# Waits for any other delivery of the command to finish, then reads its journal row. In a
+# VOLATILE function the read takes a snapshot after the lock is granted; in one plain statement
+# it would not see what the other delivery committed meanwhile.
+JOURNAL_OPEN_DDL = """
+CREATE OR REPLACE FUNCTION lethe_journal_open(cmd uuid) RETURNS TABLE (plan jsonb, outcome jsonb)
+LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock(hashtextextended(cmd::text, 0));
+    RETURN QUERY SELECT j.plan, j.outcome FROM lethe_command_journal j WHERE j.command_id = cmd;
+END $$"""
 _PLAN = TypeAdapter(list[Decision])
 
 
@@ -61,9 +70,33 @@ class PostgresJournal:
         )
 
 
-@asynccontextmanager
-async def transaction(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
-    """A connection in a transaction that also serialises deliveries of one command: the
-    journal row's insert blocks a concurrent twin until this one commits."""
-    async with pool.acquire() as conn, conn.transaction():
-        yield conn
+class TransactionalJournal(PostgresJournal):
+    """The journal of a store whose whole command is one transaction with it: the plan is
+    durable only together with its effects, so plan and outcome are written once, at the
+    end. Deliveries of one command are serialised from the start by a transaction lock on
+    its id: a twin waits, then finds the outcome."""
+
+    _plan: list[Decision] | None = None
+
+    async def load_journal(self, command_id: UUID) -> JournalEntry | None:
+        row = await self.conn.fetchrow("SELECT plan, outcome FROM lethe_journal_open($1)", command_id)
+        if row is None:
+            return None
+        return JournalEntry(
+            plan=_PLAN.validate_json(row["plan"]),
+            outcome=None if row["outcome"] is None else json.loads(row["outcome"]),
+        )
+
+    async def save_plan(self, command_id: UUID, plan: Sequence[Decision]) -> list[Decision]:
+        self._plan = list(plan)
+        return self._plan
+
+    async def save_outcome(self, command_id: UUID, outcome: dict[str, Any]) -> None:
+        plan = _PLAN.dump_json(self._plan).decode() if self._plan is not None else None
+        await self.conn.execute(
+            "INSERT INTO lethe_command_journal (command_id, plan, outcome) VALUES ($1, $3::jsonb, $2::jsonb)"
+            " ON CONFLICT (command_id) DO UPDATE SET outcome = $2::jsonb, updated_at = now()",
+            command_id,
+            json.dumps(outcome),
+            plan or "[]",
+        )

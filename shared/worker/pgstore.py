@@ -17,7 +17,7 @@ from shared.contracts.outcomes import Action
 from shared.db import apply_schema, create_pool, ensure_database
 from shared.identity import Identities
 from shared.settings import DatabaseSettings
-from shared.worker.journal import WORKER_JOURNAL_DDL, PostgresJournal
+from shared.worker.journal import JOURNAL_OPEN_DDL, WORKER_JOURNAL_DDL, TransactionalJournal
 from shared.worker.ports import Decision, Record
 
 
@@ -32,7 +32,7 @@ class CategoryTable:
     personal_columns: tuple[str, ...] = ()
 
 
-class PostgresStoreSession(PostgresJournal):
+class PostgresStoreSession(TransactionalJournal):
     def __init__(self, conn: asyncpg.Connection, adapter: PostgresStoreAdapter) -> None:
         super().__init__(conn)
         self.adapter = adapter
@@ -91,7 +91,7 @@ class PostgresStoreAdapter:
     async def start(self) -> None:
         await ensure_database(self.database_url)
         self._pool = await create_pool(self.database_url, self.pool_max)
-        await apply_schema(self._pool, *self.schema, WORKER_JOURNAL_DDL)
+        await apply_schema(self._pool, *self.schema, WORKER_JOURNAL_DDL, JOURNAL_OPEN_DDL)
 
     async def close(self) -> None:
         if self._pool is not None:
@@ -156,5 +156,5 @@ async def open_store(database_url: str, *ddl: str) -> asyncpg.Pool:
     """For seeders and tests: the store's database, created with its schema if new."""
     await ensure_database(database_url)
     pool = await create_pool(database_url, 4)
-    await apply_schema(pool, *ddl, WORKER_JOURNAL_DDL)
+    await apply_schema(pool, *ddl, WORKER_JOURNAL_DDL, JOURNAL_OPEN_DDL)
     return pool
