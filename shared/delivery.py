@@ -16,7 +16,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 
 from shared import topics
 from shared.codec import PoisonMessage
-from shared.kafka import Headers
+from shared.kafka import Headers, pace_fetches
 from shared.telemetry import metrics
 from shared.telemetry.messaging import TRACE_HEADERS, consuming, producing
 
@@ -143,6 +143,7 @@ async def consume_forever(
             delay = min(delay * 2, 5.0)
             continue
         delay = 0.2
+        pace_fetches(consumer, bool(batches))
         record_lag(consumer, batches)
         if not batches:
             continue

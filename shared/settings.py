@@ -17,6 +17,13 @@ class KafkaSettings(BaseSettings):
     fetch_max_wait_ms: int = Field(
         500, ge=1, le=10_000, description="Consumer fetch wait; 10 on tansu, where 500 adds ~250 ms a hop."
     )
+    idle_fetch_max_wait_ms: int | None = Field(
+        None,
+        ge=1,
+        le=10_000,
+        description="Fetch wait a consumer backs off to while nothing arrives (unset: the fetch "
+        "wait). On tansu, whose fetches hold for the whole wait, 100: idle polling costs a fifth.",
+    )
     session_timeout_ms: int = Field(
         10_000, ge=1_000, le=300_000, description="Consumer group session timeout."
     )

@@ -34,7 +34,7 @@ from shared.contracts import SUBJECT_COMMAND, OutcomeReported, SubjectCommand
 from shared.crypto import IdentifierSeal, IdentifierSealError
 from shared.delivery import Publisher, commit, record_lag, retry_state
 from shared.identity import Identities
-from shared.kafka import make_consumer, make_producer, start_with_retry
+from shared.kafka import make_consumer, make_producer, pace_fetches, start_with_retry
 from shared.service import mark_ready
 from shared.settings import KafkaSettings
 from shared.telemetry import metrics
@@ -153,6 +153,7 @@ class WorkerRuntime:
                 delay = min(delay * 2, 5.0)
                 continue
             delay = 0.2
+            pace_fetches(consumer, bool(batches))
             record_lag(consumer, batches)
             if batches:
                 try:
