@@ -10,11 +10,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import shutil
 import sys
 import tempfile
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -42,7 +43,7 @@ class Run:
     submitted: dict[str, float] = field(default_factory=dict)
     http_ms: list[float] = field(default_factory=list)
     completed: dict[str, float] = field(default_factory=dict)
-    errors: int = 0
+    errors: Counter[str] = field(default_factory=Counter)  # submissions refused, by cause
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -110,13 +111,13 @@ async def submit_open_loop(
                         "subject": subject,
                     },
                 )
-            except httpx.HTTPError:
-                run.errors += 1
+            except httpx.HTTPError as exc:
+                run.errors[type(exc).__name__] += 1
                 run.submitted.pop(rid, None)
                 return
             run.http_ms.append((time.perf_counter() - start) * 1000)
             if response.status_code != 202:
-                run.errors += 1
+                run.errors[f"HTTP {response.status_code}"] += 1
                 run.submitted.pop(rid, None)
 
         t0 = time.perf_counter()
@@ -129,9 +130,9 @@ async def submit_open_loop(
         await asyncio.gather(*tasks)
 
 
-def stage_latencies(stack: Stack, trace_ids: set[str]) -> dict[str, dict[str, float]]:
+def stage_latencies(stack: Stack, trace_ids: set[str]) -> tuple[dict[str, dict[str, float]], float]:
     """From the spans: HTTP handling, each hop through Kafka (send → process), each worker's
-    processing, and the tracker's."""
+    processing, and the tracker's; and how many spans a request makes."""
     spans = [s for s in read_spans(sorted(stack.trace_dir.glob("*.jsonl"))) if s.trace_id in trace_ids]
     by_id = {s.span_id: s for s in spans}
     stages: dict[str, list[float]] = defaultdict(list)
@@ -145,10 +146,11 @@ def stage_latencies(stack: Stack, trace_ids: set[str]) -> dict[str, dict[str, fl
             if parent is not None:
                 stages[f"queue → {kind}"].append((span.start - parent.start) / 1e6)
             stages[f"process {kind}"].append(span.duration_ms)
-    return {
+    summary = {
         name: {"p50": percentile(v, 50), "p95": percentile(v, 95), "n": len(v)}
         for name, v in sorted(stages.items())
     }
+    return summary, len(spans) / max(1, len(trace_ids))
 
 
 def start_stack(tmp: Path, prefix: str) -> Stack:
@@ -175,6 +177,7 @@ def start_stack(tmp: Path, prefix: str) -> Stack:
 def sampler_for(stack: Stack) -> Sampler:
     groups: dict[str, object] = {name: (lambda p=p: [p.pid]) for name, p in stack.processes.items()}
     groups["postgres"] = postgres_pids
+    groups["load generator"] = lambda: [os.getpid()]  # this process: submissions and listener
     return Sampler(groups)
 
 
@@ -280,6 +283,7 @@ def summarise(
         httpx.get(f"{stack.api_url}/v1/requests/{r}", headers=headers).json().get("trace_id")
         for r in sample_ids
     }
+    stages, spans_per_request = stage_latencies(stack, {t for t in trace_ids if t})
     usage = {
         name: {
             "cpu_seconds": round(u.cpu_end - u.cpu_start, 2),
@@ -293,7 +297,8 @@ def summarise(
         "target_rate_per_s": rate,
         "submitted": len(run.submitted),
         "completed": len(run.completed),
-        "submit_errors": run.errors,
+        "submit_errors": dict(run.errors),
+        "machine_cpu_busy": round(sampler.machine_busy, 3),
         "wall_s": round(wall, 1),
         "throughput_per_s": round(sustained, 1),
         "latency_s": {p: round(percentile(latencies, float(p[1:])), 3) for p in ("p50", "p95", "p99")}
@@ -302,7 +307,8 @@ def summarise(
             "p50": round(percentile(run.http_ms, 50), 1),
             "p99": round(percentile(run.http_ms, 99), 1),
         },
-        "stages_ms": stage_latencies(stack, {t for t in trace_ids if t}),
+        "stages_ms": stages,
+        "spans_per_request": round(spans_per_request, 1),
         "usage": usage,
         "points": [
             [round(run.submitted[r] - first, 3), round(run.completed[r] - run.submitted[r], 3)]
@@ -351,6 +357,12 @@ def print_table(result: dict[str, Any]) -> None:
     print(
         f"  submit → completed     p50 {lat['p50']} s  p95 {lat['p95']} s  p99 {lat['p99']} s"
         f"  max {lat['max']} s"
+    )
+    if result["submit_errors"]:
+        print(f"  submissions refused    {result['submit_errors']}")
+    print(
+        f"  machine CPU busy       {100 * result['machine_cpu_busy']:.0f}% of {os.cpu_count()} cores;"
+        f" {result['spans_per_request']} spans per request"
     )
     if "direct_store_limit_per_s" in result:
         print(

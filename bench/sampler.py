@@ -56,6 +56,8 @@ class Sampler:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._t0 = time.monotonic()
+        self._machine_start = (0, 0)
+        self.machine_busy = 0.0
 
     def _measure(self, name: str) -> tuple[float, int]:
         cpu, rss = 0.0, 0
@@ -69,6 +71,7 @@ class Sampler:
         return cpu, rss
 
     def start(self) -> None:
+        self._machine_start = _machine_jiffies()
         for name in self.groups:
             self.usage[name].cpu_start = self._measure(name)[0]
         self._thread.start()
@@ -89,6 +92,16 @@ class Sampler:
         self._stop.set()
         self._thread.join()
         self._sample()
+        busy_end, total_end = _machine_jiffies()
+        busy, total = busy_end - self._machine_start[0], total_end - self._machine_start[1]
+        self.machine_busy = busy / total if total else 0.0
+
+
+def _machine_jiffies() -> tuple[int, int]:
+    """(busy, total) CPU time of the whole machine from /proc/stat: whether it had any to spare."""
+    values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    return sum(values) - idle, sum(values)
 
 
 def slope_mb_per_min(samples: list[tuple[float, int]]) -> float:

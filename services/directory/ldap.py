@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass
 
@@ -121,36 +121,55 @@ class Directory:
         query = "(|" + "".join(f"(entryUUID={escape_filter_chars(u)})" for u in entry_uuids) + ")"
         return {e.entry_uuid for e in await asyncio.to_thread(self._search, query)}
 
-    async def delete(self, entry_uuids: Sequence[str]) -> None:
-        await asyncio.to_thread(self._apply, entry_uuids, None)
-
-    async def move(self, entry_uuids: Sequence[str], restricted: bool) -> None:
-        await asyncio.to_thread(self._apply, entry_uuids, self.restricted if restricted else self.people)
-
-    def _apply(self, entry_uuids: Sequence[str], new_parent: str | None) -> None:
-        """Delete (new_parent None) or move each entry; an entry already gone counts as done."""
-        if not entry_uuids:
-            return
-        with _span("delete" if new_parent is None else "modify_dn") as span, self.bound() as conn:
-            span.set_attribute("lethe.ldap.entries", len(entry_uuids))
-            query = "(|" + "".join(f"(entryUUID={escape_filter_chars(u)})" for u in entry_uuids) + ")"
-            conn.search(self.settings.base_dn, query, SUBTREE, attributes=["entryUUID"])
-            for dn in [entry.entry_dn for entry in conn.entries]:
-                if new_parent is None:
-                    conn.delete(dn)
-                elif dn.split(",", 1)[1].lower() == new_parent.lower():
-                    continue
-                else:
-                    conn.modify_dn(dn, dn.split(",", 1)[0], new_superior=new_parent)
-                if conn.result["result"] not in (0, NO_SUCH_OBJECT):
-                    raise LdapError(f"LDAP result {conn.result['result']}")
-
     def ensure_tree(self) -> None:
         with self.connect() as conn:
             for ou in (self.people, self.restricted):
                 conn.add(ou, ["organizationalUnit"], {"ou": ou.split(",")[0][3:]})
                 if conn.result["result"] not in (0, ALREADY_EXISTS):
                     raise LdapError(f"LDAP result {conn.result['result']}")
+
+    async def delete(self, entry_uuids: Sequence[str], known: Mapping[str, str] | None = None) -> None:
+        await asyncio.to_thread(self._apply, entry_uuids, None, known or {})
+
+    async def move(
+        self, entry_uuids: Sequence[str], restricted: bool, known: Mapping[str, str] | None = None
+    ) -> None:
+        parent = self.restricted if restricted else self.people
+        await asyncio.to_thread(self._apply, entry_uuids, parent, known or {})
+
+    def _apply(self, entry_uuids: Sequence[str], new_parent: str | None, known: Mapping[str, str]) -> None:
+        """Delete (new_parent None) or move each entry; an entry already gone counts as done.
+        `known` maps entryUUIDs to the DNs a search of this command just returned: those are
+        changed directly, saving a search per command; one that has moved since is searched."""
+        if not entry_uuids:
+            return
+        with _span("delete" if new_parent is None else "modify_dn") as span, self.bound() as conn:
+            span.set_attribute("lethe.ldap.entries", len(entry_uuids))
+            unlocated = [u for u in entry_uuids if u not in known]
+            for uuid in entry_uuids:
+                if uuid in known and not _change(conn, known[uuid], new_parent):
+                    unlocated.append(uuid)
+            if not unlocated:
+                return
+            query = "(|" + "".join(f"(entryUUID={escape_filter_chars(u)})" for u in unlocated) + ")"
+            conn.search(self.settings.base_dn, query, SUBTREE, attributes=["entryUUID"])
+            for dn in [entry.entry_dn for entry in conn.entries]:
+                _change(conn, dn, new_parent)
+
+
+def _change(conn: Connection, dn: str, new_parent: str | None) -> bool:
+    """Delete or move one entry; False if there is no entry at that DN."""
+    if new_parent is None:
+        conn.delete(dn)
+    elif dn.split(",", 1)[1].lower() == new_parent.lower():
+        return True
+    else:
+        conn.modify_dn(dn, dn.split(",", 1)[0], new_superior=new_parent)
+    if conn.result["result"] == NO_SUCH_OBJECT:
+        return False
+    if conn.result["result"] != 0:
+        raise LdapError(f"LDAP result {conn.result['result']}")
+    return True
 
 
 __all__ = ["Directory", "Entry", "LdapError", "LdapSettings"]

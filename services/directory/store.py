@@ -26,9 +26,11 @@ class DirectorySession(PostgresJournal):
     def __init__(self, conn: asyncpg.Connection, directory: Directory) -> None:
         super().__init__(conn)
         self.directory = directory
+        self.located: dict[str, str] = {}  # entryUUID -> DN, as this command's searches saw them
 
     async def find(self, identities: Identities) -> list[Record]:
         entries = await self.directory.find(identities)
+        self.located.update((e.entry_uuid, e.dn) for e in entries)
         return [
             Record(
                 category=CATEGORY,
@@ -42,9 +44,9 @@ class DirectorySession(PostgresJournal):
         def ids(action: Action) -> list[str]:
             return [d.record.record_id for d in decisions if d.action is action]
 
-        await self.directory.delete(ids(Action.ERASED))
-        await self.directory.move(ids(Action.RESTRICTED), restricted=True)
-        await self.directory.move(ids(Action.UNRESTRICTED), restricted=False)
+        await self.directory.delete(ids(Action.ERASED), self.located)
+        await self.directory.move(ids(Action.RESTRICTED), restricted=True, known=self.located)
+        await self.directory.move(ids(Action.UNRESTRICTED), restricted=False, known=self.located)
 
     async def existing(self, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
         present = await self.directory.existing([record_id for _, record_id in keys])

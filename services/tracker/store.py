@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from uuid import uuid4
 
@@ -94,6 +94,7 @@ class Loaded:
     version: int
     sealed_identifiers: str
     traceparent: str | None = None
+    as_loaded: dict[str, SystemSlot] = field(default_factory=dict)  # to write back only changes
 
 
 async def _load(conn: asyncpg.Connection, request_id: str) -> Loaded | None:
@@ -122,7 +123,8 @@ async def _load(conn: asyncpg.Connection, request_id: str) -> Loaded | None:
             deferred=[OutcomeReported.model_validate(d) for d in json.loads(s["deferred"])],
             error=s["error"],
         )
-    return Loaded(saga, row["version"], row["sealed_identifiers"], row["traceparent"])
+    as_loaded = {name: replace(slot, deferred=list(slot.deferred)) for name, slot in saga.slots.items()}
+    return Loaded(saga, row["version"], row["sealed_identifiers"], row["traceparent"], as_loaded)
 
 
 async def _append_audit(conn: asyncpg.Connection, saga: Saga) -> list[AuditEntry]:
@@ -242,6 +244,7 @@ async def _save(conn: asyncpg.Connection, loaded: Loaded, was_final: bool) -> No
                 json.dumps([d.model_dump(mode="json") for d in s.deferred]),
             )
             for s in saga.slots.values()
+            if s != loaded.as_loaded.get(s.system)  # an answer changes one slot, not five
         ],
     )
     audit = await _append_audit(conn, saga)

@@ -150,6 +150,27 @@ async def test_directory_restriction_moves_the_entry_and_lift_moves_it_back(
         await adapter.close()
 
 
+async def test_directory_changes_an_entry_that_moved_after_the_search_found_it(
+    fresh_db: str, slapd: LdapSettings, demo_seed: SeedFile
+) -> None:
+    """The DN a command's search returned is used directly; if the entry moved meanwhile (a
+    restriction, an administrator), the stale DN answers noSuchObject and the entry is searched
+    for by its entryUUID, not taken for gone."""
+    adapter = DirectoryAdapter(fresh_db, slapd)
+    await adapter.start()
+    try:
+        await directory_seed.write(adapter.directory, person(demo_seed, "alice").directory)
+        directory = adapter.directory
+        (found,) = await directory.find(ALICE)
+        await directory.move([found.entry_uuid], restricted=True)  # someone else moves it
+        await directory.delete([found.entry_uuid], known={found.entry_uuid: found.dn})
+        assert not any("ahartley" in e for e in entries(slapd))
+        # Already gone: the stale DN and the search both find nothing, which counts as done.
+        await directory.delete([found.entry_uuid], known={found.entry_uuid: found.dn})
+    finally:
+        await adapter.close()
+
+
 async def test_directory_filter_escapes_hostile_identifiers(
     fresh_db: str, slapd: LdapSettings, demo_seed: SeedFile
 ) -> None:
