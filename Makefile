@@ -5,7 +5,7 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 SUDO    = $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo up test test-fast faults bench lint system-deps browser-deps clean
+.PHONY: demo up test test-fast faults bench bench-sweep soak lint system-deps browser-deps clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,8 +46,12 @@ faults: $(STAMP) system-deps
 bench: $(STAMP) system-deps
 	$(BIN)/python -m bench.run --requests $${REQUESTS:-1000} --rate $${RATE:-100} $${PROFILE:+--profile}
 
+# Latency against offered load: the highest rate whose p99 stays within 2 s.
+bench-sweep: $(STAMP) system-deps
+	$(BIN)/python -m bench.sweep --rates $${RATES:-5,10,15,20,25} --seconds $${SECONDS_PER_RATE:-20}
+
 soak: $(STAMP) system-deps
-	$(BIN)/python -m bench.run --soak-minutes $${MINUTES:-10} --rate $${RATE:-50}
+	$(BIN)/python -m bench.run --soak-minutes $${MINUTES:-10} --rate $${RATE:-10}
 
 test-fast: $(STAMP)
 
