@@ -23,8 +23,8 @@ from cli.seed import load
 P99_TARGET_S = 2.0
 
 
-def one_rate(stack: Any, rate: float, count: int) -> dict[str, Any]:
-    prefix = f"sweep{int(rate * 10)}"
+def one_rate(stack: Any, rate: float, count: int, prefix: str | None = None) -> dict[str, Any]:
+    prefix = prefix or f"sweep{int(rate * 10)}"
     seeded = synthetic.people(count, prefix=prefix)
     asyncio.run(load(seeded, seed_targets(stack)))
     subjects = [p.subject.model_dump(exclude_none=True) for p in seeded.people]  # type: ignore[union-attr]
@@ -52,6 +52,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="lethe-sweep-") as tmp:
         stack = start_stack(Path(tmp), "sweep")
         try:
+            # Warm up (pools, prepared statements, consumer fetch pacing), not recorded: the
+            # first rate would otherwise carry the stack's start-up in its tail.
+            one_rate(stack, 5.0, 25, prefix="warmup")
             for rate in rates:
                 rows.append(one_rate(stack, rate, int(rate * args.seconds)))
         finally:

@@ -23,6 +23,7 @@ PROCESS_VARIABLES = {
         "false",
         "A span per SQL statement under each step (asyncpg instrumentation); costs CPU under load.",
     ),
+    "LETHE_EVENT_LOOP": ("uvloop", "The services' event loop: uvloop, or asyncio to rule the loop out."),
     "LETHE_READY_FILE": ("-", "A file touched when the service is up (used by the embedded stack)."),
     "LETHE_LOG_LEVEL": ("INFO", "Log level of the JSON logs."),
     "OTEL_SERVICE_NAME": ("lethe-<service>", "Service name in traces and metrics."),

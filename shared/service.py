@@ -61,7 +61,8 @@ def run_service(name: str, main: Callable[[asyncio.Event], Coroutine[Any, Any, N
                 await health.stop()
 
     try:
-        asyncio.run(runner())
+        with asyncio.Runner(loop_factory=event_loop_factory()) as loop_runner:
+            loop_runner.run(runner())
     except ValidationError as exc:
         print(f"{name}: {settings_error(exc)}", file=sys.stderr)
         sys.exit(2)
@@ -78,3 +79,18 @@ def mark_ready() -> None:
     ready_file = os.environ.get("LETHE_READY_FILE")
     if ready_file:
         Path(ready_file).touch()
+
+
+def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """LETHE_EVENT_LOOP: uvloop (default) or asyncio. uvloop runs the same code on libuv with
+    the event loop in C; every service spends much of its CPU in the loop and its socket
+    calls, and with uvloop the stack completes more requests per second (README, Performance).
+    asyncio stays available to rule the loop out when debugging."""
+    choice = os.environ.get("LETHE_EVENT_LOOP", "uvloop").strip().lower()
+    if choice == "asyncio":
+        return None
+    if choice == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop
+    raise ValueError(f"LETHE_EVENT_LOOP: expected uvloop or asyncio, got {choice!r}")
