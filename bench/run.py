@@ -92,7 +92,9 @@ async def submit_open_loop(
     stack: Stack, subjects: list[dict[str, Any]], rate: float, run: Run, prefix: str
 ) -> None:
     headers = {"Authorization": f"Bearer {stack.secrets.admin_token}"}
-    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    # A connection per request in flight: open loop means hundreds in flight once Lethe is
+    # saturated, and httpcore's pool, queueing them, spent more CPU than intake (py-spy).
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
     async with httpx.AsyncClient(
         base_url=stack.api_url, headers=headers, timeout=60, limits=limits
     ) as client:
@@ -277,15 +279,13 @@ def summarise(
     sustained = (len(done_times) - 1) / (done_times[-1] - done_times[0]) if len(done_times) > 1 else 0.0
     headers = {"Authorization": f"Bearer {stack.secrets.admin_token}"}
     sample_ids = sorted(run.completed)[:: max(1, len(run.completed) // 200)]
-    trace_ids = {
-        httpx.get(f"{stack.api_url}/v1/requests/{r}", headers=headers).json().get("trace_id")
-        for r in sample_ids
-    }
+    api = httpx.Client(base_url=stack.api_url, headers=headers)  # one client: each costs an SSL context
+    trace_ids = {api.get(f"/v1/requests/{r}").json().get("trace_id") for r in sample_ids}
     stages, spans_per_request = stage_latencies(stack, {t for t in trace_ids if t})
     # A request that never completed is a finding, not noise: say where it stands.
     incomplete = []
     for rid in sorted(set(run.submitted) - set(run.completed))[:20]:
-        body = httpx.get(f"{stack.api_url}/v1/requests/{rid}", headers=headers).json()
+        body = api.get(f"/v1/requests/{rid}").json()
         waiting = [p["system"] for p in body.get("progress", []) if p.get("state") == "dispatched"]
         incomplete.append({"request_id": rid, "status": body.get("status"), "waiting_on": waiting})
     usage = {
