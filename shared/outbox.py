@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
@@ -49,19 +50,34 @@ async def enqueue_many(conn: asyncpg.Connection, messages: Sequence[tuple[str, s
     """Several messages of one change in one statement, in order (the relay publishes by id).
     The NOTIFY rides in the same statement and is delivered at commit: it wakes the relay at
     once. One round trip instead of two per message: a request's dispatch is six messages."""
-    headers = json.dumps([[k, v.decode()] for k, v in trace_headers()])
+    ctes, args = outbox_ctes(messages, first_param=1)
     ids: list[int] = await conn.fetchval(
-        "WITH added AS (INSERT INTO outbox (topic, key, value, headers)"
-        " SELECT t, k, v, $4::jsonb FROM unnest($1::text[], $2::text[], $3::bytea[]) WITH ORDINALITY"
-        " AS m(t, k, v, n) ORDER BY n RETURNING id),"
-        f" wake AS (SELECT pg_notify('{_CHANNEL}', ''))"
-        " SELECT array_agg(id ORDER BY id) FROM added, wake",
+        f"WITH {ctes} SELECT array_agg(id ORDER BY id) FROM outbox_added, outbox_wake", *args
+    )
+    return ids
+
+
+def outbox_ctes(
+    messages: Sequence[tuple[str, str, BaseModel]], first_param: int, only_if: str = "true"
+) -> tuple[str, list[Any]]:
+    """The outbox rows of `messages` as two CTEs, `outbox_added` (their ids) and `outbox_wake`
+    (the NOTIFY; the main query must read it, or PostgreSQL skips it), for a caller that folds
+    them into its own statement; `only_if` is a condition on the caller's CTEs. Parameters are
+    numbered from `first_param`; the returned arguments go in that order."""
+    t, k, v, h = (f"${first_param + n}" for n in range(4))
+    sql = (
+        "outbox_added AS (INSERT INTO outbox (topic, key, value, headers)"
+        f" SELECT t, k, v, {h}::jsonb FROM unnest({t}::text[], {k}::text[], {v}::bytea[])"
+        f" WITH ORDINALITY AS m(t, k, v, n) WHERE {only_if} ORDER BY n RETURNING id),"
+        f" outbox_wake AS (SELECT pg_notify('{_CHANNEL}', '') WHERE EXISTS (SELECT 1 FROM outbox_added))"
+    )
+    args: list[Any] = [
         [topic for topic, _, _ in messages],
         [key for _, key, _ in messages],
         [encode(message) for _, _, message in messages],
-        headers,
-    )
-    return ids
+        json.dumps([[name, value.decode()] for name, value in trace_headers()]),
+    ]
+    return sql, args
 
 
 class OutboxRelay:
@@ -130,13 +146,16 @@ class OutboxRelay:
 
     async def _publish_batch(self) -> int:
         async with self._pool.acquire() as conn, conn.transaction():
-            rows = await conn.fetch(
-                "SELECT id, topic, key, value, headers FROM outbox ORDER BY id "
-                "LIMIT $1 FOR UPDATE SKIP LOCKED",
+            # Taken and deleted in one statement; the delete commits only after the broker
+            # acknowledged every send (a failed send rolls it back: the rows stay).
+            taken = await conn.fetch(
+                "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox ORDER BY id"
+                " LIMIT $1 FOR UPDATE SKIP LOCKED) RETURNING id, topic, key, value, headers",
                 self._batch_size,
             )
-            if not rows:
+            if not taken:
                 return 0
+            rows = sorted(taken, key=lambda r: r["id"])  # RETURNING has no order; sends keep it
             futures = []
             for row in rows:
                 stored = [(k, v.encode()) for k, v in json.loads(row["headers"])]
@@ -155,7 +174,5 @@ class OutboxRelay:
             backlog = (
                 0 if len(rows) < self._batch_size else await conn.fetchval("SELECT count(*) FROM outbox")
             )
-            outbox_backlog.set(max(0, backlog - len(rows)), {"service": self._name})
-
-            await conn.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", [r["id"] for r in rows])
+            outbox_backlog.set(backlog, {"service": self._name})
             return len(rows)

@@ -62,9 +62,7 @@ async def fold_status(pool: asyncpg.Pool, record: ConsumerRecord[bytes, bytes]) 
 async def fold_statuses(pool: asyncpg.Pool, records: list[ConsumerRecord[bytes, bytes]]) -> None:
     """Snapshots of one request: only the newest matters (each carries the whole state)."""
     event = max((decode(r.value, RequestStatusChanged) for r in records), key=lambda e: e.version)
-    async with pool.acquire() as conn, conn.transaction():
-        if await store.apply_status(conn, event):
-            await callbacks.enqueue_callback(conn, event.request_id, event.version)
+    await store.apply_status(pool, event)
 
 
 async def consume(

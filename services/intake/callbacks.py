@@ -8,10 +8,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
-import json
 import logging
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import asyncpg
 import httpx
@@ -38,29 +36,6 @@ SCHEMA = (
 
 def signature(secret: str, timestamp: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
-
-
-async def enqueue_callback(conn: asyncpg.Connection, request_id: str, version: int) -> None:
-    row = await conn.fetchrow(
-        "SELECT callback_url, status, completed_at, deadline FROM requests WHERE request_id = $1", request_id
-    )
-    if row is None or row["callback_url"] is None:
-        return
-    body: dict[str, Any] = {
-        "request_id": request_id,
-        "status": row["status"],
-        "completed_at": row["completed_at"].isoformat() if row["completed_at"] else None,
-        "deadline": row["deadline"].isoformat(),
-        "report": f"/v1/requests/{request_id}/report",
-    }
-    await conn.execute(
-        "INSERT INTO callbacks (request_id, status_version, url, body) VALUES ($1,$2,$3,$4::jsonb)"
-        " ON CONFLICT DO NOTHING",
-        request_id,
-        version,
-        row["callback_url"],
-        json.dumps(body),
-    )
 
 
 class CallbackSender:

@@ -13,13 +13,14 @@ from pydantic import BaseModel
 from shared import topics
 from shared.contracts import (
     COMMAND_FOR_TYPE,
+    FINAL_STATUSES,
     NotificationRequested,
     RequestAccepted,
     RequestStatus,
     RequestStatusChanged,
     RequestType,
 )
-from shared.outbox import enqueue_many
+from shared.outbox import outbox_ctes
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS requests (
@@ -70,36 +71,43 @@ class Conflict(Exception):
     """The request id exists with a different body."""
 
 
+_INSERT_REQUEST = """stored AS (
+    INSERT INTO requests (request_id, fingerprint, request_type, subject_ref, sealed_identifiers,
+        systems, received_at, deadline, trace_id, callback_url)
+    VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10) ON CONFLICT (request_id) DO NOTHING RETURNING *)"""
+
+
 async def submit(pool: asyncpg.Pool, new: NewRequest) -> asyncpg.Record:
-    """Store the request and its commands atomically; a resubmission of the same body returns
+    """Store the request and its commands atomically, in one statement (the request row and
+    its outbox rows are data-modifying CTEs of it); a resubmission of the same body returns
     the stored request and dispatches nothing."""
-    async with pool.acquire() as conn, conn.transaction():
-        row = await conn.fetchrow(
-            "INSERT INTO requests (request_id, fingerprint, request_type, subject_ref,"
-            " sealed_identifiers, systems, received_at, deadline, trace_id, callback_url)"
-            " VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10) ON CONFLICT (request_id) DO NOTHING RETURNING *",
-            new.request_id,
-            new.fingerprint,
-            new.request_type,
-            new.subject_ref,
-            new.sealed_identifiers,
-            new.systems,
-            new.received_at,
-            new.deadline,
-            new.trace_id,
-            new.callback_url,
-        )
-        if row is not None:
-            await _dispatch(conn, new)
-        else:
-            row = await conn.fetchrow("SELECT * FROM requests WHERE request_id = $1", new.request_id)
+    outbox, outbox_args = outbox_ctes(
+        _announcements(new), first_param=11, only_if="EXISTS (SELECT 1 FROM stored)"
+    )
+    row = await pool.fetchrow(
+        f"WITH {_INSERT_REQUEST}, {outbox} SELECT stored.* FROM stored LEFT JOIN outbox_wake ON true",
+        new.request_id,
+        new.fingerprint,
+        new.request_type,
+        new.subject_ref,
+        new.sealed_identifiers,
+        new.systems,
+        new.received_at,
+        new.deadline,
+        new.trace_id,
+        new.callback_url,
+        *outbox_args,
+    )
+    if row is None:  # known id: the stored request decides
+        row = await pool.fetchrow("SELECT * FROM requests WHERE request_id = $1", new.request_id)
     assert row is not None
     if row["fingerprint"] != new.fingerprint:
         raise Conflict(new.request_id)
     return row
 
 
-async def _dispatch(conn: asyncpg.Connection, new: NewRequest) -> None:
+def _announcements(new: NewRequest) -> list[tuple[str, str, BaseModel]]:
+    """The messages that announce a new request: the acceptance and a command per system."""
     command_type = COMMAND_FOR_TYPE[RequestType(new.request_type)]
     messages: list[tuple[str, str, BaseModel]] = []
     if new.request_type == RequestType.LIFT_RESTRICTION:
@@ -133,27 +141,39 @@ async def _dispatch(conn: asyncpg.Connection, new: NewRequest) -> None:
     messages.append((topics.REQUESTS_ACCEPTED, new.request_id, accepted))
     # Keyed by subject: all commands about one person land on one partition, in order.
     messages += [(topics.command_topic(s), new.subject_ref, c) for s, c in commands.items()]
-    await enqueue_many(conn, messages)
+    return messages
 
 
-async def apply_status(conn: asyncpg.Connection, event: RequestStatusChanged) -> bool:
-    """Fold the tracker's snapshot into the read model; older or repeated snapshots lose.
-    True if the request just reached a final status (callers then notify upstream)."""
+_APPLY_STATUS = """
+WITH previous AS (
+    SELECT status FROM requests WHERE request_id = $1 AND status_version < $3 FOR UPDATE),
+folded AS (
+    UPDATE requests r SET status = $2, status_version = $3, progress = $4::jsonb,
+        report = $5::jsonb, completed_at = $6, deadline = coalesce($7, r.deadline),
+        audit = $8::jsonb, updated_at = now(),
+        -- Intake needs the identifiers only to dispatch; once the request is final they go.
+        -- (The tracker keeps its sealed copy while a deferred erasure or a retry may need it.)
+        sealed_identifiers = CASE WHEN $9 THEN NULL ELSE r.sealed_identifiers END
+    FROM previous WHERE r.request_id = $1
+    RETURNING previous.status AS previous, r.callback_url, r.completed_at, r.deadline),
+announced AS (
+    INSERT INTO callbacks (request_id, status_version, url, body)
+    SELECT $1, $3, callback_url, jsonb_build_object(
+        'request_id', $1::text, 'status', $2::text, 'completed_at', completed_at,
+        'deadline', deadline, 'report', '/v1/requests/' || $1 || '/report')
+    FROM folded
+    WHERE $9 AND callback_url IS NOT NULL AND NOT previous = ANY($10::text[])
+    ON CONFLICT DO NOTHING)
+SELECT previous FROM folded"""
+
+
+async def apply_status(conn: asyncpg.Connection | asyncpg.Pool, event: RequestStatusChanged) -> None:
+    """Fold the tracker's snapshot into the read model; older or repeated snapshots lose. When
+    the request just reached a final status, its callback (if any) is queued in the same
+    statement: one round trip, atomic on its own (a request makes several snapshots)."""
     report = event.report
-    previous = await conn.fetchval(
-        "SELECT status FROM requests WHERE request_id = $1 AND status_version < $2 FOR UPDATE",
-        event.request_id,
-        event.version,
-    )
-    if previous is None:
-        return False
     await conn.execute(
-        "UPDATE requests SET status = $2, status_version = $3, progress = $4::jsonb, report = $5::jsonb,"
-        " completed_at = $6, deadline = coalesce($7, deadline), audit = $8::jsonb, updated_at = now(),"
-        # Intake needs the identifiers only to dispatch; once the request is final they go.
-        # (The tracker keeps its sealed copy while a deferred erasure or a retry may need it.)
-        " sealed_identifiers = CASE WHEN $9 THEN NULL ELSE sealed_identifiers END"
-        " WHERE request_id = $1",
+        _APPLY_STATUS,
         event.request_id,
         event.status.value,
         event.version,
@@ -163,8 +183,8 @@ async def apply_status(conn: asyncpg.Connection, event: RequestStatusChanged) ->
         report.deadline if report else None,
         json.dumps([e.model_dump(mode="json") for e in event.audit]),
         event.status.is_final,
+        [s.value for s in FINAL_STATUSES],
     )
-    return event.status.is_final and not RequestStatus(previous).is_final
 
 
 async def get(pool: asyncpg.Pool, request_id: str) -> asyncpg.Record | None:
