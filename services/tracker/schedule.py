@@ -32,6 +32,8 @@ SCHEDULE_DDL = (
 
 async def schedule_retention_ends(conn: asyncpg.Connection, outcome: OutcomeReported) -> None:
     due_dates = {r.retain_until for c in outcome.categories for r in c.retained if r.retain_until}
+    if not due_dates:  # most outcomes: asyncpg would still make a round trip for nothing
+        return
     await conn.executemany(
         "INSERT INTO scheduled_erasures (request_id, system, resume_of, due_on, reason)"
         " VALUES ($1, $2, $3, $4, 'retention ended') ON CONFLICT DO NOTHING",

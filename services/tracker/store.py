@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
-from uuid import uuid4
+from datetime import UTC, datetime
+from uuid import UUID, uuid4
 
 import asyncpg
 from pydantic import BaseModel
@@ -95,10 +95,27 @@ class Loaded:
     sealed_identifiers: str
     traceparent: str | None = None
     as_loaded: dict[str, SystemSlot] = field(default_factory=dict)  # to write back only changes
+    trail: list[AuditEntry] = field(default_factory=list)
+
+
+# The saga, its systems and its audit trail in one round trip; the saga row is locked, so the
+# trail read is the one the next entries chain onto.
+_LOAD = """
+SELECT g.*,
+    (SELECT coalesce(json_agg(s), '[]') FROM saga_systems s WHERE s.request_id = g.request_id) AS systems,
+    (SELECT coalesce(json_agg(a ORDER BY a.seq), '[]') FROM audit_log a WHERE a.request_id = g.request_id)
+        AS trail
+FROM sagas g WHERE g.request_id = $1 FOR UPDATE OF g"""
+
+
+def _instant(text: str | None) -> datetime | None:
+    """A timestamp as PostgreSQL writes it in JSON, in UTC as asyncpg returns columns (the audit
+    digests were computed over UTC times)."""
+    return None if text is None else datetime.fromisoformat(text).astimezone(UTC)
 
 
 async def _load(conn: asyncpg.Connection, request_id: str) -> Loaded | None:
-    row = await conn.fetchrow("SELECT * FROM sagas WHERE request_id = $1 FOR UPDATE", request_id)
+    row = await conn.fetchrow(_LOAD, request_id)
     if row is None:
         return None
     saga = Saga(
@@ -111,25 +128,30 @@ async def _load(conn: asyncpg.Connection, request_id: str) -> Loaded | None:
         completed_at=row["completed_at"],
         extension=None if row["extension"] is None else Extension.model_validate_json(row["extension"]),
     )
-    for s in await conn.fetch("SELECT * FROM saga_systems WHERE request_id = $1", request_id):
+    for s in json.loads(row["systems"]):
         saga.slots[s["system"]] = SystemSlot(
             system=s["system"],
             state=SystemState(s["state"]),
             attempts=s["attempts"],
-            dispatched_at=s["dispatched_at"],
-            command_id=s["command_id"],
-            answered_at=s["answered_at"],
-            outcome=None if s["outcome"] is None else OutcomeReported.model_validate_json(s["outcome"]),
-            deferred=[OutcomeReported.model_validate(d) for d in json.loads(s["deferred"])],
+            dispatched_at=datetime.fromisoformat(s["dispatched_at"]).astimezone(UTC),
+            command_id=UUID(s["command_id"]),
+            answered_at=_instant(s["answered_at"]),
+            outcome=None if s["outcome"] is None else OutcomeReported.model_validate(s["outcome"]),
+            deferred=[OutcomeReported.model_validate(d) for d in s["deferred"]],
             error=s["error"],
         )
+    trail = [
+        AuditEntry(**{**a, "at": datetime.fromisoformat(a["at"]).astimezone(UTC)})
+        for a in json.loads(row["trail"])
+    ]
     as_loaded = {name: replace(slot, deferred=list(slot.deferred)) for name, slot in saga.slots.items()}
-    return Loaded(saga, row["version"], row["sealed_identifiers"], row["traceparent"], as_loaded)
+    return Loaded(saga, row["version"], row["sealed_identifiers"], row["traceparent"], as_loaded, trail)
 
 
-async def _append_audit(conn: asyncpg.Connection, saga: Saga) -> list[AuditEntry]:
-    """Chain the saga's new audit events onto its trail; returns the whole trail (read once)."""
-    trail = await audit_trail(conn, saga.request_id)
+async def _append_audit(conn: asyncpg.Connection, loaded: Loaded) -> list[AuditEntry]:
+    """Chain the saga's new audit events onto its trail (as loaded with the locked saga);
+    returns the whole trail."""
+    saga, trail = loaded.saga, loaded.trail
     prev = trail[-1].hash if trail else GENESIS
     added: list[AuditEntry] = []
     for at, kind, raw in saga.audit:
@@ -139,16 +161,17 @@ async def _append_audit(conn: asyncpg.Connection, saga: Saga) -> list[AuditEntry
         entry = AuditEntry(
             request_id=saga.request_id, seq=seq, at=at, kind=kind, detail=detail, prev_hash=prev, hash=digest
         )
-
         added.append(entry)
         prev = entry.hash
-    await conn.executemany(
-        "INSERT INTO audit_log (request_id, seq, at, kind, detail, prev_hash, hash)"
-        " VALUES ($1,$2,$3,$4,$5::jsonb,$6,$7)",
-        [(e.request_id, e.seq, e.at, e.kind, json.dumps(e.detail), e.prev_hash, e.hash) for e in added],
-    )
+    if added:
+        await conn.executemany(
+            "INSERT INTO audit_log (request_id, seq, at, kind, detail, prev_hash, hash)"
+            " VALUES ($1,$2,$3,$4,$5::jsonb,$6,$7)",
+            [(e.request_id, e.seq, e.at, e.kind, json.dumps(e.detail), e.prev_hash, e.hash) for e in added],
+        )
     saga.audit.clear()
-    return trail + added
+    loaded.trail = trail + added
+    return loaded.trail
 
 
 async def audit_trail(conn: asyncpg.Connection | asyncpg.Pool, request_id: str) -> list[AuditEntry]:
@@ -226,28 +249,29 @@ async def _save(conn: asyncpg.Connection, loaded: Loaded, was_final: bool) -> No
         saga.deadline,
         saga.extension.model_dump_json() if saga.extension else None,
     )
-    await conn.executemany(
-        "UPDATE saga_systems SET state = $3, attempts = $4, dispatched_at = $5, command_id = $6,"
-        " answered_at = $7, outcome = $8::jsonb, error = $9, deferred = $10::jsonb"
-        " WHERE request_id = $1 AND system = $2",
-        [
-            (
-                saga.request_id,
-                s.system,
-                s.state.value,
-                s.attempts,
-                s.dispatched_at,
-                s.command_id,
-                s.answered_at,
-                s.outcome.model_dump_json() if s.outcome else None,
-                s.error,
-                json.dumps([d.model_dump(mode="json") for d in s.deferred]),
-            )
-            for s in saga.slots.values()
-            if s != loaded.as_loaded.get(s.system)  # an answer changes one slot, not five
-        ],
-    )
-    audit = await _append_audit(conn, saga)
+    changed = [s for s in saga.slots.values() if s != loaded.as_loaded.get(s.system)]
+    if changed:  # an answer changes one slot, not five; an extension none
+        await conn.executemany(
+            "UPDATE saga_systems SET state = $3, attempts = $4, dispatched_at = $5, command_id = $6,"
+            " answered_at = $7, outcome = $8::jsonb, error = $9, deferred = $10::jsonb"
+            " WHERE request_id = $1 AND system = $2",
+            [
+                (
+                    saga.request_id,
+                    s.system,
+                    s.state.value,
+                    s.attempts,
+                    s.dispatched_at,
+                    s.command_id,
+                    s.answered_at,
+                    s.outcome.model_dump_json() if s.outcome else None,
+                    s.error,
+                    json.dumps([d.model_dump(mode="json") for d in s.deferred]),
+                )
+                for s in changed
+            ],
+        )
+    audit = await _append_audit(conn, loaded)
     report = saga.report()
     snapshot = RequestStatusChanged(
         request_id=saga.request_id,
@@ -270,8 +294,7 @@ async def _save(conn: asyncpg.Connection, loaded: Loaded, was_final: bool) -> No
 
 async def start_saga(pool: asyncpg.Pool, event: RequestAccepted, now: datetime) -> None:
     async with pool.acquire() as conn, conn.transaction():
-        if not await claim(conn, event.message_id):
-            return
+        # The saga row is the journal here: a redelivered acceptance finds it and does nothing.
         inserted = await conn.fetchval(
             "INSERT INTO sagas (request_id, request_type, subject_ref, received_at, deadline,"
             " trace_id, status, sealed_identifiers, traceparent)"

@@ -35,13 +35,13 @@ _PLAN = TypeAdapter(list[Decision])
 
 
 class PostgresJournal:
+    _read = "SELECT plan, outcome FROM lethe_command_journal WHERE command_id = $1"
+
     def __init__(self, conn: asyncpg.Connection) -> None:
         self.conn = conn
 
     async def load_journal(self, command_id: UUID) -> JournalEntry | None:
-        row = await self.conn.fetchrow(
-            "SELECT plan, outcome FROM lethe_command_journal WHERE command_id = $1", command_id
-        )
+        row = await self.conn.fetchrow(self._read, command_id)
         if row is None:
             return None
         return JournalEntry(
@@ -76,16 +76,8 @@ class TransactionalJournal(PostgresJournal):
     end. Deliveries of one command are serialised from the start by a transaction lock on
     its id: a twin waits, then finds the outcome."""
 
+    _read = "SELECT plan, outcome FROM lethe_journal_open($1)"
     _plan: list[Decision] | None = None
-
-    async def load_journal(self, command_id: UUID) -> JournalEntry | None:
-        row = await self.conn.fetchrow("SELECT plan, outcome FROM lethe_journal_open($1)", command_id)
-        if row is None:
-            return None
-        return JournalEntry(
-            plan=_PLAN.validate_json(row["plan"]),
-            outcome=None if row["outcome"] is None else json.loads(row["outcome"]),
-        )
 
     async def save_plan(self, command_id: UUID, plan: Sequence[Decision]) -> list[Decision]:
         self._plan = list(plan)
