@@ -130,7 +130,7 @@ async def submit_open_loop(
         await asyncio.gather(*tasks)
 
 
-def stage_latencies(stack: Stack, trace_ids: set[str]) -> tuple[dict[str, dict[str, float]], float]:
+def stage_latencies(stack: Stack, trace_ids: set[str]) -> tuple[dict[str, Any], float]:
     """From the spans: HTTP handling, each hop through Kafka (send → process), each worker's
     processing, and the tracker's; and how many spans a request makes."""
     spans = [s for s in read_spans(sorted(stack.trace_dir.glob("*.jsonl"))) if s.trace_id in trace_ids]
@@ -149,6 +149,10 @@ def stage_latencies(stack: Stack, trace_ids: set[str]) -> tuple[dict[str, dict[s
     summary = {
         name: {"p50": percentile(v, 50), "p95": percentile(v, 95), "n": len(v)}
         for name, v in sorted(stages.items())
+    }
+    summary["spans per request, by service"] = {
+        service: round(n / max(1, len(trace_ids)), 1)
+        for service, n in sorted(Counter(s.service for s in spans).items())
     }
     return summary, len(spans) / max(1, len(trace_ids))
 
@@ -376,8 +380,10 @@ def print_table(result: dict[str, Any]) -> None:
             f"  direct-store limit     {result['direct_store_limit_per_s']} erasures/s "
             f"(Lethe reaches {result['ratio_to_direct']:.2f} of it)"
         )
+    stages = dict(result["stages_ms"])
+    print(f"  spans per request      {stages.pop('spans per request, by service', {})}")
     print("  stage                         p50 ms    p95 ms")
-    for stage, v in result["stages_ms"].items():
+    for stage, v in stages.items():
         print(f"  {stage:<28} {v['p50']:>7.1f}  {v['p95']:>8.1f}")
     print("  process              cpu s   peak MB   slope MB/min")
     for name, u in result["usage"].items():

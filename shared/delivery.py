@@ -16,7 +16,8 @@ from aiokafka.errors import CommitFailedError, KafkaError
 
 from shared import topics
 from shared.codec import PoisonMessage
-from shared.kafka import Headers, pace_fetches
+from shared.fetching import fetch_in_order, pace_fetches
+from shared.kafka import Headers
 from shared.telemetry import metrics
 from shared.telemetry.messaging import TRACE_HEADERS, consuming, producing
 
@@ -136,7 +137,7 @@ async def consume_forever(
     delay = 0.2
     while not publisher.stopping.is_set():
         try:
-            batches = await consumer.getmany(timeout_ms=200)
+            batches = await fetch_in_order(consumer, timeout_ms=200)
         except KafkaError as exc:
             log.warning("fetch failed", extra={"consumer": what, "error": type(exc).__name__})
             await asyncio.sleep(delay)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import weakref
 from collections.abc import Sequence
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -16,6 +15,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 from opentelemetry import propagate
 
+from shared import fetching
 from shared.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -59,28 +59,8 @@ def make_consumer(
         max_poll_records=200,
     )
     idle_ms = max(busy_ms, settings.idle_fetch_max_wait_ms or busy_ms)
-    _pacing[consumer] = (busy_ms, idle_ms)
+    fetching.register(consumer, busy_ms, idle_ms)
     return consumer
-
-
-_pacing: weakref.WeakKeyDictionary[AIOKafkaConsumer, tuple[int, int]] = weakref.WeakKeyDictionary()
-
-
-def pace_fetches(consumer: AIOKafkaConsumer, received: bool) -> None:
-    """Adapt the fetch wait after each poll: the short wait while messages flow, doubling up to
-    the idle wait while none do. On a broker that holds every fetch for the whole wait (tansu),
-    a short wait is what keeps a hop fast, and polling at that pace while idle burned more than
-    a core across the stack (README, Performance); on Kafka, which answers as soon as data
-    arrives, the two waits are the same and this changes nothing.
-
-    aiokafka reads the wait from its fetcher for each request it builds; the attribute is
-    private, so a test pins it to the installed aiokafka."""
-    busy_ms, idle_ms = _pacing.get(consumer, (0, 0))
-    fetcher = getattr(consumer, "_fetcher", None)
-    if idle_ms == busy_ms or fetcher is None:
-        return
-    current: int = fetcher._fetch_max_wait_ms
-    fetcher._fetch_max_wait_ms = busy_ms if received else min(idle_ms, current * 2)
 
 
 async def start_with_retry(client: AIOKafkaProducer | AIOKafkaConsumer, what: str) -> None:

@@ -29,3 +29,6 @@ outbox_backlog = METER.create_gauge("lethe_outbox_backlog", description="Outbox 
 overdue_requests = METER.create_gauge(
     "lethe_requests_overdue", description="Open requests past their deadline"
 )
+offset_gaps = METER.create_counter(
+    "lethe_consumer_offset_gaps", description="Fetches that skipped offsets and were made again"
+)

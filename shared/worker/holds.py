@@ -21,6 +21,7 @@ from shared import topics
 from shared.codec import PoisonMessage, decode
 from shared.contracts.holds import HoldUpdated
 from shared.crypto import IdentifierSeal, IdentifierSealError
+from shared.fetching import fetch_in_order
 from shared.identity import Identities
 from shared.settings import KafkaSettings
 
@@ -93,7 +94,7 @@ class HoldsView:
             raise RuntimeError("HoldsView used before start()")
         end = await consumer.end_offsets(self._partitions)
         while [tp for tp in self._partitions if await consumer.position(tp) < end[tp]]:
-            for records in (await consumer.getmany(timeout_ms=100)).values():
+            for records in (await fetch_in_order(consumer, timeout_ms=100)).values():
                 for record in records:
                     self._apply(record.value, record.offset)
 

@@ -33,8 +33,9 @@ from shared.codec import PoisonMessage, decode, encode
 from shared.contracts import SUBJECT_COMMAND, OutcomeReported, SubjectCommand
 from shared.crypto import IdentifierSeal, IdentifierSealError
 from shared.delivery import Publisher, commit, record_lag, retry_state
+from shared.fetching import fetch_in_order, pace_fetches
 from shared.identity import Identities
-from shared.kafka import make_consumer, make_producer, pace_fetches, start_with_retry
+from shared.kafka import make_consumer, make_producer, start_with_retry
 from shared.service import mark_ready
 from shared.settings import KafkaSettings
 from shared.telemetry import metrics
@@ -146,7 +147,7 @@ class WorkerRuntime:
         delay = 0.2
         while not self.stopping.is_set():
             try:
-                batches = await consumer.getmany(timeout_ms=200)
+                batches = await fetch_in_order(consumer, timeout_ms=200)
             except KafkaError as exc:  # broker away: keep trying, with backoff
                 log.warning("fetch failed", extra={"error": type(exc).__name__})
                 await asyncio.sleep(delay)

@@ -1,0 +1,99 @@
+"""How Lethe's consumers fetch: at a pace that follows the traffic, and never past a message.
+
+Both guard against behaviour of the embedded broker (tansu) that Apache Kafka does not have;
+on Kafka they cost nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+
+from shared.telemetry import metrics
+
+log = logging.getLogger(__name__)
+Batches = dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
+
+_pacing: weakref.WeakKeyDictionary[AIOKafkaConsumer, tuple[int, int]] = weakref.WeakKeyDictionary()
+_next: weakref.WeakKeyDictionary[AIOKafkaConsumer, dict[TopicPartition, int]] = weakref.WeakKeyDictionary()
+_refetches: weakref.WeakKeyDictionary[AIOKafkaConsumer, dict[tuple[TopicPartition, int], int]] = (
+    weakref.WeakKeyDictionary()
+)
+# A gap that survives this many fetches is taken as real (a compacted record, a transaction
+# marker on Kafka): waiting longer would stall the partition for good.
+MAX_REFETCHES = 50
+
+
+def register(consumer: AIOKafkaConsumer, busy_ms: int, idle_ms: int) -> None:
+    _pacing[consumer] = (busy_ms, idle_ms)
+
+
+def pace_fetches(consumer: AIOKafkaConsumer, received: bool) -> None:
+    """Adapt the fetch wait after each poll: the short wait while messages flow, doubling up to
+    the idle wait while none do. On a broker that holds every fetch for the whole wait (tansu),
+    a short wait is what keeps a hop fast, and polling at that pace while idle burned more than
+    a core across the stack (README, Performance); on Kafka, which answers as soon as data
+    arrives, the two waits are the same and this changes nothing.
+
+    aiokafka reads the wait from its fetcher for each request it builds; the attribute is
+    private, so a test pins it to the installed aiokafka."""
+    busy_ms, idle_ms = _pacing.get(consumer, (0, 0))
+    fetcher = getattr(consumer, "_fetcher", None)
+    if idle_ms == busy_ms or fetcher is None:
+        return
+    current: int = fetcher._fetch_max_wait_ms
+    fetcher._fetch_max_wait_ms = busy_ms if received else min(idle_ms, current * 2)
+
+
+async def fetch_in_order(consumer: AIOKafkaConsumer, timeout_ms: int) -> Batches:
+    """`getmany`, minus anything past a skipped offset, which is fetched again.
+
+    Under concurrent producers tansu can answer a fetch with a message whose offset is beyond
+    the next one: an offset assigned to a produce that is not yet readable. aiokafka accepts
+    it (on Kafka that happens only after compaction) and moves its position past the missing
+    message, which is then never delivered: the soak lost one outcome in 6,000 that way. So
+    each partition's records must continue exactly where the last ones ended; at a gap the
+    rest is dropped and the consumer seeks back to the missing offset."""
+    batches = await consumer.getmany(timeout_ms=timeout_ms)
+    expected = _next.setdefault(consumer, {})
+    kept: Batches = {}
+    for tp, records in batches.items():
+        want = expected.get(tp, records[0].offset if records else 0)
+        contiguous: list[ConsumerRecord[bytes, bytes]] = []
+        for record in records:
+            if record.offset > want and not await _accept_gap(consumer, tp, want, record.offset):
+                consumer.seek(tp, want)
+                break
+            contiguous.append(record)
+            want = record.offset + 1
+        if contiguous:
+            kept[tp] = contiguous
+            expected[tp] = contiguous[-1].offset + 1
+    return kept
+
+
+async def _accept_gap(consumer: AIOKafkaConsumer, tp: TopicPartition, want: int, got: int) -> bool:
+    """Whether a jump from `want` to `got` is legitimate: another group member committed past
+    it (a rebalance moved the partition), or it has outlasted MAX_REFETCHES."""
+    committed = None
+    if getattr(consumer, "_group_id", None) is not None:  # a group member, not a manual reader
+        committed = await consumer.committed(tp)
+    if committed is not None and committed > want:
+        return True
+    tries = _refetches.setdefault(consumer, {})
+    tries[(tp, want)] = tries.get((tp, want), 0) + 1
+    metrics.offset_gaps.add(1, {"topic": tp.topic})
+    if tries[(tp, want)] > MAX_REFETCHES:
+        log.error(
+            "offset gap persists, moving on",
+            extra={"topic": tp.topic, "partition": tp.partition, "offset": want, "next": got},
+        )
+        del tries[(tp, want)]
+        return True
+    log.warning(
+        "offset gap, fetching again",
+        extra={"topic": tp.topic, "partition": tp.partition, "offset": want, "next": got},
+    )
+    return False
