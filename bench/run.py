@@ -307,6 +307,7 @@ def summarise(
         "completed": len(run.completed),
         "submit_errors": dict(run.errors),
         "machine_cpu_busy": round(sampler.machine_busy, 3),
+        "machine_cpu_stolen": round(sampler.machine_steal, 3),
         "wall_s": round(wall, 1),
         "throughput_per_s": round(sustained, 1),
         "latency_s": {p: round(percentile(latencies, float(p[1:])), 3) for p in ("p50", "p95", "p99")}
@@ -372,7 +373,8 @@ def print_table(result: dict[str, Any]) -> None:
     if result["submit_errors"]:
         print(f"  submissions refused    {result['submit_errors']}")
     print(
-        f"  machine CPU busy       {100 * result['machine_cpu_busy']:.0f}% of {os.cpu_count()} cores;"
+        f"  machine CPU busy       {100 * result['machine_cpu_busy']:.0f}% of {os.cpu_count()} cores"
+        f" ({100 * result['machine_cpu_stolen']:.0f}% stolen by the hypervisor);"
         f" {result['spans_per_request']} spans per request"
     )
     if "direct_store_limit_per_s" in result:

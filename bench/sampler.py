@@ -56,8 +56,9 @@ class Sampler:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._t0 = time.monotonic()
-        self._machine_start = (0, 0)
+        self._machine_start = (0, 0, 0)
         self.machine_busy = 0.0
+        self.machine_steal = 0.0
 
     def _measure(self, name: str) -> tuple[float, int]:
         cpu, rss = 0.0, 0
@@ -92,16 +93,19 @@ class Sampler:
         self._stop.set()
         self._thread.join()
         self._sample()
-        busy_end, total_end = _machine_jiffies()
-        busy, total = busy_end - self._machine_start[0], total_end - self._machine_start[1]
+        end = _machine_jiffies()
+        busy, steal, total = (e - s for e, s in zip(end, self._machine_start, strict=True))
         self.machine_busy = busy / total if total else 0.0
+        self.machine_steal = steal / total if total else 0.0
 
 
-def _machine_jiffies() -> tuple[int, int]:
-    """(busy, total) CPU time of the whole machine from /proc/stat: whether it had any to spare."""
+def _machine_jiffies() -> tuple[int, int, int]:
+    """(busy, stolen, total) CPU time of the whole machine from /proc/stat: whether it had any
+    to spare, and how much the hypervisor took for other guests (it varies from run to run)."""
     values = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
     idle = values[3] + values[4]  # idle + iowait
-    return sum(values) - idle, sum(values)
+    steal = values[7] if len(values) > 7 else 0
+    return sum(values) - idle, steal, sum(values)
 
 
 def slope_mb_per_min(samples: list[tuple[float, int]]) -> float:

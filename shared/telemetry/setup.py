@@ -48,7 +48,7 @@ def setup_telemetry(service: str) -> None:
 
 
 def trace_sql() -> bool:
-    """LETHE_TRACE_SQL: a span per SQL statement. Off by default: a request runs some forty
+    """LETHE_TRACE_SQL: a span per SQL statement. Off by default: a request runs dozens of
     statements across the services, and under load their spans cost more CPU than the
     statements (README, Performance); the step spans already time every stage."""
     raw = os.environ.get("LETHE_TRACE_SQL", "false").strip().lower()

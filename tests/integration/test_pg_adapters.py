@@ -4,6 +4,7 @@ through the worker's handler, check the database itself."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
@@ -143,38 +144,40 @@ async def test_mailing_erasure_leaves_only_a_keyed_suppression_entry(
         await adapter.close()
 
 
-async def test_redelivered_command_is_not_applied_twice(fresh_db: str, demo_seed: SeedFile) -> None:
+@pytest.fixture
+async def billing_with_alice(fresh_db: str, demo_seed: SeedFile) -> AsyncIterator[BillingAdapter]:
     adapter = BillingAdapter(fresh_db)
     await adapter.start()
     try:
         async with adapter.pool.acquire() as conn:
             await billing_seed.write(conn, person(demo_seed, "alice").billing)
-        command = erase("billing")
-        first = await execute(command, ALICE, adapter, ActOnEverything(), utc_clock)
-        async with adapter.pool.acquire() as conn:  # the same account re-created meanwhile
-            await billing_seed.write(conn, person(demo_seed, "alice").billing[:1])
-        again = await execute(command, ALICE, adapter, ActOnEverything(), utc_clock)
-        assert again == first
-        assert await count(adapter.pool, "SELECT count(*) FROM lethe_command_journal") == 1
+        yield adapter
     finally:
         await adapter.close()
 
 
-async def test_two_deliveries_of_one_command_at_once_act_once(fresh_db: str, demo_seed: SeedFile) -> None:
+async def test_redelivered_command_is_not_applied_twice(
+    billing_with_alice: BillingAdapter, demo_seed: SeedFile
+) -> None:
+    adapter = billing_with_alice
+    command = erase("billing")
+    first = await execute(command, ALICE, adapter, ActOnEverything(), utc_clock)
+    async with adapter.pool.acquire() as conn:  # the same account re-created meanwhile
+        await billing_seed.write(conn, person(demo_seed, "alice").billing[:1])
+    again = await execute(command, ALICE, adapter, ActOnEverything(), utc_clock)
+    assert again == first
+    assert await count(adapter.pool, "SELECT count(*) FROM lethe_command_journal") == 1
+
+
+async def test_two_deliveries_of_one_command_at_once_act_once(billing_with_alice: BillingAdapter) -> None:
     """A redelivery can overlap the first delivery (a rebalance mid-command): the second waits
     on the command's lock and reports the first one's outcome, not a second erasure."""
-    adapter = BillingAdapter(fresh_db)
-    await adapter.start()
-    try:
-        async with adapter.pool.acquire() as conn:
-            await billing_seed.write(conn, person(demo_seed, "alice").billing)
-        command = erase("billing")
-        first, second = await asyncio.gather(
-            execute(command, ALICE, adapter, ActOnEverything(), utc_clock),
-            execute(command, ALICE, adapter, ActOnEverything(), utc_clock),
-        )
-        assert first == second
-        assert sum(c.erased for c in first.categories) == 11
-        assert await count(adapter.pool, "SELECT count(*) FROM lethe_command_journal") == 1
-    finally:
-        await adapter.close()
+    adapter = billing_with_alice
+    command = erase("billing")
+    first, second = await asyncio.gather(
+        execute(command, ALICE, adapter, ActOnEverything(), utc_clock),
+        execute(command, ALICE, adapter, ActOnEverything(), utc_clock),
+    )
+    assert first == second
+    assert sum(c.erased for c in first.categories) == 11
+    assert await count(adapter.pool, "SELECT count(*) FROM lethe_command_journal") == 1
