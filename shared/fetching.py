@@ -71,6 +71,7 @@ async def fetch_in_order(consumer: AIOKafkaConsumer, timeout_ms: int) -> Batches
         if contiguous:
             kept[tp] = contiguous
             expected[tp] = contiguous[-1].offset + 1
+            _refetches.get(consumer, {}).pop((tp, contiguous[0].offset), None)  # a gap filled
     return kept
 
 

@@ -47,6 +47,7 @@ async def test_records_after_a_skipped_offset_wait_until_it_is_fetched() -> None
     assert consumer.seeks == [12]
     assert await offsets_of(consumer) == [12, 13, 14]
     assert await offsets_of(consumer) == [15]
+    assert not fetching._refetches.get(consumer)  # the filled gap is forgotten
 
 
 async def test_a_fetch_that_starts_past_the_next_offset_is_made_again() -> None:
