@@ -8,15 +8,16 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
 
 import asyncpg
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.errors import CommitFailedError, KafkaError
 
 from shared import topics
 from shared.codec import PoisonMessage
-from shared.fetching import fetch_in_order, pace_fetches
+from shared.fetching import poll
 from shared.kafka import Headers
 from shared.telemetry import metrics
 from shared.telemetry.messaging import TRACE_HEADERS, consuming, producing
@@ -134,40 +135,47 @@ async def consume_forever(
     without a trace. With `handle_group`, the messages of one key in a batch are handed over
     together (one transaction instead of many); if that fails for any reason other than a
     missing dependency, they are handled one by one, so a poison message stays isolated."""
-    delay = 0.2
     while not publisher.stopping.is_set():
-        try:
-            batches = await fetch_in_order(consumer, timeout_ms=200)
-        except KafkaError as exc:
-            log.warning("fetch failed", extra={"consumer": what, "error": type(exc).__name__})
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
-            continue
-        delay = 0.2
-        pace_fetches(consumer, bool(batches))
-        record_lag(consumer, batches)
+        batches = await poll(consumer, what)
         if not batches:
             continue
-        by_key: dict[bytes | None, list[ConsumerRecord[bytes, bytes]]] = defaultdict(list)
-        for records in batches.values():
-            for record in records:
-                by_key[record.key].append(record)
-        gate = asyncio.Semaphore(concurrency)
 
-        async def in_order(group: list[ConsumerRecord[bytes, bytes]], gate: asyncio.Semaphore) -> bool:
-            async with gate:
-                if handle_group is not None and len(group) > 1:
-                    together = await _handle_group(group, handle_group, publisher, what)
-                    if together is not None:
-                        return together
-                for record in group:
-                    if not await _handle_one(record, handle, publisher, what):
-                        return False
-                return True
+        async def in_order(group: list[ConsumerRecord[bytes, bytes]]) -> bool:
+            if handle_group is not None and len(group) > 1:
+                together = await _handle_group(group, handle_group, publisher, what)
+                if together is not None:
+                    return together
+            for record in group:
+                if not await _handle_one(record, handle, publisher, what):
+                    return False
+            return True
 
-        if not all(await asyncio.gather(*(in_order(g, gate) for g in by_key.values()))):
+        records = [r for partition in batches.values() for r in partition]
+        if not all(await by_key_in_order(records, concurrency, in_order)):
             return  # stopping: the batch stays uncommitted and is redone after restart
         await commit(consumer)
+
+
+T = TypeVar("T")
+
+
+async def by_key_in_order(
+    records: Sequence[ConsumerRecord[bytes, bytes]],
+    concurrency: int,
+    handle: Callable[[list[ConsumerRecord[bytes, bytes]]], Awaitable[T]],
+) -> list[T]:
+    """Hand each key's records (one request, one subject), in order, to `handle`; different
+    keys run concurrently, at most `concurrency` at once. The results, one per key."""
+    by_key: dict[bytes | None, list[ConsumerRecord[bytes, bytes]]] = defaultdict(list)
+    for record in records:
+        by_key[record.key].append(record)
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(group: list[ConsumerRecord[bytes, bytes]]) -> T:
+        async with gate:
+            return await handle(group)
+
+    return await asyncio.gather(*(one(group) for group in by_key.values()))
 
 
 async def _while_away(attempt: Callable[[], Awaitable[None]], publisher: Publisher, what: str) -> bool:
@@ -224,15 +232,3 @@ async def _handle_group(
         return await _while_away(attempt, publisher, what)
     except Exception:
         return None
-
-
-def record_lag(
-    consumer: AIOKafkaConsumer, batches: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
-) -> None:
-    for tp, records in batches.items():
-        highwater = consumer.highwater(tp)
-        if highwater is not None and records:
-            metrics.consumer_lag.set(
-                max(0, highwater - records[-1].offset - 1),
-                {"topic": tp.topic, "partition": str(tp.partition)},
-            )

@@ -6,10 +6,12 @@ on Kafka they cost nothing.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import weakref
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.errors import KafkaError
 
 from shared.telemetry import metrics
 
@@ -18,12 +20,41 @@ Batches = dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
 
 _pacing: weakref.WeakKeyDictionary[AIOKafkaConsumer, tuple[int, int]] = weakref.WeakKeyDictionary()
 _next: weakref.WeakKeyDictionary[AIOKafkaConsumer, dict[TopicPartition, int]] = weakref.WeakKeyDictionary()
+_backoff: weakref.WeakKeyDictionary[AIOKafkaConsumer, float] = weakref.WeakKeyDictionary()
 _refetches: weakref.WeakKeyDictionary[AIOKafkaConsumer, dict[tuple[TopicPartition, int], int]] = (
     weakref.WeakKeyDictionary()
 )
 # A gap that survives this many fetches is taken as real (a compacted record, a transaction
 # marker on Kafka): waiting longer would stall the partition for good.
 MAX_REFETCHES = 50
+
+
+async def poll(consumer: AIOKafkaConsumer, what: str, timeout_ms: int = 200) -> Batches:
+    """One poll of a consume loop: the records in order (`fetch_in_order`), the fetch wait
+    paced to the traffic, the lag recorded. A broker that is away gives an empty poll after a
+    pause that doubles up to 5 s, so the loop keeps checking whether it should stop."""
+    try:
+        batches = await fetch_in_order(consumer, timeout_ms)
+    except KafkaError as exc:
+        delay = _backoff.get(consumer, 0.2)
+        log.warning("fetch failed", extra={"consumer": what, "error": type(exc).__name__})
+        await asyncio.sleep(delay)
+        _backoff[consumer] = min(delay * 2, 5.0)
+        return {}
+    _backoff.pop(consumer, None)
+    pace_fetches(consumer, bool(batches))
+    record_lag(consumer, batches)
+    return batches
+
+
+def record_lag(consumer: AIOKafkaConsumer, batches: Batches) -> None:
+    for tp, records in batches.items():
+        highwater = consumer.highwater(tp)
+        if highwater is not None and records:
+            metrics.consumer_lag.set(
+                max(0, highwater - records[-1].offset - 1),
+                {"topic": tp.topic, "partition": str(tp.partition)},
+            )
 
 
 def register(consumer: AIOKafkaConsumer, busy_ms: int, idle_ms: int) -> None:

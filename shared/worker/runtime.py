@@ -18,12 +18,10 @@ import contextlib
 import logging
 import time
 import uuid
-from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
-from aiokafka.errors import KafkaError
 from opentelemetry import trace
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -32,8 +30,8 @@ from shared import topics
 from shared.codec import PoisonMessage, decode, encode
 from shared.contracts import SUBJECT_COMMAND, OutcomeReported, SubjectCommand
 from shared.crypto import IdentifierSeal, IdentifierSealError
-from shared.delivery import Publisher, commit, record_lag, retry_state
-from shared.fetching import fetch_in_order, pace_fetches
+from shared.delivery import Publisher, by_key_in_order, commit, retry_state
+from shared.fetching import poll
 from shared.identity import Identities
 from shared.kafka import make_consumer, make_producer, start_with_retry
 from shared.service import mark_ready
@@ -144,18 +142,8 @@ class WorkerRuntime:
             await self.adapter.close()
 
     async def _consume(self, consumer: AIOKafkaConsumer, handle: Handler) -> None:
-        delay = 0.2
         while not self.stopping.is_set():
-            try:
-                batches = await fetch_in_order(consumer, timeout_ms=200)
-            except KafkaError as exc:  # broker away: keep trying, with backoff
-                log.warning("fetch failed", extra={"error": type(exc).__name__})
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-                continue
-            delay = 0.2
-            pace_fetches(consumer, bool(batches))
-            record_lag(consumer, batches)
+            batches = await poll(consumer, self.group_id)
             if batches:
                 try:
                     await self._batch([r for records in batches.values() for r in records], handle)
@@ -168,19 +156,14 @@ class WorkerRuntime:
         subject reference) run in order, different keys run concurrently, up to a bound."""
         if self.holds is not None:
             await self.holds.refresh()  # the decision point of the whole batch (see holds.py)
-        by_key: dict[bytes | None, list[ConsumerRecord[bytes, bytes]]] = defaultdict(list)
-        for record in records:
-            by_key[record.key].append(record)
-        gate = asyncio.Semaphore(self.concurrency)
 
         async def in_order(group: list[ConsumerRecord[bytes, bytes]]) -> None:
-            async with gate:
-                for record in group:
-                    with consuming(record, self.group_id) as span:
-                        span.set_attribute("lethe.system", self.adapter.system)
-                        await handle(record)
+            for record in group:
+                with consuming(record, self.group_id) as span:
+                    span.set_attribute("lethe.system", self.adapter.system)
+                    await handle(record)
 
-        await asyncio.gather(*(in_order(group) for group in by_key.values()))
+        await by_key_in_order(records, self.concurrency, in_order)
 
     def _open(self, record: ConsumerRecord[bytes, bytes]) -> tuple[SubjectCommand, Identities]:
         command = decode(record.value, SUBJECT_COMMAND)
