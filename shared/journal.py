@@ -21,12 +21,7 @@ CREATE TABLE IF NOT EXISTS processed_messages (
 async def claim(conn: asyncpg.Connection, message_id: UUID) -> bool:
     """Take the message for this transaction; False if it was already processed. A concurrent
     claimer of the same id waits on the row lock and then sees it processed."""
-    inserted = await conn.fetchval(
-        "INSERT INTO processed_messages (message_id) VALUES ($1) "
-        "ON CONFLICT (message_id) DO NOTHING RETURNING true",
-        message_id,
-    )
-    return bool(inserted)
+    return message_id in await claim_many(conn, [message_id])
 
 
 async def claim_many(conn: asyncpg.Connection, message_ids: Sequence[UUID]) -> set[UUID]:

@@ -118,8 +118,7 @@ class Directory:
     async def existing(self, entry_uuids: Sequence[str]) -> set[str]:
         if not entry_uuids:
             return set()
-        query = "(|" + "".join(f"(entryUUID={escape_filter_chars(u)})" for u in entry_uuids) + ")"
-        return {e.entry_uuid for e in await asyncio.to_thread(self._search, query)}
+        return {e.entry_uuid for e in await asyncio.to_thread(self._search, _uuid_filter(entry_uuids))}
 
     def ensure_tree(self) -> None:
         with self.connect() as conn:
@@ -151,10 +150,13 @@ class Directory:
                     unlocated.append(uuid)
             if not unlocated:
                 return
-            query = "(|" + "".join(f"(entryUUID={escape_filter_chars(u)})" for u in unlocated) + ")"
-            conn.search(self.settings.base_dn, query, SUBTREE, attributes=["entryUUID"])
+            conn.search(self.settings.base_dn, _uuid_filter(unlocated), SUBTREE, attributes=["entryUUID"])
             for dn in [entry.entry_dn for entry in conn.entries]:
                 _change(conn, dn, new_parent)
+
+
+def _uuid_filter(entry_uuids: Sequence[str]) -> str:
+    return "(|" + "".join(f"(entryUUID={escape_filter_chars(u)})" for u in entry_uuids) + ")"
 
 
 def _change(conn: Connection, dn: str, new_parent: str | None) -> bool:

@@ -108,10 +108,10 @@ SELECT g.*,
 FROM sagas g WHERE g.request_id = $1 FOR UPDATE OF g"""
 
 
-def _instant(text: str | None) -> datetime | None:
+def _utc(text: str) -> datetime:
     """A timestamp as PostgreSQL writes it in JSON, in UTC as asyncpg returns columns (the audit
     digests were computed over UTC times)."""
-    return None if text is None else datetime.fromisoformat(text).astimezone(UTC)
+    return datetime.fromisoformat(text).astimezone(UTC)
 
 
 async def _load(conn: asyncpg.Connection, request_id: str) -> Loaded | None:
@@ -133,17 +133,14 @@ async def _load(conn: asyncpg.Connection, request_id: str) -> Loaded | None:
             system=s["system"],
             state=SystemState(s["state"]),
             attempts=s["attempts"],
-            dispatched_at=datetime.fromisoformat(s["dispatched_at"]).astimezone(UTC),
+            dispatched_at=_utc(s["dispatched_at"]),
             command_id=UUID(s["command_id"]),
-            answered_at=_instant(s["answered_at"]),
+            answered_at=None if s["answered_at"] is None else _utc(s["answered_at"]),
             outcome=None if s["outcome"] is None else OutcomeReported.model_validate(s["outcome"]),
             deferred=[OutcomeReported.model_validate(d) for d in s["deferred"]],
             error=s["error"],
         )
-    trail = [
-        AuditEntry(**{**a, "at": datetime.fromisoformat(a["at"]).astimezone(UTC)})
-        for a in json.loads(row["trail"])
-    ]
+    trail = [AuditEntry(**{**a, "at": _utc(a["at"])}) for a in json.loads(row["trail"])]
     as_loaded = {name: replace(slot, deferred=list(slot.deferred)) for name, slot in saga.slots.items()}
     return Loaded(saga, row["version"], row["sealed_identifiers"], row["traceparent"], as_loaded, trail)
 

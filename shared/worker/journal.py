@@ -84,11 +84,10 @@ class TransactionalJournal(PostgresJournal):
         return self._plan
 
     async def save_outcome(self, command_id: UUID, outcome: dict[str, Any]) -> None:
-        plan = _PLAN.dump_json(self._plan).decode() if self._plan is not None else None
         await self.conn.execute(
             "INSERT INTO lethe_command_journal (command_id, plan, outcome) VALUES ($1, $3::jsonb, $2::jsonb)"
             " ON CONFLICT (command_id) DO UPDATE SET outcome = $2::jsonb, updated_at = now()",
             command_id,
             json.dumps(outcome),
-            plan or "[]",
+            _PLAN.dump_json(self._plan or []).decode(),
         )
