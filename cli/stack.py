@@ -133,7 +133,9 @@ class Stack:
             },
         )
 
-    def env(self, service: str | None = None) -> dict[str, str]:
+    def env(self, service: str | None = None, process: str | None = None) -> dict[str, str]:
+        """The environment of `service`; `process` names this instance of it (its own ready
+        file, trace file and metrics port), the service itself by default."""
         env = {
             **EMBEDDED_KAFKA_ENV,  # tuned for tansu; a variable set in the environment wins
             **os.environ,
@@ -156,11 +158,12 @@ class Stack:
         }
         env.update(self.config.extra_env)
         if service is not None:
+            process = process or service
             env["OTEL_SERVICE_NAME"] = f"lethe-{service}"
-            env["LETHE_TRACE_FILE"] = str(self.trace_dir / f"{service}.jsonl")
-            env["LETHE_METRICS_PORT"] = str(self.metrics_ports.setdefault(service, free_port()))
+            env["LETHE_TRACE_FILE"] = str(self.trace_dir / f"{process}.jsonl")
+            env["LETHE_METRICS_PORT"] = str(self.metrics_ports.setdefault(process, free_port()))
             env["LETHE_DATABASE_URL"] = self.database_url(service)
-            env["LETHE_READY_FILE"] = str(self._ready_file(service))
+            env["LETHE_READY_FILE"] = str(self._ready_file(process))
         return env
 
     def _ready_file(self, service: str) -> Path:
@@ -234,16 +237,7 @@ class Stack:
             self.start_service(service)
         deadline = time.monotonic() + timeout_s
         for service in self.config.services:
-            while not self._ready_file(service).exists():
-                process = self.processes[service]
-                if process.poll() is not None:
-                    raise RuntimeError(
-                        f"{service} exited with code {process.returncode}; "
-                        f"see {self.log_dir / (service + '.log')}"
-                    )
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{service} not ready after {timeout_s:.0f}s")
-                time.sleep(0.05)
+            self.wait_ready(service, max(0.0, deadline - time.monotonic()))
         wait_for_port(self.config.http_port, "intake", self.processes["intake"])
         # Where each service's /metrics, /healthz and /readyz answer (intake: on the API port).
         (self.config.state_dir / "run" / "metrics-ports.json").write_text(json.dumps(self.metrics_ports))
@@ -254,22 +248,18 @@ class Stack:
         name = service if instance is None else f"{service}-{instance}"
         self._ready_file(name).parent.mkdir(parents=True, exist_ok=True)
         self._ready_file(name).unlink(missing_ok=True)
-        env = self.env(service)
-        env.update(
-            {
-                "LETHE_READY_FILE": str(self._ready_file(name)),
-                "LETHE_TRACE_FILE": str(self.trace_dir / f"{name}.jsonl"),
-                "LETHE_METRICS_PORT": str(self.metrics_ports.setdefault(name, free_port())),
-            }
-        )
-        self.processes[name] = spawn(name, [sys.executable, "-m", f"services.{service}"], env, self.log_dir)
+        command = [sys.executable, "-m", f"services.{service}"]
+        self.processes[name] = spawn(name, command, self.env(service, name), self.log_dir)
         return name
 
     def wait_ready(self, name: str, timeout_s: float = 60.0) -> None:
         deadline = time.monotonic() + timeout_s
         while not self._ready_file(name).exists():
             if self.processes[name].poll() is not None:
-                raise RuntimeError(f"{name} exited with code {self.processes[name].returncode}")
+                raise RuntimeError(
+                    f"{name} exited with code {self.processes[name].returncode};"
+                    f" see {self.log_dir / (name + '.log')}"
+                )
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{name} not ready after {timeout_s:.0f}s")
             time.sleep(0.05)

@@ -26,13 +26,6 @@ pytestmark = pytest.mark.e2e
 ERIN = {"customer_id": "C-3001", "emails": ["erin.walsh@example.ie"], "phones": ["07700 900321"]}
 
 
-def wait_ready(stack: Stack, service: str, timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not (stack.config.state_dir / "run" / f"{service}.ready").exists():
-        assert time.monotonic() < deadline, f"{service} did not come back"
-        time.sleep(0.05)
-
-
 def system(report: dict[str, Any], name: str) -> dict[str, Any]:
     return next(s for s in report["systems"] if s["system"] == name)
 
@@ -62,7 +55,7 @@ def erin_report(stack: Stack, api: httpx.Client) -> dict[str, Any]:
     )
     assert hold.status_code == 201 and hold.json()["propagated"], hold.text
     stack.start_service("recordings")
-    wait_ready(stack, "recordings")
+    stack.wait_ready("recordings", timeout_s=30)
     # On a loaded machine the restart can outlast the tracker's two short tries (2 s, then
     # 4 s): the request is then failed for silence first, and completed when the late answer
     # is taken (by design). Either way, the report to check is the one with the answer in it.

@@ -65,7 +65,7 @@ def test_a_silent_system_is_resent_then_failed_and_a_late_answer_completes_it(
         assert status["progress"][0]["error"] == "no answer after 2 attempts"
     finally:
         stack.start_service("mailing")
-        wait_ready(stack, "mailing")
+        stack.wait_ready("mailing", timeout_s=30)
     # The worker, back, answers the command it was sent (twice, one id): the work was done.
     final = wait_final(api, "saga-silent")
     deadline = time.monotonic() + 15

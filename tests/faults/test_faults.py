@@ -25,13 +25,6 @@ from tests.faults.conftest import SCALE, check_reports, check_stores, prepare, s
 pytestmark = pytest.mark.faults
 
 
-def wait_ready(stack: Stack, service: str) -> None:
-    deadline = time.monotonic() + 60
-    while not (stack.config.state_dir / "run" / f"{service}.ready").exists():
-        assert time.monotonic() < deadline, f"{service} did not come back"
-        time.sleep(0.05)
-
-
 def finish(stack: Stack, api: httpx.Client, batch, timeout_s: float = 240) -> None:  # type: ignore[no-untyped-def]
     reports = wait_all_final(api, batch, timeout_s)
     check_reports(batch, reports)
@@ -47,7 +40,7 @@ def test_worker_killed_mid_batch_and_restarted(stack: Stack, api: httpx.Client) 
     submit(api, batch, range(third, len(batch.ids)))
     time.sleep(1)
     stack.start_service("billing")
-    wait_ready(stack, "billing")
+    stack.wait_ready("billing")
     finish(stack, api, batch)
 
 
