@@ -44,6 +44,14 @@ def seed(stack: Stack, seed_file: SeedFile) -> None:
     asyncio.run(load(seed_file, seed_targets(stack)))
 
 
+def submit_erasure(
+    api: httpx.Client, request_id: str, subject: dict[str, Any], **extra: Any
+) -> httpx.Response:
+    """An identity-verified erasure request, as an upstream DSAR tool sends it."""
+    body = {"request_id": request_id, "type": "erasure", "identity_verified": True, "subject": subject}
+    return api.post("/v1/requests", json=body | extra)
+
+
 def wait_final(api: httpx.Client, request_id: str, timeout_s: float = 60) -> dict[str, Any]:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

@@ -16,7 +16,7 @@ from cli.processes import stop
 from cli.stack import Stack
 from shared import topics
 from shared.kafka import make_producer
-from tests.e2e.conftest import wait_final
+from tests.e2e.conftest import submit_erasure, wait_final
 
 pytestmark = pytest.mark.e2e
 RUNNER = CliRunner()
@@ -51,16 +51,7 @@ def test_poison_is_dead_lettered_at_once_and_the_consumer_moves_on(stack: Stack,
         }
     ).encode()
     asyncio.run(produce(stack, topics.command_topic("crm"), b"\x00garbage", wrong_version, other_system))
-    api.post(
-        "/v1/requests",
-        json={
-            "request_id": "after-poison",
-            "type": "erasure",
-            "identity_verified": True,
-            "subject": {"emails": ["after.poison@example.com"]},
-            "systems": ["crm"],
-        },
-    )
+    submit_erasure(api, "after-poison", {"emails": ["after.poison@example.com"]}, systems=["crm"])
     assert wait_final(api, "after-poison")["status"] == "completed"
     listing = dlq(stack, "list")
     assert "(value): not JSON" in listing
@@ -72,16 +63,7 @@ def test_poison_is_dead_lettered_at_once_and_the_consumer_moves_on(stack: Stack,
 def test_a_command_that_failed_for_good_is_replayed_after_the_fix(stack: Stack, api: httpx.Client) -> None:
     stop(stack.processes.pop("slapd"))
     try:
-        api.post(
-            "/v1/requests",
-            json={
-                "request_id": "dlq-replay",
-                "type": "erasure",
-                "identity_verified": True,
-                "subject": {"ldap_uid": "nobody"},
-                "systems": ["directory"],
-            },
-        )
+        submit_erasure(api, "dlq-replay", {"ldap_uid": "nobody"}, systems=["directory"])
         deadline = time.monotonic() + 30
         while "dlq-replay" not in (listing := dlq(stack, "list")):
             assert time.monotonic() < deadline

@@ -12,7 +12,7 @@ from playwright.sync_api import Browser, sync_playwright
 
 from cli.stack import Stack
 from tests.conftest import OUTPUT
-from tests.e2e.conftest import wait_final
+from tests.e2e.conftest import submit_erasure, wait_final
 
 pytestmark = pytest.mark.e2e
 CHROMIUM = Path("/usr/bin/chromium")
@@ -40,15 +40,7 @@ def browser() -> Iterator[Browser]:
 
 
 def test_report_page_shows_the_report(browser: Browser, api: httpx.Client, stack: Stack) -> None:
-    api.post(
-        "/v1/requests",
-        json={
-            "request_id": "browser-1",
-            "type": "erasure",
-            "identity_verified": True,
-            "subject": {"emails": ["browser.subject@example.com"]},
-        },
-    )
+    submit_erasure(api, "browser-1", {"emails": ["browser.subject@example.com"]})
     wait_final(api, "browser-1")
     context = browser.new_context(extra_http_headers={"Authorization": f"Bearer {stack.secrets.admin_token}"})
     page = context.new_page()

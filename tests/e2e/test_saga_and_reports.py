@@ -23,28 +23,14 @@ from cli.processes import stop
 from cli.stack import Stack
 from shared import topics
 from shared.kafka import make_consumer, make_producer
-from tests.e2e.conftest import wait_final
+from tests.e2e.conftest import submit_erasure, wait_final
 
 pytestmark = pytest.mark.e2e
 NOBODY = {"emails": ["nobody.at.all@example.com"]}
 
 
 def submit(api: httpx.Client, request_id: str, **extra: Any) -> httpx.Response:
-    body = {
-        "request_id": request_id,
-        "type": "erasure",
-        "identity_verified": True,
-        "subject": NOBODY,
-        **extra,
-    }
-    return api.post("/v1/requests", json=body)
-
-
-def wait_ready(stack: Stack, service: str) -> None:
-    deadline = time.monotonic() + 30
-    while not (stack.config.state_dir / "run" / f"{service}.ready").exists():
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    return submit_erasure(api, request_id, NOBODY, **extra)
 
 
 def test_a_silent_system_is_resent_then_failed_and_a_late_answer_completes_it(
