@@ -5,6 +5,7 @@ written into the real stores. Its JSON Schema is `deploy/seed.schema.json` (`let
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Literal
 
@@ -20,7 +21,7 @@ from services.mailing import seed as mailing_seed
 from services.mailing.store import SCHEMA as MAILING_SCHEMA
 from services.recordings import seed as recordings_seed
 from services.recordings.store import SCHEMA as RECORDINGS_SCHEMA
-from shared.seeding import SeedModel
+from shared.seeding import SeedModel, shift_dates
 from shared.worker.pgstore import open_store
 
 
@@ -45,8 +46,25 @@ class PersonSeed(SeedModel):
 
 class SeedFile(SeedModel):
     schema_version: Literal[1] = 1
+    as_of: date | None = Field(
+        None,
+        description="The day this file's dates were written for. The loader moves every date and"
+        " time in the file by the days between as_of and the day it loads, so each record is as old"
+        " on any day as it was on as_of and every retention rule decides the same. Without it,"
+        " dates load as written (an export of real records).",
+    )
     mailing_lists: list[mailing_seed.MailingListSeed] = Field(default_factory=list)
     people: list[PersonSeed] = Field(default_factory=list)
+
+    def on(self, today: date) -> SeedFile:
+        """The file as it loads on `today`: dates moved so that as_of falls on today."""
+        if self.as_of is None:
+            return self
+        return shift_dates(self, today - self.as_of)  # as_of itself moves to today
+
+    def only(self, *labels: str) -> SeedFile:
+        """The same file with only the people named (keeping its lists and its as_of)."""
+        return self.model_copy(update={"people": [p for p in self.people if p.label in labels]})
 
 
 @dataclass(frozen=True)
@@ -63,8 +81,10 @@ class SeedReport:
     refused_suppressed: int
 
 
-async def load(seed: SeedFile, targets: SeedTargets) -> SeedReport:
-    """Idempotent: loading a file twice writes each record once."""
+async def load(seed: SeedFile, targets: SeedTargets, today: date | None = None) -> SeedReport:
+    """Idempotent: loading a file twice on one day writes each record once. Dates are moved to
+    `today` (UTC's, unless given) when the file says what day it was written for."""
+    seed = seed.on(today or datetime.now(UTC).date())
     people = seed.people
     rows: dict[str, int] = {}
     pool = await open_store(targets.database_urls["billing"], *BILLING_SCHEMA)

@@ -2,7 +2,8 @@
 as the demo, so that they look like the demo's: an account with invoices, payments and CDRs, a
 CRM contact, a call recording, a directory entry and a mailing-list subscription each.
 
-Per person, erasure today (2026 onwards) gives known counts, so double counting is visible:
+The dates are written for AS_OF and move with the day they are loaded (`SeedFile.as_of`), so per
+person an erasure on any day gives the same known counts, and double counting is visible:
 erased = billing 3 (account, 2019 invoice and payment), crm 3, recordings 1, directory 1,
 mailing 2 (subscriber, consent); retained = billing 1 (the recent invoice, HMRC rule)."""
 
@@ -18,6 +19,7 @@ from services.directory.seed import DirectoryEntrySeed
 from services.mailing.seed import ConsentSeed, MailingListSeed, SubscriptionSeed
 from services.recordings.seed import RecordingSeed
 
+AS_OF = date(2026, 11, 27)
 EXPECTED_ERASED = {"billing": 3, "crm": 3, "recordings": 1, "directory": 1, "mailing": 2}
 EXPECTED_RETAINED = {"billing": 1, "crm": 0, "recordings": 0, "directory": 0, "mailing": 0}
 
@@ -92,6 +94,7 @@ def person(n: int, prefix: str = "syn") -> PersonSeed:
 
 def people(count: int, prefix: str = "syn", start: int = 0) -> SeedFile:
     return SeedFile(
+        as_of=AS_OF,
         mailing_lists=[MailingListSeed(list_id="synthetic", name="Synthetic", purpose="marketing")],
         people=[person(n, prefix) for n in range(start, start + count)],
     )

@@ -48,21 +48,23 @@ def write_tone(path: Path, seconds: int, frequency_hz: float = 425.0) -> None:
 
 
 async def write(conn: asyncpg.Connection, root: Path, recordings: Sequence[RecordingSeed]) -> int:
+    """Idempotent: a recording already indexed keeps its row and path (a file loaded on another
+    day would name another month's folder), and gets its audio back only if that is missing."""
     for r in recordings:
-        relative = f"{r.recorded_at:%Y/%m}/{r.recording_id}.wav"
-        write_tone(resolve(root, relative), r.duration_s)
-        await conn.execute(
+        path = await conn.fetchval(
             "INSERT INTO recordings (recording_id, customer_id, caller, callee, recorded_at,"
             " duration_s, path, legal_tags, processed_for) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)"
-            " ON CONFLICT DO NOTHING",
+            " ON CONFLICT DO NOTHING RETURNING path",
             r.recording_id,
             r.customer_id,
             r.caller,
             r.callee,
             r.recorded_at,
             r.duration_s,
-            relative,
+            f"{r.recorded_at:%Y/%m}/{r.recording_id}.wav",
             r.legal_tags,
             r.processed_for,
-        )
+        ) or await conn.fetchval("SELECT path FROM recordings WHERE recording_id = $1", r.recording_id)
+        if not resolve(root, path).exists():
+            write_tone(resolve(root, path), r.duration_s)
     return len(recordings)

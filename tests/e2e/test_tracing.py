@@ -15,7 +15,6 @@ from typer.testing import CliRunner
 
 from cli import synthetic
 from cli.main import app
-from cli.seed import SeedFile
 from cli.stack import Stack
 from cli.trace import read_spans
 from shared.identity import normalise_phone
@@ -39,7 +38,7 @@ SERVICES = {
 
 @pytest.fixture(scope="module")
 def traced(stack: Stack, api: httpx.Client) -> dict[str, Any]:
-    seed(stack, SeedFile(mailing_lists=synthetic.people(0).mailing_lists, people=[PERSON]))
+    seed(stack, synthetic.people(0).model_copy(update={"people": [PERSON]}))
     response = api.post(
         "/v1/requests",
         json={"request_id": "trace-1", "type": "erasure", "identity_verified": True, "subject": SUBJECT},
