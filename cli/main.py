@@ -9,6 +9,7 @@ import signal
 import sys
 import tempfile
 import time
+from contextvars import ContextVar
 from pathlib import Path
 from types import FrameType
 from typing import Annotated, Any
@@ -18,6 +19,7 @@ import typer
 from pydantic import ValidationError
 
 from cli import dlq as dead_letters
+from cli.client import ApiClient, Credentials, api_url, fail, find_credentials
 from cli.render import report_text
 from cli.seed import SeedFile, SeedTargets, load, read
 from cli.stack import Stack, StackConfig
@@ -31,27 +33,36 @@ app = typer.Typer(
     add_completion=False,
     help="Lethe: GDPR erasure and restriction across a company's systems.",
 )
-STATE_DIR = Path(os.environ.get("LETHE_STATE_DIR", ".lethe"))
+
+
+def state_dir() -> Path:
+    """Where `lethe up` keeps its secrets, logs and traces (read when used, not at import)."""
+    return Path(os.environ.get("LETHE_STATE_DIR", ".lethe"))
+
+
 DEMO_SEED = Path(__file__).resolve().parent.parent / "deploy" / "seed" / "demo.json"
 
 
-def api_url() -> str:
-    return os.environ.get("LETHE_API_URL", f"http://127.0.0.1:{os.environ.get('LETHE_HTTP_PORT', '8080')}")
+@app.callback()
+def _global_options(
+    token: Annotated[
+        str | None,
+        typer.Option(
+            "--token",
+            help="API token for this command. Without it: LETHE_TOKEN, else the admin token"
+            " `lethe up` keeps in .lethe/secrets.json.",
+        ),
+    ] = None,
+) -> None:
+    """Lethe: GDPR erasure and restriction across a company's systems."""
+    _token_option.set(token)
 
 
-def api_token() -> str | None:
-    """LETHE_API_TOKEN, else the admin token `lethe up` provisioned in its state directory."""
-    token = os.environ.get("LETHE_API_TOKEN")
-    secrets_file = STATE_DIR / "secrets.json"
-    if not token and secrets_file.exists():
-        token = json.loads(secrets_file.read_text()).get("admin_token")
-    return token
+_token_option: ContextVar[str | None] = ContextVar("token_option", default=None)
 
 
-def api() -> httpx.Client:
-    token = api_token()
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    return httpx.Client(base_url=api_url(), headers=headers, timeout=10)
+def api() -> ApiClient:
+    return ApiClient(api_url(), find_credentials(_token_option.get(), state_dir()))
 
 
 def seed_targets(stack: Stack) -> SeedTargets:
@@ -80,7 +91,7 @@ def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
 @app.command()
 def up(seed: Annotated[bool, typer.Option(help="Load the demo data first.")] = True) -> None:
     """Start the whole system on this machine and stay in the foreground until Ctrl-C."""
-    stack = Stack(StackConfig.from_env(STATE_DIR))
+    stack = Stack(StackConfig.from_env(state_dir()))
     signal.signal(signal.SIGINT, _raise_interrupted)
     signal.signal(signal.SIGTERM, _raise_interrupted)
     restarts: dict[str, float] = {}
@@ -91,11 +102,10 @@ def up(seed: Annotated[bool, typer.Option(help="Load the demo data first.")] = T
         stack.start_services()
         typer.echo(f"Lethe is up: API {stack.api_url} (OpenAPI at {stack.api_url}/openapi.json)")
         typer.echo(f"logs in {stack.log_dir}; Ctrl-C stops everything")
-        if "LETHE_BOOTSTRAP_TOKENS" not in os.environ:
-            typer.echo(
-                f"admin API token: 'admin_token' in {stack.config.state_dir / 'secrets.json'} "
-                "(the lethe command uses it; `lethe tokens create --role R` makes others)"
-            )
+        typer.echo(
+            f"admin API token: 'admin_token' in {stack.config.state_dir / 'secrets.json'} "
+            "(the lethe command uses it; `lethe tokens create --role R` makes others)"
+        )
         while True:
             time.sleep(0.5)
             for service in stack.dead_services():  # restart like an orchestrator would
@@ -145,7 +155,7 @@ def demo(timeout_s: Annotated[float, typer.Option(help="How long to wait for com
 
 
 def _run_demo_requests(base: str, token: str, seed_file: SeedFile, timeout_s: float) -> bool:
-    with httpx.Client(base_url=base, timeout=10, headers={"Authorization": f"Bearer {token}"}) as client:
+    with ApiClient(base, Credentials(token, "the demo stack's own admin token")) as client:
         # Legal holds one customer's call recordings: the report will say they were kept, and why.
         hold = client.post(
             "/v1/holds",
@@ -156,7 +166,8 @@ def _run_demo_requests(base: str, token: str, seed_file: SeedFile, timeout_s: fl
                 "reason": "Demo: complaint under investigation",
             },
         )
-        hold.raise_for_status()
+        if hold.status_code != 201:
+            raise fail(f"placing the demo hold: HTTP {hold.status_code}: {hold.text}")
         typer.echo(f"placed hold LIT-DEMO-1 on customer C-1001's recordings ({hold.json()['id']})")
         ids = []
 
@@ -171,7 +182,8 @@ def _run_demo_requests(base: str, token: str, seed_file: SeedFile, timeout_s: fl
                 "subject": person.subject.model_dump(exclude_none=True),
             }
             response = client.post("/v1/requests", json=body)
-            response.raise_for_status()
+            if response.status_code != 202:
+                raise fail(f"submitting {request_id}: HTTP {response.status_code}: {response.text}")
             typer.echo(
                 f"submitted {request_id}: {response.json()['status']}, deadline {response.json()['deadline']}"
             )
@@ -214,7 +226,7 @@ def seed_command(
     except (OSError, ValueError) as exc:
         typer.echo(f"{file}: {exc}", err=True)
         raise typer.Exit(2) from None
-    stack = Stack(StackConfig.from_env(STATE_DIR))
+    stack = Stack(StackConfig.from_env(state_dir()))
     result = asyncio.run(load(seed_file, seed_targets(stack)))
     typer.echo(f"seeded: {result.rows}; refused as suppressed: {result.refused_suppressed}")
 
@@ -333,7 +345,7 @@ app.add_typer(dlq, name="dlq")
 def kafka_settings() -> KafkaSettings:
     """LETHE_KAFKA_BOOTSTRAP, else the embedded broker of `lethe up`."""
     bootstrap = (
-        os.environ.get("LETHE_KAFKA_BOOTSTRAP") or f"127.0.0.1:{StackConfig.from_env(STATE_DIR).kafka_port}"
+        os.environ.get("LETHE_KAFKA_BOOTSTRAP") or f"127.0.0.1:{StackConfig.from_env(state_dir()).kafka_port}"
     )
     return KafkaSettings(
         bootstrap=bootstrap,
@@ -391,7 +403,7 @@ def trace_command(
     if not trace_id:
         typer.echo("this request has no trace id (it was submitted without tracing)", err=True)
         raise typer.Exit(1)
-    folder = traces or STATE_DIR / "traces"
+    folder = traces or state_dir() / "traces"
     found = request_traces(read_spans(sorted(folder.glob("*.jsonl"))), trace_id)
     if not found:
         typer.echo(f"no spans of trace {trace_id} under {folder}", err=True)

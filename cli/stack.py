@@ -144,11 +144,6 @@ class Stack:
             "LETHE_PSEUDONYM_KEY": self.secrets.pseudonym_key,
             "LETHE_MAILING_SUPPRESSION_KEY": self.secrets.suppression_key,
             "LETHE_CALLBACK_SECRET": self.secrets.callback_secret,
-            # Without tokens of its own, the embedded stack provisions an admin token (`lethe up`
-            # says where it is); LETHE_BOOTSTRAP_TOKENS from the environment replaces it.
-            "LETHE_BOOTSTRAP_TOKENS": os.environ.get(
-                "LETHE_BOOTSTRAP_TOKENS", f"admin:{self.secrets.admin_token}"
-            ),
             "LETHE_LDAP_URL": f"ldap://127.0.0.1:{self.config.ldap_port}",
             "LETHE_LDAP_BIND_DN": ADMIN_DN,
             "LETHE_LDAP_PASSWORD": self.secrets.ldap_password,
@@ -157,6 +152,12 @@ class Stack:
             "LETHE_HTTP_PORT": str(self.config.http_port),
         }
         env.update(self.config.extra_env)
+        # The stack's own admin token, for the lethe command (`lethe up` says where it is),
+        # always; tokens a deployment or CI script sets come in addition to it.
+        configured = env.get("LETHE_BOOTSTRAP_TOKENS", "")
+        env["LETHE_BOOTSTRAP_TOKENS"] = ",".join(
+            filter(None, (configured, f"admin:{self.secrets.admin_token}"))
+        )
         if service is not None:
             process = process or service
             env["OTEL_SERVICE_NAME"] = f"lethe-{service}"

@@ -4,6 +4,7 @@ import asyncio
 import time
 from collections.abc import Iterator
 from typing import Any
+from uuid import uuid4
 
 import httpx
 import pytest
@@ -12,6 +13,9 @@ from cli.main import seed_targets
 from cli.seed import SeedFile, load
 from cli.stack import Stack
 from tests.conftest import admin_client, running_stack
+
+# A token a deployment or CI script provisions: the stack's own admin token must work beside it.
+DEPLOYMENT_TOKEN = f"lethe_e2ecompliance_{uuid4().hex}"
 
 
 @pytest.fixture(scope="session")
@@ -29,6 +33,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, pg_server: str) -> Iterator[
             "LETHE_WORKER_ATTEMPTS": "4",
             # Statement spans on: the tracing test checks they join the trace and leak nothing.
             "LETHE_TRACE_SQL": "true",
+            "LETHE_BOOTSTRAP_TOKENS": f"compliance:{DEPLOYMENT_TOKEN}",
         },
     ) as running:
         yield running

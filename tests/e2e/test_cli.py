@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from cli.stack import Stack
-from tests.e2e.conftest import wait_final
+from tests.e2e.conftest import DEPLOYMENT_TOKEN, wait_final
 
 pytestmark = pytest.mark.e2e
 RUNNER = CliRunner()
@@ -19,7 +19,7 @@ RUNNER = CliRunner()
 
 @pytest.fixture
 def env(stack: Stack) -> dict[str, str]:
-    return {"LETHE_API_URL": stack.api_url, "LETHE_API_TOKEN": stack.secrets.admin_token}
+    return {"LETHE_API_URL": stack.api_url, "LETHE_TOKEN": stack.secrets.admin_token}
 
 
 def run(env: dict[str, str], *args: str) -> tuple[int, str]:
@@ -49,6 +49,63 @@ def test_submit_status_report_list_and_audit(env: dict[str, str], stack: Stack, 
     assert code == 1 and "finished" in out
     code, out = run(env, "status", "no-such-request")
     assert code == 1 and "no such request" in out
+
+
+def test_the_token_comes_from_the_option_the_variable_or_the_stacks_secrets(
+    stack: Stack, api: httpx.Client
+) -> None:
+    api.post(
+        "/v1/requests",
+        json={
+            "request_id": "cli-token",
+            "type": "erasure",
+            "identity_verified": True,
+            "subject": {"emails": ["cli.token@example.com"]},
+            "systems": ["mailing"],
+        },
+    )
+    by_url = {"LETHE_API_URL": stack.api_url, "LETHE_STATE_DIR": str(stack.config.state_dir)}
+    # The stack's own admin token, found in its state directory, works beside a deployment's.
+    assert run(by_url, "status", "cli-token")[0] == 0
+    assert run({**by_url, "LETHE_TOKEN": DEPLOYMENT_TOKEN}, "status", "cli-token")[0] == 0
+    assert run(by_url, "--token", DEPLOYMENT_TOKEN, "status", "cli-token")[0] == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "env_token", "names"),
+    [
+        (["--token", "lethe_nosuch_token"], None, "--token"),
+        ([], "lethe_nosuch_token", "LETHE_TOKEN"),
+        ([], "not a token at all", "LETHE_TOKEN"),
+    ],
+)
+def test_a_refused_token_is_one_line_naming_where_it_came_from(
+    stack: Stack, tmp_path: Path, args: list[str], env_token: str | None, names: str
+) -> None:
+    env = {"LETHE_API_URL": stack.api_url, "LETHE_STATE_DIR": str(tmp_path)}
+    if env_token:
+        env["LETHE_TOKEN"] = env_token
+    code, out = run(env, *args, "report", "anything")
+    assert code == 1 and len(out.strip().splitlines()) == 1, out
+    assert f"refused the token from {names}" in out and "LETHE_TOKEN" in out and "Traceback" not in out
+
+
+def test_no_token_or_no_api_is_one_line_too(stack: Stack, tmp_path: Path) -> None:
+    code, out = run({"LETHE_API_URL": stack.api_url, "LETHE_STATE_DIR": str(tmp_path)}, "list")
+    assert code == 1 and "no API token" in out and "--token" in out and len(out.strip().splitlines()) == 1
+    code, out = run({"LETHE_API_URL": "http://127.0.0.1:9", "LETHE_TOKEN": DEPLOYMENT_TOKEN}, "status", "x")
+    assert code == 1 and "cannot reach the API" in out and len(out.strip().splitlines()) == 1
+
+
+def test_a_role_that_may_not_is_told_so(stack: Stack) -> None:
+    code, out = run(
+        {"LETHE_API_URL": stack.api_url, "LETHE_TOKEN": DEPLOYMENT_TOKEN},
+        "tokens",
+        "create",
+        "--role",
+        "legal",
+    )
+    assert code == 1 and "may not do this" in out and "role compliance" in out
 
 
 def test_seed_schema_and_bad_seed_file(tmp_path: Path) -> None:

@@ -136,7 +136,7 @@ def test_lethe_trace_prints_the_waterfall(traced: dict[str, Any], stack: Stack) 
     result = CliRunner().invoke(
         app,
         ["trace", "trace-1", "--traces", str(stack.trace_dir)],
-        env={"LETHE_API_URL": stack.api_url, "LETHE_API_TOKEN": stack.secrets.admin_token},
+        env={"LETHE_API_URL": stack.api_url, "LETHE_TOKEN": stack.secrets.admin_token},
     )
     assert result.exit_code == 0, result.output
     assert result.output.startswith(f"trace {traced['final']['trace_id']}")
