@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pydantic_settings import BaseSettings
 
-from shared.settings import DatabaseSettings, KafkaSettings, SecretsSettings
+from shared.settings import DatabaseSettings, KafkaSettings, RecoverySettings, SecretsSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 # Read with os.environ where a settings class would be overkill (process plumbing).
@@ -56,10 +56,10 @@ def _rows(classes: list[type[BaseSettings]]) -> dict[str, tuple[str, str, str]]:
 def all_settings() -> list[type[BaseSettings]]:
     """Every settings class of every service."""
     from services.directory.ldap import LdapSettings
-    from services.intake.__main__ import IntakeSettings
+    from services.intake.settings import IntakeSettings
     from services.mailing.store import SuppressionSettings
     from services.recordings.store import RecordingsSettings
-    from services.tracker.__main__ import TrackerSettings
+    from services.tracker.settings import TrackerSettings
     from shared.worker.main import PolicySettings
     from shared.worker.runtime import RetrySettings
 
@@ -67,6 +67,7 @@ def all_settings() -> list[type[BaseSettings]]:
         KafkaSettings,
         DatabaseSettings,
         SecretsSettings,
+        RecoverySettings,
         RetrySettings,
         PolicySettings,
         IntakeSettings,

@@ -32,7 +32,8 @@ def report_text(report: dict[str, Any]) -> str:
         for later in system.get("deferred", []):
             lines.append(
                 f"      later: {later['erased']} erased on {later['finished_at']}"
-                f" ({later['still_retained']} still retained)"
+                + (f" because {later['reason']}" if later.get("reason") else "")
+                + f" ({later['still_retained']} still retained)"
             )
         for c in system["categories"]:
             lines.append(f"      {c['category']:<22} {_category_summary(c)}")

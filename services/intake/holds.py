@@ -10,8 +10,8 @@ from uuid import UUID, uuid4
 import asyncpg
 
 from shared import topics
-from shared.contracts.holds import HoldUpdated
-from shared.outbox import enqueue
+from shared.contracts.holds import SNAPSHOT_KEY, HoldsAnnounced, HoldUpdated
+from shared.outbox import enqueue, enqueue_many
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS holds (
@@ -102,3 +102,23 @@ async def listing(pool: asyncpg.Pool, active_only: bool, now: datetime) -> list[
         f"SELECT * FROM holds WHERE {where} ORDER BY placed_at DESC", now
     )
     return rows
+
+
+async def announce_all(pool: asyncpg.Pool) -> int:
+    """Every hold at its latest version, then the marker that lists them, through the outbox in
+    one transaction: what a reader needs to confirm it has read every hold (see
+    shared/worker/holds.py). Returns the marker's outbox row."""
+    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read"):
+        rows = await conn.fetch("SELECT * FROM holds ORDER BY placed_at, hold_id")
+        marker = HoldsAnnounced(versions={r["hold_id"]: r["version"] for r in rows})
+        ids = await enqueue_many(
+            conn,
+            [(topics.HOLDS, str(r["hold_id"]), _event(r)) for r in rows]
+            + [(topics.HOLDS, SNAPSHOT_KEY, marker)],
+        )
+    return ids[-1]
+
+
+async def versions(pool: asyncpg.Pool) -> dict[UUID, int]:
+    """Each hold's latest version: what the holds topic must hold."""
+    return {r["hold_id"]: r["version"] for r in await pool.fetch("SELECT hold_id, version FROM holds")}

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
+from uuid import UUID, uuid5
 
 import asyncpg
 from pydantic import BaseModel
@@ -20,7 +21,9 @@ from shared.contracts import (
     RequestStatusChanged,
     RequestType,
 )
-from shared.outbox import outbox_ctes
+from shared.outbox import enqueue_many, outbox_ctes
+
+_ANNOUNCEMENT_IDS = UUID("5b0f0b1e-6c65-7468-6561-6e6e6f756e63")
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS requests (
@@ -47,6 +50,10 @@ SCHEMA = (
     "ALTER TABLE requests ADD COLUMN IF NOT EXISTS extension_months integer",
     "ALTER TABLE requests ADD COLUMN IF NOT EXISTS extension_reason text",
     "ALTER TABLE requests ADD COLUMN IF NOT EXISTS extended_at timestamptz",
+    "ALTER TABLE requests ADD COLUMN IF NOT EXISTS traceparent text",
+    # When its acceptance and commands were last handed to the outbox (announced again if the
+    # tracker never acknowledges it: services/intake/recovery.py).
+    "ALTER TABLE requests ADD COLUMN IF NOT EXISTS announced_at timestamptz NOT NULL DEFAULT now()",
     "CREATE INDEX IF NOT EXISTS requests_status ON requests (status, received_at)",
     "CREATE INDEX IF NOT EXISTS requests_deadline ON requests (deadline) WHERE completed_at IS NULL",
 )
@@ -73,8 +80,8 @@ class Conflict(Exception):
 
 _INSERT_REQUEST = """stored AS (
     INSERT INTO requests (request_id, fingerprint, request_type, subject_ref, sealed_identifiers,
-        systems, received_at, deadline, trace_id, callback_url)
-    VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10) ON CONFLICT (request_id) DO NOTHING RETURNING *)"""
+        systems, received_at, deadline, trace_id, callback_url, traceparent)
+    VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11) ON CONFLICT (request_id) DO NOTHING RETURNING *)"""
 
 
 async def submit(pool: asyncpg.Pool, new: NewRequest) -> asyncpg.Record:
@@ -82,7 +89,7 @@ async def submit(pool: asyncpg.Pool, new: NewRequest) -> asyncpg.Record:
     its outbox rows are data-modifying CTEs of it); a resubmission of the same body returns
     the stored request and dispatches nothing."""
     outbox, outbox_args = outbox_ctes(
-        _announcements(new), first_param=11, only_if="EXISTS (SELECT 1 FROM stored)"
+        _announcements(new), first_param=12, only_if="EXISTS (SELECT 1 FROM stored)"
     )
     row = await pool.fetchrow(
         f"WITH {_INSERT_REQUEST}, {outbox} SELECT stored.* FROM stored LEFT JOIN outbox_wake ON true",
@@ -96,6 +103,7 @@ async def submit(pool: asyncpg.Pool, new: NewRequest) -> asyncpg.Record:
         new.deadline,
         new.trace_id,
         new.callback_url,
+        new.traceparent,
         *outbox_args,
     )
     if row is None:  # known id: the stored request decides
@@ -107,18 +115,24 @@ async def submit(pool: asyncpg.Pool, new: NewRequest) -> asyncpg.Record:
 
 
 def _announcements(new: NewRequest) -> list[tuple[str, str, BaseModel]]:
-    """The messages that announce a new request: the acceptance and a command per system."""
+    """The messages that announce a new request: the acceptance and a command per system. Their
+    ids derive from the request id, so announcing a request again (after the broker lost the
+    first announcement) repeats the same messages, which every consumer de-duplicates."""
     command_type = COMMAND_FOR_TYPE[RequestType(new.request_type)]
     messages: list[tuple[str, str, BaseModel]] = []
     if new.request_type == RequestType.LIFT_RESTRICTION:
         # Art. 18(3): the person is told before the lift takes effect; the outbox publishes in
         # row order, so the notification leaves before the commands.
         notice = NotificationRequested(
-            request_id=new.request_id, kind="restriction_lift", subject_ref=new.subject_ref
+            message_id=_message_id(new.request_id, "notice"),
+            request_id=new.request_id,
+            kind="restriction_lift",
+            subject_ref=new.subject_ref,
         )
         messages.append((topics.NOTIFICATIONS, new.request_id, notice))
     commands = {
         system: command_type(
+            message_id=_message_id(new.request_id, system),
             request_id=new.request_id,
             system=system,
             subject_ref=new.subject_ref,
@@ -127,6 +141,7 @@ def _announcements(new: NewRequest) -> list[tuple[str, str, BaseModel]]:
         for system in new.systems
     }
     accepted = RequestAccepted(
+        message_id=_message_id(new.request_id, "accepted"),
         request_id=new.request_id,
         request_type=RequestType(new.request_type),
         subject_ref=new.subject_ref,
@@ -142,6 +157,45 @@ def _announcements(new: NewRequest) -> list[tuple[str, str, BaseModel]]:
     # Keyed by subject: all commands about one person land on one partition, in order.
     messages += [(topics.command_topic(s), new.subject_ref, c) for s, c in commands.items()]
     return messages
+
+
+def _message_id(request_id: str, part: str) -> UUID:
+    return uuid5(_ANNOUNCEMENT_IDS, f"{request_id}/{part}")
+
+
+_REANNOUNCE = """
+UPDATE requests SET announced_at = now() WHERE request_id IN (
+    SELECT request_id FROM requests
+     WHERE status = 'received' AND sealed_identifiers IS NOT NULL AND announced_at < $1
+       AND request_id > $2
+     ORDER BY request_id LIMIT $3 FOR UPDATE SKIP LOCKED)
+RETURNING *"""
+
+
+async def announce_unstarted(pool: asyncpg.Pool, announced_before: datetime, batch: int = 200) -> int:
+    """Announce again every request the tracker has not acknowledged (no status snapshot folded
+    in) that was last announced before `announced_before`: after the broker forgot, with the
+    moment of the loss; and, as a safety net for a message lost any other way, with the age
+    after which a request still waiting for its first snapshot is announced again."""
+    announced, after = 0, ""
+    while True:
+        async with pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                _REANNOUNCE,
+                announced_before,
+                after,
+                batch,
+            )
+            if not rows:
+                return announced
+            rows = sorted(rows, key=lambda r: r["request_id"])
+            await enqueue_many(conn, [m for row in rows for m in _announcements(_as_new(row))])
+        announced += len(rows)
+        after = rows[-1]["request_id"]
+
+
+def _as_new(row: asyncpg.Record) -> NewRequest:
+    return NewRequest(**{f.name: row[f.name] for f in fields(NewRequest)})
 
 
 _APPLY_STATUS = """

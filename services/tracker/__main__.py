@@ -1,100 +1,52 @@
 """The tracker's process: consume acceptances, outcomes and hold changes, keep sagas, dispatch
-deferred erasures when they fall due, relay status events."""
+deferred erasures when they fall due, re-send what a forgetful broker lost, relay status events."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
-from aiokafka import ConsumerRecord
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from services.tracker import schedule, store
-from services.tracker.saga import Timeouts
-from shared import topics
-from shared.codec import decode
-from shared.contracts import OutcomeReported, RequestAccepted
-from shared.contracts.events import DeadlineExtended, RetrySystem
-from shared.contracts.holds import HoldUpdated
+from services.tracker import recovery, schedule, store
+from services.tracker.handlers import CONSUMED, handle, handle_group
+from services.tracker.settings import TrackerSettings
+from shared import fetching, topics
+from shared.broker_memory import SENTINEL_DDL, BrokerMemory
 from shared.db import apply_schema, create_pool, ensure_database
 from shared.delivery import TRANSIENT, Publisher, consume_forever
 from shared.kafka import ensure_topics, make_consumer, make_producer, start_with_retry
 from shared.outbox import OutboxRelay
 from shared.service import mark_ready, run_service, set_readiness
-from shared.settings import DatabaseSettings, KafkaSettings
+from shared.settings import DatabaseSettings, KafkaSettings, RecoverySettings
 from shared.telemetry import metrics
 from shared.telemetry.messaging import quiet
 
 log = logging.getLogger("lethe.tracker")
 
 
-class TrackerSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="LETHE_TRACKER_", extra="ignore")
-
-    tick_s: float = Field(
-        30.0, gt=0, le=3600, description="How often timeouts and due deferred erasures are checked."
-    )
-    system_timeout_s: float = Field(
-        900.0,
-        gt=0,
-        le=7 * 86400,
-        description="How long a system may stay silent before its command is re-sent.",
-    )
-    max_attempts: int = Field(3, ge=1, le=20, description="Tries of a silent system before it is failed.")
-    timeout_backoff: float = Field(
-        2.0, ge=1.0, le=10.0, description="Each further try waits this much longer."
-    )
-
-    def timeouts(self) -> Timeouts:
-        return Timeouts(timedelta(seconds=self.system_timeout_s), self.max_attempts, self.timeout_backoff)
-
-
-async def handle(pool: asyncpg.Pool, record: ConsumerRecord[bytes, bytes]) -> None:
-    if record.topic == topics.REQUESTS_ACCEPTED:
-        await store.start_saga(pool, decode(record.value, RequestAccepted), datetime.now(UTC))
-    elif record.topic == topics.HOLDS:
-        await schedule.schedule_hold_release(pool, decode(record.value, HoldUpdated))
-    elif record.topic == topics.DEADLINES:
-        await store.extend_deadline(pool, decode(record.value, DeadlineExtended))
-    elif record.topic == topics.RETRIES:
-        await store.retry_system(pool, decode(record.value, RetrySystem), datetime.now(UTC))
-    else:
-        await store.record_outcome(pool, decode(record.value, OutcomeReported))
-
-
-async def handle_group(pool: asyncpg.Pool, records: list[ConsumerRecord[bytes, bytes]]) -> None:
-    """The messages of one request in a batch, in order: runs of outcomes in one transaction."""
-    outcomes: list[OutcomeReported] = []
-    for record in records:
-        if record.topic == topics.OUTCOMES:
-            outcomes.append(decode(record.value, OutcomeReported))
-            continue
-        if outcomes:
-            await store.record_outcomes(pool, outcomes)
-            outcomes = []
-        await handle(pool, record)
-    if outcomes:
-        await store.record_outcomes(pool, outcomes)
-
-
-async def tick(pool: asyncpg.Pool, settings: TrackerSettings, stopping: asyncio.Event) -> None:
-    """Timeouts and due deferred erasures, every tick_s; a database that is away skips a tick."""
+async def every(
+    seconds: float, stopping: asyncio.Event, what: str, work: Callable[[], Awaitable[None]]
+) -> None:
+    """Run `work` now and every `seconds`; a database or broker that is away skips a turn."""
     while not stopping.is_set():
-        now = datetime.now(UTC)
         try:
             with quiet():
-                await _tick_once(pool, settings, now)
+                await work()
         except TRANSIENT as exc:
-            log.warning("tick skipped", extra={"error": type(exc).__name__})
+            log.warning(f"{what} skipped", extra={"error": type(exc).__name__})
+        except Exception:  # never die quietly: timeouts and recovery depend on this loop
+            log.exception(f"{what} failed")
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stopping.wait(), settings.tick_s)
+            await asyncio.wait_for(stopping.wait(), seconds)
 
 
-async def _tick_once(pool: asyncpg.Pool, settings: TrackerSettings, now: datetime) -> None:
+async def tick(pool: asyncpg.Pool, settings: TrackerSettings) -> None:
+    """Timeouts and due deferred erasures."""
+    now = datetime.now(UTC)
     await store.check_timeouts(pool, now, settings.timeouts())
     await schedule.dispatch_due(pool, now)
     overdue = await pool.fetchval(
@@ -103,26 +55,43 @@ async def _tick_once(pool: asyncpg.Pool, settings: TrackerSettings, now: datetim
     metrics.overdue_requests.set(overdue)
 
 
+async def check_broker(
+    memory: BrokerMemory, pool: asyncpg.Pool, kafka: KafkaSettings, settings: TrackerSettings
+) -> None:
+    if await memory.forgotten():
+        log.warning("the broker forgot what it was sent: re-sending what the sagas wait for")
+        await ensure_topics(kafka, topics.all_topics())
+        await fetching.rewind_all()
+        await recovery.recover(pool, datetime.now(UTC), timedelta(seconds=settings.recovery_window_s))
+        await memory.remember()
+
+
 async def main(stop: asyncio.Event) -> None:
     kafka = KafkaSettings()
     db = DatabaseSettings()
     settings = TrackerSettings()
+    watch = RecoverySettings()
     await ensure_database(db.database_url)
     pool = await create_pool(db.database_url, db.db_pool_max)
-    await apply_schema(pool, *store.SCHEMA)
+    await apply_schema(pool, *store.SCHEMA, SENTINEL_DDL)
     await ensure_topics(kafka, topics.all_topics())
     producer = make_producer(kafka)
-    consumer = make_consumer(
-        kafka,
-        [topics.REQUESTS_ACCEPTED, topics.OUTCOMES, topics.HOLDS, topics.DEADLINES, topics.RETRIES],
-        "lethe-tracker",
-    )
+    consumer = make_consumer(kafka, list(CONSUMED), "lethe-tracker")
     await start_with_retry(producer, "producer")
     await start_with_retry(consumer, "consumer")
     publisher = Publisher(producer, stop)
+    memory = BrokerMemory(pool, producer, kafka, "tracker")
     tasks = [
         asyncio.create_task(OutboxRelay(pool, producer, service="tracker").run()),
-        asyncio.create_task(tick(pool, settings, stop)),
+        asyncio.create_task(every(settings.tick_s, stop, "tick", lambda: tick(pool, settings))),
+        asyncio.create_task(
+            every(
+                watch.broker_check_s,
+                stop,
+                "broker check",
+                lambda: check_broker(memory, pool, kafka, settings),
+            )
+        ),
     ]
 
     async def readiness() -> dict[str, bool]:

@@ -95,6 +95,7 @@ class SystemSlot:
             deferred=[
                 DeferredErasure(
                     finished_at=d.finished_at,
+                    reason=d.reason,
                     status=d.status,
                     erased=_total(d.categories, "erased"),
                     still_retained=_total(d.categories, "retained_count"),
@@ -138,6 +139,7 @@ class Saga:
                 outcome.finished_at,
                 "deferred_erasure",
                 system=slot.system,
+                reason=outcome.reason,
                 status=outcome.status,
                 erased=_total(outcome.categories, "erased"),
             )

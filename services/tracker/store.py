@@ -14,7 +14,7 @@ import asyncpg
 from pydantic import BaseModel
 
 from services.tracker.saga import Saga, SystemSlot, Timeouts
-from services.tracker.schedule import SCHEDULE_DDL, schedule_retention_ends
+from services.tracker.schedule import SCHEDULE_DDL, schedule_follow_ups
 from shared import topics
 from shared.contracts import (
     COMMAND_FOR_TYPE,
@@ -114,7 +114,7 @@ def _utc(text: str) -> datetime:
     return datetime.fromisoformat(text).astimezone(UTC)
 
 
-async def _load(conn: asyncpg.Connection, request_id: str) -> Loaded | None:
+async def load(conn: asyncpg.Connection, request_id: str) -> Loaded | None:
     row = await conn.fetchrow(_LOAD, request_id)
     if row is None:
         return None
@@ -187,7 +187,7 @@ async def audit_trail(conn: asyncpg.Connection | asyncpg.Pool, request_id: str) 
     ]
 
 
-async def _dispatch(conn: asyncpg.Connection, loaded: Loaded, systems: Sequence[str]) -> None:
+async def dispatch(conn: asyncpg.Connection, loaded: Loaded, systems: Sequence[str]) -> None:
     """Re-sending happens outside the request's trace (a timer, an operator), so its span links
     back to the request's first span: the trace tool shows both, connected."""
     saga = loaded.saga
@@ -204,10 +204,10 @@ async def _dispatch(conn: asyncpg.Connection, loaded: Loaded, systems: Sequence[
                 "lethe.attempt": slot.attempts,
             },
         ):
-            await _enqueue_command(conn, loaded, command_type, system, slot)
+            await enqueue_command(conn, loaded, command_type, system, slot)
 
 
-async def _enqueue_command(
+async def enqueue_command(
     conn: asyncpg.Connection,
     loaded: Loaded,
     command_type: type[SubjectCommand],
@@ -230,7 +230,7 @@ async def _enqueue_command(
     )
 
 
-async def _save(conn: asyncpg.Connection, loaded: Loaded, was_final: bool) -> None:
+async def save(conn: asyncpg.Connection, loaded: Loaded, was_final: bool) -> None:
     """Persist the saga, chain its audit events and announce the new snapshot, in the caller's
     transaction; announce completion once each time the request reaches a final status."""
     saga = loaded.saga
@@ -268,24 +268,33 @@ async def _save(conn: asyncpg.Connection, loaded: Loaded, was_final: bool) -> No
                 for s in changed
             ],
         )
-    audit = await _append_audit(conn, loaded)
-    report = saga.report()
-    snapshot = RequestStatusChanged(
-        request_id=saga.request_id,
-        version=loaded.version,
-        status=status,
-        systems=[s.progress() for s in saga.slots.values()],
-        report=report,
-        audit=audit,
-    )
-    messages: list[tuple[str, str, BaseModel]] = [(topics.REQUEST_STATUS, saga.request_id, snapshot)]
-    if status.is_final and not was_final:
+    await _append_audit(conn, loaded)
+    just_finished = status.is_final and not was_final
+    if just_finished:
         labels = {"type": saga.request_type.value, "status": status.value}
         metrics.requests_completed.add(1, labels)
         if saga.completed_at is not None:
             metrics.request_duration.record((saga.completed_at - saga.received_at).total_seconds(), labels)
-        completed = RequestCompleted(request_id=saga.request_id, status=status, report=report)
-        messages.append((topics.REQUESTS_COMPLETED, saga.request_id, completed))
+    await announce(conn, loaded, completed=just_finished)
+
+
+async def announce(conn: asyncpg.Connection, loaded: Loaded, completed: bool) -> None:
+    """The saga's snapshot as it stands (its version: intake keeps the newest it has seen), and
+    with `completed` the completion event for upstream."""
+    saga = loaded.saga
+    report = saga.report()
+    snapshot = RequestStatusChanged(
+        request_id=saga.request_id,
+        version=loaded.version,
+        status=saga.status,
+        systems=[s.progress() for s in saga.slots.values()],
+        report=report,
+        audit=loaded.trail,
+    )
+    messages: list[tuple[str, str, BaseModel]] = [(topics.REQUEST_STATUS, saga.request_id, snapshot)]
+    if completed:
+        done = RequestCompleted(request_id=saga.request_id, status=saga.status, report=report)
+        messages.append((topics.REQUESTS_COMPLETED, saga.request_id, done))
     await enqueue_many(conn, messages)
 
 
@@ -316,7 +325,7 @@ async def start_saga(pool: asyncpg.Pool, event: RequestAccepted, now: datetime) 
                 for system in event.systems
             ],
         )
-        loaded = await _load(conn, event.request_id)
+        loaded = await load(conn, event.request_id)
         assert loaded is not None
         saga = loaded.saga
         saga.note(
@@ -332,8 +341,8 @@ async def start_saga(pool: asyncpg.Pool, event: RequestAccepted, now: datetime) 
         for row in early:
             outcome = OutcomeReported.model_validate_json(row["outcome"])
             if saga.record(outcome) and saga.request_type is RequestType.ERASURE:
-                await schedule_retention_ends(conn, outcome)
-        await _save(conn, loaded, was_final=False)
+                await schedule_follow_ups(conn, outcome)
+        await save(conn, loaded, was_final=False)
 
 
 async def record_outcome(pool: asyncpg.Pool, event: OutcomeReported) -> None:
@@ -348,7 +357,7 @@ async def record_outcomes(pool: asyncpg.Pool, events: list[OutcomeReported]) -> 
         fresh = [e for e in events if e.message_id in new_ids]  # redeliveries change nothing
         if not fresh:
             return
-        loaded = await _load(conn, fresh[0].request_id)
+        loaded = await load(conn, fresh[0].request_id)
         if loaded is None:
             # The outcomes overtook their request's acceptance (different topics, different
             # partitions): keep them until the saga starts.
@@ -361,10 +370,10 @@ async def record_outcomes(pool: asyncpg.Pool, events: list[OutcomeReported]) -> 
         was_final = loaded.saga.status.is_final
         recorded = [e for e in fresh if loaded.saga.record(e)]
         if recorded:
-            await _save(conn, loaded, was_final)
+            await save(conn, loaded, was_final)
             if loaded.saga.request_type is RequestType.ERASURE:
                 for event in recorded:
-                    await schedule_retention_ends(conn, event)
+                    await schedule_follow_ups(conn, event)
 
 
 async def check_timeouts(pool: asyncpg.Pool, now: datetime, timeouts: Timeouts) -> int:
@@ -380,17 +389,15 @@ async def check_timeouts(pool: asyncpg.Pool, now: datetime, timeouts: Timeouts) 
         )
 
         for row in candidates:
-            loaded = await _load(conn, row["request_id"])
+            loaded = await load(conn, row["request_id"])
             if loaded is None:
                 continue
             was_final = loaded.saga.status.is_final
             actions = {name: loaded.saga.time_out(name, now, timeouts) for name in list(loaded.saga.slots)}
             if not any(actions.values()):
                 continue
-            await _dispatch(
-                conn, loaded, [name for name, action in actions.items() if action == "redispatch"]
-            )
-            await _save(conn, loaded, was_final)
+            await dispatch(conn, loaded, [name for name, action in actions.items() if action == "redispatch"])
+            await save(conn, loaded, was_final)
             changed += 1
     return changed
 
@@ -399,14 +406,14 @@ async def retry_system(pool: asyncpg.Pool, event: RetrySystem, now: datetime) ->
     async with pool.acquire() as conn, conn.transaction():
         if not await claim(conn, event.message_id):
             return False
-        loaded = await _load(conn, event.request_id)
+        loaded = await load(conn, event.request_id)
         if loaded is None:
             return False
         was_final = loaded.saga.status.is_final
         retried = loaded.saga.retry(event.system, now, uuid4())
         if retried:
-            await _dispatch(conn, loaded, [event.system])
-        await _save(conn, loaded, was_final)
+            await dispatch(conn, loaded, [event.system])
+        await save(conn, loaded, was_final)
         return retried
 
 
@@ -414,6 +421,6 @@ async def extend_deadline(pool: asyncpg.Pool, event: DeadlineExtended) -> None:
     async with pool.acquire() as conn, conn.transaction():
         if not await claim(conn, event.message_id):
             return
-        loaded = await _load(conn, event.request_id)
+        loaded = await load(conn, event.request_id)
         if loaded is not None and loaded.saga.extend(event.months, event.deadline, event.occurred_at):
-            await _save(conn, loaded, loaded.saga.status.is_final)
+            await save(conn, loaded, loaded.saga.status.is_final)

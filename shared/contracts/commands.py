@@ -24,6 +24,9 @@ class SubjectCommand(Message):
         description="Deferred erasure: re-examine what this earlier command retained (retention "
         "ended, hold released), besides whatever the identifiers still find.",
     )
+    reason: str | None = Field(
+        None, max_length=200, description="Why a deferred erasure was sent: retention ended, a hold ended."
+    )
 
     @property
     def request_type(self) -> RequestType:

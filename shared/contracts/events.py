@@ -38,6 +38,9 @@ class OutcomeReported(Message):
     command_id: UUID
     attempt: int = Field(ge=1)
     resume_of: UUID | None = None
+    reason: str | None = Field(
+        None, max_length=200, description="A deferred erasure's reason, from its command."
+    )
     status: Literal["done", "failed"]
     categories: list[CategoryOutcome] = Field(default_factory=list)
     verification: Verification | None = None

@@ -1,5 +1,6 @@
 """Litigation and regulatory holds, as Legal places and releases them. One message per change
-of a hold, keyed by hold id, carrying the hold's whole state (the topic can be compacted)."""
+of a hold, keyed by hold id, carrying the hold's whole state (the topic can be compacted); and
+the snapshot marker that lets a reader tell whether what it read is complete."""
 
 from __future__ import annotations
 
@@ -7,12 +8,13 @@ from datetime import datetime
 from typing import Annotated, Literal
 from uuid import UUID
 
-from pydantic import AwareDatetime, Field, StringConstraints
+from pydantic import AwareDatetime, Field, StringConstraints, TypeAdapter
 
 from shared.contracts.base import Envelope, SubjectRef, SystemName
 
 # Opaque on purpose: "Smith v Telco" would put a litigant's name in every report that cites it.
 CaseReference = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9./_:-]{0,63}$")]
+SNAPSHOT_KEY = "holds-snapshot"  # one key, so the markers keep their order (and compact to the last)
 
 
 class HoldUpdated(Envelope):
@@ -39,3 +41,18 @@ class HoldUpdated(Envelope):
         if self.systems is not None and system not in self.systems:
             return False
         return category is None or self.categories is None or category in self.categories
+
+
+class HoldsAnnounced(Envelope):
+    """Intake re-published every hold it has, at these versions, before this marker. A reader
+    that holds each of them at that version or later has read a complete set of holds; one
+    that has seen no marker, or misses one of them, has not (the broker forgot, the topic was
+    recreated) and must not erase. Holds placed after the marker travel as usual."""
+
+    event: Literal["holds_announced"] = "holds_announced"
+    versions: dict[UUID, int] = Field(description="Every hold (active or not) and its latest version.")
+
+
+HOLDS_MESSAGE: TypeAdapter[HoldUpdated | HoldsAnnounced] = TypeAdapter(
+    Annotated[HoldUpdated | HoldsAnnounced, Field(discriminator="event")]
+)

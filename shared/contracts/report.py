@@ -48,9 +48,11 @@ class SystemProgress(Frozen):
 
 
 class DeferredErasure(Frozen):
-    """A later run for records an earlier one retained: retention ended or a hold was released."""
+    """A later run for records an earlier one retained: retention ended, a hold was released or
+    expired."""
 
     finished_at: AwareDatetime
+    reason: str | None = Field(None, description="Why it ran: 'retention ended', 'hold LIT-1 expired'…")
     status: Literal["done", "failed"]
     erased: int
     still_retained: int

@@ -32,3 +32,10 @@ overdue_requests = METER.create_gauge(
 offset_gaps = METER.create_counter(
     "lethe_consumer_offset_gaps", description="Fetches that skipped offsets and were made again"
 )
+holds_complete = METER.create_gauge(
+    "lethe_holds_complete",
+    description="1 while a worker's holds are confirmed complete; 0 while it holds erasures back",
+)
+erasures_held_back = METER.create_counter(
+    "lethe_erasures_held_back", description="Erasures put back to wait for holds to be confirmed"
+)

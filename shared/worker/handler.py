@@ -88,6 +88,7 @@ async def execute(
             command_id=command.message_id,
             attempt=command.attempt,
             resume_of=command.resume_of,
+            reason=command.reason,
             status="done" if verification.passed else "failed",
             categories=summarise(adapter.categories, plan, getattr(adapter, "erasure_notes", {})),
             verification=verification,

@@ -5,27 +5,40 @@ commands is honoured by every decision in that batch. Intake answers only after 
 message is on the topic; before each batch the worker reads the topic's end offsets and catches
 up to them, so every acknowledged hold is at an offset it has read. A hold acknowledged while a
 batch is being processed (milliseconds to seconds) applies from the next batch on.
-"""
+
+The topic is not the source of truth (intake's holds table is), and a broker can forget it: an
+embedded broker restarts empty, a topic is recreated or restored from an old backup. So the view
+erases nothing until it can tell that what it read is complete: intake publishes every hold and
+then a `HoldsAnnounced` marker listing them with their versions; until the view has read a
+marker and every hold it lists (at that version or later), `active` refuses (fail closed), as it
+does while a hold message it cannot read stands. A worker that keeps running through a broker
+restart keeps what it read (holds are never forgotten by a reader), and re-reads the topic from
+its start when the marker it read is gone (checked at every refresh) or its end offsets go back;
+from then on it needs a new marker, which intake publishes once it notices the loss, so erasures
+wait a few seconds rather than miss a hold acknowledged just before the broker forgot it."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
-from shared import topics
+from shared import fetching, topics
 from shared.codec import PoisonMessage, decode
-from shared.contracts.holds import HoldUpdated
+from shared.contracts.holds import HOLDS_MESSAGE, HoldsAnnounced, HoldUpdated
 from shared.crypto import IdentifierSeal, IdentifierSealError
-from shared.fetching import fetch_in_order
 from shared.identity import Identities
 from shared.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
+CATCH_UP_S = 3.0  # a refresh that cannot reach the end in this long fails (erasures wait)
+HOLE_AFTER_S = 10.0  # an offset unreadable this long, while the broker answers, is a hole
 
 
 @dataclass(frozen=True)
@@ -39,32 +52,50 @@ class HoldsUnavailable(RuntimeError):
     """Holds cannot be established, so nothing may be erased."""
 
 
+class HoldsBehind(Exception):
+    """A refresh could not read the holds topic to its end; the view is not current."""
+
+
 class HoldsView:
     def __init__(self, kafka: KafkaSettings, seal: IdentifierSeal) -> None:
         self.kafka = kafka
         self.seal = seal
         self._holds: dict[UUID, tuple[HoldUpdated, Identities]] = {}
-
+        self._announced: HoldsAnnounced | None = None
+        # By message key: a later readable message with the same key (the same hold, a later
+        # version, on the same partition) supersedes an unreadable one.
+        self._unreadable: dict[bytes | None, int] = {}
         self._lock = asyncio.Lock()
         self._consumer: AIOKafkaConsumer | None = None
         self._partitions: list[TopicPartition] = []
-        self._unreadable: set[int] = set()
+        self._ends: dict[TopicPartition, int] = {}
+        self._marker_at: tuple[TopicPartition, int, UUID] | None = None
+        self._refreshed = False
+        self._stuck: dict[TopicPartition, tuple[int, float]] = {}
 
-    async def start(self) -> None:
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.kafka.bootstrap,
-            group_id=None,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            fetch_max_wait_ms=max(self.kafka.fetch_max_wait_ms, 100),  # cold: idle most of the time
-        )
+    async def start(self, consumer: AIOKafkaConsumer | None = None) -> None:
+        """Connect (tests may hand in a consumer of their own) and read from the start."""
+        if consumer is None:
+            consumer = AIOKafkaConsumer(
+                bootstrap_servers=self.kafka.bootstrap,
+                group_id=None,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                fetch_max_wait_ms=max(self.kafka.fetch_max_wait_ms, 100),  # cold: idle most of the time
+            )
         await consumer.start()
-        await consumer.topics()  # fetches metadata
+        self._consumer = consumer
+        await self._assign(consumer)
+
+    async def _assign(self, consumer: AIOKafkaConsumer) -> None:
+        """Every partition of the holds topic, read from its start. A topic that does not exist
+        yet (a broker that came back empty) has none: looked up again at the next refresh."""
+        await consumer.topics()  # fresh metadata
         partitions = consumer.partitions_for_topic(topics.HOLDS) or set()
         self._partitions = [TopicPartition(topics.HOLDS, p) for p in sorted(partitions)]
-        consumer.assign(self._partitions)
-        await consumer.seek_to_beginning(*self._partitions)
-        self._consumer = consumer
+        if self._partitions:
+            consumer.assign(self._partitions)
+            await consumer.seek_to_beginning(*self._partitions)
 
     async def stop(self) -> None:
         if self._consumer is not None:
@@ -74,12 +105,40 @@ class HoldsView:
         """Catch up with the holds topic to its end offsets as of now. The worker calls this
         before each batch of commands: it is the decision point of every command in it."""
         async with self._lock:
+            self._refreshed = False  # until this catch-up succeeds, nothing read is current
             await self._catch_up()
+            self._refreshed = True
+
+    def incomplete(self) -> str | None:
+        """Why the holds read so far cannot be trusted to be all of them; None if they can."""
+        if not self._refreshed:
+            return "the holds topic could not be read up to its end (broker unreachable?)"
+        if self._unreadable:
+            return f"{len(self._unreadable)} unreadable hold message(s)"
+        if self._announced is None:
+            return "no holds announcement read yet (intake publishes one at start and after a broker loss)"
+        missing = self.missing(self._announced.versions)
+        if missing:
+            return f"{len(missing)} announced hold(s) not read"
+        return None
+
+    def missing(self, versions: Mapping[UUID, int]) -> list[UUID]:
+        """The holds of `versions` this view does not have at that version or later."""
+        return [
+            hold_id
+            for hold_id, version in versions.items()
+            if hold_id not in self._holds or self._holds[hold_id][0].version < version
+        ]
+
+    @property
+    def announced(self) -> bool:
+        return self._announced is not None
 
     async def active(self, system: str, moment: datetime) -> list[ActiveHold]:
-        """The holds in force at `moment`, as of the last refresh."""
-        if self._unreadable:
-            raise HoldsUnavailable(f"{len(self._unreadable)} unreadable hold message(s)")
+        """The holds in force at `moment`, as of the last refresh; refuses while incomplete."""
+        reason = self.incomplete()
+        if reason is not None:
+            raise HoldsUnavailable(reason)
         return [
             ActiveHold(
                 h.case_reference, identities, None if h.categories is None else frozenset(h.categories)
@@ -92,21 +151,101 @@ class HoldsView:
         consumer = self._consumer
         if consumer is None:
             raise RuntimeError("HoldsView used before start()")
+        if not self._partitions:
+            await self._assign(consumer)
+            if not self._partitions:
+                return
         end = await consumer.end_offsets(self._partitions)
-        while [tp for tp in self._partitions if await consumer.position(tp) < end[tp]]:
-            for records in (await fetch_in_order(consumer, timeout_ms=100)).values():
+        went_back = [tp.partition for tp in self._partitions if end[tp] < self._ends.get(tp, 0)]
+        if went_back or not await self._marker_still_there(consumer, end):
+            # The broker forgot the topic, or it was recreated. What we read stays (a hold is
+            # never forgotten here), but only a marker read from now on says it is all of them.
+            log.warning("holds topic forgotten: reading it again", extra={"partitions": went_back})
+            self._announced = self._marker_at = None
+            for tp in self._partitions:
+                fetching.forget(consumer, tp)
+                consumer.seek(tp, 0)
+        self._ends = dict(end)
+        deadline = time.monotonic() + CATCH_UP_S
+        while behind := [tp for tp in self._partitions if await consumer.position(tp) < end[tp]]:
+            batches = await fetching.fetch_in_order(consumer, timeout_ms=100)
+            for records in batches.values():
                 for record in records:
-                    self._apply(record.value, record.offset)
+                    self._apply(record)
+            if not batches and time.monotonic() >= deadline:
+                await self._note_stuck(consumer, behind)
+                raise HoldsBehind(f"holds topic not read to its end in {CATCH_UP_S:.0f} s")
+        self._stuck.clear()
 
-    def _apply(self, raw: bytes | None, offset: int) -> None:
+    async def _note_stuck(self, consumer: AIOKafkaConsumer, behind: list[TopicPartition]) -> None:
+        """An offset that stays unreadable while the broker answers is a hole: tansu assigns an
+        offset to a produce it then fails (two first writes to a new partition race after a
+        restart) and reports an end past it, so a reader would wait there for ever. One that
+        has not moved through refreshes HOLE_AFTER_S apart, each of which got the end offsets
+        (a paused broker answers none), is stepped over. Safe: whatever it held, the view is
+        complete only once it holds every hold a marker lists, and intake re-announces holds
+        the topic is missing."""
+        now = time.monotonic()
+        for tp in behind:
+            position = await consumer.position(tp)
+            seen_at, since = self._stuck.get(tp, (position, now))
+            if seen_at != position:
+                self._stuck[tp] = (position, now)
+            elif now - since >= HOLE_AFTER_S:
+                log.error("holds topic: offset never readable, stepping over it", extra={"offset": position})
+                fetching.forget(consumer, tp)
+                consumer.seek(tp, position + 1)
+                del self._stuck[tp]
+            else:
+                self._stuck[tp] = (position, since)
+
+    async def _marker_still_there(
+        self, consumer: AIOKafkaConsumer, end: Mapping[TopicPartition, int]
+    ) -> bool:
+        """Whether the marker we read is still where we read it. The end offsets alone cannot
+        tell: a broker that came back empty and took a few messages since can report the same
+        ends. The marker is what made this view complete, so it is what is checked: one small
+        fetch. No answer while the partition reaches past it: we cannot tell (HoldsBehind)."""
+        if self._marker_at is None:
+            return True
+        tp, offset, message_id = self._marker_at
+        fetching.forget(consumer, tp)
+        consumer.seek(tp, offset)
+        for _ in range(10):
+            records = (await consumer.getmany(tp, timeout_ms=100)).get(tp, [])
+            if records:
+                fetching.forget(consumer, tp)
+                consumer.seek(tp, offset + 1)  # what follows is read by the catch-up, in order
+                try:
+                    same = decode(records[0].value, HOLDS_MESSAGE).message_id == message_id
+                except PoisonMessage:
+                    same = False
+                return records[0].offset == offset and same
+        if end[tp] <= offset:
+            return False  # the partition no longer reaches it
+        fetching.forget(consumer, tp)
+        consumer.seek(tp, offset + 1)
+        raise HoldsBehind("the holds marker could not be read back")
+
+    def _apply(self, record: ConsumerRecord[bytes, bytes]) -> None:
         try:
-            hold = decode(raw, HoldUpdated)
-            identities = self.seal.open(hold.sealed_identifiers)  # once, not per command
+            message = decode(record.value, HOLDS_MESSAGE)
+            if isinstance(message, HoldUpdated):
+                identities = self.seal.open(message.sealed_identifiers)  # once, not per command
         except (PoisonMessage, IdentifierSealError) as exc:
             # Fail closed: a hold we cannot read might cover the records we are about to erase.
-            log.error("unreadable hold message", extra={"offset": offset, "error": str(exc)})
-            self._unreadable.add(offset)
+            log.error("unreadable hold message", extra={"offset": record.offset, "error": str(exc)})
+            self._unreadable[record.key] = record.offset
             return
-        current = self._holds.get(hold.hold_id)
-        if current is None or hold.version > current[0].version:
-            self._holds[hold.hold_id] = (hold, identities)
+        self._unreadable.pop(record.key, None)
+        if isinstance(message, HoldsAnnounced):
+            self._announced = message
+            self._marker_at = (
+                TopicPartition(record.topic, record.partition),
+                record.offset,
+                message.message_id,
+            )
+            return
+        current = self._holds.get(message.hold_id)
+        if current is None or message.version > current[0].version:
+            self._holds[message.hold_id] = (message, identities)

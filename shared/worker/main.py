@@ -15,7 +15,7 @@ from shared.kafka import ensure_topics
 from shared.policy.evaluate import RetentionPolicy
 from shared.policy.model import DEFAULT_POLICY_FILE, check_categories, load_policy
 from shared.service import run_service, set_readiness
-from shared.settings import KafkaSettings, SecretsSettings
+from shared.settings import KafkaSettings, RecoverySettings, SecretsSettings
 from shared.topics import all_topics
 from shared.worker.holds import HoldsView
 from shared.worker.ports import StoreAdapter
@@ -43,6 +43,7 @@ def run_worker(system: str, make_adapter: Callable[[], StoreAdapter]) -> None:
             kafka=kafka,
             retry=RetrySettings(),
             holds=HoldsView(kafka, seal),
+            broker_check_s=RecoverySettings().broker_check_s,
         )
         set_readiness(runtime.readiness)
         await ensure_topics(kafka, all_topics())

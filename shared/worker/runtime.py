@@ -26,11 +26,12 @@ from opentelemetry import trace
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from shared import topics
+from shared import fetching, topics
+from shared.broker_memory import BrokerMemory
 from shared.codec import PoisonMessage, decode, encode
 from shared.contracts import SUBJECT_COMMAND, OutcomeReported, SubjectCommand
 from shared.crypto import IdentifierSeal, IdentifierSealError
-from shared.delivery import Publisher, by_key_in_order, commit, retry_state
+from shared.delivery import TRANSIENT, Publisher, by_key_in_order, commit, retry_state
 from shared.fetching import poll
 from shared.identity import Identities
 from shared.kafka import make_consumer, make_producer, start_with_retry
@@ -39,7 +40,7 @@ from shared.settings import KafkaSettings
 from shared.telemetry import metrics
 from shared.telemetry.messaging import consuming
 from shared.worker.handler import Clock, execute, outcome_id
-from shared.worker.holds import HoldsView
+from shared.worker.holds import HoldsBehind, HoldsUnavailable, HoldsView
 from shared.worker.policy import Policy
 from shared.worker.ports import StoreAdapter
 
@@ -67,6 +68,9 @@ class RetrySettings(BaseSettings):
 
 
 Handler = Callable[[ConsumerRecord[bytes, bytes]], Awaitable[None]]
+HOLDS_REFRESH_ERRORS: tuple[type[BaseException], ...] = (*TRANSIENT, HoldsBehind)
+# How long an erasure waits before it looks again at holds it could not confirm complete.
+HOLDS_WAIT_S = 1.0
 
 
 class _Stopping(Exception):
@@ -87,6 +91,7 @@ class WorkerRuntime:
         retry: RetrySettings,
         clock: Clock = utc_clock,
         holds: HoldsView | None = None,
+        broker_check_s: float = 5.0,
     ) -> None:
         self.adapter = adapter
         self.policy = policy
@@ -95,6 +100,7 @@ class WorkerRuntime:
         self.retry = retry
         self.clock = clock
         self.holds = holds
+        self.broker_check_s = broker_check_s
         self.topic = topics.command_topic(adapter.system)
         self.retry_topic = topics.retry_topic(adapter.system)
         self.group_id = f"lethe-worker-{adapter.system}"
@@ -109,6 +115,8 @@ class WorkerRuntime:
     async def readiness(self) -> dict[str, bool]:
         """For /readyz: consuming, and the store answers (its journal, and its own ping)."""
         checks = {"consumers": self.ready, "store": False}
+        if self.holds is not None:  # erasures wait while the holds read cannot be trusted
+            checks["holds"] = self.holds.incomplete() is None
         with contextlib.suppress(Exception):
             async with self.adapter.session() as store:
                 await store.load_journal(uuid.uuid4())
@@ -131,7 +139,12 @@ class WorkerRuntime:
         self.ready = True
         mark_ready()
         try:
-            await asyncio.gather(self._consume(main, self._first_try), self._consume(retries, self._retry))
+            await asyncio.gather(
+                self._consume(main, self._first_try),
+                self._consume(retries, self._retry),
+                self._watch_holds(),
+                self._watch_broker(BrokerMemory(None, producer, self.kafka, f"worker-{self.adapter.system}")),
+            )
         finally:
             self.ready = False
             for client in (main, retries, producer):
@@ -140,6 +153,37 @@ class WorkerRuntime:
             if self.holds is not None:
                 await self.holds.stop()
             await self.adapter.close()
+
+    async def _watch_holds(self) -> None:
+        """Keep the holds read (and what /readyz and the metric say of it) current while idle."""
+        while self.holds is not None and not self.stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), HOLDS_WAIT_S * 5)
+            await self._refresh_holds()
+
+    async def _watch_broker(self, memory: BrokerMemory) -> None:
+        """A broker that restarted empty leaves this worker's consumers at places past the end of
+        the new partitions: noticed by a sentinel, they are sent back to the start."""
+        while not self.stopping.is_set():
+            try:
+                if await memory.forgotten():
+                    await fetching.rewind_all()
+                    await memory.remember()
+            except TRANSIENT as exc:
+                log.warning("broker check skipped", extra={"error": type(exc).__name__})
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), self.broker_check_s)
+
+    async def _refresh_holds(self) -> None:
+        """Before each batch and every few seconds. A broker that cannot be asked leaves the
+        view marked as not current: the batch's erasures wait, the rest goes on."""
+        if self.holds is None:
+            return
+        try:
+            await self.holds.refresh()
+        except HOLDS_REFRESH_ERRORS as exc:
+            log.warning("holds refresh failed", extra={"error": type(exc).__name__})
+        metrics.holds_complete.set(int(self.holds.incomplete() is None), {"system": self.adapter.system})
 
     async def _consume(self, consumer: AIOKafkaConsumer, handle: Handler) -> None:
         while not self.stopping.is_set():
@@ -154,8 +198,7 @@ class WorkerRuntime:
     async def _batch(self, records: Sequence[ConsumerRecord[bytes, bytes]], handle: Handler) -> None:
         """Order matters per subject, not across subjects: records with the same key (the
         subject reference) run in order, different keys run concurrently, up to a bound."""
-        if self.holds is not None:
-            await self.holds.refresh()  # the decision point of the whole batch (see holds.py)
+        await self._refresh_holds()  # the decision point of the whole batch (see holds.py)
 
         async def in_order(group: list[ConsumerRecord[bytes, bytes]]) -> None:
             for record in group:
@@ -206,6 +249,18 @@ class WorkerRuntime:
         assert self.publisher is not None
         try:
             outcome = await execute(command, identities, self.adapter, self.policy, self.clock, self.holds)
+        except HoldsUnavailable as exc:
+            # Not the command's fault, and not its store's: it waits on the retry topic, without
+            # using up its tries, until the holds are known again (intake re-announces them).
+            log.warning(
+                "erasure held back: holds not confirmed",
+                extra={"request_id": command.request_id, "system": self.adapter.system, "error": str(exc)},
+            )
+            metrics.erasures_held_back.add(1, {"system": self.adapter.system})
+            await self.publisher.retry_later(
+                record, self.retry_topic, attempt, HOLDS_WAIT_S, type(exc).__name__
+            )
+            return
         except Exception as exc:  # store errors of every driver; only the type is reported
             error = type(exc).__name__
             log.warning(
@@ -227,6 +282,7 @@ class WorkerRuntime:
                 command_id=command.message_id,
                 attempt=command.attempt,
                 resume_of=command.resume_of,
+                reason=command.reason,
                 status="failed",
                 error=f"{error} after {attempt} tries",
                 started_at=now,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,7 @@ import asyncpg
 import httpx
 import pytest
 
+from cli import synthetic
 from cli.processes import stop
 from cli.seed import read
 from cli.stack import Stack
@@ -22,7 +23,7 @@ from services.mailing.processing import recipients
 from shared import topics
 from shared.kafka import make_consumer
 from shared.policy.model import Period
-from tests.e2e.conftest import seed, wait_final
+from tests.e2e.conftest import seed, submit_erasure, wait_final
 
 pytestmark = pytest.mark.e2e
 ERIN = {"customer_id": "C-3001", "emails": ["erin.walsh@example.ie"], "phones": ["07700 900321"]}
@@ -131,6 +132,40 @@ def test_held_recordings_survive_and_go_when_the_hold_is_released(
     assert all(
         h["id"] != erin_report["hold_id"] for h in api.get("/v1/holds", params={"active": "true"}).json()
     )
+
+
+def test_a_hold_that_expires_keeps_records_until_then_and_the_report_says_why_they_went(
+    stack: Stack, api: httpx.Client
+) -> None:
+    person = synthetic.person(1, prefix="expiry")
+    seed(stack, synthetic.people(0).model_copy(update={"people": [person]}))
+    assert person.subject is not None and person.subject.customer_id
+    expires = datetime.now(UTC) + timedelta(seconds=8)
+    hold = api.post(
+        "/v1/holds",
+        json={
+            "subject": {"customer_id": person.subject.customer_id},
+            "systems": ["recordings"],
+            "case_reference": "LIT-EXPIRY-1",
+            "reason": "kept only until the claim window closes",
+            "expires_at": expires.isoformat(),
+        },
+    )
+    assert hold.status_code == 201, hold.text
+    submit_erasure(api, "e2e-expiry", person.subject.model_dump(exclude_none=True))
+    wait_final(api, "e2e-expiry")
+    kept = category(api.get("/v1/requests/e2e-expiry/report").json(), "recordings", "call_recordings")
+    assert kept["erased"] == 0 and kept["retained"][0]["hold_reference"] == "LIT-EXPIRY-1"
+    assert list(stack.recordings_dir.rglob(f"R-{person.subject.customer_id}.wav"))  # before expiry
+    deadline = time.monotonic() + 40
+    while not (later := system(api.get("/v1/requests/e2e-expiry/report").json(), "recordings")["deferred"]):
+        assert time.monotonic() < deadline, "no deferred erasure after the hold expired"
+        time.sleep(0.3)
+    assert later[0]["erased"] == 1 and later[0]["reason"] == "hold LIT-EXPIRY-1 expired"
+    assert datetime.fromisoformat(later[0]["finished_at"]) >= expires
+    assert not list(stack.recordings_dir.rglob(f"R-{person.subject.customer_id}.wav"))
+    html = api.get("/v1/requests/e2e-expiry/report", headers={"Accept": "text/html"}).text
+    assert "hold LIT-EXPIRY-1 expired" in html
 
 
 def test_hold_api_rejects_bad_input_naming_the_field(api: httpx.Client) -> None:

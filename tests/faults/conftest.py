@@ -122,7 +122,13 @@ def wait_all_final(api: httpx.Client, batch: Batch, timeout_s: float) -> dict[st
         listed = api.get("/v1/requests", params={"limit": 1000, "received_from": batch.started}).json()
         pending -= {r["request_id"] for r in listed if r["status"] in FINAL}
         time.sleep(0.5)
-    assert not pending, f"{len(pending)} requests stuck, e.g. {sorted(pending)[:5]}"
+    if pending:  # say where they wait: the status and each system's state
+        waits = {
+            rid: (body["status"], {p["system"]: p["state"] for p in body["progress"]})
+            for rid in sorted(pending)[:5]
+            for body in [api.get(f"/v1/requests/{rid}").json()]
+        }
+        raise AssertionError(f"{len(pending)} requests stuck, e.g. {waits}")
     return {rid: api.get(f"/v1/requests/{rid}/report").json() for rid in batch.ids}
 
 

@@ -59,6 +59,20 @@ def test_broker_paused_then_resumed(stack: Stack, api: httpx.Client) -> None:
     finish(stack, api, batch)
 
 
+def test_broker_killed_and_restarted_empty(stack: Stack, api: httpx.Client) -> None:
+    """The embedded broker keeps everything in memory: killed and started again, it has no
+    topics, no offsets, no holds. Requests in flight must still finish, within a minute of
+    its return (the tracker's timeout here is 90 s: recovery, not the timeout, finishes
+    them), held records must stay held, and no count may come out double."""
+    batch = prepare(stack, api, "amnesia")
+    half = len(batch.ids) // 2
+    submit(api, batch, range(half))
+    time.sleep(1)  # some done, some on the way
+    stack.restart_broker()
+    submit(api, batch, range(half, len(batch.ids)))
+    finish(stack, api, batch, timeout_s=60)
+
+
 def _postgres_cluster() -> tuple[str, str] | None:
     if shutil.which("pg_ctlcluster") is None or not Path("/etc/postgresql").is_dir():
         return None

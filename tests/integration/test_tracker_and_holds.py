@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, date, datetime, timedelta
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 import asyncpg
 import pytest
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
 
-from services.tracker import schedule, store
+from services.tracker import recovery, schedule, store
 from services.tracker.saga import Timeouts
 from shared import topics
 from shared.codec import encode
@@ -23,7 +25,7 @@ from shared.contracts import (
 )
 from shared.contracts.audit import verify_chain
 from shared.contracts.events import DeadlineExtended, RetrySystem
-from shared.contracts.holds import HoldUpdated
+from shared.contracts.holds import SNAPSHOT_KEY, HoldsAnnounced, HoldUpdated
 from shared.crypto import IdentifierSeal, new_identifier_key, subject_ref
 from shared.db import apply_schema, create_pool, ensure_database
 from shared.identity import Identities
@@ -148,17 +150,94 @@ async def test_releasing_a_hold_schedules_erasure_of_what_it_held(tracker_db: as
         placed_at=T0,
         released_at=T0 + timedelta(days=3),
     )
-    assert await schedule.schedule_hold_release(tracker_db, released) == 1
+    assert await schedule.record_hold(tracker_db, released) == 1
+    assert await schedule.record_hold(tracker_db, released) == 0  # redelivered: nothing more
     assert await schedule.pending(tracker_db, "t-4") == [("recordings", date(2026, 11, 30))]
 
 
-async def test_holds_view_sees_every_hold_acknowledged_before_it_decides(broker: KafkaSettings) -> None:
+async def test_a_hold_that_expires_schedules_erasure_at_that_moment_with_the_reason(
+    tracker_db: asyncpg.Pool,
+) -> None:
+    expires = T0 + timedelta(hours=2, seconds=5)
+    hold = HoldUpdated(
+        hold_id=uuid4(),
+        version=1,
+        case_reference="LIT-EXP",
+        subject_ref=REF,
+        sealed_identifiers="x",
+        placed_at=T0,
+        expires_at=expires,
+    )
+    await store.start_saga(tracker_db, accepted("t-exp", "recordings"), T0)
+    assert await schedule.record_hold(tracker_db, hold) == 0  # nothing cites it yet
+    held = Retention(count=1, hold_reference="LIT-EXP", legal_basis="hold")
+    first = outcome("t-exp", "recordings", retained=[held])
+    await store.record_outcome(tracker_db, first)  # the outcome comes after the hold: scheduled then
+    assert await schedule.pending(tracker_db, "t-exp") == [("recordings", expires.date())]
+    assert await schedule.dispatch_due(tracker_db, expires - timedelta(seconds=1)) == 0  # same day, not yet
+    assert await schedule.dispatch_due(tracker_db, expires) == 1
+    command = (await outbox(tracker_db, topics.command_topic("recordings")))[0]
+    assert command["resume_of"] == str(first.command_id) and command["reason"] == "hold LIT-EXP expired"
+    later = outcome("t-exp", "recordings", resume_of=first).model_copy(
+        update={"command_id": UUID(str(command["message_id"])), "reason": command["reason"]}
+    )
+    await store.record_outcome(tracker_db, later)
+    deferred = (await outbox(tracker_db, topics.REQUEST_STATUS))[-1]["report"]["systems"][0]["deferred"]
+    assert deferred[0]["reason"] == "hold LIT-EXP expired" and deferred[0]["erased"] == 1
+
+
+async def test_a_release_that_overtakes_the_outcome_citing_it_still_schedules_erasure(
+    tracker_db: asyncpg.Pool,
+) -> None:
+    released = HoldUpdated(
+        hold_id=uuid4(),
+        version=2,
+        case_reference="LIT-RACE",
+        subject_ref=REF,
+        sealed_identifiers="x",
+        placed_at=T0,
+        released_at=T0 + timedelta(minutes=1),
+    )
+    await store.start_saga(tracker_db, accepted("t-race", "billing"), T0)
+    await schedule.record_hold(tracker_db, released)
+    held = Retention(count=1, hold_reference="LIT-RACE", legal_basis="hold")
+    await store.record_outcome(tracker_db, outcome("t-race", "billing", retained=[held]))
+    assert await schedule.pending(tracker_db, "t-race") == [("billing", T0.date())]
+
+
+def announced(*holds: HoldUpdated) -> HoldsAnnounced:
+    return HoldsAnnounced(versions={h.hold_id: h.version for h in holds})
+
+
+async def send(producer: AIOKafkaProducer, message: HoldUpdated | HoldsAnnounced) -> None:
+    key = str(message.hold_id) if isinstance(message, HoldUpdated) else SNAPSHOT_KEY
+    await producer.send_and_wait(topics.HOLDS, encode(message), key=key.encode())
+
+
+@pytest.fixture
+async def holds_topic(broker: KafkaSettings):  # type: ignore[no-untyped-def]
+    """An empty holds topic of its own (the broker is shared by the session), and a producer."""
     await ensure_topics(broker, topics.all_topics())
+    admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_topics([topics.HOLDS])
+    finally:
+        await admin.close()
+    await ensure_topics(broker, [topics.HOLDS])
+    producer = make_producer(broker)
+    await producer.start()
+    yield producer
+    await producer.stop()
+
+
+async def test_holds_view_sees_every_hold_acknowledged_before_it_decides(
+    broker: KafkaSettings, holds_topic: AIOKafkaProducer
+) -> None:
     seal = IdentifierSeal(new_identifier_key())
     view = HoldsView(broker, seal)
     await view.start()
-    producer = make_producer(broker)
-    await producer.start()
+    producer = holds_topic
     try:
         hold = HoldUpdated(
             hold_id=uuid4(),
@@ -170,25 +249,63 @@ async def test_holds_view_sees_every_hold_acknowledged_before_it_decides(broker:
             placed_at=T0,
         )
         await view.refresh()
+        with pytest.raises(HoldsUnavailable, match="no holds announcement"):  # nothing known yet
+            await view.active("billing", T0)
+        await send(producer, announced())
+        await view.refresh()
         assert await view.active("billing", T0 + timedelta(seconds=1)) == []
         # Acknowledged by the broker, so the very next batch must see it: no sleeping here.
-        await producer.send_and_wait(topics.HOLDS, encode(hold), key=str(hold.hold_id).encode())
+        await send(producer, hold)
         await view.refresh()
         active = await view.active("billing", T0 + timedelta(seconds=1))
         assert [h.case_reference for h in active] == ["LIT-1"]
         assert active[0].identities.customer_ids == ["C-1"]
         assert await view.active("crm", T0 + timedelta(seconds=1)) == []  # other systems unaffected
         released = hold.model_copy(update={"version": 2, "released_at": T0 + timedelta(days=1)})
-        await producer.send_and_wait(topics.HOLDS, encode(released), key=str(hold.hold_id).encode())
+        await send(producer, released)
         await view.refresh()
         assert await view.active("billing", T0 + timedelta(days=2)) == []
         assert len(await view.active("billing", T0 + timedelta(hours=1))) == 1  # still in force then
         await producer.send_and_wait(topics.HOLDS, b"garbage", key=b"x")
         await view.refresh()
-        with pytest.raises(HoldsUnavailable):  # fail closed: nothing is erased on a guess
+        with pytest.raises(HoldsUnavailable, match="unreadable"):  # fail closed: nothing erased on a guess
             await view.active("billing", T0)
     finally:
-        await producer.stop()
+        await view.stop()
+
+
+async def test_a_view_is_incomplete_while_an_announced_hold_is_missing_or_unreadable(
+    broker: KafkaSettings, holds_topic: AIOKafkaProducer
+) -> None:
+    seal = IdentifierSeal(new_identifier_key())
+    hold = HoldUpdated(
+        hold_id=uuid4(),
+        version=3,
+        case_reference="LIT-2",
+        subject_ref=REF,
+        sealed_identifiers=seal.seal(Identities(customer_ids=["C-2"])),
+        placed_at=T0,
+    )
+    # The marker says hold LIT-2 is at version 3; the topic has lost it (a forgetful broker).
+    await send(holds_topic, announced(hold))
+    view = HoldsView(broker, seal)
+    await view.start()
+    try:
+        await view.refresh()
+        assert view.incomplete() == "1 announced hold(s) not read"
+        await send(holds_topic, hold.model_copy(update={"version": 2}))  # an older version is not enough
+        await view.refresh()
+        assert view.incomplete() == "1 announced hold(s) not read"
+        # A version that cannot be opened (another key) stands until a readable one supersedes it.
+        other = IdentifierSeal(new_identifier_key()).seal(Identities(customer_ids=["C-2"]))
+        await send(holds_topic, hold.model_copy(update={"sealed_identifiers": other}))
+        await view.refresh()
+        assert view.incomplete() == "1 unreadable hold message(s)"
+        await send(holds_topic, hold)
+        await view.refresh()
+        assert view.incomplete() is None
+        assert [h.case_reference for h in await view.active("crm", T0)] == ["LIT-2"]
+    finally:
         await view.stop()
 
 
@@ -239,3 +356,35 @@ async def test_operator_retry_and_extension_are_audited_in_a_chain_the_database_
         await tracker_db.execute("UPDATE audit_log SET kind = 'nothing' WHERE request_id = 't-6'")
     with pytest.raises(asyncpg.RaiseError, match="append-only"):
         await tracker_db.execute("DELETE FROM audit_log WHERE request_id = 't-6'")
+
+
+async def test_after_a_broker_loss_what_the_sagas_wait_for_is_sent_again_as_it_was(
+    tracker_db: asyncpg.Pool,
+) -> None:
+    waiting = accepted("t-lost", "crm", "billing").model_copy(update={"command_ids": {"crm": uuid4()}})
+    await store.start_saga(tracker_db, waiting, T0)
+    await store.record_outcome(tracker_db, outcome("t-lost", "billing"))
+    await store.start_saga(tracker_db, accepted("t-recent", "crm"), T0)
+    kept = Retention(count=1, rule_id="r", legal_basis="HMRC", retain_until=date(2027, 1, 1))
+    first = outcome("t-recent", "crm", retained=[kept])
+    await store.record_outcome(tracker_db, first)
+    assert await schedule.dispatch_due(tracker_db, datetime(2027, 1, 1, tzinfo=UTC)) == 1  # then lost
+    deferred_id = (await outbox(tracker_db, topics.command_topic("crm")))[-1]["message_id"]
+    await store.start_saga(tracker_db, accepted("t-old", "mailing"), T0 - timedelta(days=30))
+    await store.record_outcome(
+        tracker_db, outcome("t-old", "mailing").model_copy(update={"finished_at": T0 - timedelta(days=29)})
+    )
+    await tracker_db.execute("DELETE FROM outbox")  # what the broker had, and forgot
+
+    touched = await recovery.recover(tracker_db, T0 + timedelta(minutes=5), timedelta(hours=1))
+    assert touched == 2  # t-old finished a month ago: intake has long read it
+    assert [c["message_id"] for c in await outbox(tracker_db, topics.command_topic("crm"))] == [
+        str(waiting.command_ids["crm"])
+    ]
+    statuses = {m["request_id"]: m for m in await outbox(tracker_db, topics.REQUEST_STATUS)}
+    assert set(statuses) == {"t-lost", "t-recent"}
+    assert statuses["t-lost"]["audit"][-1]["kind"] == "resent_after_broker_loss"
+    assert [m["request_id"] for m in await outbox(tracker_db, topics.REQUESTS_COMPLETED)] == ["t-recent"]
+    # The deferred erasure whose outcome never came is due again, as the same command.
+    assert await schedule.dispatch_due(tracker_db, datetime(2027, 1, 2, tzinfo=UTC)) == 1
+    assert (await outbox(tracker_db, topics.command_topic("crm")))[-1]["message_id"] == deferred_id

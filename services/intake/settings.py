@@ -1,0 +1,32 @@
+"""Intake's configuration, from the environment (names in docs/configuration.md)."""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.intake.api import ApiLimits
+from shared import topics
+
+
+class IntakeSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LETHE_", extra="ignore")
+
+    http_host: str = Field("127.0.0.1", description="Address the HTTP API binds to.")
+    http_port: int = Field(8080, ge=1, le=65535, description="Port of the HTTP API.")
+    systems: list[str] = Field(list(topics.SYSTEMS), description="Systems requests may target (JSON list).")
+    stuck_after_s: float = Field(3600, gt=0, description="A request unchanged this long is listed as stuck.")
+    callback_secret: SecretStr = Field(
+        SecretStr(""), description="HMAC key signing callbacks; callbacks are not sent without one."
+    )
+    bootstrap_tokens: SecretStr = Field(
+        SecretStr(""), description="role:token,role:token provisioned at start-up (scripts, CI, first admin)."
+    )
+    rate_limit_per_s: float = Field(50, gt=0, description="Requests a second allowed per token (sustained).")
+    rate_limit_burst: int = Field(200, ge=1, description="Requests a token may make in a burst.")
+    max_body_bytes: int = Field(65536, ge=1024, le=16 * 1024 * 1024, description="Largest request body.")
+
+    def limits(self) -> ApiLimits:
+        return ApiLimits(
+            self.stuck_after_s, self.rate_limit_per_s, self.rate_limit_burst, self.max_body_bytes
+        )

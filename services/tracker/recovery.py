@@ -1,0 +1,71 @@
+"""The tracker's side of surviving a broker that forgot (`shared/broker_memory.py`): it holds
+every saga, so it knows what may have been lost on the way and sends it again.
+
+- every command still waiting for its outcome, as the same command (the worker's journal
+  answers a repeat with the outcome it recorded, or does the work if it never got it);
+- every deferred erasure sent whose outcome has not come back;
+- the latest status snapshot of every open request, and of every request finished within
+  `LETHE_TRACKER_RECOVERY_WINDOW_S` with its completion event (intake and upstream may not have
+  read them; intake keeps the newest snapshot, upstream de-duplicates by request id).
+
+Requests wait a minute at most after the broker is back, not the system timeout."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+
+import asyncpg
+
+from services.tracker import schedule, store
+from shared.contracts import COMMAND_FOR_TYPE, SystemState
+from shared.telemetry import metrics
+from shared.telemetry.messaging import TRACER, link_to
+
+log = logging.getLogger(__name__)
+
+
+async def recover(pool: asyncpg.Pool, now: datetime, window: timedelta, batch: int = 200) -> int:
+    """Re-send what the broker may have lost. Returns the requests touched."""
+    async with pool.acquire() as conn:
+        deferred = await schedule.undispatch_unanswered(conn)
+    touched, after = 0, ""
+    while True:
+        ids = await pool.fetch(
+            "SELECT request_id FROM sagas WHERE (completed_at IS NULL OR completed_at >= $1)"
+            " AND request_id > $2 ORDER BY request_id LIMIT $3",
+            now - window,
+            after,
+            batch,
+        )
+        if not ids:
+            break
+        for row in ids:  # a transaction each: one saga locked at a time, as every handler does
+            async with pool.acquire() as conn, conn.transaction():
+                await _resend(conn, row["request_id"], now)
+        touched += len(ids)
+        after = ids[-1]["request_id"]
+    log.warning("re-sent after a broker loss", extra={"requests": touched, "deferred": deferred})
+    return touched
+
+
+async def _resend(conn: asyncpg.Connection, request_id: str, now: datetime) -> None:
+    loaded = await store.load(conn, request_id)
+    if loaded is None:
+        return
+    saga = loaded.saga
+    waiting = [s for s in saga.slots.values() if s.state is SystemState.DISPATCHED]
+    if not waiting:
+        await store.announce(conn, loaded, completed=saga.status.is_final)
+        return
+    command_type = COMMAND_FOR_TYPE[saga.request_type]
+    for slot in waiting:
+        metrics.redispatches.add(1, {"system": slot.system})
+        with TRACER.start_as_current_span(
+            "resend after broker loss",
+            links=link_to(loaded.traceparent),
+            attributes={"lethe.request_id": saga.request_id, "lethe.system": slot.system},
+        ):
+            await store.enqueue_command(conn, loaded, command_type, slot.system, slot)
+    saga.note(now, "resent_after_broker_loss", systems=[s.system for s in waiting])
+    await store.save(conn, loaded, was_final=saga.status.is_final)

@@ -1,0 +1,39 @@
+"""The tracker's configuration, from the environment (names in docs/configuration.md)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.tracker.saga import Timeouts
+
+
+class TrackerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LETHE_TRACKER_", extra="ignore")
+
+    tick_s: float = Field(
+        30.0, gt=0, le=3600, description="How often timeouts and due deferred erasures are checked."
+    )
+    system_timeout_s: float = Field(
+        900.0,
+        gt=0,
+        le=7 * 86400,
+        description="How long a system may stay silent before its command is re-sent.",
+    )
+    max_attempts: int = Field(3, ge=1, le=20, description="Tries of a silent system before it is failed.")
+    timeout_backoff: float = Field(
+        2.0, ge=1.0, le=10.0, description="Each further try waits this much longer."
+    )
+
+    recovery_window_s: float = Field(
+        3600.0,
+        gt=0,
+        le=30 * 86400,
+        description="After a broker loss, the status and completion of requests finished this recently"
+        " are published again (intake or upstream may not have read them).",
+    )
+
+    def timeouts(self) -> Timeouts:
+        return Timeouts(timedelta(seconds=self.system_timeout_s), self.max_attempts, self.timeout_backoff)

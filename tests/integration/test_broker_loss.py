@@ -1,0 +1,145 @@
+"""What intake and the tracker notice when the broker forgets, and what intake puts back: every
+hold with a marker, every request the tracker has not acknowledged, as the same messages. Real
+PostgreSQL and broker; the loss is a topic deleted and created again (an embedded broker's
+restart empties them all)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import pytest
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+
+from services.intake import auth, callbacks, holds, store
+from services.intake.recovery import holds_topic_complete
+from shared import topics
+from shared.broker_memory import SENTINEL_DDL, BrokerMemory
+from shared.crypto import IdentifierSeal, new_identifier_key, subject_ref
+from shared.db import apply_schema, create_pool, ensure_database
+from shared.identity import Identities
+from shared.kafka import ensure_topics, make_producer
+from shared.outbox import OUTBOX_DDL, OutboxRelay
+from shared.settings import KafkaSettings
+
+pytestmark = pytest.mark.integration
+SUBJECT = Identities(emails=["loss@example.com"])
+
+
+async def forget(broker: KafkaSettings, *names: str) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_topics(list(names))
+    finally:
+        await admin.close()
+    await ensure_topics(broker, list(names))
+
+
+@pytest.fixture
+async def intake_db(fresh_db: str) -> AsyncIterator[asyncpg.Pool]:
+    await ensure_database(fresh_db)
+    pool = await create_pool(fresh_db)
+    await apply_schema(
+        pool, *store.SCHEMA, *holds.SCHEMA, *callbacks.SCHEMA, *auth.SCHEMA, OUTBOX_DDL, SENTINEL_DDL
+    )
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture
+async def producer(broker: KafkaSettings) -> AsyncIterator[AIOKafkaProducer]:
+    await ensure_topics(broker, topics.all_topics())
+    client = make_producer(broker)
+    await client.start()
+    yield client
+    await client.stop()
+
+
+async def test_the_sentinel_tells_a_loss_until_it_is_put_right_and_nothing_else(
+    intake_db: asyncpg.Pool, producer: AIOKafkaProducer, broker: KafkaSettings
+) -> None:
+    memory = BrokerMemory(intake_db, producer, broker, "intake")
+    assert await memory.forgotten() is False  # a first start has nothing to have forgotten
+    assert await memory.forgotten() is False
+    await producer.send_and_wait(topics.SENTINELS, b"someone else's", key=b"tracker", partition=0)
+    assert await memory.forgotten() is False
+    await forget(broker, topics.SENTINELS)
+    # Others' sentinels at our offset, after the loss, are not ours.
+    for _ in range(3):
+        await producer.send_and_wait(topics.SENTINELS, b"other", key=b"other", partition=0)
+    assert await memory.forgotten() is True
+    assert await memory.forgotten() is True  # until what was lost is put right
+    await memory.remember()
+    assert await memory.forgotten() is False
+    # A new instance (a restart) knows from the database what was placed.
+    again = BrokerMemory(intake_db, producer, broker, "intake")
+    assert await again.forgotten() is False
+
+
+async def test_intake_puts_every_hold_back_with_a_marker_when_the_topic_lost_them(
+    intake_db: asyncpg.Pool, producer: AIOKafkaProducer, broker: KafkaSettings
+) -> None:
+    seal = IdentifierSeal(new_identifier_key())
+    await forget(broker, topics.HOLDS)
+    relay = OutboxRelay(intake_db, producer)
+    now = datetime.now(UTC)
+    placed = []
+    for n in range(3):
+        row, _ = await holds.place(
+            intake_db,
+            holds.NewHold(
+                f"LIT-{n}", "reason", subject_ref("k", SUBJECT), seal.seal(SUBJECT), None, None, now, None
+            ),
+        )
+        placed.append(row["hold_id"])
+    await holds.release(intake_db, placed[0], now + timedelta(seconds=1))
+    await relay.publish_batch()
+    assert not await holds_topic_complete(intake_db, broker, seal)  # no marker ever published
+    await holds.announce_all(intake_db)
+    await relay.publish_batch()
+    assert await holds_topic_complete(intake_db, broker, seal)
+    await forget(broker, topics.HOLDS)
+    assert not await holds_topic_complete(intake_db, broker, seal)
+    await holds.announce_all(intake_db)
+    await relay.publish_batch()
+    assert await holds_topic_complete(intake_db, broker, seal)
+    assert await holds.versions(intake_db) == {placed[0]: 2, placed[1]: 1, placed[2]: 1}
+
+
+async def test_requests_the_tracker_never_acknowledged_are_announced_again_as_the_same_messages(
+    intake_db: asyncpg.Pool,
+) -> None:
+    now = datetime.now(UTC)
+    for request_id in ("a-1", "a-2"):
+        await store.submit(
+            intake_db,
+            store.NewRequest(
+                request_id=request_id,
+                fingerprint="f",
+                request_type="erasure",
+                subject_ref=subject_ref("k", SUBJECT),
+                sealed_identifiers="sealed",
+                systems=["crm", "mailing"],
+                received_at=now,
+                deadline=now + timedelta(days=30),
+                trace_id=None,
+            ),
+        )
+    first = await intake_db.fetch("SELECT topic, key, value FROM outbox ORDER BY id")
+    await intake_db.execute("DELETE FROM outbox")  # published, then lost by the broker
+    await intake_db.execute("UPDATE requests SET status = 'in_progress' WHERE request_id = 'a-2'")
+    assert await store.announce_unstarted(intake_db, now - timedelta(seconds=1)) == 0  # just announced
+    assert await store.announce_unstarted(intake_db, datetime.now(UTC)) == 1
+    again = await intake_db.fetch("SELECT topic, key, value FROM outbox ORDER BY id")
+    assert [same(r) for r in again] == [same(r) for r in first if b'"a-1"' in r["value"]]
+
+
+def same(row: asyncpg.Record) -> tuple[str, str, dict[str, object]]:
+    """A message as consumers de-duplicate it: its id and content (not when it was sent)."""
+    body = json.loads(row["value"])
+    body.pop("occurred_at")
+    return row["topic"], row["key"], body

@@ -1,0 +1,135 @@
+"""A worker that cannot confirm it knows every hold erases nothing: the erasure waits (on its
+retry topic, without using up its tries) until intake's announcement arrives, then honours the
+hold. The real worker runtime, broker, PostgreSQL and files."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from uuid import uuid4
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+
+from services.recordings import seed as recordings_seed
+from services.recordings.store import RecordingsAdapter
+from shared import topics
+from shared.codec import decode, encode
+from shared.contracts import EraseSubject, OutcomeReported
+from shared.contracts.holds import SNAPSHOT_KEY, HoldsAnnounced, HoldUpdated
+from shared.crypto import IdentifierSeal, new_identifier_key, subject_ref
+from shared.identity import Identities
+from shared.kafka import ensure_topics, make_producer
+from shared.policy.evaluate import RetentionPolicy
+from shared.policy.model import DEFAULT_POLICY_FILE, load_policy
+from shared.settings import KafkaSettings
+from shared.worker.holds import HoldsView
+from shared.worker.runtime import RetrySettings, WorkerRuntime
+
+pytestmark = pytest.mark.integration
+SUBJECT = Identities(customer_ids=["C-7001"])
+OWN_TOPICS = [topics.HOLDS, topics.command_topic("recordings"), topics.retry_topic("recordings")]
+
+
+@pytest.fixture
+async def empty_broker(broker: KafkaSettings) -> AsyncIterator[KafkaSettings]:
+    """The session's broker with the topics this test reads emptied, as after a restart."""
+    await ensure_topics(broker, topics.all_topics())
+    admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_topics(OWN_TOPICS)
+    finally:
+        await admin.close()
+    await ensure_topics(broker, OWN_TOPICS)
+    yield broker
+
+
+async def next_outcome(
+    consumer: AIOKafkaConsumer, request_id: str, within_s: float
+) -> OutcomeReported | None:
+    deadline = asyncio.get_running_loop().time() + within_s
+    while asyncio.get_running_loop().time() < deadline:
+        for records in (await consumer.getmany(timeout_ms=200)).values():
+            for record in records:
+                outcome = decode(record.value, OutcomeReported)
+                if outcome.request_id == request_id:
+                    return outcome
+    return None
+
+
+async def test_an_erasure_waits_for_the_holds_announcement_then_keeps_what_is_held(
+    empty_broker: KafkaSettings, fresh_db: str, tmp_path: Path
+) -> None:
+    seal = IdentifierSeal(new_identifier_key())
+    adapter = RecordingsAdapter(fresh_db, tmp_path)
+    await adapter.start()
+    async with adapter.pool.acquire() as conn:
+        await recordings_seed.write(
+            conn,
+            tmp_path,
+            [
+                recordings_seed.RecordingSeed(
+                    recording_id="REC-7001",
+                    customer_id="C-7001",
+                    caller="07700900701",
+                    callee="+441708000100",
+                    recorded_at=datetime.now(UTC) - timedelta(days=3),
+                    duration_s=5,
+                )
+            ],
+        )
+    await adapter.close()  # the runtime starts it again
+    runtime = WorkerRuntime(
+        adapter=RecordingsAdapter(fresh_db, tmp_path),
+        policy=RetentionPolicy(load_policy(DEFAULT_POLICY_FILE)),
+        seal=seal,
+        kafka=empty_broker,
+        retry=RetrySettings(attempts=2, backoff_initial_s=0.1, backoff_max_s=0.2),
+        holds=HoldsView(empty_broker, seal),
+    )
+    outcomes = AIOKafkaConsumer(topics.OUTCOMES, bootstrap_servers=empty_broker.bootstrap, group_id=None)
+    await outcomes.start()
+    await outcomes.seek_to_end()
+    producer: AIOKafkaProducer = make_producer(empty_broker)
+    await producer.start()
+    running = asyncio.create_task(runtime.run())
+    try:
+        ref = subject_ref("k", SUBJECT)
+        command = EraseSubject(
+            request_id="wh-1", system="recordings", subject_ref=ref, sealed_identifiers=seal.seal(SUBJECT)
+        )
+        await producer.send_and_wait(topics.command_topic("recordings"), encode(command), key=ref.encode())
+        # No announcement on the topic: the worker cannot tell it knows every hold. More tries
+        # than RetrySettings allows go by, and nothing is erased, nothing reported.
+        assert await next_outcome(outcomes, "wh-1", within_s=6) is None
+        assert list(tmp_path.rglob("REC-7001.wav"))
+        assert (await runtime.readiness())["holds"] is False
+        # Intake's announcement: the hold (placed before, lost by the broker), then the marker.
+        hold = HoldUpdated(
+            hold_id=uuid4(),
+            version=1,
+            case_reference="LIT-7001",
+            subject_ref=ref,
+            sealed_identifiers=seal.seal(SUBJECT),
+            placed_at=datetime.now(UTC) - timedelta(days=1),
+        )
+        await producer.send_and_wait(topics.HOLDS, encode(hold), key=str(hold.hold_id).encode())
+        marker = HoldsAnnounced(versions={hold.hold_id: 1})
+        await producer.send_and_wait(topics.HOLDS, encode(marker), key=SNAPSHOT_KEY.encode())
+        outcome = await next_outcome(outcomes, "wh-1", within_s=20)
+        assert outcome is not None and outcome.status == "done"
+        kept = outcome.categories[0]
+        assert kept.erased == 0 and kept.retained[0].hold_reference == "LIT-7001"
+        assert list(tmp_path.rglob("REC-7001.wav"))
+        assert (await runtime.readiness())["holds"] is True
+    finally:
+        runtime.stop()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(running, 10)
+        await producer.stop()
+        await outcomes.stop()

@@ -1,0 +1,191 @@
+"""The holds view against a broker that forgets, stalls, or leaves holes (a scripted log in
+place of the consumer): it never counts itself complete on a guess, and never stays stuck."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+from uuid import uuid4
+
+import pytest
+from aiokafka import TopicPartition
+
+from shared import topics
+from shared.codec import encode
+from shared.contracts.holds import SNAPSHOT_KEY, HoldsAnnounced, HoldUpdated
+from shared.crypto import IdentifierSeal, new_identifier_key
+from shared.identity import Identities
+from shared.settings import KafkaSettings
+from shared.worker import holds
+from shared.worker.holds import HoldsBehind, HoldsUnavailable, HoldsView
+
+TP = TopicPartition(topics.HOLDS, 0)
+SEAL = IdentifierSeal(new_identifier_key())
+T0 = datetime(2026, 11, 27, tzinfo=UTC)
+
+
+class Record:
+    def __init__(self, offset: int, key: bytes, value: bytes) -> None:
+        self.topic, self.partition, self.offset, self.key, self.value = TP.topic, 0, offset, key, value
+
+
+class ScriptedLog:
+    """One partition as a broker keeps it: `None` at an offset is a hole (assigned, never
+    readable); `answering` False is a paused broker."""
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[bytes, bytes] | None] = []
+        self.at = 0
+        self.answering = True
+
+    def append(self, key: str, message: HoldUpdated | HoldsAnnounced | None) -> None:
+        self.entries.append(None if message is None else (key.encode(), encode(message)))
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def topics(self) -> set[str]:
+        return {TP.topic}
+
+    def partitions_for_topic(self, topic: str) -> set[int]:
+        return {0}
+
+    def assign(self, partitions: list[TopicPartition]) -> None: ...
+
+    async def seek_to_beginning(self, *partitions: TopicPartition) -> None:
+        self.at = 0
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.at = offset
+
+    async def position(self, tp: TopicPartition) -> int:
+        return self.at
+
+    async def end_offsets(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        if not self.answering:
+            raise TimeoutError
+        return {TP: len(self.entries)}
+
+    async def getmany(
+        self, *partitions: TopicPartition, timeout_ms: int = 0
+    ) -> dict[TopicPartition, list[Any]]:
+        out = []
+        while self.answering and self.at < len(self.entries) and self.entries[self.at]:
+            key, value = self.entries[self.at]  # type: ignore[misc]
+            out.append(Record(self.at, key, value))
+            self.at += 1
+        return {TP: out} if out else {}
+
+
+def hold(case: str, version: int = 1) -> HoldUpdated:
+    return HoldUpdated(
+        hold_id=uuid4(),
+        version=version,
+        case_reference=case,
+        subject_ref="subj_" + "0" * 32,
+        sealed_identifiers=SEAL.seal(Identities(customer_ids=["C-1"])),
+        placed_at=T0,
+    )
+
+
+def announce(log: ScriptedLog, *held: HoldUpdated) -> None:
+    for h in held:
+        log.append(str(h.hold_id), h)
+    log.append(SNAPSHOT_KEY, HoldsAnnounced(versions={h.hold_id: h.version for h in held}))
+
+
+@pytest.fixture
+def fast(monkeypatch: pytest.MonkeyPatch) -> Callable[[float], None]:
+    """No real waiting: the catch-up gives up at once, and the clock is ours to move."""
+    now = [0.0]
+    monkeypatch.setattr(holds, "CATCH_UP_S", 0.0)
+    monkeypatch.setattr(holds.time, "monotonic", lambda: now[0])
+
+    def advance(seconds: float) -> None:
+        now[0] += seconds
+
+    return advance
+
+
+async def view_on(log: ScriptedLog) -> HoldsView:
+    view = HoldsView(KafkaSettings(), SEAL)
+    await view.start(log)  # type: ignore[arg-type]
+    return view
+
+
+async def test_a_broker_that_forgot_is_noticed_by_the_marker_and_the_view_waits_for_a_new_one(
+    fast: Callable[[float], None],
+) -> None:
+    log = ScriptedLog()
+    a = hold("LIT-A")
+    announce(log, a)
+    view = await view_on(log)
+    await view.refresh()
+    assert view.incomplete() is None
+    # The broker restarts empty; a hold B is placed (acknowledged), the log is as long as before.
+    b = hold("LIT-B")
+    log.entries = []
+    log.append(str(b.hold_id), b)
+    log.append("x", hold("LIT-X"))
+    await view.refresh()
+    assert view.incomplete() is not None  # the old marker is gone: no decision on what was read
+    with pytest.raises(HoldsUnavailable):
+        await view.active("billing", T0)
+    announce(log, a, b)  # intake noticed and announced every hold again
+    await view.refresh()
+    assert view.incomplete() is None
+    assert {h.case_reference for h in await view.active("billing", T0)} == {"LIT-A", "LIT-B", "LIT-X"}
+
+
+async def test_a_broker_that_does_not_answer_leaves_the_view_not_current(
+    fast: Callable[[float], None],
+) -> None:
+    log = ScriptedLog()
+    announce(log, hold("LIT-A"))
+    view = await view_on(log)
+    await view.refresh()
+    log.answering = False
+    with pytest.raises(TimeoutError):
+        await view.refresh()
+    assert view.incomplete() == "the holds topic could not be read up to its end (broker unreachable?)"
+    log.answering = True
+    await view.refresh()
+    assert view.incomplete() is None  # a pause is not a loss: no new marker needed
+
+
+async def test_a_hole_is_stepped_over_only_after_the_broker_answered_around_it_for_a_while(
+    fast: Callable[[float], None],
+) -> None:
+    log = ScriptedLog()
+    a = hold("LIT-A")
+    log.append("lost", None)  # a produce that failed after taking an offset
+    announce(log, a)
+    view = await view_on(log)
+    with pytest.raises(HoldsBehind):
+        await view.refresh()
+    fast(holds.HOLE_AFTER_S - 1)
+    with pytest.raises(HoldsBehind):
+        await view.refresh()  # still waiting: it might be a slow write
+    assert view.incomplete() is not None
+    fast(2)
+    with pytest.raises(HoldsBehind):
+        await view.refresh()  # stepped over now; the rest is read on the next refresh
+    await view.refresh()
+    assert view.incomplete() is None
+    assert [h.case_reference for h in await view.active("crm", T0)] == ["LIT-A"]
+
+
+async def test_an_unreadable_hold_stands_until_a_readable_version_of_it_supersedes_it() -> None:
+    log = ScriptedLog()
+    a = hold("LIT-A")
+    other_key = IdentifierSeal(new_identifier_key()).seal(Identities(customer_ids=["C-1"]))
+    log.append(str(a.hold_id), a.model_copy(update={"sealed_identifiers": other_key}))
+    announce(log, a)
+    view = await view_on(log)
+    await view.refresh()
+    assert view.incomplete() is None  # the readable version came after the unreadable one
+    log.append(str(a.hold_id), a.model_copy(update={"version": 2, "sealed_identifiers": other_key}))
+    await view.refresh()
+    assert view.incomplete() == "1 unreadable hold message(s)"
