@@ -16,17 +16,26 @@ from ldap3.utils.conv import escape_filter_chars
 
 from cli.seed import PersonSeed
 from services.directory.ldap import Directory, LdapSettings
-from shared.identity import e164_sql, normalise_phone
+from shared.identity import (
+    email_prefilter,
+    email_prefilter_sql,
+    normalise_email,
+    normalise_phone,
+    phone_prefilter,
+    phone_prefilter_sql,
+)
 
-BILLING = f"""WITH a AS (SELECT account_id FROM accounts WHERE customer_id = $1 OR lower(trim(email)) = $2
-                                 OR {e164_sql("phone")} = $3),
+# The stores' own indexed keys (shared/identity.py), without the pipeline's confirmation of each
+# match in Python: synthetic people do not share identifiers, so nothing else is reached.
+BILLING = f"""WITH a AS (SELECT account_id FROM accounts WHERE customer_id = $1
+          OR {email_prefilter_sql("email")} = $2 OR {phone_prefilter_sql("phone")} = $3),
   i AS (DELETE FROM invoices WHERE account_id IN (SELECT account_id FROM a)),
   p AS (DELETE FROM payments WHERE account_id IN (SELECT account_id FROM a)),
   c AS (DELETE FROM cdrs WHERE account_id IN (SELECT account_id FROM a)),
   r AS (DELETE FROM radius_sessions WHERE account_id IN (SELECT account_id FROM a))
 DELETE FROM accounts WHERE account_id IN (SELECT account_id FROM a)"""
-CRM = f"""WITH c AS (SELECT contact_id FROM contacts WHERE customer_id = $1 OR lower(trim(email)) = $2
-                              OR {e164_sql("phone")} = $3),
+CRM = f"""WITH c AS (SELECT contact_id FROM contacts WHERE customer_id = $1
+                              OR {email_prefilter_sql("email")} = $2 OR {phone_prefilter_sql("phone")} = $3),
   i AS (DELETE FROM interactions WHERE contact_id IN (SELECT contact_id FROM c)),
   p AS (DELETE FROM purchases WHERE contact_id IN (SELECT contact_id FROM c)),
   f AS (DELETE FROM forum_memberships WHERE contact_id IN (SELECT contact_id FROM c))
@@ -38,9 +47,14 @@ async def erase_one(
 ) -> None:
     subject = person.subject
     assert subject is not None and subject.customer_id
-    cid, email, phone = subject.customer_id, subject.emails[0].lower(), normalise_phone(subject.phones[0])
-    await pools["billing"].execute(BILLING, cid, email, phone)
-    await pools["crm"].execute(CRM, cid, email, phone)
+    cid, email, phone = (
+        subject.customer_id,
+        normalise_email(subject.emails[0]),
+        normalise_phone(subject.phones[0]),
+    )
+    email_key, phone_key = email_prefilter(email), phone_prefilter(phone)
+    await pools["billing"].execute(BILLING, cid, email_key, phone_key)
+    await pools["crm"].execute(CRM, cid, email_key, phone_key)
     async with pools["mailing"].acquire() as conn, conn.transaction():
         digest = hmac.new(key.encode(), email.encode(), hashlib.sha256).hexdigest()
         await conn.execute(
@@ -50,16 +64,16 @@ async def erase_one(
         ids = [
             r["subscriber_id"]
             for r in await conn.fetch(
-                "SELECT subscriber_id FROM subscribers WHERE lower(trim(email)) = $1", email
+                f"SELECT subscriber_id FROM subscribers WHERE {email_prefilter_sql('email')} = $1", email_key
             )
         ]
         await conn.execute("DELETE FROM consents WHERE subscriber_id = ANY($1::text[])", ids)
         await conn.execute("DELETE FROM subscribers WHERE subscriber_id = ANY($1::text[])", ids)
     rows = await pools["recordings"].fetch(
-        f"DELETE FROM recordings WHERE customer_id = $1 OR {e164_sql('caller')} = $2"
-        f" OR {e164_sql('callee')} = $2 RETURNING path",
+        f"DELETE FROM recordings WHERE customer_id = $1 OR {phone_prefilter_sql('caller')} = $2"
+        f" OR {phone_prefilter_sql('callee')} = $2 RETURNING path",
         cid,
-        phone,
+        phone_key,
     )
     for row in rows:
         (root / row["path"]).unlink(missing_ok=True)

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 
 from cryptography.fernet import Fernet, InvalidToken
 from pydantic import ValidationError
 
-from shared.identity import Identities
+from shared.identity import Identities, KnownIdentities
 
 
 class IdentifierSealError(ValueError):
@@ -27,17 +28,31 @@ class IdentifierSeal:
         except ValueError as exc:
             raise ValueError("LETHE_IDENTIFIER_KEY: not a Fernet key (32 url-safe base64 bytes)") from exc
 
-    def seal(self, identities: Identities) -> str:
-        return self._fernet.encrypt(identities.model_dump_json().encode()).decode()
+    def seal(self, identities: Identities | KnownIdentities) -> str:
+        return self.seal_text(identities.model_dump_json())
 
-    def open(self, token: str) -> Identities:
+    def seal_text(self, text: str) -> str:
+        return self._fernet.encrypt(text.encode()).decode()
+
+    def open_text(self, token: str) -> str:
         try:
-            plain = self._fernet.decrypt(token.encode())
+            return self._fernet.decrypt(token.encode()).decode()
         except InvalidToken as exc:
             raise IdentifierSealError("sealed_identifiers: cannot be opened with this key") from exc
+
+    def open(self, token: str) -> Identities:
+        return self.open_known(token).all
+
+    def open_known(self, token: str) -> KnownIdentities:
+        """A command's identifiers: what the request gave and what was learnt since (a bare
+        identifier set, as holds and older commands carry, is all given)."""
+        plain = self.open_text(token)
         try:
-            return Identities.model_validate_json(plain)
-        except ValidationError as exc:
+            data = json.loads(plain)
+            if isinstance(data, dict) and "given" in data:
+                return KnownIdentities.model_validate(data)
+            return KnownIdentities(given=Identities.model_validate(data))
+        except (ValidationError, ValueError) as exc:
             raise IdentifierSealError("sealed_identifiers: not a valid identifier set") from exc
 
 

@@ -1,40 +1,143 @@
-"""Identity normalisation: the one place that decides when two identifiers are the same person.
+"""Identity normalisation: the one place that decides when two identifiers are the same.
 
-Workers match records with the normalised forms; stores keep identifiers as their users typed
-them, so store adapters normalise the stored side too (see `E164_SQL`).
+Stores keep identifiers as people typed them (`+44 (0)7700 900461`, `mailto:<Alice@Bücher.example>`).
+Matching is done here, in Python, on the normalised forms; a store is only asked for
+*candidates*, with a coarse key it can index (`phone_prefilter_sql`, `email_prefilter_sql`)
+that is equal for every spelling of the same identifier. The coarse key may let other rows
+through; it must never keep a true match out, which `tests/integration/test_identity_keys.py`
+checks against PostgreSQL over generated spellings. There is no second normalisation to drift.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Annotated
+import unicodedata
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Annotated, Literal
 
+import idna
 import phonenumbers
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 DEFAULT_REGION = "GB"  # the source documents are a UK group's; numbers without +CC are British
-_EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]{1,255}$")
 _OPAQUE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
+_DISPLAY_FORM = re.compile(r"<([^<>]*)>\s*$")  # "Alice Hartley <alice@example.com>"
+_MAILTO = re.compile(r"^\s*mailto:", re.IGNORECASE)
+PHONE_TAIL = 6  # digits of a number's end that every spelling of it shares (see phone_prefilter)
+
+Kind = Literal["customer_ids", "emails", "phones", "ldap_uids"]
+KINDS: tuple[Kind, ...] = ("customer_ids", "emails", "phones", "ldap_uids")
+# Customer ids, e-mail addresses and directory uids belong to one person in practice; phone
+# numbers are shared (a household's landline, a switchboard, a family mobile).
+STRONG: tuple[Kind, ...] = ("customer_ids", "emails", "ldap_uids")
+
+
+def _printable(text: str, what: str) -> str:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: not text at all
+        raise ValueError(f"not {what}: invalid characters") from None
+    if any(unicodedata.category(c) in ("Cc", "Cf", "Cs", "Co", "Cn") and not c.isspace() for c in text):
+        raise ValueError(f"not {what}: control or unassigned characters")
+    return text
 
 
 def normalise_email(raw: str) -> str:
-    """Trimmed and case-folded: mailbox providers compare local parts case-insensitively in
-    practice, and a missed match here means data that survives an erasure."""
-    email = raw.strip().lower()
-    if not _EMAIL.match(email):
+    """`local@domain` as a mailbox provider compares it: surrounding whitespace, `mailto:` and
+    a display form's angle brackets dropped; the local part NFC and lower-cased (providers
+    compare it case-insensitively in practice, and a missed match is data that survives an
+    erasure); the domain in its ASCII (punycode) form, so `bücher.example` and
+    `xn--bcher-kva.example` are one domain. Sub-addresses (`alice+news@`) are kept: whether they
+    are the same mailbox is for a person to decide (`mailbox`)."""
+    text = _printable(raw, "an e-mail address").strip()
+    text = _MAILTO.sub("", text)
+    if match := _DISPLAY_FORM.search(text):
+        text = match.group(1)
+    text = _MAILTO.sub("", text.strip()).strip()
+    local, at, domain = text.rpartition("@")
+    if not at or not local or not domain or len(local) > 64 or any(c.isspace() for c in text):
         raise ValueError("not an e-mail address")
-    return email
+    try:
+        ascii_domain = idna.encode(domain.rstrip("."), uts46=True).decode("ascii")
+    except idna.IDNAError:
+        raise ValueError("not an e-mail address: invalid domain") from None
+    if "." not in ascii_domain or len(ascii_domain) > 253:
+        raise ValueError("not an e-mail address: invalid domain")
+    return f"{unicodedata.normalize('NFC', local).lower()}@{ascii_domain.lower()}"
+
+
+def mailbox(email: str) -> str:
+    """A normalised address without its sub-address: `alice+news@x.org` -> `alice@x.org`."""
+    local, _, domain = email.rpartition("@")
+    return f"{local.split('+', 1)[0]}@{domain}"
 
 
 def normalise_phone(raw: str, region: str = DEFAULT_REGION) -> str:
-    """E.164 (+447700900123) from any of 07700 900123, +44 7700 900123, 0044 7700 900123."""
+    """E.164 (+447700900123) from any of 07700 900123, +44 (0)7700 900123, 0044 7700 900123,
+    tel:+44-7700-900123, 07700 900123 x12 (an extension reaches the same line: dropped)."""
+    text = _printable(raw, "a phone number").strip()
+    if text.lower().startswith("tel:"):
+        text = text[4:]
     try:
-        parsed = phonenumbers.parse(raw, region)
+        parsed = phonenumbers.parse(text, region)
     except phonenumbers.NumberParseException as exc:
         raise ValueError("not a phone number") from exc
     if not phonenumbers.is_possible_number(parsed):
         raise ValueError("not a possible phone number")
     return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+
+
+def normalise_id(raw: str) -> str:
+    value = _printable(raw, "an id").strip()
+    if not _OPAQUE_ID.match(value):
+        raise ValueError("must be 1-128 characters of letters, digits and . _ : @ -")
+    return value
+
+
+NORMALISE = {
+    "customer_ids": normalise_id,
+    "emails": normalise_email,
+    "phones": normalise_phone,
+    "ldap_uids": normalise_id,
+}
+
+
+def phone_prefilter(e164: str) -> str:
+    """The coarse key of a normalised number: its last digits (every spelling ends with them)."""
+    return e164[-PHONE_TAIL:]
+
+
+def phone_prefilter_sql(column: str) -> str:
+    """The same key computed by PostgreSQL from the number as typed: whatever follows an
+    extension mark (`x`, `ext`, `#`, `;`) dropped, then the last digits."""
+    number = rf"regexp_replace({column}, '(;|#|[xX]|[eE][xX][tT]).*$', '')"
+    return f"right(regexp_replace({number}, '[^0-9]', '', 'g'), {PHONE_TAIL})"
+
+
+def email_prefilter(email: str) -> str:
+    """The coarse key of a normalised address: the ASCII letters and digits of its mailbox
+    name (no sub-address, no domain: `bücher.example` and its punycode differ)."""
+    return re.sub(r"[^a-z0-9]", "", mailbox(email).rpartition("@")[0].lower())
+
+
+def email_prefilter_sql(column: str) -> str:
+    """The same key computed by PostgreSQL from the address as typed."""
+    inner = rf"coalesce(substring({column} from '<([^<>]*)>\s*$'), {column})"
+    bare = rf"regexp_replace({inner}, '^\s*(mailto:)?\s*', '', 'i')"
+    local = rf"split_part(split_part({bare}, '@', 1), '+', 1)"
+    return f"regexp_replace(lower({local}), '[^a-z0-9]', '', 'g')"
+
+
+def mask(kind: str, value: str) -> str:
+    """Enough of an identifier for a reviewer to tell it from another, not enough to use it:
+    +447700••••61, a•••••••y@example.co.uk, C-••02."""
+    if kind == "emails":
+        local, _, domain = value.rpartition("@")
+        return f"{local[:1]}{'•' * max(len(local) - 2, 1)}{local[-1:] if len(local) > 1 else ''}@{domain}"
+    head, tail = (7 if kind == "phones" else 2), 2
+    if len(value) <= head + tail:
+        return value[:1] + "•" * (len(value) - 1)
+    return value[:head] + "•" * (len(value) - head - tail) + value[-tail:]
 
 
 def phone_variants(e164: str) -> list[str]:
@@ -45,16 +148,9 @@ def phone_variants(e164: str) -> list[str]:
     return sorted({e164, "00" + e164[1:], national.replace(" ", "")})
 
 
-def _opaque_id(raw: str) -> str:
-    value = raw.strip()
-    if not _OPAQUE_ID.match(value):
-        raise ValueError("must be 1-128 characters of letters, digits and . _ : @ -")
-    return value
-
-
 Email = Annotated[str, AfterValidator(normalise_email)]
 Phone = Annotated[str, AfterValidator(normalise_phone)]
-OpaqueId = Annotated[str, AfterValidator(_opaque_id)]
+OpaqueId = Annotated[str, AfterValidator(normalise_id)]
 
 MAX_IDENTIFIERS = 20
 
@@ -70,6 +166,61 @@ class Identities(BaseModel):
     phones: list[Phone] = Field(default_factory=list, max_length=MAX_IDENTIFIERS)
     ldap_uids: list[OpaqueId] = Field(default_factory=list, max_length=MAX_IDENTIFIERS)
 
+    @classmethod
+    def lenient(cls, **raw: Sequence[str | None]) -> Identities:
+        """From identifiers as a store holds them: what does not normalise is left out (a
+        malformed phone on a record cannot match anyone, nor identify its owner)."""
+        kept: dict[str, list[str]] = {}
+        for kind, values in raw.items():
+            for value in values:
+                if value:
+                    try:
+                        normalised = NORMALISE[kind](value)
+                    except ValueError:
+                        continue
+                    kept.setdefault(kind, []).append(normalised)
+        return cls(**{k: sorted(set(v)) for k, v in kept.items()})
+
+    def pairs(self) -> Iterator[tuple[Kind, str]]:
+        for kind in KINDS:
+            for value in getattr(self, kind):
+                yield kind, value
+
+    @classmethod
+    def normalised(cls, values: Mapping[str, Iterable[str]]) -> Identities:
+        """From identifiers already normalised, without validation: set operations use it (a
+        union can outgrow what one request may name; the tracker bounds what it searches with)."""
+
+        def kind(name: str) -> list[str]:
+            return sorted(set(values.get(name, ())))
+
+        return cls.model_construct(
+            customer_ids=kind("customer_ids"),
+            emails=kind("emails"),
+            phones=kind("phones"),
+            ldap_uids=kind("ldap_uids"),
+        )
+
+    def union(self, *others: Identities) -> Identities:
+        return Identities.normalised(
+            {k: set(getattr(self, k)).union(*(getattr(o, k) for o in others)) for k in KINDS}
+        )
+
+    def minus(self, other: Identities) -> Identities:
+        return Identities.normalised({k: set(getattr(self, k)) - set(getattr(other, k)) for k in KINDS})
+
+    def intersection(self, other: Identities) -> Identities:
+        return Identities.normalised({k: set(getattr(self, k)) & set(getattr(other, k)) for k in KINDS})
+
+    def strong(self) -> Identities:
+        return Identities.normalised({k: getattr(self, k) for k in STRONG})
+
+    def count(self) -> int:
+        return sum(len(getattr(self, k)) for k in KINDS)
+
+    def __bool__(self) -> bool:
+        return self.count() > 0
+
     def canonical(self) -> str:
         """A stable text of the set of identifiers, order-independent, for pseudonymisation."""
         parts = [
@@ -80,14 +231,15 @@ class Identities(BaseModel):
         return "\n".join(parts)
 
 
-# Postgres mirror of normalise_phone for UK-style data: keeps digits and '+', turns 00 into +,
-# and a national 0 into +44. Stores index this expression so matching stays an index lookup.
-def e164_sql(column: str) -> str:
-    plus = f"regexp_replace({column}, '[^0-9+]', '', 'g')"
-    digits = f"regexp_replace({column}, '[^0-9]', '', 'g')"
-    return (
-        f"(CASE WHEN {plus} LIKE '+%' THEN {plus}"
-        f" WHEN {digits} LIKE '00%' THEN '+' || substr({digits}, 3)"
-        f" WHEN {digits} LIKE '0%' THEN '+44' || substr({digits}, 2)"
-        f" ELSE '+' || {digits} END)"
-    )
+class KnownIdentities(BaseModel):
+    """What a command may search with: the identifiers the request gave, and those learnt from
+    the subject's own records in earlier rounds (identity expansion)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    given: Identities
+    learnt: Identities = Field(default_factory=Identities)
+
+    @property
+    def all(self) -> Identities:
+        return self.given.union(self.learnt)

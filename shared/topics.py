@@ -12,6 +12,7 @@ REQUEST_STATUS = "lethe.requests.status.v1"
 REQUESTS_COMPLETED = "lethe.requests.completed.v1"
 DEADLINES = "lethe.requests.deadlines.v1"
 RETRIES = "lethe.requests.retries.v1"
+REVIEWS = "lethe.reviews.v1"  # decisions on records that may be someone else's
 HOLDS = "lethe.holds.v1"
 NOTIFICATIONS = "lethe.notifications.v1"
 DEAD_LETTERS = "lethe.deadletter.v1"
@@ -34,6 +35,7 @@ def all_topics(systems: tuple[str, ...] = SYSTEMS) -> list[str]:
         REQUESTS_COMPLETED,
         DEADLINES,
         RETRIES,
+        REVIEWS,
         HOLDS,
         NOTIFICATIONS,
         DEAD_LETTERS,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncpg
 
-from shared.identity import Identities, e164_sql
-from shared.worker.pgstore import CategoryTable, PostgresStoreAdapter
+from shared.identity import Identities, email_prefilter_sql, phone_prefilter_sql
+from shared.worker.pgstore import Candidate, CategoryTable, PostgresStoreAdapter
 from shared.worker.ports import Record
 
 SCHEMA = (
@@ -21,8 +21,8 @@ SCHEMA = (
         closed_on date,
         restricted boolean NOT NULL DEFAULT false)""",
     "CREATE INDEX IF NOT EXISTS accounts_customer ON accounts (customer_id)",
-    "CREATE INDEX IF NOT EXISTS accounts_email ON accounts (lower(trim(email)))",
-    f"CREATE INDEX IF NOT EXISTS accounts_phone ON accounts ({e164_sql('phone')})",
+    f"CREATE INDEX IF NOT EXISTS accounts_email_key ON accounts ({email_prefilter_sql('email')})",
+    f"CREATE INDEX IF NOT EXISTS accounts_phone_key ON accounts ({phone_prefilter_sql('phone')})",
     """CREATE TABLE IF NOT EXISTS invoices (
         invoice_id text PRIMARY KEY,
         account_id text NOT NULL,
@@ -64,27 +64,24 @@ SCHEMA = (
     "CREATE INDEX IF NOT EXISTS radius_account ON radius_sessions (account_id)",
 )
 
-_FIND = f"""
-WITH subject_accounts AS (
-    SELECT account_id, status, opened_on, closed_on, restricted FROM accounts
-    WHERE customer_id = ANY($1::text[])
-       OR lower(trim(email)) = ANY($2::text[])
-       OR {e164_sql("phone")} = ANY($3::text[])
-)
-SELECT 'accounts' AS category, account_id AS id, restricted, opened_on AS d1, closed_on AS d2,
-       status = 'active' AS active FROM subject_accounts
+_CANDIDATES = f"""
+SELECT account_id, customer_id, email, phone, status, opened_on, closed_on, restricted FROM accounts
+ WHERE customer_id = ANY($1::text[])
+    OR {email_prefilter_sql("email")} = ANY($2::text[])
+    OR {phone_prefilter_sql("phone")} = ANY($3::text[])
+"""
+_CHILDREN = """
+SELECT account_id AS parent, 'invoices' AS category, invoice_id AS id, restricted, issued_on AS d1
+  FROM invoices WHERE account_id = ANY($1::text[])
 UNION ALL
-SELECT 'invoices', invoice_id, restricted, issued_on, NULL, NULL FROM invoices
- WHERE account_id IN (SELECT account_id FROM subject_accounts)
+SELECT account_id, 'payments', payment_id, restricted, paid_on FROM payments
+ WHERE account_id = ANY($1::text[])
 UNION ALL
-SELECT 'payments', payment_id, restricted, paid_on, NULL, NULL FROM payments
- WHERE account_id IN (SELECT account_id FROM subject_accounts)
+SELECT account_id, 'call_detail_records', cdr_id, restricted, started_at::date FROM cdrs
+ WHERE account_id = ANY($1::text[])
 UNION ALL
-SELECT 'call_detail_records', cdr_id, restricted, started_at::date, NULL, NULL FROM cdrs
- WHERE account_id IN (SELECT account_id FROM subject_accounts)
-UNION ALL
-SELECT 'radius_sessions', session_id, restricted, started_at::date, NULL, NULL FROM radius_sessions
- WHERE account_id IN (SELECT account_id FROM subject_accounts)
+SELECT account_id, 'radius_sessions', session_id, restricted, started_at::date FROM radius_sessions
+ WHERE account_id = ANY($1::text[])
 """
 _ANCHOR = {
     "accounts": "opened_on",
@@ -110,21 +107,40 @@ class BillingAdapter(PostgresStoreAdapter):
         CategoryTable("radius_sessions", "radius_sessions", "session_id", ("username", "framed_ip")),
     )
 
-    async def find_records(self, conn: asyncpg.Connection, identities: Identities) -> list[Record]:
-        rows = await conn.fetch(_FIND, identities.customer_ids, identities.emails, identities.phones)
-        records = []
+    async def candidates(
+        self, conn: asyncpg.Connection, customer_ids: list[str], email_keys: list[str], phone_keys: list[str]
+    ) -> list[Candidate]:
+        rows = await conn.fetch(_CANDIDATES, customer_ids, email_keys, phone_keys)
+        candidates = []
         for row in rows:
-            dates = {_ANCHOR[row["category"]]: row["d1"]}
-            if row["d2"] is not None:
-                dates["closed_on"] = row["d2"]
-            facts = {} if row["active"] is None else {"contract_active": row["active"]}
-            records.append(
+            dates = {"opened_on": row["opened_on"]}
+            if row["closed_on"] is not None:
+                dates["closed_on"] = row["closed_on"]
+            owner = Identities.lenient(
+                customer_ids=[row["customer_id"]], emails=[row["email"]], phones=[row["phone"]]
+            )
+            record = Record(
+                category="accounts",
+                record_id=row["account_id"],
+                restricted=row["restricted"],
+                dates=dates,
+                facts={"contract_active": row["status"] == "active"},
+                owner=owner,
+            )
+            candidates.append(Candidate(record, owner))
+        return candidates
+
+    async def children(self, conn: asyncpg.Connection, parents: list[str]) -> list[tuple[str, Record]]:
+        rows = await conn.fetch(_CHILDREN, parents) if parents else []
+        return [
+            (
+                row["parent"],
                 Record(
                     category=row["category"],
                     record_id=row["id"],
                     restricted=row["restricted"],
-                    dates=dates,
-                    facts=facts,
-                )
+                    dates={_ANCHOR[row["category"]]: row["d1"]},
+                ),
             )
-        return records
+            for row in rows
+        ]

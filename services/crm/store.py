@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
+from datetime import date
+
 import asyncpg
 
-from shared.identity import Identities, e164_sql
-from shared.worker.pgstore import CategoryTable, PostgresStoreAdapter
+from shared.identity import Identities, email_prefilter_sql, phone_prefilter_sql
+from shared.worker.pgstore import Candidate, CategoryTable, PostgresStoreAdapter
 from shared.worker.ports import Record
 
 SCHEMA = (
@@ -20,8 +23,8 @@ SCHEMA = (
         created_on date NOT NULL,
         restricted boolean NOT NULL DEFAULT false)""",
     "CREATE INDEX IF NOT EXISTS contacts_customer ON contacts (customer_id)",
-    "CREATE INDEX IF NOT EXISTS contacts_email ON contacts (lower(trim(email)))",
-    f"CREATE INDEX IF NOT EXISTS contacts_phone ON contacts ({e164_sql('phone')})",
+    f"CREATE INDEX IF NOT EXISTS contacts_email_key ON contacts ({email_prefilter_sql('email')})",
+    f"CREATE INDEX IF NOT EXISTS contacts_phone_key ON contacts ({phone_prefilter_sql('phone')})",
     """CREATE TABLE IF NOT EXISTS interactions (
         interaction_id text PRIMARY KEY,
         contact_id text NOT NULL,
@@ -50,24 +53,22 @@ SCHEMA = (
     "CREATE INDEX IF NOT EXISTS forum_contact ON forum_memberships (contact_id)",
 )
 
-_FIND = f"""
-WITH subject_contacts AS (
-    SELECT contact_id, created_on, restricted FROM contacts
-    WHERE customer_id = ANY($1::text[])
-       OR lower(trim(email)) = ANY($2::text[])
-       OR {e164_sql("phone")} = ANY($3::text[])
-)
-SELECT 'contacts' AS category, contact_id AS id, restricted, created_on AS d1, NULL::date AS d2
-  FROM subject_contacts
+_CANDIDATES = f"""
+SELECT contact_id, customer_id, email, phone, created_on, restricted FROM contacts
+ WHERE customer_id = ANY($1::text[])
+    OR {email_prefilter_sql("email")} = ANY($2::text[])
+    OR {phone_prefilter_sql("phone")} = ANY($3::text[])
+"""
+_CHILDREN = """
+SELECT contact_id AS parent, 'interactions' AS category, interaction_id AS id, restricted,
+       occurred_at::date AS d1, NULL::date AS d2
+  FROM interactions WHERE contact_id = ANY($1::text[])
 UNION ALL
-SELECT 'interactions', interaction_id, restricted, occurred_at::date, NULL FROM interactions
- WHERE contact_id IN (SELECT contact_id FROM subject_contacts)
+SELECT contact_id, 'purchases', purchase_id, restricted, purchased_on, contract_end FROM purchases
+ WHERE contact_id = ANY($1::text[])
 UNION ALL
-SELECT 'purchases', purchase_id, restricted, purchased_on, contract_end FROM purchases
- WHERE contact_id IN (SELECT contact_id FROM subject_contacts)
-UNION ALL
-SELECT 'forum_memberships', membership_id, restricted, joined_on, NULL FROM forum_memberships
- WHERE contact_id IN (SELECT contact_id FROM subject_contacts)
+SELECT contact_id, 'forum_memberships', membership_id, restricted, joined_on, NULL FROM forum_memberships
+ WHERE contact_id = ANY($1::text[])
 """
 _ANCHOR = {
     "contacts": "created_on",
@@ -87,31 +88,66 @@ class CrmAdapter(PostgresStoreAdapter):
         CategoryTable("forum_memberships", "forum_memberships", "membership_id", ("handle",)),
     )
 
-    async def find_records(self, conn: asyncpg.Connection, identities: Identities) -> list[Record]:
-        rows = await conn.fetch(_FIND, identities.customer_ids, identities.emails, identities.phones)
-        # Contract facts are dates, not booleans computed against the database clock: the policy
-        # compares them with its own (injectable) clock.
-        ends = [r["d2"] for r in rows if r["category"] == "purchases"]
-        open_ended = any(end is None for end in ends)
-        latest_end = max((e for e in ends if e is not None), default=None)
-        records = []
+    async def candidates(
+        self, conn: asyncpg.Connection, customer_ids: list[str], email_keys: list[str], phone_keys: list[str]
+    ) -> list[Candidate]:
+        rows = await conn.fetch(_CANDIDATES, customer_ids, email_keys, phone_keys)
+        candidates = []
+        for row in rows:
+            owner = Identities.lenient(
+                customer_ids=[row["customer_id"]], emails=[row["email"]], phones=[row["phone"]]
+            )
+            record = Record(
+                category="contacts",
+                record_id=row["contact_id"],
+                restricted=row["restricted"],
+                dates={"created_on": row["created_on"]},
+                owner=owner,
+            )
+            candidates.append(Candidate(record, owner))
+        return candidates
+
+    async def children(self, conn: asyncpg.Connection, parents: list[str]) -> list[tuple[str, Record]]:
+        rows = await conn.fetch(_CHILDREN, parents) if parents else []
+        children = []
         for row in rows:
             dates = {_ANCHOR[row["category"]]: row["d1"]}
+            facts: dict[str, bool] = {}
             if row["category"] == "purchases":
                 if row["d2"] is not None:
                     dates["contract_end"] = row["d2"]
                 facts = {"contract_open_ended": row["d2"] is None}
-            else:
-                if latest_end is not None and not open_ended:
-                    dates["latest_contract_end"] = latest_end
-                facts = {"contract_open_ended": open_ended}
-            records.append(
-                Record(
-                    category=row["category"],
-                    record_id=row["id"],
-                    restricted=row["restricted"],
-                    dates=dates,
-                    facts=facts,
-                )
+            record = Record(
+                category=row["category"],
+                record_id=row["id"],
+                restricted=row["restricted"],
+                dates=dates,
+                facts=facts,
             )
-        return records
+            children.append((row["parent"], record))
+        return children
+
+    async def find_records(self, conn: asyncpg.Connection, identities: Identities) -> list[Record]:
+        """A contact and its interactions are kept while that contact's contract runs: the facts
+        come from its own purchases. They are dates, not booleans computed against the
+        database clock: the policy compares them with its own (injectable) clock."""
+        records = await super().find_records(conn, identities)
+        ends: dict[tuple[str, str], list[date | None]] = defaultdict(list)
+        for r in records:
+            if r.category == "purchases" and r.group is not None:
+                ends[r.group].append(r.dates.get("contract_end"))
+        finished = []
+        for r in records:
+            if r.category not in ("contacts", "interactions"):
+                finished.append(r)
+                continue
+            own = ends.get(r.group or r.key, [])
+            open_ended = any(end is None for end in own)
+            dates = dict(r.dates)
+            latest = max((e for e in own if e is not None), default=None)
+            if latest is not None and not open_ended:
+                dates["latest_contract_end"] = latest
+            finished.append(
+                r.model_copy(update={"dates": dates, "facts": {"contract_open_ended": open_ended}})
+            )
+        return finished

@@ -7,7 +7,8 @@ import asyncio
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from ldap3 import SUBTREE, Connection, Server
 from ldap3.utils.conv import escape_filter_chars
@@ -15,7 +16,7 @@ from opentelemetry.trace import Span, SpanKind
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from shared.identity import Identities, phone_variants
+from shared.identity import Identities, mailbox, phone_variants
 from shared.telemetry.messaging import TRACER
 
 NO_SUCH_OBJECT = 32
@@ -35,6 +36,9 @@ class LdapSettings(BaseSettings):
 class Entry:
     entry_uuid: str
     dn: str
+    uid: list[str] = field(default_factory=list)
+    mail: list[str] = field(default_factory=list)
+    phones: list[str] = field(default_factory=list)  # telephoneNumber and mobile
 
 
 def _span(operation: str) -> AbstractContextManager[Span]:
@@ -82,8 +86,15 @@ class Directory:
             raise
 
     def subject_filter(self, ids: Identities) -> str | None:
+        """Entries with any of the uids, addresses (or another sub-address of the same mailbox,
+        for a person to decide on) or numbers, in each spelling a directory may hold."""
         terms = [f"(uid={escape_filter_chars(u)})" for u in ids.ldap_uids]
-        terms += [f"(mail={escape_filter_chars(e)})" for e in ids.emails]
+        for email in ids.emails:
+            local, _, domain = mailbox(email).rpartition("@")
+            terms.append(f"(mail={escape_filter_chars(email)})")
+            terms.append(f"(mail={escape_filter_chars(local)}+*@{escape_filter_chars(domain)})")
+            if mailbox(email) != email:
+                terms.append(f"(mail={escape_filter_chars(mailbox(email))})")
         terms += [
             f"(telephoneNumber={escape_filter_chars(v)})" for p in ids.phones for v in phone_variants(p)
         ]
@@ -98,9 +109,18 @@ class Directory:
 
     def _search(self, query: str) -> list[Entry]:
         with _span("search") as span, self.bound() as conn:
-            conn.search(self.settings.base_dn, query, SUBTREE, attributes=["entryUUID"])
+            conn.search(self.settings.base_dn, query, SUBTREE, attributes=SEARCHED)
             span.set_attribute("lethe.ldap.entries", len(conn.entries))
-            return [Entry(str(e.entryUUID.value), e.entry_dn) for e in conn.entries]
+            return [
+                Entry(
+                    str(e.entryUUID.value),
+                    e.entry_dn,
+                    uid=_values(e, "uid"),
+                    mail=_values(e, "mail"),
+                    phones=_values(e, "telephoneNumber") + _values(e, "mobile"),
+                )
+                for e in conn.entries
+            ]
 
     async def lookup(self, text: str) -> list[str]:
         """The directory's normal lookup (phone book search by name): only ou=people, so
@@ -153,6 +173,13 @@ class Directory:
             conn.search(self.settings.base_dn, _uuid_filter(unlocated), SUBTREE, attributes=["entryUUID"])
             for dn in [entry.entry_dn for entry in conn.entries]:
                 _change(conn, dn, new_parent)
+
+
+SEARCHED = ["entryUUID", "uid", "mail", "telephoneNumber", "mobile"]
+
+
+def _values(entry: Any, attribute: str) -> list[str]:
+    return [str(v) for v in entry[attribute].values] if attribute in entry.entry_attributes else []
 
 
 def _uuid_filter(entry_uuids: Sequence[str]) -> str:

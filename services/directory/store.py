@@ -17,6 +17,7 @@ from shared.db import apply_schema, create_pool, ensure_database
 from shared.identity import Identities
 from shared.settings import DatabaseSettings
 from shared.worker.journal import WORKER_JOURNAL_DDL, PostgresJournal
+from shared.worker.matching import match
 from shared.worker.ports import Decision, Record
 
 CATEGORY = "directory_entries"
@@ -31,14 +32,22 @@ class DirectorySession(PostgresJournal):
     async def find(self, identities: Identities) -> list[Record]:
         entries = await self.directory.find(identities)
         self.located.update((e.entry_uuid, e.dn) for e in entries)
-        return [
-            Record(
-                category=CATEGORY,
-                record_id=e.entry_uuid,
-                restricted=e.dn.lower().endswith(self.directory.restricted.lower()),
-            )
-            for e in entries
-        ]
+        records = []
+        for e in entries:
+            owner = Identities.lenient(ldap_uids=e.uid, emails=e.mail, phones=e.phones)
+            matched, variants = match(owner, identities)
+            if matched or variants:  # LDAP matched a spelling; the normalised forms decide
+                records.append(
+                    Record(
+                        category=CATEGORY,
+                        record_id=e.entry_uuid,
+                        restricted=e.dn.lower().endswith(self.directory.restricted.lower()),
+                        owner=owner,
+                        matched=matched,
+                        variants=variants,
+                    )
+                )
+        return records
 
     async def apply(self, decisions: Sequence[Decision]) -> None:
         def ids(action: Action) -> list[str]:

@@ -13,7 +13,7 @@ import uvicorn
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 from fastapi import FastAPI
 
-from services.intake import auth, callbacks, holds, ingress, recovery, store
+from services.intake import auth, callbacks, holds, ingress, recovery, reviews, store
 from services.intake.api import create_app
 from services.intake.service import IntakeContext
 from services.intake.settings import IntakeSettings
@@ -39,7 +39,9 @@ async def fold_status(pool: asyncpg.Pool, record: ConsumerRecord[bytes, bytes]) 
 async def fold_statuses(pool: asyncpg.Pool, records: list[ConsumerRecord[bytes, bytes]]) -> None:
     """Snapshots of one request: only the newest matters (each carries the whole state)."""
     event = max((decode(r.value, RequestStatusChanged) for r in records), key=lambda e: e.version)
-    await store.apply_status(pool, event)
+    async with pool.acquire() as conn, conn.transaction():
+        await store.apply_status(conn, event)
+        await reviews.fold(conn, event)
 
 
 async def consume(
@@ -89,7 +91,14 @@ async def main(stop: asyncio.Event) -> None:
         await ensure_database(db.database_url)
         pool = await create_pool(db.database_url, db.db_pool_max)
         await apply_schema(
-            pool, *store.SCHEMA, *holds.SCHEMA, *callbacks.SCHEMA, *auth.SCHEMA, OUTBOX_DDL, SENTINEL_DDL
+            pool,
+            *store.SCHEMA,
+            *holds.SCHEMA,
+            *reviews.SCHEMA,
+            *callbacks.SCHEMA,
+            *auth.SCHEMA,
+            OUTBOX_DDL,
+            SENTINEL_DDL,
         )
         for role, token in bootstrap:
             await auth.create(pool, role, "bootstrap", token)

@@ -16,7 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from services.intake import admin_api, holds_api, operations, pages, store
+from services.intake import admin_api, holds_api, operations, pages, reviews_api, store
 from services.intake.auth import RateLimiter, Role, guarded
 from services.intake.limits import BodySizeLimit
 from services.intake.models import ErrorBody, RequestView, SubmitRequest
@@ -257,6 +257,7 @@ def create_app(lifespan: Any, limits: ApiLimits) -> FastAPI:
     app.state.rate_limiter = RateLimiter(limits.rate_per_s, limits.burst)
     app.include_router(router)
     app.include_router(holds_api.router)
+    app.include_router(reviews_api.router)
     app.include_router(admin_api.router)
     app.include_router(pages_router)
     app.include_router(admin_api.pages)

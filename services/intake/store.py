@@ -224,8 +224,13 @@ SELECT previous FROM folded"""
 async def apply_status(conn: asyncpg.Connection | asyncpg.Pool, event: RequestStatusChanged) -> None:
     """Fold the tracker's snapshot into the read model; older or repeated snapshots lose. When
     the request just reached a final status, its callback (if any) is queued in the same
-    statement: one round trip, atomic on its own (a request makes several snapshots)."""
+    statement: one round trip, atomic on its own (a request makes several snapshots). The
+    reviewer's sealed evidence is not kept in the report (reviews.fold keeps it for them)."""
     report = event.report
+    if report is not None and report.reviews:
+        report = report.model_copy(
+            update={"reviews": [r.model_copy(update={"evidence": None}) for r in report.reviews]}
+        )
     await conn.execute(
         _APPLY_STATUS,
         event.request_id,

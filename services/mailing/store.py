@@ -13,9 +13,9 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.contracts.outcomes import Action
-from shared.identity import Identities, normalise_email
+from shared.identity import Identities, email_prefilter_sql, normalise_email
 from shared.settings import DatabaseSettings
-from shared.worker.pgstore import CategoryTable, PostgresStoreAdapter
+from shared.worker.pgstore import Candidate, CategoryTable, PostgresStoreAdapter
 from shared.worker.ports import Decision, Record
 
 SCHEMA = (
@@ -31,7 +31,7 @@ SCHEMA = (
         status text NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'unsubscribed')),
         subscribed_at timestamptz NOT NULL,
         restricted boolean NOT NULL DEFAULT false)""",
-    "CREATE INDEX IF NOT EXISTS subscribers_email ON subscribers (lower(trim(email)))",
+    f"CREATE INDEX IF NOT EXISTS subscribers_email_key ON subscribers ({email_prefilter_sql('email')})",
     """CREATE TABLE IF NOT EXISTS consents (
         consent_id text PRIMARY KEY,
         subscriber_id text NOT NULL,
@@ -48,16 +48,13 @@ SCHEMA = (
         reason text NOT NULL)""",
 )
 
-_FIND = """
-WITH subject_subscribers AS (
-    SELECT subscriber_id, subscribed_at, restricted FROM subscribers
-    WHERE lower(trim(email)) = ANY($1::text[])
-)
-SELECT 'subscribers' AS category, subscriber_id AS id, restricted, subscribed_at::date AS d1
-  FROM subject_subscribers
-UNION ALL
-SELECT 'consent_records', consent_id, restricted, given_at::date FROM consents
- WHERE subscriber_id IN (SELECT subscriber_id FROM subject_subscribers)
+_CANDIDATES = f"""
+SELECT subscriber_id, email, subscribed_at, restricted FROM subscribers
+ WHERE {email_prefilter_sql("email")} = ANY($1::text[])
+"""
+_CHILDREN = """
+SELECT subscriber_id AS parent, consent_id AS id, restricted, given_at::date AS d1 FROM consents
+ WHERE subscriber_id = ANY($1::text[])
 """
 
 
@@ -126,17 +123,36 @@ class MailingAdapter(PostgresStoreAdapter):
         key = SuppressionSettings().suppression_key.get_secret_value()
         return cls(db.database_url, key, db.db_pool_max)
 
-    async def find_records(self, conn: asyncpg.Connection, identities: Identities) -> list[Record]:
-        rows = await conn.fetch(_FIND, identities.emails)
-        anchor = {"subscribers": "subscribed_on", "consent_records": "given_on"}
-        return [
-            Record(
-                category=r["category"],
-                record_id=r["id"],
-                restricted=r["restricted"],
-                dates={anchor[r["category"]]: r["d1"]},
+    async def candidates(
+        self, conn: asyncpg.Connection, customer_ids: list[str], email_keys: list[str], phone_keys: list[str]
+    ) -> list[Candidate]:
+        rows = await conn.fetch(_CANDIDATES, email_keys) if email_keys else []
+        candidates = []
+        for row in rows:
+            owner = Identities.lenient(emails=[row["email"]])
+            record = Record(
+                category="subscribers",
+                record_id=row["subscriber_id"],
+                restricted=row["restricted"],
+                dates={"subscribed_on": row["subscribed_at"].date()},
+                owner=owner,
             )
-            for r in rows
+            candidates.append(Candidate(record, owner))
+        return candidates
+
+    async def children(self, conn: asyncpg.Connection, parents: list[str]) -> list[tuple[str, Record]]:
+        rows = await conn.fetch(_CHILDREN, parents) if parents else []
+        return [
+            (
+                row["parent"],
+                Record(
+                    category="consent_records",
+                    record_id=row["id"],
+                    restricted=row["restricted"],
+                    dates={"given_on": row["d1"]},
+                ),
+            )
+            for row in rows
         ]
 
     async def apply_decisions(self, conn: asyncpg.Connection, decisions: Sequence[Decision]) -> None:

@@ -14,10 +14,10 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.contracts.outcomes import Action
-from shared.identity import Identities, e164_sql
+from shared.identity import Identities, phone_prefilter_sql
 from shared.settings import DatabaseSettings
 from shared.telemetry.messaging import TRACER
-from shared.worker.pgstore import CategoryTable, PostgresStoreAdapter
+from shared.worker.pgstore import Candidate, CategoryTable, PostgresStoreAdapter
 from shared.worker.ports import Decision, Record
 
 SCHEMA = (
@@ -34,15 +34,17 @@ SCHEMA = (
     # Calls recorded for a business customer's own callers: we are its processor (seed 003).
     "ALTER TABLE recordings ADD COLUMN IF NOT EXISTS processed_for text",
     "CREATE INDEX IF NOT EXISTS recordings_customer ON recordings (customer_id)",
-    f"CREATE INDEX IF NOT EXISTS recordings_caller ON recordings ({e164_sql('caller')})",
-    f"CREATE INDEX IF NOT EXISTS recordings_callee ON recordings ({e164_sql('callee')})",
+    f"CREATE INDEX IF NOT EXISTS recordings_caller_key ON recordings ({phone_prefilter_sql('caller')})",
+    f"CREATE INDEX IF NOT EXISTS recordings_callee_key ON recordings ({phone_prefilter_sql('callee')})",
 )
 
-_FIND = f"""
-SELECT recording_id, recorded_at::date AS d, restricted, legal_tags, processed_for FROM recordings
+_CANDIDATES = f"""
+SELECT recording_id, customer_id, caller, callee, recorded_at::date AS d, restricted, legal_tags,
+       processed_for
+  FROM recordings
  WHERE customer_id = ANY($1::text[])
-    OR {e164_sql("caller")} = ANY($2::text[])
-    OR {e164_sql("callee")} = ANY($2::text[])
+    OR {phone_prefilter_sql("caller")} = ANY($2::text[])
+    OR {phone_prefilter_sql("callee")} = ANY($2::text[])
 """
 
 
@@ -77,18 +79,26 @@ class RecordingsAdapter(PostgresStoreAdapter):
         self.root.mkdir(parents=True, exist_ok=True)
         await super().start()
 
-    async def find_records(self, conn: asyncpg.Connection, identities: Identities) -> list[Record]:
-        rows = await conn.fetch(_FIND, identities.customer_ids, identities.phones)
-        return [
-            Record(
+    async def candidates(
+        self, conn: asyncpg.Connection, customer_ids: list[str], email_keys: list[str], phone_keys: list[str]
+    ) -> list[Candidate]:
+        rows = await conn.fetch(_CANDIDATES, customer_ids, phone_keys)
+        candidates = []
+        for r in rows:
+            # Whose call it is: the customer's. Either party's number finds it, but neither says
+            # whose it is (the other party is someone else), so neither is learnt from it.
+            owner = Identities.lenient(customer_ids=[r["customer_id"]])
+            record = Record(
                 category="call_recordings",
                 record_id=r["recording_id"],
                 restricted=r["restricted"],
                 dates={"call_date": r["d"]},
                 facts={"legal_tags": list(r["legal_tags"]), "processed_for": r["processed_for"]},
+                owner=owner,
             )
-            for r in rows
-        ]
+            matchable = Identities.lenient(customer_ids=[r["customer_id"]], phones=[r["caller"], r["callee"]])
+            candidates.append(Candidate(record, matchable))
+        return candidates
 
     async def apply_decisions(self, conn: asyncpg.Connection, decisions: Sequence[Decision]) -> None:
         def ids(action: Action) -> list[str]:

@@ -12,16 +12,17 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 
 from services.tracker import recovery, schedule, store
-from services.tracker.handlers import CONSUMED, handle, handle_group
+from services.tracker.handlers import CONSUMED, Tracker, handle, handle_group
 from services.tracker.settings import TrackerSettings
 from shared import fetching, topics
 from shared.broker_memory import SENTINEL_DDL, BrokerMemory
+from shared.crypto import IdentifierSeal
 from shared.db import apply_schema, create_pool, ensure_database
 from shared.delivery import TRANSIENT, Publisher, consume_forever
 from shared.kafka import ensure_topics, make_consumer, make_producer, start_with_retry
 from shared.outbox import OutboxRelay
 from shared.service import mark_ready, run_service, set_readiness
-from shared.settings import DatabaseSettings, KafkaSettings, RecoverySettings
+from shared.settings import DatabaseSettings, KafkaSettings, RecoverySettings, SecretsSettings
 from shared.telemetry import metrics
 from shared.telemetry.messaging import quiet
 
@@ -71,6 +72,7 @@ async def main(stop: asyncio.Event) -> None:
     db = DatabaseSettings()
     settings = TrackerSettings()
     watch = RecoverySettings()
+    seal = IdentifierSeal(SecretsSettings().identifier_key.get_secret_value())
     await ensure_database(db.database_url)
     pool = await create_pool(db.database_url, db.db_pool_max)
     await apply_schema(pool, *store.SCHEMA, SENTINEL_DDL)
@@ -81,6 +83,7 @@ async def main(stop: asyncio.Event) -> None:
     await start_with_retry(consumer, "consumer")
     publisher = Publisher(producer, stop)
     memory = BrokerMemory(pool, producer, kafka, "tracker")
+    tracker = Tracker(pool, seal, settings.max_rounds)
     tasks = [
         asyncio.create_task(OutboxRelay(pool, producer, service="tracker").run()),
         asyncio.create_task(every(settings.tick_s, stop, "tick", lambda: tick(pool, settings))),
@@ -106,10 +109,10 @@ async def main(stop: asyncio.Event) -> None:
     try:
         await consume_forever(
             consumer,
-            lambda record: handle(pool, record),
+            lambda record: handle(tracker, record),
             publisher,
             "lethe-tracker",
-            handle_group=lambda records: handle_group(pool, records),
+            handle_group=lambda records: handle_group(tracker, records),
         )
 
     finally:

@@ -4,6 +4,7 @@ handled by its type. Every handler is idempotent (a redelivery changes nothing).
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,8 +16,20 @@ from services.tracker import schedule, store
 from shared import topics
 from shared.codec import decode
 from shared.contracts import OutcomeReported, RequestAccepted
-from shared.contracts.events import DeadlineExtended, RetrySystem
+from shared.contracts.events import DeadlineExtended, RetrySystem, ReviewDecided
 from shared.contracts.holds import HOLDS_MESSAGE, HoldsAnnounced, HoldUpdated
+from shared.crypto import IdentifierSeal
+
+
+@dataclass(frozen=True)
+class Tracker:
+    """What the handlers work with: the database, the key that opens what systems learnt (for
+    the identity search's next round; None searches no further than round 1), its bound."""
+
+    pool: asyncpg.Pool
+    seal: IdentifierSeal | None = None
+    max_rounds: int = 3
+
 
 CONSUMED: dict[str, type[BaseModel] | TypeAdapter[Any]] = {
     topics.REQUESTS_ACCEPTED: RequestAccepted,
@@ -24,29 +37,35 @@ CONSUMED: dict[str, type[BaseModel] | TypeAdapter[Any]] = {
     topics.HOLDS: HOLDS_MESSAGE,
     topics.DEADLINES: DeadlineExtended,
     topics.RETRIES: RetrySystem,
+    topics.REVIEWS: ReviewDecided,
 }
 
 
-async def _ignore(pool: asyncpg.Pool, message: BaseModel) -> None:
+async def _ignore(tracker: Tracker, message: BaseModel) -> None:
     """A holds marker is for workers: the tracker needs only each hold's end."""
 
 
-HANDLERS: dict[type[BaseModel], Callable[[asyncpg.Pool, Any], Awaitable[object]]] = {
-    RequestAccepted: lambda pool, event: store.start_saga(pool, event, datetime.now(UTC)),
-    OutcomeReported: store.record_outcome,
-    HoldUpdated: schedule.record_hold,
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+HANDLERS: dict[type[BaseModel], Callable[[Tracker, Any], Awaitable[object]]] = {
+    RequestAccepted: lambda t, e: store.start_saga(t.pool, e, _now(), t.seal, t.max_rounds),
+    OutcomeReported: lambda t, e: store.record_outcome(t.pool, e, t.seal, t.max_rounds),
+    HoldUpdated: lambda t, e: schedule.record_hold(t.pool, e),
     HoldsAnnounced: _ignore,
-    DeadlineExtended: store.extend_deadline,
-    RetrySystem: lambda pool, event: store.retry_system(pool, event, datetime.now(UTC)),
+    DeadlineExtended: lambda t, e: store.extend_deadline(t.pool, e),
+    RetrySystem: lambda t, e: store.retry_system(t.pool, e, _now()),
+    ReviewDecided: lambda t, e: store.decide_review(t.pool, e, _now(), t.seal),
 }
 
 
-async def handle(pool: asyncpg.Pool, record: ConsumerRecord[bytes, bytes]) -> None:
+async def handle(tracker: Tracker, record: ConsumerRecord[bytes, bytes]) -> None:
     message: BaseModel = decode(record.value, CONSUMED[record.topic])
-    await HANDLERS[type(message)](pool, message)
+    await HANDLERS[type(message)](tracker, message)
 
 
-async def handle_group(pool: asyncpg.Pool, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+async def handle_group(tracker: Tracker, records: list[ConsumerRecord[bytes, bytes]]) -> None:
     """The messages of one request in a batch, in order: runs of outcomes in one transaction."""
     outcomes: list[OutcomeReported] = []
     for record in records:
@@ -54,8 +73,8 @@ async def handle_group(pool: asyncpg.Pool, records: list[ConsumerRecord[bytes, b
             outcomes.append(decode(record.value, OutcomeReported))
             continue
         if outcomes:
-            await store.record_outcomes(pool, outcomes)
+            await store.record_outcomes(tracker.pool, outcomes, tracker.seal, tracker.max_rounds)
             outcomes = []
-        await handle(pool, record)
+        await handle(tracker, record)
     if outcomes:
-        await store.record_outcomes(pool, outcomes)
+        await store.record_outcomes(tracker.pool, outcomes, tracker.seal, tracker.max_rounds)

@@ -17,10 +17,8 @@ from datetime import datetime, timedelta
 
 import asyncpg
 
-from services.tracker import schedule, store
-from shared.contracts import COMMAND_FOR_TYPE, SystemState
+from services.tracker import repository, schedule
 from shared.telemetry import metrics
-from shared.telemetry.messaging import TRACER, link_to
 
 log = logging.getLogger(__name__)
 
@@ -50,22 +48,15 @@ async def recover(pool: asyncpg.Pool, now: datetime, window: timedelta, batch: i
 
 
 async def _resend(conn: asyncpg.Connection, request_id: str, now: datetime) -> None:
-    loaded = await store.load(conn, request_id)
+    loaded = await repository.load(conn, request_id)
     if loaded is None:
         return
     saga = loaded.saga
-    waiting = [s for s in saga.slots.values() if s.state is SystemState.DISPATCHED]
+    waiting = await repository.enqueue_waiting(conn, loaded, "resend after broker loss")
     if not waiting:
-        await store.announce(conn, loaded, completed=saga.status.is_final)
+        await repository.announce(conn, loaded, completed=saga.status.is_final)
         return
-    command_type = COMMAND_FOR_TYPE[saga.request_type]
-    for slot in waiting:
-        metrics.redispatches.add(1, {"system": slot.system})
-        with TRACER.start_as_current_span(
-            "resend after broker loss",
-            links=link_to(loaded.traceparent),
-            attributes={"lethe.request_id": saga.request_id, "lethe.system": slot.system},
-        ):
-            await store.enqueue_command(conn, loaded, command_type, slot.system, slot)
-    saga.note(now, "resent_after_broker_loss", systems=[s.system for s in waiting])
-    await store.save(conn, loaded, was_final=saga.status.is_final)
+    for system in waiting:
+        metrics.redispatches.add(1, {"system": system})
+    saga.note(now, "resent_after_broker_loss", systems=waiting)
+    await repository.save(conn, loaded, was_final=saga.status.is_final)

@@ -1,30 +1,21 @@
-"""The saga of one request, as plain data: which systems were asked, what each answered, what
-that makes of the request, and the audit events each change produces. No I/O here, so the rules
-are unit-tested directly."""
+"""The saga of one request, as plain data: which systems were asked, what each answered in
+each round of the identity search, what waits for a person, what that makes of the request,
+and the audit events each change produces. No I/O here, so the rules are unit-tested directly."""
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
-from shared.contracts import (
-    CategoryOutcome,
-    DeferredErasure,
-    OutcomeReported,
-    Report,
-    RequestStatus,
-    RequestType,
-    SystemProgress,
-    SystemReport,
-    SystemState,
-)
-from shared.contracts.report import Extension
+from services.tracker.reviews import EXPANSION_BOUND, Review
+from services.tracker.slots import SystemSlot, total
+from shared.contracts import OutcomeReported, Report, RequestStatus, RequestType, SystemState
+from shared.contracts.report import Extension, ReviewDecision, ReviewState
 
-
-def _total(categories: list[CategoryOutcome], attribute: str) -> int:
-    return sum(int(getattr(c, attribute)) for c in categories)
+_ROUND_COMMANDS = uuid.UUID("6f1c1f4e-2b51-4a53-9a3e-726f756e6473")
 
 
 @dataclass(frozen=True)
@@ -40,71 +31,9 @@ class Timeouts:
         return self.first * (self.backoff ** (attempt - 1))
 
 
-@dataclass
-class SystemSlot:
-    system: str
-    state: SystemState
-    attempts: int
-    dispatched_at: datetime
-    command_id: UUID
-    answered_at: datetime | None = None
-    outcome: OutcomeReported | None = None
-    deferred: list[OutcomeReported] = field(default_factory=list)
-    error: str | None = None
-
-    def progress(self) -> SystemProgress:
-        return SystemProgress(
-            system=self.system,
-            state=self.state,
-            attempts=self.attempts,
-            dispatched_at=self.dispatched_at,
-            answered_at=self.answered_at,
-            error=self.error,
-        )
-
-    def latest(self) -> OutcomeReported | None:
-        return self.deferred[-1] if self.deferred else self.outcome
-
-    def next_erasure_on(self) -> date | None:
-        latest = self.latest()
-        dates = [
-            r.retain_until
-            for c in (latest.categories if latest else [])
-            for r in c.retained
-            if r.retain_until is not None
-        ]
-        return min(dates, default=None)
-
-    def report(self) -> SystemReport:
-        cats = self.outcome.categories if self.outcome else []
-        return SystemReport(
-            system=self.system,
-            state=self.state,
-            attempts=self.attempts,
-            records_found=_total(cats, "found"),
-            erased=_total(cats, "erased"),
-            anonymised=_total(cats, "anonymised"),
-            restricted=_total(cats, "restricted"),
-            retained=_total(cats, "retained_count"),
-            redirected=sum(r.count for c in cats for r in c.redirected),
-            categories=cats,
-            verification=self.outcome.verification if self.outcome else None,
-            error=self.error,
-            finished_at=self.answered_at,
-            policy_version=self.outcome.policy_version if self.outcome else None,
-            deferred=[
-                DeferredErasure(
-                    finished_at=d.finished_at,
-                    reason=d.reason,
-                    status=d.status,
-                    erased=_total(d.categories, "erased"),
-                    still_retained=_total(d.categories, "retained_count"),
-                    categories=d.categories,
-                )
-                for d in self.deferred
-            ],
-            next_erasure_on=self.next_erasure_on(),
-        )
+def round_command_id(request_id: str, system: str, round_: int) -> UUID:
+    """Deterministic: a round re-sent after a broker loss is the same command."""
+    return uuid.uuid5(_ROUND_COMMANDS, f"{request_id}/{system}/{round_}")
 
 
 @dataclass
@@ -119,45 +48,56 @@ class Saga:
     completed_at: datetime | None = None
     extension: Extension | None = None
     audit: list[tuple[datetime, str, dict[str, Any]]] = field(default_factory=list)
+    round: int = 1
+    max_rounds: int = 3
+    # New identifiers learnt in this round (the store opens and counts them), and whether some
+    # were left out for being more than a request may search with.
+    learnt_waiting: int = 0
+    learnt_capped: bool = False
+    reviews: dict[UUID, Review] = field(default_factory=dict)
 
     def note(self, at: datetime, kind: str, **detail: Any) -> None:
         """An audit event for the store to chain; details are ids and counts, never identifiers."""
         self.audit.append((at, kind, detail))
 
-    def record(self, outcome: OutcomeReported) -> bool:
-        """Take a system's answer; False if it changes nothing. Duplicates change nothing; an
-        answer that arrives after the system was failed for silence is taken, since the work
-        was done; a deferred erasure's outcome is added to the history without reopening."""
+    def accepts(self, outcome: OutcomeReported) -> bool:
+        """Whether `record` would take this answer as its system's answer of this round."""
         slot = self.slots.get(outcome.system)
-        if slot is None:
+        if slot is None or outcome.resume_of is not None or outcome.review_id is not None:
             return False
-        if outcome.resume_of is not None:
-            if any(d.command_id == outcome.command_id for d in slot.deferred):
-                return False
-            slot.deferred.append(outcome)
-            self.note(
-                outcome.finished_at,
-                "deferred_erasure",
-                system=slot.system,
-                reason=outcome.reason,
-                status=outcome.status,
-                erased=_total(outcome.categories, "erased"),
-            )
-            return True
+        if outcome.round != self.round:
+            return False  # a late or repeated answer of an earlier round
         # The same command answered after its system was failed (for silence, or by a failure
         # report followed by a replay from the dead-letter topic): the work was done; take it.
         late = (
             slot.state is SystemState.FAILED
             and outcome.command_id == slot.command_id
-            and (slot.outcome is None or outcome.status == "done")
+            and (not slot.answers() or slot.answers()[-1].round != outcome.round or outcome.status == "done")
         )
+        return slot.state is SystemState.DISPATCHED or late
 
-        if slot.state is not SystemState.DISPATCHED and not late:
+    def record(self, outcome: OutcomeReported) -> bool:
+        """Take a system's answer; False if it changes nothing. Duplicates change nothing; an
+        answer that arrives after the system was failed for silence is taken, since the work
+        was done; a deferred erasure's outcome, or a reviewer's erasure's, is added to the
+        history without reopening."""
+        slot = self.slots.get(outcome.system)
+        if slot is None:
+            return False
+        if outcome.resume_of is not None:
+            return self._deferred(slot, outcome)
+        if outcome.review_id is not None:
+            return self._carried_out(outcome)
+        if not self.accepts(outcome):
             return False
         was_final = self.status.is_final
+        late = slot.state is SystemState.FAILED
         slot.state = SystemState.DONE if outcome.status == "done" else SystemState.FAILED
         slot.answered_at = outcome.finished_at
-        slot.outcome = outcome
+        if outcome.round == 1:
+            slot.outcome = outcome
+        else:
+            slot.rounds = [r for r in slot.rounds if r.round != outcome.round] + [outcome]
         slot.error = outcome.error
         self.note(
             outcome.finished_at,
@@ -165,12 +105,98 @@ class Saga:
             system=slot.system,
             status=outcome.status,
             attempt=outcome.attempt,
-            found=_total(outcome.categories, "found"),
-            erased=_total(outcome.categories, "erased"),
+            round=outcome.round,
+            found=total(outcome.categories, "found"),
+            erased=total(outcome.categories, "erased"),
+            in_review=total(outcome.categories, "in_review"),
             late=late,
+        )
+        for item in outcome.reviews:
+            if item.review_id not in self.reviews:
+                self.reviews[item.review_id] = Review.of(
+                    slot.system, item, outcome.round, outcome.finished_at
+                )
+                self.note(
+                    outcome.finished_at,
+                    "review_opened",
+                    review_id=str(item.review_id),
+                    system=slot.system,
+                    reason=item.reason,
+                    records=sum(item.records.values()),
+                )
+        self._after_change(outcome.finished_at, was_final)
+        return True
+
+    def _deferred(self, slot: SystemSlot, outcome: OutcomeReported) -> bool:
+        if any(d.command_id == outcome.command_id for d in slot.deferred):
+            return False
+        slot.deferred.append(outcome)
+        self.note(
+            outcome.finished_at,
+            "deferred_erasure",
+            system=slot.system,
+            reason=outcome.reason,
+            status=outcome.status,
+            erased=total(outcome.categories, "erased"),
+        )
+        return True
+
+    def _carried_out(self, outcome: OutcomeReported) -> bool:
+        review = self.reviews.get(outcome.review_id) if outcome.review_id else None
+        if review is None:
+            return False
+        was_final = self.status.is_final
+        if not review.carried_out(outcome):
+            return False
+        self.note(
+            outcome.finished_at,
+            "review_carried_out",
+            review_id=str(review.review_id),
+            status=outcome.status,
+            erased=total(outcome.categories, "erased"),
+            retained=total(outcome.categories, "retained_count"),
         )
         self._after_change(outcome.finished_at, was_final)
         return True
+
+    def decide(
+        self,
+        review_id: UUID,
+        decision: ReviewDecision,
+        token_id: str,
+        role: str,
+        reason_sha256: str,
+        at: datetime,
+    ) -> Review | None:
+        """A person's decision on a review item; None if there is none open by that id (a
+        second decision changes nothing). 'erase' of the search's bound runs one more round."""
+        review = self.reviews.get(review_id)
+        if review is None or not review.open:
+            return None
+        was_final = self.status.is_final
+        command_id = round_command_id(self.request_id, f"review:{review_id}", 1) if review.system else None
+        review.decide(decision, token_id, role, at, command_id)
+        self.note(
+            at,
+            "review_decided",
+            review_id=str(review_id),
+            decision=decision.value,
+            token_id=token_id,
+            role=role,
+            reason_sha256=reason_sha256,
+        )
+        if review.system is None:  # the search's bound: search once more, or stop here
+            review.state = ReviewState.ERASED if decision is ReviewDecision.ERASE else ReviewState.KEPT
+            if decision is ReviewDecision.ERASE:
+                self._next_round(at, beyond_bound=True)
+        self._after_change(at, was_final)
+        return review
+
+    def learn(self, new_identifiers: int, capped: bool = False) -> None:
+        """The store opened this round's learnt identifiers: `new_identifiers` were not searched
+        with yet (`capped`: more than a request may search with were found)."""
+        self.learnt_waiting = new_identifiers
+        self.learnt_capped = self.learnt_capped or capped
 
     def time_out(self, system: str, now: datetime, timeouts: Timeouts) -> str | None:
         """A silent system: 'redispatch' the same command (its worker de-duplicates), or after
@@ -204,7 +230,10 @@ class Saga:
         slot.attempts += 1
         slot.dispatched_at = now
         slot.command_id = command_id
-        slot.outcome = None
+        if self.round == 1:
+            slot.outcome = None
+        else:
+            slot.rounds = [r for r in slot.rounds if r.round != self.round]
         slot.answered_at = None
         slot.error = None
         self.completed_at = None
@@ -220,27 +249,77 @@ class Saga:
         return True
 
     def _after_change(self, at: datetime, was_final: bool) -> None:
+        """Every system answered this round: search again with what it learnt, or stop at the
+        bound and ask a person; then, if nothing is left to wait for, the request is final."""
+        answered = not any(s.state is SystemState.DISPATCHED for s in self.slots.values())
+        if answered and self.learnt_waiting:
+            if self.round < self.max_rounds and not self.learnt_capped:
+                self._next_round(at)
+            else:
+                self._bound_reached(at)
         if self.status.is_final and not was_final:
-            self.completed_at = max(s.answered_at for s in self.slots.values() if s.answered_at)
+            times = [s.answered_at for s in self.slots.values() if s.answered_at]
+            times += [r.outcome.finished_at for r in self.reviews.values() if r.outcome]
+            times += [r.decided_at for r in self.reviews.values() if r.decided_at]
+            self.completed_at = max(t for t in times if t is not None)
             self.note(at, "completed", status=self.status.value)
+
+    def _next_round(self, at: datetime, beyond_bound: bool = False) -> None:
+        self.round += 1
+        if beyond_bound:
+            self.max_rounds = max(self.max_rounds, self.round)
+        self.note(at, "round_dispatched", round=self.round, learnt=self.learnt_waiting)
+        self.learnt_waiting, self.learnt_capped = 0, False
+        for slot in self.slots.values():
+            slot.state = SystemState.DISPATCHED
+            slot.attempts = 1
+            slot.dispatched_at = at
+            slot.command_id = round_command_id(self.request_id, slot.system, self.round)
+            slot.answered_at = None
+            slot.error = None
+
+    def _bound_reached(self, at: datetime) -> None:
+        bound_id = round_command_id(self.request_id, "search-bound", self.round)
+        if bound_id not in self.reviews:
+            self.reviews[bound_id] = Review(bound_id, None, EXPANSION_BOUND, [], {}, [], [], self.round, at)
+            self.note(
+                at,
+                "review_opened",
+                review_id=str(bound_id),
+                reason=EXPANSION_BOUND,
+                learnt=self.learnt_waiting,
+            )
+        self.learnt_waiting = 0
 
     @property
     def status(self) -> RequestStatus:
         states = [s.state for s in self.slots.values()]
         if any(s is SystemState.DISPATCHED for s in states):
             return RequestStatus.IN_PROGRESS
-        if any(s is SystemState.FAILED for s in states):
+        if any(r.state is ReviewState.ERASING for r in self.reviews.values()):
+            return RequestStatus.IN_PROGRESS
+        if any(r.open for r in self.reviews.values()):
+            return RequestStatus.AWAITING_REVIEW
+        if any(s is SystemState.FAILED for s in states) or any(
+            r.state is ReviewState.FAILED for r in self.reviews.values()
+        ):
             return RequestStatus.FAILED
         if self._has_exceptions():
             return RequestStatus.COMPLETED_WITH_EXCEPTIONS
         return RequestStatus.COMPLETED
 
     def _has_exceptions(self) -> bool:
-        """Something the person asked to be erased is still held: retained, restricted or
-        referred to another controller. Anonymised data is no longer personal data, so it is
-        not an exception; a restriction request that restricted is simply done."""
+        """Something the person asked to be erased is still held: retained, restricted,
+        referred to another controller, or kept by a reviewer's decision. Anonymised data is no
+        longer personal data, so it is not an exception; a restriction request that restricted
+        is simply done."""
+        if any(r.state is ReviewState.KEPT for r in self.reviews.values()):
+            return True
         for slot in self.slots.values():
-            for c in slot.outcome.categories if slot.outcome else []:
+            answers = slot.answers() + [
+                r.outcome for r in self.reviews.values() if r.outcome and r.system == slot.system
+            ]
+            for c in (c for o in answers for c in o.categories):
                 if c.retained or c.redirected:
                     return True
                 if self.request_type is RequestType.ERASURE and c.restricted:
@@ -260,4 +339,9 @@ class Saga:
             systems=[self.slots[name].report() for name in sorted(self.slots)],
             trace_id=self.trace_id,
             extension=self.extension,
+            rounds=self.round,
+            reviews=[
+                r.report()
+                for r in sorted(self.reviews.values(), key=lambda r: (r.opened_at, str(r.review_id)))
+            ],
         )

@@ -27,6 +27,13 @@ class TrackerSettings(BaseSettings):
         2.0, ge=1.0, le=10.0, description="Each further try waits this much longer."
     )
 
+    max_rounds: int = Field(
+        3,
+        ge=1,
+        le=10,
+        description="Rounds of the identity search: the first with what the request gave, each next"
+        " with what the last learnt from the subject's records; past it, a person decides.",
+    )
     recovery_window_s: float = Field(
         3600.0,
         gt=0,

@@ -27,6 +27,18 @@ class SubjectCommand(Message):
     reason: str | None = Field(
         None, max_length=200, description="Why a deferred erasure was sent: retention ended, a hold ended."
     )
+    round: int = Field(
+        1,
+        ge=1,
+        le=20,
+        description="Identity search round: 1 with what the request gave, later ones with what earlier"
+        " rounds learnt from the subject's records too (sealed with the rest).",
+    )
+    earlier: list[UUID] = Field(
+        default_factory=list,
+        max_length=20,
+        description="This system's commands of the earlier rounds: what they decided is not decided again.",
+    )
 
     @property
     def request_type(self) -> RequestType:
@@ -35,6 +47,19 @@ class SubjectCommand(Message):
 
 class EraseSubject(SubjectCommand):
     command: Literal["erase_subject"] = "erase_subject"
+
+    @property
+    def request_type(self) -> RequestType:
+        return RequestType.ERASURE
+
+
+class EraseRecords(SubjectCommand):
+    """A reviewer decided these records, left alone as perhaps someone else's, are the
+    subject's: erase them (rules and holds still apply), nothing else."""
+
+    command: Literal["erase_records"] = "erase_records"
+    review_id: UUID
+    groups: list[tuple[str, str]] = Field(min_length=1, max_length=10_000)
 
     @property
     def request_type(self) -> RequestType:
@@ -58,9 +83,9 @@ class LiftRestriction(SubjectCommand):
 
 
 AnySubjectCommand = Annotated[
-    EraseSubject | RestrictSubject | LiftRestriction, Field(discriminator="command")
+    EraseSubject | EraseRecords | RestrictSubject | LiftRestriction, Field(discriminator="command")
 ]
-SUBJECT_COMMAND: TypeAdapter[EraseSubject | RestrictSubject | LiftRestriction] = TypeAdapter(
+SUBJECT_COMMAND: TypeAdapter[EraseSubject | EraseRecords | RestrictSubject | LiftRestriction] = TypeAdapter(
     AnySubjectCommand
 )
 COMMAND_FOR_TYPE: dict[RequestType, type[SubjectCommand]] = {

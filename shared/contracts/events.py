@@ -9,8 +9,8 @@ from pydantic import AwareDatetime, Field
 
 from shared.contracts.audit import AuditEntry
 from shared.contracts.base import Envelope, Message, RequestType, SubjectRef, SystemName
-from shared.contracts.outcomes import CategoryOutcome, Verification
-from shared.contracts.report import Report, RequestStatus, SystemProgress
+from shared.contracts.outcomes import CategoryOutcome, ReviewItem, Verification
+from shared.contracts.report import Report, RequestStatus, ReviewDecision, SystemProgress
 
 
 class RequestAccepted(Message):
@@ -41,11 +41,20 @@ class OutcomeReported(Message):
     reason: str | None = Field(
         None, max_length=200, description="A deferred erasure's reason, from its command."
     )
+    round: int = Field(1, ge=1, description="The command's round of the identity search.")
+    review_id: UUID | None = Field(None, description="The review whose 'erase' this carried out.")
     status: Literal["done", "failed"]
     categories: list[CategoryOutcome] = Field(default_factory=list)
     verification: Verification | None = None
     error: str | None = Field(None, max_length=2_000)
     policy_version: str | None = Field(None, description="The retention policy the decisions followed.")
+    learnt_identifiers: str | None = Field(
+        None,
+        description="Sealed: identifiers on records certainly the subject's that the command did not"
+        " search with.",
+    )
+    learnt: dict[str, int] = Field(default_factory=dict, description="How many of each kind were learnt.")
+    reviews: list[ReviewItem] = Field(default_factory=list)
     started_at: AwareDatetime
     finished_at: AwareDatetime
 
@@ -104,3 +113,15 @@ class IngressReplied(Envelope):
     status: str | None = None
     deadline: AwareDatetime | None = None
     error: str | None = None
+
+
+class ReviewDecided(Message):
+    """A compliance officer decided a review item (intake checked role, state and reason). The
+    reason itself stays in intake: the audit chain gets its digest."""
+
+    event: Literal["review_decided"] = "review_decided"
+    review_id: UUID
+    decision: ReviewDecision
+    reason_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    token_id: str = Field(max_length=64)
+    role: str = Field(max_length=32)

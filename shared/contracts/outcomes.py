@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import date
 from enum import StrEnum
+from typing import Literal
+from uuid import UUID
 
 from pydantic import AwareDatetime, Field
 
@@ -17,6 +19,7 @@ class Action(StrEnum):
     UNRESTRICTED = "unrestricted"
     RETAINED = "retained"
     REDIRECTED = "redirected"
+    IN_REVIEW = "in_review"  # found, but perhaps someone else's: left alone for a person to decide
 
 
 class Retention(Frozen):
@@ -38,6 +41,34 @@ class Redirect(Frozen):
     controller: str
 
 
+class FoundBy(Frozen):
+    """How records were found: which kind of identifier, given by the request or learnt from the
+    subject's records in another system, in which round of the search."""
+
+    kind: Literal["customer_ids", "emails", "phones", "ldap_uids"]
+    source: Literal["given", "learnt"]
+    round: int = Field(ge=1)
+    count: int = Field(ge=1)
+
+
+class ReviewItem(Frozen):
+    """Records a store found that may be someone else's (shared/worker/matching.py): neither
+    acted on nor learnt from until a person decides. Ids only; what matched, masked, is sealed
+    in `evidence` for the reviewer."""
+
+    review_id: UUID
+    groups: list[tuple[str, str]] = Field(description="(category, record id) of each top-level record")
+    records: dict[str, int] = Field(
+        description="Records per category, the top-level ones and those under them"
+    )
+    reason: Literal["shared_phone", "learnt_phone", "mailbox_variant", "too_many_matches"]
+    matched: list[str] = Field(description="Kinds of the subject's identifiers that found them")
+    conflicting: list[str] = Field(
+        description="Kinds of strong identifiers on them the subject is not known by"
+    )
+    evidence: str | None = Field(None, description="Sealed: the identifiers, masked, for the reviewer")
+
+
 class CategoryOutcome(Frozen):
     category: str
     found: int = Field(ge=0)
@@ -47,6 +78,10 @@ class CategoryOutcome(Frozen):
     unrestricted: int = Field(0, ge=0)
     retained: list[Retention] = Field(default_factory=list)
     redirected: list[Redirect] = Field(default_factory=list)
+    in_review: int = Field(
+        0, ge=0, description="Found, perhaps someone else's: awaiting a person's decision."
+    )
+    found_by: list[FoundBy] = Field(default_factory=list)
     note: str | None = None
 
     @property

@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import date
 from enum import StrEnum
 from typing import Literal
+from uuid import UUID
 
 from pydantic import AwareDatetime, Field
 
@@ -18,6 +19,7 @@ REPORT_SCHEMA_VERSION = 1
 class RequestStatus(StrEnum):
     RECEIVED = "received"
     IN_PROGRESS = "in_progress"
+    AWAITING_REVIEW = "awaiting_review"  # every system answered; records wait for a person
     COMPLETED = "completed"
     COMPLETED_WITH_EXCEPTIONS = "completed_with_exceptions"
     FAILED = "failed"
@@ -45,6 +47,41 @@ class SystemProgress(Frozen):
     dispatched_at: AwareDatetime
     answered_at: AwareDatetime | None = None
     error: str | None = None
+
+
+class ReviewDecision(StrEnum):
+    ERASE = "erase"  # they are the subject's: erase them (rules and holds still apply)
+    KEEP = "keep"  # not erased: not the subject's, or otherwise excluded
+
+
+class ReviewState(StrEnum):
+    OPEN = "open"
+    ERASING = "erasing"  # decided 'erase'; the system is carrying it out
+    ERASED = "erased"
+    KEPT = "kept"
+    FAILED = "failed"
+
+
+class ReviewReport(Frozen):
+    """Records that may be someone else's, and what a person decided. No identifiers: the
+    reviewer's evidence stays sealed in intake; the reason given is intake's to show."""
+
+    review_id: UUID
+    system: SystemName | None = Field(description="None: about the request (the search's bound)")
+    reason: str
+    groups: list[tuple[str, str]]
+    records: dict[str, int]
+    matched: list[str]
+    conflicting: list[str]
+    round: int
+    state: ReviewState
+    opened_at: AwareDatetime
+    decided_at: AwareDatetime | None = None
+    decided_by: str | None = Field(None, description="The deciding token's id")
+    decided_role: str | None = None
+    erased: int = 0
+    retained: int = 0
+    evidence: str | None = Field(None, description="Sealed, for intake's reviewer: what matched, masked")
 
 
 class DeferredErasure(Frozen):
@@ -96,3 +133,5 @@ class Report(Frozen):
     systems: list[SystemReport]
     trace_id: str | None = None
     extension: Extension | None = None
+    rounds: int = Field(1, description="Rounds of the identity search (shared/worker/matching.py)")
+    reviews: list[ReviewReport] = Field(default_factory=list)

@@ -7,30 +7,25 @@ command interrupted mid-way resumes with the plan it had made.
 from __future__ import annotations
 
 import uuid
-from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
-from datetime import date, datetime
+from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Protocol
 
-from shared.contracts import (
-    Action,
-    CategoryOutcome,
-    OutcomeReported,
-    RequestType,
-    Retention,
-    SubjectCommand,
-    Verification,
-)
-from shared.contracts.outcomes import Redirect
-from shared.identity import Identities
+from shared.contracts import Action, OutcomeReported, RequestType, SubjectCommand, Verification
+from shared.contracts.commands import EraseRecords
+from shared.crypto import IdentifierSeal
+from shared.identity import KINDS, Identities, KnownIdentities
 from shared.telemetry.messaging import TRACER
+from shared.worker import outcome
 from shared.worker.holds import ActiveHold
+from shared.worker.matching import Ambiguous, classify
 from shared.worker.policy import Policy
 from shared.worker.ports import Decision, Record, StoreAdapter, StoreSession
 
 Clock = Callable[[], datetime]
 _OUTCOME_NAMESPACE = uuid.UUID("6f1c1f4e-2b51-4a53-9a3e-6c6574686501")
-KEPT = frozenset({Action.RETAINED, Action.REDIRECTED})
+KEPT = frozenset({Action.RETAINED, Action.REDIRECTED, Action.IN_REVIEW})
+DEFAULT_MATCH_LIMIT = 25
 
 
 class HoldSource(Protocol):
@@ -50,12 +45,17 @@ def outcome_id(command: SubjectCommand, failed_after: int | None = None) -> uuid
 
 async def execute(
     command: SubjectCommand,
-    identities: Identities,
+    identities: Identities | KnownIdentities,
     adapter: StoreAdapter,
     policy: Policy,
     clock: Clock,
     holds: HoldSource | None = None,
+    seal: IdentifierSeal | None = None,
+    match_limit: int = DEFAULT_MATCH_LIMIT,
 ) -> OutcomeReported:
+    """`seal` seals what the outcome says of identifiers (learnt ones, a reviewer's evidence);
+    without it (tests of a store alone) the outcome gives only their counts."""
+    known = identities if isinstance(identities, KnownIdentities) else KnownIdentities(given=identities)
     started = clock()
     async with adapter.session() as store:
         journal = await store.load_journal(command.message_id)
@@ -64,24 +64,21 @@ async def execute(
         if journal is not None and journal.plan is not None:
             plan = journal.plan
         else:
-            with TRACER.start_as_current_span("match") as span:
-                records = await _records(store, identities, command)
-                span.set_attribute("lethe.records.found", len(records))
-            with TRACER.start_as_current_span("holds") as span:
-                held = await _held(store, adapter.system, holds or NoHolds(), started, command.request_type)
-                span.set_attribute("lethe.records.retained", len(held))
-            with TRACER.start_as_current_span("decide"):
-                decided = policy.decide(adapter.system, command.request_type, records, started.date(), held)
-                plan = await store.save_plan(command.message_id, decided)
+            plan = await store.save_plan(
+                command.message_id,
+                await _plan(store, command, known, adapter, policy, started, holds, match_limit),
+            )
         with TRACER.start_as_current_span("act") as span:
             await store.apply(plan)
             span.set_attribute("lethe.records.erased", sum(d.action is Action.ERASED for d in plan))
         with TRACER.start_as_current_span("verify") as span:
-            after = await store.find(identities)
-            left = unfinished(command.request_type, plan, after)
+            earlier = await decided_before(store, command)
+            after = [r for r in await store.find(known.all) if r.key not in earlier]
+            left = unfinished(command, plan, after)
             span.set_attribute("lethe.verification.passed", not left)
         verification = Verification(passed=not left, remaining=len(left), checked_at=clock())
-        outcome = OutcomeReported(
+        new = outcome.learnt(plan, known)
+        result = OutcomeReported(
             message_id=outcome_id(command),
             request_id=command.request_id,
             system=adapter.system,
@@ -89,32 +86,105 @@ async def execute(
             attempt=command.attempt,
             resume_of=command.resume_of,
             reason=command.reason,
+            round=command.round,
+            review_id=command.review_id if isinstance(command, EraseRecords) else None,
             status="done" if verification.passed else "failed",
-            categories=summarise(adapter.categories, plan, getattr(adapter, "erasure_notes", {})),
+            categories=outcome.summarise(
+                adapter.categories, plan, command.round, getattr(adapter, "erasure_notes", {})
+            ),
             verification=verification,
             error=None if verification.passed else f"verification: {len(left)} records remain",
             policy_version=policy.version,
+            learnt_identifiers=seal.seal(new) if seal and new else None,
+            learnt={kind: len(getattr(new, kind)) for kind in KINDS if getattr(new, kind)},
+            reviews=outcome.reviews(plan, known, seal),
             started_at=started,
             finished_at=clock(),
         )
-        await store.save_outcome(command.message_id, outcome.model_dump(mode="json"))
-    return outcome
+        await store.save_outcome(command.message_id, result.model_dump(mode="json"))
+    return result
 
 
-async def _records(store: StoreSession, identities: Identities, command: SubjectCommand) -> list[Record]:
+async def _plan(
+    store: StoreSession,
+    command: SubjectCommand,
+    known: KnownIdentities,
+    adapter: StoreAdapter,
+    policy: Policy,
+    moment: datetime,
+    holds: HoldSource | None,
+    match_limit: int,
+) -> list[Decision]:
+    """match → holds → decide, for the records that are certainly the subject's; the others
+    go into the plan as `in_review`, untouched (shared/worker/matching.py)."""
+    with TRACER.start_as_current_span("match") as span:
+        found, resumed = await _records(store, known.all, command)
+        certain, found_by, ambiguous = scope(command, found, resumed, known, match_limit)
+        span.set_attribute("lethe.records.found", len(certain))
+        span.set_attribute("lethe.records.in_review", sum(len(a.records) for a in ambiguous))
+    with TRACER.start_as_current_span("holds") as span:
+        held = await _held(store, adapter.system, holds or NoHolds(), moment, command.request_type)
+        span.set_attribute("lethe.records.retained", len(held))
+    with TRACER.start_as_current_span("decide"):
+        decided = policy.decide(adapter.system, command.request_type, certain, moment.date(), held)
+    return [d.model_copy(update={"found_by": found_by.get(d.record.key)}) for d in decided] + [
+        Decision(
+            record=record,
+            action=Action.IN_REVIEW,
+            review_id=str(outcome.review_id(command.message_id, a.groups)),
+            review_reason=a.reason,
+        )
+        for a in ambiguous
+        for record in a.records
+    ]
+
+
+def scope(
+    command: SubjectCommand,
+    found: Sequence[Record],
+    resumed: set[tuple[str, str]],
+    known: KnownIdentities,
+    match_limit: int,
+) -> tuple[list[Record], dict[tuple[str, str], str], list[Ambiguous]]:
+    """(the records to act on, how each was found, the ambiguous ones). A reviewer's 'erase'
+    names its records; what an earlier command already took for the subject's stays so."""
+    if isinstance(command, EraseRecords):
+        wanted = {tuple(g) for g in command.groups}
+        return [r for r in found if (r.group or r.key) in wanted], {}, []
+    fresh = [r for r in found if r.key not in resumed]
+    classified = classify(fresh, known, match_limit)
+    by = {key: f"{f.kind}:{f.source}" for key, f in classified.found_by.items()}
+    return classified.certain + [r for r in found if r.key in resumed], by, classified.ambiguous
+
+
+async def _records(
+    store: StoreSession, identities: Identities, command: SubjectCommand
+) -> tuple[list[Record], set[tuple[str, str]]]:
     """What the identifiers find, plus, for a deferred erasure, what the earlier command kept
-    and still exists (its link to the identifiers may be gone: an erased account row)."""
-    found = await store.find(identities)
+    and still exists (its link to the identifiers may be gone: an erased account row); the
+    keys of those, which were decided to be the subject's then."""
+    decided = await decided_before(store, command)  # by this request's earlier rounds: not again
+    found = [r for r in await store.find(identities) if r.key not in decided]
     if command.resume_of is None:
-        return found
+        return found, set()
     earlier = await store.load_journal(command.resume_of)
     if earlier is None or earlier.plan is None:
-        return found
+        return found, set()
     kept = [d.record for d in earlier.plan if d.action is Action.RETAINED]
     seen = {r.key for r in found}
     existing = await store.existing([r.key for r in kept if r.key not in seen])
     # Facts (an active contract) are about the live link; an orphaned record has none.
-    return found + [r.model_copy(update={"facts": {}}) for r in kept if r.key in existing]
+    orphans = [r.model_copy(update={"facts": {}}) for r in kept if r.key in existing]
+    return found + orphans, {r.key for r in kept}
+
+
+async def decided_before(store: StoreSession, command: SubjectCommand) -> set[tuple[str, str]]:
+    """The records this system's commands of the request's earlier rounds decided on."""
+    decided: set[tuple[str, str]] = set()
+    for command_id in command.earlier:
+        entry = await store.load_journal(command_id)
+        decided |= {d.record.key for d in (entry.plan if entry and entry.plan else [])}
+    return decided
 
 
 async def _held(
@@ -132,50 +202,16 @@ async def _held(
     return held
 
 
-def unfinished(request_type: RequestType, plan: Sequence[Decision], after: Sequence[Record]) -> list[Record]:
+def unfinished(command: SubjectCommand, plan: Sequence[Decision], after: Sequence[Record]) -> list[Record]:
     """Records the re-read still shows in a state the plan should have changed: an erased or
     anonymised record still matching the subject, a record that appeared meanwhile (erasure),
-    or a record whose restriction flag is not what the request asked for."""
+    or a record whose restriction flag is not what the request asked for. Records left for
+    review are the plan's too; a reviewer's 'erase' answers for its own records only."""
     kept = {d.record.key for d in plan if d.action in KEPT}
-    if request_type is RequestType.ERASURE:
+    if isinstance(command, EraseRecords):
+        wanted = {tuple(g) for g in command.groups}
+        after = [r for r in after if (r.group or r.key) in wanted]
+    if command.request_type is RequestType.ERASURE:
         return [r for r in after if r.key not in kept]
-    should_be_restricted = request_type is RequestType.RESTRICTION
+    should_be_restricted = command.request_type is RequestType.RESTRICTION
     return [r for r in after if r.key not in kept and r.restricted is not should_be_restricted]
-
-
-def summarise(
-    categories: Sequence[str], plan: Sequence[Decision], notes: Mapping[str, str] | None = None
-) -> list[CategoryOutcome]:
-    """One entry per category the system holds, so `not_found` is explicit in the report."""
-    by_category: dict[str, list[Decision]] = defaultdict(list)
-    for decision in plan:
-        by_category[decision.record.category].append(decision)
-    ordered = list(categories) + sorted(set(by_category) - set(categories))
-    notes = notes or {}
-    return [_category_outcome(c, by_category.get(c, []), notes.get(c)) for c in ordered]
-
-
-def _category_outcome(category: str, decisions: Sequence[Decision], note: str | None) -> CategoryOutcome:
-    counts: dict[Action, int] = defaultdict(int)
-    kept: dict[tuple[str | None, str | None, str, date | None], int] = defaultdict(int)
-    redirected: dict[str, int] = defaultdict(int)
-    for d in decisions:
-        counts[d.action] += 1
-        if d.action is Action.RETAINED:
-            kept[(d.rule_id, d.hold_reference, d.legal_basis or "", d.retain_until)] += 1
-        elif d.action is Action.REDIRECTED:
-            redirected[d.controller or "unknown controller"] += 1
-    return CategoryOutcome(
-        category=category,
-        found=len(decisions),
-        erased=counts[Action.ERASED],
-        anonymised=counts[Action.ANONYMISED],
-        restricted=counts[Action.RESTRICTED],
-        unrestricted=counts[Action.UNRESTRICTED],
-        retained=[
-            Retention(count=n, rule_id=rule, hold_reference=hold, legal_basis=basis, retain_until=until)
-            for (rule, hold, basis, until), n in sorted(kept.items(), key=str)
-        ],
-        redirected=[Redirect(count=n, controller=c) for c, n in sorted(redirected.items())],
-        note=note if counts[Action.ERASED] else None,
-    )

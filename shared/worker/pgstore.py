@@ -15,9 +15,10 @@ import asyncpg
 
 from shared.contracts.outcomes import Action
 from shared.db import apply_schema, create_pool, ensure_database
-from shared.identity import Identities
+from shared.identity import Identities, email_prefilter, phone_prefilter
 from shared.settings import DatabaseSettings
 from shared.worker.journal import JOURNAL_OPEN_DDL, WORKER_JOURNAL_DDL, TransactionalJournal
+from shared.worker.matching import match
 from shared.worker.ports import Decision, Record
 
 
@@ -30,6 +31,15 @@ class CategoryTable:
     table: str
     key: str
     personal_columns: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A top-level row a store's coarse keys let through: the record (its `owner` filled in)
+    and every identifier on it a search may match (a recording's caller and callee too)."""
+
+    record: Record
+    matchable: Identities
 
 
 class PostgresStoreSession(TransactionalJournal):
@@ -104,7 +114,43 @@ class PostgresStoreAdapter:
             yield PostgresStoreSession(conn, self)
 
     async def find_records(self, conn: asyncpg.Connection, identities: Identities) -> list[Record]:
+        """The store's candidates by coarse keys, kept where a normalised identifier matches
+        (shared/identity.py: one normalisation, in Python), and the records under them."""
+        candidates = await self.candidates(
+            conn,
+            identities.customer_ids,
+            sorted({email_prefilter(e) for e in identities.emails}),
+            sorted({phone_prefilter(p) for p in identities.phones}),
+        )
+        found: list[Record] = []
+        for candidate in candidates:
+            matched, variants = match(candidate.matchable, identities)
+            if matched or variants:
+                found.append(candidate.record.model_copy(update={"matched": matched, "variants": variants}))
+        heads = {r.record_id: r for r in found}
+        children = await self.children(conn, list(heads))
+        return found + [
+            child.model_copy(
+                update={
+                    "group": heads[parent].key,
+                    "owner": heads[parent].owner,
+                    "matched": heads[parent].matched,
+                    "variants": heads[parent].variants,
+                }
+            )
+            for parent, child in children
+        ]
+
+    async def candidates(
+        self, conn: asyncpg.Connection, customer_ids: list[str], email_keys: list[str], phone_keys: list[str]
+    ) -> list[Candidate]:
+        """Top-level rows whose customer id is one of these, or whose e-mail or phone has one of
+        these coarse keys (`email_prefilter_sql`, `phone_prefilter_sql`)."""
         raise NotImplementedError
+
+    async def children(self, conn: asyncpg.Connection, parents: list[str]) -> list[tuple[str, Record]]:
+        """(parent id, record) for every record under these top-level rows."""
+        return []
 
     async def apply_decisions(self, conn: asyncpg.Connection, decisions: Sequence[Decision]) -> None:
         """Every change of the plan in one statement (data-modifying CTEs see one snapshot and

@@ -17,15 +17,26 @@ from shared.identity import Identities
 
 
 class Record(Frozen):
-    """One record of the subject's, as the store found it. `record_id` is the store's own
-    key (opaque: never an e-mail or phone). `dates` are the anchors retention rules count from
-    (e.g. invoice date), `facts` anything else a rule may ask about (e.g. an active contract)."""
+    """One record the subject's identifiers found, as the store holds it. `record_id` is the
+    store's own key (opaque: never an e-mail or phone). `dates` are the anchors retention rules
+    count from (e.g. invoice date), `facts` anything else a rule may ask about (e.g. an active
+    contract).
+
+    Whose it is (shared/worker/matching.py): `owner` are the identifiers on it that say whose
+    it is (an account's customer id, e-mail and phone; not a call's other party), `matched`
+    the subject's identifiers that found it, `variants` the subject's e-mails of which it holds
+    another sub-address. A record found through another (an invoice, through its account)
+    names that one as its `group` and carries its identifiers: they are decided together."""
 
     category: str
     record_id: str
     restricted: bool = False
     dates: dict[str, date] = Field(default_factory=dict)
     facts: dict[str, Any] = Field(default_factory=dict)
+    owner: Identities = Field(default_factory=Identities)
+    matched: Identities = Field(default_factory=Identities)
+    variants: Identities = Field(default_factory=Identities)
+    group: tuple[str, str] | None = None
 
     @property
     def key(self) -> tuple[str, str]:
@@ -40,6 +51,9 @@ class Decision(Frozen):
     retain_until: date | None = None
     hold_reference: str | None = None
     controller: str | None = None
+    found_by: str | None = Field(None, description="kind:source of what found it, e.g. emails:learnt")
+    review_id: str | None = None
+    review_reason: str | None = None
     keep_fields: tuple[str, ...] = ()
     strip_fields: tuple[str, ...] = ()
 
@@ -62,7 +76,10 @@ class StoreSession(Protocol):
 
     async def save_outcome(self, command_id: UUID, outcome: dict[str, Any]) -> None: ...
 
-    async def find(self, identities: Identities) -> list[Record]: ...
+    async def find(self, identities: Identities) -> list[Record]:
+        """Every record any of these identifiers (or a sub-address variant of an e-mail among
+        them) finds, with `owner`, `matched`, `variants` and `group` filled in."""
+        ...
 
     async def apply(self, decisions: Sequence[Decision]) -> None: ...
 

@@ -33,7 +33,7 @@ from shared.contracts import SUBJECT_COMMAND, OutcomeReported, SubjectCommand
 from shared.crypto import IdentifierSeal, IdentifierSealError
 from shared.delivery import TRANSIENT, Publisher, by_key_in_order, commit, retry_state
 from shared.fetching import poll
-from shared.identity import Identities
+from shared.identity import KnownIdentities
 from shared.kafka import make_consumer, make_producer, start_with_retry
 from shared.service import mark_ready
 from shared.settings import KafkaSettings
@@ -55,6 +55,13 @@ class RetrySettings(BaseSettings):
         0.5, gt=0, le=60, description="Delay before the second try; doubles each try."
     )
     backoff_max_s: float = Field(30.0, gt=0, le=3600, description="Longest delay between tries.")
+    match_limit: int = Field(
+        25,
+        ge=1,
+        le=100_000,
+        description="Top-level records one identifier may find in a store before all it found only"
+        " through it goes to a person instead (a shared mailbox, a switchboard number).",
+    )
     concurrency: int = Field(
         8,
         ge=1,
@@ -208,11 +215,11 @@ class WorkerRuntime:
 
         await by_key_in_order(records, self.concurrency, in_order)
 
-    def _open(self, record: ConsumerRecord[bytes, bytes]) -> tuple[SubjectCommand, Identities]:
+    def _open(self, record: ConsumerRecord[bytes, bytes]) -> tuple[SubjectCommand, KnownIdentities]:
         command = decode(record.value, SUBJECT_COMMAND)
         if command.system != self.adapter.system:
             raise PoisonMessage("system", f"{command.system!r} is not handled by this worker")
-        return command, self.seal.open(command.sealed_identifiers)
+        return command, self.seal.open_known(command.sealed_identifiers)
 
     async def _first_try(self, record: ConsumerRecord[bytes, bytes]) -> None:
         assert self.publisher is not None
@@ -243,12 +250,21 @@ class WorkerRuntime:
         self,
         record: ConsumerRecord[bytes, bytes],
         command: SubjectCommand,
-        identities: Identities,
+        identities: KnownIdentities,
         attempt: int,
     ) -> None:
         assert self.publisher is not None
         try:
-            outcome = await execute(command, identities, self.adapter, self.policy, self.clock, self.holds)
+            outcome = await execute(
+                command,
+                identities,
+                self.adapter,
+                self.policy,
+                self.clock,
+                self.holds,
+                self.seal,
+                self.retry.match_limit,
+            )
         except HoldsUnavailable as exc:
             # Not the command's fault, and not its store's: it waits on the retry topic, without
             # using up its tries, until the holds are known again (intake re-announces them).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import wave
 from pathlib import Path
+from uuid import uuid4
 
 import pytest
 from ldap3 import SUBTREE
@@ -15,6 +16,7 @@ from services.directory.store import DirectoryAdapter
 from services.recordings import seed as recordings_seed
 from services.recordings.store import RecordingsAdapter, resolve
 from shared.contracts import EraseSubject, LiftRestriction, RestrictSubject
+from shared.contracts.commands import EraseRecords
 from shared.crypto import subject_ref
 from shared.identity import Identities
 from shared.worker.handler import execute
@@ -33,7 +35,7 @@ REF = subject_ref("k", ALICE)
 
 
 def command(cls: type[EraseSubject] | type[RestrictSubject] | type[LiftRestriction], system: str):  # type: ignore[no-untyped-def]
-    return cls(request_id="it-1", system=system, subject_ref=REF, sealed_identifiers="x")
+    return cls(request_id="it-1", system=system, subject_ref=REF, sealed_identifiers="x", message_id=uuid4())
 
 
 async def test_recordings_erasure_unlinks_audio_and_index(
@@ -50,10 +52,25 @@ async def test_recordings_erasure_unlinks_audio_and_index(
         assert files == ["REC-1001-01.wav", "REC-1001-02.wav", "REC-1002-01.wav"]
         with wave.open(str(next(tmp_path.rglob("REC-1002-01.wav")))) as audio:
             assert audio.getframerate() == 8000 and audio.getnframes() > 0
-        # Only a phone number, written another way: matches caller and callee columns.
-        outcome = await execute(
+        # Only a phone number, written another way: it matches the caller and callee columns,
+        # but the recordings are customer C-1001's, whom the request does not name: a shared
+        # number finds them as well as it would find the subject's, so they await a person.
+        only_phone = await execute(
             command(EraseSubject, "recordings"),
             Identities(phones=["07700 900123"]),
+            adapter,
+            ActOnEverything(),
+            utc_clock,
+        )
+        assert only_phone.categories[0].in_review == 2 and only_phone.categories[0].erased == 0
+        assert only_phone.reviews[0].reason == "shared_phone" and only_phone.reviews[0].conflicting == [
+            "customer_ids"
+        ]
+        assert len(list(tmp_path.rglob("*.wav"))) == 3
+        # With the customer id too, the same spelling of the number is the subject's.
+        outcome = await execute(
+            command(EraseSubject, "recordings"),
+            Identities(customer_ids=["C-1001"], phones=["07700 900123"]),
             adapter,
             ActOnEverything(),
             utc_clock,
@@ -105,25 +122,32 @@ async def test_directory_erasure_deletes_the_entry_found_by_phone_spelling(
             + person(demo_seed, "ben").directory
             + person(demo_seed, "chloe").directory,
         )
-        # Chloe's entry holds "07700900789" in mobile; the request gives +44 spelling only.
+        # Chloe's entry holds "07700900789" in mobile; the request gives +44 spelling only. The
+        # entry names a uid and an address the request does not: a person decides.
+        phone_only = Identities(phones=["+44 7700 900789"])
         outcome = await execute(
-            command(EraseSubject, "directory"),
-            Identities(phones=["+44 7700 900789"]),
-            adapter,
-            ActOnEverything(),
-            utc_clock,
+            command(EraseSubject, "directory"), phone_only, adapter, ActOnEverything(), utc_clock
         )
-        assert outcome.categories[0].erased == 1 and outcome.status == "done"
+        assert outcome.categories[0].in_review == 1 and outcome.status == "done"
+        review = outcome.reviews[0]
+        assert review.reason == "shared_phone" and review.matched == ["phones"]
+        assert review.conflicting == ["emails", "ldap_uids"]
+        assert "uid=cpatel,ou=people" in entries(slapd)
+        # The reviewer says it is hers: that entry, and nothing else, goes.
+        decided = EraseRecords(
+            request_id="it-1",
+            system="directory",
+            subject_ref=REF,
+            sealed_identifiers="x",
+            review_id=review.review_id,
+            groups=review.groups,
+        )
+        erased = await execute(decided, phone_only, adapter, ActOnEverything(), utc_clock)
+        assert erased.categories[0].erased == 1 and erased.status == "done" and not erased.reviews
         assert "uid=cpatel,ou=people" not in entries(slapd)
         assert {"uid=ahartley,ou=people", "uid=bokafor,ou=people"} <= entries(slapd)
         # The same command again: the entry is already gone, which counts as done.
-        again = await execute(
-            command(EraseSubject, "directory"),
-            Identities(phones=["+447700900789"]),
-            adapter,
-            ActOnEverything(),
-            utc_clock,
-        )
+        again = await execute(decided, phone_only, adapter, ActOnEverything(), utc_clock)
         assert again.status == "done"
     finally:
         await adapter.close()

@@ -9,6 +9,7 @@ from uuid import UUID
 
 from shared.contracts import Action
 from shared.identity import Identities
+from shared.worker.matching import match
 from shared.worker.ports import Decision, JournalEntry, Record
 
 
@@ -45,11 +46,14 @@ class FakeStore:
         self.journal[command_id] = JournalEntry(plan=self.journal[command_id].plan, outcome=outcome)
 
     async def find(self, identities: Identities) -> list[Record]:
-        return [
-            Record(category=cat, record_id=rid, restricted=rid in self.restricted)
-            for rid, (cat, email) in sorted(self.rows.items())
-            if email in identities.emails
-        ]
+        found = []
+        for rid, (cat, email) in sorted(self.rows.items()):
+            owner = Identities(emails=[email])
+            matched, variants = match(owner, identities)
+            if matched or variants:
+                record = Record(category=cat, record_id=rid, restricted=rid in self.restricted, owner=owner)
+                found.append(record.model_copy(update={"matched": matched, "variants": variants}))
+        return found
 
     async def apply(self, decisions: Sequence[Decision]) -> None:
         if self.fail_apply:

@@ -1,0 +1,308 @@
+"""How a saga is kept: loaded with its systems, reviews and audit trail in one round trip
+under a row lock, written back (only what changed), its audit events chained, its snapshot and
+completion announced through the outbox, its commands enqueued."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from uuid import UUID
+
+import asyncpg
+from pydantic import BaseModel
+
+from services.tracker import reviews
+from services.tracker.saga import Saga
+from services.tracker.slots import SystemSlot
+from shared import topics
+from shared.contracts import (
+    COMMAND_FOR_TYPE,
+    OutcomeReported,
+    RequestCompleted,
+    RequestStatusChanged,
+    RequestType,
+    SystemState,
+)
+from shared.contracts.audit import GENESIS, AuditEntry
+from shared.contracts.commands import EraseRecords, SubjectCommand
+from shared.contracts.report import Extension, ReviewState
+from shared.outbox import enqueue, enqueue_many
+from shared.telemetry import metrics
+from shared.telemetry.messaging import TRACER, link_to
+
+
+@dataclass
+class Loaded:
+    saga: Saga
+    version: int
+    sealed_identifiers: str  # what commands search with: given, and learnt in earlier rounds
+    traceparent: str | None = None
+    as_loaded: dict[str, SystemSlot] = field(default_factory=dict)  # to write back only changes
+    trail: list[AuditEntry] = field(default_factory=list)
+    pending_learnt: str | None = None  # sealed: learnt this round, not yet searched with
+
+
+# The saga, its systems and its audit trail in one round trip; the saga row is locked, so the
+# trail read is the one the next entries chain onto.
+_LOAD = """
+SELECT g.*,
+    (SELECT coalesce(json_agg(s), '[]') FROM saga_systems s WHERE s.request_id = g.request_id) AS systems,
+    (SELECT coalesce(json_agg(a ORDER BY a.seq), '[]') FROM audit_log a WHERE a.request_id = g.request_id)
+        AS trail
+FROM sagas g WHERE g.request_id = $1 FOR UPDATE OF g"""
+
+
+def _utc(text: str) -> datetime:
+    """A timestamp as PostgreSQL writes it in JSON, in UTC as asyncpg returns columns (the audit
+    digests were computed over UTC times)."""
+    return datetime.fromisoformat(text).astimezone(UTC)
+
+
+async def load(conn: asyncpg.Connection, request_id: str) -> Loaded | None:
+    row = await conn.fetchrow(_LOAD, request_id)
+    if row is None:
+        return None
+    saga = Saga(
+        request_id=row["request_id"],
+        request_type=RequestType(row["request_type"]),
+        subject_ref=row["subject_ref"],
+        received_at=row["received_at"],
+        deadline=row["deadline"],
+        trace_id=row["trace_id"],
+        completed_at=row["completed_at"],
+        extension=None if row["extension"] is None else Extension.model_validate_json(row["extension"]),
+        round=row["round"],
+        reviews={r.review_id: r for r in map(reviews.from_json, json.loads(row["reviews"]))},
+    )
+    for s in json.loads(row["systems"]):
+        saga.slots[s["system"]] = SystemSlot(
+            system=s["system"],
+            state=SystemState(s["state"]),
+            attempts=s["attempts"],
+            dispatched_at=_utc(s["dispatched_at"]),
+            command_id=UUID(s["command_id"]),
+            answered_at=None if s["answered_at"] is None else _utc(s["answered_at"]),
+            outcome=None if s["outcome"] is None else OutcomeReported.model_validate(s["outcome"]),
+            deferred=[OutcomeReported.model_validate(d) for d in s["deferred"]],
+            error=s["error"],
+            rounds=[OutcomeReported.model_validate(r) for r in s["rounds"]],
+        )
+    trail = [AuditEntry(**{**a, "at": _utc(a["at"])}) for a in json.loads(row["trail"])]
+    as_loaded = {
+        name: replace(slot, deferred=list(slot.deferred), rounds=list(slot.rounds))
+        for name, slot in saga.slots.items()
+    }
+    return Loaded(
+        saga,
+        row["version"],
+        row["sealed_identifiers"],
+        row["traceparent"],
+        as_loaded,
+        trail,
+        row["pending_learnt"],
+    )
+
+
+async def _append_audit(conn: asyncpg.Connection, loaded: Loaded) -> list[AuditEntry]:
+    """Chain the saga's new audit events onto its trail (as loaded with the locked saga);
+    returns the whole trail."""
+    saga, trail = loaded.saga, loaded.trail
+    prev = trail[-1].hash if trail else GENESIS
+    added: list[AuditEntry] = []
+    for at, kind, raw in saga.audit:
+        detail = json.loads(json.dumps(raw, default=str))  # as stored, so the hash checks out
+        seq = len(trail) + len(added) + 1
+        digest = AuditEntry.digest(saga.request_id, seq, at, kind, detail, prev)
+        entry = AuditEntry(
+            request_id=saga.request_id, seq=seq, at=at, kind=kind, detail=detail, prev_hash=prev, hash=digest
+        )
+        added.append(entry)
+        prev = entry.hash
+    if added:
+        await conn.executemany(
+            "INSERT INTO audit_log (request_id, seq, at, kind, detail, prev_hash, hash)"
+            " VALUES ($1,$2,$3,$4,$5::jsonb,$6,$7)",
+            [(e.request_id, e.seq, e.at, e.kind, json.dumps(e.detail), e.prev_hash, e.hash) for e in added],
+        )
+    saga.audit.clear()
+    loaded.trail = trail + added
+    return loaded.trail
+
+
+async def audit_trail(conn: asyncpg.Connection | asyncpg.Pool, request_id: str) -> list[AuditEntry]:
+    rows = await conn.fetch("SELECT * FROM audit_log WHERE request_id = $1 ORDER BY seq", request_id)
+    return [
+        AuditEntry(
+            request_id=r["request_id"],
+            seq=r["seq"],
+            at=r["at"],
+            kind=r["kind"],
+            detail=json.loads(r["detail"]),
+            prev_hash=r["prev_hash"],
+            hash=r["hash"],
+        )
+        for r in rows
+    ]
+
+
+async def dispatch(conn: asyncpg.Connection, loaded: Loaded, systems: Sequence[str]) -> None:
+    """Re-sending happens outside the request's trace (a timer, an operator), so its span links
+    back to the request's first span: the trace tool shows both, connected."""
+    saga = loaded.saga
+    command_type = COMMAND_FOR_TYPE[saga.request_type]
+    for system in systems:
+        slot = saga.slots[system]
+        metrics.redispatches.add(1, {"system": system})
+        with TRACER.start_as_current_span(
+            "redispatch",
+            links=link_to(loaded.traceparent),
+            attributes={
+                "lethe.request_id": saga.request_id,
+                "lethe.system": system,
+                "lethe.attempt": slot.attempts,
+            },
+        ):
+            await enqueue_command(conn, loaded, command_type, system, slot)
+
+
+async def enqueue_command(
+    conn: asyncpg.Connection,
+    loaded: Loaded,
+    command_type: type[SubjectCommand],
+    system: str,
+    slot: SystemSlot,
+) -> None:
+    saga = loaded.saga
+    await enqueue(
+        conn,
+        topics.command_topic(system),
+        saga.subject_ref,
+        command_type(
+            message_id=slot.command_id,
+            request_id=saga.request_id,
+            system=system,
+            subject_ref=saga.subject_ref,
+            sealed_identifiers=loaded.sealed_identifiers,
+            attempt=slot.attempts,
+            round=saga.round,
+            earlier=[o.command_id for o in slot.answers() if o.round < saga.round],
+        ),
+    )
+
+
+async def enqueue_waiting(conn: asyncpg.Connection, loaded: Loaded, span: str) -> list[str]:
+    """Every command the saga waits on: each system's of this round, each reviewer's 'erase'
+    being carried out. Returns the systems."""
+    saga = loaded.saga
+    command_type = COMMAND_FOR_TYPE[saga.request_type]
+    sent = []
+    with TRACER.start_as_current_span(
+        span,
+        links=link_to(loaded.traceparent),
+        attributes={"lethe.request_id": saga.request_id, "lethe.round": saga.round},
+    ):
+        for slot in saga.slots.values():
+            if slot.state is SystemState.DISPATCHED:
+                await enqueue_command(conn, loaded, command_type, slot.system, slot)
+                sent.append(slot.system)
+        for review in saga.reviews.values():
+            if review.state is ReviewState.ERASING and review.system and review.command_id:
+                await enqueue_review_erasure(conn, loaded, review)
+                sent.append(review.system)
+    return sent
+
+
+async def enqueue_review_erasure(conn: asyncpg.Connection, loaded: Loaded, review: reviews.Review) -> None:
+    saga = loaded.saga
+    assert review.system is not None and review.command_id is not None
+    await enqueue(
+        conn,
+        topics.command_topic(review.system),
+        saga.subject_ref,
+        EraseRecords(
+            message_id=review.command_id,
+            request_id=saga.request_id,
+            system=review.system,
+            subject_ref=saga.subject_ref,
+            sealed_identifiers=loaded.sealed_identifiers,
+            round=review.round,
+            review_id=review.review_id,
+            groups=review.groups,
+        ),
+    )
+
+
+async def save(conn: asyncpg.Connection, loaded: Loaded, was_final: bool) -> None:
+    """Persist the saga, chain its audit events and announce the new snapshot, in the caller's
+    transaction; announce completion once each time the request reaches a final status."""
+    saga = loaded.saga
+    loaded.version += 1
+    status = saga.status
+    await conn.execute(
+        "UPDATE sagas SET status = $2, version = $3, completed_at = $4, deadline = $5,"
+        " extension = $6::jsonb, round = $7, reviews = $8::jsonb, sealed_identifiers = $9,"
+        " pending_learnt = $10 WHERE request_id = $1",
+        saga.request_id,
+        status.value,
+        loaded.version,
+        saga.completed_at,
+        saga.deadline,
+        saga.extension.model_dump_json() if saga.extension else None,
+        saga.round,
+        json.dumps([reviews.to_json(r) for r in saga.reviews.values()]),
+        loaded.sealed_identifiers,
+        loaded.pending_learnt,
+    )
+    changed = [s for s in saga.slots.values() if s != loaded.as_loaded.get(s.system)]
+    if changed:  # an answer changes one slot, not five; an extension none
+        await conn.executemany(
+            "UPDATE saga_systems SET state = $3, attempts = $4, dispatched_at = $5, command_id = $6,"
+            " answered_at = $7, outcome = $8::jsonb, error = $9, deferred = $10::jsonb, rounds = $11::jsonb"
+            " WHERE request_id = $1 AND system = $2",
+            [
+                (
+                    saga.request_id,
+                    s.system,
+                    s.state.value,
+                    s.attempts,
+                    s.dispatched_at,
+                    s.command_id,
+                    s.answered_at,
+                    s.outcome.model_dump_json() if s.outcome else None,
+                    s.error,
+                    json.dumps([d.model_dump(mode="json") for d in s.deferred]),
+                    json.dumps([r.model_dump(mode="json") for r in s.rounds]),
+                )
+                for s in changed
+            ],
+        )
+    await _append_audit(conn, loaded)
+    just_finished = status.is_final and not was_final
+    if just_finished:
+        labels = {"type": saga.request_type.value, "status": status.value}
+        metrics.requests_completed.add(1, labels)
+        if saga.completed_at is not None:
+            metrics.request_duration.record((saga.completed_at - saga.received_at).total_seconds(), labels)
+    await announce(conn, loaded, completed=just_finished)
+
+
+async def announce(conn: asyncpg.Connection, loaded: Loaded, completed: bool) -> None:
+    """The saga's snapshot as it stands (its version: intake keeps the newest it has seen), and
+    with `completed` the completion event for upstream."""
+    saga = loaded.saga
+    report = saga.report()
+    snapshot = RequestStatusChanged(
+        request_id=saga.request_id,
+        version=loaded.version,
+        status=saga.status,
+        systems=[s.progress() for s in saga.slots.values()],
+        report=report,
+        audit=loaded.trail,
+    )
+    messages: list[tuple[str, str, BaseModel]] = [(topics.REQUEST_STATUS, saga.request_id, snapshot)]
+    if completed:
+        done = RequestCompleted(request_id=saga.request_id, status=saga.status, report=report)
+        messages.append((topics.REQUESTS_COMPLETED, saga.request_id, done))
+    await enqueue_many(conn, messages)

@@ -1,0 +1,127 @@
+"""Whose records these are: the rules that decide, for every record a store found, whether it is
+certainly the subject's (acted on, and its identifiers learnt for the next round), or ambiguous
+(left alone and put to a person). Pure: no I/O, unit-tested on its own.
+
+- A record found through a strong identifier (customer id, e-mail, directory uid), given or
+  learnt, is the subject's.
+- A record found only through a phone number the request gave is the subject's, unless it
+  carries a strong identifier the subject is not known by: then it belongs to someone sharing
+  the number (a household landline, a switchboard) as much as to the subject: ambiguous.
+- A record found only through a phone number *learnt* from another record is ambiguous:
+  nobody vouched for that number as the subject's, and two hops from the request a shared
+  number reaches strangers (a household's landline learnt from one member's account finds the
+  other member's records). It is shown to a reviewer, never erased on its own.
+- A record whose e-mail is a sub-address of the subject's (or the reverse: `alice+news@` for
+  `alice@`) may or may not be the same mailbox: ambiguous.
+- One identifier finding more top-level records than `match_limit` in a store (a shared
+  mailbox, a company switchboard): all it found only through it is ambiguous.
+Only records certainly the subject's teach identifiers for the next round."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from shared.identity import STRONG, Identities, Kind, KnownIdentities, mailbox
+from shared.worker.ports import Record
+
+Reason = Literal["shared_phone", "learnt_phone", "mailbox_variant", "too_many_matches"]
+
+
+@dataclass(frozen=True)
+class FoundBy:
+    """How a record was found: the strongest identifier that found it, and where that came from."""
+
+    kind: Kind
+    source: Literal["given", "learnt"]
+
+
+@dataclass(frozen=True)
+class Ambiguous:
+    """One decision for a person: the top-level records (an account, with everything under
+    it) it covers, why they are in doubt, what found them and what speaks against them."""
+
+    groups: tuple[tuple[str, str], ...]
+    records: tuple[Record, ...]
+    reason: Reason
+    matched: Identities  # which of the subject's identifiers found them
+    conflicting: Identities  # strong identifiers on them the subject is not known by
+
+
+@dataclass
+class Classified:
+    certain: list[Record] = field(default_factory=list)
+    found_by: dict[tuple[str, str], FoundBy] = field(default_factory=dict)
+    ambiguous: list[Ambiguous] = field(default_factory=list)
+    learnt: Identities = field(default_factory=Identities)
+
+
+def match(candidate: Identities, known: Identities) -> tuple[Identities, Identities]:
+    """(the known identifiers equal to one of the candidate's, the known e-mails of which the
+    candidate holds another sub-address)."""
+    matched = candidate.intersection(known)
+    boxes = {mailbox(e) for e in candidate.emails}
+    variants = [e for e in known.emails if mailbox(e) in boxes and e not in matched.emails]
+    return matched, Identities.normalised({"emails": variants})
+
+
+def classify(records: Sequence[Record], known: KnownIdentities, match_limit: int = 25) -> Classified:
+    groups: dict[tuple[str, str], list[Record]] = defaultdict(list)
+    for record in records:
+        groups[record.group or record.key].append(record)
+    heads = {key: next((r for r in members if r.key == key), members[0]) for key, members in groups.items()}
+    flooded = _flooding(heads.values(), match_limit)
+    result = Classified()
+    floods: list[tuple[str, str]] = []
+    for key, members in groups.items():
+        head = heads[key]
+        verdict = _verdict(head, known, flooded)
+        if isinstance(verdict, FoundBy):
+            result.certain.extend(members)
+            result.found_by.update((r.key, verdict) for r in members)
+            result.learnt = result.learnt.union(head.owner)
+        elif verdict == "too_many_matches":
+            floods.append(key)  # one decision for all an over-broad identifier found
+        else:
+            conflicting = head.owner.strong().minus(known.all)
+            result.ambiguous.append(Ambiguous((key,), tuple(members), verdict, head.matched, conflicting))
+    if floods:
+        found = [r for key in floods for r in groups[key]]
+        matched = Identities().union(*(heads[k].matched for k in floods)) if floods else Identities()
+        result.ambiguous.append(
+            Ambiguous(tuple(floods), tuple(found), "too_many_matches", matched, Identities())
+        )
+    result.learnt = result.learnt.minus(known.all)
+    return result
+
+
+def _verdict(head: Record, known: KnownIdentities, flooded: Identities) -> FoundBy | Reason:
+    for source, identities in (("given", known.given), ("learnt", known.learnt)):
+        for kind in STRONG:
+            hits = set(getattr(head.matched, kind)) & set(getattr(identities, kind))
+            if hits - set(getattr(flooded, kind)):
+                return FoundBy(kind, source)  # type: ignore[arg-type]
+    if set(head.matched.pairs()) & set(flooded.pairs()):
+        return "too_many_matches"
+    if not head.matched and head.variants:
+        return "mailbox_variant"
+    if set(head.matched.phones) & set(known.given.phones):
+        if head.owner.strong().minus(known.all):
+            return "shared_phone"
+        return FoundBy("phones", "given")
+    return "learnt_phone"
+
+
+def _flooding(heads: Iterable[Record], limit: int) -> Identities:
+    """Identifiers that found more top-level records than the limit."""
+    counts: dict[tuple[Kind, str], int] = defaultdict(int)
+    for head in heads:
+        for pair in head.matched.pairs():
+            counts[pair] += 1
+    flooded: dict[str, list[str]] = defaultdict(list)
+    for (kind, value), n in counts.items():
+        if n > limit:
+            flooded[kind].append(value)
+    return Identities.normalised(flooded)
