@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
+import asyncpg
 import httpx
 from aiokafka import AIOKafkaConsumer
 
@@ -214,6 +215,12 @@ def main() -> None:
     parser.add_argument(
         "--profile", action="store_true", help="Sample every service with py-spy while it runs."
     )
+    parser.add_argument(
+        "--given",
+        choices=("all", "email"),
+        default="all",
+        help="What each request names: every identifier, or the e-mail alone (the search learns the rest).",
+    )
     args = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -230,6 +237,8 @@ def main() -> None:
                 seeded = synthetic.people(count, prefix="bench")
                 asyncio.run(load(seeded, seed_targets(stack)))
                 subjects = [p.subject.model_dump(exclude_none=True) for p in seeded.people]  # type: ignore[union-attr]
+                if args.given == "email":
+                    subjects = [{"emails": s["emails"]} for s in subjects]
             sampler = sampler_for(stack, 5.0 if soak else 2.0)
             sampler.start()
             profile_dir = RESULTS / f"profile-{stamp}"
@@ -242,6 +251,7 @@ def main() -> None:
             )
             sampler.stop()
             result = summarise(stack, run, wall, args.rate, sampler, soak)
+            result["identity_search"] = asyncio.run(search_cost(stack)) | {"given": args.given}
             if args.profile:
                 profile.stop(spies)
                 result["profile"] = profile.report(
@@ -272,6 +282,25 @@ def main() -> None:
     plot(run_points(result), RESULTS / f"{name}.png")
     print_table(result)
     print(f"\nresults: {RESULTS / name}.json and .png")
+
+
+async def search_cost(stack: Stack) -> dict[str, float]:
+    """What identity expansion cost: rounds and commands per request, review items."""
+    conn = await asyncpg.connect(stack.database_url("tracker"))
+    try:
+        row = await conn.fetchrow(
+            "SELECT avg(round) AS rounds, max(round) AS most, avg(round * (SELECT count(*)"
+            " FROM saga_systems s WHERE s.request_id = g.request_id)) AS commands,"
+            " avg(jsonb_array_length(reviews)) AS reviews FROM sagas g"
+        )
+    finally:
+        await conn.close()
+    return {
+        "rounds_per_request": round(float(row["rounds"] or 0), 2),
+        "most_rounds": int(row["most"] or 0),
+        "commands_per_request": round(float(row["commands"] or 0), 2),
+        "review_items_per_request": round(float(row["reviews"] or 0), 3),
+    }
 
 
 def summarise(
@@ -368,6 +397,13 @@ def print_table(result: dict[str, Any]) -> None:
         f"  submit → completed     p50 {lat['p50']} s  p95 {lat['p95']} s  p99 {lat['p99']} s"
         f"  max {lat['max']} s"
     )
+    search = result.get("identity_search")
+    if search:
+        print(
+            f"  identity search        given {search['given']}: {search['rounds_per_request']} rounds,"
+            f" {search['commands_per_request']} commands, {search['review_items_per_request']} review items"
+            f" per request (at most {search['most_rounds']} rounds)"
+        )
     for item in result["incomplete"]:
         print(f"  not completed          {item}")
     if result["submit_errors"]:

@@ -19,6 +19,7 @@ import typer
 from pydantic import ValidationError
 
 from cli import dlq as dead_letters
+from cli import reviews as review_commands
 from cli.client import ApiClient, Credentials, api_url, fail, find_credentials
 from cli.render import report_text
 from cli.seed import SeedFile, SeedTargets, load, read
@@ -424,6 +425,7 @@ def config_reference() -> None:
     typer.echo(markdown(), nl=False)
 
 
+app.add_typer(review_commands.app, name="reviews")
 tokens = typer.Typer(help="API tokens (admin).", no_args_is_help=True)
 
 app.add_typer(tokens, name="tokens")

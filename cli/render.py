@@ -16,6 +16,10 @@ def report_text(report: dict[str, Any]) -> str:
     ]
     if report.get("trace_id"):
         lines.append(f"  trace       {report['trace_id']}")
+    if report.get("rounds", 1) > 1:
+        lines.append(
+            f"  search      {report['rounds']} rounds (identifiers learnt from the subject's records)"
+        )
     for system in report["systems"]:
         verification = system.get("verification") or {}
         verdict = "verified" if verification.get("passed") else "NOT verified"
@@ -47,15 +51,26 @@ def report_text(report: dict[str, Any]) -> str:
                 lines.append(
                     f"        referred {referred['count']} to the controller {referred['controller']}"
                 )
+            for how in c.get("found_by", []):
+                lines.append(
+                    f"        {how['count']} found by {how['kind']} ({how['source']}, round {how['round']})"
+                )
             if c.get("note"):
                 lines.append(f"        note: {c['note']}")
+    for review in report.get("reviews", []):
+        records = ", ".join(f"{n} {c}" for c, n in review["records"].items()) or "-"
+        decided = f" by {review['decided_role']} {review['decided_by']}" if review.get("decided_by") else ""
+        where = review["system"] or "request"
+        lines.append(f"  [review] {where}: {records} ({review['reason']}): {review['state']}{decided}")
     return "\n".join(lines)
 
 
 def _category_summary(c: dict[str, Any]) -> str:
-    if c["found"] == 0:
+    if c["found"] == 0 and not c.get("in_review"):
         return "not found"
     parts = [f"{c[k]} {k}" for k in ("erased", "anonymised", "restricted", "unrestricted") if c.get(k)]
+    if c.get("in_review"):
+        parts.append(f"{c['in_review']} awaiting review")
     kept = sum(r["count"] for r in c.get("retained", []))
     if kept:
         parts.append(f"{kept} retained")

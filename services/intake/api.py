@@ -214,7 +214,9 @@ async def dashboard(
 ) -> str:
     start, end = pages.period(received_from, received_to)
     rows = await pages.rows_in(_ctx(request).pool, start, end)
-    return pages.dashboard_html(rows, received_from, received_to, request.url.query, datetime.now(UTC))
+    waiting = await _ctx(request).pool.fetchval("SELECT count(*) FROM reviews WHERE state = 'open'")
+    now = datetime.now(UTC)
+    return pages.dashboard_html(rows, received_from, received_to, request.url.query, now, waiting)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -258,6 +260,7 @@ def create_app(lifespan: Any, limits: ApiLimits) -> FastAPI:
     app.include_router(router)
     app.include_router(holds_api.router)
     app.include_router(reviews_api.router)
+    app.include_router(reviews_api.pages)
     app.include_router(admin_api.router)
     app.include_router(pages_router)
     app.include_router(admin_api.pages)

@@ -67,6 +67,7 @@ def dashboard_html(
     received_to: date | None,
     query: str,
     now: datetime,
+    open_reviews: int = 0,
 ) -> str:
     counts = Counter(r["status"] for r in rows)
     durations = [r["completed_at"] - r["received_at"] for r in rows if r["completed_at"]]
@@ -97,6 +98,7 @@ def dashboard_html(
         received_from=received_from,
         received_to=received_to,
         query=query,
+        open_reviews=open_reviews,
     )
 
 

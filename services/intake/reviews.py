@@ -97,6 +97,13 @@ async def search(
     return rows
 
 
+async def decided(pool: asyncpg.Pool, limit: int) -> list[asyncpg.Record]:
+    rows: list[asyncpg.Record] = await pool.fetch(
+        "SELECT * FROM reviews WHERE decision IS NOT NULL ORDER BY decided_at DESC LIMIT $1", limit
+    )
+    return rows
+
+
 class NotDecidable(Exception):
     """Decided already, or its request is finished (the message says which)."""
 

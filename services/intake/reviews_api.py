@@ -6,18 +6,23 @@ from __future__ import annotations
 import json
 from datetime import datetime
 from typing import Annotated, Literal
+from urllib.parse import urlencode
 from uuid import UUID
 
 import asyncpg
-from fastapi import APIRouter, Depends, HTTPException, Query, Request
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from services.intake import reviews
 from services.intake.auth import Caller, Role, guarded, require
 from services.intake.models import ErrorBody
+from services.intake.pages import TEMPLATES
+from shared.codec import describe_validation_error
 from shared.contracts.report import ReviewDecision
 
 router = APIRouter(prefix="/v1/reviews", tags=["reviews"])
+pages = APIRouter(include_in_schema=False)
 REASONS = {
     "shared_phone": "found only by a phone number the request gave; the record names someone else",
     "learnt_phone": "found only by a phone number learnt from another record, not given by the request",
@@ -114,3 +119,41 @@ async def decide(
     if row is None:
         raise HTTPException(404, "review_id: no such review")
     return view(request, row)
+
+
+@pages.get("/reviews", response_class=HTMLResponse, **guarded(Role.COMPLIANCE))
+async def reviews_page(request: Request, message: str | None = None, error: bool = False) -> str:
+    pool = request.app.state.ctx.pool
+    open_items = [view(request, r) for r in await reviews.search(pool, None, "open", 200, 0)]
+    decided = [view(request, r) for r in await reviews.decided(pool, 50)]
+    return TEMPLATES.get_template("reviews.html").render(
+        open=[r for r in open_items if r.decision is None], decided=decided, message=message, error=error
+    )
+
+
+@pages.post("/reviews/{review_id}")
+async def decide_from_page(
+    review_id: UUID,
+    request: Request,
+    decision: Annotated[str, Form()],
+    reason: Annotated[str, Form()],
+    caller: Caller = Depends(require(Role.COMPLIANCE)),  # noqa: B008
+) -> RedirectResponse:
+    """The page's form: the same rules as the API, the answer shown on the page."""
+    try:
+        body = Decide.model_validate({"decision": decision, "reason": reason})
+        row = await reviews.decide(
+            request.app.state.ctx.pool,
+            review_id,
+            body.decision,
+            body.reason,
+            caller.token_id,
+            caller.role.value,
+        )
+        message, error = ("decided" if row else "no such review"), row is None
+    except ValidationError as exc:
+        field, problem = describe_validation_error(exc)
+        message, error = f"{field}: {problem}", True
+    except reviews.NotDecidable as exc:
+        message, error = str(exc), True
+    return RedirectResponse(f"/reviews?{urlencode({'message': message, 'error': error})}", status_code=303)

@@ -57,8 +57,12 @@ def category(report: dict[str, Any], system: str, name: str) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def kim(stack: Stack, api: httpx.Client) -> dict[str, Any]:
+def people(stack: Stack) -> None:
     seed(stack, read(DATA))
+
+
+@pytest.fixture(scope="module")
+def kim(people: None, api: httpx.Client) -> dict[str, Any]:
     hold = api.post(
         "/v1/holds",
         json={
@@ -121,35 +125,47 @@ def test_what_may_be_someone_elses_waits_for_a_person(kim: dict[str, Any], api: 
     assert "kim.lee" not in str(listed)
 
 
-def test_decisions_are_carried_out_exactly_and_audited(
-    kim: dict[str, Any], api: httpx.Client, stack: Stack
-) -> None:
+@pytest.fixture(scope="module")
+def kim_decided(kim: dict[str, Any], api: httpx.Client) -> dict[str, httpx.Response]:
+    """Bad decisions first (refused, naming the field), then one 'keep' and one 'erase'."""
     reviews = {r["reason"]: r["review_id"] for r in kim["reviews"]}
-    bad = api.post(f"/v1/reviews/{reviews['learnt_phone']}", json={"decision": "keep"})
-    assert bad.status_code == 422 and "reason" in bad.json()["detail"]
-    bad = api.post(f"/v1/reviews/{reviews['learnt_phone']}", json={"decision": "shred", "reason": "because"})
-    assert bad.status_code == 422 and "decision" in bad.json()["detail"]
-    assert (
-        api.post(
+    answers = {
+        "no reason": api.post(f"/v1/reviews/{reviews['learnt_phone']}", json={"decision": "keep"}),
+        "bad decision": api.post(
+            f"/v1/reviews/{reviews['learnt_phone']}", json={"decision": "shred", "reason": "because"}
+        ),
+        "unknown": api.post(
             "/v1/reviews/00000000-0000-0000-0000-000000000000", json={"decision": "keep", "reason": "x y"}
-        ).status_code
-        == 404
-    )
-    kept = api.post(
-        f"/v1/reviews/{reviews['learnt_phone']}", json={"decision": "keep", "reason": "a colleague's phone"}
-    )
-    assert kept.status_code == 202 and kept.json()["decision"] == "keep"
-    again = api.post(
+        ),
+        "keep": api.post(
+            f"/v1/reviews/{reviews['learnt_phone']}",
+            json={"decision": "keep", "reason": "a colleague's phone"},
+        ),
+    }
+    answers["second"] = api.post(
         f"/v1/reviews/{reviews['learnt_phone']}", json={"decision": "erase", "reason": "changed my mind"}
     )
-    assert again.status_code == 409
-    erased = api.post(
+    answers["erase"] = api.post(
         f"/v1/reviews/{reviews['mailbox_variant']}", json={"decision": "erase", "reason": "her own mailbox"}
     )
-    assert erased.status_code == 202
-    final = wait_for(api, "id-kim", ("completed", "completed_with_exceptions", "failed"))
-    assert final["status"] == "completed_with_exceptions"
+    wait_for(api, "id-kim", ("completed", "completed_with_exceptions", "failed"))
+    return answers
+
+
+def test_decisions_are_carried_out_exactly_and_audited(
+    kim_decided: dict[str, httpx.Response], api: httpx.Client, stack: Stack
+) -> None:
+    assert (
+        kim_decided["no reason"].status_code == 422 and "reason" in kim_decided["no reason"].json()["detail"]
+    )
+    bad = kim_decided["bad decision"]
+    assert bad.status_code == 422 and "decision" in bad.json()["detail"]
+    assert kim_decided["unknown"].status_code == 404
+    assert kim_decided["keep"].status_code == 202 and kim_decided["keep"].json()["decision"] == "keep"
+    assert kim_decided["second"].status_code == 409
+    assert kim_decided["erase"].status_code == 202
     report = api.get("/v1/requests/id-kim/report").json()
+    assert report["status"] == "completed_with_exceptions"
     states = {r["reason"]: (r["state"], r["erased"]) for r in report["reviews"]}
     assert states == {"learnt_phone": ("kept", 0), "mailbox_variant": ("erased", 1)}
     assert count(stack, "mailing", "SELECT count(*) FROM subscribers WHERE subscriber_id = 'SUB-4101'") == 0
@@ -162,7 +178,9 @@ def test_decisions_are_carried_out_exactly_and_audited(
     assert trail["chain_valid"] is True
 
 
-def test_a_household_landline_never_erases_the_other_customer(stack: Stack, api: httpx.Client) -> None:
+def test_a_household_landline_never_erases_the_other_customer(
+    people: None, stack: Stack, api: httpx.Client
+) -> None:
     assert submit_erasure(api, "id-ian", IAN).status_code == 202
     assert wait_for(api, "id-ian", WAITING)["status"] == "awaiting_review"
     report = api.get("/v1/requests/id-ian/report").json()
@@ -192,3 +210,18 @@ def test_a_household_landline_never_erases_the_other_customer(stack: Stack, api:
     assert count(stack, "crm", "SELECT count(*) FROM contacts WHERE contact_id = 'CRM-4002'") == 0
     states = {r["system"]: r["state"] for r in api.get("/v1/requests/id-ian/report").json()["reviews"]}
     assert states == {"billing": "kept", "recordings": "kept", "crm": "erased"}
+
+
+def test_the_cli_lists_and_decides_reviews(kim_decided: dict[str, httpx.Response], stack: Stack) -> None:
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    env = {"LETHE_API_URL": stack.api_url, "LETHE_TOKEN": stack.secrets.admin_token}
+    runner = CliRunner()
+    listed = runner.invoke(app, ["reviews", "list", "--request", "id-kim", "--state", "kept"], env=env)
+    assert listed.exit_code == 0, listed.output
+    assert "found by: phones: +447700••••10" in listed.output and "1 review item(s)" in listed.output
+    review_id = listed.output.split()[0]
+    again = runner.invoke(app, ["reviews", "decide", review_id, "--erase", "--reason", "no, erase"], env=env)
+    assert again.exit_code == 1 and "already decided" in again.output

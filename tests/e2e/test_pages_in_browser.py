@@ -3,16 +3,19 @@ screenshots land in test-output/screenshots for a person to look at."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
 from playwright.sync_api import Browser, sync_playwright
 
+from cli import synthetic
 from cli.stack import Stack
 from tests.conftest import OUTPUT
-from tests.e2e.conftest import submit_erasure, wait_final
+from tests.e2e.conftest import seed, submit_erasure, wait_final
 
 pytestmark = pytest.mark.e2e
 CHROMIUM = Path("/usr/bin/chromium")
@@ -73,3 +76,43 @@ def test_dashboard_after_signing_in_shows_statuses_chart_and_overdue(
     assert page.locator("#latest").is_visible()
 
     page.screenshot(path=str(SCREENSHOTS / "dashboard.png"), full_page=True)
+
+
+def test_a_reviewer_decides_in_the_browser_and_the_report_says_so(
+    browser: Browser, api: httpx.Client, stack: Stack
+) -> None:
+    household = synthetic.people(2, prefix="browserhh")
+    shared = household.people[0].subject.phones[0]  # type: ignore[union-attr]
+    neighbour = household.people[1].model_copy(
+        update={"billing": [a.model_copy(update={"phone": shared}) for a in household.people[1].billing]}
+    )
+    two = household.model_copy(update={"people": [household.people[0], neighbour]})
+    with ThreadPoolExecutor(1) as other:  # Playwright's loop runs in this thread: seed in another
+        other.submit(seed, stack, two).result()
+    subject = household.people[0].subject.model_dump(exclude_none=True)  # type: ignore[union-attr]
+    submit_erasure(api, "browser-review", subject)
+    deadline = time.monotonic() + 60
+    while api.get("/v1/requests/browser-review").json()["status"] != "awaiting_review":
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    page = browser.new_page()
+    page.goto(f"{api.base_url}/login?next=/dashboard")
+    page.fill("input[name=token]", stack.secrets.admin_token)
+    page.click("button[type=submit]")
+    assert page.locator("#reviews-waiting a").is_visible()
+    page.click("#reviews-waiting a")
+    assert page.locator("h1").inner_text() == "Records awaiting a decision"
+    row = page.locator("#open-reviews tr", has_text="browser-review")
+    assert row.count() == 1 and "1 accounts" in row.inner_text()
+    assert "+447" in row.inner_text() and shared.replace(" ", "")[-6:] not in row.inner_text()  # masked
+    page.screenshot(path=str(SCREENSHOTS / "reviews.png"), full_page=True)
+    row.locator("input[value=keep]").check()
+    row.locator("textarea[name=reason]").fill("the neighbour's account: same landline")
+    row.locator("button[type=submit]").click()
+    assert page.locator("#message").inner_text() == "decided"
+    assert page.locator("#decided-reviews", has_text="the neighbour's account").is_visible()
+    assert wait_final(api, "browser-review")["status"] == "completed_with_exceptions"
+    page.goto(f"{api.base_url}/v1/requests/browser-review/report")
+    assert page.locator("#report-reviews", has_text="kept").is_visible()
+    assert page.locator("td.found-by", has_text="by customer id (given, round 1)").count() >= 1
+    page.screenshot(path=str(SCREENSHOTS / "report-with-review.png"), full_page=True)

@@ -17,6 +17,7 @@ ROLES = ("submitter", "compliance", "legal", "admin")
 SAMPLE_PATH_VALUES = {
     "request_id": "no-such-request",
     "hold_id": "00000000-0000-0000-0000-000000000000",
+    "review_id": "00000000-0000-0000-0000-000000000000",
     "system": "crm",
 }
 
@@ -68,6 +69,8 @@ def test_roles_match_the_design(api: httpx.Client) -> None:
     assert roles[("GET", "/v1/exports/requests.csv")] == {"compliance", "admin"}
     assert roles[("POST", "/v1/holds")] == {"legal", "admin"}
     assert roles[("POST", "/v1/tokens")] == {"admin"}
+    assert roles[("GET", "/v1/reviews")] == {"compliance", "admin"}
+    assert roles[("POST", "/v1/reviews/00000000-0000-0000-0000-000000000000")] == {"compliance", "admin"}
 
 
 def test_tokens_are_stored_hashed(stack: Stack, tokens: dict[str, str]) -> None:

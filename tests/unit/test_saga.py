@@ -11,6 +11,8 @@ from shared.contracts import (
     SystemState,
 )
 from shared.contracts.audit import GENESIS, AuditEntry, verify_chain
+from shared.contracts.outcomes import ReviewItem
+from shared.contracts.report import ReviewDecision
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 TIMEOUTS = Timeouts(first=timedelta(minutes=10), attempts=3, backoff=2.0)
@@ -158,3 +160,81 @@ def test_audit_chain_verifies_and_detects_an_edit_a_removal_and_a_reorder() -> N
     assert verify_chain([entries[0], edited, entries[2]]) == 2
     assert verify_chain([entries[0], entries[2]]) == 3
     assert verify_chain([entries[1], entries[0], entries[2]]) == 2
+
+
+def test_an_answer_that_learnt_something_starts_the_next_round_once_all_have_answered() -> None:
+    s = saga("crm", "billing")
+    s.learn(2)
+    assert s.record(outcome("crm"))
+    assert s.round == 1 and s.status is RequestStatus.IN_PROGRESS
+    assert s.record(outcome("billing"))
+    assert s.round == 2 and s.status is RequestStatus.IN_PROGRESS and s.completed_at is None
+    assert all(slot.state is SystemState.DISPATCHED for slot in s.slots.values())
+    late = outcome("crm")  # round 1's answer again: not round 2's
+    assert not s.record(late)
+    assert s.record(outcome("crm").model_copy(update={"round": 2}))
+    assert s.record(outcome("billing").model_copy(update={"round": 2}))
+    assert s.status is RequestStatus.COMPLETED and s.report().rounds == 2
+    assert s.report().systems[0].erased == 2  # both rounds' answers count
+    kinds = [kind for _, kind, _ in s.audit]
+    assert kinds.count("round_dispatched") == 1 and kinds[-1] == "completed"
+
+
+def test_the_search_stops_at_its_bound_and_asks_a_person() -> None:
+    s = saga("crm")
+    s.max_rounds = 1
+    s.learn(3)
+    s.record(outcome("crm"))
+    assert s.status is RequestStatus.AWAITING_REVIEW
+    [bound] = s.reviews.values()
+    assert bound.system is None and bound.reason == "expansion_bound"
+    s.learn(3)  # what was learnt is still there to search with
+    decided = s.decide(bound.review_id, ReviewDecision.ERASE, "tok1", "compliance", "0" * 64, T0)
+    assert decided is not None and s.round == 2 and s.status is RequestStatus.IN_PROGRESS
+
+
+def review(records: int = 1) -> ReviewItem:
+    return ReviewItem(
+        review_id=uuid4(),
+        groups=[("accounts", "A-2")],
+        records={"accounts": records},
+        reason="shared_phone",
+        matched=["phones"],
+        conflicting=["customer_ids"],
+    )
+
+
+def test_review_items_hold_the_request_until_decided_and_each_is_decided_once() -> None:
+    s = saga("billing")
+    item = review()
+    s.record(outcome("billing").model_copy(update={"reviews": [item]}))
+    assert s.status is RequestStatus.AWAITING_REVIEW and s.completed_at is None
+    erase = s.decide(
+        item.review_id, ReviewDecision.ERASE, "tok1", "compliance", "a" * 64, T0 + timedelta(days=1)
+    )
+    assert erase is not None and erase.command_id is not None
+    assert s.decide(item.review_id, ReviewDecision.KEEP, "tok2", "admin", "b" * 64, T0) is None  # once
+    assert s.status is RequestStatus.IN_PROGRESS  # the system carries the erasure out
+    done = outcome("billing", command_id=erase.command_id).model_copy(update={"review_id": item.review_id})
+    assert s.record(done)
+    assert s.status is RequestStatus.COMPLETED and s.report().reviews[0].state == "erased"
+    assert s.report().reviews[0].erased == 1
+    decided = [d for _, kind, d in s.audit if kind == "review_decided"]
+    assert decided == [
+        {
+            "review_id": str(item.review_id),
+            "decision": "erase",
+            "token_id": "tok1",
+            "role": "compliance",
+            "reason_sha256": "a" * 64,
+        }
+    ]
+
+
+def test_keeping_records_a_reviewer_decided_on_is_an_exception_in_the_report() -> None:
+    s = saga("billing")
+    item = review()
+    s.record(outcome("billing").model_copy(update={"reviews": [item]}))
+    s.decide(item.review_id, ReviewDecision.KEEP, "tok1", "compliance", "a" * 64, T0 + timedelta(days=2))
+    assert s.status is RequestStatus.COMPLETED_WITH_EXCEPTIONS
+    assert s.completed_at == T0 + timedelta(days=2)  # the decision ended it

@@ -1,0 +1,96 @@
+"""The rules that decide whose records are whose (shared/worker/matching.py)."""
+
+from __future__ import annotations
+
+from shared.identity import Identities, KnownIdentities
+from shared.worker.matching import classify, match
+from shared.worker.ports import Record
+
+IAN = Identities(customer_ids=["C-1"], emails=["ian@example.org"], phones=["+441632960100"])
+
+
+def account(record_id: str, owner: Identities, known: Identities) -> Record:
+    matched, variants = match(owner, known)
+    return Record(category="accounts", record_id=record_id, owner=owner, matched=matched, variants=variants)
+
+
+def invoice(record_id: str, parent: Record) -> Record:
+    return Record(
+        category="invoices",
+        record_id=record_id,
+        group=parent.key,
+        owner=parent.owner,
+        matched=parent.matched,
+        variants=parent.variants,
+    )
+
+
+def test_a_strong_identifier_makes_a_record_the_subjects_and_teaches_what_it_carries() -> None:
+    owner = Identities(customer_ids=["C-1"], emails=["other.address@example.org"], phones=["+447700900001"])
+    head = account("A-1", owner, IAN)
+    result = classify([head, invoice("I-1", head)], KnownIdentities(given=IAN))
+    assert [r.record_id for r in result.certain] == ["A-1", "I-1"] and not result.ambiguous
+    assert result.found_by[head.key].kind == "customer_ids" and result.found_by[head.key].source == "given"
+    assert result.learnt == Identities(emails=["other.address@example.org"], phones=["+447700900001"])
+
+
+def test_a_shared_phone_on_someone_elses_record_is_ambiguous_and_teaches_nothing() -> None:
+    jo = account("A-2", Identities(customer_ids=["C-2"], phones=["+441632960100"]), IAN)
+    result = classify([jo, invoice("I-2", jo)], KnownIdentities(given=IAN))
+    assert not result.certain and not result.learnt
+    [item] = result.ambiguous
+    assert item.reason == "shared_phone" and item.groups == (jo.key,) and len(item.records) == 2
+    assert item.conflicting == Identities(customer_ids=["C-2"])
+
+
+def test_a_given_phone_on_a_record_that_names_nobody_else_is_the_subjects() -> None:
+    call = account("R-1", Identities(), Identities(phones=["+441632960100"]))
+    call = call.model_copy(update={"matched": Identities(phones=["+441632960100"])})
+    result = classify([call], KnownIdentities(given=IAN))
+    assert result.certain == [call] and result.found_by[call.key].kind == "phones"
+
+
+def test_a_phone_learnt_not_given_never_erases_on_its_own() -> None:
+    known = KnownIdentities(
+        given=Identities(emails=["ian@example.org"]), learnt=Identities(phones=["+447700900001"])
+    )
+    call = account("R-2", Identities(), known.all).model_copy(
+        update={"matched": Identities(phones=["+447700900001"])}
+    )
+    result = classify([call], known)
+    assert not result.certain and result.ambiguous[0].reason == "learnt_phone"
+
+
+def test_another_sub_address_is_for_a_person_to_decide() -> None:
+    known = Identities(emails=["ian@example.org"])
+    variant = account("S-1", Identities(emails=["ian+news@example.org"]), known)
+    assert not variant.matched and variant.variants == known
+    assert classify([variant], KnownIdentities(given=known)).ambiguous[0].reason == "mailbox_variant"
+
+
+def test_an_identifier_finding_more_than_the_limit_goes_to_one_review() -> None:
+    shared = Identities(emails=["info@company.example"])
+    heads = [
+        account(f"A-{n}", Identities(customer_ids=[f"C-{n}"], emails=["info@company.example"]), shared)
+        for n in range(5)
+    ]
+    own = account(
+        "A-own",
+        Identities(customer_ids=["C-own"], emails=["info@company.example"]),
+        shared.union(Identities(customer_ids=["C-own"])),
+    )
+    known = KnownIdentities(given=shared.union(Identities(customer_ids=["C-own"])))
+    result = classify([*heads, own], known, match_limit=3)
+    assert [r.record_id for r in result.certain] == ["A-own"]  # its customer id still finds it
+    [item] = result.ambiguous
+    assert item.reason == "too_many_matches" and len(item.groups) == 5
+
+
+def test_learnt_strong_identifiers_are_certain_and_say_so() -> None:
+    known = KnownIdentities(
+        given=Identities(emails=["kim@example.com"]), learnt=Identities(customer_ids=["C-9"])
+    )
+    contact = account("K-1", Identities(customer_ids=["C-9"], emails=["kim@family.example"]), known.all)
+    result = classify([contact], known)
+    assert result.found_by[contact.key].source == "learnt"
+    assert result.learnt == Identities(emails=["kim@family.example"])
