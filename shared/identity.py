@@ -179,7 +179,7 @@ class Identities(BaseModel):
                     except ValueError:
                         continue
                     kept.setdefault(kind, []).append(normalised)
-        return cls(**{k: sorted(set(v)) for k, v in kept.items()})
+        return cls.normalised(kept)  # normalised above: not again by the validators
 
     def pairs(self) -> Iterator[tuple[Kind, str]]:
         for kind in KINDS:

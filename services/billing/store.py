@@ -64,24 +64,28 @@ SCHEMA = (
     "CREATE INDEX IF NOT EXISTS radius_account ON radius_sessions (account_id)",
 )
 
-_CANDIDATES = f"""
-SELECT account_id, customer_id, email, phone, status, opened_on, closed_on, restricted FROM accounts
- WHERE customer_id = ANY($1::text[])
-    OR {email_prefilter_sql("email")} = ANY($2::text[])
-    OR {phone_prefilter_sql("phone")} = ANY($3::text[])
-"""
-_CHILDREN = """
-SELECT account_id AS parent, 'invoices' AS category, invoice_id AS id, restricted, issued_on AS d1
-  FROM invoices WHERE account_id = ANY($1::text[])
+# Candidate accounts by coarse keys, then what is under each, in one statement.
+_FIND = f"""
+WITH candidates AS (
+    SELECT * FROM accounts
+     WHERE customer_id = ANY($1::text[])
+        OR {email_prefilter_sql("email")} = ANY($2::text[])
+        OR {phone_prefilter_sql("phone")} = ANY($3::text[]))
+SELECT NULL AS parent, 'accounts' AS category, account_id AS id, restricted, opened_on AS d1,
+       closed_on AS d2, customer_id, email, phone, status
+  FROM candidates
 UNION ALL
-SELECT account_id, 'payments', payment_id, restricted, paid_on FROM payments
- WHERE account_id = ANY($1::text[])
+SELECT account_id, 'invoices', invoice_id, restricted, issued_on, NULL, NULL, NULL, NULL, NULL
+  FROM invoices WHERE account_id IN (SELECT account_id FROM candidates)
 UNION ALL
-SELECT account_id, 'call_detail_records', cdr_id, restricted, started_at::date FROM cdrs
- WHERE account_id = ANY($1::text[])
+SELECT account_id, 'payments', payment_id, restricted, paid_on, NULL, NULL, NULL, NULL, NULL
+  FROM payments WHERE account_id IN (SELECT account_id FROM candidates)
 UNION ALL
-SELECT account_id, 'radius_sessions', session_id, restricted, started_at::date FROM radius_sessions
- WHERE account_id = ANY($1::text[])
+SELECT account_id, 'call_detail_records', cdr_id, restricted, started_at::date, NULL, NULL, NULL, NULL, NULL
+  FROM cdrs WHERE account_id IN (SELECT account_id FROM candidates)
+UNION ALL
+SELECT account_id, 'radius_sessions', session_id, restricted, started_at::date, NULL, NULL, NULL, NULL, NULL
+  FROM radius_sessions WHERE account_id IN (SELECT account_id FROM candidates)
 """
 _ANCHOR = {
     "accounts": "opened_on",
@@ -107,40 +111,29 @@ class BillingAdapter(PostgresStoreAdapter):
         CategoryTable("radius_sessions", "radius_sessions", "session_id", ("username", "framed_ip")),
     )
 
-    async def candidates(
-        self, conn: asyncpg.Connection, customer_ids: list[str], email_keys: list[str], phone_keys: list[str]
-    ) -> list[Candidate]:
-        rows = await conn.fetch(_CANDIDATES, customer_ids, email_keys, phone_keys)
-        candidates = []
-        for row in rows:
-            dates = {"opened_on": row["opened_on"]}
-            if row["closed_on"] is not None:
-                dates["closed_on"] = row["closed_on"]
-            owner = Identities.lenient(
-                customer_ids=[row["customer_id"]], emails=[row["email"]], phones=[row["phone"]]
-            )
-            record = Record(
-                category="accounts",
-                record_id=row["account_id"],
-                restricted=row["restricted"],
-                dates=dates,
-                facts={"contract_active": row["status"] == "active"},
-                owner=owner,
-            )
-            candidates.append(Candidate(record, owner))
-        return candidates
+    find_sql = _FIND
 
-    async def children(self, conn: asyncpg.Connection, parents: list[str]) -> list[tuple[str, Record]]:
-        rows = await conn.fetch(_CHILDREN, parents) if parents else []
-        return [
-            (
-                row["parent"],
-                Record(
-                    category=row["category"],
-                    record_id=row["id"],
-                    restricted=row["restricted"],
-                    dates={_ANCHOR[row["category"]]: row["d1"]},
-                ),
-            )
-            for row in rows
-        ]
+    def head(self, row: asyncpg.Record) -> Candidate:
+        dates = {"opened_on": row["d1"]}
+        if row["d2"] is not None:
+            dates["closed_on"] = row["d2"]
+        owner = Identities.lenient(
+            customer_ids=[row["customer_id"]], emails=[row["email"]], phones=[row["phone"]]
+        )
+        record = Record(
+            category="accounts",
+            record_id=row["id"],
+            restricted=row["restricted"],
+            dates=dates,
+            facts={"contract_active": row["status"] == "active"},
+            owner=owner,
+        )
+        return Candidate(record, owner)
+
+    def child(self, row: asyncpg.Record) -> Record:
+        return Record(
+            category=row["category"],
+            record_id=row["id"],
+            restricted=row["restricted"],
+            dates={_ANCHOR[row["category"]]: row["d1"]},
+        )

@@ -53,22 +53,25 @@ SCHEMA = (
     "CREATE INDEX IF NOT EXISTS forum_contact ON forum_memberships (contact_id)",
 )
 
-_CANDIDATES = f"""
-SELECT contact_id, customer_id, email, phone, created_on, restricted FROM contacts
- WHERE customer_id = ANY($1::text[])
-    OR {email_prefilter_sql("email")} = ANY($2::text[])
-    OR {phone_prefilter_sql("phone")} = ANY($3::text[])
-"""
-_CHILDREN = """
-SELECT contact_id AS parent, 'interactions' AS category, interaction_id AS id, restricted,
-       occurred_at::date AS d1, NULL::date AS d2
-  FROM interactions WHERE contact_id = ANY($1::text[])
+# Candidate contacts by coarse keys, then what is under each, in one statement.
+_FIND = f"""
+WITH candidates AS (
+    SELECT * FROM contacts
+     WHERE customer_id = ANY($1::text[])
+        OR {email_prefilter_sql("email")} = ANY($2::text[])
+        OR {phone_prefilter_sql("phone")} = ANY($3::text[]))
+SELECT NULL AS parent, 'contacts' AS category, contact_id AS id, restricted, created_on AS d1,
+       NULL::date AS d2, customer_id, email, phone
+  FROM candidates
 UNION ALL
-SELECT contact_id, 'purchases', purchase_id, restricted, purchased_on, contract_end FROM purchases
- WHERE contact_id = ANY($1::text[])
+SELECT contact_id, 'interactions', interaction_id, restricted, occurred_at::date, NULL, NULL, NULL, NULL
+  FROM interactions WHERE contact_id IN (SELECT contact_id FROM candidates)
 UNION ALL
-SELECT contact_id, 'forum_memberships', membership_id, restricted, joined_on, NULL FROM forum_memberships
- WHERE contact_id = ANY($1::text[])
+SELECT contact_id, 'purchases', purchase_id, restricted, purchased_on, contract_end, NULL, NULL, NULL
+  FROM purchases WHERE contact_id IN (SELECT contact_id FROM candidates)
+UNION ALL
+SELECT contact_id, 'forum_memberships', membership_id, restricted, joined_on, NULL, NULL, NULL, NULL
+  FROM forum_memberships WHERE contact_id IN (SELECT contact_id FROM candidates)
 """
 _ANCHOR = {
     "contacts": "created_on",
@@ -88,44 +91,35 @@ class CrmAdapter(PostgresStoreAdapter):
         CategoryTable("forum_memberships", "forum_memberships", "membership_id", ("handle",)),
     )
 
-    async def candidates(
-        self, conn: asyncpg.Connection, customer_ids: list[str], email_keys: list[str], phone_keys: list[str]
-    ) -> list[Candidate]:
-        rows = await conn.fetch(_CANDIDATES, customer_ids, email_keys, phone_keys)
-        candidates = []
-        for row in rows:
-            owner = Identities.lenient(
-                customer_ids=[row["customer_id"]], emails=[row["email"]], phones=[row["phone"]]
-            )
-            record = Record(
-                category="contacts",
-                record_id=row["contact_id"],
-                restricted=row["restricted"],
-                dates={"created_on": row["created_on"]},
-                owner=owner,
-            )
-            candidates.append(Candidate(record, owner))
-        return candidates
+    find_sql = _FIND
 
-    async def children(self, conn: asyncpg.Connection, parents: list[str]) -> list[tuple[str, Record]]:
-        rows = await conn.fetch(_CHILDREN, parents) if parents else []
-        children = []
-        for row in rows:
-            dates = {_ANCHOR[row["category"]]: row["d1"]}
-            facts: dict[str, bool] = {}
-            if row["category"] == "purchases":
-                if row["d2"] is not None:
-                    dates["contract_end"] = row["d2"]
-                facts = {"contract_open_ended": row["d2"] is None}
-            record = Record(
-                category=row["category"],
-                record_id=row["id"],
-                restricted=row["restricted"],
-                dates=dates,
-                facts=facts,
-            )
-            children.append((row["parent"], record))
-        return children
+    def head(self, row: asyncpg.Record) -> Candidate:
+        owner = Identities.lenient(
+            customer_ids=[row["customer_id"]], emails=[row["email"]], phones=[row["phone"]]
+        )
+        record = Record(
+            category="contacts",
+            record_id=row["id"],
+            restricted=row["restricted"],
+            dates={"created_on": row["d1"]},
+            owner=owner,
+        )
+        return Candidate(record, owner)
+
+    def child(self, row: asyncpg.Record) -> Record:
+        dates = {_ANCHOR[row["category"]]: row["d1"]}
+        facts: dict[str, bool] = {}
+        if row["category"] == "purchases":
+            if row["d2"] is not None:
+                dates["contract_end"] = row["d2"]
+            facts = {"contract_open_ended": row["d2"] is None}
+        return Record(
+            category=row["category"],
+            record_id=row["id"],
+            restricted=row["restricted"],
+            dates=dates,
+            facts=facts,
+        )
 
     async def find_records(self, conn: asyncpg.Connection, identities: Identities) -> list[Record]:
         """A contact and its interactions are kept while that contact's contract runs: the facts

@@ -48,13 +48,16 @@ SCHEMA = (
         reason text NOT NULL)""",
 )
 
-_CANDIDATES = f"""
-SELECT subscriber_id, email, subscribed_at, restricted FROM subscribers
- WHERE {email_prefilter_sql("email")} = ANY($1::text[])
-"""
-_CHILDREN = """
-SELECT subscriber_id AS parent, consent_id AS id, restricted, given_at::date AS d1 FROM consents
- WHERE subscriber_id = ANY($1::text[])
+# Candidate subscribers by the e-mail's coarse key, then their consent records, in one statement.
+_FIND = f"""
+WITH candidates AS (
+    SELECT * FROM subscribers WHERE {email_prefilter_sql("email")} = ANY($1::text[]))
+SELECT NULL AS parent, 'subscribers' AS category, subscriber_id AS id, restricted,
+       subscribed_at::date AS d1, email
+  FROM candidates
+UNION ALL
+SELECT subscriber_id, 'consent_records', consent_id, restricted, given_at::date, NULL FROM consents
+ WHERE subscriber_id IN (SELECT subscriber_id FROM candidates)
 """
 
 
@@ -123,37 +126,27 @@ class MailingAdapter(PostgresStoreAdapter):
         key = SuppressionSettings().suppression_key.get_secret_value()
         return cls(db.database_url, key, db.db_pool_max)
 
-    async def candidates(
-        self, conn: asyncpg.Connection, customer_ids: list[str], email_keys: list[str], phone_keys: list[str]
-    ) -> list[Candidate]:
-        rows = await conn.fetch(_CANDIDATES, email_keys) if email_keys else []
-        candidates = []
-        for row in rows:
-            owner = Identities.lenient(emails=[row["email"]])
-            record = Record(
-                category="subscribers",
-                record_id=row["subscriber_id"],
-                restricted=row["restricted"],
-                dates={"subscribed_on": row["subscribed_at"].date()},
-                owner=owner,
-            )
-            candidates.append(Candidate(record, owner))
-        return candidates
+    find_sql = _FIND
+    find_params = ("email_keys",)
 
-    async def children(self, conn: asyncpg.Connection, parents: list[str]) -> list[tuple[str, Record]]:
-        rows = await conn.fetch(_CHILDREN, parents) if parents else []
-        return [
-            (
-                row["parent"],
-                Record(
-                    category="consent_records",
-                    record_id=row["id"],
-                    restricted=row["restricted"],
-                    dates={"given_on": row["d1"]},
-                ),
-            )
-            for row in rows
-        ]
+    def head(self, row: asyncpg.Record) -> Candidate:
+        owner = Identities.lenient(emails=[row["email"]])
+        record = Record(
+            category="subscribers",
+            record_id=row["id"],
+            restricted=row["restricted"],
+            dates={"subscribed_on": row["d1"]},
+            owner=owner,
+        )
+        return Candidate(record, owner)
+
+    def child(self, row: asyncpg.Record) -> Record:
+        return Record(
+            category="consent_records",
+            record_id=row["id"],
+            restricted=row["restricted"],
+            dates={"given_on": row["d1"]},
+        )
 
     async def apply_decisions(self, conn: asyncpg.Connection, decisions: Sequence[Decision]) -> None:
         erased = [

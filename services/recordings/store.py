@@ -38,9 +38,9 @@ SCHEMA = (
     f"CREATE INDEX IF NOT EXISTS recordings_callee_key ON recordings ({phone_prefilter_sql('callee')})",
 )
 
-_CANDIDATES = f"""
-SELECT recording_id, customer_id, caller, callee, recorded_at::date AS d, restricted, legal_tags,
-       processed_for
+_FIND = f"""
+SELECT NULL AS parent, recording_id, customer_id, caller, callee, recorded_at::date AS d, restricted,
+       legal_tags, processed_for
   FROM recordings
  WHERE customer_id = ANY($1::text[])
     OR {phone_prefilter_sql("caller")} = ANY($2::text[])
@@ -79,26 +79,24 @@ class RecordingsAdapter(PostgresStoreAdapter):
         self.root.mkdir(parents=True, exist_ok=True)
         await super().start()
 
-    async def candidates(
-        self, conn: asyncpg.Connection, customer_ids: list[str], email_keys: list[str], phone_keys: list[str]
-    ) -> list[Candidate]:
-        rows = await conn.fetch(_CANDIDATES, customer_ids, phone_keys)
-        candidates = []
-        for r in rows:
-            # Whose call it is: the customer's. Either party's number finds it, but neither says
-            # whose it is (the other party is someone else), so neither is learnt from it.
-            owner = Identities.lenient(customer_ids=[r["customer_id"]])
-            record = Record(
-                category="call_recordings",
-                record_id=r["recording_id"],
-                restricted=r["restricted"],
-                dates={"call_date": r["d"]},
-                facts={"legal_tags": list(r["legal_tags"]), "processed_for": r["processed_for"]},
-                owner=owner,
-            )
-            matchable = Identities.lenient(customer_ids=[r["customer_id"]], phones=[r["caller"], r["callee"]])
-            candidates.append(Candidate(record, matchable))
-        return candidates
+    find_sql = _FIND
+    find_params = ("customer_ids", "phone_keys")
+
+    def head(self, row: asyncpg.Record) -> Candidate:
+        # Whose call it is: the customer's. Either party's number finds it, but neither says
+        # whose it is (the other party is someone else), so neither is learnt from it.
+        record = Record(
+            category="call_recordings",
+            record_id=row["recording_id"],
+            restricted=row["restricted"],
+            dates={"call_date": row["d"]},
+            facts={"legal_tags": list(row["legal_tags"]), "processed_for": row["processed_for"]},
+            owner=Identities.lenient(customer_ids=[row["customer_id"]]),
+        )
+        matchable = Identities.lenient(
+            customer_ids=[row["customer_id"]], phones=[row["caller"], row["callee"]]
+        )
+        return Candidate(record, matchable)
 
     async def apply_decisions(self, conn: asyncpg.Connection, decisions: Sequence[Decision]) -> None:
         def ids(action: Action) -> list[str]:

@@ -114,43 +114,48 @@ class PostgresStoreAdapter:
             yield PostgresStoreSession(conn, self)
 
     async def find_records(self, conn: asyncpg.Connection, identities: Identities) -> list[Record]:
-        """The store's candidates by coarse keys, kept where a normalised identifier matches
-        (shared/identity.py: one normalisation, in Python), and the records under them."""
-        candidates = await self.candidates(
-            conn,
-            identities.customer_ids,
-            sorted({email_prefilter(e) for e in identities.emails}),
-            sorted({phone_prefilter(p) for p in identities.phones}),
-        )
-        found: list[Record] = []
-        for candidate in candidates:
-            matched, variants = match(candidate.matchable, identities)
-            if matched or variants:
-                found.append(candidate.record.model_copy(update={"matched": matched, "variants": variants}))
-        heads = {r.record_id: r for r in found}
-        children = await self.children(conn, list(heads))
-        return found + [
-            child.model_copy(
+        """One statement (`find_sql`) gives the store's candidates by coarse keys (rows with no
+        `parent`) and the rows under them; a candidate is kept where a normalised identifier
+        matches (shared/identity.py: one normalisation, in Python), with what is under it."""
+        keys = {
+            "customer_ids": identities.customer_ids,
+            "email_keys": sorted({email_prefilter(e) for e in identities.emails}),
+            "phone_keys": sorted({phone_prefilter(p) for p in identities.phones}),
+        }
+        rows = await conn.fetch(self.find_sql, *(keys[name] for name in self.find_params))
+        heads: dict[str, Record] = {}
+        for row in rows:
+            if row["parent"] is None:
+                candidate = self.head(row)
+                matched, variants = match(candidate.matchable, identities)
+                if matched or variants:
+                    heads[candidate.record.record_id] = candidate.record.model_copy(
+                        update={"matched": matched, "variants": variants}
+                    )
+        children = [
+            self.child(row).model_copy(
                 update={
-                    "group": heads[parent].key,
-                    "owner": heads[parent].owner,
-                    "matched": heads[parent].matched,
-                    "variants": heads[parent].variants,
+                    "group": (head := heads[row["parent"]]).key,
+                    "owner": head.owner,
+                    "matched": head.matched,
+                    "variants": head.variants,
                 }
             )
-            for parent, child in children
+            for row in rows
+            if row["parent"] is not None and row["parent"] in heads
         ]
+        return list(heads.values()) + children
 
-    async def candidates(
-        self, conn: asyncpg.Connection, customer_ids: list[str], email_keys: list[str], phone_keys: list[str]
-    ) -> list[Candidate]:
-        """Top-level rows whose customer id is one of these, or whose e-mail or phone has one of
-        these coarse keys (`email_prefilter_sql`, `phone_prefilter_sql`)."""
+    # What an adapter declares: the statement, the coarse keys it takes (in order, as $1, $2…),
+    # and how a row becomes a candidate or a record under one.
+    find_sql: str
+    find_params: tuple[str, ...] = ("customer_ids", "email_keys", "phone_keys")
+
+    def head(self, row: asyncpg.Record) -> Candidate:
         raise NotImplementedError
 
-    async def children(self, conn: asyncpg.Connection, parents: list[str]) -> list[tuple[str, Record]]:
-        """(parent id, record) for every record under these top-level rows."""
-        return []
+    def child(self, row: asyncpg.Record) -> Record:
+        raise NotImplementedError
 
     async def apply_decisions(self, conn: asyncpg.Connection, decisions: Sequence[Decision]) -> None:
         """Every change of the plan in one statement (data-modifying CTEs see one snapshot and
