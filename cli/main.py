@@ -440,6 +440,25 @@ def create_token(
     _print_response(api().post("/v1/tokens", json={"role": role, "label": label}))
 
 
+@tokens.command("list")
+def list_tokens() -> None:
+    """Every token: id, role, label, created, last used, revoked (never a secret)."""
+    response = api().get("/v1/tokens")
+    if response.status_code != 200:
+        _print_response(response)
+    for t in response.json():
+        state = (
+            f"revoked {t['revoked_at']}" if t["revoked_at"] else f"last used {t['last_used_at'] or 'never'}"
+        )
+        typer.echo(f"{t['id']:<24} {t['role']:<11} {t['label'][:30]:<30} {state}")
+
+
+@tokens.command("revoke")
+def revoke_token(token_id: str) -> None:
+    """Revoke a token by its id (the part between `lethe_` and the secret): refused from now on."""
+    _print_response(api().delete(f"/v1/tokens/{token_id}"))
+
+
 def _print_response(response: httpx.Response) -> None:
 
     typer.echo(json.dumps(response.json(), indent=2))

@@ -45,6 +45,8 @@ EMBEDDED_KAFKA_ENV = {
     "LETHE_BROKER_CHECK_S": "2",
     "LETHE_HOLDS_VERIFY_S": "10",
     "LETHE_UNACKNOWLEDGED_RESEND_S": "30",
+    # A stack on this machine, for trying Lethe out and for tests: see DeploymentSettings.
+    "LETHE_DEVELOPMENT": "true",
 }
 
 

@@ -6,8 +6,10 @@ broker timings that matter on tansu (fetch wait, session timeout) through the sa
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.secrets import check_key
 
 
 class KafkaSettings(BaseSettings):
@@ -47,7 +49,15 @@ class SecretsSettings(BaseSettings):
     identifier_key: SecretStr = Field(
         description="Fernet key that seals subject identifiers inside Kafka commands."
     )
-    pseudonym_key: SecretStr = Field(description="HMAC key that derives the pseudonymous subject reference.")
+    pseudonym_key: SecretStr = Field(
+        description="HMAC key that derives the pseudonymous subject reference (at least 32 random bytes)."
+    )
+
+    @field_validator("pseudonym_key")
+    @classmethod
+    def _a_key(cls, value: SecretStr) -> SecretStr:
+        check_key(value.get_secret_value(), "LETHE_PSEUDONYM_KEY")
+        return value
 
 
 class DatabaseSettings(BaseSettings):
@@ -82,4 +92,17 @@ class RecoverySettings(BaseSettings):
         le=86_400,
         description="A request the tracker has not acknowledged this long after it was announced is"
         " announced again (the same messages: a repeat is de-duplicated).",
+    )
+
+
+class DeploymentSettings(BaseSettings):
+    """Whether this is a development stack (the embedded one sets it): some checks that protect
+    a real deployment would only get in the way of one on a laptop, and say so when relaxed."""
+
+    model_config = SettingsConfigDict(env_prefix="LETHE_", extra="ignore")
+
+    development: bool = Field(
+        False,
+        description="A development stack: weak bootstrap tokens, ldaps:// without a CA file, private"
+        " callback targets and cookies without Secure are allowed. Never in production.",
     )

@@ -87,6 +87,10 @@ def deployment(name: str) -> dict[str, Any]:
         container["env"].append({"name": "LETHE_RECORDINGS_DIR", "value": "/var/lib/lethe/recordings"})
         container["volumeMounts"] = [{"name": "recordings", "mountPath": "/var/lib/lethe/recordings"}]
         volumes = [{"name": "recordings", "persistentVolumeClaim": {"claimName": "lethe-recordings"}}]
+    if name == "directory":  # the CA that signs the directory's certificate: ldaps:// is verified
+        container["env"].append({"name": "LETHE_LDAP_CA_FILE", "value": "/etc/lethe/ldap/ca.crt"})
+        container["volumeMounts"] = [{"name": "ldap-ca", "mountPath": "/etc/lethe/ldap", "readOnly": True}]
+        volumes = [{"name": "ldap-ca", "secret": {"secretName": "lethe-ldap-ca"}}]
     # A read-only root: the only writable places are /tmp and, for recordings, the volume.
     container.setdefault("volumeMounts", []).append({"name": "tmp", "mountPath": "/tmp"})  # noqa: S108
     spec: dict[str, Any] = {
@@ -227,6 +231,13 @@ def documents() -> dict[str, list[dict[str, Any]]]:
                 "LETHE_LOG_LEVEL": "INFO",
                 "PYTHONDONTWRITEBYTECODE": "1",
             },
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "lethe-ldap-ca", "namespace": NAMESPACE},
+            "type": "Opaque",
+            "stringData": {"ca.crt": "CHANGE-ME: the PEM of the CA that signs the directory's certificate"},
         },
         # An example: create the real one from your secret store (sealed-secrets, external-secrets…).
         {

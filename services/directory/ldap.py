@@ -4,13 +4,16 @@ thread with a connection of its own (ldap3 connections are not thread-safe)."""
 from __future__ import annotations
 
 import asyncio
+import logging
+import ssl
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from ldap3 import SUBTREE, Connection, Server
+from ldap3 import SUBTREE, Connection, Server, Tls
 from ldap3.utils.conv import escape_filter_chars
 from opentelemetry.trace import Span, SpanKind
 from pydantic import Field, SecretStr
@@ -19,6 +22,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from shared.identity import Identities, mailbox, phone_variants
 from shared.telemetry.messaging import TRACER
 
+log = logging.getLogger(__name__)
 NO_SUCH_OBJECT = 32
 ALREADY_EXISTS = 68
 
@@ -30,6 +34,30 @@ class LdapSettings(BaseSettings):
     bind_dn: str = Field("cn=admin,dc=lethe,dc=test", description="DN the worker binds as.")
     password: SecretStr = Field(description="Password of the bind DN.")
     base_dn: str = Field("dc=lethe,dc=test", description="Suffix holding the directory.")
+    ca_file: Path | None = Field(
+        None,
+        description="CA certificate(s) that sign the directory's TLS certificate: required for ldaps://"
+        " (a machine in the middle would otherwise get the bind password).",
+    )
+
+
+def tls_for(settings: LdapSettings, development: bool) -> Tls | None:
+    """Certificate checks for ldaps://: verified against the CA file, the host name included.
+    Without a CA file ldaps:// is refused, except on a development stack (said loudly)."""
+    if not settings.url.lower().startswith("ldaps://"):
+        return None
+    if settings.ca_file is None:
+        if not development:
+            raise ValueError(
+                "LETHE_LDAP_CA_FILE: required for ldaps:// (the server's certificate must be checked)"
+            )
+        log.warning("ldaps:// without certificate checks: allowed only because LETHE_DEVELOPMENT is set")
+        return Tls(validate=ssl.CERT_NONE)
+    if not settings.ca_file.is_file():
+        raise ValueError(f"LETHE_LDAP_CA_FILE: no such file {settings.ca_file}")
+    return Tls(
+        validate=ssl.CERT_REQUIRED, ca_certs_file=str(settings.ca_file), version=ssl.PROTOCOL_TLS_CLIENT
+    )
 
 
 @dataclass(frozen=True)
@@ -53,14 +81,15 @@ class LdapError(RuntimeError):
 
 
 class Directory:
-    def __init__(self, settings: LdapSettings) -> None:
+    def __init__(self, settings: LdapSettings, development: bool = False) -> None:
         self.settings = settings
+        self.tls = tls_for(settings, development)
         self.people = f"ou=people,{settings.base_dn}"
         self.restricted = f"ou=restricted,{settings.base_dn}"
         self._local = threading.local()
 
     def connect(self) -> Connection:
-        server = Server(self.settings.url, connect_timeout=5)
+        server = Server(self.settings.url, connect_timeout=5, tls=self.tls)
         return Connection(
             server,
             self.settings.bind_dn,

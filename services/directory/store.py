@@ -15,7 +15,7 @@ from services.directory.ldap import Directory, LdapSettings
 from shared.contracts.outcomes import Action
 from shared.db import apply_schema, create_pool, ensure_database
 from shared.identity import Identities
-from shared.settings import DatabaseSettings
+from shared.settings import DatabaseSettings, DeploymentSettings
 from shared.worker.journal import WORKER_JOURNAL_DDL, PostgresJournal
 from shared.worker.matching import match
 from shared.worker.ports import Decision, Record
@@ -69,14 +69,14 @@ class DirectoryAdapter:
         CATEGORY: ("cn", "sn", "mail", "telephoneNumber", "mobile")
     }
 
-    def __init__(self, database_url: str, ldap: LdapSettings) -> None:
+    def __init__(self, database_url: str, ldap: LdapSettings, development: bool = False) -> None:
         self.database_url = database_url
-        self.directory = Directory(ldap)
+        self.directory = Directory(ldap, development)
         self._pool: asyncpg.Pool | None = None
 
     @classmethod
     def from_env(cls) -> Self:
-        return cls(DatabaseSettings().database_url, LdapSettings())
+        return cls(DatabaseSettings().database_url, LdapSettings(), DeploymentSettings().development)
 
     async def start(self) -> None:
         await ensure_database(self.database_url)

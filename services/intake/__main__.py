@@ -27,7 +27,13 @@ from shared.delivery import GroupHandler, Handler, Publisher, consume_forever
 from shared.kafka import ensure_topics, make_consumer, make_producer, start_with_retry
 from shared.outbox import OUTBOX_DDL, OutboxRelay
 from shared.service import mark_ready, run_service
-from shared.settings import DatabaseSettings, KafkaSettings, RecoverySettings, SecretsSettings
+from shared.settings import (
+    DatabaseSettings,
+    DeploymentSettings,
+    KafkaSettings,
+    RecoverySettings,
+    SecretsSettings,
+)
 
 log = logging.getLogger("lethe.intake")
 
@@ -84,7 +90,9 @@ async def main(stop: asyncio.Event) -> None:
     secrets = SecretsSettings()
     recovery_settings = RecoverySettings()
     seal = IdentifierSeal(secrets.identifier_key.get_secret_value())
-    bootstrap = auth.parse_bootstrap(settings.bootstrap_tokens.get_secret_value())  # fails fast, naming it
+    development = DeploymentSettings().development
+    # Fails fast, naming the variable: a weak or placeholder token outside a development stack.
+    bootstrap = auth.parse_bootstrap(settings.bootstrap_tokens.get_secret_value(), development)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -100,8 +108,8 @@ async def main(stop: asyncio.Event) -> None:
             OUTBOX_DDL,
             SENTINEL_DDL,
         )
-        for role, token in bootstrap:
-            await auth.create(pool, role, "bootstrap", token)
+        if revoked := await auth.sync_bootstrap(pool, bootstrap):
+            log.warning("bootstrap tokens no longer configured were revoked", extra={"count": revoked})
         await ensure_topics(kafka, topics.all_topics(tuple(settings.systems)))
         producer = make_producer(kafka)
         await start_with_retry(producer, "producer")

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Form, Request
+import asyncpg
+from fastapi import APIRouter, Form, HTTPException, Path, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.intake import auth
 from services.intake.auth import Role, guarded
+from services.intake.models import ErrorBody
 
 router = APIRouter(prefix="/v1/tokens", tags=["admin"])
 pages = APIRouter(include_in_schema=False)
@@ -26,10 +29,46 @@ class CreatedToken(BaseModel):
     role: Role
 
 
+class TokenView(BaseModel):
+    """A token as listed: never its secret (only its hash is kept anyway)."""
+
+    id: str
+    role: Role
+    label: str
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+
+def _view(row: asyncpg.Record) -> TokenView:
+    return TokenView(
+        id=row["token_id"],
+        role=Role(row["role"]),
+        label=row["label"],
+        created_at=row["created_at"],
+        last_used_at=row["last_used_at"],
+        revoked_at=row["revoked_at"],
+    )
+
+
 @router.post("", status_code=201, response_model=CreatedToken, **guarded())
 async def create_token(body: NewToken, request: Request) -> CreatedToken:
     token = await auth.create(request.app.state.ctx.pool, body.role, body.label)
     return CreatedToken(token=token, role=body.role)
+
+
+@router.get("", response_model=list[TokenView], **guarded())
+async def list_tokens(request: Request) -> list[TokenView]:
+    return [_view(r) for r in await auth.listing(request.app.state.ctx.pool)]
+
+
+@router.delete("/{token_id}", response_model=TokenView, responses={404: {"model": ErrorBody}}, **guarded())
+async def revoke_token(token_id: Annotated[str, Path(max_length=64)], request: Request) -> TokenView:
+    """Revoked at once: the next call with it is refused (401). The row stays, with the time."""
+    row = await auth.revoke(request.app.state.ctx.pool, token_id)
+    if row is None:
+        raise HTTPException(404, "token_id: no such token")
+    return _view(row)
 
 
 LOGIN_FORM = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Lethe sign-in</title></head>

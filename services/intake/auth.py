@@ -20,6 +20,8 @@ import asyncpg
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from shared.secrets import PLACEHOLDER
+
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS api_tokens (
         token_id text PRIMARY KEY,
@@ -28,7 +30,10 @@ SCHEMA = (
         label text NOT NULL DEFAULT '',
         created_at timestamptz NOT NULL DEFAULT now(),
         revoked_at timestamptz)""",
+    "ALTER TABLE api_tokens ADD COLUMN IF NOT EXISTS last_used_at timestamptz",
 )
+BOOTSTRAP_LABEL = "bootstrap"
+MIN_SECRET_CHARS = 32
 
 
 class Role(StrEnum):
@@ -73,8 +78,10 @@ async def create(pool: asyncpg.Pool, role: Role, label: str = "", token: str | N
     return token
 
 
-def parse_bootstrap(spec: str) -> list[tuple[Role, str]]:
-    """LETHE_BOOTSTRAP_TOKENS=role:token,role:token"""
+def parse_bootstrap(spec: str, development: bool = False) -> list[tuple[Role, str]]:
+    """LETHE_BOOTSTRAP_TOKENS=role:token,role:token. A token whose secret is short or a
+    placeholder (`lethe_x_y`, `…change-me…`) is refused outside a development stack: it is what
+    an example file or a first try leaves behind, and it opens the API."""
     entries = []
     for item in filter(None, (part.strip() for part in spec.split(","))):
         role, sep, token = item.partition(":")
@@ -83,8 +90,48 @@ def parse_bootstrap(spec: str) -> list[tuple[Role, str]]:
                 "LETHE_BOOTSTRAP_TOKENS: each entry must read role:lethe_<id>_<secret>, "
                 f"role one of {', '.join(r.value for r in Role)}"
             )
+        secret = token.split("_", 2)[2]
+        if not development and (len(secret) < MIN_SECRET_CHARS or PLACEHOLDER.search(token)):
+            raise ValueError(
+                f"LETHE_BOOTSTRAP_TOKENS: the {role} token is a placeholder or too short (its secret needs"
+                f" {MIN_SECRET_CHARS}+ random characters; e.g. lethe_admin_$(openssl rand -hex 32))"
+            )
         entries.append((Role(role), token))
     return entries
+
+
+async def sync_bootstrap(pool: asyncpg.Pool, entries: list[tuple[Role, str]]) -> int:
+    """Provision the configured bootstrap tokens, and revoke the ones provisioned earlier that are
+    no longer configured: a token removed from the configuration must stop working. Returns how
+    many were revoked."""
+    for role, token in entries:
+        await create(pool, role, BOOTSTRAP_LABEL, token)
+    configured = [parsed[0] for _, t in entries if (parsed := parse(t))]
+    status: str = await pool.execute(
+        "UPDATE api_tokens SET revoked_at = now() WHERE label = $1 AND revoked_at IS NULL"
+        " AND NOT token_id = ANY($2::text[])",
+        BOOTSTRAP_LABEL,
+        configured,
+    )
+    return int(status.split()[-1])
+
+
+async def listing(pool: asyncpg.Pool) -> list[asyncpg.Record]:
+    rows: list[asyncpg.Record] = await pool.fetch(
+        "SELECT token_id, role, label, created_at, last_used_at, revoked_at FROM api_tokens"
+        " ORDER BY created_at, token_id LIMIT 1000"
+    )
+    return rows
+
+
+async def revoke(pool: asyncpg.Pool, token_id: str) -> asyncpg.Record | None:
+    """Idempotent: revoking a revoked token keeps its first revocation time."""
+    row: asyncpg.Record | None = await pool.fetchrow(
+        "UPDATE api_tokens SET revoked_at = coalesce(revoked_at, now()) WHERE token_id = $1"
+        " RETURNING token_id, role, label, created_at, last_used_at, revoked_at",
+        token_id,
+    )
+    return row
 
 
 class RateLimiter:
@@ -107,6 +154,14 @@ class RateLimiter:
         return 0.0
 
 
+# The token and, at most once a minute (a write per request would cost every call), its last use.
+_AUTHENTICATE = """
+WITH token AS (
+    SELECT token_id, role, secret_sha256 FROM api_tokens WHERE token_id = $1 AND revoked_at IS NULL),
+used AS (UPDATE api_tokens SET last_used_at = now() WHERE token_id IN (SELECT token_id FROM token)
+         AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute'))
+SELECT role, secret_sha256 FROM token"""
+
 BEARER = HTTPBearer(auto_error=False, description="A Lethe API token: lethe_<id>_<secret>")
 
 
@@ -118,9 +173,7 @@ async def authenticate(request: Request, credentials: HTTPAuthorizationCredentia
             401, "authorization: a bearer token is required", headers={"WWW-Authenticate": "Bearer"}
         )
     token_id, secret = parsed
-    row = await request.app.state.ctx.pool.fetchrow(
-        "SELECT role, secret_sha256 FROM api_tokens WHERE token_id = $1 AND revoked_at IS NULL", token_id
-    )
+    row = await request.app.state.ctx.pool.fetchrow(_AUTHENTICATE, token_id)
     # Compare even when the id is unknown, so timing does not tell which ids exist.
     stored = row["secret_sha256"] if row else "0" * 64
     if not hmac.compare_digest(stored, _sha256(secret)) or row is None:

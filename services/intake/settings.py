@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.intake.api import ApiLimits
 from shared import topics
+from shared.secrets import check_key
 
 
 class IntakeSettings(BaseSettings):
@@ -17,7 +18,8 @@ class IntakeSettings(BaseSettings):
     systems: list[str] = Field(list(topics.SYSTEMS), description="Systems requests may target (JSON list).")
     stuck_after_s: float = Field(3600, gt=0, description="A request unchanged this long is listed as stuck.")
     callback_secret: SecretStr = Field(
-        SecretStr(""), description="HMAC key signing callbacks; callbacks are not sent without one."
+        SecretStr(""),
+        description="HMAC key signing callbacks (at least 32 random bytes); no callbacks without one.",
     )
     bootstrap_tokens: SecretStr = Field(
         SecretStr(""), description="role:token,role:token provisioned at start-up (scripts, CI, first admin)."
@@ -25,6 +27,13 @@ class IntakeSettings(BaseSettings):
     rate_limit_per_s: float = Field(50, gt=0, description="Requests a second allowed per token (sustained).")
     rate_limit_burst: int = Field(200, ge=1, description="Requests a token may make in a burst.")
     max_body_bytes: int = Field(65536, ge=1024, le=16 * 1024 * 1024, description="Largest request body.")
+
+    @field_validator("callback_secret")
+    @classmethod
+    def _a_key(cls, value: SecretStr) -> SecretStr:
+        if value.get_secret_value():
+            check_key(value.get_secret_value(), "LETHE_CALLBACK_SECRET")
+        return value
 
     def limits(self) -> ApiLimits:
         return ApiLimits(

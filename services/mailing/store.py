@@ -9,11 +9,12 @@ from collections.abc import Sequence
 from typing import Self
 
 import asyncpg
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.contracts.outcomes import Action
 from shared.identity import Identities, email_prefilter_sql, normalise_email
+from shared.secrets import check_key
 from shared.settings import DatabaseSettings
 from shared.worker.pgstore import Candidate, CategoryTable, PostgresStoreAdapter
 from shared.worker.ports import Decision, Record
@@ -64,9 +65,15 @@ SELECT subscriber_id, 'consent_records', consent_id, restricted, given_at::date,
 class SuppressionSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LETHE_MAILING_", extra="ignore")
     suppression_key: SecretStr = Field(
-        description="HMAC key of the suppression list: an unkeyed hash of an e-mail address is "
-        "reversible by guessing."
+        description="HMAC key of the suppression list (at least 32 random bytes): an unkeyed hash of"
+        " an e-mail address is reversible by guessing."
     )
+
+    @field_validator("suppression_key")
+    @classmethod
+    def _a_key(cls, value: SecretStr) -> SecretStr:
+        check_key(value.get_secret_value(), "LETHE_MAILING_SUPPRESSION_KEY")
+        return value
 
 
 def address_hash(key: str, email: str) -> str:

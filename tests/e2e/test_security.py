@@ -130,3 +130,27 @@ def test_each_token_is_rate_limited(api: httpx.Client, stack: Stack) -> None:
     assert statuses.count(200) >= 200 and 429 in statuses
 
     assert api.get("/v1/holds").status_code == 200  # another token is not affected
+
+
+def test_tokens_are_listed_without_secrets_and_a_revoked_one_stops_at_once(api: httpx.Client) -> None:
+    made = api.post("/v1/tokens", json={"role": "submitter", "label": "to revoke"}).json()["token"]
+    token_id, secret = made.split("_", 2)[1:]
+    probe = {"Authorization": f"Bearer {made}"}
+    assert api.get("/v1/requests", headers=probe).status_code == 200
+    listed = {t["id"]: t for t in api.get("/v1/tokens").json()}
+    assert listed[token_id]["role"] == "submitter" and listed[token_id]["last_used_at"]
+    assert secret not in api.get("/v1/tokens").text
+    revoked = api.delete(f"/v1/tokens/{token_id}")
+    assert revoked.status_code == 200 and revoked.json()["revoked_at"]
+    assert api.get("/v1/requests", headers=probe).status_code == 401
+    assert api.delete(f"/v1/tokens/{token_id}").json()["revoked_at"] == revoked.json()["revoked_at"]
+    assert api.delete("/v1/tokens/nosuchtoken").status_code == 404
+
+
+def test_a_lone_surrogate_is_bad_input_not_a_server_error(api: httpx.Client) -> None:
+    body = (
+        b'{"request_id": "surrogate-1", "type": "erasure", "identity_verified": true,'
+        b' "subject": {"emails": ["a\\ud800@b.example"]}}'
+    )
+    answer = api.post("/v1/requests", content=body, headers={"Content-Type": "application/json"})
+    assert answer.status_code == 422 and "emails" in answer.json()["detail"]

@@ -63,7 +63,7 @@ def test_compose_mounts_and_ports_exist() -> None:
                 assert (ROOT / source).exists(), source
             else:
                 assert source in COMPOSE["volumes"], source
-    assert COMPOSE["services"]["intake"]["ports"] == ["8080:8080"]
+    assert COMPOSE["services"]["intake"]["ports"] == ["127.0.0.1:8080:8080"]  # not on every interface
 
 
 def test_compose_uses_idempotent_producers_for_real_kafka() -> None:

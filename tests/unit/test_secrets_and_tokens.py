@@ -1,0 +1,91 @@
+"""Security review findings that need no running stack: keys that are keys, bootstrap tokens
+that are not placeholders, ldaps:// that checks certificates, compose that carries no keys."""
+
+from __future__ import annotations
+
+import os
+import ssl
+from pathlib import Path
+
+import pytest
+import yaml
+from cryptography.fernet import Fernet
+from pydantic import ValidationError
+
+from services.directory.ldap import LdapSettings, tls_for
+from services.intake.auth import Role, parse_bootstrap
+from services.intake.settings import IntakeSettings
+from services.mailing.store import SuppressionSettings
+from shared.secrets import check_key
+from shared.settings import SecretsSettings
+
+ROOT = Path(__file__).resolve().parents[2]
+GOOD = os.urandom(32).hex()
+
+
+@pytest.mark.parametrize(
+    "value", ["CHANGE-ME", "dev-pseudonym-key-change-me", "changeme" + "0" * 64, "0123456789abcdef", "short"]
+)
+def test_a_placeholder_or_a_short_value_is_not_a_key(value: str) -> None:
+    with pytest.raises(ValueError, match="LETHE_X"):
+        check_key(value, "LETHE_X")
+
+
+@pytest.mark.parametrize(
+    "value", [os.urandom(32).hex(), Fernet.generate_key().decode(), os.urandom(48).hex()]
+)
+def test_random_key_material_is_accepted(value: str) -> None:
+    assert check_key(value, "LETHE_X") == value
+
+
+def test_each_key_setting_refuses_a_placeholder_naming_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LETHE_IDENTIFIER_KEY", Fernet.generate_key().decode())
+    monkeypatch.setenv("LETHE_PSEUDONYM_KEY", "CHANGE-ME")
+    with pytest.raises(ValidationError, match="LETHE_PSEUDONYM_KEY"):
+        SecretsSettings()
+    monkeypatch.setenv("LETHE_MAILING_SUPPRESSION_KEY", "dev-suppression-key-change-me")
+    with pytest.raises(ValidationError, match="LETHE_MAILING_SUPPRESSION_KEY"):
+        SuppressionSettings()
+    monkeypatch.setenv("LETHE_CALLBACK_SECRET", "dev-callback-secret-change-me")
+    with pytest.raises(ValidationError, match="LETHE_CALLBACK_SECRET"):
+        IntakeSettings()
+    monkeypatch.setenv("LETHE_PSEUDONYM_KEY", GOOD)
+    monkeypatch.setenv("LETHE_CALLBACK_SECRET", "")  # no callbacks: allowed
+    assert SecretsSettings().pseudonym_key.get_secret_value() == GOOD and IntakeSettings()
+
+
+@pytest.mark.parametrize("token", ["lethe_x_y", "lethe_compose_change-me-admin-token", f"lethe_a_{'b' * 31}"])
+def test_a_weak_bootstrap_token_is_refused_outside_a_development_stack(token: str) -> None:
+    with pytest.raises(ValueError, match="LETHE_BOOTSTRAP_TOKENS"):
+        parse_bootstrap(f"admin:{token}")
+    assert parse_bootstrap(f"admin:{token}", development=True) == [(Role.ADMIN, token)]
+    strong = f"lethe_admin_{GOOD}"
+    assert parse_bootstrap(f"admin:{strong}") == [(Role.ADMIN, strong)]
+
+
+def test_ldaps_checks_the_certificate_or_refuses_to_start(tmp_path: Path) -> None:
+    settings = LdapSettings(url="ldaps://directory.example:636", password="p")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="LETHE_LDAP_CA_FILE"):
+        tls_for(settings, development=False)
+    assert tls_for(settings, development=True).validate == ssl.CERT_NONE  # type: ignore[union-attr]
+    ca = tmp_path / "ca.crt"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    tls = tls_for(settings.model_copy(update={"ca_file": ca}), development=False)
+    assert tls is not None and tls.validate == ssl.CERT_REQUIRED and tls.ca_certs_file == str(ca)
+    assert tls_for(settings.model_copy(update={"url": "ldap://directory.example"}), development=False) is None
+
+
+def test_compose_carries_no_keys_and_publishes_on_loopback_only() -> None:
+    compose = (ROOT / "docker-compose.yml").read_text()
+    services = yaml.safe_load(compose)["services"]
+    env = {**services["intake"]["environment"], **services["mailing"]["environment"]}
+    for name in (
+        "LETHE_IDENTIFIER_KEY",
+        "LETHE_PSEUDONYM_KEY",
+        "LETHE_CALLBACK_SECRET",
+        "LETHE_BOOTSTRAP_TOKENS",
+        "LETHE_MAILING_SUPPRESSION_KEY",
+    ):
+        assert env[name].startswith(f"${{{name}:?"), f"{name} must be given, not defaulted"
+    assert "change-me" not in compose.lower()
+    assert all(p.startswith("127.0.0.1:") for s in services.values() for p in s.get("ports", []))
