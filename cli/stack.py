@@ -47,6 +47,8 @@ EMBEDDED_KAFKA_ENV = {
     "LETHE_UNACKNOWLEDGED_RESEND_S": "30",
     # A stack on this machine, for trying Lethe out and for tests: see DeploymentSettings.
     "LETHE_DEVELOPMENT": "true",
+    # Callbacks to receivers on this machine (the tests'): the one allowance of loopback.
+    "LETHE_CALLBACK_ALLOW_NETWORKS": "127.0.0.0/8,::1/128",
 }
 
 

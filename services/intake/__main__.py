@@ -120,6 +120,7 @@ async def main(stop: asyncio.Event) -> None:
             seal,
             secrets.pseudonym_key.get_secret_value(),
             callbacks_enabled=bool(secret),
+            egress=settings.egress(),
         )
         app.state.ctx = ctx
         app.state.relay = relay = OutboxRelay(pool, producer, service="intake")
@@ -154,7 +155,7 @@ async def main(stop: asyncio.Event) -> None:
             ),
         ]
         if secret:
-            tasks.append(asyncio.create_task(callbacks.CallbackSender(pool, secret).run()))
+            tasks.append(asyncio.create_task(callbacks.CallbackSender(pool, secret, egress=ctx.egress).run()))
         mark_ready()
         try:
             yield

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import httpx
 
+from services.intake.egress import Egress, ForbiddenTarget
 from shared.delivery import TRANSIENT
 from shared.telemetry.messaging import quiet
 
@@ -39,6 +40,13 @@ def signature(secret: str, timestamp: str, body: bytes) -> str:
 
 
 class CallbackSender:
+    """Due callbacks are leased in a short transaction (SKIP LOCKED: other instances take
+    others), sent with no row locked, a few at a time, each within a total deadline and without
+    reading what the receiver answers beyond its status; the result is written afterwards. A
+    slow or hostile receiver holds up nobody else's callback, and no transaction waits on it."""
+
+    LEASE = timedelta(seconds=60)  # a sender that died mid-send: its callbacks are due again then
+
     def __init__(
         self,
         pool: asyncpg.Pool,
@@ -46,12 +54,17 @@ class CallbackSender:
         max_attempts: int = 10,
         first_backoff_s: float = 1.0,
         client: httpx.AsyncClient | None = None,
+        egress: Egress | None = None,
+        deadline_s: float = 10.0,
+        parallel: int = 8,
     ) -> None:
         self.pool = pool
         self.secret = secret
         self.max_attempts = max_attempts
         self.first_backoff_s = first_backoff_s
-        self.client = client or httpx.AsyncClient(timeout=10)
+        self.client = client or (egress or Egress()).client(deadline_s)
+        self.deadline_s = deadline_s
+        self.parallel = asyncio.Semaphore(parallel)
 
     async def run(self, interval_s: float = 0.5) -> None:
         while True:
@@ -64,42 +77,38 @@ class CallbackSender:
             await asyncio.sleep(interval_s)
 
     async def send_due(self, now: datetime) -> int:
-        """One pass over due callbacks; each row is locked while it is sent (SKIP LOCKED for
-        other instances) and updated in the same transaction."""
         with quiet():
-            return await self._send_due(now)
-
-    async def _send_due(self, now: datetime) -> int:
-        sent = 0
-        async with self.pool.acquire() as conn, conn.transaction():
-            rows = await conn.fetch(
-                "SELECT * FROM callbacks WHERE delivered_at IS NULL AND attempts < $2 AND next_at <= $1"
-                " ORDER BY next_at LIMIT 50 FOR UPDATE SKIP LOCKED",
+            rows = await self.pool.fetch(
+                "UPDATE callbacks c SET next_at = $3 FROM (SELECT request_id, status_version FROM callbacks"
+                " WHERE delivered_at IS NULL AND attempts < $2 AND next_at <= $1 ORDER BY next_at LIMIT 50"
+                " FOR UPDATE SKIP LOCKED) due WHERE c.request_id = due.request_id"
+                " AND c.status_version = due.status_version RETURNING c.*",
                 now,
                 self.max_attempts,
+                now + self.LEASE,
             )
-            for row in rows:
-                error = await self._post(row["url"], row["body"].encode())
-                if error is None:
-                    sent += 1
-                    await conn.execute(
-                        "UPDATE callbacks SET delivered_at = $3, attempts = attempts + 1, last_error = NULL"
-                        " WHERE request_id = $1 AND status_version = $2",
-                        row["request_id"],
-                        row["status_version"],
-                        now,
-                    )
-                else:
-                    delay = timedelta(seconds=self.first_backoff_s * 2 ** row["attempts"])
-                    await conn.execute(
-                        "UPDATE callbacks SET attempts = attempts + 1, next_at = $3, last_error = $4"
-                        " WHERE request_id = $1 AND status_version = $2",
-                        row["request_id"],
-                        row["status_version"],
-                        now + delay,
-                        error,
-                    )
-        return sent
+            results = await asyncio.gather(*(self._send(row, now) for row in rows))
+        return sum(results)
+
+    async def _send(self, row: asyncpg.Record, now: datetime) -> bool:
+        async with self.parallel:
+            error = await self._post(row["url"], row["body"].encode())
+        attempts = row["attempts"] + 1
+        if error is not None and error.startswith("forbidden"):
+            attempts = self.max_attempts  # it will never be allowed: not retried
+        delay = timedelta(seconds=self.first_backoff_s * 2 ** row["attempts"])
+        with quiet():
+            await self.pool.execute(
+                "UPDATE callbacks SET attempts = $3, delivered_at = $4, next_at = $5, last_error = $6"
+                " WHERE request_id = $1 AND status_version = $2",
+                row["request_id"],
+                row["status_version"],
+                attempts,
+                now if error is None else None,
+                now + delay,
+                error,
+            )
+        return error is None
 
     async def _post(self, url: str, body: bytes) -> str | None:
         timestamp = str(int(datetime.now(UTC).timestamp()))
@@ -109,7 +118,13 @@ class CallbackSender:
             "X-Lethe-Signature": signature(self.secret, timestamp, body),
         }
         try:
-            response = await self.client.post(url, content=body, headers=headers)
+            async with asyncio.timeout(self.deadline_s):  # the whole exchange, not each read
+                async with self.client.stream("POST", url, content=body, headers=headers) as response:
+                    status = response.status_code  # the body is not read: nothing to trickle
+        except ForbiddenTarget:
+            return "forbidden target: a loopback, private, link-local or reserved address"
+        except TimeoutError:
+            return "no answer within the deadline"
         except httpx.HTTPError as exc:
             return type(exc).__name__
-        return None if response.is_success else f"HTTP {response.status_code}"
+        return None if 200 <= status < 300 else f"HTTP {status}"

@@ -3,13 +3,15 @@ topic."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import asyncpg
+import httpcore
 from opentelemetry import trace
 
 from services.intake import store
+from services.intake.egress import Egress, ForbiddenTarget
 from services.intake.models import SubmitRequest
 from shared.crypto import IdentifierSeal, subject_ref
 from shared.deadlines import add_months
@@ -24,6 +26,7 @@ class IntakeContext:
     seal: IdentifierSeal
     pseudonym_key: str
     callbacks_enabled: bool = False
+    egress: Egress = field(default_factory=Egress)
 
 
 class Unacceptable(ValueError):
@@ -39,6 +42,13 @@ async def accept(ctx: IntakeContext, body: SubmitRequest) -> asyncpg.Record:
     if body.callback_url and not ctx.callbacks_enabled:
         # Accepting it would promise a call that never comes.
         raise Unacceptable("callback_url: callbacks are not configured here (LETHE_CALLBACK_SECRET)")
+    if body.callback_url:
+        try:
+            await ctx.egress.check_url(str(body.callback_url))
+        except ForbiddenTarget as exc:
+            raise Unacceptable(f"callback_url: {exc}") from None
+        except httpcore.ConnectError:
+            pass  # not resolvable now: checked again, on the address connected to, when sent
 
     metrics.requests_submitted.add(1, {"type": body.type.value})
     received_at = body.received_at or datetime.now(UTC)

@@ -6,6 +6,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.intake.api import ApiLimits
+from services.intake.egress import Egress, networks
 from shared import topics
 from shared.secrets import check_key
 
@@ -21,6 +22,11 @@ class IntakeSettings(BaseSettings):
         SecretStr(""),
         description="HMAC key signing callbacks (at least 32 random bytes); no callbacks without one.",
     )
+    callback_allow_networks: str = Field(
+        "",
+        description="Networks (CIDRs, comma-separated) callbacks may reach although they are loopback,"
+        " private or reserved; by default none (a callback URL is a submitter's choice).",
+    )
     bootstrap_tokens: SecretStr = Field(
         SecretStr(""), description="role:token,role:token provisioned at start-up (scripts, CI, first admin)."
     )
@@ -34,6 +40,15 @@ class IntakeSettings(BaseSettings):
         if value.get_secret_value():
             check_key(value.get_secret_value(), "LETHE_CALLBACK_SECRET")
         return value
+
+    @field_validator("callback_allow_networks")
+    @classmethod
+    def _networks(cls, value: str) -> str:
+        networks(value)  # raises naming the variable
+        return value
+
+    def egress(self) -> Egress:
+        return Egress(networks(self.callback_allow_networks))
 
     def limits(self) -> ApiLimits:
         return ApiLimits(

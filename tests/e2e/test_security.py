@@ -19,6 +19,7 @@ SAMPLE_PATH_VALUES = {
     "hold_id": "00000000-0000-0000-0000-000000000000",
     "review_id": "00000000-0000-0000-0000-000000000000",
     "system": "crm",
+    "token_id": "000000000000",
 }
 
 
@@ -69,6 +70,8 @@ def test_roles_match_the_design(api: httpx.Client) -> None:
     assert roles[("GET", "/v1/exports/requests.csv")] == {"compliance", "admin"}
     assert roles[("POST", "/v1/holds")] == {"legal", "admin"}
     assert roles[("POST", "/v1/tokens")] == {"admin"}
+    assert roles[("GET", "/v1/tokens")] == {"admin"}
+    assert roles[("DELETE", "/v1/tokens/000000000000")] == {"admin"}
     assert roles[("GET", "/v1/reviews")] == {"compliance", "admin"}
     assert roles[("POST", "/v1/reviews/00000000-0000-0000-0000-000000000000")] == {"compliance", "admin"}
 
@@ -154,3 +157,26 @@ def test_a_lone_surrogate_is_bad_input_not_a_server_error(api: httpx.Client) -> 
     )
     answer = api.post("/v1/requests", content=body, headers={"Content-Type": "application/json"})
     assert answer.status_code == 422 and "emails" in answer.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("name", "target"),
+    [
+        ("metadata", "http://169.254.169.254/latest/meta-data/"),
+        ("private", "http://10.0.0.5/hook"),
+        ("unique-local", "http://[fd00::1]/hook"),
+    ],
+)
+def test_a_callback_to_a_private_or_metadata_address_is_refused_at_submission(
+    api: httpx.Client, name: str, target: str
+) -> None:
+    body = {
+        "request_id": f"ssrf-{name}",
+        "type": "erasure",
+        "identity_verified": True,
+        "subject": {"emails": ["ssrf@example.com"]},
+        "callback_url": target,
+    }
+    answer = api.post("/v1/requests", json=body)
+    assert answer.status_code == 422
+    assert answer.json()["detail"].startswith("callback_url: resolves to a loopback, private")
