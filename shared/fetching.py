@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import weakref
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 
 from shared.telemetry import metrics
@@ -24,6 +25,12 @@ _backoff: weakref.WeakKeyDictionary[AIOKafkaConsumer, float] = weakref.WeakKeyDi
 _refetches: weakref.WeakKeyDictionary[AIOKafkaConsumer, dict[tuple[TopicPartition, int], int]] = (
     weakref.WeakKeyDictionary()
 )
+_rewound_at: weakref.WeakKeyDictionary[AIOKafkaConsumer, float] = weakref.WeakKeyDictionary()
+_assigned_since: weakref.WeakKeyDictionary[AIOKafkaConsumer, set[TopicPartition]] = (
+    weakref.WeakKeyDictionary()
+)
+# How long after a rewind a partition the group assigns is rewound too (see RewindLater).
+REWIND_WINDOW_S = 60.0
 # A gap that survives this many fetches is taken as real (a compacted record, a transaction
 # marker on Kafka): waiting longer would stall the partition for good.
 MAX_REFETCHES = 50
@@ -61,6 +68,29 @@ def register(consumer: AIOKafkaConsumer, busy_ms: int, idle_ms: int) -> None:
     _pacing[consumer] = (busy_ms, idle_ms)
 
 
+class RewindLater(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Partitions assigned soon after a rewind are read from their start too.
+
+    Between the broker's restart and the moment a sentinel shows it forgot, a consumer may
+    commit its old positions to the new broker; a group rejoin that completes after the rewind
+    then restores those offsets, past the end of the new partitions, where tansu answers with
+    nothing (Kafka would answer OFFSET_OUT_OF_RANGE and reset): the broker-loss fault test
+    lost a third of the re-sent commands that way under load. The seek is made by the consume
+    loop (`fetch_in_order`), not inside the rebalance."""
+
+    def __init__(self, consumer: AIOKafkaConsumer) -> None:
+        self.consumer = weakref.ref(consumer)
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        return None
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        consumer = self.consumer()
+        at = _rewound_at.get(consumer) if consumer is not None else None
+        if consumer is not None and at is not None and time.monotonic() - at < REWIND_WINDOW_S:
+            _assigned_since.setdefault(consumer, set()).update(assigned)
+
+
 def pace_fetches(consumer: AIOKafkaConsumer, received: bool) -> None:
     """Adapt the fetch wait after each poll: the short wait while messages flow, doubling up to
     the idle wait while none do. On a broker that holds every fetch for the whole wait (tansu),
@@ -89,6 +119,7 @@ async def rewind_all() -> int:
         partitions = list(consumer.assignment())
         for tp in partitions:
             forget(consumer, tp)
+        _rewound_at[consumer] = time.monotonic()
         if partitions:
             await consumer.seek_to_beginning(*partitions)
             rewound += len(partitions)
@@ -113,6 +144,15 @@ async def fetch_in_order(consumer: AIOKafkaConsumer, timeout_ms: int) -> Batches
     message, which is then never delivered: the soak lost one outcome in 6,000 that way. So
     each partition's records must continue exactly where the last ones ended; at a gap the
     rest is dropped and the consumer seeks back to the missing offset."""
+    if late := _assigned_since.pop(consumer, None):
+        late &= consumer.assignment()
+        for tp in late:
+            forget(consumer, tp)
+        if late:
+            await consumer.seek_to_beginning(*late)
+            log.warning(
+                "partitions assigned after a rewind: read from their start", extra={"partitions": len(late)}
+            )
     batches = await consumer.getmany(timeout_ms=timeout_ms)
     expected = _next.setdefault(consumer, {})
     kept: Batches = {}

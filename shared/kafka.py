@@ -48,7 +48,6 @@ def make_consumer(
 ) -> AIOKafkaConsumer:
     busy_ms = max(settings.fetch_max_wait_ms, COLD_FETCH_WAIT_MS) if cold else settings.fetch_max_wait_ms
     consumer = AIOKafkaConsumer(
-        *topics,
         bootstrap_servers=settings.bootstrap,
         group_id=group_id,
         enable_auto_commit=False,
@@ -58,6 +57,7 @@ def make_consumer(
         heartbeat_interval_ms=settings.heartbeat_interval_ms,
         max_poll_records=200,
     )
+    consumer.subscribe(list(topics), listener=fetching.RewindLater(consumer))
     idle_ms = max(busy_ms, settings.idle_fetch_max_wait_ms or busy_ms)
     fetching.register(consumer, busy_ms, idle_ms)
     return consumer

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections import Counter
+from collections import defaultdict
 from typing import Any
 
 import httpx
@@ -91,15 +91,21 @@ def test_kafka_hops_are_producer_to_consumer_with_messaging_attributes(traced: d
 
 def test_worker_steps_are_children_of_the_processing_span(traced: dict[str, Any]) -> None:
     spans = {s["spanId"]: s for s in raw_spans(traced)}
-    steps = Counter(
-        spans[s["parentSpanId"]]["name"]
-        for s in spans.values()
-        if s["name"] in ("match", "holds", "decide", "act", "verify")
-    )
-    assert all(
-        steps[f"process lethe.commands.{n}.v1"] == 5
-        for n in ("billing", "crm", "recordings", "directory", "mailing")
-    ), steps
+    steps: dict[str, list[str]] = defaultdict(list)  # processing span id -> its steps
+    for span in spans.values():
+        if span["name"] in ("match", "holds", "decide", "act", "verify"):
+            steps[span["parentSpanId"]].append(span["name"])
+    # An erasure that arrives before the worker holds every announced hold is held back on the
+    # retry topic after its holds step, so its steps may end under the retry's processing span.
+    complete = {
+        spans[p]["name"].removesuffix(".retry.v1").removesuffix(".v1")
+        for p, s in steps.items()
+        if len(s) == 5
+    }
+    assert all(spans[p]["name"].startswith("process lethe.commands.") for p in steps)
+    assert complete >= {
+        f"process lethe.commands.{n}" for n in ("billing", "crm", "recordings", "directory", "mailing")
+    }, steps
     names = {s["name"] for s in spans.values()}
     assert {"ldap search", "ldap delete", "file unlink"} <= names  # store calls of our own
     assert any(s["attributes"] and s["name"] in ("SELECT", "INSERT", "DELETE") for s in spans.values())

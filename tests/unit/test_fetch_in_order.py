@@ -73,3 +73,48 @@ async def test_a_gap_that_never_fills_is_given_up_on(monkeypatch: pytest.MonkeyP
         assert await offsets_of(consumer) == []
     assert await offsets_of(consumer) == [3]
     assert consumer.seeks == [2, 2, 2]
+
+
+class RejoiningConsumer(GappyConsumer):
+    """A group member whose assignment the group hands over again after a rewind."""
+
+    def __init__(self, fetches: list[list[int]]) -> None:
+        super().__init__(fetches)
+        self.assigned = {TP}
+        self.rewound: list[TopicPartition] = []
+
+    def assignment(self) -> set[TopicPartition]:
+        return self.assigned
+
+    async def seek_to_beginning(self, *partitions: TopicPartition) -> None:
+        self.rewound.extend(partitions)
+
+
+async def test_partitions_assigned_soon_after_a_rewind_are_rewound_too() -> None:
+    # The rejoin that completes after the rewind restores offsets committed before the loss was
+    # noticed, past the new partitions' end: the consume loop must send them to their start.
+    consumer: Any = RejoiningConsumer([[], []])
+    listener = fetching.RewindLater(consumer)
+    fetching.register(consumer, 10, 10)
+    try:
+        await fetching.rewind_all()
+        assert consumer.rewound == [TP]
+        await listener.on_partitions_assigned([TP])
+        await offsets_of(consumer)
+        assert consumer.rewound == [TP, TP]
+        await offsets_of(consumer)
+        assert consumer.rewound == [TP, TP]  # once
+    finally:
+        fetching._pacing.pop(consumer, None)
+
+
+async def test_an_assignment_long_after_a_rewind_keeps_its_committed_offsets(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    consumer: Any = RejoiningConsumer([[]])
+    listener = fetching.RewindLater(consumer)
+    fetching._rewound_at[consumer] = 0.0
+    monkeypatch.setattr(fetching.time, "monotonic", lambda: fetching.REWIND_WINDOW_S + 1)
+    await listener.on_partitions_assigned([TP])  # an ordinary rebalance, e.g. scale-out
+    await offsets_of(consumer)
+    assert consumer.rewound == []
