@@ -19,6 +19,7 @@ import typer
 from pydantic import ValidationError
 
 from cli import dlq as dead_letters
+from cli import keys as key_commands
 from cli import reviews as review_commands
 from cli.client import ApiClient, Credentials, api_url, fail, find_credentials
 from cli.render import report_text
@@ -426,6 +427,7 @@ def config_reference() -> None:
 
 
 app.add_typer(review_commands.app, name="reviews")
+app.add_typer(key_commands.app, name="keys")
 tokens = typer.Typer(help="API tokens (admin).", no_args_is_help=True)
 
 app.add_typer(tokens, name="tokens")

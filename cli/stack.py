@@ -87,6 +87,7 @@ class Secrets:
     ldap_password: str
     callback_secret: str
     admin_token: str
+    identifier_extra_keys: str = ""  # keys that still open what older keys sealed (`lethe keys`)
 
     @classmethod
     def load_or_create(cls, path: Path) -> Secrets:
@@ -100,11 +101,21 @@ class Secrets:
         }
         stored = json.loads(path.read_text()) if path.exists() else {}
         secrets = cls(**{**fresh, **stored})  # keys a newer version added are generated once
-        path.parent.mkdir(parents=True, exist_ok=True)
-
-        path.write_text(json.dumps(secrets.__dict__))
-        path.chmod(0o600)
+        secrets.save(path)
         return secrets
+
+    def extra_keys(self) -> list[str]:
+        return [k for k in self.identifier_extra_keys.split(",") if k]
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Created 0600 and moved into place: never readable by others, not even for a moment.
+        partial = path.with_suffix(".tmp")
+        partial.unlink(missing_ok=True)
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(json.dumps(self.__dict__))
+        os.replace(partial, path)
 
 
 @dataclass
@@ -149,6 +160,7 @@ class Stack:
             **os.environ,
             "LETHE_KAFKA_BOOTSTRAP": self.kafka_bootstrap,
             "LETHE_IDENTIFIER_KEY": self.secrets.identifier_key,
+            "LETHE_IDENTIFIER_EXTRA_KEYS": self.secrets.identifier_extra_keys,
             "LETHE_PSEUDONYM_KEY": self.secrets.pseudonym_key,
             "LETHE_MAILING_SUPPRESSION_KEY": self.secrets.suppression_key,
             "LETHE_CALLBACK_SECRET": self.secrets.callback_secret,

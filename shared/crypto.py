@@ -10,8 +10,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+from collections.abc import Sequence
 
-from cryptography.fernet import Fernet, InvalidToken
+from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from pydantic import ValidationError
 
 from shared.identity import Identities, KnownIdentities
@@ -22,11 +23,21 @@ class IdentifierSealError(ValueError):
 
 
 class IdentifierSeal:
-    def __init__(self, key: str) -> None:
+    """Seals with one key and opens with it or any of `extra` keys: a key is rotated by adding
+    the new one everywhere as an extra key, then making it the sealing key, re-sealing what is
+    stored (`rotate`, `lethe keys reseal`), and dropping the old one (README, Key rotation)."""
+
+    def __init__(self, key: str, extra: Sequence[str] = ()) -> None:
+        keys = [_fernet(key, "LETHE_IDENTIFIER_KEY")]
+        keys += [_fernet(k, "LETHE_IDENTIFIER_EXTRA_KEYS") for k in extra]
+        self._fernet = MultiFernet(keys)
+
+    def rotate(self, token: str) -> str:
+        """The same identifiers sealed with the sealing key (IdentifierSealError if no key opens it)."""
         try:
-            self._fernet = Fernet(key.encode())
-        except ValueError as exc:
-            raise ValueError("LETHE_IDENTIFIER_KEY: not a Fernet key (32 url-safe base64 bytes)") from exc
+            return self._fernet.rotate(token.encode()).decode()
+        except InvalidToken as exc:
+            raise IdentifierSealError("sealed_identifiers: cannot be opened with any key") from exc
 
     def seal(self, identities: Identities | KnownIdentities) -> str:
         return self.seal_text(identities.model_dump_json())
@@ -54,6 +65,13 @@ class IdentifierSeal:
             return KnownIdentities(given=Identities.model_validate(data))
         except (ValidationError, ValueError) as exc:
             raise IdentifierSealError("sealed_identifiers: not a valid identifier set") from exc
+
+
+def _fernet(key: str, variable: str) -> Fernet:
+    try:
+        return Fernet(key.encode())
+    except ValueError as exc:
+        raise ValueError(f"{variable}: not a Fernet key (32 url-safe base64 bytes)") from exc
 
 
 def subject_ref(pseudonym_key: str, identities: Identities) -> str:

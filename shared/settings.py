@@ -6,9 +6,10 @@ broker timings that matter on tansu (fetch wait, session timeout) through the sa
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shared.crypto import IdentifierSeal
 from shared.secrets import check_key
 
 
@@ -49,9 +50,23 @@ class SecretsSettings(BaseSettings):
     identifier_key: SecretStr = Field(
         description="Fernet key that seals subject identifiers inside Kafka commands."
     )
+    identifier_extra_keys: SecretStr = Field(
+        SecretStr(""),
+        description="More Fernet keys (comma-separated) that open, never seal, identifiers: the old key"
+        " while a rotation re-seals what was sealed with it, or the next key while it is rolled out.",
+    )
     pseudonym_key: SecretStr = Field(
         description="HMAC key that derives the pseudonymous subject reference (at least 32 random bytes)."
     )
+
+    @model_validator(mode="after")
+    def _keys_open(self) -> SecretsSettings:
+        self.seal()  # a malformed key stops the service, naming its variable
+        return self
+
+    def seal(self) -> IdentifierSeal:
+        extra = self.identifier_extra_keys.get_secret_value().split(",")
+        return IdentifierSeal(self.identifier_key.get_secret_value(), [k.strip() for k in extra if k.strip()])
 
     @field_validator("pseudonym_key")
     @classmethod

@@ -21,7 +21,6 @@ from shared import topics
 from shared.broker_memory import SENTINEL_DDL
 from shared.codec import decode
 from shared.contracts import RequestStatusChanged
-from shared.crypto import IdentifierSeal
 from shared.db import apply_schema, create_pool, ensure_database
 from shared.delivery import GroupHandler, Handler, Publisher, consume_forever
 from shared.kafka import ensure_topics, make_consumer, make_producer, start_with_retry
@@ -89,7 +88,7 @@ async def main(stop: asyncio.Event) -> None:
     db = DatabaseSettings()
     secrets = SecretsSettings()
     recovery_settings = RecoverySettings()
-    seal = IdentifierSeal(secrets.identifier_key.get_secret_value())
+    seal = secrets.seal()
     development = DeploymentSettings().development
     # Fails fast, naming the variable: a weak or placeholder token outside a development stack.
     bootstrap = auth.parse_bootstrap(settings.bootstrap_tokens.get_secret_value(), development)

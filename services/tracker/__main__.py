@@ -16,7 +16,6 @@ from services.tracker.handlers import CONSUMED, Tracker, handle, handle_group
 from services.tracker.settings import TrackerSettings
 from shared import fetching, topics
 from shared.broker_memory import SENTINEL_DDL, BrokerMemory
-from shared.crypto import IdentifierSeal
 from shared.db import apply_schema, create_pool, ensure_database
 from shared.delivery import TRANSIENT, Publisher, consume_forever
 from shared.kafka import ensure_topics, make_consumer, make_producer, start_with_retry
@@ -72,7 +71,7 @@ async def main(stop: asyncio.Event) -> None:
     db = DatabaseSettings()
     settings = TrackerSettings()
     watch = RecoverySettings()
-    seal = IdentifierSeal(SecretsSettings().identifier_key.get_secret_value())
+    seal = SecretsSettings().seal()
     await ensure_database(db.database_url)
     pool = await create_pool(db.database_url, db.db_pool_max)
     await apply_schema(pool, *store.SCHEMA, SENTINEL_DDL)

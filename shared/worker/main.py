@@ -10,7 +10,6 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from shared.crypto import IdentifierSeal
 from shared.kafka import ensure_topics
 from shared.policy.evaluate import RetentionPolicy
 from shared.policy.model import DEFAULT_POLICY_FILE, check_categories, load_policy
@@ -35,7 +34,7 @@ def run_worker(system: str, make_adapter: Callable[[], StoreAdapter]) -> None:
         adapter = make_adapter()
         policy = load_policy(PolicySettings().policy_file)
         check_categories(policy, system, adapter.personal_fields)
-        seal = IdentifierSeal(secrets.identifier_key.get_secret_value())
+        seal = secrets.seal()
         runtime = WorkerRuntime(
             adapter=adapter,
             policy=RetentionPolicy(policy),
