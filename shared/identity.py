@@ -10,6 +10,7 @@ checks against PostgreSQL over generated spellings. There is no second normalisa
 
 from __future__ import annotations
 
+import hashlib
 import re
 import unicodedata
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -120,10 +121,27 @@ def email_prefilter(email: str) -> str:
     return re.sub(r"[^a-z0-9]", "", mailbox(email).rpartition("@")[0].lower())
 
 
+# Python's \s is every Unicode space; PostgreSQL's is ASCII only under a C locale. An address
+# stored with a no-break space before `mailto:` must still get its key (the review found one
+# with a trailing "\r" surviving an erasure when SQL trimmed less than Python).
+_SQL_SPACE = r"[\s\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\u0085\u001c-\u001f]"
+
+
+def email_key_index(name: str, table: str, column: str) -> tuple[str, str]:
+    """DDL of the index on a table's e-mail key; its name carries a digest of the expression, so
+    a store created with an earlier expression gets the new index (and loses the old one)."""
+    expression = email_prefilter_sql(column)
+    digest = hashlib.sha256(expression.encode()).hexdigest()[:8]
+    return (
+        f"CREATE INDEX IF NOT EXISTS {name}_{digest} ON {table} ({expression})",
+        f"DROP INDEX IF EXISTS {name}",
+    )
+
+
 def email_prefilter_sql(column: str) -> str:
     """The same key computed by PostgreSQL from the address as typed."""
-    inner = rf"coalesce(substring({column} from '<([^<>]*)>\s*$'), {column})"
-    bare = rf"regexp_replace({inner}, '^\s*(mailto:)?\s*', '', 'i')"
+    inner = rf"coalesce(substring({column} from '<([^<>]*)>{_SQL_SPACE}*$'), {column})"
+    bare = rf"regexp_replace({inner}, '^{_SQL_SPACE}*(mailto:)?{_SQL_SPACE}*', '', 'i')"
     local = rf"split_part(split_part({bare}, '@', 1), '+', 1)"
     return f"regexp_replace(lower({local}), '[^a-z0-9]', '', 'g')"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncpg
 
-from shared.identity import Identities, email_prefilter_sql, phone_prefilter_sql
+from shared.identity import Identities, email_key_index, email_prefilter_sql, phone_prefilter_sql
 from shared.worker.pgstore import Candidate, CategoryTable, PostgresStoreAdapter
 from shared.worker.ports import Record
 
@@ -21,7 +21,7 @@ SCHEMA = (
         closed_on date,
         restricted boolean NOT NULL DEFAULT false)""",
     "CREATE INDEX IF NOT EXISTS accounts_customer ON accounts (customer_id)",
-    f"CREATE INDEX IF NOT EXISTS accounts_email_key ON accounts ({email_prefilter_sql('email')})",
+    *email_key_index("accounts_email_key", "accounts", "email"),
     f"CREATE INDEX IF NOT EXISTS accounts_phone_key ON accounts ({phone_prefilter_sql('phone')})",
     """CREATE TABLE IF NOT EXISTS invoices (
         invoice_id text PRIMARY KEY,

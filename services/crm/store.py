@@ -7,7 +7,7 @@ from datetime import date
 
 import asyncpg
 
-from shared.identity import Identities, email_prefilter_sql, phone_prefilter_sql
+from shared.identity import Identities, email_key_index, email_prefilter_sql, phone_prefilter_sql
 from shared.worker.pgstore import Candidate, CategoryTable, PostgresStoreAdapter
 from shared.worker.ports import Record
 
@@ -23,7 +23,7 @@ SCHEMA = (
         created_on date NOT NULL,
         restricted boolean NOT NULL DEFAULT false)""",
     "CREATE INDEX IF NOT EXISTS contacts_customer ON contacts (customer_id)",
-    f"CREATE INDEX IF NOT EXISTS contacts_email_key ON contacts ({email_prefilter_sql('email')})",
+    *email_key_index("contacts_email_key", "contacts", "email"),
     f"CREATE INDEX IF NOT EXISTS contacts_phone_key ON contacts ({phone_prefilter_sql('phone')})",
     """CREATE TABLE IF NOT EXISTS interactions (
         interaction_id text PRIMARY KEY,

@@ -13,7 +13,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.contracts.outcomes import Action
-from shared.identity import Identities, email_prefilter_sql, normalise_email
+from shared.identity import Identities, email_key_index, email_prefilter_sql, normalise_email
 from shared.secrets import check_key
 from shared.settings import DatabaseSettings
 from shared.worker.pgstore import Candidate, CategoryTable, PostgresStoreAdapter
@@ -32,7 +32,7 @@ SCHEMA = (
         status text NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'unsubscribed')),
         subscribed_at timestamptz NOT NULL,
         restricted boolean NOT NULL DEFAULT false)""",
-    f"CREATE INDEX IF NOT EXISTS subscribers_email_key ON subscribers ({email_prefilter_sql('email')})",
+    *email_key_index("subscribers_email_key", "subscribers", "email"),
     """CREATE TABLE IF NOT EXISTS consents (
         consent_id text PRIMARY KEY,
         subscriber_id text NOT NULL,

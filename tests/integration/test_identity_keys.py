@@ -102,7 +102,19 @@ def email_spellings(draw: st.DrawFn) -> tuple[str, str]:
     address = f"{written_local}{tag}@{domain}"
     form = draw(
         st.sampled_from(
-            ["{a}", " {a} ", "<{a}>", "Alice Hartley <{a}>", "mailto:{a}", "mailto:<{a}>", "\t{a}\n"]
+            [
+                "{a}",
+                " {a} ",
+                "<{a}>",
+                "Alice Hartley <{a}>",
+                "mailto:{a}",
+                "mailto:<{a}>",
+                "\t{a}\n",
+                "{a}\r",  # the review found "x@y\r" survived an erasure when SQL trimmed only spaces
+                "\r\n{a}\r\n",
+                "\u00a0{a}\u00a0",
+                "\u00a0mailto:{a}",
+            ]
         )
     )
     return form.format(a=address), f"{local.lower()}{tag.lower()}@{ascii_domain}"
