@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from opentelemetry.trace import Link, Status
 from opentelemetry.util.types import Attributes, AttributeValue
 
 ALLOWED = frozenset(
@@ -70,6 +71,15 @@ def _keep(attributes: Attributes) -> dict[str, AttributeValue]:
     return {k: v for k, v in (attributes or {}).items() if k in ALLOWED}
 
 
+def _status(status: Status) -> Status:
+    """An error's description is the exception's message, which may quote the input (an
+    address that failed to parse): only the exception's type is kept."""
+    if not status.description:
+        return status
+    kind = status.description.split(":", 1)[0].strip()
+    return Status(status.status_code, kind if kind.isidentifier() else None)
+
+
 def redact(span: ReadableSpan) -> ReadableSpan:
     return ReadableSpan(
         name=span.name,
@@ -78,9 +88,9 @@ def redact(span: ReadableSpan) -> ReadableSpan:
         resource=span.resource,
         attributes=_keep(span.attributes),
         events=[Event(e.name, _keep(e.attributes), e.timestamp) for e in span.events],
-        links=span.links,
+        links=[Link(link.context, _keep(link.attributes)) for link in span.links],
         kind=span.kind,
-        status=span.status,
+        status=_status(span.status),
         start_time=span.start_time,
         end_time=span.end_time,
         instrumentation_scope=span.instrumentation_scope,

@@ -1,6 +1,7 @@
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import Link, StatusCode
 
 from shared.telemetry.redaction import RedactingExporter
 
@@ -30,4 +31,23 @@ def test_an_instrumentation_that_leaks_an_email_leaks_nothing() -> None:
     (exported,) = memory.get_finished_spans()
     assert dict(exported.attributes or {}) == {"http.response.status_code": 200, "lethe.request_id": "r-1"}
     assert exported.events[0].attributes == {"exception.type": "ValueError"}
+    assert LEAK not in repr(exported.to_json())
+
+
+def test_an_error_status_and_a_link_carry_no_message_or_attributes() -> None:
+    memory = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(RedactingExporter(memory)))
+    tracer = provider.get_tracer("careless-instrumentation")
+    with tracer.start_as_current_span("first") as first:
+        linked = first.get_span_context()
+    try:
+        with tracer.start_as_current_span("handle", links=[Link(linked, {"user.email": LEAK})]):
+            raise ValueError(f"not an e-mail address: {LEAK}")  # the SDK sets the status from it
+    except ValueError:
+        pass
+    exported = memory.get_finished_spans()[-1]
+    assert exported.status.status_code is StatusCode.ERROR
+    assert exported.status.description == "ValueError"
+    assert exported.links[0].context == linked and not exported.links[0].attributes
     assert LEAK not in repr(exported.to_json())
