@@ -1,10 +1,12 @@
 """Litigation and regulatory holds: placed and released by Legal, never forgotten (a release
-is recorded on the row, which stays). Each change goes to the holds topic through the outbox."""
+is recorded on the row, which stays). Each change goes to the holds topic through the outbox.
+The subject's identifiers are dropped a day after a hold ended (released or expired): they
+served only to find what it protects, and the day covers a worker mid-batch or a clock apart."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from uuid import UUID, uuid4
 
 import asyncpg
@@ -26,7 +28,9 @@ SCHEMA = (
         placed_at timestamptz NOT NULL,
         expires_at timestamptz,
         released_at timestamptz)""",
+    "ALTER TABLE holds ALTER COLUMN sealed_identifiers DROP NOT NULL",
 )
+FORGET_AFTER = timedelta(days=1)
 
 
 @dataclass(frozen=True)
@@ -34,7 +38,7 @@ class NewHold:
     case_reference: str
     reason: str
     subject_ref: str
-    sealed_identifiers: str
+    sealed_identifiers: str | None
     systems: list[str] | None
     categories: list[str] | None
     placed_at: datetime
@@ -122,3 +126,28 @@ async def announce_all(pool: asyncpg.Pool) -> int:
 async def versions(pool: asyncpg.Pool) -> dict[UUID, int]:
     """Each hold's latest version: what the holds topic must hold."""
     return {r["hold_id"]: r["version"] for r in await pool.fetch("SELECT hold_id, version FROM holds")}
+
+
+def identifiers_needed(released_at: datetime | None, expires_at: datetime | None, now: datetime) -> bool:
+    ends = [t for t in (released_at, expires_at) if t is not None]
+    return not ends or now < min(ends) + FORGET_AFTER
+
+
+async def forget_identifiers(pool: asyncpg.Pool, now: datetime) -> int:
+    """Drop the identifiers of holds over for a day, and announce that version (the compacted
+    topic then keeps no copy of them either). Returns how many."""
+    async with pool.acquire() as conn, conn.transaction():
+        rows = await conn.fetch(
+            "SELECT hold_id, released_at, expires_at FROM holds WHERE sealed_identifiers IS NOT NULL"
+            " AND (released_at IS NOT NULL OR expires_at IS NOT NULL) FOR UPDATE SKIP LOCKED"
+        )
+        over = [r["hold_id"] for r in rows if not identifiers_needed(r["released_at"], r["expires_at"], now)]
+        if not over:
+            return 0
+        updated = await conn.fetch(
+            "UPDATE holds SET sealed_identifiers = NULL, version = version + 1"
+            " WHERE hold_id = ANY($1::uuid[]) RETURNING *",
+            over,
+        )
+        await enqueue_many(conn, [(topics.HOLDS, str(r["hold_id"]), _event(r)) for r in updated])
+    return len(updated)

@@ -79,6 +79,8 @@ class BrokerWatch:
         if announced := await store.announce_unstarted(self.pool, waiting):
             log.warning("announced again: never acknowledged by the tracker", extra={"requests": announced})
         if time.monotonic() - self.verified_at >= self.settings.holds_verify_s:
+            if forgotten := await holds.forget_identifiers(self.pool, datetime.now(UTC)):
+                log.info("identifiers of ended holds dropped", extra={"holds": forgotten})
             if not await holds_topic_complete(self.pool, self.kafka, self.seal):
                 log.warning("holds topic incomplete: announcing every hold again")
                 await holds.announce_all(self.pool)

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
-from services.tracker import recovery, schedule, store
+from services.tracker import forgetting, recovery, schedule, store
 from services.tracker.handlers import CONSUMED, Tracker, handle, handle_group
 from services.tracker.settings import TrackerSettings
 from shared import fetching, topics
@@ -45,10 +45,11 @@ async def every(
 
 
 async def tick(pool: asyncpg.Pool, settings: TrackerSettings) -> None:
-    """Timeouts and due deferred erasures."""
+    """Timeouts, due deferred erasures, identifiers nothing can need any more."""
     now = datetime.now(UTC)
     await store.check_timeouts(pool, now, settings.timeouts())
     await schedule.dispatch_due(pool, now)
+    await forgetting.forget_identifiers(pool, now, timedelta(days=settings.failed_identifiers_kept_days))
     overdue = await pool.fetchval(
         "SELECT count(*) FROM sagas WHERE completed_at IS NULL AND deadline < $1", now
     )

@@ -28,8 +28,8 @@ def prime(loaded: Loaded, seal: IdentifierSeal | None) -> None:
 
 def take(loaded: Loaded, learnt_identifiers: str | None, seal: IdentifierSeal | None) -> None:
     """Add an answer's learnt identifiers to the round's, less those already searched with."""
-    if seal is None or not learnt_identifiers:
-        return
+    if seal is None or not learnt_identifiers or loaded.sealed_identifiers is None:
+        return  # a late answer of a request that is over: nothing more is searched
     known = seal.open_known(loaded.sealed_identifiers)
     pending = _opened(seal, loaded.pending_learnt).union(_opened(seal, learnt_identifiers)).minus(known.all)
     loaded.pending_learnt = seal.seal(pending) if pending else None
@@ -37,6 +37,8 @@ def take(loaded: Loaded, learnt_identifiers: str | None, seal: IdentifierSeal | 
 
 
 def _count(loaded: Loaded, seal: IdentifierSeal, pending: Identities) -> None:
+    if loaded.sealed_identifiers is None:
+        return
     known = seal.open_known(loaded.sealed_identifiers)
     capped = any(
         len(set(getattr(known.learnt, k)) | set(getattr(pending, k))) > MAX_IDENTIFIERS for k in KINDS
@@ -47,7 +49,7 @@ def _count(loaded: Loaded, seal: IdentifierSeal, pending: Identities) -> None:
 def advance(loaded: Loaded, seal: IdentifierSeal | None) -> None:
     """The saga went to its next round: what it searches with from now on includes what was
     learnt (up to the bound of each kind, the earliest first: sorted, for a stable choice)."""
-    if seal is None:
+    if seal is None or loaded.sealed_identifiers is None:
         return
     known = seal.open_known(loaded.sealed_identifiers)
     grown = known.learnt.union(_opened(seal, loaded.pending_learnt))

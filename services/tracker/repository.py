@@ -37,7 +37,9 @@ from shared.telemetry.messaging import TRACER, link_to
 class Loaded:
     saga: Saga
     version: int
-    sealed_identifiers: str  # what commands search with: given, and learnt in earlier rounds
+    # What commands search with: given, and learnt in earlier rounds; None once nothing more
+    # can need them (forgetting.py).
+    sealed_identifiers: str | None
     traceparent: str | None = None
     as_loaded: dict[str, SystemSlot] = field(default_factory=dict)  # to write back only changes
     trail: list[AuditEntry] = field(default_factory=list)

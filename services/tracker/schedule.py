@@ -107,13 +107,15 @@ async def record_hold(pool: asyncpg.Pool, hold: HoldUpdated) -> int:
 
 
 async def _citing(conn: asyncpg.Connection, case_reference: str) -> Sequence[asyncpg.Record]:
-    """Every outcome (first or deferred) that kept records under this case reference."""
+    """Every outcome (first, a later round's or deferred) that kept records under this case
+    reference."""
     cites = json.dumps({"categories": [{"retained": [{"hold_reference": case_reference}]}]})
     rows: Sequence[asyncpg.Record] = await conn.fetch(
         """SELECT request_id, system, (o->>'command_id')::uuid AS command_id
              FROM saga_systems, LATERAL (
                   SELECT outcome AS o WHERE outcome IS NOT NULL
-                  UNION ALL SELECT d FROM jsonb_array_elements(deferred) AS d) AS outcomes
+                  UNION ALL SELECT d FROM jsonb_array_elements(deferred) AS d
+                  UNION ALL SELECT r FROM jsonb_array_elements(rounds) AS r) AS outcomes
             WHERE o @> $1::jsonb""",
         cites,
     )

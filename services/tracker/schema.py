@@ -3,6 +3,7 @@ their request, deferred erasures and holds, the broker sentinel, and the outbox.
 
 from __future__ import annotations
 
+from services.tracker.forgetting import SCHEMA as FORGETTING_DDL
 from services.tracker.schedule import SCHEDULE_DDL
 from shared.journal import JOURNAL_DDL
 from shared.outbox import OUTBOX_DDL
@@ -62,6 +63,7 @@ SCHEMA = (
     """CREATE OR REPLACE TRIGGER audit_log_append_only BEFORE UPDATE OR DELETE ON audit_log
        FOR EACH ROW EXECUTE FUNCTION lethe_audit_append_only()""",
     *SCHEDULE_DDL,
+    *FORGETTING_DDL,
     JOURNAL_DDL,
     OUTBOX_DDL,
 )

@@ -42,5 +42,14 @@ class TrackerSettings(BaseSettings):
         " are published again (intake or upstream may not have read them).",
     )
 
+    failed_identifiers_kept_days: float = Field(
+        90.0,
+        ge=0,
+        le=3650,
+        description="A finished request with a failed system keeps its (sealed) identifiers this long,"
+        " for compliance to retry the system; other finished requests drop them as soon as no"
+        " deferred erasure or open-ended hold can need them.",
+    )
+
     def timeouts(self) -> Timeouts:
         return Timeouts(timedelta(seconds=self.system_timeout_s), self.max_attempts, self.timeout_backoff)

@@ -171,6 +171,10 @@ async def retry_system(pool: asyncpg.Pool, event: RetrySystem, now: datetime) ->
         if loaded is None:
             return False
         was_final = loaded.saga.status.is_final
+        if loaded.sealed_identifiers is None:  # forgotten (forgetting.py): nothing to search with
+            loaded.saga.note(now, "retry_ignored", system=event.system, reason="identifiers no longer kept")
+            await save(conn, loaded, was_final)
+            return False
         retried = loaded.saga.retry(event.system, now, uuid4())
         if retried:
             await dispatch(conn, loaded, [event.system])

@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Annotated, Literal
 from uuid import UUID
 
-from pydantic import AwareDatetime, Field, StringConstraints, TypeAdapter
+from pydantic import AwareDatetime, Field, StringConstraints, TypeAdapter, model_validator
 
 from shared.contracts.base import Envelope, SubjectRef, SystemName
 
@@ -23,12 +23,20 @@ class HoldUpdated(Envelope):
     version: int = Field(ge=1)
     case_reference: CaseReference
     subject_ref: SubjectRef
-    sealed_identifiers: str
+    # None once the hold has been over for a while: intake drops the identifiers of a released
+    # or expired hold (services/intake/holds.py, forget_identifiers) and announces that version.
+    sealed_identifiers: str | None
     systems: list[SystemName] | None = None
     categories: list[str] | None = None
     placed_at: AwareDatetime
     expires_at: AwareDatetime | None = None
     released_at: AwareDatetime | None = None
+
+    @model_validator(mode="after")
+    def _identifiers_while_it_may_protect(self) -> HoldUpdated:
+        if self.sealed_identifiers is None and self.released_at is None and self.expires_at is None:
+            raise ValueError("sealed_identifiers: required while the hold has no end")
+        return self
 
     def active_at(self, moment: datetime) -> bool:
         if moment < self.placed_at:

@@ -144,7 +144,7 @@ class HoldsView:
                 h.case_reference, identities, None if h.categories is None else frozenset(h.categories)
             )
             for h, identities in self._holds.values()
-            if h.active_at(moment) and h.covers(system)
+            if h.active_at(moment) and h.covers(system) and h.sealed_identifiers is not None
         ]
 
     async def _catch_up(self) -> None:
@@ -231,7 +231,9 @@ class HoldsView:
         try:
             message = decode(record.value, HOLDS_MESSAGE)
             if isinstance(message, HoldUpdated):
-                identities = self.seal.open(message.sealed_identifiers)  # once, not per command
+                # Once per hold, not per command; a hold over for a day has none (it covers nothing).
+                sealed = message.sealed_identifiers
+                identities = Identities() if sealed is None else self.seal.open(sealed)
         except (PoisonMessage, IdentifierSealError) as exc:
             # Fail closed: a hold we cannot read might cover the records we are about to erase.
             log.error("unreadable hold message", extra={"offset": record.offset, "error": str(exc)})

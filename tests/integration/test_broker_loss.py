@@ -143,3 +143,41 @@ def same(row: asyncpg.Record) -> tuple[str, str, dict[str, object]]:
     body = json.loads(row["value"])
     body.pop("occurred_at")
     return row["topic"], row["key"], body
+
+
+async def test_a_hold_over_for_a_day_loses_its_identifiers_on_the_table_and_the_topic(
+    intake_db: asyncpg.Pool, producer: AIOKafkaProducer, broker: KafkaSettings
+) -> None:
+    seal = IdentifierSeal(new_identifier_key())
+    await forget(broker, topics.HOLDS)  # other tests' holds are sealed with other keys
+    relay = OutboxRelay(intake_db, producer)
+    now = datetime.now(UTC)
+    ids = []
+    for n, expires in enumerate([None, None, now + timedelta(days=3)]):
+        row, _ = await holds.place(
+            intake_db,
+            holds.NewHold(
+                f"END-{n}", "reason", subject_ref("k", SUBJECT), seal.seal(SUBJECT), None, None, now, expires
+            ),
+        )
+        ids.append(row["hold_id"])
+    await holds.release(intake_db, ids[0], now)
+    assert await holds.forget_identifiers(intake_db, now + timedelta(hours=23)) == 0
+    assert await holds.forget_identifiers(intake_db, now + timedelta(days=1, seconds=1)) == 1
+    assert await holds.forget_identifiers(intake_db, now + timedelta(days=4, seconds=1)) == 1  # expired
+    rows = {r["hold_id"]: r for r in await intake_db.fetch("SELECT * FROM holds")}
+    assert rows[ids[0]]["sealed_identifiers"] is None and rows[ids[0]]["version"] == 3
+    assert rows[ids[1]]["sealed_identifiers"] is not None  # no end: kept
+    assert rows[ids[2]]["sealed_identifiers"] is None
+    announced = [
+        json.loads(r["value"]) for r in await intake_db.fetch("SELECT value FROM outbox ORDER BY id")
+    ]
+    assert [m["sealed_identifiers"] is None for m in announced if m.get("hold_id") == str(ids[0])] == [
+        False,
+        False,
+        True,
+    ]
+    # A reader of the topic finds every hold, the ended ones as versions without identifiers.
+    await holds.announce_all(intake_db)
+    await relay.publish_batch()
+    assert await holds_topic_complete(intake_db, broker, seal)

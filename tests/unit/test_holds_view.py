@@ -4,7 +4,7 @@ place of the consumer): it never counts itself complete on a guess, and never st
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import uuid4
 
@@ -189,3 +189,26 @@ async def test_an_unreadable_hold_stands_until_a_readable_version_of_it_supersed
     log.append(str(a.hold_id), a.model_copy(update={"version": 2, "sealed_identifiers": other_key}))
     await view.refresh()
     assert view.incomplete() == "1 unreadable hold message(s)"
+
+
+async def test_a_hold_whose_identifiers_were_dropped_is_read_and_covers_nothing() -> None:
+    log = ScriptedLog()
+    a, b = hold("LIT-A"), hold("LIT-B")
+    # Intake drops them a day after the end; a worker whose clock is behind still sees it in force.
+    ended = b.model_copy(
+        update={"version": 2, "expires_at": T0 + timedelta(days=2), "sealed_identifiers": None}
+    )
+    log.append(str(b.hold_id), ended)
+    announce(log, a, ended)
+    view = await view_on(log)
+    await view.refresh()
+    assert view.incomplete() is None  # not an unreadable message: a hold that is over
+    assert [h.case_reference for h in await view.active("crm", T0 + timedelta(days=1))] == ["LIT-A"]
+
+
+def test_a_hold_without_an_end_must_carry_its_identifiers() -> None:
+    with pytest.raises(ValueError, match="sealed_identifiers"):
+        HoldUpdated.model_validate({**hold("LIT-C").model_dump(), "sealed_identifiers": None})
+    assert HoldUpdated.model_validate(
+        {**hold("LIT-C").model_dump(), "sealed_identifiers": None, "released_at": T0}
+    )
