@@ -15,7 +15,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PROCESS_VARIABLES = {
     "LETHE_METRICS_PORT": (
         "-",
-        "Port of /metrics, /healthz and /readyz (workers and tracker); off when unset.",
+        "Port of /metrics, /healthz and /readyz (every service, intake included: its API port has no"
+        " /metrics); off when unset.",
     ),
     "LETHE_METRICS_HOST": ("127.0.0.1", "Address that endpoint binds to (0.0.0.0 in a container)."),
     "LETHE_TRACE_FILE": ("-", "Also write spans as OTLP JSON lines to this file (the embedded stack does)."),

@@ -273,7 +273,7 @@ class Stack:
         for service in self.config.services:
             self.wait_ready(service, max(0.0, deadline - time.monotonic()))
         wait_for_port(self.config.http_port, "intake", self.processes["intake"])
-        # Where each service's /metrics, /healthz and /readyz answer (intake: on the API port).
+        # Where each service's /metrics, /healthz and /readyz answer (intake's too: not the API port).
         (self.config.state_dir / "run" / "metrics-ports.json").write_text(json.dumps(self.metrics_ports))
 
     def start_service(self, service: str, instance: str | None = None) -> str:

@@ -109,7 +109,8 @@ def deployment(name: str) -> dict[str, Any]:
             "template": {
                 "metadata": {
                     "labels": labels(name),
-                    "annotations": {"prometheus.io/scrape": "true", "prometheus.io/port": str(probe_port)},
+                    # Every service, intake too, serves /metrics on its health port, never the API's.
+                    "annotations": {"prometheus.io/scrape": "true", "prometheus.io/port": str(HEALTH_PORT)},
                 },
                 "spec": spec,
             },

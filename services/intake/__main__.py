@@ -14,7 +14,7 @@ from aiokafka import AIOKafkaProducer, ConsumerRecord
 from fastapi import FastAPI
 
 from services.intake import auth, callbacks, holds, ingress, recovery, reviews, store
-from services.intake.api import create_app
+from services.intake.app import create_app
 from services.intake.service import IntakeContext
 from services.intake.settings import IntakeSettings
 from shared import topics
@@ -25,7 +25,7 @@ from shared.db import apply_schema, create_pool, ensure_database
 from shared.delivery import GroupHandler, Handler, Publisher, consume_forever
 from shared.kafka import ensure_topics, make_consumer, make_producer, start_with_retry
 from shared.outbox import OUTBOX_DDL, OutboxRelay
-from shared.service import mark_ready, run_service
+from shared.service import mark_ready, run_service, set_readiness
 from shared.settings import (
     DatabaseSettings,
     DeploymentSettings,
@@ -124,6 +124,7 @@ async def main(stop: asyncio.Event) -> None:
         app.state.ctx = ctx
         app.state.relay = relay = OutboxRelay(pool, producer, service="intake")
         app.state.readiness = lambda: readiness(pool, producer)
+        set_readiness(app.state.readiness)  # the same answer on LETHE_METRICS_PORT, beside /metrics
         stopping = asyncio.Event()
         publisher = Publisher(producer, stopping)
         tasks = [
@@ -168,7 +169,7 @@ async def main(stop: asyncio.Event) -> None:
 
     server = _Server(
         uvicorn.Config(
-            create_app(lifespan, settings.limits()),
+            create_app(lifespan, settings.limits(), development),
             host=settings.http_host,
             port=settings.http_port,
             log_config=None,

@@ -3,22 +3,16 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any
 
 import asyncpg
-from fastapi import APIRouter, FastAPI, HTTPException, Query, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
-from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from services.intake import admin_api, holds_api, operations, pages, reviews_api, store
-from services.intake.auth import RateLimiter, Role, guarded
-from services.intake.limits import BodySizeLimit
+from services.intake import operations, pages, store
+from services.intake.auth import Role, guarded
 from services.intake.models import ErrorBody, RequestView, SubmitRequest
 from services.intake.service import IntakeContext, Unacceptable, accept
 from shared.contracts import RequestStatus, SystemProgress
@@ -217,77 +211,3 @@ async def dashboard(
     waiting = await _ctx(request).pool.fetchval("SELECT count(*) FROM reviews WHERE state = 'open'")
     now = datetime.now(UTC)
     return pages.dashboard_html(rows, received_from, received_to, request.url.query, now, waiting)
-
-
-async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
-    """422 naming each bad field; the offending input is not echoed (it may be an e-mail)."""
-    assert isinstance(exc, RequestValidationError)
-    errors = [
-        {"field": ".".join(str(p) for p in e["loc"] if p != "body"), "message": e["msg"]}
-        for e in exc.errors()
-    ]
-    summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
-    return JSONResponse(status_code=422, content={"detail": summary, "errors": errors})
-
-
-async def _http_error(request: Request, exc: Exception) -> Response:
-    """A person's browser without a token goes to the sign-in page; API clients get JSON."""
-    assert isinstance(exc, StarletteHTTPException)
-    wants_page = request.method == "GET" and "text/html" in request.headers.get("accept", "")
-    if exc.status_code == 401 and wants_page:
-        return RedirectResponse(f"/login?next={request.url.path}", status_code=303)
-    return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
-
-
-@dataclass(frozen=True)
-class ApiLimits:
-    stuck_after_s: float = 3600
-    rate_per_s: float = 50
-    burst: int = 200
-    max_body_bytes: int = 64 * 1024
-
-
-def create_app(lifespan: Any, limits: ApiLimits) -> FastAPI:
-    app = FastAPI(
-        title="Lethe",
-        version="1",
-        lifespan=lifespan,
-        description="GDPR erasure and restriction requests across a company's systems. Every /v1 call needs "
-        "a bearer token; each operation lists the roles allowed in `x-roles`.",
-    )
-    app.state.stuck_after_s = limits.stuck_after_s
-    app.state.rate_limiter = RateLimiter(limits.rate_per_s, limits.burst)
-    app.include_router(router)
-    app.include_router(holds_api.router)
-    app.include_router(reviews_api.router)
-    app.include_router(reviews_api.pages)
-    app.include_router(admin_api.router)
-    app.include_router(pages_router)
-    app.include_router(admin_api.pages)
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_middleware(BodySizeLimit, max_bytes=limits.max_body_bytes)
-
-    @app.get("/metrics", include_in_schema=False)
-    async def prometheus_metrics() -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
-
-    # One server span per request; the ASGI receive/send sub-spans (three more per request)
-    # say nothing the server span does not, and cost their share of intake's CPU.
-    FastAPIInstrumentor.instrument_app(
-        app, excluded_urls="healthz,readyz,metrics", exclude_spans=["receive", "send"]
-    )
-
-    @app.get("/healthz", include_in_schema=False)
-    async def healthz() -> dict[str, str]:
-        """Alive: the process answers."""
-        return {"status": "ok"}
-
-    @app.get("/readyz", include_in_schema=False)
-    async def readyz(request: Request) -> Response:
-        """Ready: what is missing, if anything (database, broker)."""
-        checks = await request.app.state.readiness() if hasattr(request.app.state, "readiness") else {}
-        ready = all(checks.values()) and bool(checks)
-        return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
-
-    return app

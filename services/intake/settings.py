@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from services.intake.api import ApiLimits
+from services.intake.app import ApiLimits
 from services.intake.egress import Egress, networks
 from shared import topics
 from shared.secrets import check_key

@@ -1,9 +1,11 @@
 """Every route from the OpenAPI document: 401 without a token, 403 for a role it does not admit,
-through for one it does. Plus input limits and per-token rate limiting."""
+through for one it does. Plus input limits, per-token rate limiting, and what the public port
+does not serve."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -180,3 +182,11 @@ def test_a_callback_to_a_private_or_metadata_address_is_refused_at_submission(
     answer = api.post("/v1/requests", json=body)
     assert answer.status_code == 422
     assert answer.json()["detail"].startswith("callback_url: resolves to a loopback, private")
+
+
+def test_the_api_port_serves_neither_metrics_nor_the_api_map_to_strangers(stack: Stack) -> None:
+    assert httpx.get(f"{stack.api_url}/openapi.json").status_code == 401
+    assert httpx.get(f"{stack.api_url}/metrics").status_code == 404
+    ports = json.loads((stack.config.state_dir / "run" / "metrics-ports.json").read_text())
+    scraped = httpx.get(f"http://127.0.0.1:{ports['intake']}/metrics")
+    assert scraped.status_code == 200 and "# TYPE" in scraped.text  # Prometheus text, on its own port

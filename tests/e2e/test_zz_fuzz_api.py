@@ -15,8 +15,8 @@ pytestmark = pytest.mark.e2e
 
 
 def test_no_server_error_and_no_schema_violation(stack: Stack) -> None:
-    schema = schemathesis.openapi.from_url(f"{stack.api_url}/openapi.json")
     headers = {"Authorization": f"Bearer {stack.secrets.admin_token}"}
+    schema = schemathesis.openapi.from_url(f"{stack.api_url}/openapi.json", headers=headers)
     fuzzed = []
     for result in schema.get_all_operations():
         operation = result.ok()

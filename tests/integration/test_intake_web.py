@@ -1,0 +1,74 @@
+"""Intake's web surface, on the application itself over a real database (no broker needed):
+sign-in that checks the token and resists cross-site posting, Secure cookies, failed
+authentications throttled per address, no API map or metrics for strangers, 422s that repeat
+nothing sent, and listings that stay bounded however many rows there are."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+import asyncpg
+import httpx
+import pytest
+from cryptography.fernet import Fernet
+
+from services.intake import auth, holds, reviews, store
+from services.intake.app import ApiLimits, create_app
+from services.intake.service import IntakeContext
+from shared.crypto import IdentifierSeal
+from shared.db import apply_schema, create_pool, ensure_database
+from shared.outbox import OUTBOX_DDL
+from shared.topics import SYSTEMS
+
+pytestmark = pytest.mark.integration
+# A long time ago: nothing here depends on today's date (what is overdue stays overdue).
+T0 = datetime(2020, 3, 2, 9, 0, tzinfo=UTC)
+SLOW = dict(failures_per_s=0.001, failure_burst=5)  # no refill while a test runs
+
+
+@pytest.fixture
+async def pool(fresh_db: str) -> AsyncIterator[asyncpg.Pool]:
+    await ensure_database(fresh_db)
+    db = await create_pool(fresh_db)
+    await apply_schema(db, *store.SCHEMA, *holds.SCHEMA, *reviews.SCHEMA, *auth.SCHEMA, OUTBOX_DDL)
+    yield db
+    await db.close()
+
+
+def client(
+    pool: asyncpg.Pool, address: str = "203.0.113.7", development: bool = False, **limits: float
+) -> httpx.AsyncClient:
+    app = create_app(None, ApiLimits(**limits), development)  # type: ignore[arg-type]
+    app.state.ctx = IntakeContext(
+        pool, list(SYSTEMS), IdentifierSeal(Fernet.generate_key().decode()), "k" * 64
+    )
+    transport = httpx.ASGITransport(app=app, client=(address, 40000))
+    return httpx.AsyncClient(transport=transport, base_url="https://intake.test")
+
+
+def cookies_set(response: httpx.Response) -> dict[str, str]:
+    return {h.split("=", 1)[0]: h for h in response.headers.get_list("set-cookie")}
+
+
+def csrf_of(page: httpx.Response) -> str:
+    found = re.search(r'name="csrf" value="([^"]+)"', page.text)
+    assert found, page.text
+    return found.group(1)
+
+
+async def test_the_api_map_needs_a_token_and_metrics_and_docs_are_not_on_the_api_port(
+    pool: asyncpg.Pool,
+) -> None:
+    submitter = {"Authorization": f"Bearer {await auth.create(pool, auth.Role.SUBMITTER)}"}
+    async with client(pool) as stranger:
+        assert (await stranger.get("/openapi.json")).status_code == 401
+        spec = await stranger.get("/openapi.json", headers=submitter)  # any role will do
+        assert spec.status_code == 200 and "/v1/requests" in spec.json()["paths"]
+        for path in ("/metrics", "/docs", "/redoc"):
+            assert (await stranger.get(path, headers=submitter)).status_code == 404, path
+    async with client(pool, development=True) as developer:
+        for path in ("/docs", "/redoc"):
+            page = await developer.get(path)
+            assert page.status_code == 200 and "/openapi.json" in page.text, path
