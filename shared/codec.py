@@ -7,6 +7,7 @@ Decoding never lets a validation error escape as a bare exception: a bad message
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -29,10 +30,20 @@ def encode(message: BaseModel) -> bytes:
     return message.model_dump_json().encode()
 
 
+def describe_error(loc: Sequence[int | str], kind: str, message: str, given: Any) -> tuple[str, str]:
+    """The field and the problem, repeating nothing the sender wrote: an unknown key is named by
+    where it was found (the key itself may be an e-mail address), and a message that quotes the
+    value is replaced (the value may be personal data)."""
+    if kind == "extra_forbidden":
+        return ".".join(str(p) for p in loc[:-1]) or "(message)", "unknown field (its name is not repeated)"
+    if isinstance(given, str) and len(given) >= 3 and given in message:  # shorter says nothing
+        message = "invalid value (not repeated)"
+    return ".".join(str(part) for part in loc) or "(message)", message
+
+
 def describe_validation_error(exc: ValidationError) -> tuple[str, str]:
-    first = exc.errors(include_url=False, include_input=False)[0]
-    field = ".".join(str(part) for part in first["loc"]) or "(message)"
-    return field, first["msg"]
+    first = exc.errors(include_url=False)[0]
+    return describe_error(first["loc"], first["type"], first["msg"], first.get("input"))
 
 
 def decode(raw: bytes | None, target: type[T] | TypeAdapter[T]) -> T:

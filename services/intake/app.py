@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from services.intake import admin_api, api, holds_api, reviews_api
 from services.intake.auth import RateLimiter, Role, require
 from services.intake.limits import BodySizeLimit
+from shared.codec import describe_error
 
 DESCRIPTION = (
     "GDPR erasure and restriction requests across a company's systems. Every /v1 call needs a bearer"
@@ -35,12 +36,14 @@ class ApiLimits:
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
-    """422 naming each bad field; the offending input is not echoed (it may be an e-mail)."""
+    """422 naming each bad field, never what was sent: neither a value nor an unknown key (either
+    may be an e-mail address)."""
     assert isinstance(exc, RequestValidationError)
-    errors = [
-        {"field": ".".join(str(p) for p in e["loc"] if p != "body"), "message": e["msg"]}
-        for e in exc.errors()
-    ]
+    errors = []
+    for e in exc.errors():
+        loc = [p for p in e["loc"] if p != "body"]
+        field, message = describe_error(loc, e["type"], e["msg"], e.get("input"))
+        errors.append({"field": "(body)" if field == "(message)" else field, "message": message})
     summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
     return JSONResponse(status_code=422, content={"detail": summary, "errors": errors})
 

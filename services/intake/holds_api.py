@@ -73,7 +73,8 @@ async def place_hold(body: PlaceHold, request: Request, response: Response) -> H
     state = request.app.state
     unknown = sorted(set(body.systems or ()) - set(state.ctx.systems))
     if unknown:
-        raise HTTPException(422, f"systems: unknown system(s) {', '.join(unknown)}")
+        # Not repeated back (name the field, never the value): say which systems there are.
+        raise HTTPException(422, f"systems: not among this deployment's ({', '.join(state.ctx.systems)})")
     identities = body.subject.identities()
     row, outbox_id = await holds.place(
         state.ctx.pool,

@@ -72,3 +72,25 @@ async def test_the_api_map_needs_a_token_and_metrics_and_docs_are_not_on_the_api
         for path in ("/docs", "/redoc"):
             page = await developer.get(path)
             assert page.status_code == 200 and "/openapi.json" in page.text, path
+
+
+async def test_a_422_names_the_field_and_repeats_no_key_or_value_sent(pool: asyncpg.Pool) -> None:
+    compliance = {"Authorization": f"Bearer {await auth.create(pool, auth.Role.ADMIN)}"}
+    body = {
+        "request_id": "echo-1",
+        "type": "erasure",
+        "identity_verified": True,
+        "subject": {"emails": ["someone@example.com"], "jane.doe@example.org": "her phone"},
+        "+44 7700 900123": True,
+    }
+    async with client(pool) as api:
+        answer = await api.post("/v1/requests", json=body, headers=compliance)
+        assert answer.status_code == 422
+        for sent in ("jane.doe", "her phone", "7700"):
+            assert sent not in answer.text, answer.text
+        fields = {e["field"] for e in answer.json()["errors"]}
+        assert fields == {"subject", "(body)"} and "unknown field" in answer.json()["detail"]
+        hold = {"subject": {"emails": ["a@example.com"]}, "case_reference": "C-1", "reason": "litigation"}
+        unknown = await api.post("/v1/holds", json=hold | {"systems": ["janedoe"]}, headers=compliance)
+        assert unknown.status_code == 422 and "janedoe" not in unknown.text
+        assert unknown.json()["detail"].startswith("systems:")
