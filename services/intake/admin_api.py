@@ -1,4 +1,4 @@
-"""Administration: API tokens, and a login page that lets a browser carry a token as a cookie."""
+"""Administration: API tokens (the sign-in page that carries one as a cookie is login.py)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ from datetime import datetime
 from typing import Annotated
 
 import asyncpg
-from fastapi import APIRouter, Form, HTTPException, Path, Request
-from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi import APIRouter, HTTPException, Path, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.intake import auth
@@ -15,7 +14,6 @@ from services.intake.auth import Role, guarded
 from services.intake.models import ErrorBody
 
 router = APIRouter(prefix="/v1/tokens", tags=["admin"])
-pages = APIRouter(include_in_schema=False)
 
 
 class NewToken(BaseModel):
@@ -69,26 +67,3 @@ async def revoke_token(token_id: Annotated[str, Path(max_length=64)], request: R
     if row is None:
         raise HTTPException(404, "token_id: no such token")
     return _view(row)
-
-
-LOGIN_FORM = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Lethe sign-in</title></head>
-<body style="font: 14px system-ui; margin: 4rem auto; max-width: 28rem">
-<h1>Lethe</h1><form method="post" action="/login">
-<label>API token <input name="token" type="password" autocomplete="off" style="width: 100%"></label>
-<input type="hidden" name="next" value="{next}"><p><button type="submit">Sign in</button></p>
-</form></body></html>"""
-
-
-@pages.get("/login", response_class=HTMLResponse)
-async def login_form(next: str = "/dashboard") -> str:
-    return LOGIN_FORM.format(next="/dashboard" if not next.startswith("/") else next.replace('"', ""))
-
-
-@pages.post("/login")
-async def login(
-    token: Annotated[str, Form()], next: Annotated[str, Form()] = "/dashboard"
-) -> RedirectResponse:
-    target = next if next.startswith("/") and not next.startswith("//") else "/dashboard"
-    response = RedirectResponse(target, status_code=303)
-    response.set_cookie("lethe_token", token, httponly=True, samesite="strict", max_age=8 * 3600)
-    return response

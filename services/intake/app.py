@@ -16,9 +16,9 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from services.intake import admin_api, api, holds_api, reviews_api
-from services.intake.auth import RateLimiter, Role, require
-from services.intake.limits import BodySizeLimit
+from services.intake import admin_api, api, holds_api, login, reviews_api
+from services.intake.auth import Role, require
+from services.intake.limits import BodySizeLimit, RateLimiter
 from shared.codec import describe_error
 
 DESCRIPTION = (
@@ -33,6 +33,8 @@ class ApiLimits:
     rate_per_s: float = 50
     burst: int = 200
     max_body_bytes: int = 64 * 1024
+    failures_per_s: float = 0.5
+    failure_burst: int = 30
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -90,6 +92,7 @@ def create_app(lifespan: Any, limits: ApiLimits, development: bool = False) -> F
     app.state.stuck_after_s = limits.stuck_after_s
     app.state.development = development  # cookies without Secure, /docs and /redoc
     app.state.rate_limiter = RateLimiter(limits.rate_per_s, limits.burst)
+    app.state.auth_failures = RateLimiter(limits.failures_per_s, limits.failure_burst)
     for router in (
         api.router,
         holds_api.router,
@@ -97,7 +100,7 @@ def create_app(lifespan: Any, limits: ApiLimits, development: bool = False) -> F
         reviews_api.pages,
         admin_api.router,
         api.pages_router,
-        admin_api.pages,
+        login.pages,
     ):
         app.include_router(router)
     app.add_exception_handler(RequestValidationError, _validation_error)

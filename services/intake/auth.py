@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -20,6 +19,7 @@ import asyncpg
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from services.intake.limits import retry_after
 from shared.secrets import PLACEHOLDER
 
 SCHEMA = (
@@ -33,6 +33,7 @@ SCHEMA = (
     "ALTER TABLE api_tokens ADD COLUMN IF NOT EXISTS last_used_at timestamptz",
 )
 BOOTSTRAP_LABEL = "bootstrap"
+TOKEN_COOKIE = "lethe_token"  # noqa: S105 - the name of the cookie, not a token
 MIN_SECRET_CHARS = 32
 
 
@@ -134,24 +135,10 @@ async def revoke(pool: asyncpg.Pool, token_id: str) -> asyncpg.Record | None:
     return row
 
 
-class RateLimiter:
-    """A token bucket per caller: `rate` requests a second, bursts up to `burst`."""
-
-    def __init__(self, rate: float, burst: int) -> None:
-        self.rate = rate
-        self.burst = burst
-        self._buckets: dict[str, tuple[float, float]] = {}
-
-    def allow(self, key: str) -> float:
-        """0 if allowed, else the seconds to wait."""
-        now = time.monotonic()
-        tokens, last = self._buckets.get(key, (float(self.burst), now))
-        tokens = min(self.burst, tokens + (now - last) * self.rate)
-        if tokens < 1:
-            self._buckets[key] = (tokens, now)
-            return (1 - tokens) / self.rate
-        self._buckets[key] = (tokens - 1, now)
-        return 0.0
+def client_address(request: Request) -> str:
+    """The peer's address (uvicorn puts a trusted proxy's X-Forwarded-For here; see
+    FORWARDED_ALLOW_IPS)."""
+    return request.client.host if request.client else "unknown"
 
 
 # The token and, at most once a minute (a write per request would cost every call), its last use.
@@ -165,25 +152,54 @@ SELECT role, secret_sha256 FROM token"""
 BEARER = HTTPBearer(auto_error=False, description="A Lethe API token: lethe_<id>_<secret>")
 
 
-async def authenticate(request: Request, credentials: HTTPAuthorizationCredentials | None) -> Caller:
-    token = credentials.credentials if credentials else request.cookies.get("lethe_token", "")
+async def verify(pool: asyncpg.Pool, token: str) -> Caller | None:
+    """The caller a token names, or None for a malformed, unknown, revoked or wrong one."""
     parsed = parse(token.strip())
     if parsed is None:
-        raise HTTPException(
-            401, "authorization: a bearer token is required", headers={"WWW-Authenticate": "Bearer"}
-        )
+        return None
     token_id, secret = parsed
-    row = await request.app.state.ctx.pool.fetchrow(_AUTHENTICATE, token_id)
+    row = await pool.fetchrow(_AUTHENTICATE, token_id)
     # Compare even when the id is unknown, so timing does not tell which ids exist.
     stored = row["secret_sha256"] if row else "0" * 64
     if not hmac.compare_digest(stored, _sha256(secret)) or row is None:
+        return None
+    return Caller(token_id, Role(row["role"]))
+
+
+def failure_wait(request: Request) -> float:
+    """How long this client address must wait after too many failed authentications (0: none).
+    Counted per address, never per token: failures naming someone's token id must not slow
+    that token down."""
+    wait: float = request.app.state.auth_failures.wait(client_address(request))
+    return wait
+
+
+def record_failure(request: Request) -> None:
+    request.app.state.auth_failures.allow(client_address(request))
+
+
+async def authenticate(request: Request, credentials: HTTPAuthorizationCredentials | None) -> Caller:
+    token = credentials.credentials if credentials else request.cookies.get(TOKEN_COOKIE, "")
+    if not token.strip():  # no credentials at all: a browser on its way to sign in, not a guess
+        raise HTTPException(
+            401, "authorization: a bearer token is required", headers={"WWW-Authenticate": "Bearer"}
+        )
+    # An address past its failures is refused before its token is even looked up: guessing
+    # costs the guesser time and costs the database nothing.
+    if wait := failure_wait(request):
+        raise HTTPException(
+            429, "authorization: too many failed attempts from this address", headers=retry_after(wait)
+        )
+    caller = await verify(request.app.state.ctx.pool, token)
+    if caller is None:
+        record_failure(request)
         raise HTTPException(
             401, "authorization: invalid or revoked token", headers={"WWW-Authenticate": "Bearer"}
         )
-    wait = request.app.state.rate_limiter.allow(token_id)
+    wait = request.app.state.rate_limiter.allow(caller.token_id)
     if wait:
-        raise HTTPException(429, "rate limit exceeded for this token", headers={"Retry-After": f"{wait:.0f}"})
-    return Caller(token_id, Role(row["role"]))
+        raise HTTPException(429, "rate limit exceeded for this token", headers=retry_after(wait))
+    return caller
 
 
 def require(*roles: Role) -> Callable[[Request], Awaitable[Caller]]:

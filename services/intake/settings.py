@@ -33,6 +33,15 @@ class IntakeSettings(BaseSettings):
     rate_limit_per_s: float = Field(50, gt=0, description="Requests a second allowed per token (sustained).")
     rate_limit_burst: int = Field(200, ge=1, description="Requests a token may make in a burst.")
     max_body_bytes: int = Field(65536, ge=1024, le=16 * 1024 * 1024, description="Largest request body.")
+    auth_failure_burst: int = Field(
+        30,
+        ge=1,
+        description="Failed authentications (bad, revoked or unknown tokens, failed sign-ins) a client"
+        " address may make in a burst; then it is answered 429, good token or not, until it has waited.",
+    )
+    auth_failures_per_s: float = Field(
+        0.5, gt=0, description="Failed authentications a second a client address may make after its burst."
+    )
 
     @field_validator("callback_secret")
     @classmethod
@@ -52,5 +61,10 @@ class IntakeSettings(BaseSettings):
 
     def limits(self) -> ApiLimits:
         return ApiLimits(
-            self.stuck_after_s, self.rate_limit_per_s, self.rate_limit_burst, self.max_body_bytes
+            self.stuck_after_s,
+            self.rate_limit_per_s,
+            self.rate_limit_burst,
+            self.max_body_bytes,
+            self.auth_failures_per_s,
+            self.auth_failure_burst,
         )

@@ -58,6 +58,85 @@ def csrf_of(page: httpx.Response) -> str:
     return found.group(1)
 
 
+async def test_sign_in_checks_the_token_and_the_forms_own_value_then_sets_a_strict_secure_cookie(
+    pool: asyncpg.Pool,
+) -> None:
+    token = await auth.create(pool, auth.Role.COMPLIANCE)
+    async with client(pool) as browser:
+        form = await browser.get("/login?next=/dashboard")
+        assert form.status_code == 200
+        assert "Secure" in cookies_set(form)["lethe_login_csrf"]
+        csrf = csrf_of(form)
+
+        async def sign_in(token: str, csrf: str, **headers: str) -> httpx.Response:
+            body = {"token": token, "csrf": csrf, "next": "/dashboard"}
+            return await browser.post("/login", data=body, headers=headers)
+
+        # A string that is no token: refused, with a message, and no cookie.
+        refused = await sign_in("lethe_abc_not-a-real-secret", csrf)
+        assert refused.status_code == 401 and "not valid" in refused.text
+        assert "lethe_token" not in cookies_set(refused)
+        # A real token, but a post without this form's value (another site's page) or from
+        # another site by the browser's own word: refused, no cookie.
+        for csrf_sent, headers in (
+            ("", {}),
+            ("forged", {}),
+            (csrf_of(refused), {"sec-fetch-site": "cross-site"}),
+        ):
+            forged = await sign_in(token, csrf_sent, **headers)
+            assert forged.status_code == 403 and "lethe_token" not in cookies_set(forged)
+        accepted = await sign_in(token, csrf_of(forged))
+        assert accepted.status_code == 303 and accepted.headers["location"] == "/dashboard"
+        cookie = cookies_set(accepted)["lethe_token"].lower()
+        assert {"httponly", "secure", "samesite=strict"} <= {p.strip() for p in cookie.split(";")}
+        assert (await browser.get("/dashboard")).status_code == 200  # the cookie signs the browser in
+
+
+async def test_cookies_go_without_secure_only_on_a_development_stack(pool: asyncpg.Pool) -> None:
+    token = await auth.create(pool, auth.Role.COMPLIANCE)
+    async with client(pool, development=True) as browser:
+        form = await browser.get("/login")
+        accepted = await browser.post("/login", data={"token": token, "csrf": csrf_of(form)})
+        assert accepted.status_code == 303
+        assert "secure" not in cookies_set(accepted)["lethe_token"].lower()
+
+
+async def test_failed_authentications_are_throttled_per_address_not_per_token(pool: asyncpg.Pool) -> None:
+    good = await auth.create(pool, auth.Role.LEGAL)
+    token_id = good.split("_")[1]
+    limits = dict(SLOW, rate_per_s=0.001, burst=3)
+    async with client(pool, "198.51.100.1", **limits) as guesser:
+        # Wrong secrets for a real token's id: the guesser's failures, not the token's.
+        for _ in range(5):
+            wrong = {"Authorization": f"Bearer lethe_{token_id}_wrong-secret"}
+            assert (await guesser.get("/v1/holds", headers=wrong)).status_code == 401
+        throttled = await guesser.get("/v1/holds", headers={"Authorization": "Bearer lethe_x_y"})
+        assert throttled.status_code == 429 and int(throttled.headers["retry-after"]) >= 1
+        # Refused before the token is looked at: a guess right or wrong costs the same wait.
+        good_there = await guesser.get("/v1/holds", headers={"Authorization": f"Bearer {good}"})
+        assert good_there.status_code == 429
+    transport = guesser._transport
+    assert isinstance(transport, httpx.ASGITransport)
+    app = transport.app
+    # The good token from its own address: its whole burst is still there.
+    elsewhere = httpx.ASGITransport(app=app, client=("192.0.2.20", 40000))
+    async with httpx.AsyncClient(transport=elsewhere, base_url="https://intake.test") as owner:
+        for _ in range(3):
+            answer = await owner.get("/v1/holds", headers={"Authorization": f"Bearer {good}"})
+            assert answer.status_code == 200
+
+
+async def test_failed_sign_ins_count_as_failures_too(pool: asyncpg.Pool) -> None:
+    async with client(pool, "198.51.100.2", **SLOW) as browser:
+        form = await browser.get("/login")
+        for _ in range(5):
+            form = await browser.post("/login", data={"token": "lethe_a_guess", "csrf": csrf_of(form)})
+            assert form.status_code == 401
+        blocked = await browser.post("/login", data={"token": "lethe_a_guess", "csrf": csrf_of(form)})
+        assert blocked.status_code == 429 and "Too many failed sign-ins" in blocked.text
+        assert int(blocked.headers["retry-after"]) >= 1 and "lethe_token" not in cookies_set(blocked)
+
+
 async def test_the_api_map_needs_a_token_and_metrics_and_docs_are_not_on_the_api_port(
     pool: asyncpg.Pool,
 ) -> None:

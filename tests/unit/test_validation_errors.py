@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
+from services.intake.limits import RateLimiter
 from services.intake.models import SubmitRequest
 from shared.codec import describe_error, describe_validation_error
 
@@ -26,3 +27,15 @@ def test_a_message_quoting_the_value_does_not_repeat_it() -> None:
     assert field == "subject.kind" and "jane" not in reason
     plain = "Input should be 'erasure', 'restriction' or 'lift_restriction'"
     assert describe_error(("type",), "enum", plain, "erase")[1] == plain  # nothing of the value in it
+
+
+def test_waiting_takes_nothing_and_the_buckets_stay_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    limiter = RateLimiter(rate=0.001, burst=2)
+    assert limiter.wait("a") == 0 and limiter.wait("a") == 0  # asking is free
+    assert limiter.allow("a") == 0 and limiter.allow("a") == 0 and limiter.allow("a") > 0
+    assert limiter.wait("a") > 0 and limiter.wait("b") == 0
+    monkeypatch.setattr(RateLimiter, "MAX_KEYS", 10)
+    for n in range(100):
+        limiter.allow(f"address-{n}")
+    assert len(limiter._buckets) <= 11
+    assert limiter.wait("a") > 0  # the throttled address was not the one forgotten
