@@ -8,10 +8,10 @@ from typing import Annotated, Any
 
 import asyncpg
 from fastapi import APIRouter, HTTPException, Query, Request
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from services.intake import operations, pages, store
+from services.intake import export, operations, pages, store
 from services.intake.auth import Role, guarded
 from services.intake.models import ErrorBody, RequestView, SubmitRequest
 from services.intake.service import IntakeContext, Unacceptable, accept
@@ -189,14 +189,18 @@ async def retry_system(request_id: str, system: str, request: Request) -> dict[s
 OptionalDay = Annotated[date | None, BeforeValidator(lambda value: value or None)]
 
 
-@router.get("/exports/requests.csv", response_class=PlainTextResponse, **guarded(Role.COMPLIANCE))
+@router.get(
+    "/exports/requests.csv",
+    response_class=PlainTextResponse,
+    description="Every request received in the period, streamed in batches.",
+    **guarded(Role.COMPLIANCE),
+)
 async def export_csv(
     request: Request, received_from: OptionalDay = None, received_to: OptionalDay = None
 ) -> Response:
     start, end = pages.period(received_from, received_to)
-    rows = await pages.rows_in(_ctx(request).pool, start, end)
-    return Response(
-        pages.requests_csv(rows, datetime.now(UTC)),
+    return StreamingResponse(
+        export.requests_csv(_ctx(request).pool, start, end, datetime.now(UTC)),
         media_type="text/csv",
         headers={"Content-Disposition": 'attachment; filename="lethe-requests.csv"'},
     )
@@ -204,10 +208,12 @@ async def export_csv(
 
 @pages_router.get("/dashboard", response_class=HTMLResponse, **guarded(Role.COMPLIANCE))
 async def dashboard(
-    request: Request, received_from: OptionalDay = None, received_to: OptionalDay = None
+    request: Request,
+    received_from: OptionalDay = None,
+    received_to: OptionalDay = None,
+    page: Annotated[int, Query(ge=1, le=400_000)] = 1,
 ) -> str:
     start, end = pages.period(received_from, received_to)
-    rows = await pages.rows_in(_ctx(request).pool, start, end)
+    view = await pages.dashboard(_ctx(request).pool, start, end, datetime.now(UTC), page)
     waiting = await _ctx(request).pool.fetchval("SELECT count(*) FROM reviews WHERE state = 'open'")
-    now = datetime.now(UTC)
-    return pages.dashboard_html(rows, received_from, received_to, request.url.query, now, waiting)
+    return pages.dashboard_html(view, received_from, received_to, waiting)

@@ -96,14 +96,20 @@ async def release(
         return row, await enqueue(conn, topics.HOLDS, str(hold_id), _event(row))
 
 
-async def listing(pool: asyncpg.Pool, active_only: bool, now: datetime) -> list[asyncpg.Record]:
+async def listing(
+    pool: asyncpg.Pool, active_only: bool, now: datetime, limit: int = 100, offset: int = 0
+) -> list[asyncpg.Record]:
+    """A page of holds, newest first (the id breaks ties, so pages neither repeat nor skip)."""
     where = (
         "released_at IS NULL AND (expires_at IS NULL OR expires_at > $1)"
         if active_only
         else "$1::timestamptz IS NOT NULL"
     )
     rows: list[asyncpg.Record] = await pool.fetch(
-        f"SELECT * FROM holds WHERE {where} ORDER BY placed_at DESC", now
+        f"SELECT * FROM holds WHERE {where} ORDER BY placed_at DESC, hold_id LIMIT $2 OFFSET $3",
+        now,
+        limit,
+        offset,
     )
     return rows
 

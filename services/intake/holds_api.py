@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Annotated
 from uuid import UUID
 
 import asyncpg
-from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi import APIRouter, HTTPException, Query, Request, Response
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from services.intake import holds
@@ -109,5 +110,12 @@ async def release_hold(hold_id: UUID, request: Request) -> HoldView:
 
 
 @router.get("", response_model=list[HoldView], **guarded(Role.LEGAL, Role.COMPLIANCE))
-async def list_holds(request: Request, active: bool = False) -> list[HoldView]:
-    return [_view(r) for r in await holds.listing(request.app.state.ctx.pool, active, datetime.now(UTC))]
+async def list_holds(
+    request: Request,
+    active: bool = False,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+) -> list[HoldView]:
+    """Newest first, `limit` at a time: page on with `offset`."""
+    rows = await holds.listing(request.app.state.ctx.pool, active, datetime.now(UTC), limit, offset)
+    return [_view(r) for r in rows]

@@ -5,16 +5,19 @@ nothing sent, and listings that stay bounded however many rows there are."""
 
 from __future__ import annotations
 
+import csv
+import io
 import re
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from uuid import uuid4
 
 import asyncpg
 import httpx
 import pytest
 from cryptography.fernet import Fernet
 
-from services.intake import auth, holds, reviews, store
+from services.intake import auth, export, holds, pages, reviews, store
 from services.intake.app import ApiLimits, create_app
 from services.intake.service import IntakeContext
 from shared.crypto import IdentifierSeal
@@ -173,3 +176,89 @@ async def test_a_422_names_the_field_and_repeats_no_key_or_value_sent(pool: asyn
         unknown = await api.post("/v1/holds", json=hold | {"systems": ["janedoe"]}, headers=compliance)
         assert unknown.status_code == 422 and "janedoe" not in unknown.text
         assert unknown.json()["detail"].startswith("systems:")
+
+
+async def add_requests(pool: asyncpg.Pool, count: int, overdue: int, completed_fast: int) -> None:
+    """`overdue` not completed and past their deadline, `completed_fast` done in 30 s, the rest
+    done in two days, all before their deadlines."""
+    rows = []
+    for i in range(count):
+        received = T0 + timedelta(minutes=i)
+        late = i < overdue
+        done = (
+            None
+            if late
+            else received + (timedelta(seconds=30) if i < overdue + completed_fast else timedelta(days=2))
+        )
+        status = "in_progress" if late else "completed"
+        deadline = received + (timedelta(days=1) if late else timedelta(days=30))
+        rows.append(
+            (f"req-{i:03d}", "x", "erasure", "ref", "sealed", ["crm"], received, deadline, status, done)
+        )
+    await pool.executemany(
+        "INSERT INTO requests (request_id, fingerprint, request_type, subject_ref, sealed_identifiers,"
+        " systems, received_at, deadline, status, completed_at) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10)",
+        rows,
+    )
+
+
+async def test_the_dashboard_counts_every_request_but_lists_a_page_and_a_capped_overdue(
+    pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pages, "OVERDUE_SHOWN", 5)
+    await add_requests(pool, 60, overdue=12, completed_fast=18)
+    compliance = {"Authorization": f"Bearer {await auth.create(pool, auth.Role.COMPLIANCE)}"}
+    async with client(pool) as browser:
+        first = (await browser.get("/dashboard", headers=compliance)).text
+        by_status = first[
+            first.index('id="by-status"') : first.index("</table>", first.index('id="by-status"'))
+        ]
+        assert '<td class="num">60</td>' in by_status  # the total counts every request
+        assert '<span class="badge overdue">12</span>' in by_status
+        assert "Showing the 5 of 12 overdue" in first and first.count("<tr><td><a href") == 5 + 25
+        assert "Showing 1 to 25 of 60" in first and 'href="/dashboard?page=2"' in first
+        assert "&lt;1 min: 18" in first and "&lt;1 week: 30" in first  # the histogram, by the database
+        assert "median 2.0 days" in first and "slowest 2.0 days" in first
+        last = (await browser.get("/dashboard?page=3&received_from=2020-03-02", headers=compliance)).text
+        assert "Showing 51 to 60 of 60" in last and 'id="next-page"' not in last
+        assert 'href="/dashboard?received_from=2020-03-02&amp;page=2"' in last
+
+
+async def test_the_csv_export_streams_every_request_in_batches(pool: asyncpg.Pool) -> None:
+    await add_requests(pool, 25, overdue=3, completed_fast=2)
+    chunks = [c async for c in export.requests_csv(pool, None, None, T0 + timedelta(days=400), batch=10)]
+    assert [c.count("\n") for c in chunks] == [1, 10, 10, 5]  # the header, then batch by batch
+    compliance = {"Authorization": f"Bearer {await auth.create(pool, auth.Role.COMPLIANCE)}"}
+    async with client(pool) as auditor:
+        answer = await auditor.get("/v1/exports/requests.csv", headers=compliance)
+        assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/csv")
+        assert "content-length" not in answer.headers  # streamed, not built whole first
+        lines = list(csv.DictReader(io.StringIO(answer.text)))
+        assert len(lines) == 25 and sum(line["overdue"] == "True" for line in lines) == 3
+        assert lines[0]["request_id"] == "req-024"  # newest first
+
+
+async def test_holds_are_listed_a_page_at_a_time(pool: asyncpg.Pool) -> None:
+    for i in range(5):
+        await holds.place(
+            pool,
+            holds.NewHold(
+                f"CASE-{i}",
+                "litigation",
+                f"subj_{uuid4().hex}",
+                "sealed",
+                None,
+                None,
+                T0 + timedelta(hours=i),
+                None,
+            ),
+        )
+    legal = {"Authorization": f"Bearer {await auth.create(pool, auth.Role.LEGAL)}"}
+    async with client(pool) as api:
+        pages_seen = [
+            (await api.get("/v1/holds", params={"limit": 2, "offset": offset}, headers=legal)).json()
+            for offset in (0, 2, 4)
+        ]
+        assert [len(p) for p in pages_seen] == [2, 2, 1]
+        assert [h["case_reference"] for p in pages_seen for h in p] == [f"CASE-{i}" for i in range(4, -1, -1)]
+        assert (await api.get("/v1/holds", params={"limit": 1001}, headers=legal)).status_code == 422
