@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 
 import asyncpg
 import httpcore
@@ -12,6 +13,7 @@ from opentelemetry import trace
 
 from services.intake import store
 from services.intake.egress import Egress, ForbiddenTarget
+from services.intake.fingerprint import Fingerprints
 from services.intake.models import SubmitRequest
 from shared.crypto import IdentifierSeal, subject_ref
 from shared.deadlines import add_months
@@ -27,6 +29,10 @@ class IntakeContext:
     pseudonym_key: str
     callbacks_enabled: bool = False
     egress: Egress = field(default_factory=Egress)
+
+    @cached_property
+    def fingerprints(self) -> Fingerprints:
+        return Fingerprints(self.pseudonym_key)
 
 
 class Unacceptable(ValueError):
@@ -55,11 +61,12 @@ async def accept(ctx: IntakeContext, body: SubmitRequest) -> asyncpg.Record:
 
     identities = body.subject.identities()
     span = trace.get_current_span().get_span_context()
-    return await store.submit(
+    fingerprint = ctx.fingerprints.of(body)
+    row, stored = await store.submit(
         ctx.pool,
         store.NewRequest(
             request_id=body.request_id,
-            fingerprint=body.fingerprint(),
+            fingerprint=fingerprint,
             request_type=body.type.value,
             subject_ref=subject_ref(ctx.pseudonym_key, identities),
             sealed_identifiers=ctx.seal.seal(identities),
@@ -71,3 +78,6 @@ async def accept(ctx: IntakeContext, body: SubmitRequest) -> asyncpg.Record:
             callback_url=str(body.callback_url) if body.callback_url else None,
         ),
     )
+    if not stored and not ctx.fingerprints.same(row["fingerprint"], fingerprint):
+        raise store.Conflict(body.request_id)
+    return row

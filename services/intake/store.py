@@ -84,10 +84,11 @@ _INSERT_REQUEST = """stored AS (
     VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11) ON CONFLICT (request_id) DO NOTHING RETURNING *)"""
 
 
-async def submit(pool: asyncpg.Pool, new: NewRequest) -> asyncpg.Record:
+async def submit(pool: asyncpg.Pool, new: NewRequest) -> tuple[asyncpg.Record, bool]:
     """Store the request and its commands atomically, in one statement (the request row and
-    its outbox rows are data-modifying CTEs of it); a resubmission of the same body returns
-    the stored request and dispatches nothing."""
+    its outbox rows are data-modifying CTEs of it). Returns the stored row and whether this call
+    stored it: for a known request id nothing is stored or dispatched, and the caller decides
+    whether the submission repeats the stored one or conflicts."""
     outbox, outbox_args = outbox_ctes(
         _announcements(new), first_param=12, only_if="EXISTS (SELECT 1 FROM stored)"
     )
@@ -106,12 +107,11 @@ async def submit(pool: asyncpg.Pool, new: NewRequest) -> asyncpg.Record:
         new.traceparent,
         *outbox_args,
     )
-    if row is None:  # known id: the stored request decides
-        row = await pool.fetchrow("SELECT * FROM requests WHERE request_id = $1", new.request_id)
-    assert row is not None
-    if row["fingerprint"] != new.fingerprint:
-        raise Conflict(new.request_id)
-    return row
+    if row is not None:
+        return row, True
+    known = await pool.fetchrow("SELECT * FROM requests WHERE request_id = $1", new.request_id)
+    assert known is not None  # rows are never deleted
+    return known, False
 
 
 def _announcements(new: NewRequest) -> list[tuple[str, str, BaseModel]]:
