@@ -11,7 +11,7 @@ import asyncpg
 import httpcore
 from opentelemetry import trace
 
-from services.intake import store
+from services.intake import scope, store
 from services.intake.egress import Egress, ForbiddenTarget
 from services.intake.fingerprint import Fingerprints
 from services.intake.models import SubmitRequest
@@ -39,9 +39,10 @@ class Unacceptable(ValueError):
     """A well-formed request this deployment cannot take; the message names the field."""
 
 
-async def accept(ctx: IntakeContext, body: SubmitRequest) -> asyncpg.Record:
-    """Validate against configuration, store, dispatch. Raises store.Conflict for a known id
-    with another body, Unacceptable naming the field."""
+async def accept(ctx: IntakeContext, body: SubmitRequest, submitted_by: str) -> asyncpg.Record:
+    """Validate against configuration, store, dispatch; `submitted_by` as scope.py spells it.
+    Raises store.Conflict for a known id with another body or from another submitter,
+    Unacceptable naming the field."""
     unknown = sorted(set(body.systems or ()) - set(ctx.systems))
     if unknown:
         raise Unacceptable(f"systems: unknown system(s) {', '.join(unknown)}")
@@ -76,8 +77,11 @@ async def accept(ctx: IntakeContext, body: SubmitRequest) -> asyncpg.Record:
             trace_id=format(span.trace_id, "032x") if span.is_valid else None,
             traceparent=current_traceparent(),
             callback_url=str(body.callback_url) if body.callback_url else None,
+            submitted_by=submitted_by,
         ),
     )
-    if not stored and not ctx.fingerprints.same(row["fingerprint"], fingerprint):
+    if not stored and not scope.is_resubmission(
+        row["submitted_by"], row["fingerprint"], submitted_by, fingerprint, ctx.fingerprints
+    ):
         raise store.Conflict(body.request_id)
     return row
