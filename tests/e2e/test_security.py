@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from cli.stack import Stack
+from tests.e2e.conftest import wait_final
 
 pytestmark = pytest.mark.e2e
 ROLES = ("submitter", "compliance", "legal", "admin")
@@ -180,3 +181,48 @@ def test_a_callback_to_a_private_or_metadata_address_is_refused_at_submission(
     answer = api.post("/v1/requests", json=body)
     assert answer.status_code == 422
     assert answer.json()["detail"].startswith("callback_url: resolves to a loopback, private")
+
+
+def test_a_submitter_reads_and_probes_only_its_own_requests(api: httpx.Client, stack: Stack) -> None:
+    """Every route that reads a request, from the published spec: another submitter's request
+    is answered like a missing one; submitting a guess at its body gets one answer, right or
+    wrong (issue 16, items 6 and 7)."""
+
+    def submitter() -> httpx.Client:
+        token = api.post("/v1/tokens", json={"role": "submitter"}).json()["token"]
+        return httpx.Client(base_url=stack.api_url, timeout=10, headers={"Authorization": f"Bearer {token}"})
+
+    mine, theirs = submitter(), submitter()
+    body = {
+        "request_id": "scope-e2e",
+        "type": "erasure",
+        "identity_verified": True,
+        "subject": {"emails": ["scope.e2e@example.com"]},
+    }
+    with mine, theirs:
+        assert mine.post("/v1/requests", json=body).status_code == 202
+        wait_final(mine, "scope-e2e")  # so that its report exists
+        right = theirs.post("/v1/requests", json=body)
+        wrong = theirs.post(
+            "/v1/requests", json={**body, "subject": {"emails": ["someone.else@example.com"]}}
+        )
+        assert (right.status_code, right.json()) == (wrong.status_code, wrong.json())
+        assert right.status_code == 409
+        checked = 0
+        for path, methods in api.get("/openapi.json").json()["paths"].items():
+            operation = methods.get("get")
+            if "{request_id}" not in path or not operation or "submitter" not in operation["x-roles"]:
+                continue
+            own = path.format(**{**SAMPLE_PATH_VALUES, "request_id": "scope-e2e"})
+            missing = theirs.get(path.format(**SAMPLE_PATH_VALUES))
+            other = theirs.get(own)
+            assert other.status_code == missing.status_code == 404, path
+            assert other.json() == missing.json(), path
+            assert mine.get(own).status_code == api.get(own).status_code == 200, path
+            checked += 1
+        assert checked >= 3  # the request, its report, its audit trail
+        assert "scope-e2e" in {r["request_id"] for r in mine.get("/v1/requests").json()}
+        assert "scope-e2e" not in {r["request_id"] for r in theirs.get("/v1/requests").json()}
+        assert "scope-e2e" in {
+            r["request_id"] for r in api.get("/v1/requests", params={"limit": 1000}).json()
+        }
