@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -182,7 +183,9 @@ async def authenticate(request: Request, credentials: HTTPAuthorizationCredentia
         )
     wait = request.app.state.rate_limiter.allow(token_id)
     if wait:
-        raise HTTPException(429, "rate limit exceeded for this token", headers={"Retry-After": f"{wait:.0f}"})
+        # Whole seconds, rounded up: "0" would tell a client to come straight back.
+        retry_after = str(max(1, math.ceil(wait)))
+        raise HTTPException(429, "rate limit exceeded for this token", headers={"Retry-After": retry_after})
     return Caller(token_id, Role(row["role"]))
 
 
