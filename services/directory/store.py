@@ -57,6 +57,9 @@ class DirectorySession(PostgresJournal):
         await self.directory.move(ids(Action.RESTRICTED), restricted=True, known=self.located)
         await self.directory.move(ids(Action.UNRESTRICTED), restricted=False, known=self.located)
 
+    async def unconfirmed(self, decisions: Sequence[Decision]) -> list[tuple[str, str]]:
+        return []  # the entries are the store: `find` re-reads them, nothing else to look at
+
     async def existing(self, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
         present = await self.directory.existing([record_id for _, record_id in keys])
         return {(CATEGORY, u) for u in present}

@@ -13,7 +13,7 @@ import uvicorn
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 from fastapi import FastAPI
 
-from services.intake import auth, callbacks, holds, ingress, recovery, reviews, store
+from services.intake import auth, callbacks, holds, ingress, recovery, rekey, reviews, store
 from services.intake.app import create_app
 from services.intake.service import IntakeContext
 from services.intake.settings import IntakeSettings
@@ -109,18 +109,22 @@ async def main(stop: asyncio.Event) -> None:
         )
         if revoked := await auth.sync_bootstrap(pool, bootstrap):
             log.warning("bootstrap tokens no longer configured were revoked", extra={"count": revoked})
-        await ensure_topics(kafka, topics.all_topics(tuple(settings.systems)))
-        producer = make_producer(kafka)
-        await start_with_retry(producer, "producer")
-        secret = settings.callback_secret.get_secret_value()
         ctx = IntakeContext(
             pool,
             settings.systems,
             seal,
             secrets.pseudonym_key.get_secret_value(),
-            callbacks_enabled=bool(secret),
+            callbacks_enabled=bool(settings.callback_secret.get_secret_value()),
             egress=settings.egress(),
         )
+        if keyed := await rekey.key_unkeyed_fingerprints(pool, ctx.fingerprints):
+            log.info(
+                "unkeyed request fingerprints stored by an earlier version keyed", extra={"count": keyed}
+            )
+        await ensure_topics(kafka, topics.all_topics(tuple(settings.systems)))
+        producer = make_producer(kafka)
+        await start_with_retry(producer, "producer")
+        secret = settings.callback_secret.get_secret_value()
         app.state.ctx = ctx
         app.state.relay = relay = OutboxRelay(pool, producer, service="intake")
         app.state.readiness = lambda: readiness(pool, producer)

@@ -11,8 +11,8 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from services.intake import export, operations, pages, store
-from services.intake.auth import Role, guarded
+from services.intake import export, operations, pages, scope, store
+from services.intake.auth import Role, caller_of, guarded
 from services.intake.models import ErrorBody, RequestView, SubmitRequest
 from services.intake.service import IntakeContext, Unacceptable, accept
 from shared.contracts import RequestStatus, SystemProgress
@@ -46,7 +46,10 @@ def _view(row: asyncpg.Record) -> RequestView:
 
 
 async def _row(request: Request, request_id: str) -> asyncpg.Record:
-    row = await store.get(_ctx(request).pool, request_id)
+    """The request if the caller may read it; another submitter's is 404 exactly like a missing
+    one, so a submitter cannot even learn which ids others used."""
+    readable_by = scope.readable_by(caller_of(request))
+    row = await store.get(_ctx(request).pool, request_id, submitted_by=readable_by)
     if row is None:
         raise HTTPException(404, "request_id: no such request")
     return row
@@ -61,10 +64,12 @@ async def _row(request: Request, request_id: str) -> asyncpg.Record:
 )
 async def submit_request(body: SubmitRequest, request: Request) -> RequestView:
     try:
-        return _view(await accept(_ctx(request), body))
+        return _view(await accept(_ctx(request), body, scope.submitter(caller_of(request))))
     except Unacceptable as exc:
         raise HTTPException(422, str(exc)) from None
     except store.Conflict:
+        # One answer whether the id is another submitter's or this one's with another body, and
+        # whatever that body was: it must not confirm a guess at it.
         raise HTTPException(409, "request_id: already used for a different request") from None
 
 
@@ -94,6 +99,7 @@ async def list_requests(
     stuck_before = datetime.now(UTC) - timedelta(seconds=request.app.state.stuck_after_s) if stuck else None
     rows = await store.search(
         _ctx(request).pool,
+        submitted_by=scope.readable_by(caller_of(request)),
         status=status,
         overdue=overdue,
         received_from=received_from,

@@ -213,9 +213,19 @@ def require(*roles: Role) -> Callable[[Request], Awaitable[Caller]]:
         caller = await authenticate(request, credentials)
         if caller.role not in allowed:
             raise HTTPException(403, f"role {caller.role.value} may not do this")
+        request.state.caller = caller  # for handlers whose answer depends on who asks
         return caller
 
     return dependency
+
+
+def caller_of(request: Request) -> Caller:
+    """Who is calling, as the route's guard found it. A route without a guard has no caller:
+    that is a programming error, and fails closed."""
+    caller = getattr(request.state, "caller", None)
+    if not isinstance(caller, Caller):
+        raise RuntimeError("caller_of: the route is not guarded (auth.guarded)")
+    return caller
 
 
 def guarded(*roles: Role) -> dict[str, Any]:

@@ -1,5 +1,7 @@
 """Submissions on the ingress topic (`lethe.requests.v1`), with the HTTP API's body. Each gets
-a reply on `lethe.requests.replies.v1`: accepted, or the error naming the field."""
+a reply on `lethe.requests.replies.v1`: accepted, or the error naming the field. They carry no
+token: their submitter is the topic (scope.INGRESS), so an id used over HTTP is a conflict here
+and the other way round, and no submitter token reads what arrived on the topic."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ import logging
 from aiokafka import ConsumerRecord
 from pydantic import ValidationError
 
-from services.intake import store
+from services.intake import scope, store
 from services.intake.models import SubmitRequest
 from services.intake.service import IntakeContext, Unacceptable, accept
 from shared import topics
@@ -27,7 +29,7 @@ async def handle(ctx: IntakeContext, raw: bytes | None) -> IngressReplied:
         if isinstance(data, dict) and isinstance(data.get("request_id"), str):
             request_id = data["request_id"][:128]
         body = SubmitRequest.model_validate(data)
-        row = await accept(ctx, body)
+        row = await accept(ctx, body, scope.INGRESS)
     except (json.JSONDecodeError, UnicodeDecodeError):
         return IngressReplied(request_id=None, accepted=False, error="(body): not JSON")
     except ValidationError as exc:

@@ -68,8 +68,9 @@ class SubmitRequest(BaseModel):
             raise ValueError("received_at: is in the future")
         return self
 
-    def fingerprint(self) -> str:
-        """Idempotency: the same body gives the same fingerprint, whatever the key order."""
+    def digest(self) -> str:
+        """An unkeyed hash of the body, the same whatever the key order. Never stored as it is:
+        it would confirm a guessed identifier to anyone who reads it (fingerprint.py keys it)."""
         return hashlib.sha256(self.model_dump_json(exclude_none=True).encode()).hexdigest()
 
 

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 
 import asyncpg
 import httpcore
 from opentelemetry import trace
 
-from services.intake import store
+from services.intake import scope, store
 from services.intake.egress import Egress, ForbiddenTarget
+from services.intake.fingerprint import Fingerprints
 from services.intake.models import SubmitRequest
 from shared.crypto import IdentifierSeal, subject_ref
 from shared.deadlines import add_months
@@ -28,14 +30,19 @@ class IntakeContext:
     callbacks_enabled: bool = False
     egress: Egress = field(default_factory=Egress)
 
+    @cached_property
+    def fingerprints(self) -> Fingerprints:
+        return Fingerprints(self.pseudonym_key)
+
 
 class Unacceptable(ValueError):
     """A well-formed request this deployment cannot take; the message names the field."""
 
 
-async def accept(ctx: IntakeContext, body: SubmitRequest) -> asyncpg.Record:
-    """Validate against configuration, store, dispatch. Raises store.Conflict for a known id
-    with another body, Unacceptable naming the field."""
+async def accept(ctx: IntakeContext, body: SubmitRequest, submitted_by: str) -> asyncpg.Record:
+    """Validate against configuration, store, dispatch; `submitted_by` as scope.py spells it.
+    Raises store.Conflict for a known id with another body or from another submitter,
+    Unacceptable naming the field."""
     unknown = sorted(set(body.systems or ()) - set(ctx.systems))
     if unknown:
         raise Unacceptable(f"systems: unknown system(s) {', '.join(unknown)}")
@@ -55,11 +62,12 @@ async def accept(ctx: IntakeContext, body: SubmitRequest) -> asyncpg.Record:
 
     identities = body.subject.identities()
     span = trace.get_current_span().get_span_context()
-    return await store.submit(
+    fingerprint = ctx.fingerprints.of(body)
+    row, stored = await store.submit(
         ctx.pool,
         store.NewRequest(
             request_id=body.request_id,
-            fingerprint=body.fingerprint(),
+            fingerprint=fingerprint,
             request_type=body.type.value,
             subject_ref=subject_ref(ctx.pseudonym_key, identities),
             sealed_identifiers=ctx.seal.seal(identities),
@@ -69,5 +77,11 @@ async def accept(ctx: IntakeContext, body: SubmitRequest) -> asyncpg.Record:
             trace_id=format(span.trace_id, "032x") if span.is_valid else None,
             traceparent=current_traceparent(),
             callback_url=str(body.callback_url) if body.callback_url else None,
+            submitted_by=submitted_by,
         ),
     )
+    if not stored and not scope.is_resubmission(
+        row["submitted_by"], row["fingerprint"], submitted_by, fingerprint, ctx.fingerprints
+    ):
+        raise store.Conflict(body.request_id)
+    return row

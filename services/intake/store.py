@@ -54,6 +54,9 @@ SCHEMA = (
     # When its acceptance and commands were last handed to the outbox (announced again if the
     # tracker never acknowledges it: services/intake/recovery.py).
     "ALTER TABLE requests ADD COLUMN IF NOT EXISTS announced_at timestamptz NOT NULL DEFAULT now()",
+    # Who submitted it (services/intake/scope.py); NULL for requests stored before it was kept.
+    "ALTER TABLE requests ADD COLUMN IF NOT EXISTS submitted_by text",
+    "CREATE INDEX IF NOT EXISTS requests_submitted_by ON requests (submitted_by, received_at)",
     "CREATE INDEX IF NOT EXISTS requests_status ON requests (status, received_at)",
     "CREATE INDEX IF NOT EXISTS requests_deadline ON requests (deadline) WHERE completed_at IS NULL",
 )
@@ -72,24 +75,26 @@ class NewRequest:
     trace_id: str | None
     callback_url: str | None = None
     traceparent: str | None = None
+    submitted_by: str | None = None
 
 
 class Conflict(Exception):
-    """The request id exists with a different body."""
+    """The request id exists, with a different body or from another submitter."""
 
 
 _INSERT_REQUEST = """stored AS (
     INSERT INTO requests (request_id, fingerprint, request_type, subject_ref, sealed_identifiers,
-        systems, received_at, deadline, trace_id, callback_url, traceparent)
-    VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11) ON CONFLICT (request_id) DO NOTHING RETURNING *)"""
+        systems, received_at, deadline, trace_id, callback_url, traceparent, submitted_by)
+    VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12) ON CONFLICT (request_id) DO NOTHING RETURNING *)"""
 
 
-async def submit(pool: asyncpg.Pool, new: NewRequest) -> asyncpg.Record:
+async def submit(pool: asyncpg.Pool, new: NewRequest) -> tuple[asyncpg.Record, bool]:
     """Store the request and its commands atomically, in one statement (the request row and
-    its outbox rows are data-modifying CTEs of it); a resubmission of the same body returns
-    the stored request and dispatches nothing."""
+    its outbox rows are data-modifying CTEs of it). Returns the stored row and whether this call
+    stored it: for a known request id nothing is stored or dispatched, and the caller decides
+    whether the submission repeats the stored one (scope.is_resubmission) or conflicts."""
     outbox, outbox_args = outbox_ctes(
-        _announcements(new), first_param=12, only_if="EXISTS (SELECT 1 FROM stored)"
+        _announcements(new), first_param=13, only_if="EXISTS (SELECT 1 FROM stored)"
     )
     row = await pool.fetchrow(
         f"WITH {_INSERT_REQUEST}, {outbox} SELECT stored.* FROM stored LEFT JOIN outbox_wake ON true",
@@ -104,14 +109,14 @@ async def submit(pool: asyncpg.Pool, new: NewRequest) -> asyncpg.Record:
         new.trace_id,
         new.callback_url,
         new.traceparent,
+        new.submitted_by,
         *outbox_args,
     )
-    if row is None:  # known id: the stored request decides
-        row = await pool.fetchrow("SELECT * FROM requests WHERE request_id = $1", new.request_id)
-    assert row is not None
-    if row["fingerprint"] != new.fingerprint:
-        raise Conflict(new.request_id)
-    return row
+    if row is not None:
+        return row, True
+    known = await pool.fetchrow("SELECT * FROM requests WHERE request_id = $1", new.request_id)
+    assert known is not None  # rows are never deleted
+    return known, False
 
 
 def _announcements(new: NewRequest) -> list[tuple[str, str, BaseModel]]:
@@ -246,13 +251,20 @@ async def apply_status(conn: asyncpg.Connection | asyncpg.Pool, event: RequestSt
     )
 
 
-async def get(pool: asyncpg.Pool, request_id: str) -> asyncpg.Record | None:
-    return await pool.fetchrow("SELECT * FROM requests WHERE request_id = $1", request_id)
+async def get(pool: asyncpg.Pool, request_id: str, *, submitted_by: str | None) -> asyncpg.Record | None:
+    """The request, if it exists and (`submitted_by` given) that submitter submitted it: another's
+    request is not found, exactly like a missing one. `submitted_by` None: any request."""
+    return await pool.fetchrow(
+        "SELECT * FROM requests WHERE request_id = $1 AND ($2::text IS NULL OR submitted_by = $2)",
+        request_id,
+        submitted_by,
+    )
 
 
 async def search(
     pool: asyncpg.Pool,
     *,
+    submitted_by: str | None,
     status: RequestStatus | None,
     overdue: bool | None,
     received_from: datetime | None,
@@ -263,6 +275,9 @@ async def search(
 ) -> list[asyncpg.Record]:
     clauses: list[str] = ["true"]
     args: list[Any] = []
+    if submitted_by is not None:  # a submitter lists its own requests only
+        args.append(submitted_by)
+        clauses.append(f"submitted_by = ${len(args)}")
     if stuck_before is not None:  # not final and unchanged since then
         args.append(stuck_before)
         clauses.append(f"status IN ('received', 'in_progress') AND updated_at < ${len(args)}")

@@ -12,7 +12,7 @@ from pathlib import Path
 import asyncpg
 from pydantic import Field
 
-from services.recordings.store import resolve
+from services.recordings.files import present, resolve
 from shared.seeding import SeedModel
 
 SAMPLE_RATE = 8_000  # narrow-band telephony
@@ -54,7 +54,7 @@ async def write(conn: asyncpg.Connection, root: Path, recordings: Sequence[Recor
         path = await conn.fetchval(
             "INSERT INTO recordings (recording_id, customer_id, caller, callee, recorded_at,"
             " duration_s, path, legal_tags, processed_for) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)"
-            " ON CONFLICT DO NOTHING RETURNING path",
+            " ON CONFLICT (recording_id) DO NOTHING RETURNING path",
             r.recording_id,
             r.customer_id,
             r.caller,
@@ -65,6 +65,6 @@ async def write(conn: asyncpg.Connection, root: Path, recordings: Sequence[Recor
             r.legal_tags,
             r.processed_for,
         ) or await conn.fetchval("SELECT path FROM recordings WHERE recording_id = $1", r.recording_id)
-        if not resolve(root, path).exists():
+        if not present(root, path):  # a link there counts: nothing is written through it
             write_tone(resolve(root, path), r.duration_s)
     return len(recordings)

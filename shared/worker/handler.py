@@ -28,6 +28,15 @@ KEPT = frozenset({Action.RETAINED, Action.REDIRECTED, Action.IN_REVIEW})
 DEFAULT_MATCH_LIMIT = 25
 
 
+class UnconfirmedChanges(Exception):
+    """What the store indexes does not show the plan done (an erased recording's audio still on
+    disk). Raised inside the session, so a transactional store rolls back and keeps the rows
+    that lead to what is left, and the runtime tries the command again rather than report it."""
+
+    def __init__(self, count: int) -> None:
+        super().__init__(f"verification: {count} records not confirmed outside the store's index")
+
+
 class HoldSource(Protocol):
     async def active(self, system: str, moment: datetime) -> list[ActiveHold]: ...
 
@@ -72,6 +81,9 @@ async def execute(
             await store.apply(plan)
             span.set_attribute("lethe.records.erased", sum(d.action is Action.ERASED for d in plan))
         with TRACER.start_as_current_span("verify") as span:
+            if outside := await store.unconfirmed(plan):
+                span.set_attribute("lethe.verification.passed", False)
+                raise UnconfirmedChanges(len(outside))
             earlier = await decided_before(store, command)
             after = [r for r in await store.find(known.all) if r.key not in earlier]
             left = unfinished(command, plan, after)

@@ -53,6 +53,11 @@ class PostgresStoreSession(TransactionalJournal):
     async def apply(self, decisions: Sequence[Decision]) -> None:
         await self.adapter.apply_decisions(self.conn, decisions)
 
+    async def unconfirmed(self, decisions: Sequence[Decision]) -> list[tuple[str, str]]:
+        """Nothing outside the database by default: the handler re-reads the rows themselves.
+        An adapter whose rows index something else (files) gives a session that looks."""
+        return []
+
     async def existing(self, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
         by_category: dict[str, list[str]] = defaultdict(list)
         for category, record_id in keys:
@@ -111,7 +116,11 @@ class PostgresStoreAdapter:
     @asynccontextmanager
     async def session(self) -> AsyncIterator[PostgresStoreSession]:
         async with self.pool.acquire() as conn, conn.transaction():
-            yield PostgresStoreSession(conn, self)
+            yield self.open_session(conn)
+
+    def open_session(self, conn: asyncpg.Connection) -> PostgresStoreSession:
+        """The session of one transaction; an adapter overrides it to carry more state."""
+        return PostgresStoreSession(conn, self)
 
     async def find_records(self, conn: asyncpg.Connection, identities: Identities) -> list[Record]:
         """One statement (`find_sql`) gives the store's candidates by coarse keys (rows with no

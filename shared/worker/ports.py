@@ -83,6 +83,13 @@ class StoreSession(Protocol):
 
     async def apply(self, decisions: Sequence[Decision]) -> None: ...
 
+    async def unconfirmed(self, decisions: Sequence[Decision]) -> list[tuple[str, str]]:
+        """Verification beyond what `find` re-reads, called after `apply` in the same session:
+        the keys of the plan's records whose change is not yet true of what the store indexes
+        (a recording's audio file still on disk). Any makes the command fail and be tried again,
+        so a transactional store keeps the index rows that lead to what is left."""
+        ...
+
     async def existing(self, keys: Sequence[tuple[str, str]]) -> set[tuple[str, str]]:
         """Which of these records are still in the store."""
         ...

@@ -14,7 +14,8 @@ from services.directory import seed as directory_seed
 from services.directory.ldap import Directory, LdapSettings
 from services.directory.store import DirectoryAdapter
 from services.recordings import seed as recordings_seed
-from services.recordings.store import RecordingsAdapter, resolve
+from services.recordings.files import resolve
+from services.recordings.store import RecordingsAdapter
 from shared.contracts import EraseSubject, LiftRestriction, RestrictSubject
 from shared.contracts.commands import EraseRecords
 from shared.crypto import subject_ref

@@ -25,6 +25,7 @@ class FakeStore:
         self.fail_apply = 0
         self.applied = 0
         self.resurrect: dict[str, tuple[str, str]] = {}
+        self.left_outside: set[str] = set()  # records whose change the world does not show yet
 
     async def start(self) -> None: ...
 
@@ -69,3 +70,6 @@ class FakeStore:
             elif d.action is Action.UNRESTRICTED:
                 self.restricted.discard(rid)
         self.rows.update(self.resurrect)
+
+    async def unconfirmed(self, decisions: Sequence[Decision]) -> list[tuple[str, str]]:
+        return [d.record.key for d in decisions if d.record.record_id in self.left_outside]

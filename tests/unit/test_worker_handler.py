@@ -5,7 +5,7 @@ import pytest
 from shared.contracts import EraseSubject, RestrictSubject
 from shared.crypto import subject_ref
 from shared.identity import Identities
-from shared.worker.handler import execute, outcome_id
+from shared.worker.handler import UnconfirmedChanges, execute, outcome_id
 from shared.worker.policy import ActOnEverything
 from tests.unit.fakes import FakeStore
 
@@ -79,6 +79,21 @@ async def test_a_record_that_survives_fails_verification() -> None:
     outcome = await execute(erase(), ALICE, fake, ActOnEverything(), clock)
     assert outcome.status == "failed"
     assert outcome.verification is not None and outcome.verification.remaining == 1
+
+
+async def test_a_change_not_confirmed_outside_the_store_is_tried_again_not_reported() -> None:
+    """An erased row whose file is still on disk: the command raises (a transactional store
+    rolls back, the runtime tries again) and no outcome is saved; once the file is gone, the
+    same command finishes with its plan."""
+    fake = store()
+    fake.left_outside = {"a1"}
+    command = erase()
+    with pytest.raises(UnconfirmedChanges, match="1 records"):
+        await execute(command, ALICE, fake, ActOnEverything(), clock)
+    assert fake.journal[command.message_id].outcome is None
+    fake.left_outside = set()
+    outcome = await execute(command, ALICE, fake, ActOnEverything(), clock)
+    assert outcome.status == "done" and sum(c.erased for c in outcome.categories) == 2
 
 
 async def test_restriction_marks_and_verifies() -> None:

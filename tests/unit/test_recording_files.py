@@ -1,0 +1,86 @@
+"""A recording's two places, and file operations that never follow a symbolic link."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from services.recordings import files
+
+AUDIO = "2026/11/R-1.wav"
+
+
+def put(root: Path, relative: str, content: bytes = b"audio") -> Path:
+    path = root / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content)
+    return path
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["../../etc/passwd", "/etc/passwd", "2026/../../x.wav", "2026//x.wav", "./x.wav", "restricted",
+     "restricted/restricted/x.wav", "x\x00.wav"],
+)  # fmt: skip
+def test_a_path_that_could_leave_the_root_or_overlap_another_is_refused(path: str) -> None:
+    with pytest.raises(files.UnsafePath, match=r"recordings\.path"):
+        files.places(path)
+
+
+def test_both_forms_of_a_path_give_the_same_two_places() -> None:
+    assert files.places(AUDIO) == files.places(f"restricted/{AUDIO}") == (AUDIO, f"restricted/{AUDIO}")
+
+
+def test_remove_takes_a_link_away_and_never_its_target(tmp_path: Path) -> None:
+    root, outside = tmp_path / "root", put(tmp_path, "outside/secret.wav")
+    inside = put(root, "2026/11/OTHER.wav")
+    (root / "2026/11/R-1.wav").symlink_to(outside)
+    (root / "2026/11/R-2.wav").symlink_to(inside)
+    files.remove(root, AUDIO)
+    files.remove(root, "2026/11/R-2.wav")
+    assert not files.present(root, AUDIO) and not files.present(root, "2026/11/R-2.wav")
+    assert outside.read_bytes() == b"audio" and inside.read_bytes() == b"audio"
+
+
+def test_a_folder_on_the_way_that_is_a_link_is_refused(tmp_path: Path) -> None:
+    root, outside = tmp_path / "root", put(tmp_path, f"outside/{AUDIO}")
+    root.mkdir()
+    (root / "2026").symlink_to(outside.parent.parent)
+    for act in (files.present, files.remove):
+        with pytest.raises(files.UnsafePath, match="symbolic link"):
+            act(root, AUDIO)
+    with pytest.raises(files.UnsafePath):
+        files.move(root, AUDIO, f"restricted/{AUDIO}")
+    assert outside.read_bytes() == b"audio"
+
+
+def test_a_restricted_folder_that_is_a_link_receives_nothing(tmp_path: Path) -> None:
+    root, elsewhere = tmp_path / "root", tmp_path / "elsewhere"
+    source = put(root, AUDIO)
+    elsewhere.mkdir()
+    (root / "restricted").symlink_to(elsewhere)
+    with pytest.raises(files.UnsafePath):
+        files.move(root, AUDIO, f"restricted/{AUDIO}")
+    assert source.exists() and not any(elsewhere.iterdir())
+
+
+def test_a_move_never_overwrites_another_file(tmp_path: Path) -> None:
+    source, other = put(tmp_path, AUDIO, b"subject"), put(tmp_path, f"restricted/{AUDIO}", b"other")
+    with pytest.raises(files.TargetExists, match="not overwritten"):
+        files.move(tmp_path, AUDIO, f"restricted/{AUDIO}")
+    assert source.read_bytes() == b"subject" and other.read_bytes() == b"other"
+
+
+def test_a_move_is_idempotent(tmp_path: Path) -> None:
+    put(tmp_path, AUDIO, b"subject")
+    for _ in range(2):  # the second finds it moved already
+        files.move(tmp_path, AUDIO, f"restricted/{AUDIO}")
+    assert (tmp_path / "restricted" / AUDIO).read_bytes() == b"subject"
+    assert not files.present(tmp_path, AUDIO)
+    # Two names of one file (a hard link someone made): the source name goes, the file stays.
+    (tmp_path / AUDIO).hardlink_to(tmp_path / "restricted" / AUDIO)
+    files.move(tmp_path, AUDIO, f"restricted/{AUDIO}")
+    assert not files.present(tmp_path, AUDIO) and files.present(tmp_path, f"restricted/{AUDIO}")
+    files.move(tmp_path, "2026/12/NONE.wav", "restricted/2026/12/NONE.wav")  # nothing anywhere
+    assert not (tmp_path / "restricted/2026/12").exists()
