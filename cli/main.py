@@ -102,7 +102,7 @@ def up(seed: Annotated[bool, typer.Option(help="Load the demo data first.")] = T
         if seed:
             asyncio.run(load(read(DEMO_SEED), seed_targets(stack)))
         stack.start_services()
-        typer.echo(f"Lethe is up: API {stack.api_url} (OpenAPI at {stack.api_url}/openapi.json)")
+        typer.echo(f"Lethe is up: API {stack.api_url} (browse it at {stack.api_url}/docs)")
         typer.echo(f"logs in {stack.log_dir}; Ctrl-C stops everything")
         typer.echo(
             f"admin API token: 'admin_token' in {stack.config.state_dir / 'secrets.json'} "

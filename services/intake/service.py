@@ -45,7 +45,8 @@ async def accept(ctx: IntakeContext, body: SubmitRequest, submitted_by: str) -> 
     Unacceptable naming the field."""
     unknown = sorted(set(body.systems or ()) - set(ctx.systems))
     if unknown:
-        raise Unacceptable(f"systems: unknown system(s) {', '.join(unknown)}")
+        # Named from our list, not echoed from the input: a 422 repeats nothing that was sent.
+        raise Unacceptable(f"systems: {len(unknown)} unknown; known: {', '.join(sorted(ctx.systems))}")
     if body.callback_url and not ctx.callbacks_enabled:
         # Accepting it would promise a call that never comes.
         raise Unacceptable("callback_url: callbacks are not configured here (LETHE_CALLBACK_SECRET)")

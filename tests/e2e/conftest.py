@@ -34,6 +34,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory, pg_server: str) -> Iterator[
             # Statement spans on: the tracing test checks they join the trace and leak nothing.
             "LETHE_TRACE_SQL": "true",
             "LETHE_BOOTSTRAP_TOKENS": f"compliance:{DEPLOYMENT_TOKEN}",
+            # Every test calls from 127.0.0.1 and several send wrong tokens on purpose (the role
+            # walk two per route): the address's allowance of failures must outlast the session.
+            "LETHE_AUTH_FAILURE_BURST": "1000",
         },
     ) as running:
         yield running
