@@ -106,11 +106,13 @@ class Directory:
 
     def _search(self, query: str) -> list[Entry]:
         """Only the subscriber subtrees and the restricted container: an entry anywhere else
-        is not the worker's to find, whatever it holds."""
+        is not the worker's to find, whatever it holds. A search that fails (a subtree gone, a
+        size limit) raises: read as "no entries", it would report an erasure done."""
         found: dict[str, Entry] = {}
         with _span("search") as span, self.bound() as conn:
             for base in self.tree.searched:
                 conn.search(str(base), query, SUBTREE, attributes=SEARCHED)
+                _check(conn)
                 for e in conn.entries:
                     found[str(e.entryUUID.value)] = Entry(
                         str(e.entryUUID.value),
@@ -183,6 +185,7 @@ class Directory:
             dns: list[str] = []
             for base in self.tree.searched if unlocated else ():
                 conn.search(str(base), _uuid_filter(unlocated), SUBTREE, attributes=["entryUUID"])
+                _check(conn)
                 dns += [entry.entry_dn for entry in conn.entries]
             for dn in dns:
                 self._change(conn, dn, change)

@@ -184,3 +184,20 @@ async def test_a_subject_base_missing_from_the_directory_stops_the_worker(
             await adapter.start()
     finally:
         await adapter.close()
+
+
+async def test_a_subject_base_that_disappears_fails_the_search_rather_than_finding_no_one(
+    fresh_db: str, slapd: LdapSettings
+) -> None:
+    vanishing = f"ou=vanishing-{uuid4().hex[:8]},{slapd.base_dn}"
+    add_ou(slapd, vanishing)
+    adapter = DirectoryAdapter(fresh_db, with_bases(slapd, vanishing))
+    await adapter.start()
+    try:
+        with Directory(slapd).connect() as conn:
+            assert conn.delete(vanishing)
+        # Read as "no entries", an erasure would report itself done and verified.
+        with pytest.raises(LdapError, match="LDAP result 32"):
+            await adapter.directory.find(Identities(ldap_uids=["anyone"]))
+    finally:
+        await adapter.close()
