@@ -56,7 +56,7 @@ def _rows(classes: list[type[BaseSettings]]) -> dict[str, tuple[str, str, str]]:
 
 def all_settings() -> list[type[BaseSettings]]:
     """Every settings class of every service."""
-    from services.directory.ldap import LdapSettings
+    from services.directory.settings import LdapSettings
     from services.intake.settings import IntakeSettings
     from services.mailing.store import SuppressionSettings
     from services.recordings.store import RecordingsSettings

@@ -12,6 +12,7 @@ from pathlib import Path
 from ldap3 import Connection, Server
 
 from cli.processes import spawn, wait_for_port
+from services.directory.dn import Dn, unescape
 
 SCHEMA_DIR = Path("/etc/ldap/schema")
 MODULE_DIR = Path("/usr/lib/ldap")
@@ -70,5 +71,5 @@ def start_slapd(
 
 def _ensure_suffix(port: int, base_dn: str, admin_dn: str, password: str) -> None:
     with Connection(Server(f"ldap://127.0.0.1:{port}"), admin_dn, password, auto_bind=True) as conn:
-        dc = base_dn.split(",")[0].split("=")[1]
+        dc = unescape(Dn.parse(base_dn).rdns[0][0][1])
         conn.add(base_dn, ["dcObject", "organization"], {"dc": dc, "o": "Lethe demo"})

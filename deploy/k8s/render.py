@@ -228,6 +228,8 @@ def documents() -> dict[str, list[dict[str, Any]]]:
                 "LETHE_LDAP_URL": "ldaps://directory.example.internal:636",
                 "LETHE_LDAP_BIND_DN": "cn=lethe,ou=services,dc=example,dc=com",
                 "LETHE_LDAP_BASE_DN": "dc=example,dc=com",
+                # Subscribers only: the worker's own bind entry and the staff live elsewhere.
+                "LETHE_LDAP_SUBJECT_BASES": "ou=people,dc=example,dc=com",
                 "OTEL_EXPORTER_OTLP_ENDPOINT": "http://otel-collector.observability:4318",
                 "LETHE_LOG_LEVEL": "INFO",
                 "PYTHONDONTWRITEBYTECODE": "1",

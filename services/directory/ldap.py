@@ -4,60 +4,24 @@ thread with a connection of its own (ldap3 connections are not thread-safe)."""
 from __future__ import annotations
 
 import asyncio
-import logging
-import ssl
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from ldap3 import SUBTREE, Connection, Server, Tls
+from ldap3 import BASE, NO_ATTRIBUTES, SUBTREE, Connection, Server
 from ldap3.utils.conv import escape_filter_chars
 from opentelemetry.trace import Span, SpanKind
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.directory.dn import Dn, unescape
+from services.directory.settings import LdapSettings, tls_for
+from services.directory.tree import BASES_VARIABLE
 from shared.identity import Identities, mailbox, phone_variants
 from shared.telemetry.messaging import TRACER
 
-log = logging.getLogger(__name__)
 NO_SUCH_OBJECT = 32
 ALREADY_EXISTS = 68
-
-
-class LdapSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="LETHE_LDAP_", extra="ignore")
-
-    url: str = Field("ldap://127.0.0.1:389", description="LDAP server URL.")
-    bind_dn: str = Field("cn=admin,dc=lethe,dc=test", description="DN the worker binds as.")
-    password: SecretStr = Field(description="Password of the bind DN.")
-    base_dn: str = Field("dc=lethe,dc=test", description="Suffix holding the directory.")
-    ca_file: Path | None = Field(
-        None,
-        description="CA certificate(s) that sign the directory's TLS certificate: required for ldaps://"
-        " (a machine in the middle would otherwise get the bind password).",
-    )
-
-
-def tls_for(settings: LdapSettings, development: bool) -> Tls | None:
-    """Certificate checks for ldaps://: verified against the CA file, the host name included.
-    Without a CA file ldaps:// is refused, except on a development stack (said loudly)."""
-    if not settings.url.lower().startswith("ldaps://"):
-        return None
-    if settings.ca_file is None:
-        if not development:
-            raise ValueError(
-                "LETHE_LDAP_CA_FILE: required for ldaps:// (the server's certificate must be checked)"
-            )
-        log.warning("ldaps:// without certificate checks: allowed only because LETHE_DEVELOPMENT is set")
-        return Tls(validate=ssl.CERT_NONE)
-    if not settings.ca_file.is_file():
-        raise ValueError(f"LETHE_LDAP_CA_FILE: no such file {settings.ca_file}")
-    return Tls(
-        validate=ssl.CERT_REQUIRED, ca_certs_file=str(settings.ca_file), version=ssl.PROTOCOL_TLS_CLIENT
-    )
 
 
 @dataclass(frozen=True)
@@ -84,8 +48,9 @@ class Directory:
     def __init__(self, settings: LdapSettings, development: bool = False) -> None:
         self.settings = settings
         self.tls = tls_for(settings, development)
-        self.people = f"ou=people,{settings.base_dn}"
-        self.restricted = f"ou=restricted,{settings.base_dn}"
+        self.tree = settings.tree()
+        self.people = str(self.tree.subject_bases[0])  # where the seed writes
+        self.restricted = str(self.tree.restricted)
         self._local = threading.local()
 
     def connect(self) -> Connection:
@@ -136,31 +101,42 @@ class Directory:
         query = self.subject_filter(ids)
         return [] if query is None else await asyncio.to_thread(self._search, query)
 
+    def is_restricted(self, dn: str) -> bool:
+        return self.tree.is_restricted(Dn.parse(dn))
+
     def _search(self, query: str) -> list[Entry]:
+        """Only the subscriber subtrees and the restricted container: an entry anywhere else
+        is not the worker's to find, whatever it holds. A search that fails (a subtree gone, a
+        size limit) raises: read as "no entries", it would report an erasure done."""
+        found: dict[str, Entry] = {}
         with _span("search") as span, self.bound() as conn:
-            conn.search(self.settings.base_dn, query, SUBTREE, attributes=SEARCHED)
-            span.set_attribute("lethe.ldap.entries", len(conn.entries))
-            return [
-                Entry(
-                    str(e.entryUUID.value),
-                    e.entry_dn,
-                    uid=_values(e, "uid"),
-                    mail=_values(e, "mail"),
-                    phones=_values(e, "telephoneNumber") + _values(e, "mobile"),
-                )
-                for e in conn.entries
-            ]
+            for base in self.tree.searched:
+                conn.search(str(base), query, SUBTREE, attributes=SEARCHED)
+                _check(conn)
+                for e in conn.entries:
+                    found[str(e.entryUUID.value)] = Entry(
+                        str(e.entryUUID.value),
+                        e.entry_dn,
+                        uid=_values(e, "uid"),
+                        mail=_values(e, "mail"),
+                        phones=_values(e, "telephoneNumber") + _values(e, "mobile"),
+                    )
+            span.set_attribute("lethe.ldap.entries", len(found))
+        return list(found.values())
 
     async def lookup(self, text: str) -> list[str]:
-        """The directory's normal lookup (phone book search by name): only ou=people, so
-        restricted entries, moved to ou=restricted, are out of normal processing."""
+        """The directory's normal lookup (phone book search by name): only the subscriber
+        subtrees, so restricted entries, moved to ou=restricted, are out of normal processing."""
         value = escape_filter_chars(text)
         query = f"(&(objectClass=inetOrgPerson)(|(cn=*{value}*)(sn=*{value}*)))"
 
         def search() -> list[str]:
+            uids: list[str] = []
             with self.connect() as conn:
-                conn.search(self.people, query, SUBTREE, attributes=["uid"])
-                return sorted(str(e.uid.value) for e in conn.entries)
+                for base in self.tree.subject_bases:
+                    conn.search(str(base), query, SUBTREE, attributes=["uid"])
+                    uids += [str(e.uid.value) for e in conn.entries]
+            return sorted(uids)
 
         return await asyncio.to_thread(search)
 
@@ -170,41 +146,71 @@ class Directory:
         return {e.entry_uuid for e in await asyncio.to_thread(self._search, _uuid_filter(entry_uuids))}
 
     def ensure_tree(self) -> None:
+        """The restricted container, the worker's own, is made if missing, and so is the
+        default subscriber subtree (as before there was a setting). Subtrees named in
+        LETHE_LDAP_SUBJECT_BASES must exist: a mistyped one would find no one, and every
+        request would report nothing found."""
         with self.connect() as conn:
-            for ou in (self.people, self.restricted):
-                conn.add(ou, ["organizationalUnit"], {"ou": ou.split(",")[0][3:]})
-                if conn.result["result"] not in (0, ALREADY_EXISTS):
-                    raise LdapError(f"LDAP result {conn.result['result']}")
+            if not self.settings.subject_bases:
+                _add_ou(conn, self.tree.subject_bases[0])
+            _add_ou(conn, self.tree.restricted)
+            for base in self.tree.subject_bases:
+                conn.search(str(base), "(objectClass=*)", BASE, attributes=NO_ATTRIBUTES)
+                if conn.result["result"] == NO_SUCH_OBJECT:
+                    raise LdapError(f"{BASES_VARIABLE}: {base} is not in the directory")
+                _check(conn)
 
     async def delete(self, entry_uuids: Sequence[str], known: Mapping[str, str] | None = None) -> None:
-        await asyncio.to_thread(self._apply, entry_uuids, None, known or {})
+        await asyncio.to_thread(self._apply, entry_uuids, "delete", known or {})
 
     async def move(
         self, entry_uuids: Sequence[str], restricted: bool, known: Mapping[str, str] | None = None
     ) -> None:
-        parent = self.restricted if restricted else self.people
-        await asyncio.to_thread(self._apply, entry_uuids, parent, known or {})
+        """Into the restricted container, or back under the parent it came from."""
+        change: Change = "restrict" if restricted else "lift"
+        await asyncio.to_thread(self._apply, entry_uuids, change, known or {})
 
-    def _apply(self, entry_uuids: Sequence[str], new_parent: str | None, known: Mapping[str, str]) -> None:
-        """Delete (new_parent None) or move each entry; an entry already gone counts as done.
-        `known` maps entryUUIDs to the DNs a search of this command just returned: those are
-        changed directly, saving a search per command; one that has moved since is searched."""
+    def _apply(self, entry_uuids: Sequence[str], change: Change, known: Mapping[str, str]) -> None:
+        """Delete or move each entry; an entry already gone counts as done. `known` maps
+        entryUUIDs to the DNs a search of this command just returned: those are changed
+        directly, saving a search per command; one that has moved since is searched."""
         if not entry_uuids:
             return
-        with _span("delete" if new_parent is None else "modify_dn") as span, self.bound() as conn:
+        with _span("delete" if change == "delete" else "modify_dn") as span, self.bound() as conn:
             span.set_attribute("lethe.ldap.entries", len(entry_uuids))
             unlocated = [u for u in entry_uuids if u not in known]
             for uuid in entry_uuids:
-                if uuid in known and not _change(conn, known[uuid], new_parent):
+                if uuid in known and not self._change(conn, known[uuid], change):
                     unlocated.append(uuid)
-            if not unlocated:
-                return
-            conn.search(self.settings.base_dn, _uuid_filter(unlocated), SUBTREE, attributes=["entryUUID"])
-            for dn in [entry.entry_dn for entry in conn.entries]:
-                _change(conn, dn, new_parent)
+            dns: list[str] = []
+            for base in self.tree.searched if unlocated else ():
+                conn.search(str(base), _uuid_filter(unlocated), SUBTREE, attributes=["entryUUID"])
+                _check(conn)
+                dns += [entry.entry_dn for entry in conn.entries]
+            for dn in dns:
+                self._change(conn, dn, change)
+
+    def _change(self, conn: Connection, dn_text: str, change: Change) -> bool:
+        """Delete or move one entry; False if there is no entry at that DN."""
+        dn = Dn.parse(dn_text)
+        if change == "delete":
+            self.tree.check_may_change(dn)
+            conn.delete(dn_text)
+        else:
+            parent = self.tree.destination(dn, restrict=change == "restrict")
+            if parent is None:  # already there: a redelivery, or another command got there first
+                return True
+            if change == "restrict":
+                _add_ou(conn, parent)  # the container whose name records the original parent
+            conn.modify_dn(dn_text, dn.rdn, new_superior=str(parent))
+        if conn.result["result"] == NO_SUCH_OBJECT:
+            return False
+        _check(conn)
+        return True
 
 
 SEARCHED = ["entryUUID", "uid", "mail", "telephoneNumber", "mobile"]
+Change = Literal["delete", "restrict", "lift"]
 
 
 def _values(entry: Any, attribute: str) -> list[str]:
@@ -215,19 +221,16 @@ def _uuid_filter(entry_uuids: Sequence[str]) -> str:
     return "(|" + "".join(f"(entryUUID={escape_filter_chars(u)})" for u in entry_uuids) + ")"
 
 
-def _change(conn: Connection, dn: str, new_parent: str | None) -> bool:
-    """Delete or move one entry; False if there is no entry at that DN."""
-    if new_parent is None:
-        conn.delete(dn)
-    elif dn.split(",", 1)[1].lower() == new_parent.lower():
-        return True
-    else:
-        conn.modify_dn(dn, dn.split(",", 1)[0], new_superior=new_parent)
-    if conn.result["result"] == NO_SUCH_OBJECT:
-        return False
+def _check(conn: Connection) -> None:
     if conn.result["result"] != 0:
         raise LdapError(f"LDAP result {conn.result['result']}")
-    return True
 
 
-__all__ = ["Directory", "Entry", "LdapError", "LdapSettings"]
+def _add_ou(conn: Connection, dn: Dn) -> None:
+    """An organizationalUnit at `dn` (named ou=...), unless there is one."""
+    conn.add(str(dn), ["organizationalUnit"], {"ou": unescape(dn.rdns[0][0][1])})
+    if conn.result["result"] != ALREADY_EXISTS:
+        _check(conn)
+
+
+__all__ = ["Directory", "Entry", "LdapError", "LdapSettings", "tls_for"]

@@ -41,7 +41,7 @@ class DirectorySession(PostgresJournal):
                     Record(
                         category=CATEGORY,
                         record_id=e.entry_uuid,
-                        restricted=e.dn.lower().endswith(self.directory.restricted.lower()),
+                        restricted=self.directory.is_restricted(e.dn),
                         owner=owner,
                         matched=matched,
                         variants=variants,

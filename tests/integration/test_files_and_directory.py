@@ -11,6 +11,7 @@ from ldap3 import SUBTREE
 
 from cli.seed import SeedFile
 from services.directory import seed as directory_seed
+from services.directory.dn import Dn
 from services.directory.ldap import Directory, LdapSettings
 from services.directory.store import DirectoryAdapter
 from services.recordings import seed as recordings_seed
@@ -105,10 +106,15 @@ def test_recording_paths_cannot_escape_the_storage_root(tmp_path: Path) -> None:
         resolve(tmp_path, "../../etc/passwd")
 
 
-def entries(ldap: LdapSettings) -> set[str]:
+def dns(ldap: LdapSettings) -> list[Dn]:
     with Directory(ldap).connect() as conn:
         conn.search(ldap.base_dn, "(objectClass=inetOrgPerson)", SUBTREE, attributes=["uid"])
-        return {e.entry_dn.split(",")[0] + "," + e.entry_dn.split(",")[1] for e in conn.entries}
+        return [Dn.parse(e.entry_dn) for e in conn.entries]
+
+
+def entries(ldap: LdapSettings) -> set[str]:
+    """Each entry's RDN and its parent's (uid=x,ou=people), wherever in the directory."""
+    return {str(Dn(dn.rdns[:2])) for dn in dns(ldap)}
 
 
 async def test_directory_erasure_deletes_the_entry_found_by_phone_spelling(
@@ -165,7 +171,9 @@ async def test_directory_restriction_moves_the_entry_and_lift_moves_it_back(
             command(RestrictSubject, "directory"), ALICE, adapter, ActOnEverything(), utc_clock
         )
         assert restricted.status == "done" and restricted.categories[0].restricted == 1
-        assert "uid=ahartley,ou=restricted" in entries(slapd)
+        # Under ou=restricted, in a container named after where it came from.
+        container = adapter.directory.tree.container_for(Dn.parse(f"ou=people,{slapd.base_dn}"))
+        assert any(d.rdn == "uid=ahartley" and d.parent.key == container.key for d in dns(slapd))
         lifted = await execute(
             command(LiftRestriction, "directory"), ALICE, adapter, ActOnEverything(), utc_clock
         )

@@ -1,0 +1,86 @@
+"""The directory worker's settings: the server, the bind, the TLS checks, and the subtrees it
+may act in."""
+
+from __future__ import annotations
+
+import json
+import logging
+import ssl
+from pathlib import Path
+from typing import Annotated, Any, Self
+
+from ldap3 import Tls
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from services.directory.tree import BASES_VARIABLE, Tree
+
+log = logging.getLogger(__name__)
+
+
+class LdapSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LETHE_LDAP_", extra="ignore")
+
+    url: str = Field("ldap://127.0.0.1:389", description="LDAP server URL.")
+    bind_dn: str = Field("cn=admin,dc=lethe,dc=test", description="DN the worker binds as.")
+    password: SecretStr = Field(description="Password of the bind DN.")
+    base_dn: str = Field("dc=lethe,dc=test", description="Suffix holding the directory.")
+    subject_bases: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="The subscriber subtrees, each under LETHE_LDAP_BASE_DN: one DN, or a JSON list"
+        ' of DNs (["ou=people,dc=example,dc=com","ou=partners,dc=example,dc=com"]). Only these'
+        " (and ou=restricted) are searched: a staff or service entry elsewhere with the same"
+        " uid or address is never erased or moved. Unset: ou=people under LETHE_LDAP_BASE_DN.",
+    )
+    ca_file: Path | None = Field(
+        None,
+        description="CA certificate(s) that sign the directory's TLS certificate: required for ldaps://"
+        " (a machine in the middle would otherwise get the bind password).",
+    )
+
+    @field_validator("subject_bases", mode="before")
+    @classmethod
+    def _one_or_a_list(cls, value: Any) -> Any:
+        """A DN holds commas, so a list is written as JSON, not comma-separated."""
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if not text.startswith("["):
+            return [text] if text else []
+        try:
+            parsed = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{BASES_VARIABLE}: not a JSON list ({e.msg})") from None
+        if not isinstance(parsed, list) or not all(isinstance(v, str) for v in parsed):
+            raise ValueError(f"{BASES_VARIABLE}: a JSON list of DNs (strings) expected")
+        return parsed
+
+    @model_validator(mode="after")
+    def _check_tree(self) -> Self:
+        self.tree()  # a malformed DN, or one outside the base DN, stops the worker at start-up
+        return self
+
+    def tree(self) -> Tree:
+        return Tree.configure(self.base_dn, self.subject_bases)
+
+
+def tls_for(settings: LdapSettings, development: bool) -> Tls | None:
+    """Certificate checks for ldaps://: verified against the CA file, the host name included.
+    Without a CA file ldaps:// is refused, except on a development stack (said loudly)."""
+    if not settings.url.lower().startswith("ldaps://"):
+        return None
+    if settings.ca_file is None:
+        if not development:
+            raise ValueError(
+                "LETHE_LDAP_CA_FILE: required for ldaps:// (the server's certificate must be checked)"
+            )
+        log.warning("ldaps:// without certificate checks: allowed only because LETHE_DEVELOPMENT is set")
+        return Tls(validate=ssl.CERT_NONE)
+    if not settings.ca_file.is_file():
+        raise ValueError(f"LETHE_LDAP_CA_FILE: no such file {settings.ca_file}")
+    return Tls(
+        validate=ssl.CERT_REQUIRED, ca_certs_file=str(settings.ca_file), version=ssl.PROTOCOL_TLS_CLIENT
+    )
+
+
+__all__ = ["LdapSettings", "tls_for"]
