@@ -13,6 +13,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 
 from shared import topics
 from shared.delivery import ATTEMPT, DUE_MS, ERROR, SOURCE_TOPIC
+from shared.kafka import client_options
 from shared.settings import KafkaSettings
 
 REPLAY_GROUP = "lethe-dlq-replay"
@@ -58,7 +59,7 @@ async def _partitions(consumer: AIOKafkaConsumer) -> list[TopicPartition]:
 
 async def list_dead_letters(kafka: KafkaSettings) -> list[DeadLetter]:
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=kafka.bootstrap, enable_auto_commit=False, fetch_max_wait_ms=kafka.fetch_max_wait_ms
+        **client_options(kafka), enable_auto_commit=False, fetch_max_wait_ms=kafka.fetch_max_wait_ms
     )
     await consumer.start()
     try:
@@ -86,11 +87,9 @@ async def replay(kafka: KafkaSettings, only: tuple[int, int] | None = None) -> l
     """Send back every letter not replayed before, up to the end of the topic as it is now (a
     letter that fails again comes back after that end, and waits for the next replay), or
     only the one at (partition, offset)."""
-    producer = AIOKafkaProducer(
-        bootstrap_servers=kafka.bootstrap, enable_idempotence=kafka.idempotent_producer
-    )
+    producer = AIOKafkaProducer(**client_options(kafka), enable_idempotence=kafka.idempotent_producer)
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=kafka.bootstrap,
+        **client_options(kafka),
         group_id=REPLAY_GROUP,
         enable_auto_commit=False,
         fetch_max_wait_ms=kafka.fetch_max_wait_ms,

@@ -23,7 +23,7 @@ from shared.codec import decode
 from shared.contracts import RequestStatusChanged
 from shared.db import apply_schema, create_pool, ensure_database
 from shared.delivery import GroupHandler, Handler, Publisher, consume_forever
-from shared.kafka import ensure_topics, make_consumer, make_producer, start_with_retry
+from shared.kafka import ensure_topics, make_consumer, make_producer, start_with_retry, warn_if_unencrypted
 from shared.outbox import OUTBOX_DDL, OutboxRelay
 from shared.service import mark_ready, run_service
 from shared.settings import (
@@ -90,6 +90,7 @@ async def main(stop: asyncio.Event) -> None:
     recovery_settings = RecoverySettings()
     seal = secrets.seal()
     development = DeploymentSettings().development
+    warn_if_unencrypted(kafka, development)
     # Fails fast, naming the variable: a weak or placeholder token outside a development stack.
     bootstrap = auth.parse_bootstrap(settings.bootstrap_tokens.get_secret_value(), development)
 

@@ -18,10 +18,16 @@ from shared import fetching, topics
 from shared.broker_memory import SENTINEL_DDL, BrokerMemory
 from shared.db import apply_schema, create_pool, ensure_database
 from shared.delivery import TRANSIENT, Publisher, consume_forever
-from shared.kafka import ensure_topics, make_consumer, make_producer, start_with_retry
+from shared.kafka import ensure_topics, make_consumer, make_producer, start_with_retry, warn_if_unencrypted
 from shared.outbox import OutboxRelay
 from shared.service import mark_ready, run_service, set_readiness
-from shared.settings import DatabaseSettings, KafkaSettings, RecoverySettings, SecretsSettings
+from shared.settings import (
+    DatabaseSettings,
+    DeploymentSettings,
+    KafkaSettings,
+    RecoverySettings,
+    SecretsSettings,
+)
 from shared.telemetry import metrics
 from shared.telemetry.messaging import quiet
 
@@ -68,6 +74,7 @@ async def check_broker(
 
 async def main(stop: asyncio.Event) -> None:
     kafka = KafkaSettings()
+    warn_if_unencrypted(kafka, DeploymentSettings().development)
     db = DatabaseSettings()
     settings = TrackerSettings()
     watch = RecoverySettings()
