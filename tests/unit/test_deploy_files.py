@@ -155,6 +155,10 @@ def test_custom_resources_and_their_references() -> None:
     assert sorted(d["spec"]["topicName"] for d in kafka_topics) == sorted(topics.all_topics())
     commands = [d for d in kafka_topics if d["spec"]["topicName"].startswith("lethe.commands.")]
     assert all(d["spec"]["config"]["retention.ms"] <= 7 * 24 * 3600 * 1000 for d in commands)
+    # Ingress bodies carry identifiers in clear, dead letters copies of anything: a day at most.
+    retention = {d["spec"]["topicName"]: d["spec"]["config"]["retention.ms"] for d in kafka_topics}
+    assert 0 < retention[topics.INGRESS] <= 24 * 3600 * 1000
+    assert 0 < retention[topics.DEAD_LETTERS] <= 24 * 3600 * 1000
 
 
 def test_every_deployment_has_probes_a_budget_and_runs_as_non_root() -> None:
