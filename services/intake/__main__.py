@@ -126,7 +126,7 @@ async def main(stop: asyncio.Event) -> None:
         app.state.relay = relay = OutboxRelay(pool, producer, service="intake")
         app.state.readiness = lambda: readiness(pool, producer)
         stopping = asyncio.Event()
-        publisher = Publisher(producer, stopping)
+        publisher = Publisher(producer, seal, stopping)
         tasks = [
             asyncio.create_task(relay.run()),
             asyncio.create_task(

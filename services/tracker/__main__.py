@@ -87,7 +87,7 @@ async def main(stop: asyncio.Event) -> None:
     consumer = make_consumer(kafka, list(CONSUMED), "lethe-tracker")
     await start_with_retry(producer, "producer")
     await start_with_retry(consumer, "consumer")
-    publisher = Publisher(producer, stop)
+    publisher = Publisher(producer, seal, stop)
     memory = BrokerMemory(pool, producer, kafka, "tracker")
     tracker = Tracker(pool, seal, settings.max_rounds)
     tasks = [

@@ -135,7 +135,7 @@ class WorkerRuntime:
         await self.adapter.start()
         producer = make_producer(self.kafka)
         await start_with_retry(producer, "producer")
-        self.publisher = Publisher(producer, self.stopping)
+        self.publisher = Publisher(producer, self.seal, self.stopping)
         main = make_consumer(self.kafka, [self.topic], self.group_id)
         retries = make_consumer(self.kafka, [self.retry_topic], f"{self.group_id}-retry", cold=True)
         await start_with_retry(main, "consumer")
