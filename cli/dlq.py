@@ -28,7 +28,7 @@ from shared.delivery import ATTEMPT, DUE_MS, ERROR, SOURCE_TOPIC
 from shared.kafka import client_options
 from shared.settings import KafkaSettings
 
-REPLAY_GROUP = "lethe-dlq-replay"
+REPLAY_GROUP = topics.DLQ_REPLAY_GROUP
 DROPPED_ON_REPLAY = {
     ATTEMPT,
     DUE_MS,

@@ -1,4 +1,5 @@
-"""Every topic name in one place. Versioned: a breaking contract change gets a new topic."""
+"""Every topic name, and every consumer group, in one place (the broker's ACLs are written from
+them: shared/access.py). Versioned: a breaking contract change gets a new topic."""
 
 from __future__ import annotations
 
@@ -17,6 +18,14 @@ HOLDS = "lethe.holds.v1"
 NOTIFICATIONS = "lethe.notifications.v1"
 DEAD_LETTERS = "lethe.deadletter.v1"
 SENTINELS = "lethe.sentinels.v1"  # records whose loss tells a service the broker forgot (broker_memory)
+# What the tracker consumes (services/tracker/handlers.CONSUMED, which a test keeps equal).
+TRACKER_CONSUMES = (REQUESTS_ACCEPTED, OUTCOMES, HOLDS, DEADLINES, RETRIES, REVIEWS)
+
+INTAKE_STATUS_GROUP = "lethe-intake-status"
+INGRESS_GROUP = "lethe-intake-ingress"
+TRACKER_GROUP = "lethe-tracker"
+DLQ_REPLAY_GROUP = "lethe-dlq-replay"
+UPSTREAM_GROUP_PREFIX = "lethe-upstream"  # an upstream DSAR tool reads its replies in groups named so
 
 
 DAY_MS = 24 * 3600 * 1000
@@ -83,3 +92,11 @@ def all_topics(systems: tuple[str, ...] = SYSTEMS) -> list[str]:
 def retry_topic(system: str) -> str:
     """Where a system's failing commands wait for their next try, off the main topic's path."""
     return f"lethe.commands.{system}.retry.v1"
+
+
+def worker_group(system: str) -> str:
+    return f"lethe-worker-{system}"
+
+
+def worker_retry_group(system: str) -> str:
+    return f"{worker_group(system)}-retry"

@@ -138,7 +138,7 @@ async def main(stop: asyncio.Event) -> None:
                 consume(
                     kafka,
                     topics.REQUEST_STATUS,
-                    "lethe-intake-status",
+                    topics.INTAKE_STATUS_GROUP,
                     lambda record: fold_status(pool, record),
                     publisher,
                     lambda records: fold_statuses(pool, records),
@@ -148,7 +148,7 @@ async def main(stop: asyncio.Event) -> None:
                 consume(
                     kafka,
                     topics.INGRESS,
-                    "lethe-intake-ingress",
+                    topics.INGRESS_GROUP,
                     lambda record: ingress.reply(ctx, publisher, record),
                     publisher,
                 )

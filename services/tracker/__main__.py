@@ -84,7 +84,7 @@ async def main(stop: asyncio.Event) -> None:
     await apply_schema(pool, *store.SCHEMA, SENTINEL_DDL)
     await ensure_topics(kafka, topics.all_topics())
     producer = make_producer(kafka)
-    consumer = make_consumer(kafka, list(CONSUMED), "lethe-tracker")
+    consumer = make_consumer(kafka, list(CONSUMED), topics.TRACKER_GROUP)
     await start_with_retry(producer, "producer")
     await start_with_retry(consumer, "consumer")
     publisher = Publisher(producer, seal, stop)
@@ -117,7 +117,7 @@ async def main(stop: asyncio.Event) -> None:
             consumer,
             lambda record: handle(tracker, record),
             publisher,
-            "lethe-tracker",
+            topics.TRACKER_GROUP,
             handle_group=lambda records: handle_group(tracker, records),
         )
 

@@ -174,3 +174,78 @@ def test_every_deployment_has_probes_a_budget_and_runs_as_non_root() -> None:
 
 def test_configuration_reference_is_current() -> None:
     assert (ROOT / "docs" / "configuration.md").read_text() == markdown(), "run: lethe config-reference"
+
+
+def by_kind(kind: str) -> list[dict[str, Any]]:
+    return [d for d in documents() if d["kind"] == kind]
+
+
+def test_the_kafka_cluster_takes_only_authenticated_tls_clients_and_enforces_acls() -> None:
+    [cluster] = by_kind("Kafka")
+    kafka = cluster["spec"]["kafka"]
+    assert kafka["listeners"], "no listener"
+    for listener in kafka["listeners"]:
+        assert listener["tls"] is True and listener["authentication"] == {"type": "scram-sha-512"}
+    assert kafka["authorization"] == {"type": "simple"}
+    assert kafka["config"]["allow.everyone.if.no.acl.found"] is False
+    # The users' Secrets must appear where the deployments read them.
+    assert cluster["spec"]["entityOperator"]["userOperator"]["watchedNamespace"] == render.NAMESPACE
+    config = next(d for d in by_kind("ConfigMap") if d["metadata"]["name"] == "lethe-config")["data"]
+    assert config["LETHE_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
+    assert config["LETHE_KAFKA_SASL_MECHANISM"] == "SCRAM-SHA-512"
+    assert config["LETHE_KAFKA_BOOTSTRAP"].endswith(f":{kafka['listeners'][0]['port']}")
+
+
+def acl_grants(user: dict[str, Any]) -> set[tuple[str, str, str, str]]:
+    return {
+        (a["resource"]["type"], a["resource"]["patternType"], a["resource"]["name"], op)
+        for a in user["spec"]["authorization"]["acls"]
+        for op in a["operations"]
+    }
+
+
+def test_each_service_logs_in_as_its_own_user_with_exactly_its_acls() -> None:
+    from shared import access
+
+    users = {u["metadata"]["name"]: u for u in by_kind("KafkaUser")}
+    for user in users.values():
+        assert user["spec"]["authentication"] == {"type": "scram-sha-512"}
+        assert user["spec"]["authorization"]["type"] == "simple"
+        assert not any(name == "*" for _, _, name, _ in acl_grants(user)), user["metadata"]["name"]
+    for deployment in by_kind("Deployment"):
+        name = deployment["metadata"]["name"]
+        env = {e["name"]: e for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+        assert env["LETHE_KAFKA_SASL_USERNAME"]["value"] == name and name in users
+        assert env["LETHE_KAFKA_SASL_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+            "name": name,
+            "key": "password",
+        }
+        grant = access.services()[name.removeprefix("lethe-")]
+        granted = acl_grants(users[name])
+        reads = {n for kind, _, n, op in granted if kind == "topic" and op == "Read"}
+        writes = {n for kind, _, n, op in granted if kind == "topic" and op == "Write"}
+        groups = {n for kind, _, n, op in granted if kind == "group" and op == "Read"}
+        assert (reads, writes, groups) == (grant.read, grant.write, grant.groups), name
+
+
+def test_the_upstream_tool_may_only_submit_and_read_its_replies() -> None:
+    [upstream] = [u for u in by_kind("KafkaUser") if u["metadata"]["name"] == "lethe-upstream"]
+    assert acl_grants(upstream) == {
+        ("topic", "literal", topics.INGRESS, "Write"),
+        ("topic", "literal", topics.INGRESS, "Describe"),
+        ("topic", "literal", topics.INGRESS_REPLIES, "Read"),
+        ("topic", "literal", topics.INGRESS_REPLIES, "Describe"),
+        ("group", "prefix", topics.UPSTREAM_GROUP_PREFIX, "Read"),
+    }
+
+
+def test_the_autoscaler_reads_lag_through_the_authenticated_listener() -> None:
+    auths = {d["metadata"]["name"]: d for d in by_kind("TriggerAuthentication")}
+    secrets = {d["metadata"]["name"]: d for d in by_kind("Secret")}
+    users = {u["metadata"]["name"] for u in by_kind("KafkaUser")}
+    for scaled in by_kind("ScaledObject"):
+        [trigger] = scaled["spec"]["triggers"]
+        refs = auths[trigger["authenticationRef"]["name"]]["spec"]["secretTargetRef"]
+        assert {r["parameter"] for r in refs} >= {"sasl", "username", "password", "tls", "ca"}
+        for ref in refs:  # a Secret rendered here, or the one Strimzi writes for a KafkaUser
+            assert ref["name"] in secrets or ref["name"] in users, ref
