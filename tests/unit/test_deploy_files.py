@@ -13,7 +13,7 @@ import kubernetes_validate
 import yaml
 
 from cli.config_reference import known_variables, markdown
-from shared import topics
+from shared import access, topics
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
@@ -205,8 +205,6 @@ def acl_grants(user: dict[str, Any]) -> set[tuple[str, str, str, str]]:
 
 
 def test_each_service_logs_in_as_its_own_user_with_exactly_its_acls() -> None:
-    from shared import access
-
     users = {u["metadata"]["name"]: u for u in by_kind("KafkaUser")}
     for user in users.values():
         assert user["spec"]["authentication"] == {"type": "scram-sha-512"}
@@ -249,3 +247,63 @@ def test_the_autoscaler_reads_lag_through_the_authenticated_listener() -> None:
         assert {r["parameter"] for r in refs} >= {"sasl", "username", "password", "tls", "ca"}
         for ref in refs:  # a Secret rendered here, or the one Strimzi writes for a KafkaUser
             assert ref["name"] in secrets or ref["name"] in users, ref
+
+
+def compose_acls() -> dict[str, set[tuple[str, str, str, str]]]:
+    """principal -> {(kind, pattern, name, operation)} from the kafka-acls service's script."""
+    grants: dict[str, set[tuple[str, str, str, str]]] = {}
+    for line in COMPOSE["services"]["kafka-acls"]["command"][0].splitlines():
+        words = line.split()
+        if words[:1] != ["acl"]:
+            continue
+        options = list(zip(words[1::2], words[2::2], strict=True))
+        principal = next(v for k, v in options if k == "--allow-principal").removeprefix("User:")
+        kind, name = next((k.removeprefix("--"), v) for k, v in options if k in ("--topic", "--group"))
+        pattern = dict(options).get("--resource-pattern-type", "literal")
+        grants.setdefault(principal, set()).update(
+            (kind, pattern, name, v) for k, v in options if k == "--operation"
+        )
+    return grants
+
+
+def test_compose_clients_log_in_and_only_through_sasl() -> None:
+    broker = COMPOSE["services"]["kafka"]["environment"]
+    protocols = dict(p.split(":") for p in broker["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
+    for listener in broker["KAFKA_ADVERTISED_LISTENERS"].split(","):
+        assert protocols[listener.split("://")[0]].startswith("SASL_"), listener
+    # The one listener without authentication is the controller's, on the container's loopback.
+    listeners = broker["KAFKA_LISTENERS"].split(",")
+    unauthenticated = [n for n in listeners if protocols[n.split("://")[0]] == "PLAINTEXT"]
+    assert unauthenticated == ["CONTROLLER://localhost:9093"]
+    assert broker["KAFKA_AUTHORIZER_CLASS_NAME"].endswith("StandardAuthorizer")
+    assert broker["KAFKA_ALLOW_EVERYONE_IF_NO_ACL_FOUND"] == "false"
+    for name in LETHE_SERVICES:
+        service = COMPOSE["services"][name]
+        env = service["environment"]
+        assert env["LETHE_KAFKA_SECURITY_PROTOCOL"] == protocols["CLIENT"]
+        assert env["LETHE_KAFKA_SASL_MECHANISM"] in broker["KAFKA_SASL_ENABLED_MECHANISMS"].split(",")
+        assert (
+            f"user_{env['LETHE_KAFKA_SASL_USERNAME']}="
+            in broker["KAFKA_LISTENER_NAME_CLIENT_PLAIN_SASL_JAAS_CONFIG"]
+        )
+        assert service["depends_on"]["kafka-acls"] == {"condition": "service_completed_successfully"}
+
+
+def test_compose_upstream_user_may_only_submit_and_read_its_replies() -> None:
+    grants = compose_acls()
+    assert grants["upstream"] == {
+        ("topic", "literal", topics.INGRESS, "Write"),
+        ("topic", "literal", topics.INGRESS, "Describe"),
+        ("topic", "literal", topics.INGRESS_REPLIES, "Read"),
+        ("topic", "literal", topics.INGRESS_REPLIES, "Describe"),
+        ("group", "prefixed", topics.UPSTREAM_GROUP_PREFIX, "Read"),
+    }
+    assert {
+        n for k, _, n, op in grants["upstream"] if k == "topic" and op == "Write"
+    } == access.UPSTREAM.write
+    assert {n for k, _, n, op in grants["upstream"] if k == "topic" and op == "Read"} == access.UPSTREAM.read
+    # The services' user: Lethe's topics and groups only (prefixed), never everything.
+    assert {(k, p, n) for k, p, n, _ in grants["lethe"]} == {
+        ("topic", "prefixed", "lethe."),
+        ("group", "prefixed", "lethe-"),
+    }
