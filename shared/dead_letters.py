@@ -5,14 +5,16 @@ numbers in clear), or bytes that are not what the topic should hold. So the key 
 every dead letter are sealed together with the identifier key, as identifiers are in commands;
 `lethe dlq replay` opens them to send the message back. What an engineer needs to look at it
 without the key travels in clear headers: where it came from, the error, and its ids (read
-from the body: a request id is the submitter's reference, never a person's identifier)."""
+from the body, and copied only if they have an id's opaque alphabet: no '@', no spaces)."""
 
 from __future__ import annotations
 
 import base64
 import json
+import re
 from collections.abc import Iterable
 
+from shared.contracts.base import REQUEST_ID_PATTERN
 from shared.crypto import IdentifierSeal, IdentifierSealError
 
 Headers = list[tuple[str, bytes]]
@@ -22,6 +24,8 @@ MESSAGE_ID = "lethe-message-id"
 REPLAYED_FROM = "lethe-replayed-from"  # partition:offset of the dead letter a message was sent back from
 ID_HEADERS = {"request_id": REQUEST_ID, "message_id": MESSAGE_ID}
 ENVELOPE_VERSION = b"1"
+# What a request id may look like (ingress validates it so); a message id is a UUID.
+_AN_ID = re.compile(REQUEST_ID_PATTERN)
 
 
 def seal_letter(seal: IdentifierSeal, key: bytes | None, value: bytes | None) -> bytes:
@@ -52,15 +56,13 @@ def is_sealed(headers: Iterable[tuple[str, bytes]] | None) -> bool:
 
 
 def id_headers(value: bytes | None) -> Headers:
-    """request_id and message_id of a JSON body, as headers (a body that is not JSON has none)."""
+    """request_id and message_id of a JSON body, as headers: none from a body that is not JSON,
+    and none that is not shaped like an id (a failed submission's may be an e-mail)."""
     try:
         body = json.loads(value or b"")
     except (ValueError, UnicodeDecodeError):
         return []
     if not isinstance(body, dict):
         return []
-    return [
-        (header, str(body[field])[:128].encode())
-        for field, header in ID_HEADERS.items()
-        if isinstance(body.get(field), str | int)
-    ]
+    ids = {header: str(body.get(field)) for field, header in ID_HEADERS.items() if field in body}
+    return [(header, v.encode()) for header, v in ids.items() if _AN_ID.fullmatch(v)]

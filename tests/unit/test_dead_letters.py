@@ -68,7 +68,15 @@ def test_a_letter_from_before_sealing_is_still_listed_by_its_body() -> None:
     assert (DeadLetter.of(legacy).request_id, DeadLetter.of(legacy).message_id) == ("old", "7")
 
 
-@pytest.mark.parametrize("value", [b"\x00garbage", b"[1, 2]", b'{"request_id": {"email": "a@b"}}'])
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"\x00garbage",
+        b"[1, 2]",
+        b'{"request_id": {"email": "a@b"}}',
+        b'{"request_id": "someone@example.com"}',
+    ],
+)
 def test_a_body_without_plain_ids_gives_none(value: bytes) -> None:
     assert id_headers(value) == []
 
