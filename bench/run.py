@@ -35,6 +35,7 @@ from cli.seed import load
 from cli.stack import Stack, StackConfig
 from cli.trace import read_spans
 from shared import topics
+from shared.kafka import client_options
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -70,7 +71,7 @@ def progress(done: int, total: int, label: str) -> None:
 async def listen(stack: Stack, run: Run, total: int, stop: asyncio.Event) -> None:
     consumer = AIOKafkaConsumer(
         topics.REQUESTS_COMPLETED,
-        bootstrap_servers=stack.kafka_bootstrap,
+        **client_options(stack.kafka_settings()),
         group_id=f"bench-{uuid4().hex[:6]}",
         auto_offset_reset="earliest",  # a fresh stack: every completion is ours
         fetch_max_wait_ms=10,

@@ -1,22 +1,44 @@
 """`lethe dlq list` and `lethe dlq replay`: what was dead-lettered, why, and sending it back.
 
-Listing reads the whole topic without joining a group. Replaying commits its progress under the
-group id `lethe-dlq-replay`, so `--all` sends each dead letter back once; a message replayed and
-failing again comes back as a new dead letter with its new error."""
+Listing reads the whole topic without joining a group, and needs no key: a letter's ids are in
+its headers. Replaying opens each sealed letter with the identifier key and sends the original
+key and value back; it commits its progress under the group id `lethe-dlq-replay`, so `--all`
+sends each dead letter back once; a message replayed and failing again comes back as a new dead
+letter with its new error."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
 from shared import topics
+from shared.crypto import IdentifierSeal, IdentifierSealError
+from shared.dead_letters import (
+    ID_HEADERS,
+    MESSAGE_ID,
+    REPLAYED_FROM,
+    REQUEST_ID,
+    SEALED,
+    id_headers,
+    is_sealed,
+    open_letter,
+)
 from shared.delivery import ATTEMPT, DUE_MS, ERROR, SOURCE_TOPIC
+from shared.kafka import client_options
 from shared.settings import KafkaSettings
 
-REPLAY_GROUP = "lethe-dlq-replay"
-DROPPED_ON_REPLAY = {ATTEMPT, DUE_MS, ERROR, SOURCE_TOPIC, "lethe-source-partition", "lethe-source-offset"}
+REPLAY_GROUP = topics.DLQ_REPLAY_GROUP
+DROPPED_ON_REPLAY = {
+    ATTEMPT,
+    DUE_MS,
+    ERROR,
+    SOURCE_TOPIC,
+    SEALED,
+    *ID_HEADERS.values(),
+    "lethe-source-partition",
+    "lethe-source-offset",
+}
 
 
 @dataclass(frozen=True)
@@ -30,21 +52,17 @@ class DeadLetter:
 
     @classmethod
     def of(cls, record: ConsumerRecord[bytes, bytes]) -> DeadLetter:
-        headers = {k: v.decode(errors="replace") for k, v in (record.headers or ())}
-        ids: dict[str, str] = {}
-        try:  # ids only: never print a payload, it may be anything
-            body = json.loads(record.value or b"")
-            if isinstance(body, dict):
-                ids = {k: str(body[k])[:128] for k in ("request_id", "message_id") if k in body}
-        except (ValueError, UnicodeDecodeError):
-            pass
+        found = list(record.headers or ())
+        if not is_sealed(record.headers):  # dead-lettered before sealing: its ids are in its body
+            found += id_headers(record.value)
+        headers = {k: v.decode(errors="replace") for k, v in found}  # ids only, never a payload
         return cls(
             record.partition,
             record.offset,
             headers.get(SOURCE_TOPIC, "?"),
             headers.get(ERROR, "?"),
-            ids.get("request_id"),
-            ids.get("message_id"),
+            headers.get(REQUEST_ID),
+            headers.get(MESSAGE_ID),
         )
 
 
@@ -58,7 +76,7 @@ async def _partitions(consumer: AIOKafkaConsumer) -> list[TopicPartition]:
 
 async def list_dead_letters(kafka: KafkaSettings) -> list[DeadLetter]:
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=kafka.bootstrap, enable_auto_commit=False, fetch_max_wait_ms=kafka.fetch_max_wait_ms
+        **client_options(kafka), enable_auto_commit=False, fetch_max_wait_ms=kafka.fetch_max_wait_ms
     )
     await consumer.start()
     try:
@@ -77,20 +95,33 @@ async def list_dead_letters(kafka: KafkaSettings) -> list[DeadLetter]:
         await consumer.stop()
 
 
+def _original(
+    record: ConsumerRecord[bytes, bytes], seal: IdentifierSeal
+) -> tuple[bytes | None, bytes | None]:
+    if not is_sealed(record.headers):
+        return record.key, record.value  # dead-lettered before letters were sealed
+    try:
+        return open_letter(seal, record.value)
+    except IdentifierSealError as exc:
+        raise IdentifierSealError(
+            f"dead letter {record.partition}:{record.offset}: opened by no identifier key given"
+        ) from exc
+
+
 def replay_target(source: str) -> str:
     """A command that died on a retry topic goes back to its main topic (a fresh first try)."""
     return source.replace(".retry.v1", ".v1") if source.startswith("lethe.commands.") else source
 
 
-async def replay(kafka: KafkaSettings, only: tuple[int, int] | None = None) -> list[DeadLetter]:
+async def replay(
+    kafka: KafkaSettings, seal: IdentifierSeal, only: tuple[int, int] | None = None
+) -> list[DeadLetter]:
     """Send back every letter not replayed before, up to the end of the topic as it is now (a
     letter that fails again comes back after that end, and waits for the next replay), or
-    only the one at (partition, offset)."""
-    producer = AIOKafkaProducer(
-        bootstrap_servers=kafka.bootstrap, enable_idempotence=kafka.idempotent_producer
-    )
+    only the one at (partition, offset). `seal` opens what was sealed."""
+    producer = AIOKafkaProducer(**client_options(kafka), enable_idempotence=kafka.idempotent_producer)
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=kafka.bootstrap,
+        **client_options(kafka),
         group_id=REPLAY_GROUP,
         enable_auto_commit=False,
         fetch_max_wait_ms=kafka.fetch_max_wait_ms,
@@ -115,10 +146,11 @@ async def replay(kafka: KafkaSettings, only: tuple[int, int] | None = None) -> l
             for tp, records in (await consumer.getmany(timeout_ms=500)).items():
                 for record in (r for r in records if r.offset < end[tp]):
                     letter = DeadLetter.of(record)
+                    key, value = _original(record, seal)
                     headers = [(k, v) for k, v in (record.headers or ()) if k not in DROPPED_ON_REPLAY]
-                    headers.append(("lethe-replayed-from", f"{record.partition}:{record.offset}".encode()))
+                    headers.append((REPLAYED_FROM, f"{record.partition}:{record.offset}".encode()))
                     await producer.send_and_wait(
-                        replay_target(letter.source_topic), record.value, key=record.key, headers=headers
+                        replay_target(letter.source_topic), value, key=key, headers=headers
                     )
                     replayed.append(letter)
                     if only is None:

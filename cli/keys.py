@@ -87,6 +87,22 @@ async def _reseal(url: str, seal: IdentifierSeal, service: str) -> ResealCount:
         await pool.close()
 
 
+def current_seal() -> IdentifierSeal:
+    """What opens what Lethe sealed (dead letters): LETHE_IDENTIFIER_KEY and
+    LETHE_IDENTIFIER_EXTRA_KEYS where they are set, as the services read them, else the
+    embedded stack's keys."""
+    key = os.environ.get("LETHE_IDENTIFIER_KEY")
+    if key:
+        extra = os.environ.get("LETHE_IDENTIFIER_EXTRA_KEYS", "").split(",")
+        return IdentifierSeal(key, [k.strip() for k in extra if k.strip()])
+    if not _secrets_path().exists():
+        raise typer.BadParameter(
+            "LETHE_IDENTIFIER_KEY: needed to open what was sealed (no embedded stack here)"
+        )
+    secrets = _stack_secrets()
+    return IdentifierSeal(secrets.identifier_key, secrets.extra_keys())
+
+
 def _stack_secrets() -> Secrets:
     from cli.stack import Secrets
 

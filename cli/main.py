@@ -374,7 +374,8 @@ def dlq_replay(
     everything: Annotated[bool, typer.Option("--all", help="Every letter not replayed before.")] = False,
     at: Annotated[str | None, typer.Option("--at", help="One letter, as PARTITION:OFFSET.")] = None,
 ) -> None:
-    """Send dead letters back to where they came from (after the cause is fixed)."""
+    """Send dead letters back to where they came from (after the cause is fixed). Letters are
+    sealed: LETHE_IDENTIFIER_KEY (and _EXTRA_KEYS) open them, else the embedded stack's keys."""
     if everything == (at is not None):
         raise typer.BadParameter("give --all or --at PARTITION:OFFSET")
     only = None
@@ -383,7 +384,7 @@ def dlq_replay(
         if not (partition.isdigit() and offset.isdigit()):
             raise typer.BadParameter("--at: PARTITION:OFFSET, e.g. 0:42")
         only = (int(partition), int(offset))
-    replayed = asyncio.run(dead_letters.replay(kafka_settings(), only))
+    replayed = asyncio.run(dead_letters.replay(kafka_settings(), key_commands.current_seal(), only))
     for d in replayed:
         typer.echo(f"replayed {d.partition}:{d.offset} to {dead_letters.replay_target(d.source_topic)}")
     typer.echo(f"{len(replayed)} replayed")

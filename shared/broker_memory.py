@@ -21,6 +21,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError, OffsetOutOfRangeError
 
 from shared import topics
+from shared.kafka import client_options
 from shared.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ class BrokerMemory:
         # A consumer of its own each time: one that lived through a broker restart can keep
         # asking a connection that is gone, and a check every few seconds costs a connection.
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.kafka.bootstrap,
+            **client_options(self.kafka),
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset="none",

@@ -57,7 +57,9 @@ def decode(raw: bytes | None, target: type[T] | TypeAdapter[T]) -> T:
         raise PoisonMessage("(value)", "not a JSON object")
     version = data.get("schema_version")
     if version != SCHEMA_VERSION:
-        raise PoisonMessage("schema_version", f"unsupported version {version!r}")
+        # Only a number is quoted: the error travels in clear (logs, a dead letter's header).
+        shown = version if isinstance(version, int) else "(not a number)"
+        raise PoisonMessage("schema_version", f"unsupported version {shown}")
     adapter = target if isinstance(target, TypeAdapter) else TypeAdapter(target)
     try:
         return adapter.validate_python(data)

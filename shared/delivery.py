@@ -1,6 +1,7 @@
 """Delivery that loses nothing while the broker comes and goes: sends retried with backoff,
-commits that tolerate a rebalance, dead letters with the error attached, and the retry-topic
-headers that carry a message's attempt count and due time."""
+commits that tolerate a rebalance, dead letters with the error attached (and the message
+sealed: shared.dead_letters), and the retry-topic headers that carry a message's attempt count
+and due time."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from aiokafka.errors import CommitFailedError, KafkaError
 
 from shared import topics
 from shared.codec import PoisonMessage
+from shared.crypto import IdentifierSeal
+from shared.dead_letters import ENVELOPE_VERSION, REPLAYED_FROM, SEALED, id_headers, seal_letter
 from shared.fetching import poll
 from shared.kafka import Headers
 from shared.telemetry import metrics
@@ -30,8 +33,13 @@ SOURCE_TOPIC = "lethe-source-topic"
 
 
 class Publisher:
-    def __init__(self, producer: AIOKafkaProducer, stopping: asyncio.Event | None = None) -> None:
+    """`seal` seals what is dead-lettered: a failed message is never copied in clear."""
+
+    def __init__(
+        self, producer: AIOKafkaProducer, seal: IdentifierSeal, stopping: asyncio.Event | None = None
+    ) -> None:
         self.producer = producer
+        self.seal = seal
         self.stopping = stopping or asyncio.Event()
 
     async def publish(
@@ -57,16 +65,23 @@ class Publisher:
                 delay = min(delay * 2, 5.0)
 
     async def dead_letter(self, record: ConsumerRecord[bytes, bytes], error: str) -> None:
+        """The key and value sealed; in clear only the error, where it came from, the body's
+        ids and how often it was tried or replayed (a submitter's own headers may say
+        anything). No key: the original one is whatever a submitter chose, and dead letters
+        need no order."""
         metrics.dead_letters.add(1, {"topic": record.topic})
-        headers = [(k, v) for k, v in (record.headers or ()) if k not in (ERROR, SOURCE_TOPIC)]
+        headers = [(k, v) for k, v in (record.headers or ()) if k in (ATTEMPT, REPLAYED_FROM)]
         source = dict(record.headers or ()).get(SOURCE_TOPIC, record.topic.encode())
         headers += [
+            *id_headers(record.value),
             (ERROR, error.encode()[:1000]),
             (SOURCE_TOPIC, source),
             ("lethe-source-partition", str(record.partition).encode()),
             ("lethe-source-offset", str(record.offset).encode()),
+            (SEALED, ENVELOPE_VERSION),
         ]
-        await self.publish(topics.DEAD_LETTERS, record.key, record.value or b"", headers)
+        body = seal_letter(self.seal, record.key, record.value)
+        await self.publish(topics.DEAD_LETTERS, None, body, headers)
 
     async def retry_later(
         self, record: ConsumerRecord[bytes, bytes], retry_topic: str, attempt: int, delay_s: float, error: str

@@ -1,22 +1,30 @@
 """Kafka clients configured the one way Lethe uses them.
 
 Consumers commit by hand after their work is durable (at-least-once); every timing that
-matters on the embedded broker comes from `KafkaSettings`.
+matters on the embedded broker comes from `KafkaSettings`. Every client, here or anywhere else,
+is built with `client_options`: the bootstrap servers and the transport security (TLS, SASL)
+come from one place, so that no client reaches the broker unauthenticated by oversight.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import ssl
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
+from aiokafka.helpers import create_ssl_context
 from opentelemetry import propagate
 
 from shared import fetching
 from shared.settings import KafkaSettings
+from shared.topics import topic_config
 
 log = logging.getLogger(__name__)
 Headers = list[tuple[str, bytes]]
@@ -29,9 +37,60 @@ def trace_headers() -> Headers:
     return [(k, v.encode()) for k, v in carrier.items()]
 
 
+def client_options(settings: KafkaSettings) -> dict[str, Any]:
+    """The keyword arguments every AIOKafkaProducer, AIOKafkaConsumer and AIOKafkaAdminClient
+    gets: where the broker is and how to reach it (a test checks every construction)."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.bootstrap,
+        "security_protocol": settings.security_protocol,
+    }
+    if settings.security_protocol in ("SSL", "SASL_SSL"):
+        files = (settings.ssl_cafile, settings.ssl_certfile, settings.ssl_keyfile)
+        options["ssl_context"] = _ssl_context(*files)
+    if settings.security_protocol in ("SASL_PLAINTEXT", "SASL_SSL"):
+        options["sasl_mechanism"] = settings.sasl_mechanism
+        options["sasl_plain_username"] = settings.sasl_username
+        options["sasl_plain_password"] = settings.sasl_password.get_secret_value()
+    return options
+
+
+@functools.cache
+def _ssl_context(cafile: Path | None, certfile: Path | None, keyfile: Path | None) -> ssl.SSLContext:
+    """Certificate and host name checked against the CA file. Built once per process: the broker
+    check builds a consumer every few seconds. A bad file stops the service, naming it."""
+    try:
+        context: ssl.SSLContext = create_ssl_context(cafile=cafile)
+    except (ssl.SSLError, OSError) as exc:
+        raise ValueError(f"LETHE_KAFKA_SSL_CAFILE: not a PEM certificate ({type(exc).__name__})") from exc
+    if certfile is not None:
+        try:
+            # An empty password, not None: an encrypted key fails instead of prompting on a tty.
+            context.load_cert_chain(certfile, keyfile, password="")
+        except (ssl.SSLError, OSError) as exc:
+            raise ValueError(
+                "LETHE_KAFKA_SSL_CERTFILE / LETHE_KAFKA_SSL_KEYFILE: not a certificate and its"
+                f" unencrypted key, in PEM ({type(exc).__name__})"
+            ) from exc
+    return context
+
+
+def warn_if_unencrypted(settings: KafkaSettings, development: bool) -> bool:
+    """Outside a development stack, say loudly that Kafka traffic (ingress bodies carry e-mails
+    and phone numbers) crosses the network in clear. Not refused: compose on one host may
+    accept it. True when it warned."""
+    if development or settings.security_protocol.endswith("SSL"):
+        return False
+    log.warning(
+        "Kafka connections are not encrypted (and with PLAINTEXT not authenticated either): use"
+        " LETHE_KAFKA_SECURITY_PROTOCOL=SASL_SSL beyond a single host",
+        extra={"security_protocol": settings.security_protocol},
+    )
+    return True
+
+
 def make_producer(settings: KafkaSettings) -> AIOKafkaProducer:
     return AIOKafkaProducer(
-        bootstrap_servers=settings.bootstrap,
+        **client_options(settings),
         enable_idempotence=settings.idempotent_producer,
         acks="all",
         linger_ms=2,
@@ -48,7 +107,7 @@ def make_consumer(
 ) -> AIOKafkaConsumer:
     busy_ms = max(settings.fetch_max_wait_ms, COLD_FETCH_WAIT_MS) if cold else settings.fetch_max_wait_ms
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap,
+        **client_options(settings),
         group_id=group_id,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
@@ -77,8 +136,10 @@ async def start_with_retry(client: AIOKafkaProducer | AIOKafkaConsumer, what: st
 
 
 async def ensure_topics(settings: KafkaSettings, names: Sequence[str]) -> None:
-    """Create topics explicitly: auto-created ones get the broker's default partition count."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap)
+    """Create topics explicitly, with their retention (`topics.topic_config`): auto-created ones
+    get the broker's default partition count and retention. A topic that exists is left as it
+    is: its configuration is the cluster's (Strimzi's KafkaTopic, or kafka-configs.sh)."""
+    admin = AIOKafkaAdminClient(**client_options(settings))
     delay = 0.2
     for _ in range(50):
         try:
@@ -95,7 +156,15 @@ async def ensure_topics(settings: KafkaSettings, names: Sequence[str]) -> None:
         if missing:
             try:
                 await admin.create_topics(
-                    [NewTopic(n, settings.topic_partitions, settings.replication_factor) for n in missing]
+                    [
+                        NewTopic(
+                            n,
+                            settings.topic_partitions,
+                            settings.replication_factor,
+                            topic_configs=topic_config(n),
+                        )
+                        for n in missing
+                    ]
                 )
             except TopicAlreadyExistsError:
                 pass  # another service created it first

@@ -6,6 +6,9 @@ broker timings that matter on tansu (fetch wait, session timeout) through the sa
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Literal
+
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -40,6 +43,61 @@ class KafkaSettings(BaseSettings):
         6, ge=1, le=1_000, description="Partitions of each topic created at start-up."
     )
     replication_factor: int = Field(1, ge=1, le=10, description="Replication factor of created topics.")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT",
+        description="How every client reaches the broker: SASL_SSL (a password, over TLS) in production;"
+        " PLAINTEXT (neither) is for the embedded broker, and logs a warning outside development.",
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        "SCRAM-SHA-512", description="SASL mechanism, with SASL_SSL or SASL_PLAINTEXT."
+    )
+    sasl_username: str = Field(
+        "", description="SASL user, with SASL_*: one per service, so that its ACLs are its own."
+    )
+    sasl_password: SecretStr = Field(SecretStr(""), description="SASL password, with SASL_*.")
+    ssl_cafile: Path | None = Field(
+        None,
+        description="PEM of the CA that signs the broker's certificate; required with SSL and SASL_SSL"
+        " (the system bundle, e.g. /etc/ssl/certs/ca-certificates.crt, for a public CA).",
+    )
+    ssl_certfile: Path | None = Field(
+        None, description="Client certificate (PEM) for brokers that require one (mutual TLS)."
+    )
+    ssl_keyfile: Path | None = Field(None, description="Private key (PEM) of LETHE_KAFKA_SSL_CERTFILE.")
+
+    @model_validator(mode="after")
+    def _security_complete(self) -> KafkaSettings:
+        """A half-configured transport fails at start, naming the variable, not at first connect."""
+        sasl = self.security_protocol.startswith("SASL_")
+        tls = self.security_protocol.endswith("SSL")
+        if sasl and not self.sasl_username:
+            raise ValueError(f"LETHE_KAFKA_SASL_USERNAME: required with {self.security_protocol}")
+        if sasl and not self.sasl_password.get_secret_value():
+            raise ValueError(f"LETHE_KAFKA_SASL_PASSWORD: required with {self.security_protocol}")
+        if not sasl and self.sasl_username:  # a user that is never sent: someone believes it is
+            raise ValueError(
+                f"LETHE_KAFKA_SASL_USERNAME: set, but {self.security_protocol} does not use SASL"
+            )
+        files = {
+            "LETHE_KAFKA_SSL_CAFILE": self.ssl_cafile,
+            "LETHE_KAFKA_SSL_CERTFILE": self.ssl_certfile,
+            "LETHE_KAFKA_SSL_KEYFILE": self.ssl_keyfile,
+        }
+        if tls and self.ssl_cafile is None:
+            raise ValueError(
+                f"LETHE_KAFKA_SSL_CAFILE: required with {self.security_protocol} (the broker's"
+                " certificate must be checked)"
+            )
+        for variable, path in files.items():
+            if path is not None and not tls:
+                raise ValueError(f"{variable}: set, but {self.security_protocol} does not use TLS")
+            if path is not None and not path.is_file():
+                raise ValueError(f"{variable}: no such file {path}")
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError(
+                "LETHE_KAFKA_SSL_KEYFILE: a client certificate needs its key, and the key its certificate"
+            )
+        return self
 
 
 class SecretsSettings(BaseSettings):

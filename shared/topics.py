@@ -1,4 +1,5 @@
-"""Every topic name in one place. Versioned: a breaking contract change gets a new topic."""
+"""Every topic name, and every consumer group, in one place (the broker's ACLs are written from
+them: shared/access.py). Versioned: a breaking contract change gets a new topic."""
 
 from __future__ import annotations
 
@@ -17,6 +18,51 @@ HOLDS = "lethe.holds.v1"
 NOTIFICATIONS = "lethe.notifications.v1"
 DEAD_LETTERS = "lethe.deadletter.v1"
 SENTINELS = "lethe.sentinels.v1"  # records whose loss tells a service the broker forgot (broker_memory)
+# What the tracker consumes (services/tracker/handlers.CONSUMED, which a test keeps equal).
+TRACKER_CONSUMES = (REQUESTS_ACCEPTED, OUTCOMES, HOLDS, DEADLINES, RETRIES, REVIEWS)
+
+INTAKE_STATUS_GROUP = "lethe-intake-status"
+INGRESS_GROUP = "lethe-intake-ingress"
+TRACKER_GROUP = "lethe-tracker"
+DLQ_REPLAY_GROUP = "lethe-dlq-replay"
+UPSTREAM_GROUP_PREFIX = "lethe-upstream"  # an upstream DSAR tool reads its replies in groups named so
+
+
+DAY_MS = 24 * 3600 * 1000
+# How long the broker keeps each kind of topic. Ingress bodies carry e-mails and phone numbers in
+# clear and are consumed at once; a dead letter (its body sealed) is for an engineer to look at,
+# and a request whose command died stays `failed` in intake, to be retried from there. Commands
+# carry sealed identifiers: no longer than a command can usefully wait. Holds and sentinels are
+# kept for ever (a deleted sentinel reads as a broker that forgot: needless re-sending).
+RETENTION_MS = {
+    "ingress": 1 * DAY_MS,
+    "deadletter": 1 * DAY_MS,
+    "command": 7 * DAY_MS,
+    "event": 30 * DAY_MS,
+    "holds": -1,
+    "sentinel": -1,
+}
+
+
+def topic_kind(name: str) -> str:
+    if name == INGRESS:
+        return "ingress"
+    if name == DEAD_LETTERS:
+        return "deadletter"
+    if name == HOLDS:
+        return "holds"
+    if name == SENTINELS:
+        return "sentinel"
+    return "command" if name.startswith("lethe.commands.") else "event"
+
+
+def topic_config(name: str) -> dict[str, str]:
+    """What a topic is created with, by the services (ensure_topics) and in Kubernetes (Strimzi)."""
+    kind = topic_kind(name)
+    config = {"retention.ms": str(RETENTION_MS[kind])}
+    if kind == "holds":
+        config["cleanup.policy"] = "compact"  # the latest state of each hold, for ever
+    return config
 
 
 def command_topic(system: str) -> str:
@@ -46,3 +92,11 @@ def all_topics(systems: tuple[str, ...] = SYSTEMS) -> list[str]:
 def retry_topic(system: str) -> str:
     """Where a system's failing commands wait for their next try, off the main topic's path."""
     return f"lethe.commands.{system}.retry.v1"
+
+
+def worker_group(system: str) -> str:
+    return f"lethe-worker-{system}"
+
+
+def worker_retry_group(system: str) -> str:
+    return f"{worker_group(system)}-retry"

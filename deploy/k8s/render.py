@@ -3,8 +3,9 @@ settings), so they cannot drift: `python deploy/k8s/render.py` rewrites them, an
 when the committed files differ from what it would write.
 
 Per service: a Deployment (non-root, probes on /readyz and /healthz), a PodDisruptionBudget;
-workers and the tracker also get a KEDA ScaledObject that scales on consumer-group lag. Topics
-are Strimzi KafkaTopic resources with their partitions, replication and retention."""
+workers and the tracker also get a KEDA ScaledObject that scales on consumer-group lag. Each
+service reaches Kafka as its own KafkaUser (SCRAM-SHA-512 over TLS), whose ACLs allow exactly
+its topics and groups; the cluster, topics and users are Strimzi resources (strimzi.py)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,9 @@ from typing import Any
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import strimzi
 
 from shared import topics
 
@@ -23,16 +27,6 @@ NAMESPACE = "lethe"
 IMAGE = "ghcr.io/lethe-project/lethe:0.1.0"
 WORKERS = topics.SYSTEMS
 API_PORT, HEALTH_PORT = 8080, 9464
-DAY_MS = 24 * 3600 * 1000
-# Commands carry sealed identifiers: keep them no longer than a command can usefully wait.
-RETENTION_MS = {
-    "command": 7 * DAY_MS,
-    "event": 30 * DAY_MS,
-    "deadletter": 30 * DAY_MS,
-    "holds": -1,
-    # A sentinel deleted by retention reads as a broker that forgot: needless re-sending.
-    "sentinel": -1,
-}
 
 
 def labels(name: str) -> dict[str, str]:
@@ -47,6 +41,12 @@ def env(name: str) -> list[dict[str, Any]]:
         {
             "name": "LETHE_DATABASE_URL",
             "valueFrom": {"secretKeyRef": {"name": "lethe-secrets", "key": f"database-url-{name}"}},
+        },
+        # Its own KafkaUser: the password is in the Secret Strimzi's User Operator writes.
+        {"name": "LETHE_KAFKA_SASL_USERNAME", "value": strimzi.user_name(name)},
+        {
+            "name": "LETHE_KAFKA_SASL_PASSWORD",
+            "valueFrom": {"secretKeyRef": {"name": strimzi.user_name(name), "key": "password"}},
         },
     ]
     if name == "intake":
@@ -82,17 +82,21 @@ def deployment(name: str) -> dict[str, Any]:
             "capabilities": {"drop": ["ALL"]},
         },
     }
-    volumes = []
+    # The CA that signs the brokers' certificates: LETHE_KAFKA_SSL_CAFILE (config.yaml).
+    container["volumeMounts"] = [{"name": "kafka-ca", "mountPath": strimzi.CA_DIR, "readOnly": True}]
+    volumes: list[dict[str, Any]] = [{"name": "kafka-ca", "secret": {"secretName": strimzi.CA_SECRET}}]
     if name == "recordings":
         container["env"].append({"name": "LETHE_RECORDINGS_DIR", "value": "/var/lib/lethe/recordings"})
-        container["volumeMounts"] = [{"name": "recordings", "mountPath": "/var/lib/lethe/recordings"}]
-        volumes = [{"name": "recordings", "persistentVolumeClaim": {"claimName": "lethe-recordings"}}]
+        container["volumeMounts"].append({"name": "recordings", "mountPath": "/var/lib/lethe/recordings"})
+        volumes.append({"name": "recordings", "persistentVolumeClaim": {"claimName": "lethe-recordings"}})
     if name == "directory":  # the CA that signs the directory's certificate: ldaps:// is verified
         container["env"].append({"name": "LETHE_LDAP_CA_FILE", "value": "/etc/lethe/ldap/ca.crt"})
-        container["volumeMounts"] = [{"name": "ldap-ca", "mountPath": "/etc/lethe/ldap", "readOnly": True}]
-        volumes = [{"name": "ldap-ca", "secret": {"secretName": "lethe-ldap-ca"}}]
+        container["volumeMounts"].append(
+            {"name": "ldap-ca", "mountPath": "/etc/lethe/ldap", "readOnly": True}
+        )
+        volumes.append({"name": "ldap-ca", "secret": {"secretName": "lethe-ldap-ca"}})
     # A read-only root: the only writable places are /tmp and, for recordings, the volume.
-    container.setdefault("volumeMounts", []).append({"name": "tmp", "mountPath": "/tmp"})  # noqa: S108
+    container["volumeMounts"].append({"name": "tmp", "mountPath": "/tmp"})  # noqa: S108
     spec: dict[str, Any] = {
         "containers": [container],
         "terminationGracePeriodSeconds": 30,
@@ -136,51 +140,22 @@ def scaled_object(name: str, group: str, topic: str) -> dict[str, Any]:
         "spec": {
             "scaleTargetRef": {"name": f"lethe-{name}"},
             "minReplicaCount": 2,
-            "maxReplicaCount": PARTITIONS,
+            "maxReplicaCount": strimzi.PARTITIONS,
             "cooldownPeriod": 300,
             "triggers": [
                 {
                     "type": "kafka",
                     "metadata": {
-                        "bootstrapServers": "lethe-kafka-bootstrap.kafka:9092",
+                        "bootstrapServers": strimzi.BOOTSTRAP,
                         "consumerGroup": group,
                         "topic": topic,
                         "lagThreshold": "50",
                         "offsetResetPolicy": "earliest",
                     },
+                    "authenticationRef": {"name": "lethe-kafka"},  # strimzi.keda_authentication
                 }
             ],
         },
-    }
-
-
-PARTITIONS = 12
-
-
-def kafka_topic(name: str) -> dict[str, Any]:
-    kind = (
-        "deadletter"
-        if name == topics.DEAD_LETTERS
-        else "holds"
-        if name == topics.HOLDS
-        else "sentinel"
-        if name == topics.SENTINELS
-        else "command"
-        if name.startswith("lethe.commands.")
-        else "event"
-    )
-    config: dict[str, Any] = {"retention.ms": RETENTION_MS[kind], "min.insync.replicas": 2}
-    if kind == "holds":
-        config["cleanup.policy"] = "compact"  # the latest state of each hold, for ever
-    return {
-        "apiVersion": "kafka.strimzi.io/v1beta2",
-        "kind": "KafkaTopic",
-        "metadata": {
-            "name": name.replace(".", "-"),
-            "namespace": "kafka",
-            "labels": {"strimzi.io/cluster": "lethe-kafka"},
-        },
-        "spec": {"topicName": name, "partitions": PARTITIONS, "replicas": 3, "config": config},
     }
 
 
@@ -189,9 +164,9 @@ def documents() -> dict[str, list[dict[str, Any]]]:
     for name in ("intake", "tracker", *WORKERS):
         docs = [deployment(name), pdb(name)]
         if name in WORKERS:
-            docs.append(scaled_object(name, f"lethe-worker-{name}", topics.command_topic(name)))
+            docs.append(scaled_object(name, topics.worker_group(name), topics.command_topic(name)))
         elif name == "tracker":
-            docs.append(scaled_object(name, "lethe-tracker", topics.OUTCOMES))
+            docs.append(scaled_object(name, topics.TRACKER_GROUP, topics.OUTCOMES))
         files[f"{name}.yaml"] = docs
     files["intake.yaml"].append(
         {
@@ -212,7 +187,9 @@ def documents() -> dict[str, list[dict[str, Any]]]:
             "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "50Gi"}}},
         }
     )
-    files["topics.yaml"] = [kafka_topic(t) for t in topics.all_topics()]
+    files["kafka.yaml"] = strimzi.cluster(NAMESPACE)
+    files["topics.yaml"] = [strimzi.kafka_topic(t) for t in topics.all_topics()]
+    files["users.yaml"] = strimzi.users(NAMESPACE) + strimzi.keda_authentication(NAMESPACE)
     files["config.yaml"] = [
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}},
         {
@@ -220,10 +197,13 @@ def documents() -> dict[str, list[dict[str, Any]]]:
             "kind": "ConfigMap",
             "metadata": {"name": "lethe-config", "namespace": NAMESPACE},
             "data": {
-                "LETHE_KAFKA_BOOTSTRAP": "lethe-kafka-bootstrap.kafka:9092",
+                "LETHE_KAFKA_BOOTSTRAP": strimzi.BOOTSTRAP,
+                "LETHE_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+                "LETHE_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+                "LETHE_KAFKA_SSL_CAFILE": f"{strimzi.CA_DIR}/ca.crt",
                 "LETHE_KAFKA_IDEMPOTENT_PRODUCER": "true",
                 "LETHE_KAFKA_FETCH_MAX_WAIT_MS": "50",
-                "LETHE_KAFKA_TOPIC_PARTITIONS": str(PARTITIONS),
+                "LETHE_KAFKA_TOPIC_PARTITIONS": str(strimzi.PARTITIONS),
                 "LETHE_KAFKA_REPLICATION_FACTOR": "3",
                 "LETHE_LDAP_URL": "ldaps://directory.example.internal:636",
                 "LETHE_LDAP_BIND_DN": "cn=lethe,ou=services,dc=example,dc=com",
@@ -241,6 +221,15 @@ def documents() -> dict[str, list[dict[str, Any]]]:
             "metadata": {"name": "lethe-ldap-ca", "namespace": NAMESPACE},
             "type": "Opaque",
             "stringData": {"ca.crt": "CHANGE-ME: the PEM of the CA that signs the directory's certificate"},
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": strimzi.CA_SECRET, "namespace": NAMESPACE},
+            "type": "Opaque",
+            "stringData": {
+                "ca.crt": "CHANGE-ME: ca.crt of kafka/lethe-kafka-cluster-ca-cert (Strimzi's cluster CA)"
+            },
         },
         # An example: create the real one from your secret store (sealed-secrets, external-secrets…).
         {
@@ -275,7 +264,13 @@ def documents() -> dict[str, list[dict[str, Any]]]:
 
 
 def kustomization() -> str:
-    resources = ["config.yaml", "topics.yaml", *(f"{n}.yaml" for n in ("intake", "tracker", *WORKERS))]
+    resources = [
+        "config.yaml",
+        "kafka.yaml",
+        "topics.yaml",
+        "users.yaml",
+        *(f"{n}.yaml" for n in ("intake", "tracker", *WORKERS)),
+    ]
     return yaml.safe_dump(
         {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", "resources": resources},
         sort_keys=False,

@@ -23,7 +23,7 @@ from shared.codec import decode
 from shared.contracts import RequestStatusChanged
 from shared.db import apply_schema, create_pool, ensure_database
 from shared.delivery import GroupHandler, Handler, Publisher, consume_forever
-from shared.kafka import ensure_topics, make_consumer, make_producer, start_with_retry
+from shared.kafka import ensure_topics, make_consumer, make_producer, start_with_retry, warn_if_unencrypted
 from shared.outbox import OUTBOX_DDL, OutboxRelay
 from shared.service import mark_ready, run_service, set_readiness
 from shared.settings import (
@@ -90,6 +90,7 @@ async def main(stop: asyncio.Event) -> None:
     recovery_settings = RecoverySettings()
     seal = secrets.seal()
     development = DeploymentSettings().development
+    warn_if_unencrypted(kafka, development)
     # Fails fast, naming the variable: a weak or placeholder token outside a development stack.
     bootstrap = auth.parse_bootstrap(settings.bootstrap_tokens.get_secret_value(), development)
 
@@ -130,7 +131,7 @@ async def main(stop: asyncio.Event) -> None:
         app.state.readiness = lambda: readiness(pool, producer)
         set_readiness(app.state.readiness)  # the same answer on LETHE_METRICS_PORT, beside /metrics
         stopping = asyncio.Event()
-        publisher = Publisher(producer, stopping)
+        publisher = Publisher(producer, seal, stopping)
         tasks = [
             asyncio.create_task(relay.run()),
             asyncio.create_task(
@@ -142,7 +143,7 @@ async def main(stop: asyncio.Event) -> None:
                 consume(
                     kafka,
                     topics.REQUEST_STATUS,
-                    "lethe-intake-status",
+                    topics.INTAKE_STATUS_GROUP,
                     lambda record: fold_status(pool, record),
                     publisher,
                     lambda records: fold_statuses(pool, records),
@@ -152,7 +153,7 @@ async def main(stop: asyncio.Event) -> None:
                 consume(
                     kafka,
                     topics.INGRESS,
-                    "lethe-intake-ingress",
+                    topics.INGRESS_GROUP,
                     lambda record: ingress.reply(ctx, publisher, record),
                     publisher,
                 )

@@ -18,10 +18,16 @@ from shared import fetching, topics
 from shared.broker_memory import SENTINEL_DDL, BrokerMemory
 from shared.db import apply_schema, create_pool, ensure_database
 from shared.delivery import TRANSIENT, Publisher, consume_forever
-from shared.kafka import ensure_topics, make_consumer, make_producer, start_with_retry
+from shared.kafka import ensure_topics, make_consumer, make_producer, start_with_retry, warn_if_unencrypted
 from shared.outbox import OutboxRelay
 from shared.service import mark_ready, run_service, set_readiness
-from shared.settings import DatabaseSettings, KafkaSettings, RecoverySettings, SecretsSettings
+from shared.settings import (
+    DatabaseSettings,
+    DeploymentSettings,
+    KafkaSettings,
+    RecoverySettings,
+    SecretsSettings,
+)
 from shared.telemetry import metrics
 from shared.telemetry.messaging import quiet
 
@@ -69,6 +75,7 @@ async def check_broker(
 
 async def main(stop: asyncio.Event) -> None:
     kafka = KafkaSettings()
+    warn_if_unencrypted(kafka, DeploymentSettings().development)
     db = DatabaseSettings()
     settings = TrackerSettings()
     watch = RecoverySettings()
@@ -78,10 +85,10 @@ async def main(stop: asyncio.Event) -> None:
     await apply_schema(pool, *store.SCHEMA, SENTINEL_DDL)
     await ensure_topics(kafka, topics.all_topics())
     producer = make_producer(kafka)
-    consumer = make_consumer(kafka, list(CONSUMED), "lethe-tracker")
+    consumer = make_consumer(kafka, list(CONSUMED), topics.TRACKER_GROUP)
     await start_with_retry(producer, "producer")
     await start_with_retry(consumer, "consumer")
-    publisher = Publisher(producer, stop)
+    publisher = Publisher(producer, seal, stop)
     memory = BrokerMemory(pool, producer, kafka, "tracker")
     tracker = Tracker(pool, seal, settings.max_rounds)
     tasks = [
@@ -111,7 +118,7 @@ async def main(stop: asyncio.Event) -> None:
             consumer,
             lambda record: handle(tracker, record),
             publisher,
-            "lethe-tracker",
+            topics.TRACKER_GROUP,
             handle_group=lambda records: handle_group(tracker, records),
         )
 

@@ -14,7 +14,8 @@ SCHEMA_VERSION = 1
 
 # Upstream ids double as message keys and idempotency keys, so they are restricted to an opaque
 # alphabet: an e-mail address used as a ticket id would otherwise leak into Kafka keys and spans.
-RequestId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")]
+REQUEST_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+RequestId = Annotated[str, StringConstraints(pattern=REQUEST_ID_PATTERN)]
 SystemName = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
 SubjectRef = Annotated[str, StringConstraints(pattern=r"^subj_[0-9a-f]{32}$")]
 

@@ -34,6 +34,7 @@ from shared.codec import PoisonMessage, decode
 from shared.contracts.holds import HOLDS_MESSAGE, HoldsAnnounced, HoldUpdated
 from shared.crypto import IdentifierSeal, IdentifierSealError
 from shared.identity import Identities
+from shared.kafka import client_options
 from shared.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ class HoldsView:
         """Connect (tests may hand in a consumer of their own) and read from the start."""
         if consumer is None:
             consumer = AIOKafkaConsumer(
-                bootstrap_servers=self.kafka.bootstrap,
+                **client_options(self.kafka),
                 group_id=None,
                 enable_auto_commit=False,
                 auto_offset_reset="earliest",

@@ -10,11 +10,11 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from shared.kafka import ensure_topics
+from shared.kafka import ensure_topics, warn_if_unencrypted
 from shared.policy.evaluate import RetentionPolicy
 from shared.policy.model import DEFAULT_POLICY_FILE, check_categories, load_policy
 from shared.service import run_service, set_readiness
-from shared.settings import KafkaSettings, RecoverySettings, SecretsSettings
+from shared.settings import DeploymentSettings, KafkaSettings, RecoverySettings, SecretsSettings
 from shared.topics import all_topics
 from shared.worker.holds import HoldsView
 from shared.worker.ports import StoreAdapter
@@ -30,6 +30,7 @@ class PolicySettings(BaseSettings):
 def run_worker(system: str, make_adapter: Callable[[], StoreAdapter]) -> None:
     async def main(stop: asyncio.Event) -> None:
         kafka = KafkaSettings()
+        warn_if_unencrypted(kafka, DeploymentSettings().development)
         secrets = SecretsSettings()
         adapter = make_adapter()
         policy = load_policy(PolicySettings().policy_file)

@@ -110,7 +110,7 @@ class WorkerRuntime:
         self.broker_check_s = broker_check_s
         self.topic = topics.command_topic(adapter.system)
         self.retry_topic = topics.retry_topic(adapter.system)
-        self.group_id = f"lethe-worker-{adapter.system}"
+        self.group_id = topics.worker_group(adapter.system)
         self.concurrency = retry.concurrency
         self.stopping = asyncio.Event()
         self.ready = False
@@ -135,9 +135,10 @@ class WorkerRuntime:
         await self.adapter.start()
         producer = make_producer(self.kafka)
         await start_with_retry(producer, "producer")
-        self.publisher = Publisher(producer, self.stopping)
+        self.publisher = Publisher(producer, self.seal, self.stopping)
         main = make_consumer(self.kafka, [self.topic], self.group_id)
-        retries = make_consumer(self.kafka, [self.retry_topic], f"{self.group_id}-retry", cold=True)
+        retry_group = topics.worker_retry_group(self.adapter.system)
+        retries = make_consumer(self.kafka, [self.retry_topic], retry_group, cold=True)
         await start_with_retry(main, "consumer")
         await start_with_retry(retries, "retry-consumer")
         if self.holds is not None:

@@ -1,5 +1,6 @@
 """Poison messages go to the dead-letter topic at once and the consumer moves on; a command that
-failed for good is dead-lettered with its error and, once the cause is fixed, replayed."""
+failed for good is dead-lettered with its error (sealed) and, once the cause is fixed, replayed
+(opened with the identifier key)."""
 
 from __future__ import annotations
 
@@ -33,7 +34,12 @@ async def produce(stack: Stack, topic: str, *values: bytes) -> None:
 
 
 def dlq(stack: Stack, *args: str) -> str:
-    result = RUNNER.invoke(app, ["dlq", *args], env={"LETHE_KAFKA_BOOTSTRAP": stack.kafka_bootstrap})
+    """As an operator runs it: the broker, and the identifier key that opens sealed letters."""
+    env = {
+        "LETHE_KAFKA_BOOTSTRAP": stack.kafka_bootstrap,
+        "LETHE_IDENTIFIER_KEY": stack.secrets.identifier_key,
+    }
+    result = RUNNER.invoke(app, ["dlq", *args], env=env)
     assert result.exit_code == 0, result.output
     return result.output
 
