@@ -72,9 +72,10 @@ def services(systems: tuple[str, ...] = topics.SYSTEMS) -> dict[str, Access]:
     return table
 
 
-# The upstream DSAR tool: submits, and reads the answer; nothing else, not even topic names.
+# The upstream DSAR tool: submits, reads the answer and the completions (the topic published
+# for it: ids, statuses and counts, no identifiers); nothing else, not even topic names.
 UPSTREAM = Access(
-    read=frozenset({topics.INGRESS_REPLIES}),
+    read=frozenset({topics.INGRESS_REPLIES, topics.REQUESTS_COMPLETED}),
     write=frozenset({topics.INGRESS}),
     group_prefixes=frozenset({topics.UPSTREAM_GROUP_PREFIX}),
 )

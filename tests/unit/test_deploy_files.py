@@ -226,13 +226,15 @@ def test_each_service_logs_in_as_its_own_user_with_exactly_its_acls() -> None:
         assert (reads, writes, groups) == (grant.read, grant.write, grant.groups), name
 
 
-def test_the_upstream_tool_may_only_submit_and_read_its_replies() -> None:
+def test_the_upstream_tool_may_only_submit_and_read_its_replies_and_completions() -> None:
     [upstream] = [u for u in by_kind("KafkaUser") if u["metadata"]["name"] == "lethe-upstream"]
     assert acl_grants(upstream) == {
         ("topic", "literal", topics.INGRESS, "Write"),
         ("topic", "literal", topics.INGRESS, "Describe"),
         ("topic", "literal", topics.INGRESS_REPLIES, "Read"),
         ("topic", "literal", topics.INGRESS_REPLIES, "Describe"),
+        ("topic", "literal", topics.REQUESTS_COMPLETED, "Read"),
+        ("topic", "literal", topics.REQUESTS_COMPLETED, "Describe"),
         ("group", "prefix", topics.UPSTREAM_GROUP_PREFIX, "Read"),
     }
 
@@ -289,13 +291,15 @@ def test_compose_clients_log_in_and_only_through_sasl() -> None:
         assert service["depends_on"]["kafka-acls"] == {"condition": "service_completed_successfully"}
 
 
-def test_compose_upstream_user_may_only_submit_and_read_its_replies() -> None:
+def test_compose_upstream_user_may_only_submit_and_read_its_replies_and_completions() -> None:
     grants = compose_acls()
     assert grants["upstream"] == {
         ("topic", "literal", topics.INGRESS, "Write"),
         ("topic", "literal", topics.INGRESS, "Describe"),
         ("topic", "literal", topics.INGRESS_REPLIES, "Read"),
         ("topic", "literal", topics.INGRESS_REPLIES, "Describe"),
+        ("topic", "literal", topics.REQUESTS_COMPLETED, "Read"),
+        ("topic", "literal", topics.REQUESTS_COMPLETED, "Describe"),
         ("group", "prefixed", topics.UPSTREAM_GROUP_PREFIX, "Read"),
     }
     assert {

@@ -69,9 +69,9 @@ def test_grants_name_only_topics_that_exist() -> None:
     assert all(g.read | g.write <= set(topics.all_topics()) for g in every)
 
 
-def test_the_upstream_tool_may_only_submit_and_read_its_replies() -> None:
+def test_the_upstream_tool_may_only_submit_and_read_its_replies_and_completions() -> None:
     assert access.UPSTREAM.write == {topics.INGRESS}
-    assert access.UPSTREAM.read == {topics.INGRESS_REPLIES}
+    assert access.UPSTREAM.read == {topics.INGRESS_REPLIES, topics.REQUESTS_COMPLETED}
     assert not access.UPSTREAM.groups and not access.UPSTREAM.describe_lethe
 
 
