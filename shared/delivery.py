@@ -132,6 +132,9 @@ TRANSIENT: tuple[type[BaseException], ...] = (
     asyncpg.TooManyConnectionsError,
     asyncpg.ConnectionDoesNotExistError,
     asyncpg.InternalClientError,  # seen when a connection dies mid-query during a server restart
+    # A deadlock or serialization failure: the other transaction went on; this one, tried
+    # again, will too (never a reason to dead-letter a message).
+    asyncpg.exceptions.TransactionRollbackError,
 )
 
 

@@ -46,14 +46,23 @@ class Loaded:
     pending_learnt: str | None = None  # sealed: learnt this round, not yet searched with
 
 
-# The saga, its systems and its audit trail in one round trip; the saga row is locked, so the
-# trail read is the one the next entries chain onto.
-_LOAD = """
-SELECT g.*,
-    (SELECT coalesce(json_agg(s), '[]') FROM saga_systems s WHERE s.request_id = g.request_id) AS systems,
-    (SELECT coalesce(json_agg(a ORDER BY a.seq), '[]') FROM audit_log a WHERE a.request_id = g.request_id)
-        AS trail
-FROM sagas g WHERE g.request_id = $1 FOR UPDATE OF g"""
+# The saga, its systems and its audit trail in one round trip, read after the saga is locked.
+# Not one SELECT ... FOR UPDATE: a statement that waited for the lock re-reads only the locked
+# row (EvalPlanQual); its subqueries keep the snapshot taken before the other change committed,
+# so the systems would be stale and the next audit entry would reuse a taken number. In a
+# function each statement takes a new snapshot: the lock, then the read. The saga comes as JSON,
+# not as the table's row type, which a client caches and a column added later would outdate.
+# (A later change of what it returns needs a new name: CREATE OR REPLACE cannot change it.)
+LOAD_DDL = """CREATE OR REPLACE FUNCTION lethe_saga_load(rid text)
+    RETURNS TABLE (saga json, systems json, trail json) LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM 1 FROM sagas WHERE request_id = rid FOR UPDATE;
+    RETURN QUERY SELECT row_to_json(g),
+        (SELECT coalesce(json_agg(s), '[]') FROM saga_systems s WHERE s.request_id = g.request_id),
+        (SELECT coalesce(json_agg(a ORDER BY a.seq), '[]') FROM audit_log a WHERE a.request_id = g.request_id)
+    FROM sagas g WHERE g.request_id = rid;
+END $$"""
+_LOAD = "SELECT saga, systems, trail FROM lethe_saga_load($1)"
 
 
 def _utc(text: str) -> datetime:
@@ -63,22 +72,23 @@ def _utc(text: str) -> datetime:
 
 
 async def load(conn: asyncpg.Connection, request_id: str) -> Loaded | None:
-    row = await conn.fetchrow(_LOAD, request_id)
-    if row is None:
+    loaded_row = await conn.fetchrow(_LOAD, request_id)
+    if loaded_row is None:
         return None
+    row = json.loads(loaded_row["saga"])
     saga = Saga(
         request_id=row["request_id"],
         request_type=RequestType(row["request_type"]),
         subject_ref=row["subject_ref"],
-        received_at=row["received_at"],
-        deadline=row["deadline"],
+        received_at=_utc(row["received_at"]),
+        deadline=_utc(row["deadline"]),
         trace_id=row["trace_id"],
-        completed_at=row["completed_at"],
-        extension=None if row["extension"] is None else Extension.model_validate_json(row["extension"]),
+        completed_at=None if row["completed_at"] is None else _utc(row["completed_at"]),
+        extension=None if row["extension"] is None else Extension.model_validate(row["extension"]),
         round=row["round"],
-        reviews={r.review_id: r for r in map(reviews.from_json, json.loads(row["reviews"]))},
+        reviews={r.review_id: r for r in map(reviews.from_json, row["reviews"])},
     )
-    for s in json.loads(row["systems"]):
+    for s in json.loads(loaded_row["systems"]):
         saga.slots[s["system"]] = SystemSlot(
             system=s["system"],
             state=SystemState(s["state"]),
@@ -91,7 +101,7 @@ async def load(conn: asyncpg.Connection, request_id: str) -> Loaded | None:
             error=s["error"],
             rounds=[OutcomeReported.model_validate(r) for r in s["rounds"]],
         )
-    trail = [AuditEntry(**{**a, "at": _utc(a["at"])}) for a in json.loads(row["trail"])]
+    trail = [AuditEntry(**{**a, "at": _utc(a["at"])}) for a in json.loads(loaded_row["trail"])]
     as_loaded = {
         name: replace(slot, deferred=list(slot.deferred), rounds=list(slot.rounds))
         for name, slot in saga.slots.items()

@@ -4,6 +4,7 @@ their request, deferred erasures and holds, the broker sentinel, and the outbox.
 from __future__ import annotations
 
 from services.tracker.forgetting import SCHEMA as FORGETTING_DDL
+from services.tracker.repository import LOAD_DDL
 from services.tracker.schedule import SCHEDULE_DDL
 from shared.journal import JOURNAL_DDL
 from shared.outbox import OUTBOX_DDL
@@ -64,6 +65,7 @@ SCHEMA = (
        FOR EACH ROW EXECUTE FUNCTION lethe_audit_append_only()""",
     *SCHEDULE_DDL,
     *FORGETTING_DDL,
+    LOAD_DDL,
     JOURNAL_DDL,
     OUTBOX_DDL,
 )

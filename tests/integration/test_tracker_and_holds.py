@@ -3,6 +3,7 @@ of holds on the real broker."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import UTC, date, datetime, timedelta
 from uuid import UUID, uuid4
@@ -12,7 +13,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
-from services.tracker import recovery, schedule, store
+from services.tracker import recovery, repository, schedule, store
 from services.tracker.saga import Timeouts
 from shared import topics
 from shared.codec import encode
@@ -388,3 +389,41 @@ async def test_after_a_broker_loss_what_the_sagas_wait_for_is_sent_again_as_it_w
     # The deferred erasure whose outcome never came is due again, as the same command.
     assert await schedule.dispatch_due(tracker_db, datetime(2027, 1, 2, tzinfo=UTC)) == 1
     assert (await outbox(tracker_db, topics.command_topic("crm")))[-1]["message_id"] == deferred_id
+
+
+async def test_a_saga_changed_while_another_waited_for_it_is_read_as_changed(
+    tracker_db: asyncpg.Pool,
+) -> None:
+    # A handler and the tracker's own timers (timeouts, broker-loss recovery) may change one
+    # saga at once: the one that waited must read what the other wrote (its systems, its audit
+    # trail), or it appends an audit entry under a number already taken and drops the change.
+    await store.start_saga(tracker_db, accepted("race-1", "crm", "billing"), T0)
+    first = await tracker_db.acquire()
+    second = await tracker_db.acquire()
+    try:
+        tx = first.transaction()
+        await tx.start()
+        loaded = await repository.load(first, "race-1")
+        assert loaded is not None
+        loaded.saga.note(T0, "first_change")
+        await repository.save(first, loaded, was_final=False)
+
+        async def waiting() -> repository.Loaded | None:
+            async with second.transaction():
+                other = await repository.load(second, "race-1")  # waits for the first to commit
+                assert other is not None
+                other.saga.note(T0, "second_change")
+                await repository.save(second, other, was_final=False)
+                return other
+
+        task = asyncio.create_task(waiting())
+        await asyncio.sleep(0.2)
+        assert not task.done()  # it waits on the saga's lock
+        await tx.commit()
+        other = await task
+        assert other is not None
+        assert [e.kind for e in other.trail][-2:] == ["first_change", "second_change"]
+    finally:
+        await tracker_db.release(first)
+        await tracker_db.release(second)
+    assert verify_chain(await repository.audit_trail(tracker_db, "race-1")) is None
