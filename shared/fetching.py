@@ -120,13 +120,20 @@ async def rewind_all() -> int:
         for tp in partitions:
             forget(consumer, tp)
         _rewound_at[consumer] = time.monotonic()
-        if partitions:
-            await consumer.seek_to_beginning(*partitions)
-            rewound += len(partitions)
+        for tp in partitions:
+            consumer.seek(tp, 0)  # from the start: see the note above forget()
+        rewound += len(partitions)
     log.warning(
         "the broker forgot: consumers read every partition from its start", extra={"partitions": rewound}
     )
     return rewound
+
+
+# "From the start" is offset 0, set with `seek`, not `seek_to_beginning`: that one waits for the
+# fetcher to look the offset up, and from inside the consume loop it waited for ever (the
+# tracker's consumer hung in the fault suite). A partition whose log no longer starts at 0 (a
+# real Kafka's retention) answers OFFSET_OUT_OF_RANGE, and auto_offset_reset=earliest takes the
+# consumer to its start.
 
 
 def forget(consumer: AIOKafkaConsumer, tp: TopicPartition) -> None:
@@ -148,8 +155,8 @@ async def fetch_in_order(consumer: AIOKafkaConsumer, timeout_ms: int) -> Batches
         late &= consumer.assignment()
         for tp in late:
             forget(consumer, tp)
+            consumer.seek(tp, 0)  # from the start: see the note above forget()
         if late:
-            await consumer.seek_to_beginning(*late)
             log.warning(
                 "partitions assigned after a rewind: read from their start", extra={"partitions": len(late)}
             )

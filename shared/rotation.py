@@ -39,6 +39,11 @@ SEALED: dict[str, tuple[SealedColumn, ...]] = {
         SealedColumn("sagas", "sealed_identifiers"),
         SealedColumn("sagas", "pending_learnt"),
         SealedColumn("sagas", "reviews", json=True),
+        # Outcomes carry what a worker learnt and a reviewer's evidence, sealed.
+        SealedColumn("saga_systems", "outcome", json=True),
+        SealedColumn("saga_systems", "deferred", json=True),
+        SealedColumn("saga_systems", "rounds", json=True),
+        SealedColumn("early_outcomes", "outcome", json=True),
     ),
 }
 
