@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 
 from aiokafka import ConsumerRecord
 from pydantic import ValidationError
@@ -16,6 +17,7 @@ from services.intake.models import SubmitRequest
 from services.intake.service import IntakeContext, Unacceptable, accept
 from shared import topics
 from shared.codec import describe_validation_error, encode
+from shared.contracts.base import REQUEST_ID_PATTERN
 from shared.contracts.events import IngressReplied
 from shared.delivery import Publisher
 
@@ -26,8 +28,9 @@ async def handle(ctx: IntakeContext, raw: bytes | None) -> IngressReplied:
     request_id = None
     try:
         data = json.loads(raw or b"")
-        if isinstance(data, dict) and isinstance(data.get("request_id"), str):
-            request_id = data["request_id"][:128]
+        given = data.get("request_id") if isinstance(data, dict) else None
+        if isinstance(given, str) and re.fullmatch(REQUEST_ID_PATTERN, given):
+            request_id = given  # echoed only when it is an id (an address in its place is not)
         body = SubmitRequest.model_validate(data)
         row = await accept(ctx, body, scope.INGRESS)
     except (json.JSONDecodeError, UnicodeDecodeError):

@@ -138,11 +138,19 @@ async def _ingress_round_trip(stack: Stack) -> list[dict[str, Any]]:
             (b"k1", json.dumps(valid).encode()),
             (b"k2", b"{not json"),
             (b"k3", json.dumps({**valid, "request_id": "ingress-2", "subject": {"phones": ["12"]}}).encode()),
+            # A lone surrogate is bad input, answered; an address in place of an id is not echoed.
+            (
+                b"k4",
+                json.dumps({**valid, "request_id": "ingress-3", "subject": {"emails": ["LONE"]}})
+                .replace("LONE", "a\\ud800@example.com")
+                .encode(),
+            ),
+            (b"k5", json.dumps({**valid, "request_id": "jane.doe@example.com"}).encode()),
         ]:
             await producer.send_and_wait(topics.INGRESS, value, key=key)
         replies: list[dict[str, Any]] = []
         deadline = time.monotonic() + 20
-        while len(replies) < 3 and time.monotonic() < deadline:
+        while len(replies) < 5 and time.monotonic() < deadline:
             for records in (await consumer.getmany(timeout_ms=500)).values():
                 replies += [json.loads(r.value or b"") | {"key": r.key} for r in records]
         return replies
@@ -156,6 +164,9 @@ def test_ingress_topic_accepts_and_answers_every_submission(stack: Stack, api: h
     assert replies[b"k1"]["accepted"] and replies[b"k1"]["request_id"] == "ingress-1"
     assert not replies[b"k2"]["accepted"] and "not JSON" in replies[b"k2"]["error"]
     assert not replies[b"k3"]["accepted"] and replies[b"k3"]["error"].startswith("subject.phones.0")
+    assert not replies[b"k4"]["accepted"] and replies[b"k4"]["error"].startswith("subject.emails")
+    assert not replies[b"k5"]["accepted"] and replies[b"k5"]["error"].startswith("request_id")
+    assert replies[b"k5"]["request_id"] is None and "jane.doe" not in str(replies[b"k5"])
     assert wait_final(api, "ingress-1")["status"] == "completed"
 
 
