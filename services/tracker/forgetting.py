@@ -9,7 +9,9 @@ dropped (the report, the audit trail and the subject reference stay):
 - no deferred erasure is waiting, or was sent without its outcome coming back;
 - no record was kept under a hold that has not ended: its erasure is scheduled only when the
   hold is released or expires, which may be years away (an expiry already known is a
-  scheduled erasure, so this is the open-ended hold);
+  scheduled erasure, so this is the open-ended hold). Outcomes cite a hold by its case
+  reference, which several holds may share (one lawsuit, many people): while any hold of that
+  reference is open-ended, or none is known to the tracker yet, the identifiers stay;
 - no system failed, or the request completed longer ago than `keep_failed`: a failed system
   may be retried by compliance (`POST /v1/requests/{id}/retry`) until then.
 """
@@ -52,8 +54,9 @@ SELECT g.request_id, g.completed_at,
                    UNION ALL SELECT r FROM jsonb_array_elements(s.rounds) AS r) AS outcomes,
           jsonb_array_elements(o->'categories') AS c, jsonb_array_elements(c->'retained') AS kept
           WHERE s.request_id = g.request_id AND kept->>'hold_reference' IS NOT NULL
-            AND NOT EXISTS (SELECT 1 FROM holds h WHERE h.case_reference = kept->>'hold_reference'
-                              AND (h.released_at IS NOT NULL OR h.expires_at IS NOT NULL))) AS unended_hold
+            AND (NOT EXISTS (SELECT 1 FROM holds h WHERE h.case_reference = kept->>'hold_reference')
+                 OR EXISTS (SELECT 1 FROM holds h WHERE h.case_reference = kept->>'hold_reference'
+                              AND h.released_at IS NULL AND h.expires_at IS NULL))) AS unended_hold
   FROM sagas g
  WHERE g.sealed_identifiers IS NOT NULL AND g.completed_at IS NOT NULL
  ORDER BY g.identifiers_checked_at NULLS FIRST LIMIT $1"""

@@ -7,6 +7,7 @@ the report records when it went and why."""
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from datetime import date, datetime
 from uuid import UUID, uuid4
@@ -19,6 +20,7 @@ from shared.contracts.holds import HoldUpdated
 from shared.outbox import enqueue
 from shared.telemetry.messaging import TRACER, link_to
 
+log = logging.getLogger(__name__)
 SCHEDULE_DDL = (
     # Deferred erasures: re-examine what `resume_of` retained once `due_on` (and `due_at`,
     # for an end given to the second, a hold's expiry) comes.
@@ -137,6 +139,9 @@ async def dispatch_due(pool: asyncpg.Pool, now: datetime) -> int:
             now,
         )
         for row in rows:
+            if row["sealed_identifiers"] is None:
+                await _cannot_send(conn, row, now)
+                continue
             command = EraseSubject(
                 message_id=row["command_id"] or uuid4(),
                 request_id=row["request_id"],
@@ -167,6 +172,25 @@ async def dispatch_due(pool: asyncpg.Pool, now: datetime) -> int:
                 command.message_id,
             )
     return len(rows)
+
+
+async def _cannot_send(conn: asyncpg.Connection, row: asyncpg.Record, now: datetime) -> None:
+    """A follow-up due after the request's identifiers were dropped (forgetting.py should never
+    let that happen): marked dispatched so it does not block every other due erasure each tick,
+    and said loudly, for a person to look at."""
+    log.error(
+        "deferred erasure due but the identifiers are gone",
+        extra={"request_id": row["request_id"], "system": row["system"]},
+    )
+    await conn.execute(
+        "UPDATE scheduled_erasures SET dispatched_at = $5 WHERE request_id = $1 AND system = $2"
+        " AND resume_of = $3 AND due_on = $4",
+        row["request_id"],
+        row["system"],
+        row["resume_of"],
+        row["due_on"],
+        now,
+    )
 
 
 async def undispatch_unanswered(conn: asyncpg.Connection) -> int:

@@ -29,7 +29,7 @@ KEEP_FAILED = timedelta(days=90)
 LATER = T0 + timedelta(days=1)
 
 
-async def kept(pool: asyncpg.Pool, request_id: str) -> bool:
+async def kept_identifiers(pool: asyncpg.Pool, request_id: str) -> bool:
     return bool(
         await pool.fetchval(
             "SELECT sealed_identifiers IS NOT NULL FROM sagas WHERE request_id = $1", request_id
@@ -55,7 +55,7 @@ async def test_a_finished_request_forgets_its_identifiers_and_one_in_flight_does
     await store.record_outcome(tracker_db, outcome("f-1", "crm"))
     await store.record_outcome(tracker_db, outcome("f-2", "crm"))
     assert await forget_identifiers(tracker_db, LATER, KEEP_FAILED) == 1
-    assert not await kept(tracker_db, "f-1") and await kept(tracker_db, "f-2")
+    assert not await kept_identifiers(tracker_db, "f-1") and await kept_identifiers(tracker_db, "f-2")
 
 
 async def test_retention_and_holds_keep_them_until_the_last_deferred_erasure_came_back(
@@ -120,3 +120,49 @@ async def test_a_failed_system_keeps_them_for_a_retry_which_is_refused_once_they
     assert status["status"] == "failed"
     assert status["audit"][-1]["kind"] == "retry_ignored"
     assert status["audit"][-1]["detail"]["reason"] == "identifiers no longer kept"
+
+
+async def test_a_shared_case_reference_keeps_them_while_any_hold_of_it_is_open_ended(
+    tracker_db: asyncpg.Pool,  # noqa: F811
+) -> None:
+    # One lawsuit, two people: Bob's hold under LIT-7 is released, Alice's stays open-ended.
+    await store.start_saga(tracker_db, accepted("f-5", "recordings"), T0)
+    kept = Retention(count=1, hold_reference="LIT-7", legal_basis="hold")
+    await store.record_outcome(tracker_db, outcome("f-5", "recordings", retained=[kept]))
+    alice = HoldUpdated(
+        hold_id=uuid4(),
+        version=1,
+        case_reference="LIT-7",
+        subject_ref=REF,
+        sealed_identifiers="a",
+        placed_at=T0,
+    )
+    bob = alice.model_copy(update={"hold_id": uuid4(), "version": 2, "released_at": T0 + timedelta(hours=1)})
+    await schedule.record_hold(tracker_db, alice)
+    await schedule.record_hold(tracker_db, bob)
+    # Bob's release schedules a follow-up for the records kept under LIT-7; it comes back kept.
+    assert await schedule.dispatch_due(tracker_db, LATER) == 1
+    sent = (await outbox(tracker_db, topics.command_topic("recordings")))[-1]
+    first = await tracker_db.fetchval(
+        "SELECT outcome->>'command_id' FROM saga_systems WHERE request_id = 'f-5'"
+    )
+    again = outcome("f-5", "recordings", retained=[kept], erased=0).model_copy(
+        update={"resume_of": UUID(first), "command_id": UUID(sent["message_id"])}
+    )
+    await store.record_outcome(tracker_db, again)
+    assert await forget_identifiers(tracker_db, LATER + timedelta(days=1), KEEP_FAILED) == 0
+    assert await kept_identifiers(tracker_db, "f-5")
+
+
+async def test_a_follow_up_without_identifiers_does_not_hold_up_the_others(
+    tracker_db: asyncpg.Pool,  # noqa: F811
+) -> None:
+    until = Retention(count=1, rule_id="r", legal_basis="b", retain_until=date(2027, 1, 4))
+    for rid in ("f-6", "f-7"):
+        await store.start_saga(tracker_db, accepted(rid, "billing"), T0)
+        await store.record_outcome(tracker_db, outcome(rid, "billing", retained=[until]))
+    await tracker_db.execute("UPDATE sagas SET sealed_identifiers = NULL WHERE request_id = 'f-6'")
+    assert await schedule.dispatch_due(tracker_db, datetime(2027, 1, 4, 6, tzinfo=UTC)) == 2
+    sent = await outbox(tracker_db, topics.command_topic("billing"))
+    assert [c["request_id"] for c in sent] == ["f-7"]
+    assert await schedule.dispatch_due(tracker_db, datetime(2027, 1, 5, tzinfo=UTC)) == 0
