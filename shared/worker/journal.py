@@ -12,6 +12,7 @@ from uuid import UUID
 import asyncpg
 from pydantic import TypeAdapter
 
+from shared.identity import Identities
 from shared.worker.ports import Decision, JournalEntry
 
 WORKER_JOURNAL_DDL = """
@@ -32,6 +33,24 @@ BEGIN
     RETURN QUERY SELECT j.plan, j.outcome FROM lethe_command_journal j WHERE j.command_id = cmd;
 END $$"""
 _PLAN = TypeAdapter(list[Decision])
+
+# Once a command's outcome is written, its plan keeps the decisions (record keys, actions, rules:
+# what later rounds and deferred erasures read back) but not whose each record was: the owner's
+# and the matching identifiers are the subject's e-mails and phones, in clear, which must not
+# outlive the erasure in the very database it erased. Until the outcome, a replay needs them.
+_STRIPPED_PLAN = """(SELECT coalesce(jsonb_agg(d #- '{record,owner}' #- '{record,matched}'
+    #- '{record,variants}' ORDER BY n), '[]'::jsonb)
+    FROM jsonb_array_elements(plan) WITH ORDINALITY AS e(d, n))"""
+# Journals written before plans were stripped: stripped at start-up.
+JOURNAL_STRIP_DDL = f"""UPDATE lethe_command_journal SET plan = {_STRIPPED_PLAN}
+ WHERE outcome IS NOT NULL AND jsonb_path_exists(plan, '$[*].record.owner')"""
+
+
+def without_identities(plan: Sequence[Decision]) -> list[Decision]:
+    return [d.model_copy(update={"record": d.record.model_copy(update=_NO_IDENTITIES)}) for d in plan]
+
+
+_NO_IDENTITIES = {"owner": Identities(), "matched": Identities(), "variants": Identities()}
 
 
 class PostgresJournal:
@@ -64,7 +83,8 @@ class PostgresJournal:
 
     async def save_outcome(self, command_id: UUID, outcome: dict[str, Any]) -> None:
         await self.conn.execute(
-            "UPDATE lethe_command_journal SET outcome = $2::jsonb, updated_at = now() WHERE command_id = $1",
+            "UPDATE lethe_command_journal SET outcome = $2::jsonb, updated_at = now(),"
+            f" plan = {_STRIPPED_PLAN} WHERE command_id = $1",
             command_id,
             json.dumps(outcome),
         )
@@ -89,5 +109,5 @@ class TransactionalJournal(PostgresJournal):
             " ON CONFLICT (command_id) DO UPDATE SET outcome = $2::jsonb, updated_at = now()",
             command_id,
             json.dumps(outcome),
-            _PLAN.dump_json(self._plan or []).decode(),
+            _PLAN.dump_json(without_identities(self._plan or [])).decode(),
         )

@@ -17,7 +17,12 @@ from shared.contracts.outcomes import Action
 from shared.db import apply_schema, create_pool, ensure_database
 from shared.identity import Identities, email_prefilter, phone_prefilter
 from shared.settings import DatabaseSettings
-from shared.worker.journal import JOURNAL_OPEN_DDL, WORKER_JOURNAL_DDL, TransactionalJournal
+from shared.worker.journal import (
+    JOURNAL_OPEN_DDL,
+    JOURNAL_STRIP_DDL,
+    WORKER_JOURNAL_DDL,
+    TransactionalJournal,
+)
 from shared.worker.matching import match
 from shared.worker.ports import Decision, Record
 
@@ -106,7 +111,7 @@ class PostgresStoreAdapter:
     async def start(self) -> None:
         await ensure_database(self.database_url)
         self._pool = await create_pool(self.database_url, self.pool_max)
-        await apply_schema(self._pool, *self.schema, WORKER_JOURNAL_DDL, JOURNAL_OPEN_DDL)
+        await apply_schema(self._pool, *self.schema, WORKER_JOURNAL_DDL, JOURNAL_OPEN_DDL, JOURNAL_STRIP_DDL)
 
     async def close(self) -> None:
         if self._pool is not None:
@@ -216,5 +221,5 @@ async def open_store(database_url: str, *ddl: str) -> asyncpg.Pool:
     """For seeders and tests: the store's database, created with its schema if new."""
     await ensure_database(database_url)
     pool = await create_pool(database_url, 4)
-    await apply_schema(pool, *ddl, WORKER_JOURNAL_DDL, JOURNAL_OPEN_DDL)
+    await apply_schema(pool, *ddl, WORKER_JOURNAL_DDL, JOURNAL_OPEN_DDL, JOURNAL_STRIP_DDL)
     return pool

@@ -181,3 +181,25 @@ async def test_two_deliveries_of_one_command_at_once_act_once(billing_with_alice
     assert first == second
     assert sum(c.erased for c in first.categories) == 11
     assert await count(adapter.pool, "SELECT count(*) FROM lethe_command_journal") == 1
+
+
+async def test_the_journal_keeps_decisions_not_whose_records_they_were(
+    billing_with_alice: BillingAdapter,
+) -> None:
+    adapter = billing_with_alice
+    command = erase("billing")
+    await execute(command, ALICE, adapter, ActOnEverything(), utc_clock)
+    plan = await adapter.pool.fetchval("SELECT plan::text FROM lethe_command_journal")
+    assert '"action"' in plan and '["C-1001"]' not in plan  # the decisions, by record id
+    for clear in ("alice.hartley", "7700900123", "7700 900123"):
+        assert clear not in plan.lower()
+    # A journal written before plans were stripped is stripped at start-up.
+    await adapter.pool.execute(
+        "UPDATE lethe_command_journal SET plan = jsonb_set(plan, '{0,record,owner}',"
+        ' \'{"emails": ["alice.hartley@example.co.uk"]}\')'
+    )
+    await adapter.close()
+    await adapter.start()
+    assert "alice.hartley" not in await adapter.pool.fetchval("SELECT plan::text FROM lethe_command_journal")
+    again = await execute(command, ALICE, adapter, ActOnEverything(), utc_clock)
+    assert again.status == "done"  # the stored outcome answers a redelivery
