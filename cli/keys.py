@@ -13,11 +13,13 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from cryptography.fernet import Fernet
+from pydantic import ValidationError
 
 from shared.crypto import IdentifierSeal
 from shared.db import create_pool
 from shared.rotation import SEALED, ResealCount, reseal
-from shared.settings import SecretsSettings
+from shared.settings import IdentifierKeySettings
+from shared.topics import SYSTEMS
 
 if TYPE_CHECKING:
     from cli.stack import Secrets
@@ -56,33 +58,52 @@ def forget_old() -> None:
 def reseal_command(
     intake_db: Annotated[str | None, typer.Option(help="Intake's database URL (a deployment).")] = None,
     tracker_db: Annotated[str | None, typer.Option(help="The tracker's database URL (a deployment).")] = None,
+    worker_db: Annotated[
+        list[str] | None, typer.Option(help="A worker's database URL (repeat for each worker).")
+    ] = None,
 ) -> None:
     """Re-seal every stored identifier with the current key; safe beside running services."""
-    if intake_db or tracker_db:
-        seal = SecretsSettings().seal()
-        targets = {"intake": intake_db, "tracker": tracker_db}
+    if intake_db or tracker_db or worker_db:
+        try:
+            seal = IdentifierKeySettings().seal()  # LETHE_IDENTIFIER_KEY, LETHE_IDENTIFIER_EXTRA_KEYS
+        except (ValidationError, ValueError) as exc:
+            raise typer.BadParameter(_first_error(exc)) from None
+        targets = [("intake", intake_db), ("tracker", tracker_db)] + [("worker", u) for u in worker_db or []]
     else:
-        from cli.stack import StackConfig
+        from cli.stack import Stack, StackConfig
 
         secrets = _stack_secrets()
         seal = IdentifierSeal(secrets.identifier_key, secrets.extra_keys())
-        config = StackConfig.from_env(_secrets_path().parent)
-        targets = {s: f"{config.postgres_url}/{config.db_prefix}_{s}" for s in SEALED}
+        stack = Stack(StackConfig.from_env(_secrets_path().parent))
+        targets = [("intake", stack.database_url("intake")), ("tracker", stack.database_url("tracker"))]
+        targets += [("worker", stack.database_url(system)) for system in SYSTEMS]
     left = 0
-    for service, url in targets.items():
+    for kind, url in targets:
         if url is None:
             continue
-        count = asyncio.run(_reseal(url, seal, service))
-        typer.echo(f"{service}: {count.rewritten} re-sealed, {count.unopenable} opened by no key given")
+        count = asyncio.run(_reseal(url, seal, kind))
+        typer.echo(f"{_where(url)}: {count.rewritten} re-sealed, {count.unopenable} opened by no key given")
         left += count.unopenable
     if left:
         raise typer.Exit(1)  # do not drop a key until this says 0
 
 
-async def _reseal(url: str, seal: IdentifierSeal, service: str) -> ResealCount:
+def _where(url: str) -> str:
+    return url.rsplit("/", 1)[-1]  # the database's name, never its password
+
+
+def _first_error(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        error = exc.errors()[0]
+        name = "LETHE_" + "_".join(str(p) for p in error["loc"]).upper()
+        return f"{name}: {error['msg']}" if error["loc"] else str(error["msg"])
+    return str(exc)
+
+
+async def _reseal(url: str, seal: IdentifierSeal, kind: str) -> ResealCount:
     pool = await create_pool(url, max_size=2)
     try:
-        return await reseal(pool, seal, SEALED[service])
+        return await reseal(pool, seal, SEALED[kind])
     finally:
         await pool.close()
 
@@ -109,7 +130,8 @@ def _stack_secrets() -> Secrets:
     path = _secrets_path()
     if not path.exists() or os.environ.get("LETHE_IDENTIFIER_KEY"):
         raise typer.BadParameter(
-            "no embedded stack here: pass --intake-db/--tracker-db (keys from the environment)"
+            "no embedded stack here: pass --intake-db, --tracker-db and --worker-db"
+            " (keys from the environment)"
         )
     return Secrets.load_or_create(path)
 

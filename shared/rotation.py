@@ -1,11 +1,11 @@
 """Re-sealing stored identifiers with the current identifier key, so that the old key can be
 dropped (README, Key rotation).
 
-Intake and the tracker keep sealed identifiers in their databases; `SEALED` lists every column
-that holds them (a test scans both databases for any sealed value the new key alone cannot open,
-so a column added later and forgotten here fails it). Each value is rewritten only if it is still
-the value read (a live service may have written the row meanwhile, with the new key), so the job
-runs safely beside the services and can be run again."""
+Intake, the tracker and each worker keep sealed identifiers in their databases; `SEALED` lists
+every column that holds them (a test scans every one of those databases for any sealed value
+the new key alone cannot open, so a column added later and forgotten here fails it). Each value
+is rewritten only if it is still the value read (a live service may have written the row
+meanwhile, with the new key), so the job runs safely beside the services and can be run again."""
 
 from __future__ import annotations
 
@@ -45,6 +45,8 @@ SEALED: dict[str, tuple[SealedColumn, ...]] = {
         SealedColumn("saga_systems", "rounds", json=True),
         SealedColumn("early_outcomes", "outcome", json=True),
     ),
+    # Each worker's journal keeps the outcome it reported (re-sent on a redelivery).
+    "worker": (SealedColumn("lethe_command_journal", "outcome", json=True),),
 }
 
 

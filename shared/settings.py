@@ -100,8 +100,8 @@ class KafkaSettings(BaseSettings):
         return self
 
 
-class SecretsSettings(BaseSettings):
-    """Keys shared by intake (which seals identifiers) and the workers (which open them)."""
+class IdentifierKeySettings(BaseSettings):
+    """The key that seals subject identifiers, and the keys that also open them (a rotation)."""
 
     model_config = SettingsConfigDict(env_prefix="LETHE_", extra="ignore")
 
@@ -113,18 +113,23 @@ class SecretsSettings(BaseSettings):
         description="More Fernet keys (comma-separated) that open, never seal, identifiers: the old key"
         " while a rotation re-seals what was sealed with it, or the next key while it is rolled out.",
     )
-    pseudonym_key: SecretStr = Field(
-        description="HMAC key that derives the pseudonymous subject reference (at least 32 random bytes)."
-    )
 
     @model_validator(mode="after")
-    def _keys_open(self) -> SecretsSettings:
+    def _keys_open(self) -> IdentifierKeySettings:
         self.seal()  # a malformed key stops the service, naming its variable
         return self
 
     def seal(self) -> IdentifierSeal:
         extra = self.identifier_extra_keys.get_secret_value().split(",")
         return IdentifierSeal(self.identifier_key.get_secret_value(), [k.strip() for k in extra if k.strip()])
+
+
+class SecretsSettings(IdentifierKeySettings):
+    """Keys shared by intake (which seals identifiers) and the workers (which open them)."""
+
+    pseudonym_key: SecretStr = Field(
+        description="HMAC key that derives the pseudonymous subject reference (at least 32 random bytes)."
+    )
 
     @field_validator("pseudonym_key")
     @classmethod

@@ -1,6 +1,7 @@
-"""Rotating the identifier key: after `reseal` every sealed value stored anywhere in intake's and
-the tracker's databases opens with the new key alone, so the old one can be dropped. The scan
-reads every text and jsonb column, so a sealed column the job does not know of fails it."""
+"""Rotating the identifier key: after `reseal` every sealed value stored anywhere in intake's,
+the tracker's and the workers' databases opens with the new key alone, so the old one can be
+dropped. The scan reads every text and jsonb column, so a sealed column the job does not know
+of fails it."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from cryptography.fernet import Fernet
 from cli.stack import Stack
 from shared.crypto import IdentifierSeal, IdentifierSealError
 from shared.rotation import SEALED, reseal
+from shared.topics import SYSTEMS
 from tests.e2e.conftest import submit_erasure, wait_final
 
 pytestmark = pytest.mark.e2e
@@ -40,12 +42,19 @@ async def _sealed_values(url: str) -> list[tuple[str, str, str]]:
         await conn.close()
 
 
+def databases(stack: Stack) -> list[tuple[str, str]]:
+    """(kind of store, URL) of every database that keeps sealed identifiers."""
+    return [("intake", stack.database_url("intake")), ("tracker", stack.database_url("tracker"))] + [
+        ("worker", stack.database_url(system)) for system in SYSTEMS
+    ]
+
+
 async def _reseal_all(stack: Stack, seal: IdentifierSeal) -> int:
     unopenable = 0
-    for service, columns in SEALED.items():
-        pool = await asyncpg.create_pool(stack.database_url(service), min_size=1, max_size=2)
+    for kind, url in databases(stack):
+        pool = await asyncpg.create_pool(url, min_size=1, max_size=2)
         try:
-            unopenable += (await reseal(pool, seal, columns)).unopenable
+            unopenable += (await reseal(pool, seal, SEALED[kind])).unopenable
         finally:
             await pool.close()
     return unopenable
@@ -54,12 +63,12 @@ async def _reseal_all(stack: Stack, seal: IdentifierSeal) -> int:
 def unopenable_with(stack: Stack, key: str) -> list[tuple[str, str]]:
     only = IdentifierSeal(key)
     bad = []
-    for service in SEALED:
-        for table, column, token in asyncio.run(_sealed_values(stack.database_url(service))):
+    for _, url in databases(stack):
+        for table, column, token in asyncio.run(_sealed_values(url)):
             try:
                 only.open_text(token)
             except IdentifierSealError:
-                bad.append((f"{service}.{table}", column))
+                bad.append((f"{url.rsplit('/', 1)[-1]}.{table}", column))
     return bad
 
 

@@ -78,3 +78,10 @@ def test_reseal_without_a_stack_or_databases_says_what_to_pass(
     monkeypatch.setenv("LETHE_STATE_DIR", str(tmp_path))
     result = CliRunner().invoke(app, ["keys", "reseal"])
     assert result.exit_code != 0 and "--intake-db" in result.output
+
+
+def test_reseal_on_a_deployment_names_a_missing_key_in_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LETHE_IDENTIFIER_KEY", raising=False)
+    result = CliRunner().invoke(app, ["keys", "reseal", "--intake-db", "postgresql://nowhere/x"])
+    assert result.exit_code != 0 and "LETHE_IDENTIFIER_KEY" in result.output
+    assert "Traceback" not in result.output
