@@ -72,10 +72,12 @@ def services(systems: tuple[str, ...] = topics.SYSTEMS) -> dict[str, Access]:
     return table
 
 
-# The upstream DSAR tool: submits, reads the answer and the completions (the topic published
-# for it: ids, statuses and counts, no identifiers); nothing else, not even topic names.
+# The upstream DSAR tool: submits, reads the answer, the completions, and what it must tell the
+# person (a restriction about to be lifted, Art. 18(3); a deadline extended, Art. 12(3)): topics
+# published for it, with ids, statuses and counts, no identifiers. Nothing else, not even names.
+UPSTREAM_READS = (topics.INGRESS_REPLIES, topics.REQUESTS_COMPLETED, topics.NOTIFICATIONS, topics.DEADLINES)
 UPSTREAM = Access(
-    read=frozenset({topics.INGRESS_REPLIES, topics.REQUESTS_COMPLETED}),
+    read=frozenset(UPSTREAM_READS),
     write=frozenset({topics.INGRESS}),
     group_prefixes=frozenset({topics.UPSTREAM_GROUP_PREFIX}),
 )

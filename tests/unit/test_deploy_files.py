@@ -235,6 +235,10 @@ def test_the_upstream_tool_may_only_submit_and_read_its_replies_and_completions(
         ("topic", "literal", topics.INGRESS_REPLIES, "Describe"),
         ("topic", "literal", topics.REQUESTS_COMPLETED, "Read"),
         ("topic", "literal", topics.REQUESTS_COMPLETED, "Describe"),
+        ("topic", "literal", topics.NOTIFICATIONS, "Read"),
+        ("topic", "literal", topics.NOTIFICATIONS, "Describe"),
+        ("topic", "literal", topics.DEADLINES, "Read"),
+        ("topic", "literal", topics.DEADLINES, "Describe"),
         ("group", "prefix", topics.UPSTREAM_GROUP_PREFIX, "Read"),
     }
 
@@ -300,6 +304,10 @@ def test_compose_upstream_user_may_only_submit_and_read_its_replies_and_completi
         ("topic", "literal", topics.INGRESS_REPLIES, "Describe"),
         ("topic", "literal", topics.REQUESTS_COMPLETED, "Read"),
         ("topic", "literal", topics.REQUESTS_COMPLETED, "Describe"),
+        ("topic", "literal", topics.NOTIFICATIONS, "Read"),
+        ("topic", "literal", topics.NOTIFICATIONS, "Describe"),
+        ("topic", "literal", topics.DEADLINES, "Read"),
+        ("topic", "literal", topics.DEADLINES, "Describe"),
         ("group", "prefixed", topics.UPSTREAM_GROUP_PREFIX, "Read"),
     }
     assert {

@@ -71,7 +71,12 @@ def test_grants_name_only_topics_that_exist() -> None:
 
 def test_the_upstream_tool_may_only_submit_and_read_its_replies_and_completions() -> None:
     assert access.UPSTREAM.write == {topics.INGRESS}
-    assert access.UPSTREAM.read == {topics.INGRESS_REPLIES, topics.REQUESTS_COMPLETED}
+    assert access.UPSTREAM.read == {
+        topics.INGRESS_REPLIES,
+        topics.REQUESTS_COMPLETED,
+        topics.NOTIFICATIONS,
+        topics.DEADLINES,
+    }
     assert not access.UPSTREAM.groups and not access.UPSTREAM.describe_lethe
 
 
