@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
+from pydantic_settings import BaseSettings
 
 from shared.codec import describe_validation_error
 from shared.logs import configure_logging
@@ -22,8 +23,21 @@ _readiness: list[Readiness] = []
 
 
 def settings_error(exc: ValidationError) -> str:
+    """One line naming the environment variable (LETHE_DATABASE_URL), not the field."""
     field, reason = describe_validation_error(exc)
-    return f"configuration error in {exc.title}: {field.upper()}: {reason}"
+    prefix = _env_prefix(exc.title)
+    name = field.upper() if field.upper().startswith(prefix) else f"{prefix}{field.upper()}"
+    return f"configuration error in {exc.title}: {name}: {reason}"
+
+
+def _env_prefix(title: str) -> str:
+    pending: list[type] = [BaseSettings]
+    while pending:
+        cls = pending.pop()
+        if cls.__name__ == title and issubclass(cls, BaseSettings):
+            return str(cls.model_config.get("env_prefix", ""))
+        pending.extend(cls.__subclasses__())
+    return ""
 
 
 def set_readiness(check: Readiness) -> None:

@@ -89,3 +89,17 @@ def test_compose_carries_no_keys_and_publishes_on_loopback_only() -> None:
         assert env[name].startswith(f"${{{name}:?"), f"{name} must be given, not defaulted"
     assert "change-me" not in compose.lower()
     assert all(p.startswith("127.0.0.1:") for s in services.values() for p in s.get("ports", []))
+
+
+def test_a_settings_error_names_the_environment_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    from shared.service import settings_error
+    from shared.settings import DatabaseSettings, KafkaSettings
+
+    monkeypatch.delenv("LETHE_DATABASE_URL", raising=False)
+    with pytest.raises(ValidationError) as missing:
+        DatabaseSettings()
+    assert "LETHE_DATABASE_URL:" in settings_error(missing.value)
+    monkeypatch.setenv("LETHE_KAFKA_FETCH_MAX_WAIT_MS", "0")
+    with pytest.raises(ValidationError) as bad:
+        KafkaSettings()
+    assert "LETHE_KAFKA_FETCH_MAX_WAIT_MS:" in settings_error(bad.value)
