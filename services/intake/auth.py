@@ -178,21 +178,38 @@ def record_failure(request: Request) -> None:
     request.app.state.auth_failures.allow(client_address(request))
 
 
+async def verify_from(request: Request, token: str) -> tuple[Caller | None, float]:
+    """The caller a token names, else None and how long its address must wait (0: no wait yet,
+    and this failure counted).
+
+    The token is verified even when its address is over its failure budget: behind a proxy or a
+    NAT every client shares one address, and refusing them all unseen would let anyone lock out
+    everyone (requests with legal deadlines included) by sending bad tokens. This gives a
+    guesser nothing: a generated secret is 256 random bits (a bootstrap one 32+ random
+    characters), far beyond guessing at any rate, so the lookup (a primary key and a
+    constant-time compare) is all an over-budget guess costs. Failures past the budget are not
+    counted: the address's bucket is already empty, and counting would only add work."""
+    caller = await verify(request.app.state.ctx.pool, token)
+    if caller is not None:
+        return caller, 0.0
+    if wait := failure_wait(request):
+        return None, wait
+    record_failure(request)
+    return None, 0.0
+
+
 async def authenticate(request: Request, credentials: HTTPAuthorizationCredentials | None) -> Caller:
     token = credentials.credentials if credentials else request.cookies.get(TOKEN_COOKIE, "")
     if not token.strip():  # no credentials at all: a browser on its way to sign in, not a guess
         raise HTTPException(
             401, "authorization: a bearer token is required", headers={"WWW-Authenticate": "Bearer"}
         )
-    # An address past its failures is refused before its token is even looked up: guessing
-    # costs the guesser time and costs the database nothing.
-    if wait := failure_wait(request):
+    caller, wait = await verify_from(request, token)
+    if caller is None and wait:
         raise HTTPException(
             429, "authorization: too many failed attempts from this address", headers=retry_after(wait)
         )
-    caller = await verify(request.app.state.ctx.pool, token)
     if caller is None:
-        record_failure(request)
         raise HTTPException(
             401, "authorization: invalid or revoked token", headers={"WWW-Authenticate": "Bearer"}
         )

@@ -75,13 +75,13 @@ async def login(
 ) -> Response:
     if _cross_site(request, csrf):
         return _form(request, next, "The sign-in form expired or was not this site's: sign in again.", 403)
-    if wait := auth.failure_wait(request):
+    # A valid token signs in even from an address over its failure budget (see auth.verify_from).
+    caller, wait = await auth.verify_from(request, token)
+    if caller is None and wait:
         response = _form(request, next, "Too many failed sign-ins from this address: wait and retry.", 429)
         response.headers.update(retry_after(wait))
         return response
-    caller = await auth.verify(request.app.state.ctx.pool, token)
     if caller is None:
-        auth.record_failure(request)
         return _form(request, next, "That token is not valid (unknown, revoked or mistyped).", 401)
     signed_in = RedirectResponse(_safe_next(next), status_code=303)
     _set_cookie(request, signed_in, TOKEN_COOKIE, token.strip(), SESSION_S, "/")

@@ -1,7 +1,8 @@
 """Intake's web surface, on the application itself over a real database (no broker needed):
 sign-in that checks the token and resists cross-site posting, Secure cookies, failed
-authentications throttled per address, no API map or metrics for strangers, 422s that repeat
-nothing sent, and listings that stay bounded however many rows there are."""
+authentications throttled per address (a valid token still admitted), no API map or metrics for
+strangers, 422s that repeat nothing sent, and listings that stay bounded however many rows there
+are."""
 
 from __future__ import annotations
 
@@ -115,21 +116,29 @@ async def test_failed_authentications_are_throttled_per_address_not_per_token(po
             assert (await guesser.get("/v1/holds", headers=wrong)).status_code == 401
         throttled = await guesser.get("/v1/holds", headers={"Authorization": "Bearer lethe_x_y"})
         assert throttled.status_code == 429 and int(throttled.headers["retry-after"]) >= 1
-        # Refused before the token is looked at: a guess right or wrong costs the same wait.
+        # The same address behind a proxy or NAT is everyone's: a valid token is still admitted
+        # there, so bad tokens cannot lock its other clients out, and bad ones stay refused.
         good_there = await guesser.get("/v1/holds", headers={"Authorization": f"Bearer {good}"})
-        assert good_there.status_code == 429
+        assert good_there.status_code == 200
+        again = await guesser.get("/v1/holds", headers={"Authorization": "Bearer lethe_x_y"})
+        assert again.status_code == 429 and int(again.headers["retry-after"]) >= 1
     transport = guesser._transport
     assert isinstance(transport, httpx.ASGITransport)
     app = transport.app
-    # The good token from its own address: its whole burst is still there.
+    assert len(app.state.auth_failures._buckets) == 1  # refusals past the budget keep no more state
+    # The good token from its own address: the guesses took nothing from its burst (3, one of
+    # them used above), and its own rate limit still holds.
     elsewhere = httpx.ASGITransport(app=app, client=("192.0.2.20", 40000))
     async with httpx.AsyncClient(transport=elsewhere, base_url="https://intake.test") as owner:
-        for _ in range(3):
+        for _ in range(2):
             answer = await owner.get("/v1/holds", headers={"Authorization": f"Bearer {good}"})
             assert answer.status_code == 200
+        spent = await owner.get("/v1/holds", headers={"Authorization": f"Bearer {good}"})
+        assert spent.status_code == 429 and "for this token" in spent.text
 
 
 async def test_failed_sign_ins_count_as_failures_too(pool: asyncpg.Pool) -> None:
+    token = await auth.create(pool, auth.Role.COMPLIANCE)
     async with client(pool, "198.51.100.2", **SLOW) as browser:
         form = await browser.get("/login")
         for _ in range(5):
@@ -138,6 +147,9 @@ async def test_failed_sign_ins_count_as_failures_too(pool: asyncpg.Pool) -> None
         blocked = await browser.post("/login", data={"token": "lethe_a_guess", "csrf": csrf_of(form)})
         assert blocked.status_code == 429 and "Too many failed sign-ins" in blocked.text
         assert int(blocked.headers["retry-after"]) >= 1 and "lethe_token" not in cookies_set(blocked)
+        # A valid token still signs in from that (perhaps shared) address.
+        accepted = await browser.post("/login", data={"token": token, "csrf": csrf_of(blocked)})
+        assert accepted.status_code == 303 and "lethe_token" in cookies_set(accepted)
 
 
 async def test_the_api_map_needs_a_token_and_metrics_and_docs_are_not_on_the_api_port(
