@@ -5,8 +5,11 @@ A recording's audio has two places: its playback path and the same path under `r
 other). Every operation walks the path's folders from the root one at a time, each opened with
 O_NOFOLLOW | O_DIRECTORY relative to the one before: a folder on the way that is a symbolic
 link is refused wherever it points, and cannot be swapped in between a check and its use. The
-file itself is only lstat-ed, unlinked or renamed, so a link there is removed or moved as
-itself, never its target. The root is configuration and is trusted as given.
+file itself is only lstat-ed, hard-linked (without following) or unlinked, so a link there is
+removed or moved as itself, never its target. A move is a hard link then an unlink, not a
+rename: link(2) fails on an existing target where rename(2) would replace it, so a file written
+at the target by anyone, at any moment, is never overwritten. The root is configuration and is
+trusted as given.
 """
 
 from __future__ import annotations
@@ -94,21 +97,30 @@ def move(root: Path, source: str, target: str) -> None:
             target_folder = _open_folder(root, target, create=True)
             assert target_folder is not None  # create=True: made on the way, or an error
             try:
-                there = _lstat(target_folder, _name(target))
-                if there is None:
-                    os.rename(
-                        _name(source), _name(target), src_dir_fd=source_folder, dst_dir_fd=target_folder
-                    )
-                elif (there.st_dev, there.st_ino) == (moving.st_dev, moving.st_ino):
-                    os.unlink(_name(source), dir_fd=source_folder)  # two names of one file
-                else:
-                    raise TargetExists(
-                        errno.EEXIST, "recordings.path: another file is at the target; not overwritten"
-                    )
+                _link_then_unlink(source_folder, _name(source), target_folder, _name(target), moving)
             finally:
                 os.close(target_folder)
         finally:
             os.close(source_folder)
+
+
+def _link_then_unlink(
+    source_folder: int, source: str, target_folder: int, target: str, moving: os.stat_result
+) -> None:
+    """Give the file at `source` the name `target`, then drop `source`. The lstat first is only
+    a shortcut for a move half done before (linked, not yet unlinked); the link is what refuses
+    a target taken meanwhile, atomically, since the check alone could be overtaken."""
+    there = _lstat(target_folder, target)
+    if there is None:
+        try:
+            # follow_symlinks=False: a symbolic link at `source` is linked as itself (Linux).
+            os.link(source, target, src_dir_fd=source_folder, dst_dir_fd=target_folder, follow_symlinks=False)
+            there = moving  # the target names the source's file now
+        except FileExistsError:
+            there = _lstat(target_folder, target)  # written since the check (None: gone again)
+    if there is None or (there.st_dev, there.st_ino) != (moving.st_dev, moving.st_ino):
+        raise TargetExists(errno.EEXIST, "recordings.path: another file is at the target; not overwritten")
+    os.unlink(source, dir_fd=source_folder)  # the target holds the file now: two names of one
 
 
 def _name(relative: str) -> str:

@@ -3,6 +3,7 @@ transaction, no link followed, no file overwritten, and verification that looks 
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from uuid import uuid4
@@ -128,6 +129,28 @@ async def test_a_move_never_overwrites_a_file_at_its_target(adapter: RecordingsA
     occupant = adapter.root / "restricted" / ALICES[0]
     occupant.parent.mkdir(parents=True)
     occupant.write_bytes(b"someone else's")
+    with pytest.raises(files.TargetExists):
+        await run(adapter, RestrictSubject)
+    assert occupant.read_bytes() == b"someone else's"
+    assert (adapter.root / ALICES[0]).stat().st_size > 44  # the subject's audio, untouched
+    assert set((await indexed(adapter)).values()) == {*ALICES, BENS}
+
+
+async def test_a_file_written_at_the_target_during_a_move_is_not_overwritten(
+    adapter: RecordingsAdapter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process writes the target just after the move found it free: the move is
+    refused and rolled back, both files intact."""
+    occupant, real = adapter.root / "restricted" / ALICES[0], files._lstat
+
+    def then_someone_writes(folder: int, name: str) -> os.stat_result | None:
+        found = real(folder, name)
+        month = occupant.parent
+        if month.exists() and os.fstat(folder).st_ino == month.stat().st_ino and not occupant.exists():
+            occupant.write_bytes(b"someone else's")
+        return found
+
+    monkeypatch.setattr(files, "_lstat", then_someone_writes)
     with pytest.raises(files.TargetExists):
         await run(adapter, RestrictSubject)
     assert occupant.read_bytes() == b"someone else's"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -84,3 +85,52 @@ def test_a_move_is_idempotent(tmp_path: Path) -> None:
     assert not files.present(tmp_path, AUDIO) and files.present(tmp_path, f"restricted/{AUDIO}")
     files.move(tmp_path, "2026/12/NONE.wav", "restricted/2026/12/NONE.wav")  # nothing anywhere
     assert not (tmp_path / "restricted/2026/12").exists()
+
+
+def test_a_file_written_at_the_target_after_the_check_is_not_overwritten(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process writes the target between the move's look and its act: the link fails
+    on it, where a rename would have replaced it."""
+    source, target = put(tmp_path, AUDIO, b"subject"), tmp_path / "restricted" / AUDIO
+    real = files._lstat
+
+    def then_someone_writes(folder: int, name: str) -> os.stat_result | None:
+        found = real(folder, name)
+        if target.parent.exists() and os.fstat(folder).st_ino == target.parent.stat().st_ino:
+            if not target.exists():
+                target.write_bytes(b"other")  # just after the target was found free
+        return found
+
+    monkeypatch.setattr(files, "_lstat", then_someone_writes)
+    with pytest.raises(files.TargetExists, match="not overwritten"):
+        files.move(tmp_path, AUDIO, f"restricted/{AUDIO}")
+    assert source.read_bytes() == b"subject" and target.read_bytes() == b"other"
+
+
+def test_a_move_half_done_before_is_finished(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A move whose link was made but whose unlink failed (a crash, an I/O error) is tried
+    again: the target is the same file, so only the source name goes."""
+    put(tmp_path, AUDIO, b"subject")
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise OSError(5, "I/O error")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "unlink", fail)
+        with pytest.raises(OSError, match="I/O error"):
+            files.move(tmp_path, AUDIO, f"restricted/{AUDIO}")
+    source, target = tmp_path / AUDIO, tmp_path / "restricted" / AUDIO
+    assert source.stat().st_ino == target.stat().st_ino  # two names of one file
+    files.move(tmp_path, AUDIO, f"restricted/{AUDIO}")
+    assert not files.present(tmp_path, AUDIO) and target.read_bytes() == b"subject"
+
+
+def test_a_link_is_moved_as_itself_never_its_target(tmp_path: Path) -> None:
+    root, outside = tmp_path / "root", put(tmp_path, "outside/secret.wav", b"not ours")
+    (root / "2026/11").mkdir(parents=True)
+    (root / AUDIO).symlink_to(outside)
+    files.move(root, AUDIO, f"restricted/{AUDIO}")
+    moved = root / "restricted" / AUDIO
+    assert moved.is_symlink() and moved.readlink() == outside and not files.present(root, AUDIO)
+    assert outside.read_bytes() == b"not ours" and outside.stat().st_nlink == 1
