@@ -181,7 +181,7 @@ class DeploymentSettings(BaseSettings):
 
     development: bool = Field(
         False,
-        description="A development stack: weak bootstrap tokens, ldaps:// without a CA file, private"
-        " callback targets and cookies without Secure are allowed, and intake serves /docs and /redoc."
-        " Never in production.",
+        description="A development stack: weak bootstrap tokens, ldaps:// without a CA file, http://"
+        " and private callback targets and cookies without Secure are allowed, and intake serves /docs"
+        " and /redoc. Never in production.",
     )

@@ -117,6 +117,7 @@ async def main(stop: asyncio.Event) -> None:
             secrets.pseudonym_key.get_secret_value(),
             callbacks_enabled=bool(settings.callback_secret.get_secret_value()),
             egress=settings.egress(),
+            callbacks_https_only=not development,
         )
         if keyed := await rekey.key_unkeyed_fingerprints(pool, ctx.fingerprints):
             log.info(

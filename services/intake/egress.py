@@ -22,6 +22,30 @@ import httpcore
 import httpx
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+# IPv6 prefixes whose last 32 bits are an IPv4 address a translator (or the host itself) will
+# reach: NAT64 (RFC 6052), IPv4-compatible (RFC 4291), SIIT (RFC 2765), IPv4-mapped. 6to4
+# (2002::/16) embeds it elsewhere and is unwrapped with `sixtofour`.
+EMBEDDING_IPV4 = tuple(
+    ipaddress.IPv6Network(n) for n in ("64:ff9b::/96", "::/96", "::ffff:0:0:0/96", "::ffff:0:0/96")
+)
+# Not public, yet `is_global` says otherwise on some Python releases, or the IPv4 address cannot
+# be read from them: local-use NAT64 (RFC 8215), site-local, the 6to4 relay anycast.
+DENIED = tuple(ipaddress.ip_network(n) for n in ("64:ff9b:1::/48", "fec0::/10", "192.88.99.0/24"))
+
+
+def embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address a connection to `ip` ends up at, if it carries one."""
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if any(ip in n for n in EMBEDDING_IPV4):
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
+def public(ip: Address) -> bool:
+    return ip.is_global and not ip.is_multicast and not any(ip in n for n in DENIED)
 
 
 class ForbiddenTarget(ValueError):
@@ -45,9 +69,12 @@ class Egress:
 
     def permitted(self, address: str) -> bool:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped  # ::ffff:127.0.0.1 is loopback too
-        return ip.is_global or any(ip in n for n in self.allowed)
+        inner = embedded_ipv4(ip) if isinstance(ip, ipaddress.IPv6Address) else None
+        if any(a in n for a in (ip, inner) if a is not None for n in self.allowed):
+            return True
+        # Judged by the IPv4 address it leads to (::ffff:127.0.0.1 is loopback, 64:ff9b::a9fe:a9fe
+        # the metadata service); the wrapper itself may be on the deny list (64:ff9b:1::/48).
+        return public(inner or ip) and not any(ip in n for n in DENIED)
 
     async def addresses(self, host: str, port: int) -> list[str]:
         """The host's addresses that may be reached; ForbiddenTarget if none may."""

@@ -53,5 +53,7 @@ async def reply(ctx: IntakeContext, publisher: Publisher, record: ConsumerRecord
     answer = await handle(ctx, record.value)
     if not answer.accepted:
         log.info("ingress submission refused", extra={"offset": record.offset, "error": answer.error})
-    key = record.key or (answer.request_id or "unknown").encode()
+    # Keyed by the validated id, never the submitter's record key: that could be anything (an
+    # e-mail address), and the replies topic is read by more than the submitter.
+    key = answer.request_id.encode() if answer.request_id else b"unknown"
     await publisher.publish(topics.INGRESS_REPLIES, key, encode(answer))

@@ -29,6 +29,9 @@ class IntakeContext:
     pseudonym_key: str
     callbacks_enabled: bool = False
     egress: Egress = field(default_factory=Egress)
+    # A callback carries a request's outcome and its signature: only over TLS, except on a
+    # development stack whose receivers are plain-HTTP servers on this machine.
+    callbacks_https_only: bool = True
 
     @cached_property
     def fingerprints(self) -> Fingerprints:
@@ -50,13 +53,15 @@ async def accept(ctx: IntakeContext, body: SubmitRequest, submitted_by: str) -> 
     if body.callback_url and not ctx.callbacks_enabled:
         # Accepting it would promise a call that never comes.
         raise Unacceptable("callback_url: callbacks are not configured here (LETHE_CALLBACK_SECRET)")
+    if body.callback_url and ctx.callbacks_https_only and body.callback_url.scheme != "https":
+        raise Unacceptable("callback_url: must be https")
     if body.callback_url:
         try:
             await ctx.egress.check_url(str(body.callback_url))
-        except ForbiddenTarget as exc:
-            raise Unacceptable(f"callback_url: {exc}") from None
-        except httpcore.ConnectError:
-            pass  # not resolvable now: checked again, on the address connected to, when sent
+        except (ForbiddenTarget, httpcore.ConnectError):
+            # One answer for an internal address and for a name that does not resolve, so that
+            # submissions cannot map which internal names exist.
+            raise Unacceptable("callback_url: cannot be used as a callback target") from None
 
     metrics.requests_submitted.add(1, {"type": body.type.value})
     received_at = body.received_at or datetime.now(UTC)

@@ -34,6 +34,18 @@ LOOPBACK = Egress([ipaddress.ip_network("127.0.0.0/8")])
         "100.64.0.1",
         "::ffff:127.0.0.1",
         "0.0.0.0",
+        "64:ff9b::a00:1",  # NAT64 of 10.0.0.1
+        "64:ff9b::a9fe:a9fe",  # NAT64 of the metadata service
+        "64:ff9b:1::a00:1",  # local-use NAT64
+        "2002:a00:1::1",  # 6to4 of 10.0.0.1
+        "::127.0.0.1",  # IPv4-compatible
+        "::ffff:0:7f00:1",  # SIIT
+        "fec0::1",  # site-local
+        "224.0.0.1",
+        "239.255.255.250",
+        "ff02::1",
+        "ff0e::1",
+        "192.88.99.1",  # 6to4 relay anycast
     ],
 )
 def test_addresses_that_are_not_public_are_refused(address: str) -> None:
@@ -42,6 +54,7 @@ def test_addresses_that_are_not_public_are_refused(address: str) -> None:
 
 def test_public_addresses_and_allowed_networks_are_reached() -> None:
     assert Egress().permitted("8.8.8.8") and Egress().permitted("2001:4860:4860::8888")
+    assert Egress().permitted("64:ff9b::808:808")  # NAT64 judged by the IPv4 it reaches
     assert LOOPBACK.permitted("127.0.0.1") and not LOOPBACK.permitted("10.0.0.1")
 
 
