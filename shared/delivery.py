@@ -110,12 +110,17 @@ def retry_state(record: ConsumerRecord[bytes, bytes]) -> tuple[int, float]:
         return 1, 0.0
 
 
+COMMIT_TIMEOUT_S = 15.0
+
+
 async def commit(consumer: AIOKafkaConsumer) -> None:
     """A failed commit (the group rebalanced meanwhile) means redelivery, which the handlers'
     idempotency absorbs; it must not stop the consumer."""
     try:
-        await consumer.commit()
-    except (CommitFailedError, KafkaError) as exc:
+        # aiokafka retries a retriable coordinator error for ever, silently: bounded here, so
+        # a consumer never stops on a commit (an uncommitted batch is only redelivered).
+        await asyncio.wait_for(consumer.commit(), COMMIT_TIMEOUT_S)
+    except (CommitFailedError, KafkaError, TimeoutError) as exc:
         log.warning("commit failed; messages may be redelivered", extra={"error": type(exc).__name__})
 
 

@@ -34,6 +34,7 @@ REWIND_WINDOW_S = 60.0
 # A gap that survives this many fetches is taken as real (a compacted record, a transaction
 # marker on Kafka): waiting longer would stall the partition for good.
 MAX_REFETCHES = 50
+ASK_COORDINATOR_S = 5.0
 
 
 async def poll(consumer: AIOKafkaConsumer, what: str, timeout_ms: int = 200) -> Batches:
@@ -140,6 +141,10 @@ def forget(consumer: AIOKafkaConsumer, tp: TopicPartition) -> None:
     """Forget where a partition's records ended, before seeking it somewhere else on purpose
     (a topic that the broker forgot, read again from its start)."""
     _next.get(consumer, {}).pop(tp, None)
+    # Gaps counted before belong to the partition's old log: a new one starts counting anew.
+    tries = _refetches.get(consumer, {})
+    for key in [k for k in tries if k[0] == tp]:
+        del tries[key]
 
 
 async def fetch_in_order(consumer: AIOKafkaConsumer, timeout_ms: int) -> Batches:
@@ -184,7 +189,12 @@ async def _accept_gap(consumer: AIOKafkaConsumer, tp: TopicPartition, want: int,
     it (a rebalance moved the partition), or it has outlasted MAX_REFETCHES."""
     committed = None
     if getattr(consumer, "_group_id", None) is not None:  # a group member, not a manual reader
-        committed = await consumer.committed(tp)
+        # aiokafka retries a retriable coordinator error for ever, silently; a consume loop
+        # must not wait on it: an answer we cannot get counts as no answer.
+        try:
+            committed = await asyncio.wait_for(consumer.committed(tp), ASK_COORDINATOR_S)
+        except (TimeoutError, KafkaError):
+            committed = None
     if committed is not None and committed > want:
         return True
     tries = _refetches.setdefault(consumer, {})

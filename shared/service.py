@@ -18,6 +18,7 @@ from shared.codec import describe_validation_error
 from shared.logs import configure_logging
 from shared.telemetry.health import HealthServer, Readiness
 from shared.telemetry.setup import setup_telemetry, shutdown_telemetry
+from shared.telemetry.tasks import dump_tasks
 
 _readiness: list[Readiness] = []
 
@@ -59,6 +60,7 @@ def run_service(name: str, main: Callable[[asyncio.Event], Coroutine[Any, Any, N
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGUSR1, dump_tasks)  # where each task waits, in the log
         health = None
         port = os.environ.get("LETHE_METRICS_PORT")
         if port:

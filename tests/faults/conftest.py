@@ -5,7 +5,9 @@ the default, short, is what CI runs."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import signal
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -115,14 +117,19 @@ def submit(api: httpx.Client, batch: Batch, indexes: range | list[int], copies: 
         list(pool.map(post, [i for i in indexes for _ in range(copies)]))
 
 
-def wait_all_final(api: httpx.Client, batch: Batch, timeout_s: float) -> dict[str, dict[str, Any]]:
+def wait_all_final(
+    api: httpx.Client, batch: Batch, timeout_s: float, stack: Stack
+) -> dict[str, dict[str, Any]]:
     deadline = time.monotonic() + timeout_s
     pending = set(batch.ids)
     while pending and time.monotonic() < deadline:
         listed = api.get("/v1/requests", params={"limit": 1000, "received_from": batch.started}).json()
         pending -= {r["request_id"] for r in listed if r["status"] in FINAL}
         time.sleep(0.5)
-    if pending:  # say where they wait: the status and each system's state
+    if pending:  # say where they wait: the status and each system's state, and each task's line
+        for process in stack.processes.values():
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGUSR1)
         waits = {
             rid: (body["status"], {p["system"]: p["state"] for p in body["progress"]})
             for rid in sorted(pending)[:5]

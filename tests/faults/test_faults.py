@@ -26,7 +26,7 @@ pytestmark = pytest.mark.faults
 
 
 def finish(stack: Stack, api: httpx.Client, batch, timeout_s: float = 240) -> None:  # type: ignore[no-untyped-def]
-    reports = wait_all_final(api, batch, timeout_s)
+    reports = wait_all_final(api, batch, timeout_s, stack)
     check_reports(batch, reports)
     check_stores(stack, batch)
 
