@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,6 +124,7 @@ class Stack:
     config: StackConfig
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     secrets: Secrets = field(init=False)
+    _stopping: threading.Event = field(default_factory=threading.Event, init=False)
 
     def __post_init__(self) -> None:
         self.config.state_dir.mkdir(parents=True, exist_ok=True)
@@ -202,6 +204,20 @@ class Stack:
         self.start_slapd()
         wait_for_port(self.config.kafka_port, "broker", broker)
         asyncio.run(ensure_topics(self.kafka_settings(), all_topics()))
+        threading.Thread(target=self._supervise_broker, name="broker-supervisor", daemon=True).start()
+
+    def _supervise_broker(self) -> None:
+        """Start the broker again if it exits on its own. tansu can: in the fault suite, just
+        after a restart, under the burst of re-sent messages, it logged `AlreadyExists` on a
+        partition's first batch and was gone. A supervisor (systemd, Kubernetes) would restart
+        it; so does the embedded stack, and the services, which notice an empty broker by
+        their sentinels, put back what it lost. A broker stopped on purpose (`restart_broker`,
+        `stop`) is out of `processes` meanwhile, and a paused one has not exited."""
+        while not self._stopping.wait(0.5):
+            broker = self.processes.get("broker")
+            if broker is not None and broker.poll() is not None:
+                print(f"the broker exited ({broker.returncode}): starting it again", file=sys.stderr)
+                self.processes["broker"] = self._spawn_broker()
 
     def _spawn_broker(self) -> subprocess.Popen[bytes]:
         return spawn(
@@ -305,6 +321,7 @@ class Stack:
 
     def stop(self) -> None:
         """Services first (they finish their batch and commit), then the broker and slapd."""
+        self._stopping.set()
         for name in [*self.processes.keys() - {"broker", "slapd"}, "broker", "slapd"]:
             process = self.processes.pop(name, None)
             if process is not None:

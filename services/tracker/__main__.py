@@ -32,6 +32,7 @@ from shared.telemetry import metrics
 from shared.telemetry.messaging import quiet
 
 log = logging.getLogger("lethe.tracker")
+FORGET_EVERY_S = 60.0
 
 
 async def every(
@@ -51,15 +52,20 @@ async def every(
 
 
 async def tick(pool: asyncpg.Pool, settings: TrackerSettings) -> None:
-    """Timeouts, due deferred erasures, identifiers nothing can need any more."""
+    """Timeouts and due deferred erasures."""
     now = datetime.now(UTC)
     await store.check_timeouts(pool, now, settings.timeouts())
     await schedule.dispatch_due(pool, now)
-    await forgetting.forget_identifiers(pool, now, timedelta(days=settings.failed_identifiers_kept_days))
     overdue = await pool.fetchval(
         "SELECT count(*) FROM sagas WHERE completed_at IS NULL AND deadline < $1", now
     )
     metrics.overdue_requests.set(overdue)
+
+
+async def forget(pool: asyncpg.Pool, settings: TrackerSettings) -> None:
+    """Identifiers nothing can need any more (forgetting.py): no hurry, so once a minute."""
+    kept = timedelta(days=settings.failed_identifiers_kept_days)
+    await forgetting.forget_identifiers(pool, datetime.now(UTC), kept)
 
 
 async def check_broker(
@@ -94,6 +100,7 @@ async def main(stop: asyncio.Event) -> None:
     tasks = [
         asyncio.create_task(OutboxRelay(pool, producer, service="tracker").run()),
         asyncio.create_task(every(settings.tick_s, stop, "tick", lambda: tick(pool, settings))),
+        asyncio.create_task(every(FORGET_EVERY_S, stop, "forgetting", lambda: forget(pool, settings))),
         asyncio.create_task(
             every(
                 watch.broker_check_s,

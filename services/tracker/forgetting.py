@@ -59,7 +59,12 @@ SELECT g.request_id, g.completed_at,
                               AND h.released_at IS NULL AND h.expires_at IS NULL))) AS unended_hold
   FROM sagas g
  WHERE g.sealed_identifiers IS NOT NULL AND g.completed_at IS NOT NULL
+   AND (g.identifiers_checked_at IS NULL OR g.identifiers_checked_at < $2)
  ORDER BY g.identifiers_checked_at NULLS FIRST LIMIT $1"""
+# A request that still needs its identifiers is looked at again this much later, not at every
+# sweep: what it waits for (a hold's end, a deferred erasure) is rarely minutes away, and each
+# look expands its outcomes in SQL.
+RECHECK_AFTER = timedelta(hours=1)
 
 SCHEMA = (
     # Each sweep looks at those it looked at longest ago: a request that keeps its identifiers
@@ -75,7 +80,7 @@ async def forget_identifiers(
     pool: asyncpg.Pool, now: datetime, keep_failed: timedelta, batch: int = 200
 ) -> int:
     """Drop the identifiers of requests that can no longer need them; returns how many."""
-    rows = await pool.fetch(_NEEDS, batch)
+    rows = await pool.fetch(_NEEDS, batch, now - RECHECK_AFTER)
     if not rows:
         return 0
     await pool.execute(
