@@ -138,7 +138,12 @@ def _open_folder(root: Path, relative: str, create: bool) -> int | None:
     """A descriptor of the folder holding `relative`'s file (the caller closes it), or None
     when a folder on the way does not exist and `create` is false."""
     places(relative)
-    folder = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    if create:
+        root.mkdir(parents=True, exist_ok=True)  # configuration: trusted as given (see above)
+    try:
+        folder = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None  # no storage yet: nothing is in it
     for name in relative.split("/")[:-1]:
         try:
             child = _open_child(folder, name, create)

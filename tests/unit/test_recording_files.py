@@ -134,3 +134,8 @@ def test_a_link_is_moved_as_itself_never_its_target(tmp_path: Path) -> None:
     moved = root / "restricted" / AUDIO
     assert moved.is_symlink() and moved.readlink() == outside and not files.present(root, AUDIO)
     assert outside.read_bytes() == b"not ours" and outside.stat().st_nlink == 1
+
+
+def test_storage_that_does_not_exist_yet_holds_nothing(tmp_path: Path) -> None:
+    # The first seed of a new stack: the storage root is not there until something is written.
+    assert not files.present(tmp_path / "not-yet", "2026/11/R-1.wav")
