@@ -61,16 +61,18 @@ def test_broker_paused_then_resumed(stack: Stack, api: httpx.Client) -> None:
 
 def test_broker_killed_and_restarted_empty(stack: Stack, api: httpx.Client) -> None:
     """The embedded broker keeps everything in memory: killed and started again, it has no
-    topics, no offsets, no holds. Requests in flight must still finish, within a minute of
-    its return (the tracker's timeout here is 90 s: recovery, not the timeout, finishes
-    them), held records must stay held, and no count may come out double."""
+    topics, no offsets, no holds. Requests in flight must still finish, held records must stay
+    held, and no count may come out double. Recovery re-sends at once what the sagas wait for;
+    in the burst right after its restart tansu itself sometimes loses a message (it logs
+    `AlreadyExists` on a partition's first batches, and has exited: the stack starts it
+    again), which the tracker's timeout (90 s here) sends again: so within two minutes."""
     batch = prepare(stack, api, "amnesia")
     half = len(batch.ids) // 2
     submit(api, batch, range(half))
     time.sleep(1)  # some done, some on the way
     stack.restart_broker()
     submit(api, batch, range(half, len(batch.ids)))
-    finish(stack, api, batch, timeout_s=60)
+    finish(stack, api, batch, timeout_s=120)
 
 
 def _postgres_cluster() -> tuple[str, str] | None:
