@@ -18,11 +18,12 @@ from pydantic import ValidationError
 from shared.crypto import IdentifierSeal
 from shared.db import create_pool
 from shared.rotation import SEALED, ResealCount, reseal
+from shared.service import settings_error
 from shared.settings import IdentifierKeySettings
 from shared.topics import SYSTEMS
 
 if TYPE_CHECKING:
-    from cli.stack import Secrets
+    from cli.stack import Secrets, Stack
 
 app = typer.Typer(help="The identifier key: rotate it, re-seal what is stored.", no_args_is_help=True)
 
@@ -67,16 +68,16 @@ def reseal_command(
         try:
             seal = IdentifierKeySettings().seal()  # LETHE_IDENTIFIER_KEY, LETHE_IDENTIFIER_EXTRA_KEYS
         except (ValidationError, ValueError) as exc:
-            raise typer.BadParameter(_first_error(exc)) from None
-        targets = [("intake", intake_db), ("tracker", tracker_db)] + [("worker", u) for u in worker_db or []]
+            message = settings_error(exc) if isinstance(exc, ValidationError) else str(exc)
+            raise typer.BadParameter(message) from None
+        targets: list[tuple[str, str | None]] = [("intake", intake_db), ("tracker", tracker_db)]
+        targets += [("worker", u) for u in worker_db or []]
     else:
         from cli.stack import Stack, StackConfig
 
         secrets = _stack_secrets()
         seal = IdentifierSeal(secrets.identifier_key, secrets.extra_keys())
-        stack = Stack(StackConfig.from_env(_secrets_path().parent))
-        targets = [("intake", stack.database_url("intake")), ("tracker", stack.database_url("tracker"))]
-        targets += [("worker", stack.database_url(system)) for system in SYSTEMS]
+        targets = list(sealed_databases(Stack(StackConfig.from_env(_secrets_path().parent))))
     left = 0
     for kind, url in targets:
         if url is None:
@@ -92,12 +93,10 @@ def _where(url: str) -> str:
     return url.rsplit("/", 1)[-1]  # the database's name, never its password
 
 
-def _first_error(exc: Exception) -> str:
-    if isinstance(exc, ValidationError):
-        error = exc.errors()[0]
-        name = "LETHE_" + "_".join(str(p) for p in error["loc"]).upper()
-        return f"{name}: {error['msg']}" if error["loc"] else str(error["msg"])
-    return str(exc)
+def sealed_databases(stack: Stack) -> list[tuple[str, str]]:
+    """(kind of store, URL) of each of the embedded stack's databases that keep sealed values."""
+    kinds = [("intake", "intake"), ("tracker", "tracker"), *(("worker", s) for s in SYSTEMS)]
+    return [(kind, stack.database_url(service)) for kind, service in kinds]
 
 
 async def _reseal(url: str, seal: IdentifierSeal, kind: str) -> ResealCount:

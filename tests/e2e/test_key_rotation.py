@@ -13,10 +13,10 @@ import httpx
 import pytest
 from cryptography.fernet import Fernet
 
+from cli.keys import sealed_databases
 from cli.stack import Stack
 from shared.crypto import IdentifierSeal, IdentifierSealError
 from shared.rotation import SEALED, reseal
-from shared.topics import SYSTEMS
 from tests.e2e.conftest import submit_erasure, wait_final
 
 pytestmark = pytest.mark.e2e
@@ -42,16 +42,9 @@ async def _sealed_values(url: str) -> list[tuple[str, str, str]]:
         await conn.close()
 
 
-def databases(stack: Stack) -> list[tuple[str, str]]:
-    """(kind of store, URL) of every database that keeps sealed identifiers."""
-    return [("intake", stack.database_url("intake")), ("tracker", stack.database_url("tracker"))] + [
-        ("worker", stack.database_url(system)) for system in SYSTEMS
-    ]
-
-
 async def _reseal_all(stack: Stack, seal: IdentifierSeal) -> int:
     unopenable = 0
-    for kind, url in databases(stack):
+    for kind, url in sealed_databases(stack):
         pool = await asyncpg.create_pool(url, min_size=1, max_size=2)
         try:
             unopenable += (await reseal(pool, seal, SEALED[kind])).unopenable
@@ -63,7 +56,7 @@ async def _reseal_all(stack: Stack, seal: IdentifierSeal) -> int:
 def unopenable_with(stack: Stack, key: str) -> list[tuple[str, str]]:
     only = IdentifierSeal(key)
     bad = []
-    for _, url in databases(stack):
+    for _, url in sealed_databases(stack):
         for table, column, token in asyncio.run(_sealed_values(url)):
             try:
                 only.open_text(token)
