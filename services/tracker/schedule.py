@@ -161,17 +161,23 @@ async def dispatch_due(pool: asyncpg.Pool, now: datetime) -> int:
                 },
             ):
                 await enqueue(conn, topics.command_topic(row["system"]), row["subject_ref"], command)
-            await conn.execute(
-                "UPDATE scheduled_erasures SET dispatched_at = $5, command_id = $6 WHERE request_id = $1"
-                " AND system = $2 AND resume_of = $3 AND due_on = $4",
-                row["request_id"],
-                row["system"],
-                row["resume_of"],
-                row["due_on"],
-                now,
-                command.message_id,
-            )
+            await _mark_dispatched(conn, row, now, command.message_id)
     return len(rows)
+
+
+async def _mark_dispatched(
+    conn: asyncpg.Connection, row: asyncpg.Record, now: datetime, command_id: UUID | None
+) -> None:
+    await conn.execute(
+        "UPDATE scheduled_erasures SET dispatched_at = $5, command_id = coalesce($6, command_id)"
+        " WHERE request_id = $1 AND system = $2 AND resume_of = $3 AND due_on = $4",
+        row["request_id"],
+        row["system"],
+        row["resume_of"],
+        row["due_on"],
+        now,
+        command_id,
+    )
 
 
 async def _cannot_send(conn: asyncpg.Connection, row: asyncpg.Record, now: datetime) -> None:
@@ -182,15 +188,7 @@ async def _cannot_send(conn: asyncpg.Connection, row: asyncpg.Record, now: datet
         "deferred erasure due but the identifiers are gone",
         extra={"request_id": row["request_id"], "system": row["system"]},
     )
-    await conn.execute(
-        "UPDATE scheduled_erasures SET dispatched_at = $5 WHERE request_id = $1 AND system = $2"
-        " AND resume_of = $3 AND due_on = $4",
-        row["request_id"],
-        row["system"],
-        row["resume_of"],
-        row["due_on"],
-        now,
-    )
+    await _mark_dispatched(conn, row, now, None)
 
 
 async def undispatch_unanswered(conn: asyncpg.Connection) -> int:
