@@ -106,8 +106,15 @@ class HoldsView:
         """Catch up with the holds topic to its end offsets as of now. The worker calls this
         before each batch of commands: it is the decision point of every command in it."""
         async with self._lock:
-            self._refreshed = False  # until this catch-up succeeds, nothing read is current
-            await self._catch_up()
+            # While it runs, what the last refresh read stands: another batch's decisions, made
+            # after that refresh, are still covered by it (a hold acknowledged meanwhile applies
+            # from the next batch on). Marking the view not current for the duration held back
+            # every erasure running beside a refresh (3,621 of 5,000 commands in one benchmark).
+            try:
+                await self._catch_up()
+            except BaseException:
+                self._refreshed = False  # not read to the end: nothing may be erased until it is
+                raise
             self._refreshed = True
 
     def incomplete(self) -> str | None:

@@ -3,6 +3,7 @@ place of the consumer): it never counts itself complete on a guess, and never st
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -212,3 +213,35 @@ def test_a_hold_without_an_end_must_carry_its_identifiers() -> None:
     assert HoldUpdated.model_validate(
         {**hold("LIT-C").model_dump(), "sealed_identifiers": None, "released_at": T0}
     )
+
+
+class SlowLog(ScriptedLog):
+    """A broker that answers, slowly: a refresh is in progress while other work goes on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+
+    async def end_offsets(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        await self.release.wait()
+        return await super().end_offsets(partitions)
+
+
+async def test_a_refresh_in_progress_leaves_what_the_last_one_read_in_force() -> None:
+    """A worker refreshes before each batch and every few seconds, from more than one consumer:
+    a batch whose own refresh succeeded decides on it while another refresh runs (it once held
+    back every erasure that ran beside a refresh)."""
+    log = SlowLog()
+    announce(log, hold("LIT-A"))
+    view = await view_on(log)
+    log.release.set()
+    await view.refresh()
+    log.release.clear()
+    running = asyncio.create_task(view.refresh())
+    await asyncio.sleep(0.01)
+    assert not running.done()
+    assert view.incomplete() is None
+    assert [h.case_reference for h in await view.active("crm", T0)] == ["LIT-A"]
+    log.release.set()
+    await running
+    assert view.incomplete() is None
