@@ -26,8 +26,9 @@ import asyncpg
 import httpx
 from aiokafka import AIOKafkaConsumer
 
-from bench import direct, profile
+from bench import direct, profile, stats
 from bench.sampler import Sampler, postgres_pids, slope_mb_per_min
+from bench.stats import percentile
 from cli import synthetic
 from cli.main import seed_targets
 from cli.processes import free_port
@@ -46,13 +47,7 @@ class Run:
     http_ms: list[float] = field(default_factory=list)
     completed: dict[str, float] = field(default_factory=dict)
     errors: Counter[str] = field(default_factory=Counter)  # submissions refused, by cause
-
-
-def percentile(values: list[float], p: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+    shed: int = 0  # 503s with Retry-After: submitted again after the wait, as a DSAR tool would
 
 
 _last_progress = [0.0]
@@ -106,20 +101,24 @@ async def submit_open_loop(
             start = time.perf_counter()
             run.submitted[rid] = start
             body = {"request_id": rid, "type": "erasure", "identity_verified": True, "subject": subject}
-            for attempt in range(3):
+            outcome = "no answer"
+            for _ in range(1000):  # a submission is idempotent by request id: sent again until taken
+                sent = time.perf_counter()
                 try:
                     response = await client.post("/v1/requests", json=body)
-                    break
                 except httpx.TransportError as exc:
-                    # A kept-alive connection the server closed as we sent: a submission is
-                    # idempotent by request id, so a DSAR tool (and this one) sends it again.
-                    if attempt == 2:
-                        run.errors[type(exc).__name__] += 1
-                        run.submitted.pop(rid, None)
-                        return
-            run.http_ms.append((time.perf_counter() - start) * 1000)
-            if response.status_code != 202:
-                run.errors[f"HTTP {response.status_code}"] += 1
+                    # A kept-alive connection the server closed as we sent: a DSAR tool (and
+                    # this one) sends it again.
+                    outcome = type(exc).__name__
+                    continue
+                run.http_ms.append((time.perf_counter() - sent) * 1000)
+                outcome = f"HTTP {response.status_code}"
+                if response.status_code != 503:
+                    break
+                run.shed += 1  # load shed: come back after Retry-After, as the API asks
+                await asyncio.sleep(float(response.headers.get("retry-after", "1")))
+            if outcome != "HTTP 202":
+                run.errors[outcome] += 1
                 run.submitted.pop(rid, None)
 
         t0 = time.perf_counter()
@@ -260,20 +259,7 @@ def main() -> None:
                     rate_hz=profile.RATE_HZ,
                 )
             if not soak and not args.no_direct:
-                baseline = synthetic.people(count, prefix="direct")
-                asyncio.run(load(baseline, seed_targets(stack)))
-                targets = seed_targets(stack)
-                per_s = asyncio.run(
-                    direct.run(
-                        baseline.people,
-                        targets.database_urls,
-                        targets.ldap,
-                        stack.recordings_dir,
-                        stack.secrets.suppression_key,
-                    )
-                )
-                result["direct_store_limit_per_s"] = round(per_s, 1)
-                result["ratio_to_direct"] = round(result["throughput_per_s"] / per_s, 3)
+                result |= direct_baseline(stack, count, result["throughput_per_s"])
         finally:
             stack.stop()
             shutil.copytree(stack.log_dir, RESULTS / "last-logs", dirs_exist_ok=True)  # for a post-mortem
@@ -283,6 +269,28 @@ def main() -> None:
     plot(run_points(result), RESULTS / f"{name}.png")
     print_table(result)
     print(f"\nresults: {RESULTS / name}.json and .png")
+
+
+def direct_baseline(stack: Stack, count: int, throughput: float) -> dict[str, Any]:
+    """The same erasures done directly on the stores, after the run, with Lethe's services
+    stopped; a baseline that fails is reported, not allowed to lose the run's results."""
+    stack.stop_services()  # the stores alone: their connections and CPU are the baseline's
+    baseline = synthetic.people(count, prefix="direct")
+    targets = seed_targets(stack)
+    try:
+        asyncio.run(load(baseline, targets))
+        per_s = asyncio.run(
+            direct.run(
+                baseline.people,
+                targets.database_urls,
+                targets.ldap,
+                stack.recordings_dir,
+                stack.secrets.suppression_key,
+            )
+        )
+    except (OSError, asyncpg.PostgresError) as exc:
+        return {"direct_store_error": f"{type(exc).__name__}: {exc}"}
+    return {"direct_store_limit_per_s": round(per_s, 1), "ratio_to_direct": round(throughput / per_s, 3)}
 
 
 async def search_cost(stack: Stack) -> dict[str, float]:
@@ -345,7 +353,14 @@ def summarise(
         "http_submit_ms": {
             "p50": round(percentile(run.http_ms, 50), 1),
             "p99": round(percentile(run.http_ms, 99), 1),
+            "max": round(max(run.http_ms, default=float("nan")), 1),
         },
+        "submissions_shed_503": run.shed,
+        "cpu_ms_per_request": stats.cpu_ms_per_request(
+            {name: u["cpu_seconds"] for name, u in usage.items()}, len(run.completed)
+        ),
+        "longest_stall_s": round(stats.longest_stall(run.submitted, run.completed), 2),
+        "latency_windows": stats.windows(run.submitted, run.completed, 300.0 if soak else 30.0),
         "stages_ms": stages,
         "spans_per_request": round(spans_per_request, 1),
         "incomplete": incomplete,
@@ -398,6 +413,20 @@ def print_table(result: dict[str, Any]) -> None:
         f"  submit → completed     p50 {lat['p50']} s  p95 {lat['p95']} s  p99 {lat['p99']} s"
         f"  max {lat['max']} s"
     )
+    http = result["http_submit_ms"]
+    print(
+        f"  POST /v1/requests      p50 {http['p50']} ms  p99 {http['p99']} ms  max {http['max']} ms;"
+        f" {result['submissions_shed_503']} shed with 503 and sent again"
+    )
+    print(
+        f"  CPU per request        {result['cpu_ms_per_request']} ms (services, broker, PostgreSQL);"
+        f" longest stall {result['longest_stall_s']} s"
+    )
+    for window in result["latency_windows"]:
+        print(
+            f"  from {window['from_s']:>5} s            p50 {window['p50']} s  p99 {window['p99']} s"
+            f"  ({window['completed']} completed, {window['not_completed']} not)"
+        )
     search = result.get("identity_search")
     if search:
         print(

@@ -15,7 +15,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.run import RESULTS, measure, percentile, start_stack
+from bench.run import RESULTS, measure, start_stack
+from bench.stats import percentile
 from cli import synthetic
 from cli.main import seed_targets
 from cli.seed import load

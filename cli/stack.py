@@ -319,10 +319,17 @@ class Stack:
             s for s in self.config.services if s in self.processes and self.processes[s].poll() is not None
         ]
 
+    def stop_services(self) -> None:
+        """Lethe's services only; the broker, slapd and the databases stay (the benchmark's
+        direct-store baseline runs on them without the services' connections and CPU)."""
+        for name in self.processes.keys() - {"broker", "slapd"}:
+            stop(self.processes.pop(name))
+
     def stop(self) -> None:
         """Services first (they finish their batch and commit), then the broker and slapd."""
         self._stopping.set()
-        for name in [*self.processes.keys() - {"broker", "slapd"}, "broker", "slapd"]:
+        self.stop_services()
+        for name in ("broker", "slapd"):
             process = self.processes.pop(name, None)
             if process is not None:
                 stop(process)
