@@ -113,13 +113,15 @@ class Directory:
             for base in self.tree.searched:
                 conn.search(str(base), query, SUBTREE, attributes=SEARCHED)
                 _check(conn)
-                for e in conn.entries:
-                    found[str(e.entryUUID.value)] = Entry(
-                        str(e.entryUUID.value),
-                        e.entry_dn,
-                        uid=_values(e, "uid"),
-                        mail=_values(e, "mail"),
-                        phones=_values(e, "telephoneNumber") + _values(e, "mobile"),
+                for item in _entries(conn):
+                    attributes = item["attributes"]
+                    uuid = _values(attributes, "entryUUID")[0]
+                    found[uuid] = Entry(
+                        uuid,
+                        item["dn"],
+                        uid=_values(attributes, "uid"),
+                        mail=_values(attributes, "mail"),
+                        phones=_values(attributes, "telephoneNumber") + _values(attributes, "mobile"),
                     )
             span.set_attribute("lethe.ldap.entries", len(found))
         return list(found.values())
@@ -135,7 +137,7 @@ class Directory:
             with self.connect() as conn:
                 for base in self.tree.subject_bases:
                     conn.search(str(base), query, SUBTREE, attributes=["uid"])
-                    uids += [str(e.uid.value) for e in conn.entries]
+                    uids += [u for item in _entries(conn) for u in _values(item["attributes"], "uid")]
             return sorted(uids)
 
         return await asyncio.to_thread(search)
@@ -186,7 +188,7 @@ class Directory:
             for base in self.tree.searched if unlocated else ():
                 conn.search(str(base), _uuid_filter(unlocated), SUBTREE, attributes=["entryUUID"])
                 _check(conn)
-                dns += [entry.entry_dn for entry in conn.entries]
+                dns += [item["dn"] for item in _entries(conn)]
             for dn in dns:
                 self._change(conn, dn, change)
 
@@ -213,8 +215,19 @@ SEARCHED = ["entryUUID", "uid", "mail", "telephoneNumber", "mobile"]
 Change = Literal["delete", "restrict", "lift"]
 
 
-def _values(entry: Any, attribute: str) -> list[str]:
-    return [str(v) for v in entry[attribute].values] if attribute in entry.entry_attributes else []
+def _entries(conn: Connection) -> list[dict[str, Any]]:
+    """The entries of the last search as ldap3 decoded them: its `entries` property would build
+    an abstraction-layer object per entry, each time it is read, which cost more CPU than the
+    search itself (py-spy)."""
+    return [item for item in conn.response or () if item.get("type") == "searchResEntry"]
+
+
+def _values(attributes: Mapping[str, Any], name: str) -> list[str]:
+    """An attribute's values as text; ldap3 gives a single-valued one (entryUUID) bare."""
+    value = attributes.get(name)
+    if value is None:
+        return []
+    return [str(v) for v in value] if isinstance(value, list) else [str(value)]
 
 
 def _uuid_filter(entry_uuids: Sequence[str]) -> str:
