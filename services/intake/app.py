@@ -6,8 +6,10 @@ API and nothing else."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -17,6 +19,7 @@ from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.intake import admin_api, api, holds_api, login, reviews_api
+from services.intake.admission import Admission, AdmissionLimits, Load, LoopLag
 from services.intake.auth import Role, require
 from services.intake.limits import BodySizeLimit, RateLimiter
 from shared.codec import describe_error
@@ -35,6 +38,30 @@ class ApiLimits:
     max_body_bytes: int = 64 * 1024
     failures_per_s: float = 0.5
     failure_burst: int = 30
+    admission: AdmissionLimits = field(default_factory=AdmissionLimits)
+
+
+Lifespan = Callable[[FastAPI], contextlib.AbstractAsyncContextManager[None]]
+
+
+def _measuring_lag(lifespan: Lifespan | None, load: Load) -> Lifespan:
+    """The service's lifespan, with the event-loop lag that admission reads measured meanwhile."""
+
+    @contextlib.asynccontextmanager
+    async def measured(app: FastAPI) -> AsyncIterator[None]:
+        ticker = asyncio.create_task(LoopLag(load).run())
+        try:
+            if lifespan is None:
+                yield
+            else:
+                async with lifespan(app):
+                    yield
+        finally:
+            ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ticker
+
+    return measured
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -79,11 +106,12 @@ def _publish_description(app: FastAPI, development: bool) -> None:
         return get_redoc_html(openapi_url="/openapi.json", title="Lethe API")
 
 
-def create_app(lifespan: Any, limits: ApiLimits, development: bool = False) -> FastAPI:
+def create_app(lifespan: Lifespan | None, limits: ApiLimits, development: bool = False) -> FastAPI:
+    load = Load()
     app = FastAPI(
         title="Lethe",
         version="1",
-        lifespan=lifespan,
+        lifespan=_measuring_lag(lifespan, load),
         description=DESCRIPTION,
         openapi_url=None,
         docs_url=None,
@@ -106,6 +134,7 @@ def create_app(lifespan: Any, limits: ApiLimits, development: bool = False) -> F
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_middleware(BodySizeLimit, max_bytes=limits.max_body_bytes)
+    app.add_middleware(Admission, limits=limits.admission, load=load)  # added last: outermost
     _publish_description(app, development)
 
     # One server span per request; the ASGI receive/send sub-spans (three more per request)

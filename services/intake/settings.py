@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.intake.admission import AdmissionLimits
 from services.intake.app import ApiLimits
 from services.intake.egress import Egress, networks
 from shared import topics
@@ -43,6 +44,27 @@ class IntakeSettings(BaseSettings):
         0.5, gt=0, description="Failed authentications a second a client address may make after its burst."
     )
 
+    submit_max_in_flight: int = Field(
+        64,
+        ge=1,
+        le=100_000,
+        description="Submissions handled at once, at most; past it, more are answered 503 with Retry-After.",
+    )
+    submit_target_ms: float = Field(
+        100,
+        gt=0,
+        le=60_000,
+        description="How long a submission should take: while they take longer, fewer are let in at once"
+        " and the rest are answered 503 with Retry-After at once.",
+    )
+    submit_max_loop_lag_ms: float = Field(
+        100,
+        gt=0,
+        le=60_000,
+        description="How late intake's event loop may run before new submissions are answered 503 with"
+        " Retry-After (so that an overloaded intake still answers fast).",
+    )
+
     @field_validator("callback_secret")
     @classmethod
     def _a_key(cls, value: SecretStr) -> SecretStr:
@@ -67,4 +89,7 @@ class IntakeSettings(BaseSettings):
             self.max_body_bytes,
             self.auth_failures_per_s,
             self.auth_failure_burst,
+            AdmissionLimits(
+                self.submit_max_in_flight, self.submit_target_ms / 1000, self.submit_max_loop_lag_ms / 1000
+            ),
         )
