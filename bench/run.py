@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import os
 import shutil
 import sys
@@ -29,6 +30,7 @@ from aiokafka import AIOKafkaConsumer
 from bench import direct, profile, stats
 from bench.sampler import Sampler, postgres_pids, slope_mb_per_min
 from bench.stats import percentile
+from bench.submitter import submit_in_process
 from cli import synthetic
 from cli.main import seed_targets
 from cli.processes import free_port
@@ -63,72 +65,27 @@ def progress(done: int, total: int, label: str) -> None:
     sys.stderr.flush()
 
 
-async def listen(stack: Stack, run: Run, total: int, stop: asyncio.Event) -> None:
+async def listen(stack: Stack, run: Run, prefix: str, total: int, stop: asyncio.Event) -> None:
+    """Every completion of this run's requests (keyed by request id), with when it was read."""
     consumer = AIOKafkaConsumer(
         topics.REQUESTS_COMPLETED,
         **client_options(stack.kafka_settings()),
         group_id=f"bench-{uuid4().hex[:6]}",
-        auto_offset_reset="earliest",  # a fresh stack: every completion is ours
+        auto_offset_reset="earliest",
         fetch_max_wait_ms=10,
     )
     await consumer.start()
+    ours = f"{prefix}-".encode()
     try:
         while not stop.is_set():
             for records in (await consumer.getmany(timeout_ms=100)).values():
-                now = time.perf_counter()
+                now = time.monotonic()
                 for record in records:
-                    rid = json.loads(record.value or b"{}").get("request_id")
-                    if rid in run.submitted and rid not in run.completed:
-                        run.completed[rid] = now
+                    if record.key and record.key.startswith(ours):
+                        run.completed.setdefault(record.key.decode(), now)
             progress(len(run.completed), total, "completed")
     finally:
         await consumer.stop()
-
-
-async def submit_open_loop(
-    stack: Stack, subjects: list[dict[str, Any]], rate: float, run: Run, prefix: str
-) -> None:
-    headers = {"Authorization": f"Bearer {stack.secrets.admin_token}"}
-    # A connection per request in flight: open loop means hundreds in flight once Lethe is
-    # saturated, and httpcore's pool, queueing them, spent more CPU than intake (py-spy).
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
-    async with httpx.AsyncClient(
-        base_url=stack.api_url, headers=headers, timeout=60, limits=limits
-    ) as client:
-
-        async def one(i: int, subject: dict[str, Any]) -> None:
-            rid = f"{prefix}-{i}"
-            start = time.perf_counter()
-            run.submitted[rid] = start
-            body = {"request_id": rid, "type": "erasure", "identity_verified": True, "subject": subject}
-            outcome = "no answer"
-            for _ in range(1000):  # a submission is idempotent by request id: sent again until taken
-                sent = time.perf_counter()
-                try:
-                    response = await client.post("/v1/requests", json=body)
-                except httpx.TransportError as exc:
-                    # A kept-alive connection the server closed as we sent: a DSAR tool (and
-                    # this one) sends it again.
-                    outcome = type(exc).__name__
-                    continue
-                run.http_ms.append((time.perf_counter() - sent) * 1000)
-                outcome = f"HTTP {response.status_code}"
-                if response.status_code != 503:
-                    break
-                run.shed += 1  # load shed: come back after Retry-After, as the API asks
-                await asyncio.sleep(float(response.headers.get("retry-after", "1")))
-            if outcome != "HTTP 202":
-                run.errors[outcome] += 1
-                run.submitted.pop(rid, None)
-
-        t0 = time.perf_counter()
-        tasks = []
-        for i, subject in enumerate(subjects):
-            delay = t0 + i / rate - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(i, subject)))
-        await asyncio.gather(*tasks)
 
 
 def stage_latencies(stack: Stack, trace_ids: set[str]) -> tuple[dict[str, Any], float]:
@@ -182,7 +139,8 @@ def start_stack(tmp: Path, prefix: str) -> Stack:
 def sampler_for(stack: Stack, interval_s: float = 2.0) -> Sampler:
     groups: dict[str, object] = {name: (lambda p=p: [p.pid]) for name, p in stack.processes.items()}
     groups["postgres"] = postgres_pids
-    groups["load generator"] = lambda: [os.getpid()]  # this process: submissions and listener
+    # This process (the listener) and the submitting one.
+    groups["load generator"] = lambda: [os.getpid(), *(c.pid or 0 for c in multiprocessing.active_children())]
     return Sampler(groups, interval_s)  # a sample costs ~0.1 CPU-s (PSS of every PostgreSQL backend)
 
 
@@ -191,17 +149,23 @@ async def measure(
 ) -> tuple[Run, float]:
     run = Run()
     stop = asyncio.Event()
-    listener = asyncio.create_task(listen(stack, run, len(subjects), stop))
+    listener = asyncio.create_task(listen(stack, run, prefix, len(subjects), stop))
     await asyncio.sleep(3)  # the listener joins its group
-    start = time.perf_counter()
-    await submit_open_loop(stack, subjects, rate, run, prefix)
-    deadline = time.perf_counter() + timeout_s
-    while len(run.completed) < len(run.submitted) and time.perf_counter() < deadline:  # noqa: ASYNC110
+    start = time.monotonic()
+    bodies = [
+        {"request_id": f"{prefix}-{i}", "type": "erasure", "identity_verified": True, "subject": subject}
+        for i, subject in enumerate(subjects)
+    ]
+    sent = await submit_in_process(stack.api_url, stack.secrets.admin_token, bodies, rate)
+    run.submitted, run.http_ms, run.shed, run.errors = sent.submitted, sent.http_ms, sent.shed, sent.errors
+    deadline = time.monotonic() + timeout_s
+    while set(run.submitted) - set(run.completed) and time.monotonic() < deadline:  # noqa: ASYNC110
         await asyncio.sleep(0.2)
     stop.set()
     await listener
+    run.completed = {r: t for r, t in run.completed.items() if r in run.submitted}
     sys.stderr.write("\n")
-    return run, time.perf_counter() - start
+    return run, time.monotonic() - start
 
 
 def main() -> None:
