@@ -16,10 +16,11 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from services.intake import admin_api, api, holds_api, login, reviews_api
+from services.intake import admin_api, api, holds_api, login, notices_api, reviews_api
 from services.intake.auth import Role, require
 from services.intake.limits import BodySizeLimit, RateLimiter
 from shared.codec import describe_error
+from shared.recipients.register import EMPTY
 
 DESCRIPTION = (
     "GDPR erasure and restriction requests across a company's systems. Every /v1 call needs a bearer"
@@ -91,6 +92,7 @@ def create_app(lifespan: Any, limits: ApiLimits, development: bool = False) -> F
     )
     app.state.stuck_after_s = limits.stuck_after_s
     app.state.development = development  # cookies without Secure, /docs and /redoc
+    app.state.register = EMPTY  # the register of recipients; the service's lifespan sets its own
     app.state.rate_limiter = RateLimiter(limits.rate_per_s, limits.burst)
     app.state.auth_failures = RateLimiter(limits.failures_per_s, limits.failure_burst)
     for router in (
@@ -99,6 +101,7 @@ def create_app(lifespan: Any, limits: ApiLimits, development: bool = False) -> F
         reviews_api.router,
         reviews_api.pages,
         admin_api.router,
+        notices_api.router,
         api.pages_router,
         login.pages,
     ):
