@@ -123,9 +123,10 @@ class NoticeSender:
             state, via = ("failed" if forbidden or attempts >= self.retries.attempts else "pending"), None
         async with self.pool.acquire() as conn, conn.transaction():
             updated = await conn.fetchrow(
-                "UPDATE notices SET state = $2, attempts = $3, last_error = $4, next_at = $5,"
-                " delivered_at = CASE WHEN $4::text IS NULL THEN $6 END,"
-                " acknowledged_at = CASE WHEN $7::text IS NOT NULL THEN $6 END, acknowledged_via = $7,"
+                "UPDATE notices SET state = $2, attempts = $3, last_error = $4::text, next_at = $5,"
+                " delivered_at = CASE WHEN $4::text IS NULL THEN $6::timestamptz END,"
+                " acknowledged_at = CASE WHEN $7::text IS NULL THEN NULL ELSE $6::timestamptz END,"
+                " acknowledged_via = $7::text,"
                 " sealed_identifiers = CASE WHEN $4::text IS NULL THEN NULL ELSE sealed_identifiers END"
                 " WHERE notice_id = $1 AND state = 'pending' RETURNING *",
                 row["notice_id"],

@@ -180,8 +180,20 @@ async def search(
     return rows
 
 
+async def attention(pool: asyncpg.Pool, now: datetime, limit: int = 50) -> dict[str, Any]:
+    """For the dashboard: how many notices are open manual tasks, webhooks still being tried,
+    failed, overdue; and the oldest of those a person must act on (tasks, failures, overdue)."""
+    rows = await pool.fetch(
+        "SELECT notice_id, request_id, recipient_id, channel, state, attempts, last_error, acknowledge_by,"
+        " created_at FROM notices WHERE (state = 'pending' AND channel = 'manual') OR state = 'failed'"
+        " OR (state <> 'acknowledged' AND acknowledge_by < $1) ORDER BY created_at LIMIT $2",
+        now,
+        limit,
+    )
+    return {"counts": await counts(pool, now), "rows": rows, "now": now}
+
+
 async def counts(pool: asyncpg.Pool, now: datetime) -> dict[str, int]:
-    """For the dashboard: open manual tasks, webhooks still being tried, failed, overdue."""
     row = await pool.fetchrow(
         "SELECT count(*) FILTER (WHERE state = 'pending' AND channel = 'manual') AS tasks,"
         " count(*) FILTER (WHERE state = 'pending' AND channel = 'webhook') AS sending,"
