@@ -66,3 +66,11 @@ def close(
     typer.echo(json.dumps(response.json(), indent=2))
     if response.status_code != 200:
         raise typer.Exit(1)
+
+
+@app.command("schema")
+def schema() -> None:
+    """The JSON Schema of the body a recipient's webhook receives (deploy/notice.schema.json)."""
+    from shared.contracts.notices import NoticeBody
+
+    typer.echo(json.dumps(NoticeBody.model_json_schema(), indent=2))
