@@ -50,6 +50,10 @@ class Recipients:
     def acknowledged_times(self) -> list[datetime]:
         return [n.acknowledged_at for n in self.notices.values() if n.must_acknowledge and n.acknowledged_at]
 
+    def pending(self) -> list[RecipientNotice]:
+        """Notices intake has not reported delivered, acknowledged or failed."""
+        return [n for n in self.notices.values() if n.state is NoticeState.PENDING]
+
     def plan_after(
         self,
         request_id: str,
