@@ -52,7 +52,9 @@ def _view(row: asyncpg.Record) -> TokenView:
     )
 
 
-@router.post("", status_code=201, response_model=CreatedToken, **guarded())
+@router.post(
+    "", status_code=201, response_model=CreatedToken, responses={422: {"model": ErrorBody}}, **guarded()
+)
 async def create_token(body: NewToken, request: Request) -> CreatedToken:
     register = request.app.state.register
     if (body.role is Role.RECIPIENT) != (body.recipient_id is not None):
