@@ -57,10 +57,12 @@ def _rows(classes: list[type[BaseSettings]]) -> dict[str, tuple[str, str, str]]:
 def all_settings() -> list[type[BaseSettings]]:
     """Every settings class of every service."""
     from services.directory.settings import LdapSettings
+    from services.intake.notice_settings import NoticeSettings
     from services.intake.settings import IntakeSettings
     from services.mailing.store import SuppressionSettings
     from services.recordings.store import RecordingsSettings
     from services.tracker.settings import TrackerSettings
+    from shared.recipients.settings import RegisterSettings
     from shared.worker.main import PolicySettings
     from shared.worker.runtime import RetrySettings
 
@@ -71,7 +73,9 @@ def all_settings() -> list[type[BaseSettings]]:
         RecoverySettings,
         RetrySettings,
         PolicySettings,
+        RegisterSettings,
         IntakeSettings,
+        NoticeSettings,
         TrackerSettings,
         LdapSettings,
         RecordingsSettings,

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from cli import dlq as dead_letters
 from cli import keys as key_commands
+from cli import notices as notice_commands
 from cli import reviews as review_commands
 from cli.client import ApiClient, Credentials, api_url, fail, find_credentials
 from cli.render import report_text
@@ -428,6 +429,7 @@ def config_reference() -> None:
 
 
 app.add_typer(review_commands.app, name="reviews")
+app.add_typer(notice_commands.app, name="notices")
 app.add_typer(key_commands.app, name="keys")
 tokens = typer.Typer(help="API tokens (admin).", no_args_is_help=True)
 
@@ -436,11 +438,15 @@ app.add_typer(tokens, name="tokens")
 
 @tokens.command("create")
 def create_token(
-    role: Annotated[str, typer.Option(help="submitter, compliance, legal or admin")],
+    role: Annotated[str, typer.Option(help="submitter, compliance, legal, recipient or admin")],
     label: Annotated[str, typer.Option(help="Who or what it is for.")] = "",
+    recipient: Annotated[
+        str | None, typer.Option(help="With --role recipient: the register's recipient id it acts for.")
+    ] = None,
 ) -> None:
     """Create a token; it is printed once and only its hash is kept."""
-    _print_response(api().post("/v1/tokens", json={"role": role, "label": label}))
+    body = {"role": role, "label": label} | ({"recipient_id": recipient} if recipient else {})
+    _print_response(api().post("/v1/tokens", json=body))
 
 
 @tokens.command("list")

@@ -42,7 +42,7 @@ def services(systems: tuple[str, ...] = topics.SYSTEMS) -> dict[str, Access]:
     table = {
         "intake": _with(
             _EVERY_SERVICE,
-            read={topics.REQUEST_STATUS, topics.INGRESS, topics.HOLDS},  # holds: read back to verify
+            read={topics.REQUEST_STATUS, topics.INGRESS, topics.HOLDS, topics.NOTICES},  # holds: read back
             write={
                 *commands,
                 topics.REQUESTS_ACCEPTED,
@@ -52,13 +52,14 @@ def services(systems: tuple[str, ...] = topics.SYSTEMS) -> dict[str, Access]:
                 topics.RETRIES,
                 topics.REVIEWS,
                 topics.INGRESS_REPLIES,
+                topics.NOTICE_UPDATES,
             },
-            groups={topics.INTAKE_STATUS_GROUP, topics.INGRESS_GROUP},
+            groups={topics.INTAKE_STATUS_GROUP, topics.INGRESS_GROUP, topics.NOTICES_GROUP},
         ),
         "tracker": _with(
             _EVERY_SERVICE,
             read=set(topics.TRACKER_CONSUMES),
-            write={*commands, topics.REQUEST_STATUS, topics.REQUESTS_COMPLETED},
+            write={*commands, topics.REQUEST_STATUS, topics.REQUESTS_COMPLETED, topics.NOTICES},
             groups={topics.TRACKER_GROUP},
         ),
     }

@@ -34,6 +34,8 @@ SEALED: dict[str, tuple[SealedColumn, ...]] = {
         SealedColumn("requests", "sealed_identifiers"),
         SealedColumn("holds", "sealed_identifiers"),
         SealedColumn("reviews", "evidence"),
+        # A notice's identifiers, until it is delivered or closed.
+        SealedColumn("notices", "sealed_identifiers"),
     ),
     "tracker": (
         SealedColumn("sagas", "sealed_identifiers"),

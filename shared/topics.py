@@ -16,13 +16,18 @@ RETRIES = "lethe.requests.retries.v1"
 REVIEWS = "lethe.reviews.v1"  # decisions on records that may be someone else's
 HOLDS = "lethe.holds.v1"
 NOTIFICATIONS = "lethe.notifications.v1"
+# Notices to recipients (Art. 19): the tracker's commands to send them (identifiers sealed), and
+# intake's reports on their delivery.
+NOTICES = "lethe.notices.v1"
+NOTICE_UPDATES = "lethe.notices.updates.v1"
 DEAD_LETTERS = "lethe.deadletter.v1"
 SENTINELS = "lethe.sentinels.v1"  # records whose loss tells a service the broker forgot (broker_memory)
 # What the tracker consumes (services/tracker/handlers.CONSUMED, which a test keeps equal).
-TRACKER_CONSUMES = (REQUESTS_ACCEPTED, OUTCOMES, HOLDS, DEADLINES, RETRIES, REVIEWS)
+TRACKER_CONSUMES = (REQUESTS_ACCEPTED, OUTCOMES, HOLDS, DEADLINES, RETRIES, REVIEWS, NOTICE_UPDATES)
 
 INTAKE_STATUS_GROUP = "lethe-intake-status"
 INGRESS_GROUP = "lethe-intake-ingress"
+NOTICES_GROUP = "lethe-intake-notices"
 TRACKER_GROUP = "lethe-tracker"
 DLQ_REPLAY_GROUP = "lethe-dlq-replay"
 UPSTREAM_GROUP_PREFIX = "lethe-upstream"  # an upstream DSAR tool reads its replies in groups named so
@@ -53,7 +58,8 @@ def topic_kind(name: str) -> str:
         return "holds"
     if name == SENTINELS:
         return "sentinel"
-    return "command" if name.startswith("lethe.commands.") else "event"
+    # Notices carry sealed identifiers, like commands: kept no longer than a command.
+    return "command" if name.startswith("lethe.commands.") or name == NOTICES else "event"
 
 
 def topic_config(name: str) -> dict[str, str]:
@@ -84,6 +90,8 @@ def all_topics(systems: tuple[str, ...] = SYSTEMS) -> list[str]:
         REVIEWS,
         HOLDS,
         NOTIFICATIONS,
+        NOTICES,
+        NOTICE_UPDATES,
         DEAD_LETTERS,
         SENTINELS,
     ]

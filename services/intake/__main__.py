@@ -6,25 +6,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 
 import asyncpg
 import uvicorn
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 from fastapi import FastAPI
 
-from services.intake import auth, callbacks, holds, ingress, recovery, rekey, reviews, store
+from services.intake import auth, callbacks, holds, ingress, notices, recovery, rekey, reviews, store
 from services.intake.app import create_app
+from services.intake.notice_sender import NoticeSender
+from services.intake.notice_settings import NoticeSettings, webhook_secrets
 from services.intake.service import IntakeContext
 from services.intake.settings import IntakeSettings
 from shared import topics
 from shared.broker_memory import SENTINEL_DDL
 from shared.codec import decode
 from shared.contracts import RequestStatusChanged
+from shared.contracts.notices import NotifyRecipient
 from shared.db import apply_schema, create_pool, ensure_database
 from shared.delivery import GroupHandler, Handler, Publisher, consume_forever
 from shared.kafka import ensure_topics, make_consumer, make_producer, start_with_retry, warn_if_unencrypted
 from shared.outbox import OUTBOX_DDL, OutboxRelay
+from shared.recipients.settings import RegisterSettings
 from shared.service import mark_ready, run_service, set_readiness
 from shared.settings import (
     DatabaseSettings,
@@ -93,6 +99,10 @@ async def main(stop: asyncio.Event) -> None:
     warn_if_unencrypted(kafka, development)
     # Fails fast, naming the variable: a weak or placeholder token outside a development stack.
     bootstrap = auth.parse_bootstrap(settings.bootstrap_tokens.get_secret_value(), development)
+    # So does a bad register of recipients, a webhook's missing secret or forbidden URL.
+    register = RegisterSettings().load()
+    notice_secrets = webhook_secrets(register, os.environ, development, settings.egress())
+    notice_settings = NoticeSettings()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -104,6 +114,7 @@ async def main(stop: asyncio.Event) -> None:
             *holds.SCHEMA,
             *reviews.SCHEMA,
             *callbacks.SCHEMA,
+            *notices.SCHEMA,
             *auth.SCHEMA,
             OUTBOX_DDL,
             SENTINEL_DDL,
@@ -128,6 +139,7 @@ async def main(stop: asyncio.Event) -> None:
         await start_with_retry(producer, "producer")
         secret = settings.callback_secret.get_secret_value()
         app.state.ctx = ctx
+        app.state.register = register
         app.state.relay = relay = OutboxRelay(pool, producer, service="intake")
         app.state.readiness = lambda: readiness(pool, producer)
         set_readiness(app.state.readiness)  # the same answer on LETHE_METRICS_PORT, beside /metrics
@@ -158,6 +170,22 @@ async def main(stop: asyncio.Event) -> None:
                     lambda record: ingress.reply(ctx, publisher, record),
                     publisher,
                 )
+            ),
+            asyncio.create_task(
+                consume(
+                    kafka,
+                    topics.NOTICES,
+                    topics.NOTICES_GROUP,
+                    lambda record: notices.take(
+                        pool, register, decode(record.value, NotifyRecipient), datetime.now(UTC)
+                    ),
+                    publisher,
+                )
+            ),
+            asyncio.create_task(
+                NoticeSender(
+                    pool, register, notice_secrets, seal, notice_settings.retries(), egress=ctx.egress
+                ).run()
             ),
         ]
         if secret:

@@ -20,6 +20,9 @@ class NewToken(BaseModel):
     model_config = ConfigDict(extra="forbid")
     role: Role
     label: str = Field("", max_length=200, description="Who or what the token is for.")
+    recipient_id: str | None = Field(
+        None, max_length=64, description="With role recipient: the register's recipient it acts for."
+    )
 
 
 class CreatedToken(BaseModel):
@@ -49,9 +52,18 @@ def _view(row: asyncpg.Record) -> TokenView:
     )
 
 
-@router.post("", status_code=201, response_model=CreatedToken, **guarded())
+@router.post(
+    "", status_code=201, response_model=CreatedToken, responses={422: {"model": ErrorBody}}, **guarded()
+)
 async def create_token(body: NewToken, request: Request) -> CreatedToken:
-    token = await auth.create(request.app.state.ctx.pool, body.role, body.label)
+    register = request.app.state.register
+    if (body.role is Role.RECIPIENT) != (body.recipient_id is not None):
+        raise HTTPException(422, "recipient_id: required with role recipient, and only with it")
+    if body.recipient_id is not None and register.get(body.recipient_id) is None:
+        raise HTTPException(422, "recipient_id: not in the register of recipients")
+    token = await auth.create(
+        request.app.state.ctx.pool, body.role, body.label, recipient_id=body.recipient_id
+    )
     return CreatedToken(token=token, role=body.role)
 
 

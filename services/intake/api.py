@@ -11,7 +11,7 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from services.intake import export, operations, pages, scope, store
+from services.intake import export, notices, operations, pages, scope, store
 from services.intake.auth import Role, caller_of, guarded
 from services.intake.models import ErrorBody, RequestView, SubmitRequest
 from services.intake.service import IntakeContext, Unacceptable, accept
@@ -222,4 +222,5 @@ async def dashboard(
     start, end = pages.period(received_from, received_to)
     view = await pages.dashboard(_ctx(request).pool, start, end, datetime.now(UTC), page)
     waiting = await _ctx(request).pool.fetchval("SELECT count(*) FROM reviews WHERE state = 'open'")
-    return pages.dashboard_html(view, received_from, received_to, waiting)
+    told = await notices.attention(_ctx(request).pool, datetime.now(UTC))
+    return pages.dashboard_html(view, received_from, received_to, waiting, told)

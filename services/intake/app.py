@@ -18,11 +18,12 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from services.intake import admin_api, api, holds_api, login, reviews_api
+from services.intake import admin_api, api, holds_api, login, notices_api, reviews_api
 from services.intake.admission import Admission, AdmissionLimits, Load, LoopLag
 from services.intake.auth import Role, require
 from services.intake.limits import BodySizeLimit, RateLimiter
 from shared.codec import describe_error
+from shared.recipients.register import EMPTY
 
 DESCRIPTION = (
     "GDPR erasure and restriction requests across a company's systems. Every /v1 call needs a bearer"
@@ -119,6 +120,7 @@ def create_app(lifespan: Lifespan | None, limits: ApiLimits, development: bool =
     )
     app.state.stuck_after_s = limits.stuck_after_s
     app.state.development = development  # cookies without Secure, /docs and /redoc
+    app.state.register = EMPTY  # the register of recipients; the service's lifespan sets its own
     app.state.rate_limiter = RateLimiter(limits.rate_per_s, limits.burst)
     app.state.auth_failures = RateLimiter(limits.failures_per_s, limits.failure_burst)
     for router in (
@@ -127,6 +129,7 @@ def create_app(lifespan: Lifespan | None, limits: ApiLimits, development: bool =
         reviews_api.router,
         reviews_api.pages,
         admin_api.router,
+        notices_api.router,
         api.pages_router,
         login.pages,
     ):

@@ -31,6 +31,8 @@ SCHEMA = (
         created_at timestamptz NOT NULL DEFAULT now(),
         revoked_at timestamptz)""",
     "ALTER TABLE api_tokens ADD COLUMN IF NOT EXISTS last_used_at timestamptz",
+    # A recipient's token (role recipient) acts for that recipient of the register only.
+    "ALTER TABLE api_tokens ADD COLUMN IF NOT EXISTS recipient_id text",
 )
 BOOTSTRAP_LABEL = "bootstrap"
 TOKEN_COOKIE = "lethe_token"  # noqa: S105 - the name of the cookie, not a token
@@ -41,6 +43,7 @@ class Role(StrEnum):
     SUBMITTER = "submitter"
     COMPLIANCE = "compliance"
     LEGAL = "legal"
+    RECIPIENT = "recipient"
     ADMIN = "admin"
 
 
@@ -48,6 +51,7 @@ class Role(StrEnum):
 class Caller:
     token_id: str
     role: Role
+    recipient_id: str | None = None  # for role recipient: whose notices it may see and acknowledge
 
 
 def _sha256(secret: str) -> str:
@@ -61,7 +65,9 @@ def parse(token: str) -> tuple[str, str] | None:
     return parts[1], parts[2]
 
 
-async def create(pool: asyncpg.Pool, role: Role, label: str = "", token: str | None = None) -> str:
+async def create(
+    pool: asyncpg.Pool, role: Role, label: str = "", token: str | None = None, recipient_id: str | None = None
+) -> str:
     """A new token (or the given one, for bootstrap); idempotent for a given token."""
     token = token or f"lethe_{secrets.token_hex(6)}_{secrets.token_urlsafe(32).replace('_', '-')}"
     parsed = parse(token)
@@ -69,12 +75,13 @@ async def create(pool: asyncpg.Pool, role: Role, label: str = "", token: str | N
         raise ValueError("token: must read lethe_<id>_<secret>")
     token_id, secret = parsed
     await pool.execute(
-        "INSERT INTO api_tokens (token_id, role, secret_sha256, label) VALUES ($1,$2,$3,$4)"
+        "INSERT INTO api_tokens (token_id, role, secret_sha256, label, recipient_id) VALUES ($1,$2,$3,$4,$5)"
         " ON CONFLICT (token_id) DO UPDATE SET role = excluded.role, secret_sha256 = excluded.secret_sha256",
         token_id,
         role.value,
         _sha256(secret),
         label,
+        recipient_id,
     )
     return token
 
@@ -91,6 +98,8 @@ def parse_bootstrap(spec: str, development: bool = False) -> list[tuple[Role, st
                 "LETHE_BOOTSTRAP_TOKENS: each entry must read role:lethe_<id>_<secret>, "
                 f"role one of {', '.join(r.value for r in Role)}"
             )
+        if role == Role.RECIPIENT:  # it must name its recipient: made with `lethe tokens create`
+            raise ValueError("LETHE_BOOTSTRAP_TOKENS: a recipient token is made with POST /v1/tokens")
         secret = token.split("_", 2)[2]
         if not development and (len(secret) < MIN_SECRET_CHARS or PLACEHOLDER.search(token)):
             raise ValueError(
@@ -144,10 +153,11 @@ def client_address(request: Request) -> str:
 # The token and, at most once a minute (a write per request would cost every call), its last use.
 _AUTHENTICATE = """
 WITH token AS (
-    SELECT token_id, role, secret_sha256 FROM api_tokens WHERE token_id = $1 AND revoked_at IS NULL),
+    SELECT token_id, role, secret_sha256, recipient_id FROM api_tokens
+     WHERE token_id = $1 AND revoked_at IS NULL),
 used AS (UPDATE api_tokens SET last_used_at = now() WHERE token_id IN (SELECT token_id FROM token)
          AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute'))
-SELECT role, secret_sha256 FROM token"""
+SELECT role, secret_sha256, recipient_id FROM token"""
 
 BEARER = HTTPBearer(auto_error=False, description="A Lethe API token: lethe_<id>_<secret>")
 
@@ -163,7 +173,7 @@ async def verify(pool: asyncpg.Pool, token: str) -> Caller | None:
     stored = row["secret_sha256"] if row else "0" * 64
     if not hmac.compare_digest(stored, _sha256(secret)) or row is None:
         return None
-    return Caller(token_id, Role(row["role"]))
+    return Caller(token_id, Role(row["role"]), row["recipient_id"])
 
 
 def failure_wait(request: Request) -> float:

@@ -111,20 +111,29 @@ class CallbackSender:
         return error is None
 
     async def _post(self, url: str, body: bytes) -> str | None:
-        timestamp = str(int(datetime.now(UTC).timestamp()))
-        headers = {
-            "Content-Type": "application/json",
-            "X-Lethe-Timestamp": timestamp,
-            "X-Lethe-Signature": signature(self.secret, timestamp, body),
-        }
-        try:
-            async with asyncio.timeout(self.deadline_s):  # the whole exchange, not each read
-                async with self.client.stream("POST", url, content=body, headers=headers) as response:
-                    status = response.status_code  # the body is not read: nothing to trickle
-        except ForbiddenTarget:
-            return "forbidden target: a loopback, private, link-local or reserved address"
-        except TimeoutError:
-            return "no answer within the deadline"
-        except httpx.HTTPError as exc:
-            return type(exc).__name__
-        return None if 200 <= status < 300 else f"HTTP {status}"
+        return await post_signed(self.client, url, body, self.secret, self.deadline_s)
+
+
+async def post_signed(
+    client: httpx.AsyncClient, url: str, body: bytes, secret: str, deadline_s: float
+) -> str | None:
+    """POST `body` signed with `secret`; None on a 2xx, else what went wrong (no body is read,
+    and nothing of the receiver's answer beyond its status is kept). Callbacks and notices to
+    recipients are signed and sent alike."""
+    timestamp = str(int(datetime.now(UTC).timestamp()))
+    headers = {
+        "Content-Type": "application/json",
+        "X-Lethe-Timestamp": timestamp,
+        "X-Lethe-Signature": signature(secret, timestamp, body),
+    }
+    try:
+        async with asyncio.timeout(deadline_s):  # the whole exchange, not each read
+            async with client.stream("POST", url, content=body, headers=headers) as response:
+                status = response.status_code  # the body is not read: nothing to trickle
+    except ForbiddenTarget:
+        return "forbidden target: a loopback, private, link-local or reserved address"
+    except TimeoutError:
+        return "no answer within the deadline"
+    except httpx.HTTPError as exc:
+        return type(exc).__name__
+    return None if 200 <= status < 300 else f"HTTP {status}"

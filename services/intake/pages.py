@@ -107,7 +107,11 @@ def _histogram(per_bucket: dict[int, int], chart_height: int) -> list[dict[str, 
 
 
 def dashboard_html(
-    view: Dashboard, received_from: date | None, received_to: date | None, open_reviews: int = 0
+    view: Dashboard,
+    received_from: date | None,
+    received_to: date | None,
+    open_reviews: int = 0,
+    recipients: dict[str, Any] | None = None,
 ) -> str:
     summary, chart_height = view.summary, 160
     filters = {
@@ -127,6 +131,7 @@ def dashboard_html(
         next_page=urlencode({**filters, "page": view.page + 1}) if first + PAGE_SIZE < total else None,
         histogram=_histogram(view.per_bucket, chart_height),
         chart_height=chart_height,
+        recipients=recipients,
         bar_width=90,
         completed_count=summary["completed"],
         median=_duration(summary["median"]) if summary["median"] is not None else "—",

@@ -159,6 +159,9 @@ def _announcements(new: NewRequest) -> list[tuple[str, str, BaseModel]]:
         command_ids={system: c.message_id for system, c in commands.items()},
     )
     messages.append((topics.REQUESTS_ACCEPTED, new.request_id, accepted))
+    if new.request_type == RequestType.LIFT_RESTRICTION:
+        # The tracker sends a lift's commands once its recipients were told (Art. 19 with 18(3)).
+        return messages
     # Keyed by subject: all commands about one person land on one partition, in order.
     messages += [(topics.command_topic(s), new.subject_ref, c) for s, c in commands.items()]
     return messages

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
-from services.tracker import forgetting, recovery, schedule, store
+from services.tracker import forgetting, recipients, recovery, schedule, store
 from services.tracker.handlers import CONSUMED, Tracker, handle, handle_group
 from services.tracker.settings import TrackerSettings
 from shared import fetching, topics
@@ -20,6 +20,8 @@ from shared.db import apply_schema, create_pool, ensure_database
 from shared.delivery import TRANSIENT, Publisher, consume_forever
 from shared.kafka import ensure_topics, make_consumer, make_producer, start_with_retry, warn_if_unencrypted
 from shared.outbox import OutboxRelay
+from shared.recipients.plan import Planner
+from shared.recipients.settings import RegisterSettings
 from shared.service import mark_ready, run_service, set_readiness
 from shared.settings import (
     DatabaseSettings,
@@ -86,6 +88,7 @@ async def main(stop: asyncio.Event) -> None:
     settings = TrackerSettings()
     watch = RecoverySettings()
     seal = SecretsSettings().seal()
+    recipients.install(Planner(RegisterSettings().load()), seal)  # a bad register stops it here
     await ensure_database(db.database_url)
     pool = await create_pool(db.database_url, db.db_pool_max)
     await apply_schema(pool, *store.SCHEMA, SENTINEL_DDL)

@@ -12,12 +12,13 @@ import asyncpg
 from aiokafka import ConsumerRecord
 from pydantic import BaseModel, TypeAdapter
 
-from services.tracker import schedule, store
+from services.tracker import notices, schedule, store
 from shared import topics
 from shared.codec import decode
 from shared.contracts import OutcomeReported, RequestAccepted
 from shared.contracts.events import DeadlineExtended, RetrySystem, ReviewDecided
 from shared.contracts.holds import HOLDS_MESSAGE, HoldsAnnounced, HoldUpdated
+from shared.contracts.notices import NoticeUpdated
 from shared.crypto import IdentifierSeal
 
 
@@ -38,6 +39,7 @@ CONSUMED: dict[str, type[BaseModel] | TypeAdapter[Any]] = {
     topics.DEADLINES: DeadlineExtended,
     topics.RETRIES: RetrySystem,
     topics.REVIEWS: ReviewDecided,
+    topics.NOTICE_UPDATES: NoticeUpdated,
 }
 
 
@@ -57,6 +59,7 @@ HANDLERS: dict[type[BaseModel], Callable[[Tracker, Any], Awaitable[object]]] = {
     DeadlineExtended: lambda t, e: store.extend_deadline(t.pool, e),
     RetrySystem: lambda t, e: store.retry_system(t.pool, e, _now()),
     ReviewDecided: lambda t, e: store.decide_review(t.pool, e, _now(), t.seal),
+    NoticeUpdated: lambda t, e: notices.notice_updated(t.pool, e),
 }
 
 

@@ -52,11 +52,16 @@ async def _resend(conn: asyncpg.Connection, request_id: str, now: datetime) -> N
     if loaded is None:
         return
     saga = loaded.saga
-    waiting = await repository.enqueue_waiting(conn, loaded, "resend after broker loss")
-    if not waiting:
+    # Notices intake may never have received (the same ids: one it has is not stored twice);
+    # a lift held for its notices keeps its commands until they are settled.
+    saga.recipients.new = saga.recipients.pending()
+    held = saga.recipients.held
+    waiting = [] if held else await repository.enqueue_waiting(conn, loaded, "resend after broker loss")
+    if not waiting and not saga.recipients.new:
         await repository.announce(conn, loaded, completed=saga.status.is_final)
         return
     for system in waiting:
         metrics.redispatches.add(1, {"system": system})
-    saga.note(now, "resent_after_broker_loss", systems=waiting)
+    notices = [n.recipient_id for n in saga.recipients.new]
+    saga.note(now, "resent_after_broker_loss", systems=waiting, **({"notices": notices} if notices else {}))
     await repository.save(conn, loaded, was_final=saga.status.is_final)

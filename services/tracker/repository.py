@@ -14,6 +14,8 @@ import asyncpg
 from pydantic import BaseModel
 
 from services.tracker import reviews
+from services.tracker.notices_out import send_planned
+from services.tracker.recipients import Recipients
 from services.tracker.saga import Saga
 from services.tracker.slots import SystemSlot
 from shared import topics
@@ -87,6 +89,7 @@ async def load(conn: asyncpg.Connection, request_id: str) -> Loaded | None:
         extension=None if row["extension"] is None else Extension.model_validate(row["extension"]),
         round=row["round"],
         reviews={r.review_id: r for r in map(reviews.from_json, row["reviews"])},
+        recipients=Recipients.from_json(row.get("recipients")),
     )
     for s in json.loads(loaded_row["systems"]):
         saga.slots[s["system"]] = SystemSlot(
@@ -250,12 +253,16 @@ async def save(conn: asyncpg.Connection, loaded: Loaded, was_final: bool) -> Non
     """Persist the saga, chain its audit events and announce the new snapshot, in the caller's
     transaction; announce completion once each time the request reaches a final status."""
     saga = loaded.saga
+    await send_planned(conn, loaded)  # notices planned by this change (services/tracker/recipients.py)
+    if saga.recipients.release_now:  # a lift whose recipients were told: its commands go now
+        saga.recipients.release_now = False
+        await enqueue_waiting(conn, loaded, "lift after notices")
     loaded.version += 1
     status = saga.status
     await conn.execute(
         "UPDATE sagas SET status = $2, version = $3, completed_at = $4, deadline = $5,"
         " extension = $6::jsonb, round = $7, reviews = $8::jsonb, sealed_identifiers = $9,"
-        " pending_learnt = $10 WHERE request_id = $1",
+        " pending_learnt = $10, recipients = $11::jsonb WHERE request_id = $1",
         saga.request_id,
         status.value,
         loaded.version,
@@ -266,6 +273,7 @@ async def save(conn: asyncpg.Connection, loaded: Loaded, was_final: bool) -> Non
         json.dumps([reviews.to_json(r) for r in saga.reviews.values()]),
         loaded.sealed_identifiers,
         loaded.pending_learnt,
+        json.dumps(saga.recipients.to_json()),
     )
     changed = [s for s in saga.slots.values() if s != loaded.as_loaded.get(s.system)]
     if changed:  # an answer changes one slot, not five; an extension none

@@ -10,9 +10,11 @@ from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
+from services.tracker.recipients import Recipients
 from services.tracker.reviews import EXPANSION_BOUND, Review
 from services.tracker.slots import SystemSlot, total
 from shared.contracts import OutcomeReported, Report, RequestStatus, RequestType, SystemState
+from shared.contracts.notices import NoticeUpdated
 from shared.contracts.report import Extension, ReviewDecision, ReviewState
 
 _ROUND_COMMANDS = uuid.UUID("6f1c1f4e-2b51-4a53-9a3e-726f756e6473")
@@ -55,6 +57,7 @@ class Saga:
     learnt_waiting: int = 0
     learnt_capped: bool = False
     reviews: dict[UUID, Review] = field(default_factory=dict)
+    recipients: Recipients = field(default_factory=Recipients)
 
     def note(self, at: datetime, kind: str, **detail: Any) -> None:
         """An audit event for the store to chain; details are ids and counts, never identifiers."""
@@ -248,19 +251,64 @@ class Saga:
         self.note(at, "deadline_extended", months=months, deadline=deadline.isoformat())
         return True
 
+    def notice_updated(self, event: NoticeUpdated) -> bool:
+        """Intake's report on a notice's delivery; False if it changes nothing."""
+        was_final = self.status.is_final
+        notice = self.recipients.update(event)
+        if notice is None:
+            return False
+        self.note(
+            event.at,
+            f"notice_{notice.state.value}",
+            recipient=notice.recipient_id,
+            notice_id=str(notice.notice_id),
+            attempts=notice.attempts,
+            via=notice.acknowledged_via,
+            error=notice.error,
+            note_sha256=event.note_sha256,
+            closed_by=event.closed_by,
+        )
+        self._release_lift(event.at)
+        self._after_change(event.at, was_final)
+        return True
+
+    def _release_lift(self, at: datetime) -> None:
+        if self.recipients.release():
+            self.note(at, "lift_dispatched", systems=sorted(self.slots))
+
+    def announce_lift(self, at: datetime) -> None:
+        """A lift tells its recipients before its commands go out (Art. 19 with 18(3))."""
+        if self.request_type is RequestType.LIFT_RESTRICTION:
+            for notice in self.recipients.plan_lift(self.request_id, sorted(self.slots), at):
+                self.note(at, "notice_planned", recipient=notice.recipient_id, channel=notice.channel)
+            self._release_lift(at)
+
+    def _plan_notices(self, at: datetime) -> None:
+        """Every system answered and nothing waits for a person: the recipients of what changed
+        are told (once; what a deferred erasure changes years later is in the report)."""
+        answers = [o for s in self.slots.values() for o in s.answers()]
+        answers += [r.outcome for r in self.reviews.values() if r.outcome]
+        outcomes = [(o.system, c) for o in answers if o.status == "done" for c in o.categories]
+        for notice in self.recipients.plan_after(self.request_id, self.request_type, outcomes, at):
+            self.note(at, "notice_planned", recipient=notice.recipient_id, channel=notice.channel)
+
     def _after_change(self, at: datetime, was_final: bool) -> None:
         """Every system answered this round: search again with what it learnt, or stop at the
-        bound and ask a person; then, if nothing is left to wait for, the request is final."""
+        bound and ask a person; then the recipients are told of what changed; then, if nothing
+        is left to wait for, the request is final."""
         answered = not any(s.state is SystemState.DISPATCHED for s in self.slots.values())
         if answered and self.learnt_waiting:
             if self.round < self.max_rounds and not self.learnt_capped:
                 self._next_round(at)
             else:
                 self._bound_reached(at)
+        if self.status is not RequestStatus.IN_PROGRESS and not any(r.open for r in self.reviews.values()):
+            self._plan_notices(at)
         if self.status.is_final and not was_final:
             times = [s.answered_at for s in self.slots.values() if s.answered_at]
             times += [r.outcome.finished_at for r in self.reviews.values() if r.outcome]
             times += [r.decided_at for r in self.reviews.values() if r.decided_at]
+            times += self.recipients.acknowledged_times()
             self.completed_at = max(t for t in times if t is not None)
             self.note(at, "completed", status=self.status.value)
 
@@ -300,6 +348,8 @@ class Saga:
             return RequestStatus.IN_PROGRESS
         if any(r.open for r in self.reviews.values()):
             return RequestStatus.AWAITING_REVIEW
+        if self.recipients.awaited:
+            return RequestStatus.AWAITING_RECIPIENTS
         if any(s is SystemState.FAILED for s in states) or any(
             r.state is ReviewState.FAILED for r in self.reviews.values()
         ):
@@ -344,4 +394,5 @@ class Saga:
                 r.report()
                 for r in sorted(self.reviews.values(), key=lambda r: (r.opened_at, str(r.review_id)))
             ],
+            recipients=[self.recipients.notices[k] for k in sorted(self.recipients.notices)],
         )

@@ -28,6 +28,8 @@ SCHEMA = (
     "ALTER TABLE sagas ADD COLUMN IF NOT EXISTS round integer NOT NULL DEFAULT 1",
     "ALTER TABLE sagas ADD COLUMN IF NOT EXISTS pending_learnt text",
     "ALTER TABLE sagas ADD COLUMN IF NOT EXISTS reviews jsonb NOT NULL DEFAULT '[]'",
+    # Notices to recipients (services/tracker/recipients.py): ids, states and counts, no identifiers.
+    "ALTER TABLE sagas ADD COLUMN IF NOT EXISTS recipients jsonb",
     """CREATE TABLE IF NOT EXISTS saga_systems (
         request_id text NOT NULL REFERENCES sagas,
         system text NOT NULL,

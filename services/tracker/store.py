@@ -77,6 +77,7 @@ async def start_saga(
             "DELETE FROM early_outcomes WHERE request_id = $1 RETURNING outcome", event.request_id
         )
         saga.max_rounds = max_rounds
+        saga.announce_lift(event.occurred_at)  # a lift waits for its notices; others go on
         early_outcomes = [OutcomeReported.model_validate_json(row["outcome"]) for row in early]
         await _take(conn, loaded, early_outcomes, seal)
         await save(conn, loaded, was_final=False)

@@ -11,6 +11,7 @@ from uuid import UUID
 from pydantic import AwareDatetime, Field
 
 from shared.contracts.base import Frozen, RequestType, SubjectRef, SystemName
+from shared.contracts.notices import RecipientNotice
 from shared.contracts.outcomes import CategoryOutcome, Verification
 
 REPORT_SCHEMA_VERSION = 1
@@ -20,6 +21,7 @@ class RequestStatus(StrEnum):
     RECEIVED = "received"
     IN_PROGRESS = "in_progress"
     AWAITING_REVIEW = "awaiting_review"  # every system answered; records wait for a person
+    AWAITING_RECIPIENTS = "awaiting_recipients"  # done here; a recipient's acknowledgement awaited
     COMPLETED = "completed"
     COMPLETED_WITH_EXCEPTIONS = "completed_with_exceptions"
     FAILED = "failed"
@@ -135,3 +137,6 @@ class Report(Frozen):
     extension: Extension | None = None
     rounds: int = Field(1, description="Rounds of the identity search (shared/worker/matching.py)")
     reviews: list[ReviewReport] = Field(default_factory=list)
+    recipients: list[RecipientNotice] = Field(
+        default_factory=list, description="Who the outcome was communicated to (Art. 19), and how it went"
+    )

@@ -116,3 +116,45 @@ def test_a_reviewer_decides_in_the_browser_and_the_report_says_so(
     assert page.locator("#report-reviews", has_text="kept").is_visible()
     assert page.locator("td.found-by", has_text="by customer id (given, round 1)").count() >= 1
     page.screenshot(path=str(SCREENSHOTS / "report-with-review.png"), full_page=True)
+
+
+def test_recipients_in_the_report_and_a_task_on_the_dashboard(
+    browser: Browser, api: httpx.Client, stack: Stack
+) -> None:
+    """The shipped register names the bulk mailer, told by hand: the erasure opens a task that the
+    dashboard lists and the report shows, until compliance closes it."""
+    people = synthetic.people(1, prefix="browser-recip")
+    with ThreadPoolExecutor(1) as other:  # Playwright's loop runs in this thread: seed in another
+        other.submit(seed, stack, people).result()
+    subject = people.people[0].subject
+    assert subject is not None
+    submit_erasure(api, "browser-recip", subject.model_dump(exclude_none=True))
+    wait_final(api, "browser-recip")
+    context = browser.new_context(extra_http_headers={"Authorization": f"Bearer {stack.secrets.admin_token}"})
+    page = context.new_page()
+    page.goto(f"{api.base_url}/dashboard")
+    task = page.locator("#notices tr", has_text="browser-recip").filter(has_text="bulk-mailer")
+    assert task.is_visible() and "task open" in task.inner_text()
+    assert page.locator("#notices-summary").is_visible()
+    page.screenshot(path=str(SCREENSHOTS / "dashboard-recipients.png"), full_page=True)
+
+    page.goto(f"{api.base_url}/v1/requests/browser-recip/report")
+    told = page.locator("#report-recipients tr", has_text="bulk-mailer")
+    assert told.is_visible() and "pending" in told.inner_text() and "mailing/subscribers" in told.inner_text()
+    assert subject.emails[0] not in page.content()
+    notice_id = next(
+        n["id"]
+        for n in api.get("/v1/notices", params={"request_id": "browser-recip"}).json()
+        if n["recipient_id"] == "bulk-mailer"
+    )
+    assert (
+        api.post(f"/v1/notices/{notice_id}/close", json={"note": "sent by the processor form"}).status_code
+        == 200
+    )
+    deadline = time.monotonic() + 20
+    while "compliance" not in told.inner_text():
+        assert time.monotonic() < deadline, told.inner_text()
+        time.sleep(0.3)
+        page.reload()
+    assert "acknowledged" in told.inner_text()
+    page.screenshot(path=str(SCREENSHOTS / "report-recipients.png"), full_page=True)

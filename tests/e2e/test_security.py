@@ -17,13 +17,14 @@ from cli.stack import Stack
 from tests.e2e.conftest import wait_final
 
 pytestmark = pytest.mark.e2e
-ROLES = ("submitter", "compliance", "legal", "admin")
+ROLES = ("submitter", "compliance", "legal", "recipient", "admin")
 SAMPLE_PATH_VALUES = {
     "request_id": "no-such-request",
     "hold_id": "00000000-0000-0000-0000-000000000000",
     "review_id": "00000000-0000-0000-0000-000000000000",
     "system": "crm",
     "token_id": "000000000000",
+    "notice_id": "00000000-0000-0000-0000-000000000000",
 }
 
 
@@ -31,7 +32,9 @@ SAMPLE_PATH_VALUES = {
 def tokens(api: httpx.Client) -> dict[str, str]:
     made = {}
     for role in ROLES:
-        response = api.post("/v1/tokens", json={"role": role, "label": f"test {role}"})
+        # A recipient's token acts for one recipient of the register (deploy/policy/recipients.yaml).
+        extra = {"recipient_id": "bulk-mailer"} if role == "recipient" else {}
+        response = api.post("/v1/tokens", json={"role": role, "label": f"test {role}"} | extra)
         assert response.status_code == 201
         made[role] = response.json()["token"]
     return made
@@ -78,6 +81,18 @@ def test_roles_match_the_design(api: httpx.Client) -> None:
     assert roles[("DELETE", "/v1/tokens/000000000000")] == {"admin"}
     assert roles[("GET", "/v1/reviews")] == {"compliance", "admin"}
     assert roles[("POST", "/v1/reviews/00000000-0000-0000-0000-000000000000")] == {"compliance", "admin"}
+    assert roles[("GET", "/v1/notices")] == {"compliance", "recipient", "admin"}
+    notice = "/v1/notices/00000000-0000-0000-0000-000000000000"
+    assert roles[("POST", f"{notice}/ack")] == {"recipient", "admin"}
+    assert roles[("POST", f"{notice}/close")] == {"compliance", "admin"}
+    assert roles[("GET", "/v1/requests/no-such-request/recipients")] == {"submitter", "compliance", "admin"}
+
+
+def test_a_recipient_token_names_a_recipient_of_the_register(api: httpx.Client) -> None:
+    assert api.post("/v1/tokens", json={"role": "recipient"}).status_code == 422
+    unknown = api.post("/v1/tokens", json={"role": "recipient", "recipient_id": "nobody-known"})
+    assert unknown.status_code == 422 and "recipient_id" in unknown.json()["detail"]
+    assert api.post("/v1/tokens", json={"role": "legal", "recipient_id": "bulk-mailer"}).status_code == 422
 
 
 def test_tokens_are_stored_hashed(stack: Stack, tokens: dict[str, str]) -> None:

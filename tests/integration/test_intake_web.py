@@ -18,7 +18,7 @@ import httpx
 import pytest
 from cryptography.fernet import Fernet
 
-from services.intake import auth, export, holds, pages, reviews, store
+from services.intake import auth, export, holds, notices, pages, reviews, store
 from services.intake.app import ApiLimits, create_app
 from services.intake.service import IntakeContext
 from shared.crypto import IdentifierSeal
@@ -36,7 +36,9 @@ SLOW = dict(failures_per_s=0.001, failure_burst=5)  # no refill while a test run
 async def pool(fresh_db: str) -> AsyncIterator[asyncpg.Pool]:
     await ensure_database(fresh_db)
     db = await create_pool(fresh_db)
-    await apply_schema(db, *store.SCHEMA, *holds.SCHEMA, *reviews.SCHEMA, *auth.SCHEMA, OUTBOX_DDL)
+    await apply_schema(
+        db, *store.SCHEMA, *holds.SCHEMA, *reviews.SCHEMA, *notices.SCHEMA, *auth.SCHEMA, OUTBOX_DDL
+    )
     yield db
     await db.close()
 

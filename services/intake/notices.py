@@ -1,0 +1,205 @@
+"""Notices in intake: the tracker's commands to tell a recipient (stored once each, identifiers
+still sealed), their delivery, the recipient's acknowledgement and compliance's closing of a
+task. Every change is reported to the tracker (NoticeUpdated, through the outbox, in the same
+transaction), which keeps the request's status and report."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from shared import topics
+from shared.contracts.notices import NoticeState, NoticeUpdated, NotifyRecipient
+from shared.outbox import enqueue
+from shared.recipients.register import RegisterFile
+
+SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS notices (
+        notice_id uuid PRIMARY KEY,
+        request_id text NOT NULL,
+        recipient_id text NOT NULL,
+        channel text NOT NULL,
+        request_type text NOT NULL,
+        categories jsonb NOT NULL,
+        sealed_identifiers text,
+        must_acknowledge boolean NOT NULL,
+        acknowledge_by timestamptz,
+        state text NOT NULL DEFAULT 'pending',
+        attempts integer NOT NULL DEFAULT 0,
+        next_at timestamptz NOT NULL DEFAULT now(),
+        delivered_at timestamptz,
+        acknowledged_at timestamptz,
+        acknowledged_via text,
+        last_error text,
+        note text,
+        closed_by text,
+        created_at timestamptz NOT NULL DEFAULT now())""",
+    "CREATE INDEX IF NOT EXISTS notices_due ON notices (next_at)"
+    " WHERE state = 'pending' AND channel = 'webhook'",
+    "CREATE INDEX IF NOT EXISTS notices_request ON notices (request_id)",
+    "CREATE INDEX IF NOT EXISTS notices_recipient ON notices (recipient_id, created_at)",
+)
+
+
+class NotClosable(Exception):
+    """Already acknowledged: its evidence stands."""
+
+
+async def report(conn: asyncpg.Connection, row: asyncpg.Record, at: datetime, **extra: Any) -> None:
+    """Tell the tracker what became of the notice (in the caller's transaction)."""
+    await enqueue(
+        conn,
+        topics.NOTICE_UPDATES,
+        row["request_id"],
+        NoticeUpdated(
+            request_id=row["request_id"],
+            notice_id=row["notice_id"],
+            recipient_id=row["recipient_id"],
+            state=NoticeState(row["state"]),
+            attempts=row["attempts"],
+            at=at,
+            error=row["last_error"],
+            acknowledged_via=row["acknowledged_via"],
+            **extra,
+        ),
+    )
+
+
+async def take(pool: asyncpg.Pool, register: RegisterFile, command: NotifyRecipient, now: datetime) -> None:
+    """Store the tracker's command once (a redelivery finds it). A recipient this intake's
+    register does not know (the two services were given different registers) cannot be sent
+    anything: it is failed at once, and shows so."""
+    recipient = register.get(command.recipient_id)
+    channel = recipient.notify.channel if recipient else "webhook"
+    state, error = ("pending", None) if recipient else ("failed", "recipient not in intake's register")
+    async with pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(
+            "INSERT INTO notices (notice_id, request_id, recipient_id, channel, request_type, categories,"
+            " sealed_identifiers, must_acknowledge, acknowledge_by, state, last_error, next_at)"
+            " VALUES ($1,$2,$3,$4,$5,$6::jsonb,$7,$8,$9,$10,$11,$12) ON CONFLICT DO NOTHING RETURNING *",
+            command.notice_id,
+            command.request_id,
+            command.recipient_id,
+            channel,
+            command.request_type.value,
+            json.dumps([c.model_dump(mode="json") for c in command.categories]),
+            command.sealed_identifiers,
+            command.must_acknowledge,
+            command.acknowledge_by,
+            state,
+            error,
+            now,
+        )
+        if row is not None and state == "failed":
+            await report(conn, row, now)
+
+
+async def acknowledge(
+    pool: asyncpg.Pool, notice_id: UUID, recipient_id: str | None, now: datetime
+) -> asyncpg.Record | None:
+    """The recipient's acknowledgement: only of its own notice (None: not found, like another's).
+    Knowing the id proves it was received, so it counts even before the sender recorded the
+    2xx; a second acknowledgement changes nothing."""
+    async with pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(
+            "UPDATE notices SET state = 'acknowledged', acknowledged_at = $3, acknowledged_via = 'recipient',"
+            " delivered_at = coalesce(delivered_at, $3), sealed_identifiers = NULL, last_error = NULL"
+            " WHERE notice_id = $1 AND ($2::text IS NULL OR recipient_id = $2) AND channel = 'webhook'"
+            " AND state <> 'acknowledged' RETURNING *",
+            notice_id,
+            recipient_id,
+            now,
+        )
+        if row is not None:
+            await report(conn, row, now)
+            return row
+    return await get(pool, notice_id, recipient_id)
+
+
+async def close(
+    pool: asyncpg.Pool, notice_id: UUID, note: str, token_id: str, now: datetime
+) -> asyncpg.Record | None:
+    """Compliance told the recipient another way (a manual task, a webhook that failed) or
+    confirmed its acknowledgement: closed with a note, which stays here (its digest is audited)."""
+    async with pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(
+            "UPDATE notices SET state = 'acknowledged', acknowledged_at = $2,"
+            " acknowledged_via = 'compliance', note = $3, closed_by = $4, sealed_identifiers = NULL,"
+            " last_error = NULL"
+            " WHERE notice_id = $1 AND state <> 'acknowledged' RETURNING *",
+            notice_id,
+            now,
+            note,
+            token_id,
+        )
+        if row is None:
+            if await get(pool, notice_id, None) is not None:
+                raise NotClosable("notice: already acknowledged")
+            return None
+        digest = hashlib.sha256(note.encode()).hexdigest()
+        await report(conn, row, now, note_sha256=digest, closed_by=token_id)
+        return row
+
+
+async def get(pool: asyncpg.Pool, notice_id: UUID, recipient_id: str | None) -> asyncpg.Record | None:
+    return await pool.fetchrow(
+        "SELECT * FROM notices WHERE notice_id = $1 AND ($2::text IS NULL OR recipient_id = $2)",
+        notice_id,
+        recipient_id,
+    )
+
+
+async def search(
+    pool: asyncpg.Pool,
+    *,
+    recipient_id: str | None,
+    request_id: str | None,
+    state: str | None,
+    overdue_at: datetime | None,
+    limit: int,
+    offset: int,
+) -> list[asyncpg.Record]:
+    """`overdue_at`: only those whose required acknowledgement is missing past its time."""
+    rows: list[asyncpg.Record] = await pool.fetch(
+        "SELECT * FROM notices WHERE ($1::text IS NULL OR recipient_id = $1)"
+        " AND ($2::text IS NULL OR request_id = $2) AND ($3::text IS NULL OR state = $3)"
+        " AND ($4::timestamptz IS NULL OR (state <> 'acknowledged' AND acknowledge_by < $4))"
+        " ORDER BY created_at DESC, notice_id LIMIT $5 OFFSET $6",
+        recipient_id,
+        request_id,
+        state,
+        overdue_at,
+        limit,
+        offset,
+    )
+    return rows
+
+
+async def attention(pool: asyncpg.Pool, now: datetime, limit: int = 50) -> dict[str, Any]:
+    """For the dashboard: how many notices are open manual tasks, webhooks still being tried,
+    failed, overdue; and the oldest of those a person must act on (tasks, failures, overdue)."""
+    rows = await pool.fetch(
+        "SELECT notice_id, request_id, recipient_id, channel, state, attempts, last_error, acknowledge_by,"
+        " created_at FROM notices WHERE (state = 'pending' AND channel = 'manual') OR state = 'failed'"
+        " OR (state <> 'acknowledged' AND acknowledge_by < $1) ORDER BY created_at LIMIT $2",
+        now,
+        limit,
+    )
+    return {"counts": await counts(pool, now), "rows": rows, "now": now}
+
+
+async def counts(pool: asyncpg.Pool, now: datetime) -> dict[str, int]:
+    row = await pool.fetchrow(
+        "SELECT count(*) FILTER (WHERE state = 'pending' AND channel = 'manual') AS tasks,"
+        " count(*) FILTER (WHERE state = 'pending' AND channel = 'webhook') AS sending,"
+        " count(*) FILTER (WHERE state = 'failed') AS failed,"
+        " count(*) FILTER (WHERE state <> 'acknowledged' AND acknowledge_by < $1) AS overdue"
+        " FROM notices",
+        now,
+    )
+    return dict(row) if row else {}

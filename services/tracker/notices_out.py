@@ -1,0 +1,53 @@
+"""The commands that have intake send the notices a saga planned, each with the identifiers
+the recipient already holds (given or learnt), sealed: written with the saga, in its
+transaction, so a plan is sent exactly when it is saved."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import asyncpg
+
+from services.tracker.recipients import installed, installed_seal
+from shared import topics
+from shared.contracts.notices import NotifyRecipient
+from shared.outbox import enqueue_many
+
+if TYPE_CHECKING:
+    from services.tracker.repository import Loaded
+
+
+async def send_planned(conn: asyncpg.Connection, loaded: Loaded) -> None:
+    saga = loaded.saga
+    planned, saga.recipients.new = saga.recipients.new, []
+    if not planned:
+        return
+    await enqueue_many(
+        conn,
+        [
+            (
+                topics.NOTICES,
+                saga.request_id,
+                NotifyRecipient(
+                    message_id=n.notice_id,
+                    request_id=saga.request_id,
+                    notice_id=n.notice_id,
+                    recipient_id=n.recipient_id,
+                    request_type=saga.request_type,
+                    categories=n.categories,
+                    sealed_identifiers=_identifiers_for(loaded, n.recipient_id),
+                    must_acknowledge=n.must_acknowledge,
+                    acknowledge_by=n.acknowledge_by,
+                ),
+            )
+            for n in planned
+        ],
+    )
+
+
+def _identifiers_for(loaded: Loaded, recipient_id: str) -> str | None:
+    seal = installed_seal()
+    if seal is None or loaded.sealed_identifiers is None:
+        return None
+    chosen = installed().identifiers_for(recipient_id, seal.open(loaded.sealed_identifiers))
+    return seal.seal(chosen) if chosen else None
