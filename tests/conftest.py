@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -130,8 +131,33 @@ def running_stack(state_dir: Path, prefix: str, extra_env: dict[str, str]) -> It
         asyncio.run(running.drop_databases())
 
 
+class SendsAgainWhenBusy(httpx.HTTPTransport):
+    """What a DSAR tool does with a 503 from a busy intake: waits its Retry-After and sends the
+    same request again (safe: a submission is idempotent by its request id)."""
+
+    PATIENCE_S = 120.0
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        deadline = time.monotonic() + self.PATIENCE_S
+        while True:
+            response = super().handle_request(request)
+            if response.status_code != 503 or time.monotonic() > deadline:
+                return response
+            response.read()
+            response.close()
+            time.sleep(float(response.headers.get("retry-after", "1")))
+
+
+def client_for(stack: Stack, token: str, timeout_s: float = 10) -> httpx.Client:
+    return httpx.Client(
+        base_url=stack.api_url,
+        timeout=timeout_s,
+        headers={"Authorization": f"Bearer {token}"},
+        transport=SendsAgainWhenBusy(),
+    )
+
+
 @contextmanager
 def admin_client(stack: Stack, timeout_s: float = 10) -> Iterator[httpx.Client]:
-    headers = {"Authorization": f"Bearer {stack.secrets.admin_token}"}
-    with httpx.Client(base_url=stack.api_url, timeout=timeout_s, headers=headers) as client:
+    with client_for(stack, stack.secrets.admin_token, timeout_s) as client:
         yield client

@@ -1,8 +1,8 @@
 """Admission: a submission is answered fast whatever the load. When the pipeline is saturated the
 work waits in the outbox and on the topics, which is what they are for, and intake goes on
-accepting; only when intake itself falls behind (its event loop late, or submissions taking
-longer than the target) does it shed new ones with `503` and `Retry-After`, before reading their body,
-checking their token or writing anything: a refused submission costs next to nothing and stores
+accepting; only when intake itself falls behind (submissions taking longer than the target)
+does it shed new ones with `503` and `Retry-After`, before reading their body, checking their
+token or writing anything: a refused submission costs next to nothing and stores
 nothing, and the client sends it again (a submission is idempotent by its request id).
 
 Measured without it, on a saturated 2-core machine: submissions took 0.6 s inside intake at
@@ -11,7 +11,6 @@ and an upstream DSAR tool waited that long for each answer."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import time
@@ -30,7 +29,6 @@ SUBMIT_PATH = "/v1/requests"
 class AdmissionLimits:
     max_in_flight: int = 64  # submissions inside the application at once, at most
     target_s: float = 0.1  # how long a submission should take; past it, fewer are let in at once
-    max_loop_lag_s: float = 0.1  # how late the event loop may run before submissions are shed
     retry_after_s: float = 1.0
 
 
@@ -42,8 +40,7 @@ class Load:
     it settles where intake and its database answer within the target on the CPU they get."""
 
     in_flight: int = 0
-    loop_lag_s: float = 0.0  # the latest tick's (see LoopLag)
-    limit: float = 8.0
+    limit: float = 8.0  # at least one: a lone sender is never refused
     # Retry-After: refused per admitted submission over the last whole second, so that senders
     # told to wait come back spread over about as long as intake needs to take them all, not
     # all together a second later (which only refuses them again).
@@ -67,26 +64,9 @@ class Load:
 
 def refusal(load: Load, limits: AdmissionLimits) -> float | None:
     """None to admit a submission, else the seconds to ask its sender to wait."""
-    if load.in_flight >= int(load.limit) or load.loop_lag_s > limits.max_loop_lag_s:
+    if load.in_flight >= int(load.limit):
         return max(limits.retry_after_s, load.wait_s)
     return None
-
-
-class LoopLag:
-    """How late this event loop runs: a task that asks to wake every `tick_s` notes by how much
-    it overslept. A loop with more ready work than it can run (or a process the CPU scheduler
-    left waiting) oversleeps; the figure is the latest tick's, so it falls as soon as the loop
-    catches up."""
-
-    def __init__(self, load: Load, tick_s: float = 0.02) -> None:
-        self.load = load
-        self.tick_s = tick_s
-
-    async def run(self) -> None:
-        while True:
-            asked = time.monotonic()
-            await asyncio.sleep(self.tick_s)
-            self.load.loop_lag_s = max(0.0, time.monotonic() - asked - self.tick_s)
 
 
 class Admission:

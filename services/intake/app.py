@@ -6,9 +6,8 @@ API and nothing else."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from fastapi import Depends, FastAPI, Request
@@ -19,7 +18,7 @@ from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.intake import admin_api, api, holds_api, login, notices_api, reviews_api
-from services.intake.admission import Admission, AdmissionLimits, Load, LoopLag
+from services.intake.admission import Admission, AdmissionLimits, Load
 from services.intake.auth import Role, require
 from services.intake.limits import BodySizeLimit, RateLimiter
 from shared.codec import describe_error
@@ -43,26 +42,6 @@ class ApiLimits:
 
 
 Lifespan = Callable[[FastAPI], contextlib.AbstractAsyncContextManager[None]]
-
-
-def _measuring_lag(lifespan: Lifespan | None, load: Load) -> Lifespan:
-    """The service's lifespan, with the event-loop lag that admission reads measured meanwhile."""
-
-    @contextlib.asynccontextmanager
-    async def measured(app: FastAPI) -> AsyncIterator[None]:
-        ticker = asyncio.create_task(LoopLag(load).run())
-        try:
-            if lifespan is None:
-                yield
-            else:
-                async with lifespan(app):
-                    yield
-        finally:
-            ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await ticker
-
-    return measured
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -112,7 +91,7 @@ def create_app(lifespan: Lifespan | None, limits: ApiLimits, development: bool =
     app = FastAPI(
         title="Lethe",
         version="1",
-        lifespan=_measuring_lag(lifespan, load),
+        lifespan=lifespan,
         description=DESCRIPTION,
         openapi_url=None,
         docs_url=None,

@@ -57,13 +57,6 @@ class IntakeSettings(BaseSettings):
         description="How long a submission should take: while they take longer, fewer are let in at once"
         " and the rest are answered 503 with Retry-After at once.",
     )
-    submit_max_loop_lag_ms: float = Field(
-        100,
-        gt=0,
-        le=60_000,
-        description="How late intake's event loop may run before new submissions are answered 503 with"
-        " Retry-After (so that an overloaded intake still answers fast).",
-    )
 
     @field_validator("callback_secret")
     @classmethod
@@ -89,7 +82,5 @@ class IntakeSettings(BaseSettings):
             self.max_body_bytes,
             self.auth_failures_per_s,
             self.auth_failure_burst,
-            AdmissionLimits(
-                self.submit_max_in_flight, self.submit_target_ms / 1000, self.submit_max_loop_lag_ms / 1000
-            ),
+            AdmissionLimits(self.submit_max_in_flight, self.submit_target_ms / 1000),
         )

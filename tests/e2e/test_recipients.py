@@ -23,7 +23,7 @@ import pytest
 from cli import synthetic
 from cli.processes import free_port
 from cli.stack import Stack
-from tests.conftest import admin_client, running_stack
+from tests.conftest import admin_client, client_for, running_stack
 from tests.e2e.conftest import seed, submit_erasure
 
 pytestmark = pytest.mark.e2e
@@ -134,8 +134,7 @@ def mailer(ports: dict[str, int]) -> Iterator[list[tuple[float, dict[str, str], 
 def recipient_client(stack: Stack, api: httpx.Client, recipient_id: str) -> httpx.Client:
     made = api.post("/v1/tokens", json={"role": "recipient", "recipient_id": recipient_id})
     assert made.status_code == 201, made.text
-    headers = {"Authorization": f"Bearer {made.json()['token']}"}
-    return httpx.Client(base_url=stack.api_url, headers=headers, timeout=10)
+    return client_for(stack, made.json()["token"])
 
 
 def wait_for(what: str, check: Any, timeout_s: float = 60) -> Any:

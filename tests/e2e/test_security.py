@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from cli.stack import Stack
+from tests.conftest import client_for
 from tests.e2e.conftest import wait_final
 
 pytestmark = pytest.mark.e2e
@@ -213,7 +214,7 @@ def test_a_submitter_reads_and_probes_only_its_own_requests(api: httpx.Client, s
 
     def submitter() -> httpx.Client:
         token = api.post("/v1/tokens", json={"role": "submitter"}).json()["token"]
-        return httpx.Client(base_url=stack.api_url, timeout=10, headers={"Authorization": f"Bearer {token}"})
+        return client_for(stack, token)
 
     mine, theirs = submitter(), submitter()
     body = {

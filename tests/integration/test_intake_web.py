@@ -6,6 +6,7 @@ are."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import re
@@ -19,6 +20,7 @@ import pytest
 from cryptography.fernet import Fernet
 
 from services.intake import auth, export, holds, notices, pages, reviews, store
+from services.intake.admission import AdmissionLimits
 from services.intake.app import ApiLimits, create_app
 from services.intake.service import IntakeContext
 from shared.crypto import IdentifierSeal
@@ -276,3 +278,45 @@ async def test_holds_are_listed_a_page_at_a_time(pool: asyncpg.Pool) -> None:
         assert [len(p) for p in pages_seen] == [2, 2, 1]
         assert [h["case_reference"] for p in pages_seen for h in p] == [f"CASE-{i}" for i in range(4, -1, -1)]
         assert (await api.get("/v1/holds", params={"limit": 1001}, headers=legal)).status_code == 422
+
+
+async def test_a_busy_intake_sheds_submissions_with_503_and_loses_none_when_they_come_back(
+    pool: asyncpg.Pool,
+) -> None:
+    """Every submission slower than the target (here: all of them) lets fewer in at once; the
+    rest are refused before anything is read or stored, and each, sent again, is stored once."""
+    token = await auth.create(pool, auth.Role.SUBMITTER)
+    app = create_app(None, ApiLimits(admission=AdmissionLimits(max_in_flight=64, target_s=1e-9)))
+    app.state.ctx = IntakeContext(
+        pool, list(SYSTEMS), IdentifierSeal(Fernet.generate_key().decode()), "k" * 64
+    )
+    transport = httpx.ASGITransport(app=app, client=("203.0.113.9", 40000))
+    headers = {"Authorization": f"Bearer {token}"}
+    refused: list[httpx.Response] = []
+
+    async def submit(browser: httpx.AsyncClient, i: int) -> None:
+        body = {
+            "request_id": f"busy-{i}",
+            "type": "erasure",
+            "identity_verified": True,
+            "subject": {"emails": [f"busy{i}@example.org"]},
+        }
+        for _ in range(200):
+            answer = await browser.post("/v1/requests", json=body, headers=headers)
+            if answer.status_code != 503:
+                assert answer.status_code == 202, answer.text
+                return
+            refused.append(answer)
+            await asyncio.sleep(0.01)  # Retry-After says seconds; the test does not wait them
+        raise AssertionError(f"busy-{i} never admitted")
+
+    async with httpx.AsyncClient(transport=transport, base_url="https://intake.test") as browser:
+        await asyncio.gather(*(submit(browser, i) for i in range(40)))
+    assert refused, "40 at once past a limit of 8 that only shrinks: some must be refused"
+    assert all(int(r.headers["Retry-After"]) >= 1 for r in refused)
+    assert {r.json()["detail"] for r in refused} == {
+        "intake is busy: send the request again after Retry-After"
+    }
+    assert await pool.fetchval("SELECT count(*) FROM requests WHERE request_id LIKE 'busy-%'") == 40
+    # one acceptance and a command per system each: nothing dispatched twice, nothing missing
+    assert await pool.fetchval("SELECT count(*) FROM outbox") == 40 * (1 + len(SYSTEMS))
