@@ -11,18 +11,17 @@ and an upstream DSAR tool waited that long for each answer."""
 
 from __future__ import annotations
 
-import contextlib
-import json
 import time
 from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from services.intake.limits import retry_after
+from services.intake.limits import refuse, retry_after
 from shared.telemetry.metrics import METER
 
 shed = METER.create_counter("lethe_submissions_shed", description="Submissions refused with 503 under load")
 SUBMIT_PATH = "/v1/requests"
+BUSY = "intake is busy: send the request again after Retry-After"
 
 
 @dataclass(frozen=True)
@@ -86,7 +85,7 @@ class Admission:
         self.load.count(admitted=wait is None, now=started)
         if wait is not None:
             shed.add(1)
-            await _refuse(send, wait)
+            await refuse(send, 503, BUSY, retry_after(wait))
             return
         self.load.in_flight += 1
         try:
@@ -94,21 +93,3 @@ class Admission:
         finally:
             self.load.in_flight -= 1
             self.load.answered(time.monotonic() - started, self.limits)
-
-
-async def _refuse(send: Send, wait: float) -> None:
-    payload = json.dumps({"detail": "intake is busy: send the request again after Retry-After"}).encode()
-    headers = [(k.lower().encode(), v.encode()) for k, v in retry_after(wait).items()]
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 503,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(payload)).encode()),
-                *headers,
-            ],
-        }
-    )
-    with contextlib.suppress(OSError):
-        await send({"type": "http.response.body", "body": payload})
