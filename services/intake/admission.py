@@ -27,16 +27,19 @@ BUSY = "intake is busy: send the request again after Retry-After"
 @dataclass(frozen=True)
 class AdmissionLimits:
     max_in_flight: int = 64  # submissions inside the application at once, at most
-    target_s: float = 0.1  # how long a submission should take; past it, fewer are let in at once
+    target_s: float = 0.25  # how long a submission should take; past it, fewer are let in at once
     retry_after_s: float = 1.0
 
 
 @dataclass
 class Load:
     """What admission decides on. `limit` is how many submissions may be inside at once: it
-    grows by one per `limit` submissions answered within the target and shrinks by a tenth for
-    each slower one (additive increase, multiplicative decrease, as TCP's congestion window), so
-    it settles where intake and its database answer within the target on the CPU they get."""
+    grows by one per `limit` submissions answered within the target and shrinks by a tenth when
+    one is slower (additive increase, multiplicative decrease, as TCP's congestion window), so it
+    settles where intake and its database answer within the target on the CPU they get. Like
+    TCP it shrinks at most once per target interval: submissions that were slow together (the
+    process descheduled once) are one signal, not one each; shrinking for each collapsed the
+    limit and held intake's acceptance far below what the pipeline could take."""
 
     in_flight: int = 0
     limit: float = 8.0  # at least one: a lone sender is never refused
@@ -45,6 +48,7 @@ class Load:
     # all together a second later (which only refuses them again).
     wait_s: float = 1.0
     _second: tuple[float, int, int] = (0.0, 0, 0)  # (its start, admitted, refused)
+    _shrunk_at: float = float("-inf")
 
     def count(self, admitted: bool, now: float) -> None:
         start, taken, refused = self._second
@@ -54,9 +58,11 @@ class Load:
             start, taken, refused = now, 0, 0
         self._second = (start, taken + admitted, refused + (not admitted))
 
-    def answered(self, seconds: float, limits: AdmissionLimits) -> None:
+    def answered(self, seconds: float, limits: AdmissionLimits, now: float) -> None:
         if seconds > limits.target_s:
-            self.limit = max(1.0, self.limit * 0.9)
+            if now - self._shrunk_at >= limits.target_s:
+                self.limit = max(1.0, self.limit * 0.9)
+                self._shrunk_at = now
         else:
             self.limit = min(float(limits.max_in_flight), self.limit + 1 / self.limit)
 
@@ -92,4 +98,5 @@ class Admission:
             await self.app(scope, receive, send)
         finally:
             self.load.in_flight -= 1
-            self.load.answered(time.monotonic() - started, self.limits)
+            now = time.monotonic()
+            self.load.answered(now - started, self.limits, now)

@@ -51,7 +51,7 @@ class IntakeSettings(BaseSettings):
         description="Submissions handled at once, at most; past it, more are answered 503 with Retry-After.",
     )
     submit_target_ms: float = Field(
-        100,
+        250,
         gt=0,
         le=60_000,
         description="How long a submission should take: while they take longer, fewer are let in at once"

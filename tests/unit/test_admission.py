@@ -33,16 +33,26 @@ def test_retry_after_spreads_senders_over_the_time_intake_needs_for_them() -> No
 def test_the_limit_shrinks_while_submissions_are_slow_and_grows_back() -> None:
     limits = AdmissionLimits(max_in_flight=64, target_s=0.1)
     load = Load(limit=32)
-    for _ in range(40):
-        load.answered(0.5, limits)
+    for i in range(40):
+        load.answered(0.5, limits, now=i * 0.1)
     assert load.limit < 1.5  # past the target: down to one at a time, never to none
     assert refusal(Load(in_flight=0, limit=load.limit), limits) is None
     for _ in range(200):
-        load.answered(0.01, limits)
+        load.answered(0.01, limits, now=10.0)
     assert 15 < load.limit <= 64  # additive: a few hundred fast answers to get back
     for _ in range(10_000):
-        load.answered(0.01, limits)
+        load.answered(0.01, limits, now=10.0)
     assert load.limit == 64
+
+
+def test_submissions_slow_together_shrink_the_limit_once() -> None:
+    limits = AdmissionLimits(max_in_flight=64, target_s=0.25)
+    load = Load(limit=20)
+    for _ in range(16):  # a batch answered late together: the process was descheduled once
+        load.answered(0.4, limits, now=5.0)
+    assert load.limit == 18.0
+    load.answered(0.4, limits, now=5.3)  # a target interval later: a new signal
+    assert load.limit == 18.0 * 0.9
 
 
 class Inner:
