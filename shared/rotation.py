@@ -36,6 +36,8 @@ SEALED: dict[str, tuple[SealedColumn, ...]] = {
         SealedColumn("reviews", "evidence"),
         # A notice's identifiers, until it is delivered or closed.
         SealedColumn("notices", "sealed_identifiers"),
+        # Compliance's note on closing a notice (it may name the person or how they were reached).
+        SealedColumn("notices", "note"),
     ),
     "tracker": (
         SealedColumn("sagas", "sealed_identifiers"),

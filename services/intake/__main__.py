@@ -8,7 +8,7 @@ import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import uvicorn
@@ -184,7 +184,13 @@ async def main(stop: asyncio.Event) -> None:
             ),
             asyncio.create_task(
                 NoticeSender(
-                    pool, register, notice_secrets, seal, notice_settings.retries(), egress=ctx.egress
+                    pool,
+                    register,
+                    notice_secrets,
+                    seal,
+                    notice_settings.retries(),
+                    egress=ctx.egress,
+                    keep_task_identifiers=timedelta(days=notice_settings.task_identifiers_days),
                 ).run()
             ),
         ]

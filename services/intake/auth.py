@@ -229,9 +229,10 @@ async def authenticate(request: Request, credentials: HTTPAuthorizationCredentia
     return caller
 
 
-def require(*roles: Role) -> Callable[[Request], Awaitable[Caller]]:
-    """A dependency admitting the given roles and admin (who may do everything)."""
-    allowed = {*roles, Role.ADMIN}
+def require(*roles: Role, admin: bool = True) -> Callable[[Request], Awaitable[Caller]]:
+    """A dependency admitting the given roles and admin (who may do everything else:
+    `admin=False` for what only the role itself may say, such as a recipient's acknowledgement)."""
+    allowed = {*roles, Role.ADMIN} if admin else set(roles)
 
     async def dependency(
         request: Request,
@@ -255,10 +256,11 @@ def caller_of(request: Request) -> Caller:
     return caller
 
 
-def guarded(*roles: Role) -> dict[str, Any]:
+def guarded(*roles: Role, admin: bool = True) -> dict[str, Any]:
     """Route options: the role check, and the roles in the OpenAPI document (`x-roles`), from
     which the tests derive what every role may and may not call."""
+    allowed = (*roles, Role.ADMIN) if admin else roles
     return {
-        "dependencies": [Depends(require(*roles))],
-        "openapi_extra": {"x-roles": sorted({r.value for r in (*roles, Role.ADMIN)})},
+        "dependencies": [Depends(require(*roles, admin=admin))],
+        "openapi_extra": {"x-roles": sorted({r.value for r in allowed})},
     }

@@ -28,6 +28,14 @@ class NoticeSettings(BaseSettings):
     )
     max_backoff_s: float = Field(3600.0, gt=0, le=86_400, description="Longest wait between two tries.")
 
+    task_identifiers_days: int = Field(
+        30,
+        ge=1,
+        le=3650,
+        description="Days a manual task or failed webhook keeps the identifiers compliance passes on,"
+        " if it is not closed before (closing drops them at once).",
+    )
+
     def retries(self) -> Retries:
         return Retries(self.attempts, self.first_backoff_s, self.max_backoff_s)
 

@@ -15,6 +15,7 @@ import asyncpg
 
 from shared import topics
 from shared.contracts.notices import NoticeState, NoticeUpdated, NotifyRecipient
+from shared.crypto import IdentifierSeal
 from shared.outbox import enqueue
 from shared.recipients.register import RegisterFile
 
@@ -39,19 +40,26 @@ SCHEMA = (
         note text,
         closed_by text,
         created_at timestamptz NOT NULL DEFAULT now())""",
+    # The note's digest, audited, and kept to report it again (the note itself is sealed).
+    "ALTER TABLE notices ADD COLUMN IF NOT EXISTS note_sha256 text",
     "CREATE INDEX IF NOT EXISTS notices_due ON notices (next_at)"
     " WHERE state = 'pending' AND channel = 'webhook'",
     "CREATE INDEX IF NOT EXISTS notices_request ON notices (request_id)",
+    # Identifiers kept for compliance, dropped after a while if never closed (notice_sender.py).
+    "CREATE INDEX IF NOT EXISTS notices_kept ON notices (created_at)"
+    " WHERE sealed_identifiers IS NOT NULL AND (channel = 'manual' OR state = 'failed')",
     "CREATE INDEX IF NOT EXISTS notices_recipient ON notices (recipient_id, created_at)",
 )
 
 
-class NotClosable(Exception):
-    """Already acknowledged: its evidence stands."""
+class NotAcknowledgeable(Exception):
+    """The recipient acknowledges a notice it was never sent (or whose sending was given up)."""
 
 
 async def report(conn: asyncpg.Connection, row: asyncpg.Record, at: datetime, **extra: Any) -> None:
     """Tell the tracker what became of the notice (in the caller's transaction)."""
+    extra.setdefault("closed_by", row["closed_by"])
+    extra.setdefault("note_sha256", row["note_sha256"])
     await enqueue(
         conn,
         topics.NOTICE_UPDATES,
@@ -97,53 +105,88 @@ async def take(pool: asyncpg.Pool, register: RegisterFile, command: NotifyRecipi
         )
         if row is not None and state == "failed":
             await report(conn, row, now)
+        elif row is None:
+            # A command sent again (the tracker's recovery after a broker loss): the report of
+            # what became of it may be what was lost, so a settled notice is reported again.
+            # A pending one has nothing to report yet: its next try or closing will.
+            stored = await conn.fetchrow("SELECT * FROM notices WHERE notice_id = $1", command.notice_id)
+            if stored is not None and stored["state"] != "pending":
+                await report_again(conn, stored, now)
+
+
+async def report_again(conn: asyncpg.Connection, row: asyncpg.Record, now: datetime) -> None:
+    """The stored state once more, at the time it was reached (the tracker takes a repeat as
+    nothing new, and a lost report as if it had come in time)."""
+    at = row["acknowledged_at"] or row["delivered_at"] or now
+    await report(conn, row, at)
 
 
 async def acknowledge(
-    pool: asyncpg.Pool, notice_id: UUID, recipient_id: str | None, now: datetime
+    pool: asyncpg.Pool, notice_id: UUID, recipient_id: str, token_id: str, now: datetime
 ) -> asyncpg.Record | None:
-    """The recipient's acknowledgement: only of its own notice (None: not found, like another's).
-    Knowing the id proves it was received, so it counts even before the sender recorded the
-    2xx; a second acknowledgement changes nothing."""
+    """The recipient's acknowledgement, only of its own webhook notice (None: not found, like
+    another's) and only once it was sent: delivered, or tried (a try whose 2xx was lost may
+    have arrived). A notice never sent or given up cannot be acknowledged (NotAcknowledgeable):
+    its identifiers stay for compliance. Acknowledging again reports it again (the first report
+    may have been lost with a broker) and changes nothing."""
     async with pool.acquire() as conn, conn.transaction():
         row = await conn.fetchrow(
             "UPDATE notices SET state = 'acknowledged', acknowledged_at = $3, acknowledged_via = 'recipient',"
-            " delivered_at = coalesce(delivered_at, $3), sealed_identifiers = NULL, last_error = NULL"
-            " WHERE notice_id = $1 AND ($2::text IS NULL OR recipient_id = $2) AND channel = 'webhook'"
-            " AND state <> 'acknowledged' RETURNING *",
+            " delivered_at = coalesce(delivered_at, $3), sealed_identifiers = NULL, last_error = NULL,"
+            " closed_by = $4"
+            " WHERE notice_id = $1 AND recipient_id = $2 AND channel = 'webhook'"
+            " AND (state = 'delivered' OR (state = 'pending' AND attempts > 0)) RETURNING *",
             notice_id,
             recipient_id,
             now,
+            token_id,
         )
         if row is not None:
             await report(conn, row, now)
             return row
-    return await get(pool, notice_id, recipient_id)
+        stored = await conn.fetchrow(
+            "SELECT * FROM notices WHERE notice_id = $1 AND recipient_id = $2 AND channel = 'webhook'"
+            " FOR UPDATE",
+            notice_id,
+            recipient_id,
+        )
+        if stored is None:
+            return None
+        if stored["state"] != "acknowledged":
+            raise NotAcknowledgeable(
+                f"notice: is {stored['state']} with {stored['attempts']} tries;"
+                " only a notice that was sent can be acknowledged"
+            )
+        await report_again(conn, stored, now)
+        return stored
 
 
 async def close(
-    pool: asyncpg.Pool, notice_id: UUID, note: str, token_id: str, now: datetime
+    pool: asyncpg.Pool, notice_id: UUID, note: str, token_id: str, now: datetime, seal: IdentifierSeal
 ) -> asyncpg.Record | None:
     """Compliance told the recipient another way (a manual task, a webhook that failed) or
-    confirmed its acknowledgement: closed with a note, which stays here (its digest is audited)."""
+    confirmed its acknowledgement: closed with a note, kept here sealed (its digest is audited).
+    Closing one already acknowledged keeps the first evidence and reports it again."""
+    digest = hashlib.sha256(note.encode()).hexdigest()
     async with pool.acquire() as conn, conn.transaction():
         row = await conn.fetchrow(
             "UPDATE notices SET state = 'acknowledged', acknowledged_at = $2,"
-            " acknowledged_via = 'compliance', note = $3, closed_by = $4, sealed_identifiers = NULL,"
-            " last_error = NULL"
+            " acknowledged_via = 'compliance', note = $3, note_sha256 = $5, closed_by = $4,"
+            " sealed_identifiers = NULL, last_error = NULL"
             " WHERE notice_id = $1 AND state <> 'acknowledged' RETURNING *",
             notice_id,
             now,
-            note,
+            seal.seal_text(note),
             token_id,
+            digest,
         )
-        if row is None:
-            if await get(pool, notice_id, None) is not None:
-                raise NotClosable("notice: already acknowledged")
-            return None
-        digest = hashlib.sha256(note.encode()).hexdigest()
-        await report(conn, row, now, note_sha256=digest, closed_by=token_id)
-        return row
+        if row is not None:
+            await report(conn, row, now)
+            return row
+        stored = await conn.fetchrow("SELECT * FROM notices WHERE notice_id = $1 FOR UPDATE", notice_id)
+        if stored is not None:
+            await report_again(conn, stored, now)
+        return stored
 
 
 async def get(pool: asyncpg.Pool, notice_id: UUID, recipient_id: str | None) -> asyncpg.Record | None:

@@ -18,6 +18,7 @@ from services.intake.auth import Caller, Role, caller_of, guarded, require
 from services.intake.models import ErrorBody
 from shared.contracts.notices import NoticeCategory
 from shared.contracts.report import Report
+from shared.crypto import IdentifierSealError
 from shared.recipients.plan import Planner
 from shared.recipients.register import Manual, RegisterFile
 
@@ -87,9 +88,20 @@ def view(request: Request, row: asyncpg.Record, now: datetime) -> NoticeView:
         delivered_at=row["delivered_at"],
         acknowledged_at=row["acknowledged_at"],
         acknowledged_via=row["acknowledged_via"],
-        note=row["note"] if caller.role is not Role.RECIPIENT else None,
+        note=_note(request, row) if caller.role is not Role.RECIPIENT else None,
         created_at=row["created_at"],
     )
+
+
+def _note(request: Request, row: asyncpg.Record) -> str | None:
+    """Compliance's note, sealed like identifiers (it may name the person or their contact)."""
+    if not row["note"]:
+        return None
+    try:
+        note: str = request.app.state.ctx.seal.open_text(row["note"])
+    except IdentifierSealError:
+        return None  # sealed with a key no longer held: its digest stands in the audit
+    return note
 
 
 def _own(caller: Caller) -> str | None:
@@ -126,14 +138,23 @@ async def list_notices(
 @router.post(
     "/notices/{notice_id}/ack",
     response_model=NoticeView,
-    responses={404: {"model": ErrorBody}},
-    **guarded(Role.RECIPIENT),
+    responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}},
+    # Only the recipient's own token: an acknowledgement is its word, which no one (not even an
+    # admin) may give for it; compliance closes a notice instead, under its own name.
+    **guarded(Role.RECIPIENT, admin=False),
 )
 async def acknowledge(notice_id: UUID, request: Request) -> NoticeView:
-    """The recipient acknowledges a notice it received (a webhook's); again changes nothing."""
+    """The recipient acknowledges a notice it was sent; again changes nothing (and reports it
+    again). 409 for a notice not sent yet or given up."""
     now = datetime.now(UTC)
-    row = await notices.acknowledge(request.app.state.ctx.pool, notice_id, _own(caller_of(request)), now)
-    if row is None or row["channel"] != "webhook":
+    caller = caller_of(request)
+    try:
+        row = await notices.acknowledge(
+            request.app.state.ctx.pool, notice_id, caller.recipient_id or "", caller.token_id, now
+        )
+    except notices.NotAcknowledgeable as exc:
+        raise HTTPException(409, str(exc)) from None
+    if row is None:
         raise HTTPException(404, "notice_id: no such notice")
     return view(request, row, now)
 
@@ -141,7 +162,7 @@ async def acknowledge(notice_id: UUID, request: Request) -> NoticeView:
 @router.post(
     "/notices/{notice_id}/close",
     response_model=NoticeView,
-    responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}, 422: {"model": ErrorBody}},
+    responses={404: {"model": ErrorBody}, 422: {"model": ErrorBody}},
     openapi_extra={"x-roles": sorted({Role.COMPLIANCE.value, Role.ADMIN.value})},
 )
 async def close(
@@ -150,12 +171,11 @@ async def close(
     request: Request,
     caller: Caller = Depends(require(Role.COMPLIANCE)),  # noqa: B008
 ) -> NoticeView:
-    """Compliance told the recipient (a manual task, a failed webhook) or has its acknowledgement."""
+    """Compliance told the recipient (a manual task, a failed webhook) or has its acknowledgement.
+    Closing one already acknowledged keeps the first evidence (and reports it again)."""
     now = datetime.now(UTC)
-    try:
-        row = await notices.close(request.app.state.ctx.pool, notice_id, body.note, caller.token_id, now)
-    except notices.NotClosable as exc:
-        raise HTTPException(409, str(exc)) from None
+    ctx = request.app.state.ctx
+    row = await notices.close(ctx.pool, notice_id, body.note, caller.token_id, now, ctx.seal)
     if row is None:
         raise HTTPException(404, "notice_id: no such notice")
     return view(request, row, now)

@@ -50,9 +50,11 @@ class Recipients:
     def acknowledged_times(self) -> list[datetime]:
         return [n.acknowledged_at for n in self.notices.values() if n.must_acknowledge and n.acknowledged_at]
 
-    def pending(self) -> list[RecipientNotice]:
-        """Notices intake has not reported delivered, acknowledged or failed."""
-        return [n for n in self.notices.values() if n.state is NoticeState.PENDING]
+    def unsettled(self) -> list[RecipientNotice]:
+        """Notices whose last word from intake may have been lost with a broker: still pending,
+        or still awaiting a required acknowledgement. Sent again, intake stores none twice and
+        reports once more what became of one it has."""
+        return [n for n in self.notices.values() if n.state is NoticeState.PENDING or n.awaited]
 
     def plan_after(
         self,
@@ -65,13 +67,15 @@ class Recipients:
             return []
         return self._add(installed().after_outcomes(request_id, request_type, outcomes, at))
 
-    def plan_lift(self, request_id: str, systems: Iterable[str], at: datetime) -> list[RecipientNotice]:
+    def plan_lift(
+        self, request_id: str, systems: Iterable[str], restricted: Iterable[tuple[str, str]], at: datetime
+    ) -> list[RecipientNotice]:
         """A lift's notices, before it takes effect: its commands are held until every webhook
         notice is delivered or given up (manual tasks do not hold it: a person may take days,
         and the person's request has a deadline)."""
         if self.planned:
             return []
-        added = self._add(installed().before_lift(request_id, systems, at))
+        added = self._add(installed().before_lift(request_id, systems, restricted, at))
         self.held = True
         return added
 
@@ -107,6 +111,7 @@ class Recipients:
             changes |= {
                 "acknowledged_at": event.at,
                 "acknowledged_via": event.acknowledged_via,
+                "acknowledged_by": event.closed_by,
                 "error": None,
             }
         updated = notice.model_copy(update=changes)

@@ -52,9 +52,10 @@ async def _resend(conn: asyncpg.Connection, request_id: str, now: datetime) -> N
     if loaded is None:
         return
     saga = loaded.saga
-    # Notices intake may never have received (the same ids: one it has is not stored twice);
-    # a lift held for its notices keeps its commands until they are settled.
-    saga.recipients.new = saga.recipients.pending()
+    # Notices intake may never have received, or whose delivery or acknowledgement it reported
+    # into the lost broker (the same ids: one it has is not stored twice, and its state is
+    # reported again); a lift held for its notices keeps its commands until they are settled.
+    saga.recipients.new = saga.recipients.unsettled()
     held = saga.recipients.held
     waiting = [] if held else await repository.enqueue_waiting(conn, loaded, "resend after broker loss")
     if not waiting and not saga.recipients.new:

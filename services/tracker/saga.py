@@ -5,6 +5,7 @@ and the audit events each change produces. No I/O here, so the rules are unit-te
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -203,12 +204,22 @@ class Saga:
 
     def time_out(self, system: str, now: datetime, timeouts: Timeouts) -> str | None:
         """A silent system: 'redispatch' the same command (its worker de-duplicates), or after
-        the last try 'failed'. None if it answered meanwhile or is not yet due."""
+        the last try 'failed'; 'released' when a lift still held for its notices goes now (every
+        system's command, with the save). None if it answered meanwhile or is not yet due."""
         slot = self.slots[system]
         if slot.state is not SystemState.DISPATCHED or now < slot.dispatched_at + timeouts.wait(
             slot.attempts
         ):
             return None
+        if self.recipients.held:
+            # A lift whose notices took longer than a system's wait: its commands were never
+            # sent, so this is their first try, not a silence to count (with one try allowed,
+            # counting it would fail the system without ever asking it).
+            self.recipients.held = False
+            self.recipients.release_now = True
+            self._restart_lift_slots(now)
+            self.note(now, "lift_dispatched", systems=sorted(self.slots), reason="notices_timed_out")
+            return "released"
         if slot.attempts >= timeouts.attempts:
             was_final = self.status.is_final
             slot.state = SystemState.FAILED
@@ -266,7 +277,7 @@ class Saga:
             via=notice.acknowledged_via,
             error=notice.error,
             note_sha256=event.note_sha256,
-            closed_by=event.closed_by,
+            token_id=event.closed_by,  # the token that closed or acknowledged it
         )
         self._release_lift(event.at)
         self._after_change(event.at, was_final)
@@ -274,12 +285,21 @@ class Saga:
 
     def _release_lift(self, at: datetime) -> None:
         if self.recipients.release():
+            self._restart_lift_slots(at)
             self.note(at, "lift_dispatched", systems=sorted(self.slots))
 
-    def announce_lift(self, at: datetime) -> None:
-        """A lift tells its recipients before its commands go out (Art. 19 with 18(3))."""
+    def _restart_lift_slots(self, at: datetime) -> None:
+        """A held lift's slots were written as dispatched on acceptance, though nothing was
+        sent: their wait and first try start when the commands actually go."""
+        for slot in self.slots.values():
+            if slot.state is SystemState.DISPATCHED:
+                slot.dispatched_at, slot.attempts = at, 1
+
+    def announce_lift(self, at: datetime, restricted: Iterable[tuple[str, str]] = ()) -> None:
+        """A lift tells its recipients before its commands go out, as the person is told
+        (Art. 18(3)); `restricted`: where the person's earlier restrictions restricted records."""
         if self.request_type is RequestType.LIFT_RESTRICTION:
-            for notice in self.recipients.plan_lift(self.request_id, sorted(self.slots), at):
+            for notice in self.recipients.plan_lift(self.request_id, sorted(self.slots), restricted, at):
                 self.note(at, "notice_planned", recipient=notice.recipient_id, channel=notice.channel)
             self._release_lift(at)
 

@@ -30,6 +30,8 @@ SCHEMA = (
     "ALTER TABLE sagas ADD COLUMN IF NOT EXISTS reviews jsonb NOT NULL DEFAULT '[]'",
     # Notices to recipients (services/tracker/recipients.py): ids, states and counts, no identifiers.
     "ALTER TABLE sagas ADD COLUMN IF NOT EXISTS recipients jsonb",
+    # A lift's notices go to the recipients of what the person's restrictions restricted.
+    "CREATE INDEX IF NOT EXISTS sagas_subject ON sagas (subject_ref) WHERE request_type = 'restriction'",
     """CREATE TABLE IF NOT EXISTS saga_systems (
         request_id text NOT NULL REFERENCES sagas,
         system text NOT NULL,

@@ -4,6 +4,7 @@ of the identity search), time out silent systems, retry, extend, decide a review
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from uuid import uuid4
 
@@ -26,6 +27,7 @@ from shared.contracts import OutcomeReported, RequestAccepted, RequestType
 from shared.contracts.events import DeadlineExtended, RetrySystem, ReviewDecided
 from shared.crypto import IdentifierSeal
 from shared.journal import claim, claim_many
+from shared.recipients.plan import restricted
 
 __all__ = ["SCHEMA", "audit_trail", "load"]
 
@@ -77,10 +79,28 @@ async def start_saga(
             "DELETE FROM early_outcomes WHERE request_id = $1 RETURNING outcome", event.request_id
         )
         saga.max_rounds = max_rounds
-        saga.announce_lift(event.occurred_at)  # a lift waits for its notices; others go on
+        if event.request_type is RequestType.LIFT_RESTRICTION:  # it waits for its notices
+            saga.announce_lift(event.occurred_at, await _restricted_before(conn, event))
         early_outcomes = [OutcomeReported.model_validate_json(row["outcome"]) for row in early]
         await _take(conn, loaded, early_outcomes, seal)
         await save(conn, loaded, was_final=False)
+
+
+async def _restricted_before(conn: asyncpg.Connection, event: RequestAccepted) -> set[tuple[str, str]]:
+    """Where the person's earlier restrictions (the same subject_ref: the same identifiers)
+    restricted records: a lift's recipients are those of these categories only."""
+    rows = await conn.fetch(
+        "SELECT s.system, s.outcome, s.rounds FROM sagas g JOIN saga_systems s USING (request_id)"
+        " WHERE g.subject_ref = $1 AND g.request_type = 'restriction' AND g.request_id <> $2",
+        event.subject_ref,
+        event.request_id,
+    )
+    answers = []
+    for row in rows:  # jsonb comes as text
+        if row["outcome"]:
+            answers.append(OutcomeReported.model_validate_json(row["outcome"]))
+        answers += [OutcomeReported.model_validate(r) for r in json.loads(row["rounds"] or "[]")]
+    return restricted((o.system, c) for o in answers if o.status == "done" for c in o.categories)
 
 
 async def record_outcome(

@@ -13,6 +13,9 @@ from pydantic import AwareDatetime, Field
 from shared.contracts.base import Frozen, Message, RequestType, SystemName
 
 RecipientId = str  # pattern enforced by the register (shared/recipients/register.py)
+# The register is checked against these at start-up (a longer one would dead-letter an outcome).
+MAX_CATEGORY_LENGTH = 64
+MAX_NOTICE_CATEGORIES = 200
 
 
 class NoticeState(StrEnum):
@@ -32,7 +35,7 @@ class NoticeCategory(Frozen):
     Empty `counts` on a lift notice: it is sent before the lift, whose counts are not known."""
 
     system: SystemName
-    category: str = Field(max_length=64)
+    category: str = Field(max_length=MAX_CATEGORY_LENGTH)
     counts: dict[Literal["erased", "anonymised", "restricted", "unrestricted"], int] = Field(
         default_factory=dict
     )
@@ -47,7 +50,7 @@ class NotifyRecipient(Message):
     notice_id: UUID
     recipient_id: RecipientId = Field(max_length=64)
     request_type: RequestType
-    categories: list[NoticeCategory] = Field(min_length=1, max_length=200)
+    categories: list[NoticeCategory] = Field(min_length=1, max_length=MAX_NOTICE_CATEGORIES)
     sealed_identifiers: str | None = Field(None, max_length=65_536)
     must_acknowledge: bool
     acknowledge_by: AwareDatetime | None = None
@@ -66,7 +69,9 @@ class NoticeUpdated(Message):
     error: str | None = Field(None, max_length=500)
     acknowledged_via: Literal["response", "recipient", "compliance"] | None = None
     note_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
-    closed_by: str | None = Field(None, max_length=64, description="The closing token's id")
+    closed_by: str | None = Field(
+        None, max_length=64, description="The id of the token that closed or acknowledged it"
+    )
 
 
 class RecipientNotice(Frozen):
@@ -86,6 +91,9 @@ class RecipientNotice(Frozen):
     delivered_at: AwareDatetime | None = None
     acknowledged_at: AwareDatetime | None = None
     acknowledged_via: Literal["response", "recipient", "compliance"] | None = None
+    acknowledged_by: str | None = Field(
+        None, description="The id of the token that acknowledged or closed it"
+    )
     error: str | None = None
 
     @property

@@ -4,7 +4,8 @@ A recipient is sent a notice when the request changed records (erased, anonymise
 unrestricted) in a category disclosed to it; one notice per request and recipient, listing each
 such category with its counts. Retained, redirected or untouched records change nothing the
 recipient holds a copy of. A lift is announced before it takes effect (its counts are not known
-yet) to every recipient of a category in the systems it targets."""
+yet) to every recipient of a category that the person's restrictions restricted in the systems
+it targets."""
 
 from __future__ import annotations
 
@@ -27,6 +28,11 @@ CHANGES = ("erased", "anonymised", "restricted", "unrestricted")
 def notice_id(request_id: str, recipient_id: str) -> UUID:
     """Deterministic: a plan made twice (a redelivery) is the same notice."""
     return uuid.uuid5(_NOTICE_IDS, f"{request_id}/{recipient_id}")
+
+
+def restricted(outcomes: Iterable[tuple[str, CategoryOutcome]]) -> set[tuple[str, str]]:
+    """The (system, category) pairs where a restriction restricted records."""
+    return {key for key, counts in changed(outcomes).items() if counts.get("restricted")}
 
 
 def changed(outcomes: Iterable[tuple[str, CategoryOutcome]]) -> dict[tuple[str, str], dict[str, int]]:
@@ -68,16 +74,18 @@ class Planner:
                 notices.append(_notice(request_id, recipient, categories, at))
         return notices
 
-    def before_lift(self, request_id: str, systems: Iterable[str], at: datetime) -> list[RecipientNotice]:
-        """A lift's notices: every recipient of the targeted systems' data, before it happens."""
+    def before_lift(
+        self, request_id: str, systems: Iterable[str], restricted: Iterable[tuple[str, str]], at: datetime
+    ) -> list[RecipientNotice]:
+        """A lift's notices, before it happens: to each recipient of a category that the
+        person's restrictions restricted in the targeted systems, and of nothing else (a
+        recipient that never held their data learns nothing of them)."""
         targeted = set(systems)
+        lifted = sorted((s, c) for s, c in set(restricted) if s in targeted)
         notices = []
         for recipient in self.register.recipients:
             categories = [
-                NoticeCategory(system=s, category=c)
-                for s in sorted(recipient.receives)
-                if s in targeted
-                for c in recipient.receives[s]
+                NoticeCategory(system=s, category=c) for s, c in lifted if recipient.receives_category(s, c)
             ]
             if categories:
                 notices.append(_notice(request_id, recipient, categories, at))

@@ -12,6 +12,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from shared.codec import describe_validation_error
+from shared.contracts.notices import MAX_CATEGORY_LENGTH, MAX_NOTICE_CATEGORIES
 from shared.identity import Kind
 from shared.policy.model import PolicyFile
 
@@ -105,12 +106,21 @@ def load_register(path: Path, policy: PolicyFile) -> RegisterFile:
     try:
         register = RegisterFile.model_validate(raw)
     except ValidationError as exc:
-        raise RegisterError(f"{path}: {_field(raw, *describe_validation_error(exc))}") from None
+        raise RegisterError(f"{path}: {_field(raw, *_describe(exc))}") from None
     try:
         check_against_policy(register, policy)
     except RegisterError as exc:
         raise RegisterError(f"{path}: {exc}") from None
     return register
+
+
+def _describe(exc: ValidationError) -> tuple[str, str]:
+    """The field and the problem. An unknown key is named in full: the register is
+    configuration, not a message that might carry personal data in its keys."""
+    first = exc.errors(include_url=False)[0]
+    if first["type"] == "extra_forbidden":
+        return ".".join(str(p) for p in first["loc"]), "unknown field"
+    return describe_validation_error(exc)
 
 
 def _field(raw: object, field: str, reason: str) -> str:
@@ -132,10 +142,23 @@ def check_against_policy(register: RegisterFile, policy: PolicyFile) -> None:
     known = {(r.system, r.category) for r in policy.rules}
     systems = {system for system, _ in known}
     for recipient in register.recipients:
+        # What a notice can carry (shared/contracts/notices.py): beyond it, a notice would be
+        # refused when sent, and the outcome that planned it dead-lettered.
+        total = sum(len(categories) for categories in recipient.receives.values())
+        if total > MAX_NOTICE_CATEGORIES:
+            raise RegisterError(
+                f"recipient {recipient.id}: receives: {total} categories, more than the"
+                f" {MAX_NOTICE_CATEGORIES} a notice can carry"
+            )
         for system, categories in recipient.receives.items():
             if system not in systems:
                 raise RegisterError(f"recipient {recipient.id}: receives.{system}: no such system")
             for category in categories:
+                if len(category) > MAX_CATEGORY_LENGTH:
+                    raise RegisterError(
+                        f"recipient {recipient.id}: receives.{system}: a category name longer than"
+                        f" {MAX_CATEGORY_LENGTH} characters ({category[:20]!r}…)"
+                    )
                 if (system, category) not in known:
                     raise RegisterError(
                         f"recipient {recipient.id}: receives.{system}: no category {category!r} in {system}"

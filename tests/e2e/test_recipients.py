@@ -206,10 +206,13 @@ def test_erasure_notices_are_signed_retried_acknowledged_and_reported(
     assert {c["category"] for c in task["categories"]} == {"subscribers", "contacts"}
     closed = api.post(f"/v1/notices/{task['id']}/close", json={"note": "told the printer's desk by phone"})
     assert closed.status_code == 200 and closed.json()["state"] == "acknowledged"
-    assert api.post(f"/v1/notices/{task['id']}/close", json={"note": "again"}).status_code == 409
+    again = api.post(f"/v1/notices/{task['id']}/close", json={"note": "again"})  # idempotent
+    assert again.status_code == 200 and again.json()["note"] == "told the printer's desk by phone"
     wait_for("printer closed", lambda: notice(api, "recip-1", "printer")["acknowledged_via"] == "compliance")
 
-    # Another recipient cannot acknowledge the mailer's notice; the mailer can, once.
+    # Not even an admin may acknowledge for a recipient; another recipient cannot either (404);
+    # the mailer can, and again changes nothing.
+    assert api.post(f"/v1/notices/{body['notice_id']}/ack").status_code == 403
     with recipient_client(stack, api, "archive") as other:
         assert other.post(f"/v1/notices/{body['notice_id']}/ack").status_code == 404
         assert {n["recipient_id"] for n in other.get("/v1/notices").json()} == {"archive"}
@@ -226,6 +229,7 @@ def test_erasure_notices_are_signed_retried_acknowledged_and_reported(
     by_id = {n["recipient_id"]: n for n in report["recipients"]}
     assert set(by_id) == {"mailer", "archive", "printer"}
     assert by_id["mailer"]["acknowledged_via"] == "recipient" and by_id["mailer"]["delivered_at"]
+    assert by_id["mailer"]["acknowledged_by"]  # the recipient token's id
     assert report["completed_at"] >= by_id["mailer"]["acknowledged_at"]
     kinds = [e["kind"] for e in api.get("/v1/requests/recip-1/audit").json()["entries"]]
     assert "notice_planned" in kinds and "notice_acknowledged" in kinds

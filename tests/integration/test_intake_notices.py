@@ -1,0 +1,140 @@
+"""Intake's notices table under the rules the reviewer asked for: a command sent again reports
+what became of a settled notice; acknowledging or closing again reports again (200, not 409);
+a notice never sent cannot be acknowledged; compliance's note is sealed; identifiers kept for
+compliance are dropped after a bounded time."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from uuid import uuid4
+
+import asyncpg
+import pytest
+
+from services.intake import notices
+from services.intake.notice_sender import NoticeSender, Retries
+from shared.contracts.base import RequestType
+from shared.contracts.notices import NoticeCategory, NotifyRecipient
+from shared.crypto import IdentifierSeal, new_identifier_key
+from shared.db import apply_schema, create_pool, ensure_database
+from shared.identity import Identities
+from shared.outbox import OUTBOX_DDL
+from shared.recipients.register import RegisterFile
+
+pytestmark = pytest.mark.integration
+NOW = datetime(2026, 12, 1, tzinfo=UTC)
+SEAL = IdentifierSeal(new_identifier_key())
+REGISTER = RegisterFile.model_validate(
+    {
+        "version": "t",
+        "recipients": [
+            {
+                "id": "mailer",
+                "name": "Bulk mailer",
+                "role": "processor",
+                "receives": {"mailing": ["subscribers"]},
+                "identifiers": ["emails"],
+                "notify": {
+                    "channel": "webhook",
+                    "url": "https://m.example/h",
+                    "secret_env": "LETHE_RECIPIENT_M",
+                },
+                "must_acknowledge": True,
+            },
+            {
+                "id": "printer",
+                "name": "Printer",
+                "role": "controller",
+                "receives": {"mailing": ["subscribers"]},
+                "notify": {"channel": "manual", "contact": "desk"},
+            },
+        ],
+    }
+)
+
+
+@pytest.fixture
+async def pool(fresh_db: str) -> AsyncIterator[asyncpg.Pool]:
+    await ensure_database(fresh_db)
+    db = await create_pool(fresh_db)
+    await apply_schema(db, OUTBOX_DDL, *notices.SCHEMA)
+    yield db
+    await db.close()
+
+
+def command(recipient: str = "mailer") -> NotifyRecipient:
+    notice_id = uuid4()
+    return NotifyRecipient(
+        message_id=notice_id,
+        request_id="r1",
+        notice_id=notice_id,
+        recipient_id=recipient,
+        request_type=RequestType.ERASURE,
+        categories=[NoticeCategory(system="mailing", category="subscribers")],
+        sealed_identifiers=SEAL.seal(Identities(emails=["a@example.com"])),
+        must_acknowledge=recipient == "mailer",
+    )
+
+
+async def reports(pool: asyncpg.Pool) -> list[dict[str, object]]:
+    rows = await pool.fetch("SELECT value FROM outbox ORDER BY id")
+    return [json.loads(bytes(r["value"])) for r in rows]
+
+
+async def test_acknowledged_notice_is_reported_again_on_resend_ack_and_close(pool: asyncpg.Pool) -> None:
+    sent = command()
+    await notices.take(pool, REGISTER, sent, NOW)
+    # Never sent: it cannot be acknowledged, and its identifiers stay for compliance.
+    with pytest.raises(notices.NotAcknowledgeable, match="notice: is pending with 0 tries"):
+        await notices.acknowledge(pool, sent.notice_id, "mailer", "tok-r", NOW)
+    stored = await notices.get(pool, sent.notice_id, None)
+    assert stored is not None and stored["sealed_identifiers"] and stored["delivered_at"] is None
+    await pool.execute(
+        "UPDATE notices SET state = 'delivered', attempts = 1 WHERE notice_id = $1", sent.notice_id
+    )
+    assert await notices.acknowledge(pool, sent.notice_id, "printer", "tok-p", NOW) is None  # another's
+    acked = await notices.acknowledge(pool, sent.notice_id, "mailer", "tok-r", NOW)
+    assert acked is not None and acked["state"] == "acknowledged" and acked["closed_by"] == "tok-r"
+    first = await reports(pool)
+    assert [(r["state"], r["closed_by"]) for r in first] == [("acknowledged", "tok-r")]
+
+    # Each repeat reports the same evidence again (the first report may be lost with a broker).
+    await notices.take(pool, REGISTER, sent, NOW + timedelta(hours=1))
+    again = await notices.acknowledge(pool, sent.notice_id, "mailer", "tok-r", NOW + timedelta(hours=2))
+    closed = await notices.close(pool, sent.notice_id, "phoned", "tok-c", NOW + timedelta(hours=3), SEAL)
+    assert again is not None and closed is not None and closed["acknowledged_via"] == "recipient"
+    later = (await reports(pool))[1:]
+    assert len(later) == 3 and {(r["state"], r["at"], r["closed_by"]) for r in later} == {
+        ("acknowledged", first[0]["at"], "tok-r")
+    }
+
+
+async def test_a_failed_notice_cannot_be_acknowledged(pool: asyncpg.Pool) -> None:
+    sent = command()
+    await notices.take(pool, REGISTER, sent, NOW)
+    await pool.execute(
+        "UPDATE notices SET state = 'failed', attempts = 10 WHERE notice_id = $1", sent.notice_id
+    )
+    with pytest.raises(notices.NotAcknowledgeable, match="notice: is failed"):
+        await notices.acknowledge(pool, sent.notice_id, "mailer", "tok-r", NOW)
+    await notices.take(pool, REGISTER, sent, NOW)  # resent: its failure is reported again
+    assert [r["state"] for r in await reports(pool)] == ["failed"]
+
+
+async def test_the_note_is_sealed_and_task_identifiers_are_dropped_in_time(pool: asyncpg.Pool) -> None:
+    task, kept = command("printer"), command("printer")
+    await notices.take(pool, REGISTER, task, NOW)
+    await notices.take(pool, REGISTER, kept, NOW + timedelta(days=20))
+    closed = await notices.close(pool, task.notice_id, "phoned Alice at home", "tok-c", NOW, SEAL)
+    assert (
+        closed is not None
+        and "Alice" not in closed["note"]
+        and SEAL.open_text(closed["note"]) == "phoned Alice at home"
+    )
+    await pool.execute("UPDATE notices SET created_at = $2 WHERE notice_id = $1", kept.notice_id, NOW)
+    await notices.take(pool, REGISTER, command("printer"), NOW)
+    sender = NoticeSender(pool, REGISTER, {}, SEAL, Retries(), keep_task_identifiers=timedelta(days=30))
+    assert await sender.forget_task_identifiers(datetime.now(UTC) + timedelta(days=31)) == 2
+    assert await pool.fetchval("SELECT count(*) FROM notices WHERE sealed_identifiers IS NOT NULL") == 0
