@@ -116,7 +116,8 @@ def create_app(lifespan: Lifespan | None, limits: ApiLimits, development: bool =
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_middleware(BodySizeLimit, max_bytes=limits.max_body_bytes)
-    app.add_middleware(Admission, limits=limits.admission, load=load)  # added last: outermost
+    # Added last, so it runs before the body limit and authentication (tracing still wraps it).
+    app.add_middleware(Admission, limits=limits.admission, load=load)
     _publish_description(app, development)
 
     # One server span per request; the ASGI receive/send sub-spans (three more per request)
