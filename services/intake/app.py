@@ -115,9 +115,9 @@ def create_app(lifespan: Lifespan | None, limits: ApiLimits, development: bool =
         app.include_router(router)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_middleware(BodySizeLimit, max_bytes=limits.max_body_bytes)
-    # Added last, so it runs before the body limit and authentication (tracing still wraps it).
+    # Admission inside the body limit (which caps the body it reads), before authentication.
     app.add_middleware(Admission, limits=limits.admission, load=load)
+    app.add_middleware(BodySizeLimit, max_bytes=limits.max_body_bytes)
     _publish_description(app, development)
 
     # One server span per request; the ASGI receive/send sub-spans (three more per request)

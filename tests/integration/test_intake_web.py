@@ -320,3 +320,15 @@ async def test_a_busy_intake_sheds_submissions_with_503_and_loses_none_when_they
     assert await pool.fetchval("SELECT count(*) FROM requests WHERE request_id LIKE 'busy-%'") == 40
     # one acceptance and a command per system each: nothing dispatched twice, nothing missing
     assert await pool.fetchval("SELECT count(*) FROM outbox") == 40 * (1 + len(SYSTEMS))
+
+
+async def test_a_chunked_submission_past_the_size_limit_is_refused_before_admission_counts_it(
+    pool: asyncpg.Pool,
+) -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(100):
+            yield b"x" * 1024
+
+    async with client(pool, max_body_bytes=16 * 1024) as api:
+        answer = await api.post("/v1/requests", content=chunks(), headers={"Authorization": "Bearer x"})
+    assert answer.status_code == 413 and "body" in answer.json()["detail"]

@@ -71,7 +71,7 @@ async def _call(app: Admission, method: str, path: str) -> list[dict[str, Any]]:
     sent: list[dict[str, Any]] = []
 
     async def receive() -> dict[str, Any]:
-        raise AssertionError("a shed submission's body is never read")
+        return {"type": "http.request", "body": b"{}", "more_body": False}
 
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
@@ -100,3 +100,34 @@ async def test_submissions_past_the_limit_are_shed_and_others_pass() -> None:
     answers = await asyncio.gather(*first, reads)
     assert [a[0]["status"] for a in answers] == [202, 202, 202]
     assert load.in_flight == 0
+
+
+async def test_a_body_still_arriving_holds_no_place_and_is_not_counted_slow() -> None:
+    """A sender trickling its body (no token needed to do it) must not have intake refuse
+    everyone else: the body is read before a place is taken and the clock starts."""
+    chunks: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    inner = Inner()
+    inner.release.set()
+    seen: list[bytes] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.append((await receive())["body"])
+        await inner(scope, receive, send)
+
+    load = Load(limit=1)
+    admission = Admission(app, LIMITS, load)
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/requests", "headers": []}
+    slow = asyncio.create_task(admission(scope, chunks.get, send))
+    await chunks.put({"type": "http.request", "body": b'{"a"', "more_body": True})
+    await asyncio.sleep(0.3)
+    assert load.in_flight == 0  # still receiving: no place taken
+    assert refusal(load, LIMITS) is None  # another sender would get in
+    await chunks.put({"type": "http.request", "body": b": 1}", "more_body": False})
+    await slow
+    assert seen == [b'{"a": 1}'] and sent[0]["status"] == 202
+    assert load.limit >= 1.0 and load.in_flight == 0
