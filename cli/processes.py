@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -46,11 +47,40 @@ def stop(process: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:
         process.wait()
 
 
+_HANDED_OUT: set[int] = set()
+LOWEST_PORT = 10_000
+
+
+def _outgoing_ports_start() -> int:
+    """Where the kernel's range of local ports for outgoing connections starts."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
+    """A port nothing is bound to, for a service about to start. Chosen below the kernel's range
+    for outgoing connections: a port the kernel hands out (binding port 0) can be taken as the
+    local end of any connection made before the service binds it, which happened (intake's HTTP
+    port, a metrics port: the whole session stack then failed to start). Never the same port
+    twice in one process, since a port handed out is not bound until its service starts."""
+    top = _outgoing_ports_start()
+    for _ in range(500 if top > LOWEST_PORT + 1000 else 0):
+        port = random.randrange(LOWEST_PORT, top)  # noqa: S311 - a port, not a secret
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
         return port
+    with socket.socket() as s:  # no room below the range: the kernel's choice
+        s.bind(("127.0.0.1", 0))
+        chosen: int = s.getsockname()[1]
+        return chosen
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
