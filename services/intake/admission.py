@@ -53,8 +53,9 @@ class Load:
     def count(self, admitted: bool, now: float) -> None:
         start, taken, refused = self._second
         if now - start >= 1.0:
-            if start:
-                self.wait_s = min(30.0, max(1.0, refused / max(1, taken)))
+            # From the second just ended; one that ended long ago (a quiet spell) says nothing.
+            recent = now - start < 2.0
+            self.wait_s = min(30.0, max(1.0, refused / max(1, taken))) if recent else 1.0
             start, taken, refused = now, 0, 0
         self._second = (start, taken + admitted, refused + (not admitted))
 

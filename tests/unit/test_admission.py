@@ -28,6 +28,10 @@ def test_retry_after_spreads_senders_over_the_time_intake_needs_for_them() -> No
     assert refusal(load, LIMITS) == 30.0
     load.count(admitted=True, now=12.2)  # one taken, none refused in the second before
     assert refusal(load, LIMITS) == 1.0
+    for _ in range(40):
+        load.count(admitted=False, now=12.5)
+    load.count(admitted=True, now=600.0)  # after a quiet spell the old second says nothing
+    assert refusal(load, LIMITS) == 1.0
 
 
 def test_the_limit_shrinks_while_submissions_are_slow_and_grows_back() -> None:
