@@ -30,7 +30,7 @@ from aiokafka import AIOKafkaConsumer
 from bench import direct, profile, stats
 from bench.sampler import Sampler, postgres_pids, slope_mb_per_min
 from bench.stats import percentile
-from bench.submitter import submit_in_process
+from bench.submitter import Submissions, submit_in_process
 from cli import synthetic
 from cli.main import seed_targets
 from cli.processes import free_port
@@ -44,12 +44,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 @dataclass
-class Run:
-    submitted: dict[str, float] = field(default_factory=dict)
-    http_ms: list[float] = field(default_factory=list)
-    completed: dict[str, float] = field(default_factory=dict)
-    errors: Counter[str] = field(default_factory=Counter)  # submissions refused, by cause
-    shed: int = 0  # 503s with Retry-After: submitted again after the wait, as a DSAR tool would
+class Run(Submissions):
+    completed: dict[str, float] = field(default_factory=dict)  # time.monotonic() it was read
 
 
 _last_progress = [0.0]
@@ -65,7 +61,9 @@ def progress(done: int, total: int, label: str) -> None:
     sys.stderr.flush()
 
 
-async def listen(stack: Stack, run: Run, prefix: str, total: int, stop: asyncio.Event) -> None:
+async def listen(
+    stack: Stack, completed: dict[str, float], prefix: str, total: int, stop: asyncio.Event
+) -> None:
     """Every completion of this run's requests (keyed by request id), with when it was read."""
     consumer = AIOKafkaConsumer(
         topics.REQUESTS_COMPLETED,
@@ -82,8 +80,8 @@ async def listen(stack: Stack, run: Run, prefix: str, total: int, stop: asyncio.
                 now = time.monotonic()
                 for record in records:
                     if record.key and record.key.startswith(ours):
-                        run.completed.setdefault(record.key.decode(), now)
-            progress(len(run.completed), total, "completed")
+                        completed.setdefault(record.key.decode(), now)
+            progress(len(completed), total, "completed")
     finally:
         await consumer.stop()
 
@@ -147,9 +145,9 @@ def sampler_for(stack: Stack, interval_s: float = 2.0) -> Sampler:
 async def measure(
     stack: Stack, subjects: list[dict[str, Any]], rate: float, prefix: str, timeout_s: float
 ) -> tuple[Run, float]:
-    run = Run()
+    completed: dict[str, float] = {}
     stop = asyncio.Event()
-    listener = asyncio.create_task(listen(stack, run, prefix, len(subjects), stop))
+    listener = asyncio.create_task(listen(stack, completed, prefix, len(subjects), stop))
     await asyncio.sleep(3)  # the listener joins its group
     start = time.monotonic()
     bodies = [
@@ -157,13 +155,12 @@ async def measure(
         for i, subject in enumerate(subjects)
     ]
     sent = await submit_in_process(stack.api_url, stack.secrets.admin_token, bodies, rate)
-    run.submitted, run.http_ms, run.shed, run.errors = sent.submitted, sent.http_ms, sent.shed, sent.errors
     deadline = time.monotonic() + timeout_s
-    while set(run.submitted) - set(run.completed) and time.monotonic() < deadline:  # noqa: ASYNC110
+    while set(sent.submitted) - set(completed) and time.monotonic() < deadline:  # noqa: ASYNC110
         await asyncio.sleep(0.2)
     stop.set()
     await listener
-    run.completed = {r: t for r, t in run.completed.items() if r in run.submitted}
+    run = Run(**vars(sent), completed={r: t for r, t in completed.items() if r in sent.submitted})
     sys.stderr.write("\n")
     return run, time.monotonic() - start
 

@@ -87,7 +87,6 @@ def _publish_description(app: FastAPI, development: bool) -> None:
 
 
 def create_app(lifespan: Lifespan | None, limits: ApiLimits, development: bool = False) -> FastAPI:
-    load = Load()
     app = FastAPI(
         title="Lethe",
         version="1",
@@ -116,7 +115,7 @@ def create_app(lifespan: Lifespan | None, limits: ApiLimits, development: bool =
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     # Admission inside the body limit (which caps the body it reads), before authentication.
-    app.add_middleware(Admission, limits=limits.admission, load=load)
+    app.add_middleware(Admission, limits=limits.admission, load=Load())
     app.add_middleware(BodySizeLimit, max_bytes=limits.max_body_bytes)
     _publish_description(app, development)
 
