@@ -20,9 +20,10 @@ wait a few seconds rather than miss a hold acknowledged just before the broker f
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
@@ -82,7 +83,8 @@ class HoldsView:
                 group_id=None,
                 enable_auto_commit=False,
                 auto_offset_reset="earliest",
-                fetch_max_wait_ms=max(self.kafka.fetch_max_wait_ms, 100),  # cold: idle most of the time
+                # Paused between refreshes (see _reading), so a short wait costs no idle polling.
+                fetch_max_wait_ms=self.kafka.fetch_max_wait_ms,
             )
         await consumer.start()
         self._consumer = consumer
@@ -96,6 +98,7 @@ class HoldsView:
         self._partitions = [TopicPartition(topics.HOLDS, p) for p in sorted(partitions)]
         if self._partitions:
             consumer.assign(self._partitions)
+            consumer.pause(*self._partitions)
             await consumer.seek_to_beginning(*self._partitions)
 
     async def stop(self) -> None:
@@ -176,7 +179,8 @@ class HoldsView:
         self._ends = dict(end)
         deadline = time.monotonic() + CATCH_UP_S
         while behind := [tp for tp in self._partitions if await consumer.position(tp) < end[tp]]:
-            batches = await fetching.fetch_in_order(consumer, timeout_ms=100)
+            with _reading(consumer, behind):
+                batches = await fetching.fetch_in_order(consumer, timeout_ms=100)
             for records in batches.values():
                 for record in records:
                     self._apply(record)
@@ -220,7 +224,8 @@ class HoldsView:
         fetching.forget(consumer, tp)
         consumer.seek(tp, offset)
         for _ in range(10):
-            records = (await consumer.getmany(tp, timeout_ms=100)).get(tp, [])
+            with _reading(consumer, [tp]):
+                records = (await consumer.getmany(tp, timeout_ms=100)).get(tp, [])
             if records:
                 fetching.forget(consumer, tp)
                 consumer.seek(tp, offset + 1)  # what follows is read by the catch-up, in order
@@ -259,3 +264,16 @@ class HoldsView:
         current = self._holds.get(message.hold_id)
         if current is None or message.version > current[0].version:
             self._holds[message.hold_id] = (message, identities)
+
+
+@contextlib.contextmanager
+def _reading(consumer: AIOKafkaConsumer, partitions: list[TopicPartition]) -> Iterator[None]:
+    """The holds partitions are fetched only while a refresh reads them. Left fetchable, the
+    consumer keeps a long poll waiting on its connection, and the broker answers a connection's
+    requests in order: each refresh's end-offsets request waited behind it (83 ms at the median
+    on tansu in a soak, before every batch of every worker)."""
+    consumer.resume(*partitions)
+    try:
+        yield
+    finally:
+        consumer.pause(*partitions)

@@ -39,6 +39,8 @@ class ScriptedLog:
         self.entries: list[tuple[bytes, bytes] | None] = []
         self.at = 0
         self.answering = True
+        self.paused: set[TopicPartition] = set()
+        self.asked_behind_a_poll = 0  # end offsets asked while a fetch could be waiting
 
     def append(self, key: str, message: HoldUpdated | HoldsAnnounced | None) -> None:
         self.entries.append(None if message is None else (key.encode(), encode(message)))
@@ -55,6 +57,12 @@ class ScriptedLog:
 
     def assign(self, partitions: list[TopicPartition]) -> None: ...
 
+    def pause(self, *partitions: TopicPartition) -> None:
+        self.paused.update(partitions)
+
+    def resume(self, *partitions: TopicPartition) -> None:
+        self.paused.difference_update(partitions)
+
     async def seek_to_beginning(self, *partitions: TopicPartition) -> None:
         self.at = 0
 
@@ -67,12 +75,16 @@ class ScriptedLog:
     async def end_offsets(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
         if not self.answering:
             raise TimeoutError
+        if TP not in self.paused:  # aiokafka would have a long poll on the connection before it
+            self.asked_behind_a_poll += 1
         return {TP: len(self.entries)}
 
     async def getmany(
         self, *partitions: TopicPartition, timeout_ms: int = 0
     ) -> dict[TopicPartition, list[Any]]:
         out = []
+        if TP in self.paused:
+            return {}
         while self.answering and self.at < len(self.entries) and self.entries[self.at]:
             key, value = self.entries[self.at]  # type: ignore[misc]
             out.append(Record(self.at, key, value))
@@ -245,3 +257,21 @@ async def test_a_refresh_in_progress_leaves_what_the_last_one_read_in_force() ->
     log.release.set()
     await running
     assert view.incomplete() is None
+
+
+async def test_the_view_asks_for_end_offsets_with_no_fetch_of_its_own_waiting() -> None:
+    """A broker answers one connection's requests in order: with the holds partitions fetchable
+    between refreshes, each refresh's end-offsets request queued behind the consumer's own long
+    poll (83 ms at the median in a soak, before every batch of every worker). They are fetched
+    only while a refresh reads them, and a refresh still reads what arrived since the last."""
+    log = ScriptedLog()
+    announce(log, hold("LIT-A"))
+    view = await view_on(log)
+    await view.refresh()
+    later = hold("LIT-B")
+    log.append(str(later.hold_id), later)
+    await view.refresh()
+    await view.refresh()
+    assert sorted(h.case_reference for h in await view.active("crm", T0)) == ["LIT-A", "LIT-B"]
+    assert log.paused == {TP}
+    assert log.asked_behind_a_poll == 0
