@@ -56,6 +56,7 @@ def _rows(classes: list[type[BaseSettings]]) -> dict[str, tuple[str, str, str]]:
 
 def all_settings() -> list[type[BaseSettings]]:
     """Every settings class of every service."""
+    from cli.shedding import SheddingSettings
     from services.directory.settings import LdapSettings
     from services.intake.notice_settings import NoticeSettings
     from services.intake.settings import IntakeSettings
@@ -80,6 +81,7 @@ def all_settings() -> list[type[BaseSettings]]:
         LdapSettings,
         RecordingsSettings,
         SuppressionSettings,
+        SheddingSettings,
     ]
 
 

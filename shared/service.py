@@ -14,6 +14,7 @@ from typing import Any
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings
 
+from shared.broker_memory import listen_for_nudges
 from shared.codec import describe_validation_error
 from shared.logs import configure_logging
 from shared.telemetry.health import HealthServer, Readiness
@@ -61,6 +62,7 @@ def run_service(name: str, main: Callable[[asyncio.Event], Coroutine[Any, Any, N
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         loop.add_signal_handler(signal.SIGUSR1, dump_tasks)  # where each task waits, in the log
+        listen_for_nudges(loop)  # SIGUSR2: check the broker now
         health = None
         port = os.environ.get("LETHE_METRICS_PORT")
         if port:

@@ -23,7 +23,7 @@ from aiokafka import AIOKafkaProducer
 
 from services.intake import holds, store
 from shared import fetching, topics
-from shared.broker_memory import BrokerMemory
+from shared.broker_memory import BrokerMemory, until_next_check
 from shared.crypto import IdentifierSeal
 from shared.delivery import TRANSIENT
 from shared.kafka import ensure_topics
@@ -67,8 +67,7 @@ class BrokerWatch:
                 log.warning("broker check skipped", extra={"error": type(exc).__name__})
             except Exception:  # never die quietly: a dead check would leave a loss unrepaired
                 log.exception("broker check failed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), self.settings.broker_check_s)
+            await until_next_check(stopping, self.settings.broker_check_s)
 
     async def check(self, memory: BrokerMemory) -> None:
         if await memory.forgotten():

@@ -15,7 +15,7 @@ from services.tracker import forgetting, recipients, recovery, schedule, store
 from services.tracker.handlers import CONSUMED, Tracker, handle, handle_group
 from services.tracker.settings import TrackerSettings
 from shared import fetching, topics
-from shared.broker_memory import SENTINEL_DDL, BrokerMemory
+from shared.broker_memory import SENTINEL_DDL, BrokerMemory, until_next_check
 from shared.db import apply_schema, create_pool, ensure_database
 from shared.delivery import TRANSIENT, Publisher, consume_forever
 from shared.kafka import ensure_topics, make_consumer, make_producer, start_with_retry, warn_if_unencrypted
@@ -37,10 +37,20 @@ log = logging.getLogger("lethe.tracker")
 FORGET_EVERY_S = 60.0
 
 
+async def pause(stopping: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stopping.wait(), seconds)
+
+
 async def every(
-    seconds: float, stopping: asyncio.Event, what: str, work: Callable[[], Awaitable[None]]
+    seconds: float,
+    stopping: asyncio.Event,
+    what: str,
+    work: Callable[[], Awaitable[None]],
+    wait: Callable[[asyncio.Event, float], Awaitable[None]] = pause,
 ) -> None:
-    """Run `work` now and every `seconds`; a database or broker that is away skips a turn."""
+    """Run `work` now and every `seconds` (or when `wait` returns sooner); a database or broker
+    that is away skips a turn."""
     while not stopping.is_set():
         try:
             with quiet():
@@ -49,8 +59,7 @@ async def every(
             log.warning(f"{what} skipped", extra={"error": type(exc).__name__})
         except Exception:  # never die quietly: timeouts and recovery depend on this loop
             log.exception(f"{what} failed")
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stopping.wait(), seconds)
+        await wait(stopping, seconds)
 
 
 async def tick(pool: asyncpg.Pool, settings: TrackerSettings) -> None:
@@ -110,6 +119,7 @@ async def main(stop: asyncio.Event) -> None:
                 stop,
                 "broker check",
                 lambda: check_broker(memory, pool, kafka, settings),
+                until_next_check,  # or at once when the embedded stack restarted the broker
             )
         ),
     ]

@@ -27,7 +27,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared import fetching, topics
-from shared.broker_memory import BrokerMemory
+from shared.broker_memory import BrokerMemory, until_next_check
 from shared.codec import PoisonMessage, decode, encode
 from shared.contracts import SUBJECT_COMMAND, OutcomeReported, SubjectCommand
 from shared.crypto import IdentifierSeal, IdentifierSealError
@@ -179,8 +179,7 @@ class WorkerRuntime:
                     await memory.remember()
             except TRANSIENT as exc:
                 log.warning("broker check skipped", extra={"error": type(exc).__name__})
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stopping.wait(), self.broker_check_s)
+            await until_next_check(self.stopping, self.broker_check_s)
 
     async def _refresh_holds(self) -> None:
         """Before each batch and every few seconds. A broker that cannot be asked leaves the

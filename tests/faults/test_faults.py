@@ -17,6 +17,7 @@ import httpx
 import pytest
 
 from cli.processes import stop
+from cli.shedding import SheddingSettings
 from cli.stack import Stack
 from shared import topics
 from shared.kafka import make_producer
@@ -145,4 +146,23 @@ def test_poison_messages_interleaved_with_valid_ones(stack: Stack, api: httpx.Cl
 def test_same_requests_submitted_twice_concurrently(stack: Stack, api: httpx.Client) -> None:
     batch = prepare(stack, api, "twice")
     submit(api, batch, range(len(batch.ids)), copies=2)
+    finish(stack, api, batch)
+
+
+def test_broker_history_shed_while_quiet(stack: Stack, api: httpx.Client) -> None:
+    """The embedded stack starts its broker again, empty, once it is past its memory limit and
+    nothing has been produced for a while (cli/shedding.py). Holds placed before the shed stand
+    after it, and requests sent after it complete with exact counts: nothing was lost that the
+    services did not put back."""
+    batch = prepare(stack, api, "shed")
+    kept, sheds = stack.shedder.settings, stack.sheds
+    stack.shedder.settings = SheddingSettings.model_validate({"mb": 1, "quiet_s": 2})
+    try:
+        deadline = time.monotonic() + 60
+        while stack.sheds == sheds:
+            assert time.monotonic() < deadline, "the broker was not shed while quiet"
+            time.sleep(0.2)
+    finally:
+        stack.shedder.settings = kept
+    submit(api, batch, range(len(batch.ids)))
     finish(stack, api, batch)

@@ -1,0 +1,65 @@
+"""When the embedded stack sheds its broker's history (cli/shedding.py), and how a service is
+told to check the broker at once."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from cli.shedding import Shedder, SheddingSettings, rss_mb
+from cli.stack import Stack, StackConfig
+from shared import broker_memory
+
+
+def shedder(mb: int = 100, quiet_s: float = 10) -> Shedder:
+    return Shedder(SheddingSettings.model_validate({"mb": mb, "quiet_s": quiet_s}))
+
+
+def test_only_past_the_limit() -> None:
+    assert not shedder().over(99.9)
+    assert shedder().over(100)
+    assert not shedder(mb=0).over(10_000)  # 0: never
+
+
+def test_only_once_nothing_was_produced_for_the_quiet_time() -> None:
+    s = shedder(quiet_s=10)
+    assert not s.observe(500, now=0)
+    assert not s.observe(500, now=9)
+    assert not s.observe(501, now=9.5)  # a message: the quiet starts again
+    assert not s.observe(501, now=19)
+    assert s.observe(501, now=19.5)
+    s.shed()  # a new broker: its offsets start again
+    assert not s.observe(501, now=30)
+
+
+def test_a_bad_setting_names_its_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LETHE_BROKER_SHED_QUIET_S", "0")
+    with pytest.raises(RuntimeError, match="LETHE_BROKER_SHED_QUIET_S"):
+        Stack(StackConfig(state_dir=tmp_path))
+
+
+def test_memory_of_a_process() -> None:
+    assert rss_mb(os.getpid()) > 1
+    assert rss_mb(2**22 + 12345) == 0  # gone
+
+
+async def test_sigusr2_ends_the_wait_for_the_next_broker_check() -> None:
+    loop = asyncio.get_running_loop()
+    broker_memory.listen_for_nudges(loop)
+    try:
+        stopping = asyncio.Event()
+        started = time.monotonic()
+        loop.call_later(0.05, os.kill, os.getpid(), signal.SIGUSR2)
+        await broker_memory.until_next_check(stopping, 30)
+        assert time.monotonic() - started < 5
+        started = time.monotonic()  # the nudge was used up: the next wait is a whole one
+        await broker_memory.until_next_check(stopping, 0.2)
+        assert time.monotonic() - started >= 0.19
+    finally:
+        loop.remove_signal_handler(signal.SIGUSR2)
+        broker_memory._nudge = None
