@@ -44,7 +44,7 @@ EMBEDDED_KAFKA_ENV = {
     "LETHE_KAFKA_SESSION_TIMEOUT_MS": "2000",
     "LETHE_KAFKA_HEARTBEAT_INTERVAL_MS": "500",
     "LETHE_KAFKA_IDEMPOTENT_PRODUCER": "false",  # tansu has no idempotent producer
-    "LETHE_KAFKA_TOPIC_PARTITIONS": "4",
+    "LETHE_KAFKA_TOPIC_PARTITIONS": "16",  # fewer batches per partition: see README, Performance
     "LETHE_TRACKER_TICK_S": "1",
     # The embedded broker forgets everything when it restarts: notice soon.
     "LETHE_BROKER_CHECK_S": "2",
@@ -269,7 +269,9 @@ class Stack:
         self.shedder.shed()
         self.sheds += 1
         for name, process in list(self.processes.items()):
-            if name not in ("broker", "slapd") and process.poll() is None:
+            # Only to a service that is ready: before its handler is installed, SIGUSR2 would
+            # end it (one still starting checks the broker when it is up, anyway).
+            if name not in ("broker", "slapd") and process.poll() is None and self._ready_file(name).exists():
                 process.send_signal(signal.SIGUSR2)
 
     def _spawn_broker(self) -> subprocess.Popen[bytes]:

@@ -38,14 +38,33 @@ _PARTITION = 0  # one partition: a sentinel is one record, wherever it is
 
 
 _nudge: asyncio.Event | None = None
+_shed = False
 
 
 def listen_for_nudges(loop: asyncio.AbstractEventLoop) -> None:
-    """SIGUSR2 means "check the broker now": the embedded stack sends it when it has started its
-    broker again on purpose (cli/shedding.py), so that nobody waits out a check interval."""
+    """SIGUSR2 means "the broker was shed: check it now". The embedded stack sends it when it
+    has started its broker again on purpose, after nothing was produced for a while
+    (cli/shedding.py), so that nobody waits out a check interval."""
     global _nudge
     _nudge = asyncio.Event()
-    loop.add_signal_handler(signal.SIGUSR2, _nudge.set)
+    loop.add_signal_handler(signal.SIGUSR2, _nudged)
+
+
+def _nudged() -> None:
+    global _shed
+    _shed = True
+    if _nudge is not None:
+        _nudge.set()
+
+
+def shed_while_quiet() -> bool:
+    """Whether the embedded stack said it shed a quiet broker since the last call. Then what was
+    produced before the quiet spell has been read, and a recovery need not publish again a
+    whole window of finished requests (which, at the rate of a busy hour, would refill the new
+    broker as far as the old one and have it shed again)."""
+    global _shed
+    shed, _shed = _shed, False
+    return shed
 
 
 async def until_next_check(stopping: asyncio.Event, seconds: float) -> None:

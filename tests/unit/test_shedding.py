@@ -48,7 +48,7 @@ def test_memory_of_a_process() -> None:
     assert rss_mb(2**22 + 12345) == 0  # gone
 
 
-async def test_sigusr2_ends_the_wait_for_the_next_broker_check() -> None:
+async def test_sigusr2_ends_the_wait_for_the_next_broker_check_and_says_the_broker_was_shed() -> None:
     loop = asyncio.get_running_loop()
     broker_memory.listen_for_nudges(loop)
     try:
@@ -57,6 +57,9 @@ async def test_sigusr2_ends_the_wait_for_the_next_broker_check() -> None:
         loop.call_later(0.05, os.kill, os.getpid(), signal.SIGUSR2)
         await broker_memory.until_next_check(stopping, 30)
         assert time.monotonic() - started < 5
+        # The recovery it leads to publishes again only what finished just before the shed.
+        assert broker_memory.shed_while_quiet()
+        assert not broker_memory.shed_while_quiet()  # once: a later loss recovers in full
         started = time.monotonic()  # the nudge was used up: the next wait is a whole one
         await broker_memory.until_next_check(stopping, 0.2)
         assert time.monotonic() - started >= 0.19
