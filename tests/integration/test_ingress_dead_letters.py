@@ -14,7 +14,7 @@ from uuid import uuid4
 
 import asyncpg
 import pytest
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import ConsumerRecord
 
 from cli import dlq
 from services.intake import ingress
@@ -24,7 +24,7 @@ from shared.crypto import IdentifierSeal, IdentifierSealError, new_identifier_ke
 from shared.db import create_pool, ensure_database
 from shared.dead_letters import REPLAYED_FROM, open_letter
 from shared.delivery import Publisher, consume_forever
-from shared.kafka import client_options, ensure_topics, make_consumer, make_producer
+from shared.kafka import ensure_topics, make_consumer, make_producer
 from shared.settings import KafkaSettings
 
 pytestmark = pytest.mark.integration
@@ -40,29 +40,10 @@ async def tableless_db(fresh_db: str) -> AsyncIterator[asyncpg.Pool]:
     await pool.close()
 
 
-async def read_all(broker: KafkaSettings, topic: str) -> list[ConsumerRecord[bytes, bytes]]:
-    """Every record of `topic` up to its end as it is now."""
-    consumer = AIOKafkaConsumer(**client_options(broker), enable_auto_commit=False)
-    await consumer.start()
-    try:
-        await consumer.topics()
-        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
-        end = await consumer.end_offsets(partitions)
-        found: list[ConsumerRecord[bytes, bytes]] = []
-        while [tp for tp in partitions if await consumer.position(tp) < end[tp]]:
-            for records in (await consumer.getmany(timeout_ms=200)).values():
-                found += records
-        return found
-    finally:
-        await consumer.stop()
-
-
 async def dead_letter_of(broker: KafkaSettings, request_id: str) -> ConsumerRecord[bytes, bytes]:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        for record in await read_all(broker, topics.DEAD_LETTERS):
+        for record in await dlq.read_topic(broker, topics.DEAD_LETTERS):
             if dict(record.headers or ()).get("lethe-request-id") == request_id.encode():
                 return record
         await asyncio.sleep(0.2)
@@ -119,7 +100,7 @@ async def test_a_failed_submission_is_dead_lettered_sealed_and_replayed_as_it_ca
     assert [d.request_id for d in replayed] == [request_id]
     back = [
         r
-        for r in await read_all(broker, topics.INGRESS)
+        for r in await dlq.read_topic(broker, topics.INGRESS)
         if dict(r.headers or ()).get(REPLAYED_FROM) == f"{letter.partition}:{letter.offset}".encode()
     ]
     assert [(r.key, r.value) for r in back] == [(EMAIL, body)]
