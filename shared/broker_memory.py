@@ -16,6 +16,7 @@ import contextlib
 import logging
 import secrets
 import signal
+import time
 from dataclasses import dataclass
 
 import asyncpg
@@ -38,33 +39,31 @@ _PARTITION = 0  # one partition: a sentinel is one record, wherever it is
 
 
 _nudge: asyncio.Event | None = None
-_shed = False
+_told_at: float | None = None  # time.monotonic() of the last SIGUSR2
 
 
 def listen_for_nudges(loop: asyncio.AbstractEventLoop) -> None:
-    """SIGUSR2 means "the broker was shed: check it now". The embedded stack sends it when it
-    has started its broker again on purpose, after nothing was produced for a while
-    (cli/shedding.py), so that nobody waits out a check interval."""
+    """SIGUSR2 means "the broker is being shed: check it now". The embedded stack sends it
+    before and after it starts its broker again on purpose, once everything produced has been
+    read (cli/shedding.py), so that nobody waits out a check interval."""
     global _nudge
     _nudge = asyncio.Event()
     loop.add_signal_handler(signal.SIGUSR2, _nudged)
 
 
 def _nudged() -> None:
-    global _shed
-    _shed = True
+    global _told_at
+    _told_at = time.monotonic()
     if _nudge is not None:
         _nudge.set()
 
 
-def shed_while_quiet() -> bool:
-    """Whether the embedded stack said it shed a quiet broker since the last call. Then what was
-    produced before the quiet spell has been read, and a recovery need not publish again a
-    whole window of finished requests (which, at the rate of a busy hour, would refill the new
-    broker as far as the old one and have it shed again)."""
-    global _shed
-    shed, _shed = _shed, False
-    return shed
+def since_shed_notice() -> float | None:
+    """Seconds since the embedded stack last said it was shedding the broker; None if it never
+    did. Everything produced before the shed had been read, so a recovery need publish again
+    only what happened since (a busy hour's worth would refill the new broker as far as the old
+    one). Kept, not used up: a check racing the shed, or a later crash, still counts from it."""
+    return None if _told_at is None else time.monotonic() - _told_at
 
 
 async def until_next_check(stopping: asyncio.Event, seconds: float) -> None:

@@ -15,7 +15,7 @@ from services.tracker import forgetting, recipients, recovery, schedule, store
 from services.tracker.handlers import CONSUMED, Tracker, handle, handle_group
 from services.tracker.settings import TrackerSettings
 from shared import fetching, topics
-from shared.broker_memory import SENTINEL_DDL, BrokerMemory, shed_while_quiet, until_next_check
+from shared.broker_memory import SENTINEL_DDL, BrokerMemory, since_shed_notice, until_next_check
 from shared.db import apply_schema, create_pool, ensure_database
 from shared.delivery import TRANSIENT, Publisher, consume_forever
 from shared.kafka import ensure_topics, make_consumer, make_producer, start_with_retry, warn_if_unencrypted
@@ -35,8 +35,9 @@ from shared.telemetry.messaging import quiet
 
 log = logging.getLogger("lethe.tracker")
 FORGET_EVERY_S = 60.0
-# After the embedded stack shed a quiet broker, requests finished this recently are published
-# again (the quiet spell is at least a second; intake reads within a tenth of one).
+# After the embedded stack shed a broker whose every message had been read, requests finished
+# this long before its notice, or since, are published again (the quiet spell before a shed is
+# at least a second; intake reads within a tenth of one).
 SHED_RECOVERY_WINDOW_S = 60.0
 
 
@@ -85,14 +86,14 @@ async def forget(pool: asyncpg.Pool, settings: TrackerSettings) -> None:
 async def check_broker(
     memory: BrokerMemory, pool: asyncpg.Pool, kafka: KafkaSettings, settings: TrackerSettings
 ) -> None:
-    shed = shed_while_quiet()  # asked at every check: a stale notice must not shorten a later one
     if await memory.forgotten():
         log.warning("the broker forgot what it was sent: re-sending what the sagas wait for")
         await ensure_topics(kafka, topics.all_topics())
         await fetching.rewind_all()
         window = settings.recovery_window_s
-        if shed:
-            window = min(window, SHED_RECOVERY_WINDOW_S)
+        since = since_shed_notice()
+        if since is not None:  # what finished before a shed was read: only what came after
+            window = min(window, SHED_RECOVERY_WINDOW_S + since)
         await recovery.recover(pool, datetime.now(UTC), timedelta(seconds=window))
         await memory.remember()
 

@@ -33,8 +33,23 @@ def test_only_once_nothing_was_produced_for_the_quiet_time() -> None:
     assert not s.observe(501, now=9.5)  # a message: the quiet starts again
     assert not s.observe(501, now=19)
     assert s.observe(501, now=19.5)
+    assert not s.observe(None, now=20)  # the broker could not say: the quiet starts again
+    assert not s.observe(501, now=25)
+    assert s.observe(501, now=35)
     s.shed()  # a new broker: its offsets start again
-    assert not s.observe(501, now=30)
+    assert not s.observe(501, now=36)
+
+
+def test_asked_only_past_the_limit_and_while_the_memory_stays_still() -> None:
+    s = shedder(mb=100)
+    assert not s.worth_asking(99)
+    assert s.worth_asking(100)
+    assert not s.observe(7, now=0)
+    assert s.worth_asking(100.5)  # still: allocator noise
+    assert not s.worth_asking(110)  # growing: the broker is being given work, and the quiet is reset
+    assert s.worth_asking(110)
+    assert not s.observe(7, now=100)  # counted from here, not from the first look
+    assert s.observe(7, now=110)
 
 
 def test_a_bad_setting_names_its_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -57,12 +72,15 @@ async def test_sigusr2_ends_the_wait_for_the_next_broker_check_and_says_the_brok
         loop.call_later(0.05, os.kill, os.getpid(), signal.SIGUSR2)
         await broker_memory.until_next_check(stopping, 30)
         assert time.monotonic() - started < 5
-        # The recovery it leads to publishes again only what finished just before the shed.
-        assert broker_memory.shed_while_quiet()
-        assert not broker_memory.shed_while_quiet()  # once: a later loss recovers in full
+        # The recovery it leads to publishes again only what finished since just before the
+        # shed, however much later it sees the empty broker.
+        since = broker_memory.since_shed_notice()
+        assert since is not None and 0 <= since < 5
+        await asyncio.sleep(0.1)
+        assert broker_memory.since_shed_notice() > since  # type: ignore[operator]
         started = time.monotonic()  # the nudge was used up: the next wait is a whole one
         await broker_memory.until_next_check(stopping, 0.2)
         assert time.monotonic() - started >= 0.19
     finally:
         loop.remove_signal_handler(signal.SIGUSR2)
-        broker_memory._nudge = None
+        broker_memory._nudge = broker_memory._told_at = None
