@@ -3,29 +3,38 @@
 tansu's memory storage keeps every message it was given, for ever: it applies no `retention.ms`
 and drops the connection on DeleteRecords (README, Performance). Its memory only grows (some
 45 MB a minute at 10 requests/s), and a fetch lists every batch stored in its partition. The
-embedded stack therefore starts it again, empty, once it holds more than `LETHE_BROKER_SHED_MB`
-and nothing has been produced for `LETHE_BROKER_SHED_QUIET_S`: then every consumer has read what
-there was, and nothing is lost that the services would have to send again. It tells each service
-at once (SIGUSR2: check the broker now), and they recover as from any broker loss: consumers
-rewound to the start of the new partitions, holds and unstarted requests announced again
-(README, Delivery guarantees). Under steady load it never sheds: a quiet moment is what makes a
-restart cost nothing.
+embedded stack therefore starts it again, empty, once all of this holds:
+- it holds more than `LETHE_BROKER_SHED_MB`, and its memory stopped growing;
+- nothing has been produced for `LETHE_BROKER_SHED_QUIET_S`;
+- every service is up and ready, and every one of Lethe's consumer groups has committed the end
+  of every partition it reads (shared/topics.consumer_groups): nothing is waiting to be read,
+  not a submission on the ingress topic nor a command due for a retry.
+The dead letters, which nobody reads in a group, are carried over to the new broker with the
+replay group's progress. Each service is told before and after (SIGUSR2: check the broker now)
+and recovers as from any broker loss: consumers rewound to the start of the new partitions,
+holds and sentinels placed again, the tracker's completions of the last minute published again
+(README, Delivery guarantees). Under steady load it never sheds.
 
 A reader outside Lethe (an upstream tool reading replies or completions from the embedded
-broker) sees its topics start again from offset 0, as after any restart of a memory-only broker.
+broker) sees its topics start again from offset 0, as after any restart of a memory-only broker,
+and what it had not read is gone: the HTTP API still answers for every request.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from cli.dlq import read_topic
+from shared import topics
 from shared.kafka import client_options
 from shared.settings import KafkaSettings
 
@@ -40,7 +49,8 @@ class SheddingSettings(BaseSettings):
         ge=0,
         le=1_000_000,
         description="The embedded broker is started again, empty, once its memory (RSS) passes this"
-        " many MB and nothing has been produced for LETHE_BROKER_SHED_QUIET_S; 0 never.",
+        " many MB, nothing has been produced for LETHE_BROKER_SHED_QUIET_S and every consumer group"
+        " has read all of it; 0 never.",
     )
     quiet_s: float = Field(
         10.0,
@@ -50,14 +60,20 @@ class SheddingSettings(BaseSettings):
     )
 
 
+# Memory that grew by more than this between two looks means the broker is being given work.
+GROWTH_MB = 1.0
+
+
 @dataclass
 class Shedder:
-    """The decision, apart from the measuring: `observe` is given the broker's memory and, while
-    that is over the limit, the total of its end offsets (anything produced moves it)."""
+    """The decision, apart from the measuring: `worth_asking` is given the broker's memory at
+    each look; while that is over the limit and still, `observe` is given the total of its end
+    offsets (anything produced moves it)."""
 
     settings: SheddingSettings
     _total: int | None = None
     _since: float = 0.0
+    _rss: float | None = None
 
     @property
     def enabled(self) -> bool:
@@ -66,16 +82,28 @@ class Shedder:
     def over(self, rss_mb: float) -> bool:
         return self.enabled and rss_mb >= self.settings.mb
 
-    def observe(self, produced: int, now: float) -> bool:
-        """Whether to shed now: `produced` has not moved for the quiet time."""
-        if produced != self._total:
+    def worth_asking(self, rss_mb: float) -> bool:
+        """Over the limit, and no bigger than at the last look. Under load the memory grows
+        between looks, and asking then for every partition's end would cost the busy broker a
+        listing of its whole history for nothing."""
+        grew = self._rss is not None and rss_mb > self._rss + GROWTH_MB
+        self._rss = rss_mb
+        if grew or not self.over(rss_mb):
+            self._total = None
+            return False
+        return True
+
+    def observe(self, produced: int | None, now: float) -> bool:
+        """Whether the broker has been quiet long enough: `produced` (None: the broker could
+        not say, so no quiet can be assumed) has not moved for the quiet time."""
+        if produced is None or produced != self._total:
             self._total, self._since = produced, now
             return False
         return now - self._since >= self.settings.quiet_s
 
     def shed(self) -> None:
-        """The broker was started again: what it had produced counts afresh."""
-        self._total = None
+        """The broker was started again: its memory and what it produced count afresh."""
+        self._total = self._rss = None
 
 
 def rss_mb(pid: int) -> float:
@@ -102,4 +130,106 @@ async def produced(kafka: KafkaSettings, names: list[str]) -> int | None:
         return None
     finally:
         with contextlib.suppress(Exception):
+            await consumer.stop()
+
+
+async def unread(kafka: KafkaSettings, groups: Mapping[str, Sequence[str]]) -> dict[str, int] | None:
+    """How many messages each of `groups` has yet to read: over every partition of its topics,
+    the end offset less what it committed (nothing committed: all of it), where a record is
+    there to be read. None if the broker cannot say. Asked with one member-less consumer per
+    group, which joins nothing."""
+    names = sorted({t for consumed in groups.values() for t in consumed})
+    probe = AIOKafkaConsumer(**client_options(kafka), group_id=None, enable_auto_commit=False)
+    try:
+        await probe.start()
+        await probe.topics()
+        ends = await probe.end_offsets(
+            [TopicPartition(n, p) for n in names for p in probe.partitions_for_topic(n) or ()]
+        )
+        left: dict[str, int] = {}
+        for group, consumed in groups.items():
+            mine = [tp for tp in ends if tp.topic in consumed and ends[tp] > 0]
+            behind = {
+                tp: done or 0
+                for tp, done in zip(mine, await _committed(kafka, group, mine), strict=True)
+                if (done or 0) < ends[tp]
+            }
+            there = await _readable(probe, behind)
+            left[group] = sum(ends[tp] - behind[tp] for tp in there)
+        return left
+    except (KafkaError, OSError, TimeoutError):
+        return None
+    finally:
+        with contextlib.suppress(Exception):
+            await probe.stop()
+
+
+async def _readable(probe: AIOKafkaConsumer, behind: dict[TopicPartition, int]) -> set[TopicPartition]:
+    """Of the partitions a group has not read to their end, those with a record there to read.
+    tansu, in the burst after a restart, can count a message in a partition's end offset and
+    lose it: nothing fills that tail, and no consumer can commit past it. Asked only once
+    nothing has been produced for the quiet time, so a record not readable now never will be."""
+    if not behind:
+        return set()
+    probe.assign(list(behind))
+    for tp, offset in behind.items():
+        probe.seek(tp, offset)
+    there: set[TopicPartition] = set()
+    for _ in range(2):
+        batches = await probe.getmany(timeout_ms=500)
+        there |= {tp for tp, records in batches.items() if any(r.offset >= behind[tp] for r in records)}
+    return there
+
+
+async def _committed(kafka: KafkaSettings, group: str, partitions: list[TopicPartition]) -> list[int | None]:
+    if not partitions:
+        return []
+    consumer = AIOKafkaConsumer(**client_options(kafka), group_id=group, enable_auto_commit=False)
+    try:
+        await consumer.start()  # not subscribed: asks the group's coordinator, joins nothing
+        return list(await asyncio.gather(*(consumer.committed(tp) for tp in partitions)))
+    finally:
+        with contextlib.suppress(Exception):
+            await consumer.stop()
+
+
+async def keep_dead_letters(
+    kafka: KafkaSettings,
+) -> tuple[list[ConsumerRecord[bytes, bytes]], dict[int, int]]:
+    """The dead letters, and how far `lethe dlq replay` got in each partition, before a shed."""
+    letters = await read_topic(kafka, topics.DEAD_LETTERS)
+    partitions = sorted({r.partition for r in letters})
+    committed = await _committed(
+        kafka, topics.DLQ_REPLAY_GROUP, [TopicPartition(topics.DEAD_LETTERS, p) for p in partitions]
+    )
+    return letters, {p: c for p, c in zip(partitions, committed, strict=True) if c}
+
+
+async def restore_dead_letters(
+    kafka: KafkaSettings, letters: list[ConsumerRecord[bytes, bytes]], replayed: dict[int, int]
+) -> None:
+    """Into the new, empty broker, each to its partition in its order: every letter gets the
+    offset it had (tansu's offsets start at 0 and have no gaps), so the replay group's progress
+    means what it meant and `replay --all` does not send a letter back twice."""
+    if not letters:
+        return
+    producer = AIOKafkaProducer(**client_options(kafka), acks="all")
+    await producer.start()
+    try:
+        for r in letters:
+            await producer.send_and_wait(
+                topics.DEAD_LETTERS, r.value, key=r.key, partition=r.partition, headers=list(r.headers)
+            )
+    finally:
+        await producer.stop()
+    if replayed:
+        consumer = AIOKafkaConsumer(
+            **client_options(kafka), group_id=topics.DLQ_REPLAY_GROUP, enable_auto_commit=False
+        )
+        await consumer.start()
+        try:
+            parts = {TopicPartition(topics.DEAD_LETTERS, p): o for p, o in replayed.items()}
+            consumer.assign(list(parts))
+            await consumer.commit(parts)
+        finally:
             await consumer.stop()

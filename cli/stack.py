@@ -25,11 +25,19 @@ from cryptography.fernet import Fernet
 from pydantic import ValidationError
 
 from cli.processes import free_port, port_open, spawn, stop, wait_for_port
-from cli.shedding import Shedder, SheddingSettings, produced, rss_mb
+from cli.shedding import (
+    Shedder,
+    SheddingSettings,
+    keep_dead_letters,
+    produced,
+    restore_dead_letters,
+    rss_mb,
+    unread,
+)
 from cli.slapd import start_slapd
 from shared.kafka import ensure_topics
 from shared.settings import KafkaSettings
-from shared.topics import SYSTEMS, all_topics
+from shared.topics import SYSTEMS, all_topics, consumer_groups
 
 SERVICES = ("intake", "tracker", *SYSTEMS)
 SHED_CHECK_S = 2.0  # how often the broker's memory is looked at (and, past the limit, its offsets)
@@ -128,8 +136,14 @@ class Stack:
     config: StackConfig
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     secrets: Secrets = field(init=False)
+    # Stopping: no broker is started again from here on. Done: the supervisor thread may end,
+    # which kills what it spawned (PR_SET_PDEATHSIG is the spawning thread's), so only once the
+    # services are stopped.
     _stopping: threading.Event = field(default_factory=threading.Event, init=False)
+    _done: threading.Event = field(default_factory=threading.Event, init=False)
     _supervisor: threading.Thread | None = field(default=None, init=False)
+    # Held by whoever stops or starts the broker: the supervisor, a test's restart_broker, stop.
+    _broker_lock: threading.RLock = field(default_factory=threading.RLock, init=False)
 
     def __post_init__(self) -> None:
         self.config.state_dir.mkdir(parents=True, exist_ok=True)
@@ -140,6 +154,7 @@ class Stack:
         self.recordings_dir = self.config.state_dir / "recordings"
         self.shedder = Shedder(self.shedding_settings())  # a bad setting stops the stack here
         self.sheds = 0
+        self.unread: dict[str, int] | None = None  # by consumer group, at the last look (cli/shedding.py)
 
     # -- addresses -------------------------------------------------------------------------
     def database_url(self, service: str) -> str:
@@ -235,39 +250,60 @@ class Stack:
         `stop`) is out of `processes` meanwhile, and a paused one has not exited. Past its
         memory limit and quiet, it is shed (cli/shedding.py)."""
         checked = time.monotonic()
-        while not self._stopping.wait(0.5):
-            broker = self.processes.get("broker")
-            if broker is None:
-                continue
-            if broker.poll() is not None:
-                print(f"the broker exited ({broker.returncode}): starting it again", file=sys.stderr)
-                self.processes["broker"] = self._spawn_broker()
-                self.shedder.shed()
-            elif time.monotonic() - checked >= SHED_CHECK_S:
-                checked = time.monotonic()
-                self._shed_if_due(broker)
+        while not self._done.wait(0.5):
+            try:
+                with self._broker_lock:
+                    broker = self.processes.get("broker")
+                    if self._stopping.is_set() or broker is None:
+                        continue
+                    if broker.poll() is not None:
+                        print(f"the broker exited ({broker.returncode}): starting it again", file=sys.stderr)
+                        self.processes["broker"] = self._spawn_broker()
+                        self.shedder.shed()
+                    elif time.monotonic() - checked >= SHED_CHECK_S:
+                        checked = time.monotonic()
+                        self._shed_if_due(broker)
+            except Exception as exc:  # the thread's end would take the broker it spawned with it
+                print(f"broker supervision: {type(exc).__name__}: {exc}", file=sys.stderr)
 
     def _shed_if_due(self, broker: subprocess.Popen[bytes]) -> None:
         memory = rss_mb(broker.pid)
-        if not self.shedder.over(memory):
+        if not self.shedder.worth_asking(memory):
             return
         total = asyncio.run(produced(self.kafka_settings(), all_topics()))
-        if total is None or not self.shedder.observe(total, time.monotonic()):
+        if not self.shedder.observe(total, time.monotonic()) or not self._services_ready():
             return
+        self.unread = asyncio.run(unread(self.kafka_settings(), consumer_groups()))
+        if self.unread is None or any(self.unread.values()):
+            return  # a service is behind (its database down, say): what it has not read would go
         print(
-            f"the broker holds {memory:.0f} MB and nothing was produced for"
-            f" {self.shedder.settings.quiet_s:.0f} s: starting it again, empty",
+            f"the broker holds {memory:.0f} MB, nothing was produced for"
+            f" {self.shedder.settings.quiet_s:.0f} s and all of it was read: starting it again, empty",
             file=sys.stderr,
         )
         self.shed_broker()
 
+    def _services_ready(self) -> bool:
+        return all(
+            s in self.processes and self.processes[s].poll() is None and self._ready_file(s).exists()
+            for s in self.config.services
+        )
+
     def shed_broker(self) -> None:
-        """Start the broker again, empty, and have every service check it at once (SIGUSR2)
-        rather than at its next check: they recover as from any broker loss."""
-        self.restart_broker()
-        asyncio.run(ensure_topics(self.kafka_settings(), all_topics()))
-        self.shedder.shed()
-        self.sheds += 1
+        """Start the broker again, empty, with its dead letters, telling every service before
+        (a recovery that sees the empty broker before the second word knows it was a shed) and
+        after (check it now, rather than at the next check); they recover as from any broker loss."""
+        with self._broker_lock:
+            letters = asyncio.run(keep_dead_letters(self.kafka_settings()))
+            self._tell_services()
+            self.restart_broker()
+            asyncio.run(ensure_topics(self.kafka_settings(), all_topics()))
+            asyncio.run(restore_dead_letters(self.kafka_settings(), *letters))
+            self.shedder.shed()
+            self.sheds += 1
+            self._tell_services()
+
+    def _tell_services(self) -> None:
         for name, process in list(self.processes.items()):
             # Only to a service that is ready: before its handler is installed, SIGUSR2 would
             # end it (one still starting checks the broker when it is up, anyway).
@@ -294,11 +330,12 @@ class Stack:
     def restart_broker(self) -> None:
         """Kill the broker and start it again: with memory storage it comes back with no topics
         and no consumer groups, as after a crash (the services are left to notice)."""
-        broker = self.processes.pop("broker")
-        broker.kill()
-        broker.wait()
-        self.processes["broker"] = broker = self._spawn_broker()
-        wait_for_port(self.config.kafka_port, "broker", broker)
+        with self._broker_lock:
+            broker = self.processes.pop("broker")
+            broker.kill()
+            broker.wait()
+            self.processes["broker"] = broker = self._spawn_broker()
+            wait_for_port(self.config.kafka_port, "broker", broker)
 
     def start_slapd(self) -> None:
         """Starts slapd on its directory as it is: a restart keeps the entries."""
@@ -382,10 +419,12 @@ class Stack:
 
     def stop(self) -> None:
         """Services first (they finish their batch and commit), then the broker and slapd."""
-        self._stopping.set()
-        if self._supervisor is not None:  # a shed under way finishes before the broker stops
-            self._supervisor.join(timeout=60)
+        with self._broker_lock:  # a shed under way finishes first; none starts after
+            self._stopping.set()
         self.stop_services()
+        self._done.set()
+        if self._supervisor is not None:
+            self._supervisor.join(timeout=60)
         for name in ("broker", "slapd"):
             process = self.processes.pop(name, None)
             if process is not None:

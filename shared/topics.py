@@ -108,3 +108,19 @@ def worker_group(system: str) -> str:
 
 def worker_retry_group(system: str) -> str:
     return f"{worker_group(system)}-retry"
+
+
+def consumer_groups(systems: tuple[str, ...] = SYSTEMS) -> dict[str, tuple[str, ...]]:
+    """Each of Lethe's consumer groups and the topics it consumes (the services' subscriptions;
+    a test keeps them equal to shared/access.py). What each has committed against the topics'
+    ends says whether everything produced has been read (cli/shedding.py)."""
+    groups: dict[str, tuple[str, ...]] = {
+        INGRESS_GROUP: (INGRESS,),
+        INTAKE_STATUS_GROUP: (REQUEST_STATUS,),
+        NOTICES_GROUP: (NOTICES,),
+        TRACKER_GROUP: TRACKER_CONSUMES,
+    }
+    for system in systems:
+        groups[worker_group(system)] = (command_topic(system),)
+        groups[worker_retry_group(system)] = (retry_topic(system),)
+    return groups

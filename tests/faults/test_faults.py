@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from cli import dlq
 from cli.processes import stop
 from cli.shedding import SheddingSettings
 from cli.stack import Stack
@@ -149,20 +150,46 @@ def test_same_requests_submitted_twice_concurrently(stack: Stack, api: httpx.Cli
     finish(stack, api, batch)
 
 
-def test_broker_history_shed_while_quiet(stack: Stack, api: httpx.Client) -> None:
-    """The embedded stack starts its broker again, empty, once it is past its memory limit and
-    nothing has been produced for a while (cli/shedding.py). Holds placed before the shed stand
-    after it, and requests sent after it complete with exact counts: nothing was lost that the
-    services did not put back."""
+def test_broker_history_shed_only_once_everything_was_read(stack: Stack, api: httpx.Client) -> None:
+    """The embedded stack starts its broker again, empty, once it is past its memory limit,
+    nothing has been produced for a while and every consumer group has read it all
+    (cli/shedding.py). Not while intake, alive and ready, has an upstream submission unread on
+    the ingress topic; the dead letters are carried over; holds placed before the shed stand
+    after it, and requests complete with exact counts: nothing was lost."""
     batch = prepare(stack, api, "shed")
+    kafka = stack.kafka_settings()
+    before = len(asyncio.run(dlq.list_dead_letters(kafka)))
+    asyncio.run(_poison(stack, 5))
+    deadline = time.monotonic() + 30
+    while len(letters := asyncio.run(dlq.list_dead_letters(kafka))) < before + 5:
+        assert time.monotonic() < deadline, "the poison was not dead-lettered"
+        time.sleep(0.5)
     kept, sheds = stack.shedder.settings, stack.sheds
-    stack.shedder.settings = SheddingSettings.model_validate({"mb": 1, "quiet_s": 2})
+    intake = stack.processes["intake"]
+    intake.send_signal(signal.SIGSTOP)  # alive and ready, reading nothing
+    try:
+        asyncio.run(_submit_on_ingress(stack, batch.body(0)))
+        stack.shedder.settings = SheddingSettings.model_validate({"mb": 1, "quiet_s": 2})
+        time.sleep(10)
+        assert stack.sheds == sheds, "shed with a submission unread"
+    finally:
+        intake.send_signal(signal.SIGCONT)
     try:
         deadline = time.monotonic() + 60
         while stack.sheds == sheds:
-            assert time.monotonic() < deadline, "the broker was not shed while quiet"
+            assert time.monotonic() < deadline, f"not shed once all was read: {stack.unread}"
             time.sleep(0.2)
     finally:
         stack.shedder.settings = kept
-    submit(api, batch, range(len(batch.ids)))
+    assert asyncio.run(dlq.list_dead_letters(kafka)) == letters
+    submit(api, batch, range(1, len(batch.ids)))
     finish(stack, api, batch)
+
+
+async def _submit_on_ingress(stack: Stack, body: dict[str, object]) -> None:
+    producer = make_producer(stack.kafka_settings())
+    await producer.start()
+    try:
+        await producer.send_and_wait(topics.INGRESS, json.dumps(body).encode(), key=b"upstream")
+    finally:
+        await producer.stop()

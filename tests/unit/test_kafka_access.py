@@ -64,6 +64,21 @@ def test_the_tracker_reads_what_it_handles() -> None:
     assert set(CONSUMED) == set(topics.TRACKER_CONSUMES) <= access.services()["tracker"].read
 
 
+def test_the_groups_whose_reading_a_shed_waits_for_are_every_services_groups_on_what_it_reads() -> None:
+    """cli/shedding.py sheds the broker only once these groups have read their topics: a
+    group left out, or a topic, would have its unread messages dropped with the old broker."""
+    grants = access.services().values()
+    expected = set().union(*(g.groups for g in grants))
+    assert set(topics.consumer_groups()) == expected
+    for group, consumed in topics.consumer_groups().items():
+        owner = next(g for g in grants if group in g.groups)
+        assert set(consumed) <= owner.read, group
+    # Every topic a service reads is in some group's list but sentinels (each service reads its
+    # own by assignment, and places it again after a shed).
+    read_in_groups = set().union(*(g.read for g in grants)) - {topics.SENTINELS}
+    assert read_in_groups == {t for ts in topics.consumer_groups().values() for t in ts}
+
+
 def test_grants_name_only_topics_that_exist() -> None:
     every = [*access.services().values(), access.UPSTREAM, access.operator()]
     assert all(g.read | g.write <= set(topics.all_topics()) for g in every)
