@@ -276,12 +276,12 @@ class Stack:
         self.unread = asyncio.run(unread(self.kafka_settings(), consumer_groups()))
         if self.unread is None or any(self.unread.values()):
             return  # a service is behind (its database down, say): what it has not read would go
-        print(
-            f"the broker holds {memory:.0f} MB, nothing was produced for"
-            f" {self.shedder.settings.quiet_s:.0f} s and all of it was read: starting it again, empty",
-            file=sys.stderr,
-        )
-        self.shed_broker()
+        if self.shed_broker(unless_produced_past=total):
+            print(
+                f"the broker held {memory:.0f} MB, nothing was produced for"
+                f" {self.shedder.settings.quiet_s:.0f} s and all of it was read: started it again, empty",
+                file=sys.stderr,
+            )
 
     def _services_ready(self) -> bool:
         return all(
@@ -289,12 +289,20 @@ class Stack:
             for s in self.config.services
         )
 
-    def shed_broker(self) -> None:
+    def shed_broker(self, unless_produced_past: int | None = None) -> bool:
         """Start the broker again, empty, with its dead letters, telling every service before
         (a recovery that sees the empty broker before the second word knows it was a shed) and
-        after (check it now, rather than at the next check); they recover as from any broker loss."""
+        after (check it now, rather than at the next check); they recover as from any broker
+        loss. Not if its end offsets have moved past `unless_produced_past` since they were
+        looked at: the last look is taken just before the restart, so that what is produced
+        unread in between (an upstream submission arriving then) is a matter of milliseconds."""
         with self._broker_lock:
             letters = asyncio.run(keep_dead_letters(self.kafka_settings()))
+            if unless_produced_past is not None:
+                now = asyncio.run(produced(self.kafka_settings(), all_topics()))
+                if now != unless_produced_past:
+                    self.shedder.observe(now, time.monotonic())
+                    return False
             self._tell_services()
             self.restart_broker()
             asyncio.run(ensure_topics(self.kafka_settings(), all_topics()))
@@ -302,6 +310,7 @@ class Stack:
             self.shedder.shed()
             self.sheds += 1
             self._tell_services()
+            return True
 
     def _tell_services(self) -> None:
         for name, process in list(self.processes.items()):

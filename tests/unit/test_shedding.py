@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from cli import stack as stack_module
 from cli.shedding import Shedder, SheddingSettings, rss_mb
 from cli.stack import Stack, StackConfig
 from shared import broker_memory
@@ -84,3 +85,29 @@ async def test_sigusr2_ends_the_wait_for_the_next_broker_check_and_says_the_brok
     finally:
         loop.remove_signal_handler(signal.SIGUSR2)
         broker_memory._nudge = broker_memory._told_at = None
+
+
+def test_no_shed_if_anything_was_produced_since_the_look_before(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last look at the broker's end offsets is taken just before the restart: a message
+    produced after the checks (an upstream submission) stops the shed instead of being dropped."""
+    stack = Stack(StackConfig(state_dir=tmp_path))
+    ends = iter([11, 10])
+    restarts: list[str] = []
+
+    async def nothing(*_: object) -> tuple[list[object], dict[int, int]]:
+        return [], {}
+
+    async def end_offsets(*_: object) -> int:
+        return next(ends)
+
+    monkeypatch.setattr(stack_module, "keep_dead_letters", nothing)
+    monkeypatch.setattr(stack_module, "restore_dead_letters", nothing)
+    monkeypatch.setattr(stack_module, "ensure_topics", nothing)
+    monkeypatch.setattr(stack_module, "produced", end_offsets)
+    monkeypatch.setattr(stack, "restart_broker", lambda: restarts.append("broker"))
+    assert not stack.shed_broker(unless_produced_past=10)
+    assert restarts == [] and stack.sheds == 0
+    assert stack.shed_broker(unless_produced_past=10)
+    assert restarts == ["broker"] and stack.sheds == 1
