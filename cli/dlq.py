@@ -8,6 +8,7 @@ letter with its new error."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -74,10 +75,10 @@ async def _partitions(consumer: AIOKafkaConsumer) -> list[TopicPartition]:
     ]
 
 
-# A partition whose end was not reached after this many empty polls in a row has nothing more
-# to give: tansu, in the burst after a restart, can count a message in a partition's end offset
-# and then lose it (README, Delivery guarantees), and nothing ever fills that tail.
-EMPTY_POLLS = 4
+# A partition whose end no record has come from for this long has nothing more to give: tansu,
+# in the burst after a restart, can count a message in a partition's end offset and then lose
+# it (README, Delivery guarantees), and nothing ever fills that tail.
+LOST_TAIL_S = 5.0
 
 
 async def read_topic(kafka: KafkaSettings, topic: str) -> list[ConsumerRecord[bytes, bytes]]:
@@ -94,12 +95,13 @@ async def read_topic(kafka: KafkaSettings, topic: str) -> list[ConsumerRecord[by
         await consumer.seek_to_beginning(*partitions)
         end = await consumer.end_offsets(partitions)
         found: list[ConsumerRecord[bytes, bytes]] = []
-        empty = 0
-        while empty < EMPTY_POLLS and [tp for tp in partitions if await consumer.position(tp) < end[tp]]:
-            batches = await consumer.getmany(timeout_ms=500)
-            empty = 0 if batches else empty + 1
-            for records in batches.values():
-                found += [r for r in records if r.offset < end[TopicPartition(r.topic, r.partition)]]
+        last = time.monotonic()
+        while time.monotonic() - last < LOST_TAIL_S and [
+            tp for tp in partitions if await consumer.position(tp) < end[tp]
+        ]:
+            for tp, records in (await consumer.getmany(timeout_ms=500)).items():
+                found += [r for r in records if r.offset < end[tp]]
+                last = time.monotonic()
         return sorted(found, key=lambda r: (r.partition, r.offset))
     finally:
         await consumer.stop()
