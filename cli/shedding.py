@@ -6,35 +6,40 @@ and drops the connection on DeleteRecords (README, Performance). Its memory only
 embedded stack therefore starts it again, empty, once all of this holds:
 - it holds more than `LETHE_BROKER_SHED_MB`, and its memory stopped growing;
 - nothing has been produced for `LETHE_BROKER_SHED_QUIET_S`;
-- every service is up and ready, and every one of Lethe's consumer groups has committed the end
-  of every partition it reads (shared/topics.consumer_groups): nothing is waiting to be read,
-  not a submission on the ingress topic nor a command due for a retry.
-The dead letters, which nobody reads in a group, are carried over to the new broker with the
-replay group's progress. Each service is told before and after (SIGUSR2: check the broker now)
-and recovers as from any broker loss: consumers rewound to the start of the new partitions,
-holds and sentinels placed again, the tracker's completions of the last minute published again
-(README, Delivery guarantees). Under steady load it never sheds.
+- every service is up and ready, and each of their consumer groups has committed the end of
+  every partition it reads (shared/topics.consumer_groups): nothing is waiting to be read, not
+  a submission on the ingress topic nor a command due for a retry;
+- the end offsets, looked at once more just before the kill, have not moved.
+The dead letters, which nobody reads in a group, are carried over (cli/carry_over.py). Each
+service is told (SIGUSR2: check the broker now) and recovers as from any broker loss: consumers
+rewound to the start of the new partitions, holds and sentinels placed again, the tracker's
+completions since a minute before the notice published again (README, Delivery guarantees).
+Under steady load it never sheds.
 
 A reader outside Lethe (an upstream tool reading replies or completions from the embedded
 broker) sees its topics start again from offset 0, as after any restart of a memory-only broker,
-and what it had not read is gone: the HTTP API still answers for every request.
+and what it had not read is gone: the HTTP API still answers for every request. What is
+produced in the milliseconds between the last look and the kill is lost as in any broker loss
+(what intake and the tracker sent, they send again; an upstream submission, upstream must).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from cli.dlq import read_topic
-from shared import topics
+from cli.carry_over import committed_offsets
+from cli.dlq import LOST_TAIL_S
+from shared import access, topics
 from shared.kafka import client_options
 from shared.settings import KafkaSettings
 
@@ -133,11 +138,18 @@ async def produced(kafka: KafkaSettings, names: list[str]) -> int | None:
             await consumer.stop()
 
 
+def groups_of(services: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """The consumer groups of the services a stack runs (a stack of some of them only must not
+    wait for the groups of the others, which never read anything)."""
+    owner = {group: service for service, grant in access.services().items() for group in grant.groups}
+    return {g: consumed for g, consumed in topics.consumer_groups().items() if owner.get(g) in services}
+
+
 async def unread(kafka: KafkaSettings, groups: Mapping[str, Sequence[str]]) -> dict[str, int] | None:
     """How many messages each of `groups` has yet to read: over every partition of its topics,
     the end offset less what it committed (nothing committed: all of it), where a record is
-    there to be read. None if the broker cannot say. Asked with one member-less consumer per
-    group, which joins nothing."""
+    there to be read. None if the broker cannot say. Asked with member-less consumers, which
+    join nothing, for every group at once (a lost tail takes LOST_TAIL_S to tell)."""
     names = sorted({t for consumed in groups.values() for t in consumed})
     probe = AIOKafkaConsumer(**client_options(kafka), group_id=None, enable_auto_commit=False)
     try:
@@ -146,17 +158,18 @@ async def unread(kafka: KafkaSettings, groups: Mapping[str, Sequence[str]]) -> d
         ends = await probe.end_offsets(
             [TopicPartition(n, p) for n in names for p in probe.partitions_for_topic(n) or ()]
         )
-        left: dict[str, int] = {}
-        for group, consumed in groups.items():
+
+        async def behind_by(group: str, consumed: Sequence[str]) -> int:
             mine = [tp for tp in ends if tp.topic in consumed and ends[tp] > 0]
             behind = {
                 tp: done or 0
-                for tp, done in zip(mine, await _committed(kafka, group, mine), strict=True)
+                for tp, done in zip(mine, await committed_offsets(kafka, group, mine), strict=True)
                 if (done or 0) < ends[tp]
             }
-            there = await _readable(probe, behind)
-            left[group] = sum(ends[tp] - behind[tp] for tp in there)
-        return left
+            return sum(ends[tp] - behind[tp] for tp in await _readable(kafka, behind))
+
+        counts = await asyncio.gather(*(behind_by(g, consumed) for g, consumed in groups.items()))
+        return dict(zip(groups, counts, strict=True))
     except (KafkaError, OSError, TimeoutError):
         return None
     finally:
@@ -164,72 +177,28 @@ async def unread(kafka: KafkaSettings, groups: Mapping[str, Sequence[str]]) -> d
             await probe.stop()
 
 
-async def _readable(probe: AIOKafkaConsumer, behind: dict[TopicPartition, int]) -> set[TopicPartition]:
+async def _readable(kafka: KafkaSettings, behind: dict[TopicPartition, int]) -> set[TopicPartition]:
     """Of the partitions a group has not read to their end, those with a record there to read.
     tansu, in the burst after a restart, can count a message in a partition's end offset and
     lose it: nothing fills that tail, and no consumer can commit past it. Asked only once
-    nothing has been produced for the quiet time, so a record not readable now never will be."""
+    nothing has been produced for the quiet time, and given LOST_TAIL_S to answer (its own
+    connection, the stack's short fetch wait), so a record not readable now never will be."""
     if not behind:
         return set()
-    probe.assign(list(behind))
-    for tp, offset in behind.items():
-        probe.seek(tp, offset)
-    there: set[TopicPartition] = set()
-    for _ in range(2):
-        batches = await probe.getmany(timeout_ms=500)
-        there |= {tp for tp, records in batches.items() if any(r.offset >= behind[tp] for r in records)}
-    return there
-
-
-async def _committed(kafka: KafkaSettings, group: str, partitions: list[TopicPartition]) -> list[int | None]:
-    if not partitions:
-        return []
-    consumer = AIOKafkaConsumer(**client_options(kafka), group_id=group, enable_auto_commit=False)
-    try:
-        await consumer.start()  # not subscribed: asks the group's coordinator, joins nothing
-        return list(await asyncio.gather(*(consumer.committed(tp) for tp in partitions)))
-    finally:
-        with contextlib.suppress(Exception):
-            await consumer.stop()
-
-
-async def keep_dead_letters(
-    kafka: KafkaSettings,
-) -> tuple[list[ConsumerRecord[bytes, bytes]], dict[int, int]]:
-    """The dead letters, and how far `lethe dlq replay` got in each partition, before a shed."""
-    letters = await read_topic(kafka, topics.DEAD_LETTERS)
-    partitions = sorted({r.partition for r in letters})
-    committed = await _committed(
-        kafka, topics.DLQ_REPLAY_GROUP, [TopicPartition(topics.DEAD_LETTERS, p) for p in partitions]
+    probe = AIOKafkaConsumer(
+        **client_options(kafka), enable_auto_commit=False, fetch_max_wait_ms=kafka.fetch_max_wait_ms
     )
-    return letters, {p: c for p, c in zip(partitions, committed, strict=True) if c}
-
-
-async def restore_dead_letters(
-    kafka: KafkaSettings, letters: list[ConsumerRecord[bytes, bytes]], replayed: dict[int, int]
-) -> None:
-    """Into the new, empty broker, each to its partition in its order: every letter gets the
-    offset it had (tansu's offsets start at 0 and have no gaps), so the replay group's progress
-    means what it meant and `replay --all` does not send a letter back twice."""
-    if not letters:
-        return
-    producer = AIOKafkaProducer(**client_options(kafka), acks="all")
-    await producer.start()
+    await probe.start()
     try:
-        for r in letters:
-            await producer.send_and_wait(
-                topics.DEAD_LETTERS, r.value, key=r.key, partition=r.partition, headers=list(r.headers)
-            )
+        probe.assign(list(behind))
+        for tp, offset in behind.items():
+            probe.seek(tp, offset)
+        there: set[TopicPartition] = set()
+        deadline = time.monotonic() + LOST_TAIL_S
+        while there != set(behind) and time.monotonic() < deadline:
+            batches = await probe.getmany(timeout_ms=500)
+            there |= {tp for tp, records in batches.items() if any(r.offset >= behind[tp] for r in records)}
+            probe.pause(*there)
+        return there
     finally:
-        await producer.stop()
-    if replayed:
-        consumer = AIOKafkaConsumer(
-            **client_options(kafka), group_id=topics.DLQ_REPLAY_GROUP, enable_auto_commit=False
-        )
-        await consumer.start()
-        try:
-            parts = {TopicPartition(topics.DEAD_LETTERS, p): o for p, o in replayed.items()}
-            consumer.assign(list(parts))
-            await consumer.commit(parts)
-        finally:
-            await consumer.stop()
+        await probe.stop()

@@ -10,10 +10,8 @@ import asyncio
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,22 +23,14 @@ from cryptography.fernet import Fernet
 from pydantic import ValidationError
 
 from cli.processes import free_port, port_open, spawn, stop, wait_for_port
-from cli.shedding import (
-    Shedder,
-    SheddingSettings,
-    keep_dead_letters,
-    produced,
-    restore_dead_letters,
-    rss_mb,
-    unread,
-)
+from cli.shedding import Shedder, SheddingSettings
 from cli.slapd import start_slapd
+from cli.supervision import BrokerSupervisor
 from shared.kafka import ensure_topics
 from shared.settings import KafkaSettings
-from shared.topics import SYSTEMS, all_topics, consumer_groups
+from shared.topics import SYSTEMS, all_topics
 
 SERVICES = ("intake", "tracker", *SYSTEMS)
-SHED_CHECK_S = 2.0  # how often the broker's memory is looked at (and, past the limit, its offsets)
 BASE_DN = "dc=lethe,dc=test"
 ADMIN_DN = f"cn=admin,{BASE_DN}"
 # Tuned for tansu (see README, "Kafka settings"): a 10 ms fetch wait keeps a hop near 7 ms,
@@ -136,14 +126,6 @@ class Stack:
     config: StackConfig
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     secrets: Secrets = field(init=False)
-    # Stopping: no broker is started again from here on. Done: the supervisor thread may end,
-    # which kills what it spawned (PR_SET_PDEATHSIG is the spawning thread's), so only once the
-    # services are stopped.
-    _stopping: threading.Event = field(default_factory=threading.Event, init=False)
-    _done: threading.Event = field(default_factory=threading.Event, init=False)
-    _supervisor: threading.Thread | None = field(default=None, init=False)
-    # Held by whoever stops or starts the broker: the supervisor, a test's restart_broker, stop.
-    _broker_lock: threading.RLock = field(default_factory=threading.RLock, init=False)
 
     def __post_init__(self) -> None:
         self.config.state_dir.mkdir(parents=True, exist_ok=True)
@@ -152,9 +134,8 @@ class Stack:
         self.trace_dir = self.config.state_dir / "traces"
         self.metrics_ports: dict[str, int] = {}
         self.recordings_dir = self.config.state_dir / "recordings"
-        self.shedder = Shedder(self.shedding_settings())  # a bad setting stops the stack here
-        self.sheds = 0
-        self.unread: dict[str, int] | None = None  # by consumer group, at the last look (cli/shedding.py)
+        # A bad shedding setting stops the stack here.
+        self.supervisor = BrokerSupervisor(self, Shedder(self.shedding_settings()))
 
     # -- addresses -------------------------------------------------------------------------
     def database_url(self, service: str) -> str:
@@ -218,10 +199,10 @@ class Stack:
             env["LETHE_TRACE_FILE"] = str(self.trace_dir / f"{process}.jsonl")
             env["LETHE_METRICS_PORT"] = str(self.metrics_ports.setdefault(process, free_port()))
             env["LETHE_DATABASE_URL"] = self.database_url(service)
-            env["LETHE_READY_FILE"] = str(self._ready_file(process))
+            env["LETHE_READY_FILE"] = str(self.ready_file(process))
         return env
 
-    def _ready_file(self, service: str) -> Path:
+    def ready_file(self, service: str) -> Path:
         return self.config.state_dir / "run" / f"{service}.ready"
 
     # -- life cycle ------------------------------------------------------------------------
@@ -230,96 +211,15 @@ class Stack:
         for port, what in ((self.config.kafka_port, "kafka"), (self.config.ldap_port, "ldap")):
             if port_open(port):
                 raise RuntimeError(f"port {port} ({what}) is taken: is another stack running?")
-        self.processes["broker"] = broker = self._spawn_broker()
+        self.processes["broker"] = broker = self.spawn_broker()
         slapd_dir = self.config.state_dir / "slapd"
         shutil.rmtree(slapd_dir, ignore_errors=True)  # throwaway: the directory is seeded anew
         self.start_slapd()
         wait_for_port(self.config.kafka_port, "broker", broker)
         asyncio.run(ensure_topics(self.kafka_settings(), all_topics()))
-        self._supervisor = threading.Thread(
-            target=self._supervise_broker, name="broker-supervisor", daemon=True
-        )
-        self._supervisor.start()
+        self.supervisor.start()
 
-    def _supervise_broker(self) -> None:
-        """Start the broker again if it exits on its own. tansu can: in the fault suite, just
-        after a restart, under the burst of re-sent messages, it logged `AlreadyExists` on a
-        partition's first batch and was gone. A supervisor (systemd, Kubernetes) would restart
-        it; so does the embedded stack, and the services, which notice an empty broker by
-        their sentinels, put back what it lost. A broker stopped on purpose (`restart_broker`,
-        `stop`) is out of `processes` meanwhile, and a paused one has not exited. Past its
-        memory limit and quiet, it is shed (cli/shedding.py)."""
-        checked = time.monotonic()
-        while not self._done.wait(0.5):
-            try:
-                with self._broker_lock:
-                    broker = self.processes.get("broker")
-                    if self._stopping.is_set() or broker is None:
-                        continue
-                    if broker.poll() is not None:
-                        print(f"the broker exited ({broker.returncode}): starting it again", file=sys.stderr)
-                        self.processes["broker"] = self._spawn_broker()
-                        self.shedder.shed()
-                    elif time.monotonic() - checked >= SHED_CHECK_S:
-                        checked = time.monotonic()
-                        self._shed_if_due(broker)
-            except Exception as exc:  # the thread's end would take the broker it spawned with it
-                print(f"broker supervision: {type(exc).__name__}: {exc}", file=sys.stderr)
-
-    def _shed_if_due(self, broker: subprocess.Popen[bytes]) -> None:
-        memory = rss_mb(broker.pid)
-        if not self.shedder.worth_asking(memory):
-            return
-        total = asyncio.run(produced(self.kafka_settings(), all_topics()))
-        if not self.shedder.observe(total, time.monotonic()) or not self._services_ready():
-            return
-        self.unread = asyncio.run(unread(self.kafka_settings(), consumer_groups()))
-        if self.unread is None or any(self.unread.values()):
-            return  # a service is behind (its database down, say): what it has not read would go
-        if self.shed_broker(unless_produced_past=total):
-            print(
-                f"the broker held {memory:.0f} MB, nothing was produced for"
-                f" {self.shedder.settings.quiet_s:.0f} s and all of it was read: started it again, empty",
-                file=sys.stderr,
-            )
-
-    def _services_ready(self) -> bool:
-        return all(
-            s in self.processes and self.processes[s].poll() is None and self._ready_file(s).exists()
-            for s in self.config.services
-        )
-
-    def shed_broker(self, unless_produced_past: int | None = None) -> bool:
-        """Start the broker again, empty, with its dead letters, telling every service before
-        (a recovery that sees the empty broker before the second word knows it was a shed) and
-        after (check it now, rather than at the next check); they recover as from any broker
-        loss. Not if its end offsets have moved past `unless_produced_past` since they were
-        looked at: the last look is taken just before the restart, so that what is produced
-        unread in between (an upstream submission arriving then) is a matter of milliseconds."""
-        with self._broker_lock:
-            letters = asyncio.run(keep_dead_letters(self.kafka_settings()))
-            if unless_produced_past is not None:
-                now = asyncio.run(produced(self.kafka_settings(), all_topics()))
-                if now != unless_produced_past:
-                    self.shedder.observe(now, time.monotonic())
-                    return False
-            self._tell_services()
-            self.restart_broker()
-            asyncio.run(ensure_topics(self.kafka_settings(), all_topics()))
-            asyncio.run(restore_dead_letters(self.kafka_settings(), *letters))
-            self.shedder.shed()
-            self.sheds += 1
-            self._tell_services()
-            return True
-
-    def _tell_services(self) -> None:
-        for name, process in list(self.processes.items()):
-            # Only to a service that is ready: before its handler is installed, SIGUSR2 would
-            # end it (one still starting checks the broker when it is up, anyway).
-            if name not in ("broker", "slapd") and process.poll() is None and self._ready_file(name).exists():
-                process.send_signal(signal.SIGUSR2)
-
-    def _spawn_broker(self) -> subprocess.Popen[bytes]:
+    def spawn_broker(self) -> subprocess.Popen[bytes]:
         return spawn(
             "broker",
             [
@@ -339,11 +239,11 @@ class Stack:
     def restart_broker(self) -> None:
         """Kill the broker and start it again: with memory storage it comes back with no topics
         and no consumer groups, as after a crash (the services are left to notice)."""
-        with self._broker_lock:
+        with self.supervisor.lock:
             broker = self.processes.pop("broker")
             broker.kill()
             broker.wait()
-            self.processes["broker"] = broker = self._spawn_broker()
+            self.processes["broker"] = broker = self.spawn_broker()
             wait_for_port(self.config.kafka_port, "broker", broker)
 
     def start_slapd(self) -> None:
@@ -397,15 +297,15 @@ class Stack:
         """Start a service, or another instance of it (same consumer groups, its own ports,
         log and ready file): Lethe assumes no single instance of anything."""
         name = service if instance is None else f"{service}-{instance}"
-        self._ready_file(name).parent.mkdir(parents=True, exist_ok=True)
-        self._ready_file(name).unlink(missing_ok=True)
+        self.ready_file(name).parent.mkdir(parents=True, exist_ok=True)
+        self.ready_file(name).unlink(missing_ok=True)
         command = [sys.executable, "-m", f"services.{service}"]
         self.processes[name] = spawn(name, command, self.env(service, name), self.log_dir)
         return name
 
     def wait_ready(self, name: str, timeout_s: float = 60.0) -> None:
         deadline = time.monotonic() + timeout_s
-        while not self._ready_file(name).exists():
+        while not self.ready_file(name).exists():
             if self.processes[name].poll() is not None:
                 raise RuntimeError(
                     f"{name} exited with code {self.processes[name].returncode};"
@@ -428,12 +328,9 @@ class Stack:
 
     def stop(self) -> None:
         """Services first (they finish their batch and commit), then the broker and slapd."""
-        with self._broker_lock:  # a shed under way finishes first; none starts after
-            self._stopping.set()
+        self.supervisor.halt()
         self.stop_services()
-        self._done.set()
-        if self._supervisor is not None:
-            self._supervisor.join(timeout=60)
+        self.supervisor.join()  # only now: a broker it started dies with its thread
         for name in ("broker", "slapd"):
             process = self.processes.pop(name, None)
             if process is not None:

@@ -164,23 +164,29 @@ def test_broker_history_shed_only_once_everything_was_read(stack: Stack, api: ht
     while len(letters := asyncio.run(dlq.list_dead_letters(kafka))) < before + 5:
         assert time.monotonic() < deadline, "the poison was not dead-lettered"
         time.sleep(0.5)
-    kept, sheds = stack.shedder.settings, stack.sheds
+    supervisor = stack.supervisor
+    kept, sheds = supervisor.shedder.settings, supervisor.sheds
     intake = stack.processes["intake"]
     intake.send_signal(signal.SIGSTOP)  # alive and ready, reading nothing
     try:
         asyncio.run(_submit_on_ingress(stack, batch.body(0)))
-        stack.shedder.settings = SheddingSettings.model_validate({"mb": 1, "quiet_s": 2})
-        time.sleep(10)
-        assert stack.sheds == sheds, "shed with a submission unread"
+        supervisor.shedder.settings = SheddingSettings.model_validate({"mb": 1, "quiet_s": 2})
+        supervisor.unread = None
+        deadline = time.monotonic() + 60
+        while supervisor.unread is None or not supervisor.unread[topics.INGRESS_GROUP]:
+            assert time.monotonic() < deadline, f"the stack did not see the submission: {supervisor.unread}"
+            time.sleep(0.2)
+        time.sleep(5)  # a few more looks
+        assert supervisor.sheds == sheds, "shed with a submission unread"
     finally:
         intake.send_signal(signal.SIGCONT)
     try:
         deadline = time.monotonic() + 60
-        while stack.sheds == sheds:
-            assert time.monotonic() < deadline, f"not shed once all was read: {stack.unread}"
+        while supervisor.sheds == sheds:
+            assert time.monotonic() < deadline, f"not shed once all was read: {supervisor.unread}"
             time.sleep(0.2)
     finally:
-        stack.shedder.settings = kept
+        supervisor.shedder.settings = kept
     assert asyncio.run(dlq.list_dead_letters(kafka)) == letters
     submit(api, batch, range(1, len(batch.ids)))
     finish(stack, api, batch)

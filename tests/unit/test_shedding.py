@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from cli import stack as stack_module
-from cli.shedding import Shedder, SheddingSettings, rss_mb
+from cli import carry_over, supervision
+from cli.carry_over import Carried, Letter, resume_offsets
+from cli.shedding import Shedder, SheddingSettings, groups_of, rss_mb
 from cli.stack import Stack, StackConfig
-from shared import broker_memory
+from shared import broker_memory, topics
 
 
 def shedder(mb: int = 100, quiet_s: float = 10) -> Shedder:
@@ -96,18 +97,45 @@ def test_no_shed_if_anything_was_produced_since_the_look_before(
     ends = iter([11, 10])
     restarts: list[str] = []
 
-    async def nothing(*_: object) -> tuple[list[object], dict[int, int]]:
-        return [], {}
+    async def nothing(*_: object) -> None:
+        return None
+
+    async def no_letters(*_: object) -> Carried:
+        return Carried([], {})
 
     async def end_offsets(*_: object) -> int:
         return next(ends)
 
-    monkeypatch.setattr(stack_module, "keep_dead_letters", nothing)
-    monkeypatch.setattr(stack_module, "restore_dead_letters", nothing)
-    monkeypatch.setattr(stack_module, "ensure_topics", nothing)
-    monkeypatch.setattr(stack_module, "produced", end_offsets)
+    monkeypatch.setattr(carry_over, "keep", no_letters)
+    monkeypatch.setattr(carry_over, "restore", nothing)
+    monkeypatch.setattr(supervision, "ensure_topics", nothing)
+    monkeypatch.setattr(supervision, "produced", end_offsets)
     monkeypatch.setattr(stack, "restart_broker", lambda: restarts.append("broker"))
-    assert not stack.shed_broker(unless_produced_past=10)
-    assert restarts == [] and stack.sheds == 0
-    assert stack.shed_broker(unless_produced_past=10)
-    assert restarts == ["broker"] and stack.sheds == 1
+    assert not stack.supervisor.shed(unless_produced_past=10)
+    assert restarts == [] and stack.supervisor.sheds == 0
+    assert stack.supervisor.shed(unless_produced_past=10)
+    assert restarts == ["broker"] and stack.supervisor.sheds == 1
+    assert not (tmp_path / "run" / "dead-letters.json").exists()  # restored: nothing left to retry
+
+
+def test_the_replay_group_resumes_at_the_first_letter_it_had_not_passed_wherever_it_landed(
+    tmp_path: Path,
+) -> None:
+    letters = [Letter(0, o, None, "c2VhbGVk", [("lethe-error", "Ym9vbQ==")]) for o in (0, 1, 2)]
+    letters += [Letter(3, o, "aw==", None) for o in (0, 1)]
+    carried = Carried(letters, {0: 2, 3: 2})
+    carried.save(tmp_path / "carried.json")
+    assert Carried.load(tmp_path / "carried.json") == carried
+    # Partition 0's letters landed after one a service dead-lettered meanwhile: offsets 1, 2, 3.
+    landed = {(0, 0): 1, (0, 1): 2, (0, 2): 3, (3, 0): 0, (3, 1): 1}
+    assert resume_offsets(carried, landed) == {0: 3, 3: 2}  # 3 passed them all: past its last
+
+
+def test_a_stack_of_some_services_waits_only_for_their_groups() -> None:
+    assert set(groups_of(["intake", "billing"])) == {
+        topics.INGRESS_GROUP,
+        topics.INTAKE_STATUS_GROUP,
+        topics.NOTICES_GROUP,
+        topics.worker_group("billing"),
+        topics.worker_retry_group("billing"),
+    }
