@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 
 from shared import topics
 from shared.crypto import IdentifierSeal, IdentifierSealError
@@ -26,7 +26,7 @@ from shared.dead_letters import (
     open_letter,
 )
 from shared.delivery import ATTEMPT, DUE_MS, ERROR, SOURCE_TOPIC
-from shared.kafka import client_options
+from shared.kafka import client_options, partitions_of
 from shared.settings import KafkaSettings
 
 REPLAY_GROUP = topics.DLQ_REPLAY_GROUP
@@ -67,14 +67,6 @@ class DeadLetter:
         )
 
 
-async def _partitions(consumer: AIOKafkaConsumer) -> list[TopicPartition]:
-    await consumer.topics()
-    return [
-        TopicPartition(topics.DEAD_LETTERS, p)
-        for p in sorted(consumer.partitions_for_topic(topics.DEAD_LETTERS) or ())
-    ]
-
-
 # A partition whose end no record has come from for this long has nothing more to give: tansu,
 # in the burst after a restart, can count a message in a partition's end offset and then lose
 # it (README, Delivery guarantees), and nothing ever fills that tail.
@@ -89,8 +81,7 @@ async def read_topic(kafka: KafkaSettings, topic: str) -> list[ConsumerRecord[by
     )
     await consumer.start()
     try:
-        await consumer.topics()
-        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        partitions = await partitions_of(consumer, [topic])
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
         end = await consumer.end_offsets(partitions)
@@ -146,7 +137,7 @@ async def replay(
     await consumer.start()
     replayed: list[DeadLetter] = []
     try:
-        partitions = await _partitions(consumer)
+        partitions = await partitions_of(consumer, [topics.DEAD_LETTERS])
         consumer.assign(partitions)
         end = await consumer.end_offsets(partitions)
         for tp in partitions:

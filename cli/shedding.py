@@ -40,7 +40,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from cli.carry_over import committed_offsets
 from cli.dlq import LOST_TAIL_S
 from shared import access, topics
-from shared.kafka import client_options
+from shared.kafka import client_options, partitions_of
 from shared.settings import KafkaSettings
 
 
@@ -120,22 +120,24 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-async def produced(kafka: KafkaSettings, names: list[str]) -> int | None:
-    """The sum of the end offsets of every partition of `names`; None if the broker cannot say."""
+async def end_offsets(kafka: KafkaSettings, names: Sequence[str]) -> dict[TopicPartition, int]:
+    """The end offset of every partition of `names`."""
     consumer = AIOKafkaConsumer(**client_options(kafka), group_id=None, enable_auto_commit=False)
     try:
         await consumer.start()
-        await consumer.topics()
-        partitions = [
-            TopicPartition(name, p) for name in names for p in consumer.partitions_for_topic(name) or ()
-        ]
-        ends = await consumer.end_offsets(partitions) if partitions else {}
-        return int(sum(ends.values()))
-    except (KafkaError, OSError, TimeoutError):
-        return None
+        found = await partitions_of(consumer, names)
+        return await consumer.end_offsets(found) if found else {}
     finally:
         with contextlib.suppress(Exception):
             await consumer.stop()
+
+
+async def produced(kafka: KafkaSettings, names: Sequence[str]) -> int | None:
+    """The sum of the end offsets of every partition of `names`; None if the broker cannot say."""
+    try:
+        return int(sum((await end_offsets(kafka, names)).values()))
+    except (KafkaError, OSError, TimeoutError):
+        return None
 
 
 def groups_of(services: Sequence[str]) -> dict[str, tuple[str, ...]]:
@@ -151,13 +153,8 @@ async def unread(kafka: KafkaSettings, groups: Mapping[str, Sequence[str]]) -> d
     there to be read. None if the broker cannot say. Asked with member-less consumers, which
     join nothing, for every group at once (a lost tail takes LOST_TAIL_S to tell)."""
     names = sorted({t for consumed in groups.values() for t in consumed})
-    probe = AIOKafkaConsumer(**client_options(kafka), group_id=None, enable_auto_commit=False)
     try:
-        await probe.start()
-        await probe.topics()
-        ends = await probe.end_offsets(
-            [TopicPartition(n, p) for n in names for p in probe.partitions_for_topic(n) or ()]
-        )
+        ends = await end_offsets(kafka, names)
 
         async def behind_by(group: str, consumed: Sequence[str]) -> int:
             mine = [tp for tp in ends if tp.topic in consumed and ends[tp] > 0]
@@ -172,9 +169,6 @@ async def unread(kafka: KafkaSettings, groups: Mapping[str, Sequence[str]]) -> d
         return dict(zip(groups, counts, strict=True))
     except (KafkaError, OSError, TimeoutError):
         return None
-    finally:
-        with contextlib.suppress(Exception):
-            await probe.stop()
 
 
 async def _readable(kafka: KafkaSettings, behind: dict[TopicPartition, int]) -> set[TopicPartition]:

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 from aiokafka.helpers import create_ssl_context
@@ -170,3 +170,10 @@ async def ensure_topics(settings: KafkaSettings, names: Sequence[str]) -> None:
                 pass  # another service created it first
     finally:
         await admin.close()
+
+
+async def partitions_of(consumer: AIOKafkaConsumer, names: Sequence[str]) -> list[TopicPartition]:
+    """Every partition of the topics `names` the broker knows, in order (a consumer that is
+    assigned rather than subscribed knows none until it asks)."""
+    await consumer.topics()
+    return [TopicPartition(n, p) for n in names for p in sorted(consumer.partitions_for_topic(n) or ())]
