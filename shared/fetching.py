@@ -10,6 +10,7 @@ import asyncio
 import logging
 import time
 import weakref
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
@@ -137,6 +138,32 @@ async def rewind_all() -> int:
 # consumer to its start.
 
 
+def _states(consumer: AIOKafkaConsumer) -> dict[TopicPartition, Any]:
+    """aiokafka's state of each partition assigned to `consumer` (what consumer.highwater()
+    reads); none before an assignment (or for a test's stand-in of a consumer)."""
+    subscription = getattr(getattr(consumer, "_subscription", None), "subscription", None)
+    if subscription is None:
+        return {}
+    return {tp: subscription.assignment.state_value(tp) for tp in subscription.assignment.tps}
+
+
+def standing() -> list[dict[str, object]]:
+    """Where each consumer of this process stands in each partition it was given, against the
+    partition's end as the broker last said: for a dump of a stuck process (SIGUSR1)."""
+    places: list[dict[str, object]] = []
+    for consumer in list(_pacing):
+        for tp, state in sorted(_states(consumer).items()):
+            if state.has_valid_position:
+                places.append(
+                    {
+                        "partition": f"{tp.topic}/{tp.partition}",
+                        "position": state.position,
+                        "end": state.highwater,
+                    }
+                )
+    return places
+
+
 def forget(consumer: AIOKafkaConsumer, tp: TopicPartition) -> None:
     """Forget where a partition's records ended, before seeking it somewhere else on purpose
     (a topic that the broker forgot, read again from its start)."""
@@ -166,6 +193,7 @@ async def fetch_in_order(consumer: AIOKafkaConsumer, timeout_ms: int) -> Batches
                 "partitions assigned after a rewind: read from their start", extra={"partitions": len(late)}
             )
     batches = await consumer.getmany(timeout_ms=timeout_ms)
+    _rewind_past_the_end(consumer, batches)
     expected = _next.setdefault(consumer, {})
     kept: Batches = {}
     for tp, records in batches.items():
@@ -182,6 +210,31 @@ async def fetch_in_order(consumer: AIOKafkaConsumer, timeout_ms: int) -> Batches
             expected[tp] = contiguous[-1].offset + 1
             _refetches.get(consumer, {}).pop((tp, contiguous[0].offset), None)  # a gap filled
     return kept
+
+
+def _rewind_past_the_end(consumer: AIOKafkaConsumer, batches: Batches) -> None:
+    """A partition whose broker says, in its answer to a fetch at this consumer's position,
+    that it ends before that position has been forgotten: read it from its start. tansu,
+    restarted empty, answers such a fetch with nothing rather than OFFSET_OUT_OF_RANGE, and
+    the sentinel check (rewind_all) can come too late: a consumer that rejoined its group in
+    between may have committed its old positions to the new broker and fetched them back (a
+    worker then waited minutes, in the fault suite, for commands sent right after a shed)."""
+    past = [
+        tp
+        for tp, state in _states(consumer).items()
+        if tp not in batches
+        and state.has_valid_position
+        and state.highwater is not None
+        and state.position > state.highwater
+    ]
+    for tp in past:
+        forget(consumer, tp)
+        consumer.seek(tp, 0)  # from the start: see the note above forget()
+    if past:
+        log.warning(
+            "partitions that end before this consumer's place: read from their start",
+            extra={"partitions": len(past)},
+        )
 
 
 async def _accept_gap(consumer: AIOKafkaConsumer, tp: TopicPartition, want: int, got: int) -> bool:

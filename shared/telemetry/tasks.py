@@ -30,3 +30,7 @@ def dump_tasks() -> None:
             "task waiting",
             extra={"task": task.get_name(), "where": " > ".join(await_chain(task.get_coro()))},
         )
+    from shared import fetching  # here: fetching's metrics import this package
+
+    for place in fetching.standing():
+        log.warning("consumer standing", extra=place)

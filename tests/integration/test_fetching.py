@@ -125,3 +125,39 @@ async def test_a_consumer_moved_past_unread_offsets_is_sent_back_for_them(broker
     finally:
         await consumer.stop()
         await producer.stop()
+
+
+async def test_a_consumer_past_a_partitions_end_reads_it_from_its_start(broker: KafkaSettings) -> None:
+    """Where a broker came back empty: the partition ends before the consumer's place, and
+    tansu answers the fetch with nothing rather than OFFSET_OUT_OF_RANGE. The consumer reads
+    the partition from its start at its next fetch; one standing at the end stays there."""
+    topic = f"past-{uuid4().hex[:8]}"
+    await ensure_topics(broker, [topic])
+    tp = TopicPartition(topic, 0)
+    consumer = make_consumer(broker, [topic], f"g-{topic}")
+    producer = make_producer(broker)
+    await start_with_retry(consumer, "consumer")
+    await start_with_retry(producer, "producer")
+    try:
+        for n in range(3):
+            await producer.send_and_wait(topic, f"m{n}".encode(), key=b"k", partition=0)
+        read: list[int] = []
+        async with asyncio.timeout(20):
+            while len(read) < 3:
+                batches = await fetch_in_order(consumer, 200)
+                read += [r.offset for records in batches.values() for r in records]
+        for _ in range(5):  # at the end: nothing more, and no rewind
+            assert await fetch_in_order(consumer, 100) == {}
+        assert await consumer.position(tp) == 3
+
+        fetching.forget(consumer, tp)
+        consumer.seek(tp, 50)  # as if the broker had forgotten 47 of its messages
+        again: list[int] = []
+        async with asyncio.timeout(20):
+            while len(again) < 3:
+                batches = await fetch_in_order(consumer, 200)
+                again += [r.offset for records in batches.values() for r in records]
+        assert again == [0, 1, 2]
+    finally:
+        await consumer.stop()
+        await producer.stop()
