@@ -78,6 +78,10 @@ Handler = Callable[[ConsumerRecord[bytes, bytes]], Awaitable[None]]
 HOLDS_REFRESH_ERRORS: tuple[type[BaseException], ...] = (*TRANSIENT, HoldsBehind)
 # How long an erasure waits before it looks again at holds it could not confirm complete.
 HOLDS_WAIT_S = 1.0
+# How long a batch waits for the holds announcement when none has been read (a broker that came
+# back empty: intake announces them again moments after the commands start flowing again).
+ANNOUNCEMENT_WAIT_S = 2.0
+HOLDS_LOOK_S = 0.1
 
 
 class _Stopping(Exception):
@@ -192,6 +196,21 @@ class WorkerRuntime:
             log.warning("holds refresh failed", extra={"error": type(exc).__name__})
         metrics.holds_complete.set(int(self.holds.incomplete() is None), {"system": self.adapter.system})
 
+    async def _await_announcement(self) -> None:
+        """After a broker loss the first commands can arrive before intake's announcement of the
+        holds (its recovery and its relay race). Waiting a moment for it costs the batch less
+        than sending its erasures round the retry topic; past ANNOUNCEMENT_WAIT_S (intake
+        down) they go there as before."""
+        deadline = time.monotonic() + ANNOUNCEMENT_WAIT_S
+        while (
+            self.holds is not None
+            and not self.holds.announced
+            and time.monotonic() < deadline
+            and not self.stopping.is_set()
+        ):
+            await asyncio.sleep(HOLDS_LOOK_S)
+            await self._refresh_holds()
+
     async def _consume(self, consumer: AIOKafkaConsumer, handle: Handler) -> None:
         while not self.stopping.is_set():
             batches = await poll(consumer, self.group_id)
@@ -206,6 +225,7 @@ class WorkerRuntime:
         """Order matters per subject, not across subjects: records with the same key (the
         subject reference) run in order, different keys run concurrently, up to a bound."""
         await self._refresh_holds()  # the decision point of the whole batch (see holds.py)
+        await self._await_announcement()
 
         async def in_order(group: list[ConsumerRecord[bytes, bytes]]) -> None:
             for record in group:
