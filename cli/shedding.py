@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,35 +50,42 @@ class SheddingSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LETHE_BROKER_SHED_", extra="ignore")
 
     mb: int = Field(
-        512,
+        256,
         ge=0,
         le=1_000_000,
-        description="The embedded broker is started again, empty, once its memory (RSS) passes this"
-        " many MB, nothing has been produced for LETHE_BROKER_SHED_QUIET_S and every consumer group"
-        " has read all of it; 0 never.",
+        description="The embedded broker is drained and started again, empty, once its memory (RSS)"
+        " passes this many MB; 0 never.",
     )
     quiet_s: float = Field(
+        0.5,
+        ge=0.1,
+        le=600,
+        description="How long nothing may have been produced, with intake's outbox relay held, before"
+        " the embedded broker is shed.",
+    )
+    drain_s: float = Field(
         10.0,
         ge=1,
-        le=86_400,
-        description="How long no message may have been produced before the embedded broker is shed.",
+        le=45,
+        description="Longest intake's outbox relay is held while the embedded broker drains; a drain that"
+        " does not finish in it is given up and tried again 30 s later.",
     )
 
 
-# Memory that grew by more than this between two looks means the broker is being given work.
-GROWTH_MB = 1.0
+RETRY_S = 30.0  # a drain given up is tried again this much later
+DRAIN_LOOK_S = 0.1  # how often a drain looks at the end offsets
 
 
 @dataclass
 class Shedder:
-    """The decision, apart from the measuring: `worth_asking` is given the broker's memory at
-    each look; while that is over the limit and still, `observe` is given the total of its end
-    offsets (anything produced moves it)."""
+    """The decision, apart from the measuring: `due` is given the broker's memory at each look;
+    during a drain, `observe` is given the total of its end offsets (anything produced moves
+    it)."""
 
     settings: SheddingSettings
     _total: int | None = None
     _since: float = 0.0
-    _rss: float | None = None
+    _not_before: float = 0.0
 
     @property
     def enabled(self) -> bool:
@@ -87,16 +94,9 @@ class Shedder:
     def over(self, rss_mb: float) -> bool:
         return self.enabled and rss_mb >= self.settings.mb
 
-    def worth_asking(self, rss_mb: float) -> bool:
-        """Over the limit, and no bigger than at the last look. Under load the memory grows
-        between looks, and asking then for every partition's end would cost the busy broker a
-        listing of its whole history for nothing."""
-        grew = self._rss is not None and rss_mb > self._rss + GROWTH_MB
-        self._rss = rss_mb
-        if grew or not self.over(rss_mb):
-            self._total = None
-            return False
-        return True
+    def due(self, rss_mb: float, now: float) -> bool:
+        """Over the limit, and not within RETRY_S of a drain given up."""
+        return self.over(rss_mb) and now >= self._not_before
 
     def observe(self, produced: int | None, now: float) -> bool:
         """Whether the broker has been quiet long enough: `produced` (None: the broker could
@@ -106,9 +106,13 @@ class Shedder:
             return False
         return now - self._since >= self.settings.quiet_s
 
+    def put_off(self, now: float) -> None:
+        """A drain did not finish: something kept producing, or a group is behind."""
+        self._total, self._not_before = None, now + RETRY_S
+
     def shed(self) -> None:
-        """The broker was started again: its memory and what it produced count afresh."""
-        self._total = self._rss = None
+        """The broker was started again: what it produced counts afresh."""
+        self._total = None
 
 
 def rss_mb(pid: int) -> float:
@@ -138,6 +142,39 @@ async def produced(kafka: KafkaSettings, names: Sequence[str]) -> int | None:
         return int(sum((await end_offsets(kafka, names)).values()))
     except (KafkaError, OSError, TimeoutError):
         return None
+
+
+async def drained(
+    kafka: KafkaSettings,
+    names: Sequence[str],
+    groups: Mapping[str, Sequence[str]],
+    shedder: Shedder,
+    halted: Callable[[], bool],
+) -> tuple[int | None, dict[str, int] | None]:
+    """Look at the end offsets of `names` every DRAIN_LOOK_S (one connection for every look)
+    until nothing has been produced for the quiet time and no group of `groups` has anything
+    left to read, or `drain_s` has passed. Returns the total of the end offsets when drained
+    (None if not) and what each group had left to read at the last look."""
+    consumer = AIOKafkaConsumer(**client_options(kafka), group_id=None, enable_auto_commit=False)
+    behind: dict[str, int] | None = None
+    deadline = time.monotonic() + shedder.settings.drain_s
+    try:
+        await consumer.start()
+        found = await partitions_of(consumer, names)
+        while time.monotonic() < deadline and not halted():
+            try:
+                total: int | None = int(sum((await consumer.end_offsets(found)).values()))
+            except (KafkaError, OSError, TimeoutError):
+                total = None
+            if shedder.observe(total, time.monotonic()):
+                behind = await unread(kafka, groups)
+                if behind is not None and not any(behind.values()):
+                    return total, behind
+            await asyncio.sleep(DRAIN_LOOK_S)
+        return None, behind
+    finally:
+        with contextlib.suppress(Exception):
+            await consumer.stop()
 
 
 def groups_of(services: Sequence[str]) -> dict[str, tuple[str, ...]]:

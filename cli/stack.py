@@ -200,7 +200,14 @@ class Stack:
             env["LETHE_METRICS_PORT"] = str(self.metrics_ports.setdefault(process, free_port()))
             env["LETHE_DATABASE_URL"] = self.database_url(service)
             env["LETHE_READY_FILE"] = str(self.ready_file(process))
+            if service == "intake":
+                env["LETHE_RELAY_HOLD_FILE"] = str(self.relay_hold_file)
         return env
+
+    @property
+    def relay_hold_file(self) -> Path:
+        """Created while the broker supervisor drains the broker to shed it (cli/supervision.py)."""
+        return self.config.state_dir / "run" / "relay.hold"
 
     def ready_file(self, service: str) -> Path:
         return self.config.state_dir / "run" / f"{service}.ready"

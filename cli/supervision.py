@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from cli import carry_over
-from cli.shedding import Shedder, groups_of, produced, rss_mb, unread
+from cli.shedding import Shedder, drained, groups_of, produced, rss_mb
 from shared.kafka import ensure_topics
 from shared.topics import all_topics
 
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 BROKER_CALL_S = 60.0  # longest a supervisor's call to the broker may take (see _run)
-SHED_CHECK_S = 2.0  # how often the broker's memory is looked at (and, past the limit, its offsets)
+SHED_CHECK_S = 2.0  # how often the broker's memory is looked at
 
 
 def _run(work: Coroutine[Any, Any, T], timeout_s: float = BROKER_CALL_S) -> T:
@@ -62,9 +62,10 @@ class BrokerSupervisor:
         self._thread.start()
 
     def halt(self) -> None:
-        """No restart and no shed from now on; one under way finishes first."""
+        """No restart and no shed from now on; a drain is given up, a shed under way finishes."""
+        self._halted.set()
         with self.lock:
-            self._halted.set()
+            pass
 
     def join(self) -> None:
         self._done.set()
@@ -97,21 +98,37 @@ class BrokerSupervisor:
 
     def _shed_if_due(self, broker: subprocess.Popen[bytes]) -> None:
         memory = rss_mb(broker.pid)
-        if not self.shedder.worth_asking(memory):
+        if not self.shedder.due(memory, time.monotonic()) or not self._services_ready():
             return
-        kafka = self.stack.kafka_settings()
-        total = _run(produced(kafka, all_topics()))
-        if not self.shedder.observe(total, time.monotonic()) or not self._services_ready():
-            return
-        self.unread = _run(unread(kafka, groups_of(self.stack.config.services)))
-        if self.unread is None or any(self.unread.values()):
-            return  # a service is behind (its database down, say): what it has not read would go
-        if self.shed(unless_produced_past=total):
+        if self._drain_and_shed():
             print(
-                f"the broker held {memory:.0f} MB, nothing was produced for"
-                f" {self.shedder.settings.quiet_s:.0f} s and all of it was read: started it again, empty",
+                f"the broker held {memory:.0f} MB: drained it and started it again, empty",
                 file=sys.stderr,
             )
+        else:
+            self.shedder.put_off(time.monotonic())
+
+    def _drain_and_shed(self) -> bool:
+        """Hold intake's outbox relay (shared/relay_hold.py), and shed once nothing has been
+        produced for the quiet time and every consumer group has read all there is. Under
+        steady load that is the second or so the pipeline takes to drain; submissions
+        meanwhile wait in the outbox. Given up after `drain_s`: a group is behind (its
+        database down, say) or something else keeps producing."""
+        hold = self.stack.relay_hold_file
+        hold.touch()
+        try:
+            total, self.unread = _run(
+                drained(
+                    self.stack.kafka_settings(),
+                    all_topics(),
+                    groups_of(self.stack.config.services),
+                    self.shedder,
+                    self._halted.is_set,
+                )
+            )
+            return total is not None and self.shed(unless_produced_past=total)
+        finally:
+            hold.unlink(missing_ok=True)
 
     def shed(self, unless_produced_past: int | None = None) -> bool:
         """Start the broker again, empty, with its dead letters (cli/carry_over.py); the services

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import asyncpg
@@ -37,6 +37,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     created_at timestamptz NOT NULL DEFAULT now()
 )"""
 _CHANNEL = "lethe_outbox"
+HELD_LOOK_S = 0.05  # how often a held relay looks whether it may go on
 
 
 async def enqueue(conn: asyncpg.Connection, topic: str, key: str, message: BaseModel) -> int:
@@ -88,8 +89,10 @@ class OutboxRelay:
         batch_size: int = 500,
         poll_interval_s: float = 0.5,
         service: str = "lethe",
+        held: Callable[[], bool] = lambda: False,
     ) -> None:
         self._name = service
+        self._held = held  # shared/relay_hold.py: the embedded stack draining its broker
         self._pool = pool
         self._producer = producer
         self._batch_size = batch_size
@@ -114,6 +117,9 @@ class OutboxRelay:
         try:
             await listener.add_listener(_CHANNEL, wake)
             while not listener.is_closed():
+                if self._held():
+                    await asyncio.sleep(HELD_LOOK_S)
+                    continue
                 sent = await self.publish_batch()
                 if sent < self._batch_size:
                     self._wake.clear()
@@ -127,7 +133,8 @@ class OutboxRelay:
 
     async def wait_published(self, row_id: int, timeout_s: float = 10.0) -> bool:
         """Publish now and wait until this row is on the broker (another relay instance may be
-        the one sending it). For answers that promise the message is out, e.g. a placed hold."""
+        the one sending it). For answers that promise the message is out, e.g. a placed hold:
+        a held relay publishes for it too (a drain of the broker waits a little longer)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while loop.time() < deadline:

@@ -31,6 +31,7 @@ from shared.delivery import GroupHandler, Handler, Publisher, consume_forever
 from shared.kafka import ensure_topics, make_consumer, make_producer, start_with_retry, warn_if_unencrypted
 from shared.outbox import OUTBOX_DDL, OutboxRelay
 from shared.recipients.settings import RegisterSettings
+from shared.relay_hold import RelayHold
 from shared.service import mark_ready, run_service, set_readiness
 from shared.settings import (
     DatabaseSettings,
@@ -140,7 +141,9 @@ async def main(stop: asyncio.Event) -> None:
         secret = settings.callback_secret.get_secret_value()
         app.state.ctx = ctx
         app.state.register = register
-        app.state.relay = relay = OutboxRelay(pool, producer, service="intake")
+        app.state.relay = relay = OutboxRelay(
+            pool, producer, service="intake", held=RelayHold(settings.relay_hold_file)
+        )
         app.state.readiness = lambda: readiness(pool, producer)
         set_readiness(app.state.readiness)  # the same answer on LETHE_METRICS_PORT, beside /metrics
         stopping = asyncio.Event()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -56,6 +58,12 @@ class IntakeSettings(BaseSettings):
         le=60_000,
         description="How long a submission should take: while they take longer, fewer are let in at once"
         " and the rest are answered 503 with Retry-After at once.",
+    )
+
+    relay_hold_file: Path | None = Field(
+        None,
+        description="Set by the embedded stack: while this file exists (for a minute at most), the outbox"
+        " relay holds, so that the broker can drain before its history is shed.",
     )
 
     @field_validator("callback_secret")

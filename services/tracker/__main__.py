@@ -36,9 +36,10 @@ from shared.telemetry.messaging import quiet
 log = logging.getLogger("lethe.tracker")
 FORGET_EVERY_S = 60.0
 # After the embedded stack shed a broker whose every message had been read, requests finished
-# this long before its notice, or since, are published again (the quiet spell before a shed is
-# at least a second; intake reads within a tenth of one).
-SHED_RECOVERY_WINDOW_S = 60.0
+# this long before its notice, or since, are published again: for readers outside Lethe, which
+# the shed does not wait for (the drain before it takes a second or two, and a reader that keeps
+# up reads within a tenth of one). Each is a message, and a shed comes every few minutes.
+SHED_RECOVERY_WINDOW_S = 10.0
 
 
 async def pause(stopping: asyncio.Event, seconds: float) -> None:

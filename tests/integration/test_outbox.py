@@ -5,7 +5,9 @@ broker's acknowledgement; claims tell redeliveries apart."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from pathlib import Path
 from uuid import uuid4
 
 import pytest
@@ -14,7 +16,8 @@ from shared.codec import decode
 from shared.contracts.events import NotificationRequested, RetrySystem
 from shared.db import apply_schema, create_pool, ensure_database
 from shared.journal import JOURNAL_DDL, claim, claim_many
-from shared.outbox import OUTBOX_DDL, enqueue, enqueue_many
+from shared.outbox import OUTBOX_DDL, OutboxRelay, enqueue, enqueue_many
+from shared.relay_hold import RelayHold
 
 pytestmark = pytest.mark.integration
 
@@ -70,4 +73,54 @@ async def test_claim_many_returns_only_the_messages_not_seen_before(fresh_db: st
             assert await claim_many(conn, [new_a, new_b]) == set()
             assert await claim_many(conn, []) == set()
     finally:
+        await pool.close()
+
+
+class _Producer:
+    """Takes what the relay sends (the hold is the relay's, not the broker's, to test)."""
+
+    def __init__(self) -> None:
+        self.keys: list[bytes] = []
+
+    async def send(self, topic: str, value: bytes, key: bytes, headers: object) -> asyncio.Future[None]:
+        self.keys.append(key)
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+
+async def test_a_held_relay_keeps_its_rows_until_the_hold_goes_but_publishes_what_a_caller_waits_for(
+    fresh_db: str, tmp_path: Path
+) -> None:
+    """The embedded stack holds intake's relay while it drains the broker (shared/relay_hold.py):
+    accepted work waits in the outbox, and goes out as soon as the hold file is removed. A hold
+    placed meanwhile (wait_published) is not kept waiting."""
+    await ensure_database(fresh_db)
+    pool = await create_pool(fresh_db, 3)
+    hold = tmp_path / "relay.hold"
+    hold.touch()
+    producer = _Producer()
+    relay = OutboxRelay(pool, producer, held=RelayHold(hold))  # type: ignore[arg-type]
+    running = asyncio.create_task(relay.run())
+    message = RetrySystem(request_id="r-1", system="crm")
+    try:
+        await apply_schema(pool, OUTBOX_DDL)
+        async with pool.acquire() as conn, conn.transaction():
+            await enqueue(conn, "topic", "held", message)
+        await asyncio.sleep(1.0)  # the relay was woken by the NOTIFY and looked twice over
+        assert producer.keys == [] and await pool.fetchval("SELECT count(*) FROM outbox") == 1
+        hold.unlink()
+        async with asyncio.timeout(5):
+            while await pool.fetchval("SELECT count(*) FROM outbox"):  # noqa: ASYNC110 (another task's)
+                await asyncio.sleep(0.05)
+        assert producer.keys == [b"held"]
+        hold.touch()
+        async with pool.acquire() as conn, conn.transaction():
+            row = await enqueue(conn, "topic", "awaited", message)
+        assert await relay.wait_published(row, timeout_s=5)
+        assert producer.keys == [b"held", b"awaited"]
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
         await pool.close()

@@ -11,11 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from cli import carry_over, supervision
+from cli import carry_over, shedding, supervision
 from cli.carry_over import Carried, Letter, resume_offsets
-from cli.shedding import Shedder, SheddingSettings, groups_of, rss_mb
+from cli.shedding import RETRY_S, Shedder, SheddingSettings, drained, groups_of, rss_mb
 from cli.stack import Stack, StackConfig
 from shared import broker_memory, topics
+from shared.relay_hold import LONGEST_S, RelayHold
+from shared.settings import KafkaSettings
 
 
 def shedder(mb: int = 100, quiet_s: float = 10) -> Shedder:
@@ -42,20 +44,31 @@ def test_only_once_nothing_was_produced_for_the_quiet_time() -> None:
     assert not s.observe(501, now=36)
 
 
-def test_asked_only_past_the_limit_and_while_the_memory_stays_still() -> None:
+def test_due_past_the_limit_and_not_again_soon_after_a_drain_given_up() -> None:
     s = shedder(mb=100)
-    assert not s.worth_asking(99)
-    assert s.worth_asking(100)
+    assert not s.due(99, now=0)
+    assert s.due(100, now=0)
     assert not s.observe(7, now=0)
-    assert s.worth_asking(100.5)  # still: allocator noise
-    assert not s.worth_asking(110)  # growing: the broker is being given work, and the quiet is reset
-    assert s.worth_asking(110)
-    assert not s.observe(7, now=100)  # counted from here, not from the first look
+    s.put_off(now=10)  # a drain given up: tried again RETRY_S later, its quiet counted afresh
+    assert not s.due(500, now=10 + RETRY_S - 1)
+    assert s.due(500, now=10 + RETRY_S)
+    assert not s.observe(7, now=100)
     assert s.observe(7, now=110)
 
 
+def test_a_relay_is_held_while_the_file_is_there_and_not_for_ever(tmp_path: Path) -> None:
+    path = tmp_path / "relay.hold"
+    now = [time.time()]
+    held = RelayHold(path, clock=lambda: now[0])
+    assert not held() and not RelayHold(None)()
+    path.touch()
+    assert held()
+    now[0] += LONGEST_S + 1  # a supervisor that died mid-drain left it: requests go out anyway
+    assert not held()
+
+
 def test_a_bad_setting_names_its_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("LETHE_BROKER_SHED_QUIET_S", "0")
+    monkeypatch.setenv("LETHE_BROKER_SHED_QUIET_S", "0.01")
     with pytest.raises(RuntimeError, match="LETHE_BROKER_SHED_QUIET_S"):
         Stack(StackConfig(state_dir=tmp_path))
 
@@ -139,3 +152,81 @@ def test_a_stack_of_some_services_waits_only_for_their_groups() -> None:
         topics.worker_group("billing"),
         topics.worker_retry_group("billing"),
     }
+
+
+class _Broker:
+    """A consumer whose partitions' end offsets add up to each of `totals` in turn (then the
+    last one), for `drained`."""
+
+    def __init__(self, totals: list[int]) -> None:
+        self.totals = totals
+
+    def __call__(self, **_: object) -> _Broker:
+        return self
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+    async def end_offsets(self, found: list[object]) -> dict[object, int]:
+        return {"p": self.totals.pop(0) if len(self.totals) > 1 else self.totals[0]}
+
+
+def _drain(
+    monkeypatch: pytest.MonkeyPatch, totals: list[int], behind: int, drain_s: float = 5
+) -> tuple[int | None, dict[str, int] | None]:
+    async def partitions(*_: object) -> list[str]:
+        return ["p"]
+
+    async def unread(_: object, groups: dict[str, object]) -> dict[str, int]:
+        return dict.fromkeys(groups, behind)
+
+    monkeypatch.setattr(shedding, "AIOKafkaConsumer", _Broker(totals))
+    monkeypatch.setattr(shedding, "partitions_of", partitions)
+    monkeypatch.setattr(shedding, "unread", unread)
+    monkeypatch.setattr(shedding, "DRAIN_LOOK_S", 0.01)
+    settings = SheddingSettings.model_validate({"mb": 100, "quiet_s": 0.1, "drain_s": drain_s})
+    kafka = KafkaSettings()
+    return asyncio.run(drained(kafka, ["t"], {"g": ["t"]}, Shedder(settings), lambda: False))
+
+
+def test_drained_once_nothing_moves_for_the_quiet_time_and_all_was_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert _drain(monkeypatch, [5, 9, 12], behind=0) == (12, {"g": 0})
+
+
+def test_a_drain_that_does_not_finish_is_given_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A group behind (its service's database down, say) keeps the broker from draining."""
+    started = time.monotonic()
+    assert _drain(monkeypatch, [12], behind=3, drain_s=1) == (None, {"g": 3})
+    assert 1 <= time.monotonic() - started < 3
+
+
+@pytest.mark.parametrize("total", [12, None])
+def test_intakes_relay_is_held_for_the_drain_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, total: int | None
+) -> None:
+    """Held while the supervisor drains the broker, let go after the shed or once the drain was
+    given up: requests go on at once."""
+    stack = Stack(StackConfig(state_dir=tmp_path))
+    stack.relay_hold_file.parent.mkdir(parents=True)
+    held: list[bool] = []
+    shed: list[int | None] = []
+
+    async def drained(*_: object) -> tuple[int | None, dict[str, int]]:
+        held.append(stack.relay_hold_file.exists())
+        return total, {}
+
+    def shed_unless(unless_produced_past: int | None) -> bool:
+        held.append(stack.relay_hold_file.exists())
+        shed.append(unless_produced_past)
+        return True
+
+    monkeypatch.setattr(supervision, "drained", drained)
+    monkeypatch.setattr(stack.supervisor, "shed", shed_unless)
+    assert stack.supervisor._drain_and_shed() == (total is not None)
+    assert all(held) and shed == ([] if total is None else [total])
+    assert not stack.relay_hold_file.exists()
