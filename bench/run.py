@@ -64,26 +64,33 @@ def progress(done: int, total: int, label: str) -> None:
 async def listen(
     stack: Stack, completed: dict[str, float], prefix: str, total: int, stop: asyncio.Event
 ) -> None:
-    """Every completion of this run's requests (keyed by request id), with when it was read."""
-    consumer = AIOKafkaConsumer(
-        topics.REQUESTS_COMPLETED,
-        **client_options(stack.kafka_settings()),
-        group_id=f"bench-{uuid4().hex[:6]}",
-        auto_offset_reset="earliest",
-        fetch_max_wait_ms=10,
-    )
-    await consumer.start()
-    ours = f"{prefix}-".encode()
-    try:
-        while not stop.is_set():
-            for records in (await consumer.getmany(timeout_ms=100)).values():
-                now = time.monotonic()
-                for record in records:
-                    if record.key and record.key.startswith(ours):
-                        completed.setdefault(record.key.decode(), now)
-            progress(len(completed), total, "completed")
-    finally:
-        await consumer.stop()
+    """Every completion of this run's requests (keyed by request id), with when it was read.
+    After a shed of the broker's history (cli/shedding.py) it reads the new broker from its
+    start, in a new group: a position on the old one means nothing there (tansu answers a fetch
+    past a partition's end with nothing, not an error), and the tracker publishes again the
+    completions of the minute before the shed, which this reader, outside Lethe, may have
+    missed."""
+    while not stop.is_set():
+        sheds = stack.supervisor.sheds
+        consumer = AIOKafkaConsumer(
+            topics.REQUESTS_COMPLETED,
+            **client_options(stack.kafka_settings()),
+            group_id=f"bench-{uuid4().hex[:6]}",
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=10,
+        )
+        await consumer.start()
+        ours = f"{prefix}-".encode()
+        try:
+            while not stop.is_set() and stack.supervisor.sheds == sheds:
+                for records in (await consumer.getmany(timeout_ms=100)).values():
+                    now = time.monotonic()
+                    for record in records:
+                        if record.key and record.key.startswith(ours):
+                            completed.setdefault(record.key.decode(), now)
+                progress(len(completed), total, "completed")
+        finally:
+            await consumer.stop()
 
 
 def stage_latencies(stack: Stack, trace_ids: set[str]) -> tuple[dict[str, Any], float]:
@@ -135,7 +142,11 @@ def start_stack(tmp: Path, prefix: str) -> Stack:
 
 
 def sampler_for(stack: Stack, interval_s: float = 2.0) -> Sampler:
-    groups: dict[str, object] = {name: (lambda p=p: [p.pid]) for name, p in stack.processes.items()}
+    # Looked up at each sample: the stack starts its broker again at a shed (cli/shedding.py).
+    groups: dict[str, object] = {
+        name: (lambda n=name: [stack.processes[n].pid] if n in stack.processes else [])
+        for name in stack.processes
+    }
     groups["postgres"] = postgres_pids
     # This process (the listener) and the submitting one.
     groups["load generator"] = lambda: [os.getpid(), *(c.pid or 0 for c in multiprocessing.active_children())]
@@ -293,7 +304,7 @@ def summarise(
         incomplete.append({"request_id": rid, "status": body.get("status"), "waiting_on": waiting})
     usage = {
         name: {
-            "cpu_seconds": round(u.cpu_end - u.cpu_start, 2),
+            "cpu_seconds": round(u.cpu_seconds, 2),
             "peak_rss_mb": round(u.peak_rss / 2**20, 1),
             "rss_slope_mb_per_min": round(slope_mb_per_min(u.samples), 3),
         }

@@ -40,10 +40,23 @@ def postgres_pids() -> list[int]:
 
 @dataclass
 class Usage:
-    cpu_start: float = 0.0
-    cpu_end: float = 0.0
     peak_rss: int = 0
     samples: list[tuple[float, int]] = field(default_factory=list)  # (seconds since start, rss)
+    # CPU seconds of each process of the group, first and last seen: a process can be replaced
+    # mid-run (the embedded broker at a shed), and its successor's clock starts at zero.
+    cpu_first: dict[int, float] = field(default_factory=dict)
+    cpu_last: dict[int, float] = field(default_factory=dict)
+
+    @property
+    def cpu_seconds(self) -> float:
+        """Used between the first and the last sample (by a process started mid-run, since the
+        sample after its start)."""
+        return sum(last - self.cpu_first[pid] for pid, last in self.cpu_last.items())
+
+    def record(self, cpu: dict[int, float]) -> None:
+        for pid, seconds in cpu.items():
+            self.cpu_first.setdefault(pid, seconds)
+            self.cpu_last[pid] = seconds
 
 
 class Sampler:
@@ -60,12 +73,11 @@ class Sampler:
         self.machine_busy = 0.0
         self.machine_steal = 0.0
 
-    def _measure(self, name: str) -> tuple[float, int]:
-        cpu, rss = 0.0, 0
-
+    def _measure(self, name: str) -> tuple[dict[int, float], int]:
+        cpu, rss = {}, 0
         for pid in self.groups[name]():  # type: ignore[operator]
             try:
-                cpu += _cpu_seconds(pid)
+                cpu[pid] = _cpu_seconds(pid)
                 rss += _rss_bytes(pid)
             except OSError:
                 continue
@@ -74,7 +86,7 @@ class Sampler:
     def start(self) -> None:
         self._machine_start = _machine_jiffies()
         for name in self.groups:
-            self.usage[name].cpu_start = self._measure(name)[0]
+            self.usage[name].record(self._measure(name)[0])
         self._thread.start()
 
     def _run(self) -> None:
@@ -85,7 +97,7 @@ class Sampler:
         now = time.monotonic() - self._t0
         for name, usage in self.usage.items():
             cpu, rss = self._measure(name)
-            usage.cpu_end = cpu
+            usage.record(cpu)
             usage.peak_rss = max(usage.peak_rss, rss)
             usage.samples.append((now, rss))
 
