@@ -1,20 +1,23 @@
 """Shedding the embedded broker's history.
 
 tansu's memory storage keeps every message it was given, for ever: it applies no `retention.ms`
-and drops the connection on DeleteRecords (README, Performance). Its memory only grows (some
-45 MB a minute at 10 requests/s), and a fetch lists every batch stored in its partition. The
-embedded stack therefore starts it again, empty, once all of this holds:
-- it holds more than `LETHE_BROKER_SHED_MB`, and its memory stopped growing;
+and drops the connection on DeleteRecords (README, Performance). Its memory only grows (30-45 MB
+a minute at 10 requests/s), and a fetch lists every batch stored in its partition. Once it
+holds more than `LETHE_BROKER_SHED_MB`, the embedded stack holds intake's outbox relay
+(shared/relay_hold.py) so that the pipeline drains, and starts the broker again, empty, once
+all of this holds:
+- every service is up and ready;
 - nothing has been produced for `LETHE_BROKER_SHED_QUIET_S`;
-- every service is up and ready, and each of their consumer groups has committed the end of
-  every partition it reads (shared/topics.consumer_groups): nothing is waiting to be read, not
-  a submission on the ingress topic nor a command due for a retry;
+- each of their consumer groups has committed the end of every partition it reads
+  (shared/topics.consumer_groups): nothing is waiting to be read, not a submission on the
+  ingress topic nor a command due for a retry;
 - the end offsets, looked at once more just before the kill, have not moved.
-The dead letters, which nobody reads in a group, are carried over (cli/carry_over.py). Each
-service is told (SIGUSR2: check the broker now) and recovers as from any broker loss: consumers
-rewound to the start of the new partitions, holds and sentinels placed again, the tracker's
-completions since a minute before the notice published again (README, Delivery guarantees).
-Under steady load it never sheds.
+A drain not done within `LETHE_BROKER_SHED_DRAIN_S` is given up (the relay let go) and tried
+again RETRY_S later. The dead letters, which nobody reads in a group, are carried over
+(cli/carry_over.py). Each service is told (SIGUSR2: check the broker now) and recovers as from
+any broker loss: consumers rewound to the start of the new partitions, holds and sentinels
+placed again, the tracker's completions since just before the notice published again (README,
+Delivery guarantees).
 
 A reader outside Lethe (an upstream tool reading replies or completions from the embedded
 broker) sees its topics start again from offset 0, as after any restart of a memory-only broker,
