@@ -10,6 +10,7 @@ import asyncio
 import logging
 import time
 import weakref
+from collections.abc import Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
@@ -119,11 +120,8 @@ async def rewind_all() -> int:
     rewound = 0
     for consumer in list(_pacing):
         partitions = list(consumer.assignment())
-        for tp in partitions:
-            forget(consumer, tp)
         _rewound_at[consumer] = time.monotonic()
-        for tp in partitions:
-            consumer.seek(tp, 0)  # from the start: see the note above forget()
+        read_from_start(consumer, partitions)
         rewound += len(partitions)
     log.warning(
         "the broker forgot: consumers read every partition from its start", extra={"partitions": rewound}
@@ -164,6 +162,14 @@ def standing() -> list[dict[str, object]]:
     return places
 
 
+def read_from_start(consumer: AIOKafkaConsumer, partitions: Iterable[TopicPartition]) -> None:
+    """Forget where each partition's records ended and seek it to offset 0 (the "From the start"
+    note above says why not seek_to_beginning)."""
+    for tp in partitions:
+        forget(consumer, tp)
+        consumer.seek(tp, 0)
+
+
 def forget(consumer: AIOKafkaConsumer, tp: TopicPartition) -> None:
     """Forget where a partition's records ended, before seeking it somewhere else on purpose
     (a topic that the broker forgot, read again from its start)."""
@@ -185,9 +191,7 @@ async def fetch_in_order(consumer: AIOKafkaConsumer, timeout_ms: int) -> Batches
     rest is dropped and the consumer seeks back to the missing offset."""
     if late := _assigned_since.pop(consumer, None):
         late &= consumer.assignment()
-        for tp in late:
-            forget(consumer, tp)
-            consumer.seek(tp, 0)  # from the start: see the note above forget()
+        read_from_start(consumer, late)
         if late:
             log.warning(
                 "partitions assigned after a rewind: read from their start", extra={"partitions": len(late)}
@@ -227,9 +231,7 @@ def _rewind_past_the_end(consumer: AIOKafkaConsumer, batches: Batches) -> None:
         and state.highwater is not None
         and state.position > state.highwater
     ]
-    for tp in past:
-        forget(consumer, tp)
-        consumer.seek(tp, 0)  # from the start: see the note above forget()
+    read_from_start(consumer, past)
     if past:
         log.warning(
             "partitions that end before this consumer's place: read from their start",
