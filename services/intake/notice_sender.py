@@ -108,10 +108,14 @@ class NoticeSender:
 
     async def send_due(self, now: datetime) -> int:
         with quiet():
+            # The try is counted as it is leased, before anything is sent: a recipient may
+            # acknowledge from its webhook handler, before this pass records the answer, and
+            # a notice that may have arrived is one that can be acknowledged (notices.acknowledge).
             rows = await self.pool.fetch(
-                "UPDATE notices n SET next_at = $2 FROM (SELECT notice_id FROM notices"
-                " WHERE state = 'pending' AND channel = 'webhook' AND next_at <= $1 ORDER BY next_at"
-                " LIMIT $3 FOR UPDATE SKIP LOCKED) due WHERE n.notice_id = due.notice_id RETURNING n.*",
+                "UPDATE notices n SET next_at = $2, attempts = n.attempts + 1"
+                " FROM (SELECT notice_id FROM notices WHERE state = 'pending' AND channel = 'webhook'"
+                " AND next_at <= $1 ORDER BY next_at LIMIT $3 FOR UPDATE SKIP LOCKED) due"
+                " WHERE n.notice_id = due.notice_id RETURNING n.*",
                 now,
                 now + self.lease,
                 BATCH,
@@ -180,7 +184,7 @@ class NoticeSender:
     ) -> None:
         """The try's result, unless the notice was acknowledged or closed meanwhile (`final`:
         it can never succeed, so it is failed now)."""
-        attempts = row["attempts"] + (0 if final else 1)  # nothing was sent
+        attempts = row["attempts"] - (1 if final else 0)  # counted at the lease; `final`: nothing was sent
         if error is None:
             state, via = ("delivered", None) if row["must_acknowledge"] else ("acknowledged", "response")
         else:

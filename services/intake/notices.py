@@ -125,10 +125,10 @@ async def acknowledge(
     pool: asyncpg.Pool, notice_id: UUID, recipient_id: str, token_id: str, now: datetime
 ) -> asyncpg.Record | None:
     """The recipient's acknowledgement, only of its own webhook notice (None: not found, like
-    another's) and only once it was sent: delivered, or tried (a try whose 2xx was lost may
-    have arrived). A notice never sent or given up cannot be acknowledged (NotAcknowledgeable):
-    its identifiers stay for compliance. Acknowledging again reports it again (the first report
-    may have been lost with a broker) and changes nothing."""
+    another's) and only once it was sent: delivered, or tried (a try is counted as it starts,
+    and one whose 2xx was lost may have arrived). A notice never sent or given up cannot be
+    acknowledged (NotAcknowledgeable): its identifiers stay for compliance. Acknowledging again
+    reports it again (the first report may have been lost with a broker) and changes nothing."""
     async with pool.acquire() as conn, conn.transaction():
         row = await conn.fetchrow(
             "UPDATE notices SET state = 'acknowledged', acknowledged_at = $3, acknowledged_via = 'recipient',"

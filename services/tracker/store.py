@@ -82,6 +82,11 @@ async def start_saga(
         if event.request_type is RequestType.LIFT_RESTRICTION:  # it waits for its notices
             saga.announce_lift(event.occurred_at, await _restricted_before(conn, event))
         early_outcomes = [OutcomeReported.model_validate_json(row["outcome"]) for row in early]
+        for row in await conn.fetch(
+            "DELETE FROM early_extensions WHERE request_id = $1 RETURNING event", event.request_id
+        ):
+            extended = DeadlineExtended.model_validate_json(row["event"])
+            saga.extend(extended.months, extended.deadline, extended.occurred_at)
         await _take(conn, loaded, early_outcomes, seal)
         await save(conn, loaded, was_final=False)
 
@@ -208,7 +213,15 @@ async def extend_deadline(pool: asyncpg.Pool, event: DeadlineExtended) -> None:
         if not await claim(conn, event.message_id):
             return
         loaded = await load(conn, event.request_id)
-        if loaded is not None and loaded.saga.extend(event.months, event.deadline, event.occurred_at):
+        if loaded is None:  # read before the request's acceptance: applied when the saga starts
+            await conn.execute(
+                "INSERT INTO early_extensions (message_id, request_id, event) VALUES ($1, $2, $3)"
+                " ON CONFLICT DO NOTHING",
+                event.message_id,
+                event.request_id,
+                event.model_dump_json(),
+            )
+        elif loaded.saga.extend(event.months, event.deadline, event.occurred_at):
             await save(conn, loaded, loaded.saga.status.is_final)
 
 

@@ -8,9 +8,10 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 import asyncpg
+import httpx
 import pytest
 
 from services.intake import notices
@@ -138,3 +139,39 @@ async def test_the_note_is_sealed_and_task_identifiers_are_dropped_in_time(pool:
     sender = NoticeSender(pool, REGISTER, {}, SEAL, Retries(), keep_task_identifiers=timedelta(days=30))
     assert await sender.forget_task_identifiers(datetime.now(UTC) + timedelta(days=31)) == 2
     assert await pool.fetchval("SELECT count(*) FROM notices WHERE sealed_identifiers IS NOT NULL") == 0
+
+
+async def test_a_recipient_may_acknowledge_from_its_webhook_before_the_sender_records_the_try(
+    pool: asyncpg.Pool,
+) -> None:
+    """A recipient that acknowledges while handling the webhook (or as soon as it returns) must
+    not be told 409: the sender counts the try when it leases the notice, before sending."""
+    sent = command()
+    await notices.take(pool, REGISTER, sent, NOW)
+    answers: list[object] = []
+
+    async def recipient(request: httpx.Request) -> httpx.Response:
+        notice_id = UUID(json.loads(request.content)["notice_id"])
+        answers.append(await notices.acknowledge(pool, notice_id, "mailer", "tok-r", datetime.now(UTC)))
+        return httpx.Response(204)
+
+    sender = NoticeSender(pool, REGISTER, {"mailer": "s" * 32}, SEAL, Retries())
+    sender.client = httpx.AsyncClient(transport=httpx.MockTransport(recipient))
+    assert await sender.send_due(datetime.now(UTC) + timedelta(seconds=1)) == 1
+    stored = await notices.get(pool, sent.notice_id, None)
+    assert stored is not None and len(answers) == 1 and answers[0] is not None
+    assert (stored["state"], stored["attempts"], stored["acknowledged_via"]) == (
+        "acknowledged",
+        1,
+        "recipient",
+    )
+    assert [r["state"] for r in await reports(pool)] == ["acknowledged"]  # the sender's late record: none
+
+
+async def test_a_notice_that_can_never_be_sent_counts_no_try(pool: asyncpg.Pool) -> None:
+    sent = command()
+    await notices.take(pool, REGISTER, sent, NOW)
+    sender = NoticeSender(pool, REGISTER, {}, SEAL, Retries())  # no secret for the mailer
+    assert await sender.send_due(datetime.now(UTC) + timedelta(seconds=1)) == 0
+    stored = await notices.get(pool, sent.notice_id, None)
+    assert stored is not None and (stored["state"], stored["attempts"]) == ("failed", 0)

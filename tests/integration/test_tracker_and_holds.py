@@ -332,6 +332,23 @@ async def test_silent_system_is_redispatched_with_the_same_command_then_failed(
     assert kinds == ["accepted", "redispatched", "system_failed", "completed"]
 
 
+async def test_an_extension_read_before_its_requests_acceptance_is_applied_when_the_saga_starts(
+    tracker_db: asyncpg.Pool,
+) -> None:
+    """The extension (lethe.requests.deadlines.v1) and the acceptance come on different topics:
+    one granted right after submission may be read first, and must not be lost."""
+    extended = DeadlineExtended(request_id="t-early", months=2, deadline=T0 + timedelta(days=90))
+    await store.extend_deadline(tracker_db, extended)
+    await store.extend_deadline(tracker_db, extended)  # redelivered: kept once
+    await store.start_saga(tracker_db, accepted("t-early", "crm"), T0)
+    loaded = await tracker_db.fetchrow("SELECT deadline, extension FROM sagas WHERE request_id = 't-early'")
+    assert loaded["deadline"] == T0 + timedelta(days=90)
+    assert json.loads(loaded["extension"])["months"] == 2
+    entries = await store.audit_trail(tracker_db, "t-early")
+    assert [e.kind for e in entries] == ["accepted", "deadline_extended"]
+    assert await tracker_db.fetchval("SELECT count(*) FROM early_extensions") == 0
+
+
 async def test_operator_retry_and_extension_are_audited_in_a_chain_the_database_protects(
     tracker_db: asyncpg.Pool,
 ) -> None:
