@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import uvicorn
-from aiokafka import AIOKafkaProducer, ConsumerRecord
+from aiokafka import AIOKafkaProducer
 from fastapi import FastAPI
 
 from services.intake import auth, callbacks, holds, ingress, notices, recovery, rekey, reviews, store
@@ -21,10 +21,10 @@ from services.intake.notice_sender import NoticeSender
 from services.intake.notice_settings import NoticeSettings, webhook_secrets
 from services.intake.service import IntakeContext
 from services.intake.settings import IntakeSettings
+from services.intake.statuses import fold_status, fold_statuses
 from shared import topics
 from shared.broker_memory import SENTINEL_DDL
 from shared.codec import decode
-from shared.contracts import RequestStatusChanged
 from shared.contracts.notices import NotifyRecipient
 from shared.db import apply_schema, create_pool, ensure_database
 from shared.delivery import GroupHandler, Handler, Publisher, consume_forever
@@ -42,18 +42,6 @@ from shared.settings import (
 )
 
 log = logging.getLogger("lethe.intake")
-
-
-async def fold_status(pool: asyncpg.Pool, record: ConsumerRecord[bytes, bytes]) -> None:
-    await fold_statuses(pool, [record])
-
-
-async def fold_statuses(pool: asyncpg.Pool, records: list[ConsumerRecord[bytes, bytes]]) -> None:
-    """Snapshots of one request: only the newest matters (each carries the whole state)."""
-    event = max((decode(r.value, RequestStatusChanged) for r in records), key=lambda e: e.version)
-    async with pool.acquire() as conn, conn.transaction():
-        await store.apply_status(conn, event)
-        await reviews.fold(conn, event)
 
 
 async def consume(

@@ -6,8 +6,9 @@ from datetime import datetime
 
 import asyncpg
 
+from services.intake import store
 from shared import topics
-from shared.contracts import RequestStatus
+from shared.contracts import FINAL_STATUSES, RequestStatus
 from shared.contracts.events import DeadlineExtended, RetrySystem
 from shared.deadlines import add_months
 from shared.outbox import enqueue
@@ -44,13 +45,33 @@ async def extend(
             reason,
             now,
         )
-        await enqueue(
-            conn,
-            topics.DEADLINES,
-            request_id,
-            DeadlineExtended(request_id=request_id, months=months, deadline=deadline, occurred_at=now),
-        )
+        await enqueue(conn, topics.DEADLINES, request_id, extension_of(updated))
     return updated
+
+
+def extension_of(row: asyncpg.Record) -> DeadlineExtended:
+    """The extension as the tracker is told it, with the same id however often it is sent."""
+    return DeadlineExtended(
+        message_id=store.message_id(row["request_id"], "extended"),
+        request_id=row["request_id"],
+        months=row["extension_months"],
+        deadline=row["deadline"],
+        occurred_at=row["extended_at"],
+    )
+
+
+async def resend_extensions(pool: asyncpg.Pool) -> int:
+    """After a broker loss: every extension of an open request whose report does not show it
+    yet (the tracker may never have read it; a repeat changes nothing there)."""
+    async with pool.acquire() as conn, conn.transaction():
+        rows = await conn.fetch(
+            "SELECT * FROM requests WHERE extension_months IS NOT NULL AND status <> ALL($1::text[])"
+            " AND coalesce(jsonb_typeof(report->'extension'), 'null') = 'null'",
+            [s.value for s in FINAL_STATUSES],
+        )
+        for row in rows:
+            await enqueue(conn, topics.DEADLINES, row["request_id"], extension_of(row))
+    return len(rows)
 
 
 async def request_retry(pool: asyncpg.Pool, request_id: str, system: str) -> None:

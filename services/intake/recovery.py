@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 from aiokafka import AIOKafkaProducer
 
-from services.intake import holds, store
+from services.intake import holds, operations, reviews, store
 from shared import fetching, topics
 from shared.broker_memory import BrokerMemory, until_next_check
 from shared.crypto import IdentifierSeal
@@ -91,5 +91,10 @@ class BrokerWatch:
         await fetching.rewind_all()
         await holds.announce_all(self.pool)
         announced = await store.announce_unstarted(self.pool, datetime.now(UTC))
-        log.info("announced again", extra={"requests": announced})
+        decisions = await reviews.resend_decisions(self.pool)
+        extensions = await operations.resend_extensions(self.pool)
+        log.info(
+            "announced again",
+            extra={"requests": announced, "decisions": decisions, "extensions": extensions},
+        )
         self.verified_at = time.monotonic()

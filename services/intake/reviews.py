@@ -1,5 +1,6 @@
 """Review items in intake: what the tracker's snapshots say waits for a person (folded in with
-them), and the decisions people take here, each passed to the tracker once. The reviewer's
+them), and the decisions people take here, each passed to the tracker once (and again after a
+broker loss, under the same id). The reviewer's
 evidence (what matched, masked) is opened here and nowhere else; the reason for a decision
 stays here (the audit chain gets its digest)."""
 
@@ -13,6 +14,7 @@ from uuid import UUID
 
 import asyncpg
 
+from services.intake import store
 from shared import topics
 from shared.contracts import FINAL_STATUSES, RequestStatusChanged
 from shared.contracts.events import ReviewDecided
@@ -134,17 +136,29 @@ async def decide(
             token_id,
             role,
         )
-        await enqueue(
-            conn,
-            topics.REVIEWS,
-            row["request_id"],
-            ReviewDecided(
-                request_id=row["request_id"],
-                review_id=review_id,
-                decision=decision,
-                reason_sha256=hashlib.sha256(reason.encode()).hexdigest(),
-                token_id=token_id,
-                role=role,
-            ),
-        )
+        await enqueue(conn, topics.REVIEWS, row["request_id"], decision_of(decided))
     return decided
+
+
+def decision_of(row: asyncpg.Record) -> ReviewDecided:
+    """The decision as the tracker is told it, with the same id however often it is sent."""
+    return ReviewDecided(
+        message_id=store.message_id(row["request_id"], f"decided/{row['review_id']}"),
+        request_id=row["request_id"],
+        review_id=row["review_id"],
+        decision=ReviewDecision(row["decision"]),
+        reason_sha256=hashlib.sha256(row["decision_reason"].encode()).hexdigest(),
+        token_id=row["decided_by"],
+        role=row["decided_role"],
+    )
+
+
+async def resend_decisions(pool: asyncpg.Pool) -> int:
+    """After a broker loss: every decision the tracker's snapshots do not show taken yet (it
+    may never have read it; a repeat changes nothing there). Without this the request would
+    wait for ever, and intake refuses a second decision."""
+    async with pool.acquire() as conn, conn.transaction():
+        rows = await conn.fetch("SELECT * FROM reviews WHERE decision IS NOT NULL AND state = 'open'")
+        for row in rows:
+            await enqueue(conn, topics.REVIEWS, row["request_id"], decision_of(row))
+    return len(rows)

@@ -14,7 +14,6 @@ from pydantic import BaseModel
 from shared import topics
 from shared.contracts import (
     COMMAND_FOR_TYPE,
-    FINAL_STATUSES,
     NotificationRequested,
     RequestAccepted,
     RequestStatus,
@@ -129,7 +128,7 @@ def _announcements(new: NewRequest) -> list[tuple[str, str, BaseModel]]:
         # Art. 18(3): the person is told before the lift takes effect; the outbox publishes in
         # row order, so the notification leaves before the commands.
         notice = NotificationRequested(
-            message_id=_message_id(new.request_id, "notice"),
+            message_id=message_id(new.request_id, "notice"),
             request_id=new.request_id,
             kind="restriction_lift",
             subject_ref=new.subject_ref,
@@ -137,7 +136,7 @@ def _announcements(new: NewRequest) -> list[tuple[str, str, BaseModel]]:
         messages.append((topics.NOTIFICATIONS, new.request_id, notice))
     commands = {
         system: command_type(
-            message_id=_message_id(new.request_id, system),
+            message_id=message_id(new.request_id, system),
             request_id=new.request_id,
             system=system,
             subject_ref=new.subject_ref,
@@ -146,7 +145,7 @@ def _announcements(new: NewRequest) -> list[tuple[str, str, BaseModel]]:
         for system in new.systems
     }
     accepted = RequestAccepted(
-        message_id=_message_id(new.request_id, "accepted"),
+        message_id=message_id(new.request_id, "accepted"),
         request_id=new.request_id,
         request_type=RequestType(new.request_type),
         subject_ref=new.subject_ref,
@@ -167,7 +166,9 @@ def _announcements(new: NewRequest) -> list[tuple[str, str, BaseModel]]:
     return messages
 
 
-def _message_id(request_id: str, part: str) -> UUID:
+def message_id(request_id: str, part: str) -> UUID:
+    """The same id each time a message is sent again (after a broker loss): the receiver's
+    journal then takes a repeat as one it has seen."""
     return uuid5(_ANNOUNCEMENT_IDS, f"{request_id}/{part}")
 
 
@@ -224,22 +225,23 @@ announced AS (
         'request_id', $1::text, 'status', $2::text, 'completed_at', completed_at,
         'deadline', deadline, 'report', '/v1/requests/' || $1 || '/report')
     FROM folded
-    WHERE $9 AND callback_url IS NOT NULL AND NOT previous = ANY($10::text[])
+    WHERE $9 AND callback_url IS NOT NULL AND previous <> $2
     ON CONFLICT DO NOTHING)
 SELECT previous FROM folded"""
 
 
-async def apply_status(conn: asyncpg.Connection | asyncpg.Pool, event: RequestStatusChanged) -> None:
-    """Fold the tracker's snapshot into the read model; older or repeated snapshots lose. When
-    the request just reached a final status, its callback (if any) is queued in the same
-    statement: one round trip, atomic on its own (a request makes several snapshots). The
-    reviewer's sealed evidence is not kept in the report (reviews.fold keeps it for them)."""
+async def apply_status(conn: asyncpg.Connection | asyncpg.Pool, event: RequestStatusChanged) -> bool:
+    """Fold the tracker's snapshot into the read model; older or repeated snapshots lose (False).
+    When the request reached a final status other than the one it had (failed, then completed
+    by a late answer or a retry), its callback (if any) is queued in the same statement: one
+    round trip, atomic on its own (a request makes several snapshots). The reviewer's sealed
+    evidence is not kept in the report (reviews.fold keeps it for them)."""
     report = event.report
     if report is not None and report.reviews:
         report = report.model_copy(
             update={"reviews": [r.model_copy(update={"evidence": None}) for r in report.reviews]}
         )
-    await conn.execute(
+    folded = await conn.fetchrow(
         _APPLY_STATUS,
         event.request_id,
         event.status.value,
@@ -250,8 +252,8 @@ async def apply_status(conn: asyncpg.Connection | asyncpg.Pool, event: RequestSt
         report.deadline if report else None,
         json.dumps([e.model_dump(mode="json") for e in event.audit]),
         event.status.is_final,
-        [s.value for s in FINAL_STATUSES],
     )
+    return folded is not None
 
 
 async def get(pool: asyncpg.Pool, request_id: str, *, submitted_by: str | None) -> asyncpg.Record | None:

@@ -71,6 +71,7 @@ async def schedule_follow_ups(conn: asyncpg.Connection, outcome: OutcomeReported
     ]
     cited = sorted({r.hold_reference for c in outcome.categories for r in c.retained if r.hold_reference})
     if cited:
+        await _lock_cases(conn, cited)
         for hold in await conn.fetch(
             "SELECT case_reference, expires_at, released_at FROM holds"
             " WHERE case_reference = ANY($1::text[])",
@@ -83,10 +84,19 @@ async def schedule_follow_ups(conn: asyncpg.Connection, outcome: OutcomeReported
         await conn.executemany(_INSERT, rows)
 
 
+async def _lock_cases(conn: asyncpg.Connection, case_references: Sequence[str]) -> None:
+    """Until the transaction ends. A hold's end and an outcome citing it are handled at once
+    (they are keyed apart): each reading before the other committed, neither would schedule
+    the follow-up, and what the hold kept would stay for good. Taken in order: no deadlock."""
+    for reference in sorted(case_references):
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('hold:' || $1, 0))", reference)
+
+
 async def record_hold(pool: asyncpg.Pool, hold: HoldUpdated) -> int:
     """Take a hold's change; once it has an end (a release, an expiry), every outcome that kept
     records under it gets a follow-up due then. Returns the follow-ups scheduled."""
     async with pool.acquire() as conn, conn.transaction():
+        await _lock_cases(conn, [hold.case_reference])
         changed = await conn.fetchval(
             "INSERT INTO holds (hold_id, version, case_reference, expires_at, released_at)"
             " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (hold_id) DO UPDATE SET version = $2,"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from shared.contracts import Action, OutcomeReported, RequestType, SubjectCommand, Verification
 from shared.contracts.commands import EraseRecords
@@ -92,14 +92,7 @@ async def execute(
         new = outcome.learnt(plan, known)
         result = OutcomeReported(
             message_id=outcome_id(command),
-            request_id=command.request_id,
-            system=adapter.system,
-            command_id=command.message_id,
-            attempt=command.attempt,
-            resume_of=command.resume_of,
-            reason=command.reason,
-            round=command.round,
-            review_id=command.review_id if isinstance(command, EraseRecords) else None,
+            **answering(command, adapter.system),
             status="done" if verification.passed else "failed",
             categories=outcome.summarise(
                 adapter.categories, plan, command.round, getattr(adapter, "erasure_notes", {})
@@ -115,6 +108,21 @@ async def execute(
         )
         await store.save_outcome(command.message_id, result.model_dump(mode="json"))
     return result
+
+
+def answering(command: SubjectCommand, system: str) -> dict[str, Any]:
+    """What an outcome says of the command it answers, success or failure alike: without its
+    round or review the tracker cannot tell which answer it is, and would leave it unheard."""
+    return {
+        "request_id": command.request_id,
+        "system": system,
+        "command_id": command.message_id,
+        "attempt": command.attempt,
+        "resume_of": command.resume_of,
+        "reason": command.reason,
+        "round": command.round,
+        "review_id": command.review_id if isinstance(command, EraseRecords) else None,
+    }
 
 
 async def _plan(

@@ -39,7 +39,7 @@ from shared.service import mark_ready
 from shared.settings import KafkaSettings
 from shared.telemetry import metrics
 from shared.telemetry.messaging import consuming
-from shared.worker.handler import Clock, execute, outcome_id
+from shared.worker.handler import Clock, answering, execute, outcome_id
 from shared.worker.holds import HoldsBehind, HoldsUnavailable, HoldsView
 from shared.worker.policy import Policy
 from shared.worker.ports import StoreAdapter
@@ -313,12 +313,7 @@ class WorkerRuntime:
                 # Not the success's id: a later success (after a replay) must not be taken for
                 # a duplicate of this failure.
                 message_id=outcome_id(command, failed_after=attempt),
-                request_id=command.request_id,
-                system=self.adapter.system,
-                command_id=command.message_id,
-                attempt=command.attempt,
-                resume_of=command.resume_of,
-                reason=command.reason,
+                **answering(command, self.adapter.system),
                 status="failed",
                 error=f"{error} after {attempt} tries",
                 started_at=now,

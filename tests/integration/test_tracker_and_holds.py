@@ -206,6 +206,35 @@ async def test_a_release_that_overtakes_the_outcome_citing_it_still_schedules_er
     assert await schedule.pending(tracker_db, "t-race") == [("billing", T0.date())]
 
 
+async def test_a_release_handled_while_the_outcome_citing_it_commits_still_schedules_erasure(
+    tracker_db: asyncpg.Pool,
+) -> None:
+    """Keyed apart, they run at once: the outcome read the holds before the release committed,
+    the release looked for citing outcomes before the outcome committed. Here the outcome is
+    held at its audit entry (after its read of the holds) while the release is handled."""
+    await store.start_saga(tracker_db, accepted("t-both", "billing"), T0)
+    released = HoldUpdated(
+        hold_id=uuid4(),
+        version=2,
+        case_reference="LIT-BOTH",
+        subject_ref=REF,
+        sealed_identifiers="x",
+        placed_at=T0,
+        released_at=T0 + timedelta(minutes=1),
+    )
+    held = Retention(count=1, hold_reference="LIT-BOTH", legal_basis="hold")
+    async with tracker_db.acquire() as blocker, blocker.transaction():
+        await blocker.execute("LOCK TABLE audit_log IN EXCLUSIVE MODE")
+        answered = asyncio.create_task(
+            store.record_outcome(tracker_db, outcome("t-both", "billing", retained=[held]))
+        )
+        await asyncio.sleep(0.5)  # it has read the holds, and waits to write its audit entry
+        release = asyncio.create_task(schedule.record_hold(tracker_db, released))
+        await asyncio.sleep(0.5)
+    await asyncio.wait_for(asyncio.gather(answered, release), 10)
+    assert await schedule.pending(tracker_db, "t-both") == [("billing", T0.date())]
+
+
 def announced(*holds: HoldUpdated) -> HoldsAnnounced:
     return HoldsAnnounced(versions={h.hold_id: h.version for h in holds})
 

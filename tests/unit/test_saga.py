@@ -11,8 +11,10 @@ from shared.contracts import (
     SystemState,
 )
 from shared.contracts.audit import GENESIS, AuditEntry, verify_chain
+from shared.contracts.commands import EraseRecords, EraseSubject
 from shared.contracts.outcomes import ReviewItem
 from shared.contracts.report import ReviewDecision
+from shared.worker.handler import answering
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 TIMEOUTS = Timeouts(first=timedelta(minutes=10), attempts=3, backoff=2.0)
@@ -238,3 +240,34 @@ def test_keeping_records_a_reviewer_decided_on_is_an_exception_in_the_report() -
     s.decide(item.review_id, ReviewDecision.KEEP, "tok1", "compliance", "a" * 64, T0 + timedelta(days=2))
     assert s.status is RequestStatus.COMPLETED_WITH_EXCEPTIONS
     assert s.completed_at == T0 + timedelta(days=2)  # the decision ended it
+
+
+def test_a_worker_giving_up_on_a_reviewers_erasure_or_a_later_round_is_heard() -> None:
+    """The give-up outcome names the command's round and review as a success would: without
+    them the tracker took neither, and the request waited for ever (review 'erasing')."""
+    s = saga("billing")
+    item = review()
+    s.record(outcome("billing").model_copy(update={"reviews": [item]}))
+    erase = s.decide(item.review_id, ReviewDecision.ERASE, "t", "compliance", "a" * 64, T0)
+    assert erase is not None and erase.command_id is not None
+    command = EraseRecords(
+        message_id=erase.command_id,
+        request_id="r",
+        system="billing",
+        subject_ref="subj_" + "0" * 32,
+        sealed_identifiers="sealed",
+        review_id=item.review_id,
+        groups=[("accounts", "A-2")],
+    )
+    at = {"started_at": T0, "finished_at": T0 + timedelta(days=1)}
+    gave_up = OutcomeReported(status="failed", error="OSError after 5", **at, **answering(command, "billing"))
+    assert s.record(gave_up) and s.report().reviews[0].state == "failed"
+    assert s.status.is_final
+
+    later = saga("crm")
+    later.round = 2
+    round_two = EraseSubject(
+        request_id="r", system="crm", subject_ref="subj_" + "0" * 32, sealed_identifiers="s", round=2
+    )
+    assert later.record(OutcomeReported(status="failed", error="x", **at, **answering(round_two, "crm")))
+    assert later.slots["crm"].state is SystemState.FAILED
