@@ -33,16 +33,21 @@ from shared.topics import SYSTEMS, all_topics
 SERVICES = ("intake", "tracker", *SYSTEMS)
 BASE_DN = "dc=lethe,dc=test"
 ADMIN_DN = f"cn=admin,{BASE_DN}"
-# Tuned for tansu (see README, "Kafka settings"): a 10 ms fetch wait keeps a hop near 7 ms,
-# backing off to 100 ms while a consumer is idle (idle polling at 10 ms burned 1.2 cores),
-# and a short session lets a restarted consumer rejoin in ~2 s instead of ~30 s.
+# Tuned for tansu (see README, "Kafka settings"): a 25 ms fetch wait keeps a hop near 15 ms
+# (10 ms cost a fifth more CPU per request for no lower latency at 10 requests/s), backing off
+# to 100 ms while a consumer is idle (idle polling at 10 ms burned 1.2 cores), and a short
+# session lets a restarted consumer rejoin in ~2 s instead of ~30 s.
 EMBEDDED_KAFKA_ENV = {
-    "LETHE_KAFKA_FETCH_MAX_WAIT_MS": "10",
+    "LETHE_KAFKA_FETCH_MAX_WAIT_MS": "25",
     "LETHE_KAFKA_IDLE_FETCH_MAX_WAIT_MS": "100",
     "LETHE_KAFKA_SESSION_TIMEOUT_MS": "2000",
     "LETHE_KAFKA_HEARTBEAT_INTERVAL_MS": "500",
     "LETHE_KAFKA_IDEMPOTENT_PRODUCER": "false",  # tansu has no idempotent producer
-    "LETHE_KAFKA_TOPIC_PARTITIONS": "16",  # fewer batches per partition: see README, Performance
+    # Each partition in a fetch costs tansu CPU, and each batch stored in a partition makes its
+    # fetches dearer; with the history shed every few minutes (cli/shedding.py) 4 cost less
+    # than 16, and 1 for the topics that carry a message now and then (README, Performance).
+    "LETHE_KAFKA_TOPIC_PARTITIONS": "4",
+    "LETHE_KAFKA_CONTROL_TOPIC_PARTITIONS": "1",
     "LETHE_TRACKER_TICK_S": "1",
     # The embedded broker forgets everything when it restarts: notice soon.
     "LETHE_BROKER_CHECK_S": "2",
@@ -150,12 +155,10 @@ class Stack:
         return f"http://127.0.0.1:{self.config.http_port}"
 
     def kafka_settings(self) -> KafkaSettings:
-        return KafkaSettings(
-            bootstrap=self.kafka_bootstrap,
-            **{  # type: ignore[arg-type]
-                k.removeprefix("LETHE_KAFKA_").lower(): v for k, v in EMBEDDED_KAFKA_ENV.items()
-            },
-        )
+        """What the services are given (a variable set in the environment wins, as in `env`)."""
+        env = {**EMBEDDED_KAFKA_ENV, **os.environ, **self.config.extra_env}
+        given = {k.removeprefix("LETHE_KAFKA_").lower(): v for k, v in env.items() if k.startswith("LETHE_KAFKA_")}
+        return KafkaSettings.model_validate({**given, "bootstrap": self.kafka_bootstrap})
 
     def shedding_settings(self) -> SheddingSettings:
         prefix = "LETHE_BROKER_SHED_"

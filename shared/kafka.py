@@ -24,7 +24,7 @@ from opentelemetry import propagate
 
 from shared import fetching
 from shared.settings import KafkaSettings
-from shared.topics import topic_config
+from shared.topics import CONTROL_TOPICS, topic_config
 
 log = logging.getLogger(__name__)
 Headers = list[tuple[str, bytes]]
@@ -159,7 +159,7 @@ async def ensure_topics(settings: KafkaSettings, names: Sequence[str]) -> None:
                     [
                         NewTopic(
                             n,
-                            settings.topic_partitions,
+                            partitions_for(settings, n),
                             settings.replication_factor,
                             topic_configs=topic_config(n),
                         )
@@ -170,6 +170,12 @@ async def ensure_topics(settings: KafkaSettings, names: Sequence[str]) -> None:
                 pass  # another service created it first
     finally:
         await admin.close()
+
+
+def partitions_for(settings: KafkaSettings, name: str) -> int:
+    if name in CONTROL_TOPICS and settings.control_topic_partitions is not None:
+        return settings.control_topic_partitions
+    return settings.topic_partitions
 
 
 async def partitions_of(consumer: AIOKafkaConsumer, names: Sequence[str]) -> list[TopicPartition]:

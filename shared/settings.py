@@ -21,7 +21,7 @@ class KafkaSettings(BaseSettings):
 
     bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers, comma-separated.")
     fetch_max_wait_ms: int = Field(
-        500, ge=1, le=10_000, description="Consumer fetch wait; 10 on tansu, where 500 adds ~250 ms a hop."
+        500, ge=1, le=10_000, description="Consumer fetch wait; 25 on tansu, where 500 adds ~250 ms a hop."
     )
     idle_fetch_max_wait_ms: int | None = Field(
         None,
@@ -41,6 +41,14 @@ class KafkaSettings(BaseSettings):
     )
     topic_partitions: int = Field(
         6, ge=1, le=1_000, description="Partitions of each topic created at start-up."
+    )
+    control_topic_partitions: int | None = Field(
+        None,
+        ge=1,
+        le=1_000,
+        description="Partitions of the topics that carry a message now and then (retries, extensions, "
+        "reviews, holds, notifications, dead letters, sentinels) created at start-up (unset: as the "
+        "others). 1 on tansu, where each partition in a fetch costs CPU.",
     )
     replication_factor: int = Field(1, ge=1, le=10, description="Replication factor of created topics.")
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(

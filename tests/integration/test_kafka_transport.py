@@ -20,7 +20,7 @@ from aiokafka.errors import KafkaConnectionError
 
 from cli.processes import free_port, spawn, stop, wait_for_port
 from shared import topics
-from shared.kafka import client_options, ensure_topics, make_consumer, make_producer
+from shared.kafka import client_options, ensure_topics, make_consumer, make_producer, partitions_for
 from shared.settings import KafkaSettings
 from tests.certs import TlsFiles, make_tls_files
 
@@ -150,3 +150,22 @@ async def test_topics_are_created_with_their_retention(broker: KafkaSettings) ->
     assert configs[topics.DEAD_LETTERS]["retention.ms"] == str(DAY_MS)
     assert configs[topics.command_topic("crm")]["retention.ms"] == str(7 * DAY_MS)
     assert configs[topics.HOLDS] == {"retention.ms": "-1", "cleanup.policy": "compact"}
+
+
+async def test_topics_that_carry_a_message_now_and_then_get_their_own_partition_count(
+    broker: KafkaSettings,
+) -> None:
+    """On tansu each partition in a fetch costs CPU: the embedded stack gives these one."""
+    names = [topics.DEADLINES, topics.REVIEWS, topics.OUTCOMES]
+    admin = AIOKafkaAdminClient(**client_options(broker))
+    await admin.start()
+    try:
+        await admin.delete_topics(names)  # another test's, made with the default count
+        settings = broker.model_copy(update={"topic_partitions": 3, "control_topic_partitions": 1})
+        await ensure_topics(settings, names)
+        described = await admin.describe_topics(names)
+    finally:
+        await admin.close()
+    counts = {t["topic"]: len(t["partitions"]) for t in described}
+    assert counts == {topics.DEADLINES: 1, topics.REVIEWS: 1, topics.OUTCOMES: 3}
+    assert partitions_for(broker, topics.DEADLINES) == broker.topic_partitions  # unset: as the others
