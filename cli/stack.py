@@ -157,7 +157,8 @@ class Stack:
     def kafka_settings(self) -> KafkaSettings:
         """What the services are given (a variable set in the environment wins, as in `env`)."""
         env = {**EMBEDDED_KAFKA_ENV, **os.environ, **self.config.extra_env}
-        given = {k.removeprefix("LETHE_KAFKA_").lower(): v for k, v in env.items() if k.startswith("LETHE_KAFKA_")}
+        prefix = "LETHE_KAFKA_"
+        given = {k.removeprefix(prefix).lower(): v for k, v in env.items() if k.startswith(prefix)}
         return KafkaSettings.model_validate({**given, "bootstrap": self.kafka_bootstrap})
 
     def shedding_settings(self) -> SheddingSettings:
