@@ -82,6 +82,17 @@ def answer(saga: Saga, status: str, reviews: list[ReviewItem] | None = None) -> 
     )
 
 
+def review_item() -> ReviewItem:
+    return ReviewItem(
+        review_id=uuid4(),
+        groups=[("accounts", "A-2")],
+        records={"accounts": 1},
+        reason="shared_phone",
+        matched=["phones"],
+        conflicting=["customer_ids"],
+    )
+
+
 async def test_a_request_failed_then_completed_by_a_late_answer_calls_upstream_again(
     ctx: IntakeContext,
 ) -> None:
@@ -98,14 +109,7 @@ async def test_a_request_failed_then_completed_by_a_late_answer_calls_upstream_a
 
 async def test_an_older_snapshot_read_again_does_not_put_reviews_back(ctx: IntakeContext) -> None:
     saga = await submitted(ctx, "st-old")
-    item = ReviewItem(
-        review_id=uuid4(),
-        groups=[("accounts", "A-2")],
-        records={"accounts": 1},
-        reason="shared_phone",
-        matched=["phones"],
-        conflicting=["customer_ids"],
-    )
+    item = review_item()
     saga.record(answer(saga, "done", [item]))
     first = snapshot(saga, 1)
     saga.decide(item.review_id, ReviewDecision.KEEP, "tok", "compliance", "a" * 64, T0)
@@ -127,14 +131,7 @@ async def test_after_a_broker_loss_extensions_and_decisions_the_tracker_has_not_
     """Lost with the broker, they would leave the request waiting for ever (a second decision
     or extension is refused); sent again under the same id, a repeat changes nothing."""
     saga = await submitted(ctx, "st-lost")
-    item = ReviewItem(
-        review_id=uuid4(),
-        groups=[("accounts", "A-2")],
-        records={"accounts": 1},
-        reason="shared_phone",
-        matched=["phones"],
-        conflicting=["customer_ids"],
-    )
+    item = review_item()
     saga.record(answer(saga, "done", [item]))
     await fold_statuses(ctx.pool, [snapshot(saga, 1)])
     await operations.extend(ctx.pool, "st-lost", 2, "Records span five systems", T0)
