@@ -1,8 +1,7 @@
 """Review items in intake: what the tracker's snapshots say waits for a person (folded in with
-them), and the decisions people take here, each passed to the tracker once (and again after a
-broker loss, under the same id). The reviewer's
-evidence (what matched, masked) is opened here and nowhere else; the reason for a decision
-stays here (the audit chain gets its digest)."""
+them), and the decisions people take here, each passed to the tracker once (and again, under
+the same id, after a broker loss). The reviewer's evidence (what matched, masked) is opened
+here and nowhere else; the reason for a decision stays here (the audit chain gets its digest)."""
 
 from __future__ import annotations
 
