@@ -42,6 +42,10 @@ EMBEDDED_KAFKA_ENV = {
     "LETHE_KAFKA_IDLE_FETCH_MAX_WAIT_MS": "100",
     "LETHE_KAFKA_SESSION_TIMEOUT_MS": "2000",
     "LETHE_KAFKA_HEARTBEAT_INTERVAL_MS": "500",
+    # A consumer whose group rejoins just after a restart can wait for a metadata refresh until
+    # the next periodic one (aio-libs/aiokafka#847): seen stalling intake's status reads for
+    # minutes after a shed. Refreshed every 5 s, that wait is bounded to 5 s.
+    "LETHE_KAFKA_METADATA_MAX_AGE_MS": "5000",
     "LETHE_KAFKA_IDEMPOTENT_PRODUCER": "false",  # tansu has no idempotent producer
     # Each partition in a fetch costs tansu CPU, and each batch stored in a partition makes its
     # fetches dearer; with the history shed every few minutes (cli/shedding.py) 4 cost less

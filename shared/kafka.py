@@ -43,6 +43,7 @@ def client_options(settings: KafkaSettings) -> dict[str, Any]:
     options: dict[str, Any] = {
         "bootstrap_servers": settings.bootstrap,
         "security_protocol": settings.security_protocol,
+        "metadata_max_age_ms": settings.metadata_max_age_ms,
     }
     if settings.security_protocol in ("SSL", "SASL_SSL"):
         files = (settings.ssl_cafile, settings.ssl_certfile, settings.ssl_keyfile)

