@@ -137,20 +137,25 @@ async def test_retention_end_schedules_a_deferred_erasure_and_the_report_records
     assert len(await outbox(tracker_db, topics.REQUESTS_COMPLETED)) == 1
 
 
+def released_hold(case_reference: str, at: datetime) -> HoldUpdated:
+    """A hold's second version: released at `at`."""
+    return HoldUpdated(
+        hold_id=uuid4(),
+        version=2,
+        case_reference=case_reference,
+        subject_ref=REF,
+        sealed_identifiers="x",
+        placed_at=T0,
+        released_at=at,
+    )
+
+
 async def test_releasing_a_hold_schedules_erasure_of_what_it_held(tracker_db: asyncpg.Pool) -> None:
     await store.start_saga(tracker_db, accepted("t-4", "recordings"), T0)
     held = Retention(count=1, hold_reference="LIT-9", legal_basis="hold")
     await store.record_outcome(tracker_db, outcome("t-4", "recordings", retained=[held]))
     assert await schedule.pending(tracker_db, "t-4") == []  # a hold has no end date
-    released = HoldUpdated(
-        hold_id=uuid4(),
-        version=2,
-        case_reference="LIT-9",
-        subject_ref=REF,
-        sealed_identifiers="x",
-        placed_at=T0,
-        released_at=T0 + timedelta(days=3),
-    )
+    released = released_hold("LIT-9", T0 + timedelta(days=3))
     assert await schedule.record_hold(tracker_db, released) == 1
     assert await schedule.record_hold(tracker_db, released) == 0  # redelivered: nothing more
     assert await schedule.pending(tracker_db, "t-4") == [("recordings", date(2026, 11, 30))]
@@ -190,15 +195,7 @@ async def test_a_hold_that_expires_schedules_erasure_at_that_moment_with_the_rea
 async def test_a_release_that_overtakes_the_outcome_citing_it_still_schedules_erasure(
     tracker_db: asyncpg.Pool,
 ) -> None:
-    released = HoldUpdated(
-        hold_id=uuid4(),
-        version=2,
-        case_reference="LIT-RACE",
-        subject_ref=REF,
-        sealed_identifiers="x",
-        placed_at=T0,
-        released_at=T0 + timedelta(minutes=1),
-    )
+    released = released_hold("LIT-RACE", T0 + timedelta(minutes=1))
     await store.start_saga(tracker_db, accepted("t-race", "billing"), T0)
     await schedule.record_hold(tracker_db, released)
     held = Retention(count=1, hold_reference="LIT-RACE", legal_basis="hold")
@@ -213,15 +210,7 @@ async def test_a_release_handled_while_the_outcome_citing_it_commits_still_sched
     the release looked for citing outcomes before the outcome committed. Here the outcome is
     held at its audit entry (after its read of the holds) while the release is handled."""
     await store.start_saga(tracker_db, accepted("t-both", "billing"), T0)
-    released = HoldUpdated(
-        hold_id=uuid4(),
-        version=2,
-        case_reference="LIT-BOTH",
-        subject_ref=REF,
-        sealed_identifiers="x",
-        placed_at=T0,
-        released_at=T0 + timedelta(minutes=1),
-    )
+    released = released_hold("LIT-BOTH", T0 + timedelta(minutes=1))
     held = Retention(count=1, hold_reference="LIT-BOTH", legal_basis="hold")
     async with tracker_db.acquire() as blocker, blocker.transaction():
         await blocker.execute("LOCK TABLE audit_log IN EXCLUSIVE MODE")
