@@ -11,7 +11,7 @@ from shared import topics
 from shared.contracts import FINAL_STATUSES, RequestStatus
 from shared.contracts.events import DeadlineExtended, RetrySystem
 from shared.deadlines import add_months
-from shared.outbox import enqueue
+from shared.outbox import enqueue, enqueue_many
 
 
 class NotFound(LookupError):
@@ -69,8 +69,8 @@ async def resend_extensions(pool: asyncpg.Pool) -> int:
             " AND coalesce(jsonb_typeof(report->'extension'), 'null') = 'null'",
             [s.value for s in FINAL_STATUSES],
         )
-        for row in rows:
-            await enqueue(conn, topics.DEADLINES, row["request_id"], extension_of(row))
+        if rows:
+            await enqueue_many(conn, [(topics.DEADLINES, r["request_id"], extension_of(r)) for r in rows])
     return len(rows)
 
 

@@ -19,7 +19,7 @@ from shared.contracts import FINAL_STATUSES, RequestStatusChanged
 from shared.contracts.events import ReviewDecided
 from shared.contracts.report import ReviewDecision
 from shared.crypto import IdentifierSeal, IdentifierSealError
-from shared.outbox import enqueue
+from shared.outbox import enqueue, enqueue_many
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS reviews (
@@ -158,6 +158,6 @@ async def resend_decisions(pool: asyncpg.Pool) -> int:
     wait for ever, and intake refuses a second decision."""
     async with pool.acquire() as conn, conn.transaction():
         rows = await conn.fetch("SELECT * FROM reviews WHERE decision IS NOT NULL AND state = 'open'")
-        for row in rows:
-            await enqueue(conn, topics.REVIEWS, row["request_id"], decision_of(row))
+        if rows:
+            await enqueue_many(conn, [(topics.REVIEWS, r["request_id"], decision_of(r)) for r in rows])
     return len(rows)
