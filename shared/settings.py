@@ -185,7 +185,8 @@ class RecoverySettings(BaseSettings):
         gt=0,
         le=86_400,
         description="A request the tracker has not acknowledged this long after it was announced is"
-        " announced again (the same messages: a repeat is de-duplicated).",
+        " announced again (the same messages: a repeat is de-duplicated); each later time waits"
+        " twice as long as the one before, up to 16 times this.",
     )
 
 

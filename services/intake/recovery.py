@@ -74,8 +74,9 @@ class BrokerWatch:
             await self.recover()
             await memory.remember()  # only once what was lost is put right
             return
-        waiting = datetime.now(UTC) - timedelta(seconds=self.settings.unacknowledged_resend_s)
-        if announced := await store.announce_unstarted(self.pool, waiting):
+        resend_s = self.settings.unacknowledged_resend_s
+        waiting = datetime.now(UTC) - timedelta(seconds=resend_s)
+        if announced := await store.announce_unstarted(self.pool, waiting, resend_s):
             log.warning("announced again: never acknowledged by the tracker", extra={"requests": announced})
         if time.monotonic() - self.verified_at >= self.settings.holds_verify_s:
             if forgotten := await holds.forget_identifiers(self.pool, datetime.now(UTC)):

@@ -53,6 +53,7 @@ SCHEMA = (
     # When its acceptance and commands were last handed to the outbox (announced again if the
     # tracker never acknowledges it: services/intake/recovery.py).
     "ALTER TABLE requests ADD COLUMN IF NOT EXISTS announced_at timestamptz NOT NULL DEFAULT now()",
+    "ALTER TABLE requests ADD COLUMN IF NOT EXISTS reannounced integer NOT NULL DEFAULT 0",
     # Who submitted it (services/intake/scope.py); NULL for requests stored before it was kept.
     "ALTER TABLE requests ADD COLUMN IF NOT EXISTS submitted_by text",
     "CREATE INDEX IF NOT EXISTS requests_submitted_by ON requests (submitted_by, received_at)",
@@ -172,29 +173,35 @@ def message_id(request_id: str, part: str) -> UUID:
     return uuid5(_ANNOUNCEMENT_IDS, f"{request_id}/{part}")
 
 
+# Announced again k times already, a request waits resend age + backoff * (2^k - 1): with the
+# resend age as backoff, twice as long each time.
 _REANNOUNCE = """
-UPDATE requests SET announced_at = now() WHERE request_id IN (
+UPDATE requests SET announced_at = now(), reannounced = reannounced + 1 WHERE request_id IN (
     SELECT request_id FROM requests
-     WHERE status = 'received' AND sealed_identifiers IS NOT NULL AND announced_at < $1
+     WHERE status = 'received' AND sealed_identifiers IS NOT NULL
+       AND announced_at < $1::timestamptz
+           - make_interval(secs => $4::float8 * (power(2, least(reannounced, $5::int)) - 1))
        AND request_id > $2
      ORDER BY request_id LIMIT $3 FOR UPDATE SKIP LOCKED)
 RETURNING *"""
+# Never more than 16 times the resend age.
+BACKOFF_DOUBLINGS = 4
 
 
-async def announce_unstarted(pool: asyncpg.Pool, announced_before: datetime, batch: int = 200) -> int:
+async def announce_unstarted(
+    pool: asyncpg.Pool, announced_before: datetime, backoff_s: float = 0.0, batch: int = 200
+) -> int:
     """Announce again every request the tracker has not acknowledged (no status snapshot folded
     in) that was last announced before `announced_before`: after the broker forgot, with the
-    moment of the loss; and, as a safety net for a message lost any other way, with the age
-    after which a request still waiting for its first snapshot is announced again."""
+    moment of the loss (no backoff: each was lost); and, as a safety net for a message lost any
+    other way, with the age after which a request still waiting for its first snapshot is
+    announced again, and that age as `backoff_s`: each later announcement waits twice as long
+    as the one before, so a tracker that stops acknowledging (stuck, or its consumer stalled)
+    is not sent the whole backlog again every few seconds, which loads the broker it needs."""
     announced, after = 0, ""
     while True:
         async with pool.acquire() as conn, conn.transaction():
-            rows = await conn.fetch(
-                _REANNOUNCE,
-                announced_before,
-                after,
-                batch,
-            )
+            rows = await conn.fetch(_REANNOUNCE, announced_before, after, batch, backoff_s, BACKOFF_DOUBLINGS)
             if not rows:
                 return announced
             rows = sorted(rows, key=lambda r: r["request_id"])

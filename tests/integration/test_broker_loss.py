@@ -138,6 +138,47 @@ async def test_requests_the_tracker_never_acknowledged_are_announced_again_as_th
     assert [same(r) for r in again] == [same(r) for r in first if b'"a-1"' in r["value"]]
 
 
+async def test_a_request_never_acknowledged_is_announced_again_less_and_less_often(
+    intake_db: asyncpg.Pool,
+) -> None:
+    """A tracker that stops acknowledging (its status consumer stalled) must not be sent the
+    whole backlog again at every check: each announcement again waits twice the one before."""
+    now = datetime.now(UTC)
+    await store.submit(
+        intake_db,
+        store.NewRequest(
+            request_id="b-1",
+            fingerprint="f",
+            request_type="erasure",
+            subject_ref=subject_ref("k", SUBJECT),
+            sealed_identifiers="sealed",
+            systems=["crm"],
+            received_at=now,
+            deadline=now + timedelta(days=30),
+            trace_id=None,
+        ),
+    )
+
+    async def periodic_check(announced_ago_s: float) -> int:
+        await intake_db.execute(
+            "UPDATE requests SET announced_at = now() - make_interval(secs => $1)", announced_ago_s
+        )
+        waiting = datetime.now(UTC) - timedelta(seconds=30)
+        return await store.announce_unstarted(intake_db, waiting, backoff_s=30)
+
+    assert await periodic_check(20) == 0
+    assert await periodic_check(31) == 1  # the first time again: after the resend age
+    assert await periodic_check(31) == 0  # the second waits twice as long
+    assert await periodic_check(61) == 1
+    assert await periodic_check(119) == 0
+    assert await periodic_check(121) == 1
+    for _ in range(5):
+        assert await periodic_check(30 * 16 + 1) == 1  # and never longer than 16 times
+    # After a broker loss every unacknowledged request goes again at once, whatever its count.
+    await intake_db.execute("UPDATE requests SET announced_at = now() - interval '1 second'")
+    assert await store.announce_unstarted(intake_db, datetime.now(UTC)) == 1
+
+
 def same(row: asyncpg.Record) -> tuple[str, str, dict[str, object]]:
     """A message as consumers de-duplicate it: its id and content (not when it was sent)."""
     body = json.loads(row["value"])
