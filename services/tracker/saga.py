@@ -78,7 +78,11 @@ class Saga:
             and outcome.command_id == slot.command_id
             and (not slot.answers() or slot.answers()[-1].round != outcome.round or outcome.status == "done")
         )
-        return slot.state is SystemState.DISPATCHED or late
+        if slot.state is SystemState.DISPATCHED:
+            # After an operator's retry, the replaced command's failure (its worker giving up
+            # late) is not the retry's answer; its success would be (the work was done).
+            return outcome.command_id == slot.command_id or outcome.status == "done"
+        return late
 
     def record(self, outcome: OutcomeReported) -> bool:
         """Take a system's answer; False if it changes nothing. Duplicates change nothing; an

@@ -371,7 +371,9 @@ async def test_operator_retry_and_extension_are_audited_in_a_chain_the_database_
     tracker_db: asyncpg.Pool,
 ) -> None:
     await store.start_saga(tracker_db, accepted("t-6", "crm"), T0)
-    await store.record_outcome(tracker_db, outcome("t-6", "crm").model_copy(update={"status": "failed"}))
+    command = await tracker_db.fetchval("SELECT command_id FROM saga_systems WHERE request_id = 't-6'")
+    failed = outcome("t-6", "crm").model_copy(update={"status": "failed", "command_id": command})
+    await store.record_outcome(tracker_db, failed)
     assert await store.retry_system(
         tracker_db, RetrySystem(request_id="t-6", system="crm"), T0 + timedelta(hours=1)
     )

@@ -1,5 +1,5 @@
 from datetime import UTC, datetime, timedelta
-from uuid import UUID, uuid4
+from uuid import UUID, uuid4, uuid5
 
 from services.tracker.saga import Saga, SystemSlot, Timeouts
 from shared.contracts import (
@@ -31,9 +31,18 @@ def saga(*systems: str) -> Saga:
     )
     for name in systems:
         s.slots[name] = SystemSlot(
-            system=name, state=SystemState.DISPATCHED, attempts=1, dispatched_at=T0, command_id=uuid4()
+            system=name,
+            state=SystemState.DISPATCHED,
+            attempts=1,
+            dispatched_at=T0,
+            command_id=first_command(name),
         )
     return s
+
+
+def first_command(system: str) -> UUID:
+    """The command a slot starts with, and that an outcome answers unless it names another."""
+    return uuid5(UUID(int=0), system)
 
 
 def outcome(
@@ -47,7 +56,7 @@ def outcome(
     return OutcomeReported(
         request_id="r",
         system=system,
-        command_id=command_id or uuid4(),
+        command_id=command_id or first_command(system),
         attempt=1,
         status=status,
         categories=cats,  # type: ignore[arg-type]
@@ -132,6 +141,28 @@ def test_operator_retry_reopens_a_failed_system_with_a_new_command() -> None:
     assert s.status is RequestStatus.IN_PROGRESS and s.completed_at is None
     assert s.slots["crm"].command_id == new and s.slots["crm"].attempts == 2
     assert not s.retry("crm", T0, uuid4())  # not failed any more
+
+
+def test_the_replaced_commands_late_failure_is_not_taken_for_the_retrys_answer() -> None:
+    """The old command's worker gave up after the system was failed for silence and an
+    operator retried it: that failure says nothing of the retry, whose success completes."""
+    s = saga("crm")
+    old = s.slots["crm"].command_id
+    s.slots["crm"].attempts = 3
+    assert s.time_out("crm", T0 + timedelta(days=1), TIMEOUTS) == "failed"
+    new = uuid4()
+    assert s.retry("crm", T0 + timedelta(days=1, hours=1), new)
+    assert not s.record(outcome("crm", status="failed", command_id=old))
+    assert s.status is RequestStatus.IN_PROGRESS and s.completed_at is None
+    assert s.record(outcome("crm", command_id=new))
+    assert s.status is RequestStatus.COMPLETED
+    # The old command's success, had it come instead, was the work done: it is taken.
+    t = saga("crm")
+    t.slots["crm"].attempts = 3
+    t.time_out("crm", T0 + timedelta(days=1), TIMEOUTS)
+    t.retry("crm", T0 + timedelta(days=1, hours=1), uuid4())
+    assert t.record(outcome("crm", command_id=first_command("crm")))
+    assert t.status is RequestStatus.COMPLETED
 
 
 def test_extension_moves_the_deadline_once() -> None:
@@ -267,7 +298,12 @@ def test_a_worker_giving_up_on_a_reviewers_erasure_or_a_later_round_is_heard() -
     later = saga("crm")
     later.round = 2
     round_two = EraseSubject(
-        request_id="r", system="crm", subject_ref="subj_" + "0" * 32, sealed_identifiers="s", round=2
+        message_id=later.slots["crm"].command_id,
+        request_id="r",
+        system="crm",
+        subject_ref="subj_" + "0" * 32,
+        sealed_identifiers="s",
+        round=2,
     )
     assert later.record(OutcomeReported(status="failed", error="x", **at, **answering(round_two, "crm")))
     assert later.slots["crm"].state is SystemState.FAILED
