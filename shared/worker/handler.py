@@ -143,7 +143,9 @@ async def _plan(
         span.set_attribute("lethe.records.found", len(certain))
         span.set_attribute("lethe.records.in_review", sum(len(a.records) for a in ambiguous))
     with TRACER.start_as_current_span("holds") as span:
-        held = await _held(store, adapter.system, holds or NoHolds(), moment, command.request_type)
+        held = await _held(
+            store, adapter.system, holds or NoHolds(), moment, command.request_type, known, resumed
+        )
         span.set_attribute("lethe.records.retained", len(held))
     with TRACER.start_as_current_span("decide"):
         decided = policy.decide(adapter.system, command.request_type, certain, moment.date(), held)
@@ -208,17 +210,30 @@ async def decided_before(store: StoreSession, command: SubjectCommand) -> set[tu
 
 
 async def _held(
-    store: StoreSession, system: str, holds: HoldSource, moment: datetime, request_type: RequestType
+    store: StoreSession,
+    system: str,
+    holds: HoldSource,
+    moment: datetime,
+    request_type: RequestType,
+    known: KnownIdentities,
+    resumed: set[tuple[str, str]],
 ) -> dict[tuple[str, str], str]:
     """Which of the store's records a hold in force covers: the hold's own identifiers are
-    matched in this store, so a hold on a customer id covers records found by e-mail too."""
+    matched in this store, so a hold on a customer id covers records found by e-mail too. What
+    an earlier command kept (`resumed`, a deferred erasure's) may no longer be found by any
+    identifier (an invoice whose account was erased): a hold naming any of the subject's
+    identifiers covers all of it, since it was decided to be the subject's."""
     if request_type is not RequestType.ERASURE:
         return {}
     held: dict[tuple[str, str], str] = {}
+    subject = set(known.all.pairs())
     for hold in await holds.active(system, moment):
-        for record in await store.find(hold.identities):
-            if hold.categories is None or record.category in hold.categories:
-                held.setdefault(record.key, hold.case_reference)
+        covers = {r.key: r.category for r in await store.find(hold.identities)}
+        if subject & set(hold.identities.pairs()):
+            covers |= {key: key[0] for key in resumed}
+        for key, category in covers.items():
+            if hold.categories is None or category in hold.categories:
+                held.setdefault(key, hold.case_reference)
     return held
 
 
