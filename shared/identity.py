@@ -33,11 +33,19 @@ KINDS: tuple[Kind, ...] = ("customer_ids", "emails", "phones", "ldap_uids")
 STRONG: tuple[Kind, ...] = ("customer_ids", "emails", "ldap_uids")
 
 
+# Invisible formatting characters that come with identifiers copied from documents, mail
+# clients and spreadsheets (a zero-width space, a byte-order mark, direction marks around a
+# number, a soft hyphen): not part of what was written, so dropped rather than refused. A
+# record whose address carried one was otherwise unreadable, hence unmatched and not erased.
+_INVISIBLE = re.compile("[\u00ad\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]")
+
+
 def _printable(text: str, what: str) -> str:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:  # a lone surrogate: not text at all
         raise ValueError(f"not {what}: invalid characters") from None
+    text = _INVISIBLE.sub("", text)
     if any(unicodedata.category(c) in ("Cc", "Cf", "Cs", "Co", "Cn") and not c.isspace() for c in text):
         raise ValueError(f"not {what}: control or unassigned characters")
     return text
@@ -56,6 +64,10 @@ def normalise_email(raw: str) -> str:
         text = match.group(1)
     text = _MAILTO.sub("", text.strip()).strip()
     local, at, domain = text.rpartition("@")
+    # Lower-cased before its length is checked: some letters grow (İ is two characters lower),
+    # and a value must normalise to what normalises again to itself (it is sealed, then
+    # validated again where it is opened).
+    local = unicodedata.normalize("NFC", unicodedata.normalize("NFC", local).lower())
     if not at or not local or not domain or len(local) > 64 or any(c.isspace() for c in text):
         raise ValueError("not an e-mail address")
     try:
@@ -64,7 +76,7 @@ def normalise_email(raw: str) -> str:
         raise ValueError("not an e-mail address: invalid domain") from None
     if "." not in ascii_domain or len(ascii_domain) > 253:
         raise ValueError("not an e-mail address: invalid domain")
-    return f"{unicodedata.normalize('NFC', local).lower()}@{ascii_domain.lower()}"
+    return f"{local}@{ascii_domain.lower()}"
 
 
 def mailbox(email: str) -> str:
@@ -124,7 +136,10 @@ def email_prefilter(email: str) -> str:
 # Python's \s is every Unicode space; PostgreSQL's is ASCII only under a C locale. An address
 # stored with a no-break space before `mailto:` must still get its key (the review found one
 # with a trailing "\r" surviving an erasure when SQL trimmed less than Python).
-_SQL_SPACE = r"[\s\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\u0085\u001c-\u001f]"
+_SQL_SPACE = (
+    r"[\s\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\u0085\u001c-\u001f"
+    r"\u00ad\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]"  # and _INVISIBLE's
+)
 
 
 def email_key_index(name: str, table: str, column: str) -> tuple[str, str]:

@@ -65,7 +65,7 @@ def phone_spellings(draw: st.DrawFn) -> tuple[str, str]:
     else:
         prefix = draw(st.sampled_from([f"+{country} ", f"00{country} ", f"tel:+{country}-", f"+{country}"]))
     extension = draw(st.sampled_from(["", " x123", " ext. 12", "#22", ";ext=5", " extension 7"]))
-    space = draw(st.sampled_from(["", " ", "\t"]))
+    space = draw(st.sampled_from(["", " ", "\t", "\u202a", "\u200e"]))  # and marks a mail client adds
     return space + prefix + body + extension + space, f"+{country}{digits}"
 
 
@@ -114,6 +114,11 @@ def email_spellings(draw: st.DrawFn) -> tuple[str, str]:
                 "\r\n{a}\r\n",
                 "\u00a0{a}\u00a0",
                 "\u00a0mailto:{a}",
+                # Invisible characters copied with the address (a byte-order mark, direction
+                # marks, a zero-width space): dropped, as no reader sees them.
+                "\ufeffmailto:{a}",
+                "\u200e{a}\u200f",
+                "{a}\u200b",
             ]
         )
     )

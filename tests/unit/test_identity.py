@@ -1,5 +1,5 @@
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
@@ -69,3 +69,32 @@ def test_email_normalisation_is_idempotent(email: str) -> None:
     except ValueError:
         return
     assert normalise_email(once) == once
+
+
+@given(st.text(min_size=1, max_size=70), st.sampled_from(["example.com", "bücher.example"]))
+@example("\u0130" * 40, "example.com")
+def test_any_address_accepted_normalises_again_to_itself(local: str, domain: str) -> None:
+    """Sealed once normalised and validated again where it is opened: an address that grew when
+    lower-cased (forty capital dotted Is) was accepted, then refused when a worker opened the
+    hold naming it."""
+    try:
+        once = normalise_email(f"{local}@{domain}")
+    except ValueError:
+        return
+    assert normalise_email(once) == once
+
+
+@pytest.mark.parametrize(
+    ("written", "kind", "expected"),
+    [
+        ("\u202a+44 7700 900123\u202c", "phones", "+447700900123"),  # copied from a mail client
+        ("\u200e07700 900123", "phones", "+447700900123"),
+        ("\ufeffjo.reed@example.org", "emails", "jo.reed@example.org"),  # a spreadsheet's first cell
+        ("jo.reed@example.org\u200b", "emails", "jo.reed@example.org"),
+        ("jo\u00ad.reed@example.org", "emails", "jo.reed@example.org"),
+    ],
+)
+def test_invisible_formatting_characters_are_not_part_of_an_identifier(
+    written: str, kind: str, expected: str
+) -> None:
+    assert getattr(Identities.lenient(**{kind: [written]}), kind) == [expected]
