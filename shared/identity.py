@@ -202,17 +202,26 @@ class Identities(BaseModel):
     @classmethod
     def lenient(cls, **raw: Sequence[str | None]) -> Identities:
         """From identifiers as a store holds them: what does not normalise is left out (a
-        malformed phone on a record cannot match anyone, nor identify its owner)."""
+        malformed phone on a record cannot match anyone)."""
+        return cls.read(**raw)[0]
+
+    @classmethod
+    def read(cls, **raw: Sequence[str | None]) -> tuple[Identities, tuple[Kind, ...]]:
+        """As `lenient`, and the kinds of which a value was there but did not normalise: a
+        record whose e-mail cannot be read may still be someone else's (matching.py)."""
         kept: dict[str, list[str]] = {}
+        unreadable: list[Kind] = []
         for kind, values in raw.items():
             for value in values:
-                if value:
+                if value and value.strip():
                     try:
                         normalised = NORMALISE[kind](value)
                     except ValueError:
+                        unreadable.append(kind)  # type: ignore[arg-type]
                         continue
                     kept.setdefault(kind, []).append(normalised)
-        return cls.normalised(kept)  # normalised above: not again by the validators
+        # Normalised above: not again by the validators.
+        return cls.normalised(kept), tuple(k for k in KINDS if k in unreadable)
 
     def pairs(self) -> Iterator[tuple[Kind, str]]:
         for kind in KINDS:

@@ -117,7 +117,7 @@ class BillingAdapter(PostgresStoreAdapter):
         dates = {"opened_on": row["d1"]}
         if row["d2"] is not None:
             dates["closed_on"] = row["d2"]
-        owner = Identities.lenient(
+        owner, unreadable = Identities.read(
             customer_ids=[row["customer_id"]], emails=[row["email"]], phones=[row["phone"]]
         )
         record = Record(
@@ -127,6 +127,7 @@ class BillingAdapter(PostgresStoreAdapter):
             dates=dates,
             facts={"contract_active": row["status"] == "active"},
             owner=owner,
+            unreadable=unreadable,
         )
         return Candidate(record, owner)
 

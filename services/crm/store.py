@@ -94,7 +94,7 @@ class CrmAdapter(PostgresStoreAdapter):
     find_sql = _FIND
 
     def head(self, row: asyncpg.Record) -> Candidate:
-        owner = Identities.lenient(
+        owner, unreadable = Identities.read(
             customer_ids=[row["customer_id"]], emails=[row["email"]], phones=[row["phone"]]
         )
         record = Record(
@@ -103,6 +103,7 @@ class CrmAdapter(PostgresStoreAdapter):
             restricted=row["restricted"],
             dates={"created_on": row["d1"]},
             owner=owner,
+            unreadable=unreadable,
         )
         return Candidate(record, owner)
 

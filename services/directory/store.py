@@ -34,7 +34,7 @@ class DirectorySession(PostgresJournal):
         self.located.update((e.entry_uuid, e.dn) for e in entries)
         records = []
         for e in entries:
-            owner = Identities.lenient(ldap_uids=e.uid, emails=e.mail, phones=e.phones)
+            owner, unreadable = Identities.read(ldap_uids=e.uid, emails=e.mail, phones=e.phones)
             matched, variants = match(owner, identities)
             if matched or variants:  # LDAP matched a spelling; the normalised forms decide
                 records.append(
@@ -45,6 +45,7 @@ class DirectorySession(PostgresJournal):
                         owner=owner,
                         matched=matched,
                         variants=variants,
+                        unreadable=unreadable,
                     )
                 )
         return records

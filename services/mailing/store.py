@@ -137,13 +137,14 @@ class MailingAdapter(PostgresStoreAdapter):
     find_params = ("email_keys",)
 
     def head(self, row: asyncpg.Record) -> Candidate:
-        owner = Identities.lenient(emails=[row["email"]])
+        owner, unreadable = Identities.read(emails=[row["email"]])
         record = Record(
             category="subscribers",
             record_id=row["id"],
             restricted=row["restricted"],
             dates={"subscribed_on": row["d1"]},
             owner=owner,
+            unreadable=unreadable,
         )
         return Candidate(record, owner)
 

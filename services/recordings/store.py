@@ -84,13 +84,15 @@ class RecordingsAdapter(PostgresStoreAdapter):
     def head(self, row: asyncpg.Record) -> Candidate:
         # Whose call it is: the customer's. Either party's number finds it, but neither says
         # whose it is (the other party is someone else), so neither is learnt from it.
+        owner, unreadable = Identities.read(customer_ids=[row["customer_id"]])
         record = Record(
             category=CATEGORY,
             record_id=row["recording_id"],
             restricted=row["restricted"],
             dates={"call_date": row["d"]},
             facts={"legal_tags": list(row["legal_tags"]), "processed_for": row["processed_for"]},
-            owner=Identities.lenient(customer_ids=[row["customer_id"]]),
+            owner=owner,
+            unreadable=unreadable,
         )
         matchable = Identities.lenient(
             customer_ids=[row["customer_id"]], phones=[row["caller"], row["callee"]]

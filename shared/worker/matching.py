@@ -8,8 +8,9 @@ certainly the subject's (acted on, and its identifiers learnt for the next round
   found through a household's shared address, or the other account a learnt address leads
   to, is as likely someone else's as a second account of the subject's: ambiguous.
 - A record found only through a phone number the request gave is the subject's, unless it
-  carries a strong identifier the subject is not known by: then it belongs to someone sharing
-  the number (a household landline, a switchboard) as much as to the subject: ambiguous.
+  carries a strong identifier the subject is not known by, or one that cannot be read (it may
+  be anyone's): then it belongs to someone sharing the number (a household landline, a
+  switchboard) as much as to the subject: ambiguous.
 - A record found only through a phone number *learnt* from another record is ambiguous:
   nobody vouched for that number as the subject's, and two hops from the request a shared
   number reaches strangers (a household's landline learnt from one member's account finds the
@@ -114,7 +115,7 @@ def _verdict(head: Record, known: KnownIdentities, flooded: Identities) -> Found
     if not head.matched and head.variants:
         return "mailbox_variant"
     if set(head.matched.phones) & set(known.given.phones):
-        if head.owner.strong().minus(known.all):
+        if head.owner.strong().minus(known.all) or set(head.unreadable) & set(STRONG):
             return "shared_phone"
         return FoundBy("phones", "given")
     return "learnt_phone"

@@ -13,7 +13,7 @@ from pydantic import Field
 
 from shared.contracts.base import Frozen
 from shared.contracts.outcomes import Action
-from shared.identity import Identities
+from shared.identity import Identities, Kind
 
 
 class Record(Frozen):
@@ -36,6 +36,9 @@ class Record(Frozen):
     owner: Identities = Field(default_factory=Identities)
     matched: Identities = Field(default_factory=Identities)
     variants: Identities = Field(default_factory=Identities)
+    # Kinds of identifier the record holds a value of that could not be read (Identities.read):
+    # whose it is cannot be ruled out by what `owner` lacks.
+    unreadable: tuple[Kind, ...] = ()
     group: tuple[str, str] | None = None
 
     @property

@@ -136,3 +136,19 @@ def test_a_directory_entry_under_another_uid_is_ambiguous() -> None:
     known = KnownIdentities(given=Identities(ldap_uids=["asmith"], emails=["a.smith@example.org"]))
     entry = account("uid=bsmith", Identities(ldap_uids=["bsmith"], emails=["a.smith@example.org"]), known.all)
     assert classify([entry], known).ambiguous[0].reason == "conflicting_id"
+
+
+def test_a_given_phone_on_a_record_whose_address_cannot_be_read_is_ambiguous() -> None:
+    """Ian's landline, on Jo's contact with an address her CRM mangled: that the address cannot
+    be read does not make the record Ian's; with it readable it would be Jo's."""
+    ian = KnownIdentities(given=Identities(phones=["01632 960100"]))
+    owner, unreadable = Identities.read(emails=["jo.reed@example"], phones=["(01632) 960 100"])
+    assert unreadable == ("emails",) and not owner.emails
+    jo = account("CRM-4002", owner, ian.all).model_copy(update={"unreadable": unreadable})
+    [item] = classify([jo], ian).ambiguous
+    assert item.reason == "shared_phone"
+    # A phone that cannot be read says nothing of whose the record is.
+    owner, unreadable = Identities.read(phones=["(01632) 960 100", "n/a"])
+    assert unreadable == ("phones",)
+    call = account("R-1", owner, ian.all).model_copy(update={"unreadable": unreadable})
+    assert classify([call], ian).certain == [call]
