@@ -28,8 +28,6 @@ REASONS = {
     "learnt_phone": "found only by a phone number learnt from another record, not given by the request",
     "mailbox_variant": "the address is another sub-address of the subject's (name+tag@)",
     "too_many_matches": "one identifier found more records than one person plausibly has",
-    "conflicting_id": "found by the subject's e-mail or id, but under another customer id or uid than"
-    " the subject's: another account, perhaps another person's",
     "expansion_bound": "the search stopped at its bound with identifiers learnt and not searched",
 }
 

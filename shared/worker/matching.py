@@ -3,10 +3,8 @@ certainly the subject's (acted on, and its identifiers learnt for the next round
 (left alone and put to a person). Pure: no I/O, unit-tested on its own.
 
 - A record found through a strong identifier (customer id, e-mail, directory uid), given or
-  learnt, is the subject's, unless it carries a customer id or directory uid and the subject
-  is known by others of that kind, none of them its: an account under another customer id
-  found through a household's shared address, or the other account a learnt address leads
-  to, is as likely someone else's as a second account of the subject's: ambiguous.
+  learnt, is the subject's (a second account under another customer id, found by the
+  subject's address, is theirs too: strong identifiers name one person).
 - A record found only through a phone number the request gave is the subject's, unless it
   carries a strong identifier the subject is not known by, or one that cannot be read (it may
   be anyone's): then it belongs to someone sharing the number (a household landline, a
@@ -31,10 +29,7 @@ from typing import Literal
 from shared.identity import STRONG, Identities, Kind, KnownIdentities, mailbox
 from shared.worker.ports import Record
 
-Reason = Literal["shared_phone", "learnt_phone", "mailbox_variant", "too_many_matches", "conflicting_id"]
-# Identifiers a person has one of in a store: a record with another one than the subject's is
-# another account, whatever else it shares with the subject.
-ACCOUNT_KINDS: tuple[Kind, ...] = ("customer_ids", "ldap_uids")
+Reason = Literal["shared_phone", "learnt_phone", "mailbox_variant", "too_many_matches"]
 
 
 @dataclass(frozen=True)
@@ -109,7 +104,7 @@ def _verdict(head: Record, known: KnownIdentities, flooded: Identities) -> Found
         for kind in STRONG:
             hits = set(getattr(head.matched, kind)) & set(getattr(identities, kind))
             if hits - set(getattr(flooded, kind)):
-                return "conflicting_id" if _another_account(head, known) else FoundBy(kind, source)  # type: ignore[arg-type]
+                return FoundBy(kind, source)  # type: ignore[arg-type]
     if set(head.matched.pairs()) & set(flooded.pairs()):
         return "too_many_matches"
     if not head.matched and head.variants:
@@ -119,16 +114,6 @@ def _verdict(head: Record, known: KnownIdentities, flooded: Identities) -> Found
             return "shared_phone"
         return FoundBy("phones", "given")
     return "learnt_phone"
-
-
-def _another_account(head: Record, known: KnownIdentities) -> bool:
-    """The record carries a customer id (or uid) and the subject is known by some, none of them
-    this record's: it is another account than the subject's."""
-    for kind in ACCOUNT_KINDS:
-        theirs, ours = set(getattr(head.owner, kind)), set(getattr(known.all, kind))
-        if theirs and ours and not theirs & ours:
-            return True
-    return False
 
 
 def _flooding(heads: Iterable[Record], limit: int) -> Identities:
