@@ -107,11 +107,17 @@ def normalise_id(raw: str) -> str:
     return value
 
 
+def normalise_uid(raw: str) -> str:
+    """A directory uid: compared without regard to case, as LDAP's uid attribute is (a search
+    for `jsmith` returns the entry `JSmith`, which must then match it)."""
+    return normalise_id(raw).lower()
+
+
 NORMALISE = {
     "customer_ids": normalise_id,
     "emails": normalise_email,
     "phones": normalise_phone,
-    "ldap_uids": normalise_id,
+    "ldap_uids": normalise_uid,
 }
 
 
@@ -145,10 +151,25 @@ _SQL_SPACE = (
 def email_key_index(name: str, table: str, column: str) -> tuple[str, str]:
     """DDL of the index on a table's e-mail key; its name carries a digest of the expression, so
     a store created with an earlier expression gets the new index (and loses the old one)."""
-    expression = email_prefilter_sql(column)
+    return _key_index(name, table, email_prefilter_sql(column))
+
+
+def id_key_sql(column: str) -> str:
+    """The key PostgreSQL computes from a customer id as stored: without the spaces and invisible
+    characters `normalise_id` drops (`"C-1002 "` is C-1002; one the normalisation refuses
+    becomes a candidate nobody matches, which is harmless)."""
+    return f"regexp_replace({column}, '{_SQL_SPACE}', '', 'g')"
+
+
+def id_key_index(name: str, table: str, column: str) -> tuple[str, str]:
+    """DDL of the index on a table's customer id key (replacing a plain index of that name)."""
+    return _key_index(name, table, id_key_sql(column))
+
+
+def _key_index(name: str, table: str, expression: str) -> tuple[str, str]:
     digest = hashlib.sha256(expression.encode()).hexdigest()[:8]
     return (
-        f"CREATE INDEX IF NOT EXISTS {name}_{digest} ON {table} ({expression})",
+        f"CREATE INDEX IF NOT EXISTS {name}_{digest} ON {table} (({expression}))",
         f"DROP INDEX IF EXISTS {name}",
     )
 
@@ -184,6 +205,7 @@ def phone_variants(e164: str) -> list[str]:
 Email = Annotated[str, AfterValidator(normalise_email)]
 Phone = Annotated[str, AfterValidator(normalise_phone)]
 OpaqueId = Annotated[str, AfterValidator(normalise_id)]
+Uid = Annotated[str, AfterValidator(normalise_uid)]
 
 MAX_IDENTIFIERS = 20
 
@@ -197,7 +219,7 @@ class Identities(BaseModel):
     customer_ids: list[OpaqueId] = Field(default_factory=list, max_length=MAX_IDENTIFIERS)
     emails: list[Email] = Field(default_factory=list, max_length=MAX_IDENTIFIERS)
     phones: list[Phone] = Field(default_factory=list, max_length=MAX_IDENTIFIERS)
-    ldap_uids: list[OpaqueId] = Field(default_factory=list, max_length=MAX_IDENTIFIERS)
+    ldap_uids: list[Uid] = Field(default_factory=list, max_length=MAX_IDENTIFIERS)
 
     @classmethod
     def lenient(cls, **raw: Sequence[str | None]) -> Identities:

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import asyncpg
 
-from shared.identity import Identities, email_key_index, email_prefilter_sql, phone_prefilter_sql
+from shared.identity import (
+    Identities,
+    email_key_index,
+    email_prefilter_sql,
+    id_key_index,
+    id_key_sql,
+    phone_prefilter_sql,
+)
 from shared.worker.pgstore import Candidate, CategoryTable, PostgresStoreAdapter
 from shared.worker.ports import Record
 
@@ -20,7 +27,7 @@ SCHEMA = (
         opened_on date NOT NULL,
         closed_on date,
         restricted boolean NOT NULL DEFAULT false)""",
-    "CREATE INDEX IF NOT EXISTS accounts_customer ON accounts (customer_id)",
+    *id_key_index("accounts_customer", "accounts", "customer_id"),
     *email_key_index("accounts_email_key", "accounts", "email"),
     f"CREATE INDEX IF NOT EXISTS accounts_phone_key ON accounts ({phone_prefilter_sql('phone')})",
     """CREATE TABLE IF NOT EXISTS invoices (
@@ -68,7 +75,7 @@ SCHEMA = (
 _FIND = f"""
 WITH candidates AS (
     SELECT * FROM accounts
-     WHERE customer_id = ANY($1::text[])
+     WHERE {id_key_sql("customer_id")} = ANY($1::text[])
         OR {email_prefilter_sql("email")} = ANY($2::text[])
         OR {phone_prefilter_sql("phone")} = ANY($3::text[]))
 SELECT NULL AS parent, 'accounts' AS category, account_id AS id, restricted, opened_on AS d1,

@@ -7,7 +7,14 @@ from datetime import date
 
 import asyncpg
 
-from shared.identity import Identities, email_key_index, email_prefilter_sql, phone_prefilter_sql
+from shared.identity import (
+    Identities,
+    email_key_index,
+    email_prefilter_sql,
+    id_key_index,
+    id_key_sql,
+    phone_prefilter_sql,
+)
 from shared.worker.pgstore import Candidate, CategoryTable, PostgresStoreAdapter
 from shared.worker.ports import Record
 
@@ -22,7 +29,7 @@ SCHEMA = (
         job_title text,
         created_on date NOT NULL,
         restricted boolean NOT NULL DEFAULT false)""",
-    "CREATE INDEX IF NOT EXISTS contacts_customer ON contacts (customer_id)",
+    *id_key_index("contacts_customer", "contacts", "customer_id"),
     *email_key_index("contacts_email_key", "contacts", "email"),
     f"CREATE INDEX IF NOT EXISTS contacts_phone_key ON contacts ({phone_prefilter_sql('phone')})",
     """CREATE TABLE IF NOT EXISTS interactions (
@@ -57,7 +64,7 @@ SCHEMA = (
 _FIND = f"""
 WITH candidates AS (
     SELECT * FROM contacts
-     WHERE customer_id = ANY($1::text[])
+     WHERE {id_key_sql("customer_id")} = ANY($1::text[])
         OR {email_prefilter_sql("email")} = ANY($2::text[])
         OR {phone_prefilter_sql("phone")} = ANY($3::text[]))
 SELECT NULL AS parent, 'contacts' AS category, contact_id AS id, restricted, created_on AS d1,

@@ -16,7 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.recordings import files
 from shared.contracts.outcomes import Action
-from shared.identity import Identities, phone_prefilter_sql
+from shared.identity import Identities, id_key_index, id_key_sql, phone_prefilter_sql
 from shared.settings import DatabaseSettings
 from shared.telemetry.messaging import TRACER
 from shared.worker.pgstore import Candidate, CategoryTable, PostgresStoreAdapter, PostgresStoreSession
@@ -36,7 +36,7 @@ SCHEMA = (
         restricted boolean NOT NULL DEFAULT false)""",
     # Calls recorded for a business customer's own callers: we are its processor (seed 003).
     "ALTER TABLE recordings ADD COLUMN IF NOT EXISTS processed_for text",
-    "CREATE INDEX IF NOT EXISTS recordings_customer ON recordings (customer_id)",
+    *id_key_index("recordings_customer", "recordings", "customer_id"),
     f"CREATE INDEX IF NOT EXISTS recordings_caller_key ON recordings ({phone_prefilter_sql('caller')})",
     f"CREATE INDEX IF NOT EXISTS recordings_callee_key ON recordings ({phone_prefilter_sql('callee')})",
     # Unique by playback path: no two rows share a file at either of its places (path itself
@@ -49,7 +49,7 @@ _FIND = f"""
 SELECT NULL AS parent, recording_id, customer_id, caller, callee, recorded_at::date AS d, restricted,
        legal_tags, processed_for
   FROM recordings
- WHERE customer_id = ANY($1::text[])
+ WHERE {id_key_sql("customer_id")} = ANY($1::text[])
     OR {phone_prefilter_sql("caller")} = ANY($2::text[])
     OR {phone_prefilter_sql("callee")} = ANY($2::text[])
 """

@@ -160,6 +160,33 @@ async def test_directory_erasure_deletes_the_entry_found_by_phone_spelling(
         await adapter.close()
 
 
+async def test_directory_uid_is_matched_without_regard_to_case_as_ldap_finds_it(
+    fresh_db: str, slapd: LdapSettings, demo_seed: SeedFile
+) -> None:
+    """The entry is AHartley; LDAP's search for ahartley returns it; compared exactly
+    afterwards, it was dropped: a request, or a hold, naming the uid so did not reach it."""
+    adapter = DirectoryAdapter(fresh_db, slapd)
+    await adapter.start()
+    try:
+        alice = [e.model_copy(update={"uid": "AHartley"}) for e in person(demo_seed, "alice").directory]
+        await directory_seed.write(adapter.directory, alice + person(demo_seed, "ben").directory)
+        async with adapter.session() as store:
+            [record] = await store.find(Identities(ldap_uids=["ahartley"]))
+        assert record.matched == Identities(ldap_uids=["ahartley"])
+        outcome = await execute(
+            command(EraseSubject, "directory"),
+            Identities(ldap_uids=["ahartley"]),
+            adapter,
+            ActOnEverything(),
+            utc_clock,
+        )
+        assert outcome.categories[0].erased == 1 and outcome.status == "done"
+        assert not {e for e in entries(slapd) if e.lower().startswith("uid=ahartley,")}
+        assert "uid=bokafor,ou=people" in entries(slapd)
+    finally:
+        await adapter.close()
+
+
 async def test_directory_restriction_moves_the_entry_and_lift_moves_it_back(
     fresh_db: str, slapd: LdapSettings, demo_seed: SeedFile
 ) -> None:

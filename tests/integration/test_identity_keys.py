@@ -16,8 +16,10 @@ from hypothesis import strategies as st
 from shared.identity import (
     email_prefilter,
     email_prefilter_sql,
+    id_key_sql,
     mailbox,
     normalise_email,
+    normalise_id,
     normalise_phone,
     phone_prefilter,
     phone_prefilter_sql,
@@ -135,3 +137,15 @@ def test_every_spelling_of_an_address_is_one_address_with_one_key(
     # The key ignores the sub-address: a variant (alice+news@) is a candidate for review.
     assert sql_key(conn, email_prefilter_sql("v"), spelling) == email_prefilter(expected)
     assert email_prefilter(mailbox(expected)) == email_prefilter(expected)
+
+
+@pytest.mark.parametrize(
+    "stored", ["C-1002", "C-1002 ", " C-1002", "\tC-1002\r\n", "\u00a0C-1002", "C-1002\u200b"]
+)
+def test_a_customer_id_as_stored_has_the_key_of_its_normal_form(
+    conn: asyncpg.Connection, stored: str
+) -> None:
+    """A hold or a request naming C-1002 finds the account stored as "C-1002 " (the id compared
+    raw, it did not: the account was left out of both, while a search by e-mail erased it)."""
+    assert normalise_id(stored) == "C-1002"
+    assert sql_key(conn, id_key_sql("v"), stored) == "C-1002"

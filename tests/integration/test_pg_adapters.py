@@ -75,6 +75,25 @@ async def test_billing_erases_both_of_alices_accounts_and_keeps_bens(
         await adapter.close()
 
 
+async def test_a_customer_id_stored_with_spaces_is_found_by_the_id_alone(
+    fresh_db: str, demo_seed: SeedFile
+) -> None:
+    """Compared raw, "C-1002 " was not C-1002: the account escaped a request (or a hold) naming
+    the id, while one naming the address found it."""
+    adapter = BillingAdapter(fresh_db)
+    await adapter.start()
+    try:
+        async with adapter.pool.acquire() as conn:
+            await billing_seed.write(conn, person(demo_seed, "ben").billing)
+            await conn.execute("UPDATE accounts SET customer_id = ' C-1002\t' WHERE customer_id = 'C-1002'")
+        ben = Identities(customer_ids=["C-1002"])
+        outcome = await execute(erase("billing"), ben, adapter, ActOnEverything(), utc_clock)
+        assert {c.category: c.found for c in outcome.categories}["accounts"] == 1
+        assert await count(adapter.pool, "SELECT count(*) FROM accounts") == 0
+    finally:
+        await adapter.close()
+
+
 async def test_crm_erasure_matches_messy_spellings(fresh_db: str, demo_seed: SeedFile) -> None:
     adapter = CrmAdapter(fresh_db)
     await adapter.start()

@@ -98,3 +98,8 @@ def test_invisible_formatting_characters_are_not_part_of_an_identifier(
     written: str, kind: str, expected: str
 ) -> None:
     assert getattr(Identities.lenient(**{kind: [written]}), kind) == [expected]
+
+
+def test_a_directory_uid_is_compared_without_regard_to_case_as_ldap_compares_it() -> None:
+    assert Identities(ldap_uids=["JSmith"]) == Identities(ldap_uids=["jsmith"])
+    assert Identities.lenient(ldap_uids=["JSmith "]).ldap_uids == ["jsmith"]
