@@ -79,10 +79,21 @@ def normalise_email(raw: str) -> str:
     return f"{local}@{ascii_domain.lower()}"
 
 
+# Providers known to deliver to one mailbox whatever dots its name is written with, under
+# either domain: `a.lice@googlemail.com` is `alice@gmail.com`'s mailbox.
+_DOTLESS = {"gmail.com": "gmail.com", "googlemail.com": "gmail.com"}
+
+
 def mailbox(email: str) -> str:
-    """A normalised address without its sub-address: `alice+news@x.org` -> `alice@x.org`."""
+    """A normalised address's mailbox: without its sub-address (`alice+news@x.org` ->
+    `alice@x.org`), and as the provider reads it where it ignores dots (`a.lice@gmail.com` ->
+    `alice@gmail.com`). Whether another spelling of the mailbox is the subject's, a person
+    decides (matching.py): a shared family mailbox is written many ways."""
     local, _, domain = email.rpartition("@")
-    return f"{local.split('+', 1)[0]}@{domain}"
+    local = local.split("+", 1)[0]
+    if domain in _DOTLESS:
+        local, domain = local.replace(".", ""), _DOTLESS[domain]
+    return f"{local}@{domain}"
 
 
 def normalise_phone(raw: str, region: str = DEFAULT_REGION) -> str:

@@ -126,3 +126,19 @@ def test_a_given_phone_on_a_record_whose_address_cannot_be_read_is_ambiguous() -
     assert unreadable == ("phones",)
     call = account("R-1", owner, ian.all).model_copy(update={"unreadable": unreadable})
     assert classify([call], ian).certain == [call]
+
+
+def test_another_spelling_of_a_gmail_mailbox_is_put_to_a_person_not_missed() -> None:
+    """Gmail ignores dots and answers to googlemail.com too: the CRM's `a.lice@googlemail.com`
+    reaches Alice's mailbox. Neither equal nor a sub-address, it was dropped unseen."""
+    alice = KnownIdentities(given=Identities(emails=["alice@gmail.com"]))
+    for written in ("a.lice@gmail.com", "Alice@GoogleMail.com", "al.ice+news@googlemail.com"):
+        record = account("C-9", Identities.lenient(emails=[written]), alice.all)
+        assert record.variants == Identities(emails=["alice@gmail.com"])
+        [item] = classify([record], alice).ambiguous
+        assert item.reason == "mailbox_variant"
+    # Elsewhere a dot is part of the name: a.lice@example.org is someone else's mailbox.
+    other = account(
+        "C-8", Identities(emails=["a.lice@example.org"]), Identities(emails=["alice@example.org"])
+    )
+    assert not other.matched and not other.variants
