@@ -51,7 +51,10 @@ def decode(raw: bytes | None, target: type[T] | TypeAdapter[T]) -> T:
         raise PoisonMessage("(value)", "empty message")
     try:
         data: Any = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:
+        # ValueError covers bad UTF-8, bad JSON and an integer past Python's digit limit;
+        # RecursionError a few kilobytes of nested brackets. Any of them, not caught, stopped
+        # the consumer on the same record after every restart.
         raise PoisonMessage("(value)", f"not JSON: {exc.__class__.__name__}") from None
     if not isinstance(data, dict):
         raise PoisonMessage("(value)", "not a JSON object")

@@ -28,13 +28,14 @@ async def handle(ctx: IntakeContext, raw: bytes | None) -> IngressReplied:
     request_id = None
     try:
         data = json.loads(raw or b"")
+    except (ValueError, RecursionError):  # bad UTF-8 or JSON, brackets too deep, a number too long
+        return IngressReplied(request_id=None, accepted=False, error="(body): not JSON")
+    try:
         given = data.get("request_id") if isinstance(data, dict) else None
         if isinstance(given, str) and re.fullmatch(REQUEST_ID_PATTERN, given):
             request_id = given  # echoed only when it is an id (an address in its place is not)
         body = SubmitRequest.model_validate(data)
         row = await accept(ctx, body, scope.INGRESS)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return IngressReplied(request_id=None, accepted=False, error="(body): not JSON")
     except ValidationError as exc:
         field, reason = describe_validation_error(exc)
         return IngressReplied(request_id=request_id, accepted=False, error=f"{field}: {reason}")

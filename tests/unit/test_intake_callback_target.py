@@ -89,3 +89,9 @@ async def test_an_ingress_reply_is_keyed_by_the_request_id_not_the_record_key(
     [(_, sent_key, reply)] = publisher.sent
     assert sent_key == key
     assert b"alice@example.com" not in reply
+
+
+@pytest.mark.parametrize("raw", [b"[" * 5000, b'{"request_id": ' + b"9" * 5000 + b"}", b"\xff", b"not json"])
+async def test_a_submission_that_is_not_json_is_answered_so_whatever_breaks_the_parser(raw: bytes) -> None:
+    answer = await ingress.handle(context(), raw)
+    assert not answer.accepted and answer.error == "(body): not JSON" and answer.request_id is None
