@@ -56,6 +56,7 @@ def _rows(classes: list[type[BaseSettings]]) -> dict[str, tuple[str, str, str]]:
 
 def all_settings() -> list[type[BaseSettings]]:
     """Every settings class of every service."""
+    from cli.priority import PrioritySettings
     from cli.shedding import SheddingSettings
     from services.directory.settings import LdapSettings
     from services.intake.notice_settings import NoticeSettings
@@ -63,8 +64,8 @@ def all_settings() -> list[type[BaseSettings]]:
     from services.mailing.store import SuppressionSettings
     from services.recordings.store import RecordingsSettings
     from services.tracker.settings import TrackerSettings
+    from shared.policy.settings import PolicySettings
     from shared.recipients.settings import RegisterSettings
-    from shared.worker.main import PolicySettings
     from shared.worker.runtime import RetrySettings
 
     return [
@@ -82,6 +83,7 @@ def all_settings() -> list[type[BaseSettings]]:
         RecordingsSettings,
         SuppressionSettings,
         SheddingSettings,
+        PrioritySettings,
     ]
 
 

@@ -30,6 +30,8 @@ from shared.db import apply_schema, create_pool, ensure_database
 from shared.delivery import GroupHandler, Handler, Publisher, consume_forever
 from shared.kafka import ensure_topics, make_consumer, make_producer, start_with_retry, warn_if_unencrypted
 from shared.outbox import OUTBOX_DDL, OutboxRelay
+from shared.policy.model import categories_by_system, load_policy
+from shared.policy.settings import PolicySettings
 from shared.recipients.settings import RegisterSettings
 from shared.relay_hold import RelayHold
 from shared.service import mark_ready, run_service, set_readiness
@@ -92,6 +94,7 @@ async def main(stop: asyncio.Event) -> None:
     register = RegisterSettings().load()
     notice_secrets = webhook_secrets(register, os.environ, development, settings.egress())
     notice_settings = NoticeSettings()
+    categories = categories_by_system(load_policy(PolicySettings().policy_file))  # a bad file stops it
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -118,6 +121,7 @@ async def main(stop: asyncio.Event) -> None:
             callbacks_enabled=bool(settings.callback_secret.get_secret_value()),
             egress=settings.egress(),
             callbacks_https_only=not development,
+            categories=categories,
         )
         if keyed := await rekey.key_unkeyed_fingerprints(pool, ctx.fingerprints):
             log.info(

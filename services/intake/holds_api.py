@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Annotated
 from uuid import UUID
@@ -76,6 +77,9 @@ async def place_hold(body: PlaceHold, request: Request, response: Response) -> H
     if unknown:
         # Not repeated back (name the field, never the value): say which systems there are.
         raise HTTPException(422, f"systems: not among this deployment's ({', '.join(state.ctx.systems)})")
+    if body.expires_at is not None and body.expires_at <= datetime.now(UTC):
+        raise HTTPException(422, "expires_at: already past; a hold must protect something")
+    categories = _categories(body, state.ctx.systems, state.ctx.categories)
     identities = body.subject.identities()
     row, outbox_id = await holds.place(
         state.ctx.pool,
@@ -85,7 +89,7 @@ async def place_hold(body: PlaceHold, request: Request, response: Response) -> H
             subject_ref=subject_ref(state.ctx.pseudonym_key, identities),
             sealed_identifiers=state.ctx.seal.seal(identities),
             systems=body.systems,
-            categories=body.categories,
+            categories=categories,
             placed_at=datetime.now(UTC),
             expires_at=body.expires_at,
         ),
@@ -94,6 +98,29 @@ async def place_hold(body: PlaceHold, request: Request, response: Response) -> H
     if not propagated:
         response.status_code = 202
     return _view(row, propagated)
+
+
+def _categories(
+    body: PlaceHold, deployed: list[str], known: Mapping[str, frozenset[str]]
+) -> list[str] | None:
+    """The hold's categories as workers compare them (exactly, with the policy's names): one
+    that none of the hold's systems holds would be acknowledged and protect nothing."""
+    if body.categories is None:
+        return None
+    systems = body.systems or deployed
+    held = frozenset().union(*(known.get(s, frozenset()) for s in systems))
+    names: list[str] = []
+    for n, given in enumerate(body.categories):
+        name = given.strip().lower()
+        if name not in held:
+            # The value is not repeated (it is free text); the names that would do are.
+            raise HTTPException(
+                422,
+                f"categories[{n}]: not a category of {', '.join(systems)}; known: {', '.join(sorted(held))}",
+            )
+        if name not in names:
+            names.append(name)
+    return names
 
 
 @router.delete(

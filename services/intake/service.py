@@ -3,6 +3,7 @@ topic."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
@@ -17,6 +18,7 @@ from services.intake.fingerprint import Fingerprints
 from services.intake.models import SubmitRequest
 from shared.crypto import IdentifierSeal, subject_ref
 from shared.deadlines import add_months
+from shared.policy.model import DEFAULT_POLICY_FILE, categories_by_system, load_policy
 from shared.telemetry import metrics
 from shared.telemetry.messaging import current_traceparent
 
@@ -32,6 +34,11 @@ class IntakeContext:
     # A callback carries a request's outcome and its signature: only over TLS, except on a
     # development stack whose receivers are plain-HTTP servers on this machine.
     callbacks_https_only: bool = True
+    # The data categories of each system, from the retention policy the workers apply: a hold
+    # naming a category none of its systems holds would protect nothing.
+    categories: Mapping[str, frozenset[str]] = field(
+        default_factory=lambda: categories_by_system(load_policy(DEFAULT_POLICY_FILE))
+    )
 
     @cached_property
     def fingerprints(self) -> Fingerprints:

@@ -118,6 +118,15 @@ def load_policy(path: Path) -> PolicyFile:
         raise PolicyError(f"{path}: {field}: {reason}") from None
 
 
+def categories_by_system(policy: PolicyFile) -> dict[str, frozenset[str]]:
+    """The categories each system's rules cover: every category a worker holds has one (a worker
+    refuses to start otherwise, `check_categories`), so these are the categories there are."""
+    found: dict[str, set[str]] = {}
+    for rule in policy.rules:
+        found.setdefault(rule.system, set()).add(rule.category)
+    return {system: frozenset(names) for system, names in found.items()}
+
+
 def check_categories(policy: PolicyFile, system: str, categories: dict[str, tuple[str, ...]]) -> None:
     """A worker refuses to start unless every category it holds has a rule, and every field a
     rule names is one of the category's personal fields: a typo must not mean 'erase nothing'."""

@@ -8,8 +8,8 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.policy.model import load_policy
+from shared.policy.settings import PolicySettings
 from shared.recipients.register import DEFAULT_REGISTER_FILE, RegisterFile, load_register
-from shared.worker.main import PolicySettings
 
 
 class RegisterSettings(BaseSettings):

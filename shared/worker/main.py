@@ -5,26 +5,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
-from pathlib import Path
-
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.kafka import ensure_topics, warn_if_unencrypted
 from shared.policy.evaluate import RetentionPolicy
-from shared.policy.model import DEFAULT_POLICY_FILE, check_categories, load_policy
+from shared.policy.model import check_categories, load_policy
+from shared.policy.settings import PolicySettings
 from shared.service import run_service, set_readiness
 from shared.settings import DeploymentSettings, KafkaSettings, RecoverySettings, SecretsSettings
 from shared.topics import all_topics
 from shared.worker.holds import HoldsView
 from shared.worker.ports import StoreAdapter
 from shared.worker.runtime import RetrySettings, WorkerRuntime
-
-
-class PolicySettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="LETHE_", extra="ignore")
-
-    policy_file: Path = Field(DEFAULT_POLICY_FILE, description="The retention policy (YAML).")
 
 
 def run_worker(system: str, make_adapter: Callable[[], StoreAdapter]) -> None:

@@ -332,3 +332,24 @@ async def test_a_chunked_submission_past_the_size_limit_is_refused_before_admiss
     async with client(pool, max_body_bytes=16 * 1024) as api:
         answer = await api.post("/v1/requests", content=chunks(), headers={"Authorization": "Bearer x"})
     assert answer.status_code == 413 and "body" in answer.json()["detail"]
+
+
+async def test_a_hold_that_would_protect_nothing_is_refused_naming_the_field(pool: asyncpg.Pool) -> None:
+    """Workers compare a hold's categories exactly with the policy's names: `invoice`, or a CRM
+    category on a billing-only hold, was acknowledged with 201 and kept nothing. So was a hold
+    that had expired before it was placed."""
+    legal = {"Authorization": f"Bearer {await auth.create(pool, auth.Role.LEGAL)}"}
+    hold = {"subject": {"customer_id": "C-1"}, "case_reference": "LIT-1", "reason": "litigation"}
+    async with client(pool) as api:
+        for categories, systems in ((["invoice"], ["billing"]), (["invoices", "contacts"], ["billing"])):
+            refused = await api.post(
+                "/v1/holds", json=hold | {"categories": categories, "systems": systems}, headers=legal
+            )
+            assert refused.status_code == 422, refused.text
+            assert (
+                refused.json()["detail"].startswith("categories[") and "invoices" in refused.json()["detail"]
+            )
+        past = (datetime.now(UTC) - timedelta(minutes=1)).isoformat()
+        expired = await api.post("/v1/holds", json=hold | {"expires_at": past}, headers=legal)
+        assert expired.status_code == 422 and expired.json()["detail"].startswith("expires_at:")
+    assert await pool.fetchval("SELECT count(*) FROM holds") == 0

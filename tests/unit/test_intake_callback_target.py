@@ -13,6 +13,7 @@ import pytest
 
 from services.intake import ingress
 from services.intake.egress import Egress
+from services.intake.holds_api import PlaceHold, _categories
 from services.intake.models import SubmitRequest
 from services.intake.service import IntakeContext, Unacceptable, accept
 from shared.crypto import IdentifierSeal
@@ -95,3 +96,16 @@ async def test_an_ingress_reply_is_keyed_by_the_request_id_not_the_record_key(
 async def test_a_submission_that_is_not_json_is_answered_so_whatever_breaks_the_parser(raw: bytes) -> None:
     answer = await ingress.handle(context(), raw)
     assert not answer.accepted and answer.error == "(body): not JSON" and answer.request_id is None
+
+
+def test_a_holds_categories_are_taken_in_the_policys_spelling() -> None:
+    body = PlaceHold.model_validate(
+        {
+            "subject": {"customer_id": "C-1"},
+            "case_reference": "LIT-1",
+            "reason": "litigation",
+            "categories": ["Invoices ", "invoices", "contacts"],
+        }
+    )
+    known = {"billing": frozenset({"invoices"}), "crm": frozenset({"contacts"})}
+    assert _categories(body, ["billing", "crm"], known) == ["invoices", "contacts"]
