@@ -23,16 +23,25 @@ def _die_with_parent() -> None:
     os.setpgid(0, 0)  # our own group: a Ctrl-C reaches the supervisor, which stops us in order
 
 
-def spawn(name: str, argv: Sequence[str], env: Mapping[str, str], log_dir: Path) -> subprocess.Popen[bytes]:
+def spawn(
+    name: str, argv: Sequence[str], env: Mapping[str, str], log_dir: Path, nice: int = 0
+) -> subprocess.Popen[bytes]:
+    """`nice`: added to the child's nice value (cli/priority.py)."""
     log_dir.mkdir(parents=True, exist_ok=True)
     log = (log_dir / f"{name}.log").open("ab")
+
+    def before_exec() -> None:
+        _die_with_parent()
+        if nice:
+            os.nice(nice)
+
     return subprocess.Popen(
         list(argv),
         env=dict(env),
         stdout=log,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
-        preexec_fn=_die_with_parent,
+        preexec_fn=before_exec,
     )
 
 

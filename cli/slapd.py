@@ -32,7 +32,7 @@ def slapd_binary() -> str:
 
 
 def start_slapd(
-    workdir: Path, port: int, base_dn: str, admin_dn: str, password: str, log_dir: Path
+    workdir: Path, port: int, base_dn: str, admin_dn: str, password: str, log_dir: Path, nice: int = 0
 ) -> subprocess.Popen[bytes]:
     data = workdir / "data"
     data.mkdir(parents=True, exist_ok=True)
@@ -63,6 +63,7 @@ def start_slapd(
         [slapd_binary(), "-f", str(conf), "-h", f"ldap://127.0.0.1:{port}/", "-d", "0"],
         os.environ,
         log_dir,
+        nice,
     )
     wait_for_port(port, "slapd", process)
     _ensure_suffix(port, base_dn, admin_dn, password)

