@@ -37,6 +37,11 @@ class Fingerprints:
         an identifier (the model normalises them)."""
         return self.keyed(body.digest())
 
+    def candidates(self, body: SubmitRequest) -> tuple[str, ...]:
+        """What a stored fingerprint of the same body may be: this version's, or (for a request
+        stored before) that of the body as it was written."""
+        return self.of(body), self.keyed(body.legacy_digest())
+
     def keyed(self, digest: str) -> str:
         """The keyed form of a body's digest. An HMAC over the digest rather than the body, so
         that a fingerprint stored unkeyed (which is that digest) can be keyed in place."""

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-from datetime import datetime
+import json
+from datetime import UTC, datetime
 from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, HttpUrl, field_validator, model_validator
@@ -69,8 +70,23 @@ class SubmitRequest(BaseModel):
         return self
 
     def digest(self) -> str:
-        """An unkeyed hash of the body, the same whatever the key order. Never stored as it is:
-        it would confirm a guessed identifier to anyone who reads it (fingerprint.py keys it)."""
+        """An unkeyed hash of what the body asks for, the same however it is written: key order,
+        the order and spelling of identifiers, a repeated one, a uid's case, the offset a time is
+        written with. (A resubmission written otherwise was a 409 to the tool that sent it.)
+        Never stored as it is: it would confirm a guessed identifier to anyone who reads it
+        (fingerprint.py keys it)."""
+        canonical = {
+            "request_id": self.request_id,
+            "type": self.type.value,
+            "subject": self.subject.identities().canonical(),
+            "systems": self.systems,
+            "received_at": None if self.received_at is None else self.received_at.astimezone(UTC).isoformat(),
+            "callback_url": None if self.callback_url is None else str(self.callback_url),
+        }
+        return "c1:" + hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()
+
+    def legacy_digest(self) -> str:
+        """The digest of the body as written, which versions before `digest` stored."""
         return hashlib.sha256(self.model_dump_json(exclude_none=True).encode()).hexdigest()
 
 

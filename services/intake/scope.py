@@ -26,7 +26,11 @@ def readable_by(caller: Caller) -> str | None:
 
 
 def is_resubmission(
-    stored_by: str | None, stored_fingerprint: str, by: str, fingerprint: str, fingerprints: Fingerprints
+    stored_by: str | None,
+    stored_fingerprint: str,
+    by: str,
+    candidates: tuple[str, ...],
+    fingerprints: Fingerprints,
 ) -> bool:
     """Whether a submission with a known request id repeats the stored one (same submitter, same
     body) and so gets the stored answer; otherwise it is a conflict. The submitter is decided
@@ -34,4 +38,4 @@ def is_resubmission(
     nothing about that body (no guess at an e-mail can be confirmed by submitting it)."""
     if stored_by is None or stored_by != by:
         return False
-    return fingerprints.same(stored_fingerprint, fingerprint)
+    return any(fingerprints.same(stored_fingerprint, c) for c in candidates)

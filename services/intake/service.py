@@ -94,7 +94,11 @@ async def accept(ctx: IntakeContext, body: SubmitRequest, submitted_by: str) -> 
         ),
     )
     if not stored and not scope.is_resubmission(
-        row["submitted_by"], row["fingerprint"], submitted_by, fingerprint, ctx.fingerprints
+        row["submitted_by"],
+        row["fingerprint"],
+        submitted_by,
+        ctx.fingerprints.candidates(body),
+        ctx.fingerprints,
     ):
         raise store.Conflict(body.request_id)
     return row

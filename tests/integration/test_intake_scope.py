@@ -146,12 +146,14 @@ async def test_requests_stored_before_the_upgrade_are_keyed_and_left_to_complian
         "INSERT INTO requests (request_id, fingerprint, request_type, subject_ref, sealed_identifiers,"
         " systems, received_at, deadline) VALUES ($1, $2, 'erasure', 'subj_x', NULL, '{crm}', now(), now())",
         "scope-1",
-        body.digest(),  # what an earlier version stored: unkeyed, no submitter
+        body.legacy_digest(),  # what an earlier version stored: unkeyed, no submitter
     )
     await apply_schema(ctx.pool, *SCHEMA)  # the schema again, as every start applies it
     assert await rekey.key_unkeyed_fingerprints(ctx.pool, ctx.fingerprints, batch=1) == 1
     assert await rekey.key_unkeyed_fingerprints(ctx.pool, ctx.fingerprints) == 0
-    assert await ctx.pool.fetchval("SELECT fingerprint FROM requests") == ctx.fingerprints.of(body)
+    assert await ctx.pool.fetchval("SELECT fingerprint FROM requests") == ctx.fingerprints.keyed(
+        body.legacy_digest()
+    )
     assert (await clients["compliance"].get("/v1/requests/scope-1")).status_code == 200
     assert (await clients["admin"].get("/v1/requests")).json()[0]["request_id"] == "scope-1"
     assert (await clients["a"].get("/v1/requests/scope-1")).status_code == 404

@@ -25,7 +25,7 @@ def test_a_stored_fingerprint_cannot_be_recomputed_without_the_key() -> None:
     stored = Fingerprints(KEY).of(ALICE)
     # What an earlier version stored, and what anyone could compute from a guessed body.
     unkeyed = hashlib.sha256(ALICE.model_dump_json(exclude_none=True).encode()).hexdigest()
-    assert unkeyed not in stored and ALICE.digest() not in stored
+    assert unkeyed not in stored and ALICE.digest() not in stored and ALICE.legacy_digest() == unkeyed
     assert stored != Fingerprints("b" * 64).of(ALICE)  # it depends on the key
     assert stored == Fingerprints(KEY).of(ALICE)  # and on nothing else
 
@@ -39,9 +39,10 @@ def test_the_fingerprint_key_is_derived_for_this_use_alone() -> None:
 
 def test_a_fingerprint_stored_unkeyed_is_still_recognised_and_keyed_once() -> None:
     fingerprints = Fingerprints(KEY)
-    legacy = ALICE.digest()
+    legacy = ALICE.legacy_digest()
     assert not is_keyed(legacy) and is_keyed(fingerprints.rekeyed(legacy))
-    assert fingerprints.rekeyed(legacy) == fingerprints.of(ALICE)
-    assert fingerprints.rekeyed(fingerprints.rekeyed(legacy)) == fingerprints.of(ALICE)
-    assert fingerprints.same(legacy, fingerprints.of(ALICE))
-    assert not fingerprints.same(legacy, fingerprints.of(GUESS))
+    keyed = fingerprints.keyed(legacy)
+    assert fingerprints.rekeyed(legacy) == keyed == fingerprints.candidates(ALICE)[1]
+    assert fingerprints.rekeyed(fingerprints.rekeyed(legacy)) == keyed
+    assert any(fingerprints.same(legacy, c) for c in fingerprints.candidates(ALICE))
+    assert not any(fingerprints.same(legacy, c) for c in fingerprints.candidates(GUESS))
