@@ -13,7 +13,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from services.intake import export, notices, operations, pages, scope, store
 from services.intake.auth import Role, caller_of, guarded
-from services.intake.models import ErrorBody, RequestView, SubmitRequest
+from services.intake.models import ErrorBody, FreeText, RequestView, SubmitRequest
 from services.intake.service import IntakeContext, Unacceptable, accept
 from shared.contracts import RequestStatus, SystemProgress
 from shared.contracts.audit import AuditEntry, verify_chain
@@ -153,7 +153,7 @@ async def get_audit(request_id: str, request: Request) -> AuditView:
 class ExtensionBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     months: int = Field(ge=1, le=2, description="1 or 2: at most two further months (Art. 12(3)).")
-    reason: str = Field(min_length=3, max_length=2000, description="Why; upstream tells the person.")
+    reason: FreeText = Field(description="Why; upstream tells the person.")
 
 
 @router.post(

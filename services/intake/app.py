@@ -10,6 +10,7 @@ import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import asyncpg
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
@@ -55,6 +56,14 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
         errors.append({"field": "(body)" if field == "(message)" else field, "message": message})
     summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
     return JSONResponse(status_code=422, content={"detail": summary, "errors": errors})
+
+
+async def _unstorable(request: Request, exc: Exception) -> Response:
+    """A value PostgreSQL cannot hold (a NUL) that no model refused first, in a path or a query:
+    the caller's mistake, not a server error. Which value is not known here; none is repeated."""
+    return JSONResponse(
+        {"detail": "(request): a value holds a character that cannot be stored (NUL)"}, status_code=422
+    )
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -114,6 +123,8 @@ def create_app(lifespan: Lifespan | None, limits: ApiLimits, development: bool =
         app.include_router(router)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    for refused in (asyncpg.CharacterNotInRepertoireError, asyncpg.UntranslatableCharacterError):
+        app.add_exception_handler(refused, _unstorable)
     # Admission inside the body limit (which caps the body it reads), before authentication.
     app.add_middleware(Admission, limits=limits.admission, load=Load())
     app.add_middleware(BodySizeLimit, max_bytes=limits.max_body_bytes)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -58,9 +59,14 @@ def _sha256(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+_TOKEN_ID = re.compile(r"[A-Za-z0-9-]{1,64}")
+
+
 def parse(token: str) -> tuple[str, str] | None:
+    """(id, secret) of `lethe_<id>_<secret>`; None for anything else, a cookie's NUL included
+    (its id would reach the database, which refuses it with an error, not a 401)."""
     parts = token.split("_")
-    if len(parts) != 3 or parts[0] != "lethe" or not parts[1] or not parts[2]:
+    if len(parts) != 3 or parts[0] != "lethe" or not _TOKEN_ID.fullmatch(parts[1]) or not parts[2]:
         return None
     return parts[1], parts[2]
 

@@ -13,7 +13,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from services.intake import holds
 from services.intake.auth import Role, guarded
-from services.intake.models import ErrorBody, SubjectIn
+from services.intake.models import ErrorBody, FreeText, SubjectIn
 from shared.contracts.base import SystemName
 from shared.contracts.holds import CaseReference
 from shared.crypto import subject_ref
@@ -28,7 +28,7 @@ class PlaceHold(BaseModel):
     systems: list[SystemName] | None = Field(None, min_length=1, max_length=32)
     categories: list[str] | None = Field(None, min_length=1, max_length=64)
     case_reference: CaseReference = Field(description="Opaque case id; cited in reports. No names.")
-    reason: str = Field(min_length=3, max_length=2000, description="Kept in intake only; never sent on.")
+    reason: FreeText = Field(description="Kept in intake only; never sent on.")
     expires_at: AwareDatetime | None = None
 
 

@@ -4,14 +4,37 @@ from __future__ import annotations
 
 import hashlib
 import json
-from datetime import UTC, datetime
-from typing import Literal
+import unicodedata
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, HttpUrl, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    HttpUrl,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 from shared.contracts import RequestStatus, RequestType, SystemProgress
 from shared.contracts.base import RequestId, SystemName
 from shared.identity import MAX_IDENTIFIERS, Email, Identities, OpaqueId, Phone
+
+
+def _storable(text: str) -> str:
+    """Text a person wrote (a reason, a note): any line breaks and tabs, no other control
+    characters. PostgreSQL cannot store NUL, and the refusal came as a 500."""
+    if any(unicodedata.category(c) == "Cc" and c not in "\t\n\r" for c in text):
+        raise ValueError("holds a control character")
+    return text
+
+
+# A reason or note, kept in intake (its digest may be audited): 3 to 2,000 characters.
+FreeText = Annotated[str, StringConstraints(min_length=3, max_length=2000), AfterValidator(_storable)]
 
 
 class SubjectIn(BaseModel):
@@ -37,6 +60,10 @@ class SubjectIn(BaseModel):
             phones=self.phones,
             ldap_uids=[self.ldap_uid] if self.ldap_uid else [],
         )
+
+
+CLOCK_SKEW = timedelta(minutes=5)
+GDPR_APPLIES = datetime(2018, 5, 25, tzinfo=UTC)
 
 
 class SubmitRequest(BaseModel):
@@ -65,8 +92,12 @@ class SubmitRequest(BaseModel):
 
     @model_validator(mode="after")
     def _not_in_future(self) -> SubmitRequest:
-        if self.received_at is not None and self.received_at > datetime.now(self.received_at.tzinfo):
+        if self.received_at is None:
+            return self
+        if self.received_at > datetime.now(UTC) + CLOCK_SKEW:  # the sender's clock may run ahead a little
             raise ValueError("received_at: is in the future")
+        if self.received_at < GDPR_APPLIES:
+            raise ValueError("received_at: before the GDPR applied (2018-05-25)")
         return self
 
     def digest(self) -> str:

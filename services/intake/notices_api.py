@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from services.intake import notices, scope, store
 from services.intake.auth import Caller, Role, caller_of, guarded, require
-from services.intake.models import ErrorBody
+from services.intake.models import ErrorBody, FreeText
 from shared.contracts.notices import NoticeCategory
 from shared.contracts.report import Report
 from shared.crypto import IdentifierSealError
@@ -52,7 +52,7 @@ class NoticeView(BaseModel):
 
 class Close(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    note: str = Field(min_length=3, max_length=2000, description="How the recipient was told; kept here")
+    note: FreeText = Field(description="How the recipient was told; kept here")
 
 
 def _register(request: Request) -> RegisterFile:

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from services.intake import reviews
 from services.intake.auth import Caller, Role, guarded, require
-from services.intake.models import ErrorBody
+from services.intake.models import ErrorBody, FreeText
 from services.intake.pages import TEMPLATES
 from shared.codec import describe_validation_error
 from shared.contracts.report import ReviewDecision
@@ -54,7 +54,7 @@ class ReviewView(BaseModel):
 class Decide(BaseModel):
     model_config = ConfigDict(extra="forbid")
     decision: ReviewDecision = Field(description="erase: they are the subject's; keep: leave them")
-    reason: str = Field(min_length=3, max_length=2000, description="Why; kept in intake, its digest audited")
+    reason: FreeText = Field(description="Why; kept in intake, its digest audited")
 
 
 def view(request: Request, row: asyncpg.Record) -> ReviewView:

@@ -65,7 +65,7 @@ async def accept(ctx: IntakeContext, body: SubmitRequest, submitted_by: str) -> 
     if body.callback_url:
         try:
             await ctx.egress.check_url(str(body.callback_url))
-        except (ForbiddenTarget, httpcore.ConnectError):
+        except (ForbiddenTarget, httpcore.ConnectError, UnicodeError):  # a label too long for IDNA
             # One answer for an internal address and for a name that does not resolve, so that
             # submissions cannot map which internal names exist.
             raise Unacceptable("callback_url: cannot be used as a callback target") from None

@@ -353,3 +353,25 @@ async def test_a_hold_that_would_protect_nothing_is_refused_naming_the_field(poo
         expired = await api.post("/v1/holds", json=hold | {"expires_at": past}, headers=legal)
         assert expired.status_code == 422 and expired.json()["detail"].startswith("expires_at:")
     assert await pool.fetchval("SELECT count(*) FROM holds") == 0
+
+
+async def test_a_nul_or_a_date_out_of_range_is_a_4xx_never_a_500(pool: asyncpg.Pool) -> None:
+    """PostgreSQL refuses NUL, and a year-1 time overflows on its way there: each was a 500."""
+    token = await auth.create(pool, auth.Role.ADMIN)
+    admin = {"Authorization": f"Bearer {token}"}
+    hold = {"subject": {"customer_id": "C-1"}, "case_reference": "LIT-1", "reason": "liti\x00gation"}
+    request = {"request_id": "nul-1", "type": "erasure", "identity_verified": True}
+    request |= {"subject": {"customer_id": "C-1"}}
+    async with client(pool) as api:
+        refused = await api.post("/v1/holds", json=hold, headers=admin)
+        assert refused.status_code == 422 and refused.json()["detail"].startswith("reason:")
+        assert (await api.get("/v1/requests/a%00b", headers=admin)).status_code == 422
+        nul_cookie = {"Cookie": 'lethe_token="lethe_a\\000b_x"'}
+        assert (await api.get("/v1/requests", headers=nul_cookie)).status_code == 401
+        for when in ("0001-01-01T00:00:00+14:00", "2017-01-01T00:00:00Z"):
+            early = await api.post("/v1/requests", json=request | {"received_at": when}, headers=admin)
+            assert early.status_code == 422 and "received_at" in early.json()["detail"], early.text
+        # A sender's clock a little ahead of ours is not "in the future".
+        ahead = (datetime.now(UTC) + timedelta(seconds=30)).isoformat()
+        accepted = await api.post("/v1/requests", json=request | {"received_at": ahead}, headers=admin)
+        assert accepted.status_code == 202, accepted.text

@@ -56,6 +56,8 @@ async def test_an_unresolvable_host_is_refused_like_an_internal_one() -> None:
     internal = await refusal(context(), "https://10.0.0.1/hook")
     unknown = await refusal(context(Unresolvable()), "https://billing.corp.internal/hook")
     assert internal == unknown == FORBIDDEN
+    # A host label longer than DNS allows fails in the resolver's IDNA step: the same answer.
+    assert await refusal(context(), "https://" + "a" * 64 + ".example.com/hook") == FORBIDDEN
 
 
 async def test_plain_http_is_refused_outside_a_development_stack() -> None:
