@@ -159,7 +159,7 @@ _SQL_SPACE = (
 )
 
 
-def email_key_index(name: str, table: str, column: str) -> tuple[str, str]:
+def email_key_index(name: str, table: str, column: str) -> tuple[str, str, str]:
     """DDL of the index on a table's e-mail key; its name carries a digest of the expression, so
     a store created with an earlier expression gets the new index (and loses the old one)."""
     return _key_index(name, table, email_prefilter_sql(column))
@@ -172,16 +172,25 @@ def id_key_sql(column: str) -> str:
     return f"regexp_replace({column}, '{_SQL_SPACE}', '', 'g')"
 
 
-def id_key_index(name: str, table: str, column: str) -> tuple[str, str]:
+def id_key_index(name: str, table: str, column: str) -> tuple[str, str, str]:
     """DDL of the index on a table's customer id key (replacing a plain index of that name)."""
     return _key_index(name, table, id_key_sql(column))
 
 
-def _key_index(name: str, table: str, expression: str) -> tuple[str, str]:
+def _key_index(name: str, table: str, expression: str) -> tuple[str, str, str]:
+    """The index, and the removal of any earlier one: the plain `name`, or `name_<digest>` of an
+    expression since changed (each is maintained on every write while it stands)."""
     digest = hashlib.sha256(expression.encode()).hexdigest()[:8]
+    current = f"{name}_{digest}"
+    stale = f"""DO $$ DECLARE stale text; BEGIN
+    FOR stale IN SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()
+        AND tablename = '{table}' AND indexname <> '{current}'
+        AND left(indexname, {len(name) + 1}) = '{name}_' AND length(indexname) = {len(current)}
+    LOOP EXECUTE format('DROP INDEX IF EXISTS %I', stale); END LOOP; END $$"""
     return (
-        f"CREATE INDEX IF NOT EXISTS {name}_{digest} ON {table} (({expression}))",
+        f"CREATE INDEX IF NOT EXISTS {current} ON {table} (({expression}))",
         f"DROP INDEX IF EXISTS {name}",
+        stale,
     )
 
 

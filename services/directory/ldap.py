@@ -86,9 +86,11 @@ class Directory:
         for email in ids.emails:
             local, _, domain = mailbox(email).rpartition("@")
             terms.append(f"(mail={escape_filter_chars(email)})")
-            terms.append(f"(mail={escape_filter_chars(local)}+*@{escape_filter_chars(domain)})")
-            if mailbox(email) != email:
-                terms.append(f"(mail={escape_filter_chars(mailbox(email))})")
+            # A Gmail mailbox under its other domain too (LDAP cannot ignore the dots in a name).
+            for host in ("gmail.com", "googlemail.com") if domain == "gmail.com" else (domain,):
+                terms.append(f"(mail={escape_filter_chars(local)}+*@{escape_filter_chars(host)})")
+                if f"{local}@{host}" != email:
+                    terms.append(f"(mail={escape_filter_chars(f'{local}@{host}')})")
         terms += [
             f"(telephoneNumber={escape_filter_chars(v)})" for p in ids.phones for v in phone_variants(p)
         ]

@@ -59,12 +59,12 @@ def _sha256(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-_TOKEN_ID = re.compile(r"[A-Za-z0-9-]{1,64}")
+_TOKEN_ID = re.compile(r"[^\x00-\x1f\x7f]{1,200}")  # ids of earlier tokens vary; never a control character
 
 
 def parse(token: str) -> tuple[str, str] | None:
-    """(id, secret) of `lethe_<id>_<secret>`; None for anything else, a cookie's NUL included
-    (its id would reach the database, which refuses it with an error, not a 401)."""
+    """(id, secret) of `lethe_<id>_<secret>`; None for anything else, an id with a control
+    character included (a cookie's NUL reached the database, which refused it: a 500, not a 401)."""
     parts = token.split("_")
     if len(parts) != 3 or parts[0] != "lethe" or not _TOKEN_ID.fullmatch(parts[1]) or not parts[2]:
         return None

@@ -15,9 +15,13 @@ from shared.identity import KINDS, MAX_IDENTIFIERS, Identities, KnownIdentities
 
 
 def _opened(seal: IdentifierSeal, token: str | None) -> Identities:
-    """Identifiers a worker normalised and sealed; not validated again (a set may be larger than
-    one request may name: the bound is applied here, not by refusing to open it)."""
-    return Identities() if token is None else Identities.normalised(json.loads(seal.open_text(token)))
+    """Identifiers a worker normalised and sealed, normalised again (a worker of an earlier
+    version may have written a uid in another case) but not bounded: a set may be larger than
+    one request may name; the bound is applied here, not by refusing to open it."""
+    if token is None:
+        return Identities()
+    raw: dict[str, list[str]] = json.loads(seal.open_text(token))
+    return Identities.lenient(**raw)
 
 
 def prime(loaded: Loaded, seal: IdentifierSeal | None) -> None:

@@ -222,14 +222,14 @@ async def _held(
     matched in this store, so a hold on a customer id covers records found by e-mail too. What
     an earlier command kept (`resumed`, a deferred erasure's) may no longer be found by any
     identifier (an invoice whose account was erased): a hold naming any of the subject's
-    identifiers covers all of it, since it was decided to be the subject's."""
+    strong identifiers covers all of it, since it was decided to be the subject's."""
     if request_type is not RequestType.ERASURE:
         return {}
     held: dict[tuple[str, str], str] = {}
-    subject = set(known.all.pairs())
+    subject = set(known.all.strong().pairs())  # a shared landline does not make a hold theirs
     for hold in await holds.active(system, moment):
         covers = {r.key: r.category for r in await store.find(hold.identities)}
-        if subject & set(hold.identities.pairs()):
+        if subject & set(hold.identities.strong().pairs()):
             covers |= {key: key[0] for key in resumed}
         for key, category in covers.items():
             if hold.categories is None or category in hold.categories:

@@ -153,6 +153,7 @@ class PostgresStoreAdapter:
                     "owner": head.owner,
                     "matched": head.matched,
                     "variants": head.variants,
+                    "unreadable": head.unreadable,
                 }
             )
             for row in rows

@@ -245,5 +245,12 @@ async def test_directory_filter_escapes_hostile_identifiers(
         query = adapter.directory.subject_filter(hostile)
         assert query is not None and "(uid=\\2a)" in query and "\\29\\28" in query
         assert await adapter.directory.find(hostile) == []
+        # A Gmail mailbox is looked for under both of its domains.
+        gmail = adapter.directory.subject_filter(Identities(emails=["alice@gmail.com"]))
+        assert (
+            gmail is not None
+            and "(mail=alice@googlemail.com)" in gmail
+            and "(mail=alice+*@gmail.com)" in gmail
+        )
     finally:
         await adapter.close()

@@ -13,9 +13,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from shared.db import ensure_database
 from shared.identity import (
+    email_key_index,
     email_prefilter,
     email_prefilter_sql,
+    id_key_index,
     id_key_sql,
     mailbox,
     normalise_email,
@@ -149,3 +152,31 @@ def test_a_customer_id_as_stored_has_the_key_of_its_normal_form(
     raw, it did not: the account was left out of both, while a search by e-mail erased it)."""
     assert normalise_id(stored) == "C-1002"
     assert sql_key(conn, id_key_sql("v"), stored) == "C-1002"
+
+
+async def test_an_index_on_a_key_whose_expression_changed_is_replaced_not_kept(fresh_db: str) -> None:
+    """Each index is maintained on every write: one left from an earlier key expression (or the
+    plain index a key replaced) must go when the new one is made."""
+    await ensure_database(fresh_db)
+    conn = await asyncpg.connect(fresh_db)
+    try:
+        await conn.execute("CREATE TABLE accounts (customer_id text, email text)")
+        await conn.execute("CREATE INDEX accounts_email_key_0badc0de ON accounts (lower(email))")
+        await conn.execute("CREATE INDEX accounts_customer ON accounts (customer_id)")
+        await conn.execute("CREATE INDEX accounts_email_key_other_thing ON accounts (email)")  # not ours
+        for statement in (
+            *email_key_index("accounts_email_key", "accounts", "email"),
+            *id_key_index("accounts_customer", "accounts", "customer_id"),
+        ):
+            await conn.execute(statement)
+        names = {
+            r["indexname"]
+            for r in await conn.fetch("SELECT indexname FROM pg_indexes WHERE tablename = 'accounts'")
+        }
+    finally:
+        await conn.close()
+    assert len(names) == 3 and "accounts_email_key_other_thing" in names
+    assert {n[: -len("_12345678")] for n in names - {"accounts_email_key_other_thing"}} == {
+        "accounts_email_key",
+        "accounts_customer",
+    }

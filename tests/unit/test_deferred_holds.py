@@ -140,3 +140,11 @@ async def test_a_hold_on_someone_else_or_on_other_categories_does_not_keep_it() 
         store = Billing()
         plan = await deferred_erasure(store, Holds(hold), ALICE)
         assert plan["INV-1"].action is Action.ERASED and "INV-1" not in store.invoices
+
+
+async def test_a_hold_on_someone_who_shares_only_the_subjects_landline_does_not_keep_it() -> None:
+    subject = ALICE.union(Identities(phones=["+441632960100"]))
+    neighbour = ActiveHold("LIT-5", Identities(customer_ids=["C-2"], phones=["+441632960100"]), None)
+    store = Billing()
+    plan = await deferred_erasure(store, Holds(neighbour), subject)
+    assert plan["INV-1"].action is Action.ERASED

@@ -13,7 +13,7 @@ from cryptography.fernet import Fernet
 from pydantic import ValidationError
 
 from services.directory.ldap import LdapSettings, tls_for
-from services.intake.auth import Role, parse_bootstrap
+from services.intake.auth import Role, parse, parse_bootstrap
 from services.intake.settings import IntakeSettings
 from services.mailing.store import SuppressionSettings
 from shared.secrets import check_key
@@ -103,3 +103,9 @@ def test_a_settings_error_names_the_environment_variable(monkeypatch: pytest.Mon
     with pytest.raises(ValidationError) as bad:
         KafkaSettings()
     assert "LETHE_KAFKA_FETCH_MAX_WAIT_MS:" in settings_error(bad.value)
+
+
+def test_a_token_id_may_be_what_earlier_versions_took_but_never_hold_a_control_character() -> None:
+    assert parse("lethe_ci.main@build:7_" + "s" * 40) == ("ci.main@build:7", "s" * 40)
+    assert parse("lethe_a\x00b_secret") is None  # a cookie's NUL reached the database: a 500
+    assert parse("lethe_a\x7fb_secret") is None and parse("lethe__secret") is None
