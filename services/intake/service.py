@@ -3,6 +3,7 @@ topic."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -21,6 +22,8 @@ from shared.deadlines import add_months
 from shared.policy.model import DEFAULT_POLICY_FILE, categories_by_system, load_policy
 from shared.telemetry import metrics
 from shared.telemetry.messaging import current_traceparent
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -100,5 +103,12 @@ async def accept(ctx: IntakeContext, body: SubmitRequest, submitted_by: str) -> 
         ctx.fingerprints.candidates(body),
         ctx.fingerprints,
     ):
+        # The submitter is told only "already used"; compliance sees whose it was, so that a
+        # token taking ids another tool will use (they are often sequential) is noticed.
+        other = row["submitted_by"] != submitted_by
+        metrics.request_id_conflicts.add(1, {"submitter": "other" if other else "same"})
+        log.warning(
+            "request id already used", extra={"request_id": body.request_id, "other_submitter": other}
+        )
         raise store.Conflict(body.request_id)
     return row

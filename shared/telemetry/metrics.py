@@ -10,6 +10,11 @@ METER = metrics.get_meter("lethe")
 requests_submitted = METER.create_counter(
     "lethe_requests_submitted", description="Requests accepted by intake"
 )
+request_id_conflicts = METER.create_counter(
+    "lethe_request_id_conflicts",
+    description="Submissions refused with 409 for a request id already used; by whether the id is"
+    " another submitter's (a tool that squats on ids another will use blocks its requests)",
+)
 requests_completed = METER.create_counter(
     "lethe_requests_completed", description="Requests reaching a final status"
 )

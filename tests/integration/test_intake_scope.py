@@ -102,7 +102,7 @@ async def test_a_submitter_reads_only_its_own_requests(
 
 
 async def test_another_token_cannot_confirm_a_guess_by_submitting_it(
-    ctx: IntakeContext, clients: dict[str, httpx.AsyncClient]
+    ctx: IntakeContext, clients: dict[str, httpx.AsyncClient], caplog: pytest.LogCaptureFixture
 ) -> None:
     a, b = clients["a"], clients["b"]
     first = await a.post("/v1/requests", json=ALICE)
@@ -110,6 +110,9 @@ async def test_another_token_cannot_confirm_a_guess_by_submitting_it(
     right = await b.post("/v1/requests", json=ALICE)
     wrong = await b.post("/v1/requests", json={**ALICE, "subject": {"emails": ["bob@example.com"]}})
     assert right.status_code == wrong.status_code == 409
+    # Told nothing more, the submitter; but compliance can see an id taken from another tool.
+    taken = [r for r in caplog.records if r.getMessage() == "request id already used"]
+    assert [getattr(r, "other_submitter", None) for r in taken] == [True, True]
     assert right.json() == wrong.json() == {"detail": "request_id: already used for a different request"}
     # The owner's resubmission is still idempotent; its own different body is the same conflict.
     again = await a.post("/v1/requests", json={**ALICE, "subject": {"emails": [" Alice@Example.com"]}})
