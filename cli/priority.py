@@ -27,7 +27,7 @@ class PrioritySettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LETHE_EMBEDDED_", extra="ignore")
 
     pipeline_nice: int = Field(
-        0,
+        10,
         ge=0,
         le=19,
         description="Nice value of the embedded stack's workers, tracker, broker and slapd (intake and"
