@@ -12,10 +12,10 @@ left, which under load is nearly all of it. A real deployment gives intake its o
 
 from __future__ import annotations
 
-import os
-
-from pydantic import Field, ValidationError
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from cli.env_settings import from_environment
 
 # The processes an upstream tool waits on: they keep the default priority.
 FOREGROUND = frozenset({"intake"})
@@ -36,14 +36,7 @@ class PrioritySettings(BaseSettings):
 
     @classmethod
     def load(cls, overrides: dict[str, str] | None = None) -> PrioritySettings:
-        prefix = "LETHE_EMBEDDED_"
-        env = {**os.environ, **(overrides or {})}
-        given = {k.removeprefix(prefix).lower(): v for k, v in env.items() if k.startswith(prefix)}
-        try:
-            return cls.model_validate({k: v for k, v in given.items() if k in cls.model_fields})
-        except ValidationError as exc:
-            wrong = "; ".join(f"{prefix}{str(e['loc'][0]).upper()}: {e['msg']}" for e in exc.errors())
-            raise RuntimeError(wrong) from None
+        return from_environment(cls, "LETHE_EMBEDDED_", overrides)
 
     def nice_of(self, process: str) -> int:
         """`process` as the stack names it: a service, `service-instance`, broker or slapd."""

