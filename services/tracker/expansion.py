@@ -21,7 +21,7 @@ def _opened(seal: IdentifierSeal, token: str | None) -> Identities:
     if token is None:
         return Identities()
     raw: dict[str, list[str]] = json.loads(seal.open_text(token))
-    return Identities.lenient(**raw)
+    return Identities.lenient(**{kind: raw.get(kind, []) for kind in KINDS})
 
 
 def prime(loaded: Loaded, seal: IdentifierSeal | None) -> None:
