@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import multiprocessing
 import os
@@ -51,6 +52,8 @@ class Run(Submissions):
 
 # How often, once the broker has been shed, the run asks intake which requests completed.
 INTAKE_LOOK_S = 5.0
+LISTENER_STOP_S = 15.0
+READER_WAIT_S = 10.0  # longest the completions reader waits on the broker before starting anew
 
 
 _last_progress = [0.0]
@@ -84,18 +87,24 @@ async def listen(
             auto_offset_reset="earliest",
             fetch_max_wait_ms=10,
         )
-        await consumer.start()
         ours = f"{prefix}-".encode()
         try:
+            # Bounded: a group joined on a broker just restarted can wait for good (seen after a
+            # shed); a new reader in a new group is then started, as after any shed.
+            await asyncio.wait_for(consumer.start(), READER_WAIT_S)
             while not stop.is_set() and stack.supervisor.sheds == sheds:
-                for records in (await consumer.getmany(timeout_ms=100)).values():
+                fetched = await asyncio.wait_for(consumer.getmany(timeout_ms=100), READER_WAIT_S)
+                for records in fetched.values():
                     now = time.monotonic()
                     for record in records:
                         if record.key and record.key.startswith(ours):
                             completed.setdefault(record.key.decode(), now)
                 progress(len(completed), total, "completed")
+        except TimeoutError:
+            sys.stderr.write("\ncompletions reader stuck: starting another\n")
         finally:
-            await consumer.stop()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(consumer.stop(), READER_WAIT_S)
 
 
 async def recorded_by_intake(database_url: str, prefix: str, pending: set[str]) -> dict[str, float]:
@@ -208,7 +217,12 @@ async def measure(
                 completed.setdefault(request_id, at)
             looked = time.monotonic()
     stop.set()
-    await listener
+    try:
+        # A reader joining its group on a broker just shed can wait there past the run's end
+        # (seen: the 12-minute soak hung on it): what it read is already in `completed`.
+        await asyncio.wait_for(listener, LISTENER_STOP_S)
+    except TimeoutError:
+        sys.stderr.write("\ncompletions reader stuck joining its group: stopped\n")
     run = Run(**vars(sent), completed={r: t for r, t in completed.items() if r in sent.submitted})
     run.from_intake = sum(1 for r, t in run.completed.items() if recorded.get(r) == t)
     sys.stderr.write("\n")
