@@ -57,7 +57,7 @@ class BrokerWatch:
     seal: IdentifierSeal
     systems: list[str]
     settings: RecoverySettings
-    verified_at: float = float("-inf")
+    verify_at: float = float("-inf")  # when the holds topic is next read back (monotonic)
 
     async def run(self, stopping: asyncio.Event) -> None:
         memory = BrokerMemory(self.pool, self.producer, self.kafka, "intake")
@@ -88,14 +88,14 @@ class BrokerWatch:
             self.schedule_verification(time.monotonic())
 
     def verification_due(self, now: float) -> bool:
-        return now - self.verified_at >= self.settings.holds_verify_s
+        return now >= self.verify_at
 
     def schedule_verification(self, now: float, after_recovery: bool = False) -> None:
         """The next read-back of the holds topic: a period on, or soon after a recovery, whose
         announcement may not reach the topic (the hour soak saw workers hold erasures back for
         11 s after a shed, until the periodic read-back found the holds incomplete)."""
         wait = RECHECK_AFTER_RECOVERY_S if after_recovery else self.settings.holds_verify_s
-        self.verified_at = now - self.settings.holds_verify_s + wait
+        self.verify_at = now + wait
 
     async def recover(self) -> None:
         log.warning("the broker forgot what it was sent: announcing holds and requests again")
