@@ -162,10 +162,8 @@ class Stack:
 
     def kafka_settings(self) -> KafkaSettings:
         """What the services are given (a variable set in the environment wins, as in `env`)."""
-        env = {**EMBEDDED_KAFKA_ENV, **os.environ, **self.config.extra_env}
-        prefix = "LETHE_KAFKA_"
-        given = {k.removeprefix(prefix).lower(): v for k, v in env.items() if k.startswith(prefix)}
-        return KafkaSettings.model_validate({**given, "bootstrap": self.kafka_bootstrap})
+        overrides = {**self.config.extra_env, "LETHE_KAFKA_BOOTSTRAP": self.kafka_bootstrap}
+        return from_environment(KafkaSettings, "LETHE_KAFKA_", overrides, defaults=EMBEDDED_KAFKA_ENV)
 
     def shedding_settings(self) -> SheddingSettings:
         return from_environment(SheddingSettings, "LETHE_BROKER_SHED_", self.config.extra_env)
