@@ -19,7 +19,8 @@ from services.intake.fingerprint import Fingerprints
 from services.intake.models import SubmitRequest
 from shared.crypto import IdentifierSeal, subject_ref
 from shared.deadlines import add_months
-from shared.policy.model import DEFAULT_POLICY_FILE, categories_by_system, load_policy
+from shared.policy.model import categories_by_system, load_policy
+from shared.policy.settings import PolicySettings
 from shared.telemetry import metrics
 from shared.telemetry.messaging import current_traceparent
 
@@ -40,7 +41,7 @@ class IntakeContext:
     # The data categories of each system, from the retention policy the workers apply: a hold
     # naming a category none of its systems holds would protect nothing.
     categories: Mapping[str, frozenset[str]] = field(
-        default_factory=lambda: categories_by_system(load_policy(DEFAULT_POLICY_FILE))
+        default_factory=lambda: categories_by_system(load_policy(PolicySettings().policy_file))
     )
 
     @cached_property
