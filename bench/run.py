@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from uuid import uuid4
 
 import asyncpg
 import httpx
 from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import KafkaError
 
 from bench import direct, profile, stats
 from bench.sampler import Sampler, postgres_pids, slope_mb_per_min
@@ -38,8 +38,8 @@ from cli.processes import free_port
 from cli.seed import load
 from cli.stack import Stack, StackConfig
 from cli.trace import read_spans
-from shared import topics
-from shared.kafka import client_options
+from shared import fetching, topics
+from shared.kafka import client_options, partitions_of
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -73,35 +73,46 @@ async def listen(
     stack: Stack, completed: dict[str, float], prefix: str, total: int, stop: asyncio.Event
 ) -> None:
     """Every completion of this run's requests (keyed by request id), with when it was read.
-    After a shed of the broker's history (cli/shedding.py) it reads the new broker from its
-    start, in a new group: a position on the old one means nothing there (tansu answers a fetch
-    past a partition's end with nothing, not an error), and the tracker publishes again the
-    completions of the minute before the shed, which this reader, outside Lethe, may have
-    missed."""
+
+    Read without a consumer group, every partition assigned: what is measured is when Lethe's
+    completion could be read, not how long a group takes to form. A group's first join on tansu
+    takes about half its session timeout (5 s at aiokafka's default), and after each shed of
+    the broker's history (cli/shedding.py) a reader's group must form again on the new broker:
+    that join, not Lethe, was most of the 6 s each shed seemed to stall completions. After a
+    shed the reader starts again from the new broker's start: a position on the old one means
+    nothing there, and the tracker publishes again the completions of the seconds before the
+    shed, which this reader may have missed."""
     while not stop.is_set():
         sheds = stack.supervisor.sheds
         consumer = AIOKafkaConsumer(
-            topics.REQUESTS_COMPLETED,
             **client_options(stack.kafka_settings()),
-            group_id=f"bench-{uuid4().hex[:6]}",
-            auto_offset_reset="earliest",
+            group_id=None,
+            enable_auto_commit=False,
             fetch_max_wait_ms=10,
         )
         ours = f"{prefix}-".encode()
         try:
-            # Bounded: a group joined on a broker just restarted can wait for good (seen after a
-            # shed); a new reader in a new group is then started, as after any shed.
+            # Bounded: a broker just restarted can leave a client waiting for good (seen after
+            # a shed); a new reader is then started, as after any shed.
             await asyncio.wait_for(consumer.start(), READER_WAIT_S)
+            partitions = await asyncio.wait_for(
+                partitions_of(consumer, [topics.REQUESTS_COMPLETED]), READER_WAIT_S
+            )
+            if not partitions:  # the topic is not made yet on a broker just started
+                raise KafkaError("no partitions of the completions topic yet")
+            consumer.assign(partitions)
+            fetching.read_from_start(consumer, partitions)
             while not stop.is_set() and stack.supervisor.sheds == sheds:
-                fetched = await asyncio.wait_for(consumer.getmany(timeout_ms=100), READER_WAIT_S)
+                fetched = await asyncio.wait_for(fetching.fetch_in_order(consumer, 100), READER_WAIT_S)
                 for records in fetched.values():
                     now = time.monotonic()
                     for record in records:
                         if record.key and record.key.startswith(ours):
                             completed.setdefault(record.key.decode(), now)
                 progress(len(completed), total, "completed")
-        except TimeoutError:
-            sys.stderr.write("\ncompletions reader stuck: starting another\n")
+        except (TimeoutError, KafkaError) as exc:
+            sys.stderr.write(f"\ncompletions reader stuck ({type(exc).__name__}): starting another\n")
+            await asyncio.sleep(0.2)
         finally:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(consumer.stop(), READER_WAIT_S)
