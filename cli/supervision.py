@@ -52,6 +52,7 @@ class BrokerSupervisor:
         self.shedder = shedder
         self.sheds = 0
         self.unread: dict[str, int] | None = None  # by consumer group, at the last look
+        self.shed_at = 0.0  # time.monotonic() when the last shed began (after its drain)
         self.lock = threading.RLock()  # held by whoever stops or starts the broker
         self._halted = threading.Event()
         self._done = threading.Event()
@@ -100,9 +101,11 @@ class BrokerSupervisor:
         memory = rss_mb(broker.pid)
         if not self.shedder.due(memory, time.monotonic()) or not self._services_ready():
             return
+        held = time.monotonic()
         if self._drain_and_shed():
             print(
-                f"the broker held {memory:.0f} MB: drained it and started it again, empty",
+                f"the broker held {memory:.0f} MB: drained it in {self.shed_at - held:.2f} s and"
+                f" started it again, empty, in {time.monotonic() - self.shed_at:.2f} s",
                 file=sys.stderr,
             )
         else:
@@ -137,6 +140,7 @@ class BrokerSupervisor:
         just before the kill, so that what could be produced unread in between is a matter of
         milliseconds (README, Delivery guarantees, says what that may lose)."""
         with self.lock:
+            self.shed_at = time.monotonic()
             kafka = self.stack.kafka_settings()
             carried = _run(carry_over.keep(kafka))
             self._signal_services(signal.SIGUSR2)  # before: a recovery that sees the empty broker knows why
