@@ -16,11 +16,10 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.errors import CommitFailedError, KafkaError
 
-from shared import topics
+from shared import fetching, topics
 from shared.codec import PoisonMessage
 from shared.crypto import IdentifierSeal
 from shared.dead_letters import ENVELOPE_VERSION, REPLAYED_FROM, SEALED, id_headers, seal_letter
-from shared.fetching import poll
 from shared.kafka import Headers
 from shared.telemetry import metrics
 from shared.telemetry.messaging import TRACE_HEADERS, consuming, producing
@@ -113,9 +112,14 @@ def retry_state(record: ConsumerRecord[bytes, bytes]) -> tuple[int, float]:
 COMMIT_TIMEOUT_S = 15.0
 
 
-async def commit(consumer: AIOKafkaConsumer) -> None:
+async def commit(consumer: AIOKafkaConsumer, fetched_at: int | None = None) -> None:
     """A failed commit (the group rebalanced meanwhile) means redelivery, which the handlers'
-    idempotency absorbs; it must not stop the consumer."""
+    idempotency absorbs; it must not stop the consumer. `fetched_at`, the consumer's count of
+    rewinds when the batch was fetched: a batch of a log the broker has since forgotten is not
+    committed (`fetching.rewinds`)."""
+    if fetched_at is not None and fetching.rewinds(consumer) != fetched_at:
+        log.warning("a batch of a forgotten log: not committed")
+        return
     try:
         # aiokafka retries a retriable coordinator error for ever, silently: bounded here, so
         # a consumer never stops on a commit (an uncommitted batch is only redelivered).
@@ -159,9 +163,10 @@ async def consume_forever(
     together (one transaction instead of many); if that fails for any reason other than a
     missing dependency, they are handled one by one, so a poison message stays isolated."""
     while not publisher.stopping.is_set():
-        batches = await poll(consumer, what)
+        batches = await fetching.poll(consumer, what)
         if not batches:
             continue
+        fetched_at = fetching.rewinds(consumer)
 
         async def in_order(group: list[ConsumerRecord[bytes, bytes]]) -> bool:
             if handle_group is not None and len(group) > 1:
@@ -176,7 +181,7 @@ async def consume_forever(
         records = [r for partition in batches.values() for r in partition]
         if not all(await by_key_in_order(records, concurrency, in_order)):
             return  # stopping: the batch stays uncommitted and is redone after restart
-        await commit(consumer)
+        await commit(consumer, fetched_at)
 
 
 T = TypeVar("T")

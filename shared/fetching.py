@@ -31,6 +31,7 @@ _rewound_at: weakref.WeakKeyDictionary[AIOKafkaConsumer, float] = weakref.WeakKe
 _assigned_since: weakref.WeakKeyDictionary[AIOKafkaConsumer, set[TopicPartition]] = (
     weakref.WeakKeyDictionary()
 )
+_rewinds: weakref.WeakKeyDictionary[AIOKafkaConsumer, int] = weakref.WeakKeyDictionary()
 # How long after a rewind a partition the group assigns is rewound too (see RewindLater).
 REWIND_WINDOW_S = 60.0
 # A gap that survives this many fetches is taken as real (a compacted record, a transaction
@@ -168,6 +169,17 @@ def read_from_start(consumer: AIOKafkaConsumer, partitions: Iterable[TopicPartit
     for tp in partitions:
         forget(consumer, tp)
         consumer.seek(tp, 0)
+        _rewinds[consumer] = _rewinds.get(consumer, 0) + 1
+
+
+def rewinds(consumer: AIOKafkaConsumer) -> int:
+    """How many times a partition of `consumer` was read from its start again. A batch fetched
+    before a rewind came from the log the broker forgot: its places must not be committed to
+    the broker that replaced it (`delivery.commit`). A group member's commit would be refused
+    there, its generation being unknown; one reading by assignment commits with none, and a
+    place past the new log's end would tell the shedder (cli/shedding.py) that its group had
+    read what it had not."""
+    return _rewinds.get(consumer, 0)
 
 
 def forget(consumer: AIOKafkaConsumer, tp: TopicPartition) -> None:

@@ -215,11 +215,12 @@ class WorkerRuntime:
         while not self.stopping.is_set():
             batches = await poll(consumer, self.group_id)
             if batches:
+                fetched_at = fetching.rewinds(consumer)
                 try:
                     await self._batch([r for records in batches.values() for r in records], handle)
                 except _Stopping:
                     return  # the batch is not committed: it is processed again after the restart
-                await commit(consumer)
+                await commit(consumer, fetched_at)
 
     async def _batch(self, records: Sequence[ConsumerRecord[bytes, bytes]], handle: Handler) -> None:
         """Order matters per subject, not across subjects: records with the same key (the
