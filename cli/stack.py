@@ -47,6 +47,11 @@ EMBEDDED_KAFKA_ENV = {
     # the next periodic one (aio-libs/aiokafka#847): seen stalling intake's status reads for
     # minutes after a shed. Refreshed every 5 s, that wait is bounded to 5 s.
     "LETHE_KAFKA_METADATA_MAX_AGE_MS": "5000",
+    # A group's join on tansu takes half its session timeout, and at least a second: after each
+    # shed of the broker (cli/shedding.py) every group forms again, and the pipeline waited on
+    # the slowest join. One instance of each service reads every partition of its topics
+    # instead (a service started a second time joins its group: `Stack.start_service`).
+    "LETHE_KAFKA_GROUP_MEMBERSHIP": "assign",
     "LETHE_KAFKA_IDEMPOTENT_PRODUCER": "false",  # tansu has no idempotent producer
     # Each partition in a fetch costs tansu CPU, and each batch stored in a partition makes its
     # fetches dearer; with the history shed every few minutes (cli/shedding.py) 4 cost less
@@ -143,6 +148,7 @@ class Stack:
         self.log_dir = self.config.state_dir / "logs"
         self.trace_dir = self.config.state_dir / "traces"
         self.metrics_ports: dict[str, int] = {}
+        self.scaled_out: set[str] = set()  # services run as more than one instance
         self.recordings_dir = self.config.state_dir / "recordings"
         # A bad shedding or priority setting stops the stack here.
         self.supervisor = BrokerSupervisor(self, Shedder(self.shedding_settings()))
@@ -203,6 +209,8 @@ class Stack:
             env["LETHE_READY_FILE"] = str(self.ready_file(process))
             if service == "intake":
                 env["LETHE_RELAY_HOLD_FILE"] = str(self.relay_hold_file)
+            if service in self.scaled_out:  # whatever else says: instances share through the group
+                env["LETHE_KAFKA_GROUP_MEMBERSHIP"] = "join"
         return env
 
     @property
@@ -307,6 +315,8 @@ class Stack:
         """Start a service, or another instance of it (same consumer groups, its own ports,
         log and ready file): Lethe assumes no single instance of anything."""
         name = service if instance is None else f"{service}-{instance}"
+        if instance is not None and service not in self.scaled_out:
+            self._scale_out(service)
         self.ready_file(name).parent.mkdir(parents=True, exist_ok=True)
         self.ready_file(name).unlink(missing_ok=True)
         command = [sys.executable, "-m", f"services.{service}"]
@@ -314,6 +324,18 @@ class Stack:
             name, command, self.env(service, name), self.log_dir, self.priority.nice_of(name)
         )
         return name
+
+    def _scale_out(self, service: str) -> None:
+        """Instances of one service share its partitions through their consumer group: one
+        reading every partition by assignment (the stack's setting) would read them all
+        beside it. So the service joins its group from now on, its running instance too,
+        started again (what it was doing is redelivered to the group: at least once)."""
+        self.scaled_out.add(service)
+        running = self.processes.get(service)
+        if running is not None and running.poll() is None:
+            stop(running)
+            self.start_service(service)
+            self.wait_ready(service)
 
     def wait_ready(self, name: str, timeout_s: float = 60.0) -> None:
         deadline = time.monotonic() + timeout_s

@@ -18,7 +18,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 from aiokafka.helpers import create_ssl_context
 from opentelemetry import propagate
 
@@ -107,20 +107,62 @@ def make_consumer(
     settings: KafkaSettings, topics: Sequence[str], group_id: str, cold: bool = False
 ) -> AIOKafkaConsumer:
     busy_ms = max(settings.fetch_max_wait_ms, COLD_FETCH_WAIT_MS) if cold else settings.fetch_max_wait_ms
-    consumer = AIOKafkaConsumer(
-        **client_options(settings),
-        group_id=group_id,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        fetch_max_wait_ms=busy_ms,
-        session_timeout_ms=settings.session_timeout_ms,
-        heartbeat_interval_ms=settings.heartbeat_interval_ms,
-        max_poll_records=200,
-    )
-    consumer.subscribe(list(topics), listener=fetching.RewindLater(consumer))
+    options: dict[str, Any] = {
+        "group_id": group_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "fetch_max_wait_ms": busy_ms,
+        "session_timeout_ms": settings.session_timeout_ms,
+        "heartbeat_interval_ms": settings.heartbeat_interval_ms,
+        "max_poll_records": 200,
+    }
+    consumer: AIOKafkaConsumer
+    if settings.group_membership == "assign":
+        consumer = AssigningConsumer(settings, topics, **client_options(settings), **options)
+    else:
+        consumer = AIOKafkaConsumer(**client_options(settings), **options)
+        consumer.subscribe(list(topics), listener=fetching.RewindLater(consumer))
     idle_ms = max(busy_ms, settings.idle_fetch_max_wait_ms or busy_ms)
     fetching.register(consumer, busy_ms, idle_ms)
     return consumer
+
+
+class AssigningConsumer(AIOKafkaConsumer):  # type: ignore[misc]
+    """A consumer that reads every partition of its topics, joining no group (it still commits
+    to its group, and starts where its group committed): KafkaSettings.group_membership."""
+
+    def __init__(self, settings: KafkaSettings, topics: Sequence[str], **options: Any) -> None:
+        super().__init__(**options)
+        self._lethe_assign = (settings, tuple(topics))
+
+    async def start(self) -> None:
+        await super().start()
+        self.assign(await every_partition(*self._lethe_assign))
+
+
+ASSIGN_WAIT_S = 30.0  # longest a consumer waits for its topics to exist
+
+
+async def every_partition(settings: KafkaSettings, names: Sequence[str]) -> list[TopicPartition]:
+    """Every partition of `names`, as the broker has them (a count taken from the settings could
+    miss a partition of a topic made otherwise, and with it every message sent there). A topic
+    not made yet is waited for: whoever starts first makes them all. Asked each time with a
+    client of its own: a started client's metadata knows only the topics it knew at its start."""
+    deadline = asyncio.get_running_loop().time() + ASSIGN_WAIT_S
+    while True:
+        probe = AIOKafkaConsumer(**client_options(settings), group_id=None, enable_auto_commit=False)
+        try:
+            await probe.start()
+            found = await partitions_of(probe, names)
+        except KafkaError:  # the broker away for a moment: asked again
+            found = []
+        finally:
+            await probe.stop()
+        if not (missing := [n for n in names if not any(tp.topic == n for tp in found)]):
+            return found
+        if asyncio.get_running_loop().time() > deadline:
+            raise RuntimeError(f"LETHE_KAFKA_GROUP_MEMBERSHIP=assign: no partitions of {', '.join(missing)}")
+        await asyncio.sleep(0.2)
 
 
 async def start_with_retry(client: AIOKafkaProducer | AIOKafkaConsumer, what: str) -> None:

@@ -44,6 +44,13 @@ class KafkaSettings(BaseSettings):
     heartbeat_interval_ms: int = Field(
         3_000, ge=100, le=60_000, description="Consumer group heartbeat interval."
     )
+    group_membership: Literal["join", "assign"] = Field(
+        "join",
+        description="How a consumer gets its partitions: join (its consumer group shares them out among"
+        " the service's instances) or assign (it reads every partition of its topics, joining nothing,"
+        " and still commits to its group: for one instance of each service only, as the embedded stack"
+        " runs, where a group join takes at least a second after each restart of its broker).",
+    )
     idempotent_producer: bool = Field(
         True, description="Enable the idempotent producer (real Kafka only; tansu refuses it)."
     )

@@ -19,7 +19,7 @@ from shared.settings import KafkaSettings
 from tests.certs import TlsFiles, make_tls_files
 
 ROOT = Path(__file__).resolve().parents[2]
-CLIENTS = {"AIOKafkaProducer", "AIOKafkaConsumer", "AIOKafkaAdminClient"}
+CLIENTS = {"AIOKafkaProducer", "AIOKafkaConsumer", "AIOKafkaAdminClient", "AssigningConsumer"}
 
 
 @pytest.fixture(scope="module")
