@@ -41,4 +41,3 @@ async def test_a_group_has_unread_what_it_has_not_committed(broker: KafkaSetting
         await consumer.stop()
     # The probe joined no group: the idle one still has committed nothing.
     assert await unread(broker, groups) == {f"g-{topic}": 0, f"idle-{topic}": 3, f"g-{other}": 0}
-
