@@ -88,6 +88,7 @@ async def listen(
             **client_options(stack.kafka_settings()),
             group_id=None,
             enable_auto_commit=False,
+            auto_offset_reset="earliest",
             fetch_max_wait_ms=10,
         )
         ours = f"{prefix}-".encode()

@@ -189,19 +189,22 @@ def groups_of(services: Sequence[str]) -> dict[str, tuple[str, ...]]:
 
 async def unread(kafka: KafkaSettings, groups: Mapping[str, Sequence[str]]) -> dict[str, int] | None:
     """How many messages each of `groups` has yet to read: over every partition of its topics,
-    the end offset less what it committed (nothing committed: all of it), where a record is
-    there to be read. None if the broker cannot say. Asked with member-less consumers, which
-    join nothing, for every group at once (a lost tail takes LOST_TAIL_S to tell)."""
+    the end offset less what it committed (nothing, or a place of a forgotten log: all of it),
+    where a record is there to be read. None if the broker cannot say. Asked with member-less
+    consumers, which join nothing, for every group at once (a lost tail takes LOST_TAIL_S to
+    tell)."""
     names = sorted({t for consumed in groups.values() for t in consumed})
     try:
         ends = await end_offsets(kafka, names)
 
         async def behind_by(group: str, consumed: Sequence[str]) -> int:
             mine = [tp for tp in ends if tp.topic in consumed and ends[tp] > 0]
+            done = dict(zip(mine, await committed_offsets(kafka, group, mine), strict=True))
+            stale = await _past_the_end(kafka, {tp: at for tp, at in done.items() if (at or 0) > ends[tp]})
             behind = {
-                tp: done or 0
-                for tp, done in zip(mine, await committed_offsets(kafka, group, mine), strict=True)
-                if (done or 0) < ends[tp]
+                tp: 0 if tp in stale else at or 0
+                for tp, at in done.items()
+                if tp in stale or (at or 0) < ends[tp]
             }
             return sum(ends[tp] - behind[tp] for tp in await _readable(kafka, behind))
 
@@ -209,6 +212,32 @@ async def unread(kafka: KafkaSettings, groups: Mapping[str, Sequence[str]]) -> d
         return dict(zip(groups, counts, strict=True))
     except (KafkaError, OSError, TimeoutError):
         return None
+
+
+async def _past_the_end(kafka: KafkaSettings, committed: dict[TopicPartition, int]) -> set[TopicPartition]:
+    """Of the partitions where a group committed a place past the end the broker lists, those
+    where it is past the end a fetch reports too: a place on a log the broker has since
+    forgotten, committed to the new one (a consumer that reads by assignment commits with no
+    generation to refuse it), which says nothing of what the group read here. tansu's listed
+    end (ListOffsets) can lag what a fetch has already returned (seen: listed 1, fetched and
+    committed 2), hence the fetch; given LOST_TAIL_S, a partition whose fetch says nothing
+    counts as past its end."""
+    if not committed:
+        return set()
+    probe = AIOKafkaConsumer(
+        **client_options(kafka), enable_auto_commit=False, fetch_max_wait_ms=kafka.fetch_max_wait_ms
+    )
+    await probe.start()
+    try:
+        probe.assign(list(committed))
+        for tp in committed:
+            probe.seek(tp, 0)
+        deadline = time.monotonic() + LOST_TAIL_S
+        while any(probe.highwater(tp) is None for tp in committed) and time.monotonic() < deadline:
+            await probe.getmany(timeout_ms=500)
+        return {tp for tp, at in committed.items() if at > (probe.highwater(tp) or 0)}
+    finally:
+        await probe.stop()
 
 
 async def _readable(kafka: KafkaSettings, behind: dict[TopicPartition, int]) -> set[TopicPartition]:

@@ -163,10 +163,10 @@ async def consume_forever(
     together (one transaction instead of many); if that fails for any reason other than a
     missing dependency, they are handled one by one, so a poison message stays isolated."""
     while not publisher.stopping.is_set():
+        fetched_at = fetching.rewinds(consumer)  # before: a rewind during the fetch counts
         batches = await fetching.poll(consumer, what)
         if not batches:
             continue
-        fetched_at = fetching.rewinds(consumer)
 
         async def in_order(group: list[ConsumerRecord[bytes, bytes]]) -> bool:
             if handle_group is not None and len(group) > 1:

@@ -32,6 +32,7 @@ _assigned_since: weakref.WeakKeyDictionary[AIOKafkaConsumer, set[TopicPartition]
     weakref.WeakKeyDictionary()
 )
 _rewinds: weakref.WeakKeyDictionary[AIOKafkaConsumer, int] = weakref.WeakKeyDictionary()
+_last_rewind_at: float | None = None  # time.monotonic() of this process's last rewind_all
 # How long after a rewind a partition the group assigns is rewound too (see RewindLater).
 REWIND_WINDOW_S = 60.0
 # A gap that survives this many fetches is taken as real (a compacted record, a transaction
@@ -95,6 +96,20 @@ class RewindLater(ConsumerRebalanceListener):  # type: ignore[misc]
             _assigned_since.setdefault(consumer, set()).update(assigned)
 
 
+def by_assignment(consumer: AIOKafkaConsumer) -> bool:
+    """Whether `consumer` reads every partition by assignment (shared.kafka.AssigningConsumer)
+    rather than as a member of its group."""
+    return bool(getattr(consumer, "reads_by_assignment", False))
+
+
+def assigned(consumer: AIOKafkaConsumer, partitions: Iterable[TopicPartition]) -> None:
+    """What RewindLater does for a group member, for a consumer given its partitions by
+    assignment: assigned soon after a rewind (one starting while the process recovers from a
+    broker that forgot), it reads them from their start, not from where its group committed."""
+    if _last_rewind_at is not None and time.monotonic() - _last_rewind_at < REWIND_WINDOW_S:
+        _assigned_since.setdefault(consumer, set()).update(partitions)
+
+
 def pace_fetches(consumer: AIOKafkaConsumer, received: bool) -> None:
     """Adapt the fetch wait after each poll: the short wait while messages flow, doubling up to
     the idle wait while none do. On a broker that holds every fetch for the whole wait (tansu),
@@ -118,6 +133,8 @@ async def rewind_all() -> int:
     stand at a place past their end, where tansu answers a fetch with nothing, not with an
     error that would reset it. What was already handled is handled again (every handler is
     idempotent). Returns the partitions rewound."""
+    global _last_rewind_at
+    _last_rewind_at = time.monotonic()
     rewound = 0
     for consumer in list(_pacing):
         partitions = list(consumer.assignment())
@@ -210,6 +227,7 @@ async def fetch_in_order(consumer: AIOKafkaConsumer, timeout_ms: int) -> Batches
             )
     batches = await consumer.getmany(timeout_ms=timeout_ms)
     _rewind_past_the_end(consumer, batches)
+    fetched_at = rewinds(consumer)
     expected = _next.setdefault(consumer, {})
     kept: Batches = {}
     for tp, records in batches.items():
@@ -217,6 +235,8 @@ async def fetch_in_order(consumer: AIOKafkaConsumer, timeout_ms: int) -> Batches
         contiguous: list[ConsumerRecord[bytes, bytes]] = []
         for record in records:
             if record.offset > want and not await _accept_gap(consumer, tp, want, record.offset):
+                if rewinds(consumer) != fetched_at:
+                    return {}  # rewound meanwhile: this batch, and `want`, are of a forgotten log
                 consumer.seek(tp, want)
                 break
             contiguous.append(record)
@@ -253,9 +273,11 @@ def _rewind_past_the_end(consumer: AIOKafkaConsumer, batches: Batches) -> None:
 
 async def _accept_gap(consumer: AIOKafkaConsumer, tp: TopicPartition, want: int, got: int) -> bool:
     """Whether a jump from `want` to `got` is legitimate: another group member committed past
-    it (a rebalance moved the partition), or it has outlasted MAX_REFETCHES."""
+    it (a rebalance moved the partition), or it has outlasted MAX_REFETCHES. A consumer that
+    reads by assignment is its group's only reader: a commit past `want` can only be a place
+    of a log the broker has since forgotten, sent to the new broker, and says nothing."""
     committed = None
-    if getattr(consumer, "_group_id", None) is not None:  # a group member, not a manual reader
+    if getattr(consumer, "_group_id", None) is not None and not by_assignment(consumer):
         # aiokafka retries a retriable coordinator error for ever, silently; a consume loop
         # must not wait on it: an answer we cannot get counts as no answer.
         try:

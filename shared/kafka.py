@@ -131,24 +131,34 @@ class AssigningConsumer(AIOKafkaConsumer):  # type: ignore[misc]
     """A consumer that reads every partition of its topics, joining no group (it still commits
     to its group, and starts where its group committed): KafkaSettings.group_membership."""
 
+    reads_by_assignment = True  # fetching.by_assignment
+
     def __init__(self, settings: KafkaSettings, topics: Sequence[str], **options: Any) -> None:
         super().__init__(**options)
         self._lethe_assign = (settings, tuple(topics))
+        self._lethe_started = False
 
     async def start(self) -> None:
-        await super().start()
-        self.assign(await every_partition(*self._lethe_assign))
+        if not self._lethe_started:  # start_with_retry may call again: aiokafka starts only once
+            await super().start()
+            self._lethe_started = True
+        partitions = await every_partition(*self._lethe_assign)
+        self.assign(partitions)
+        fetching.assigned(self, partitions)
 
 
-ASSIGN_WAIT_S = 30.0  # longest a consumer waits for its topics to exist
+ASSIGN_WARN_S = 30.0  # how often a consumer waiting for its topics says so
 
 
 async def every_partition(settings: KafkaSettings, names: Sequence[str]) -> list[TopicPartition]:
     """Every partition of `names`, as the broker has them (a count taken from the settings could
     miss a partition of a topic made otherwise, and with it every message sent there). A topic
-    not made yet is waited for: whoever starts first makes them all. Asked each time with a
-    client of its own: a started client's metadata knows only the topics it knew at its start."""
-    deadline = asyncio.get_running_loop().time() + ASSIGN_WAIT_S
+    not made yet is waited for, as a group member would wait for its assignment: whoever starts
+    first makes them all, and after a broker's crash the services' recovery makes them again.
+    Asked each time with a client of its own: a started client's metadata knows only the topics
+    it knew at its start."""
+    loop = asyncio.get_running_loop()
+    warned = loop.time()
     while True:
         probe = AIOKafkaConsumer(**client_options(settings), group_id=None, enable_auto_commit=False)
         try:
@@ -160,8 +170,9 @@ async def every_partition(settings: KafkaSettings, names: Sequence[str]) -> list
             await probe.stop()
         if not (missing := [n for n in names if not any(tp.topic == n for tp in found)]):
             return found
-        if asyncio.get_running_loop().time() > deadline:
-            raise RuntimeError(f"LETHE_KAFKA_GROUP_MEMBERSHIP=assign: no partitions of {', '.join(missing)}")
+        if loop.time() - warned > ASSIGN_WARN_S:
+            warned = loop.time()
+            log.warning("waiting for topics to be made", extra={"topics": ",".join(missing)})
         await asyncio.sleep(0.2)
 
 

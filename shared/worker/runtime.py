@@ -213,9 +213,9 @@ class WorkerRuntime:
 
     async def _consume(self, consumer: AIOKafkaConsumer, handle: Handler) -> None:
         while not self.stopping.is_set():
+            fetched_at = fetching.rewinds(consumer)  # before: a rewind during the fetch counts
             batches = await poll(consumer, self.group_id)
             if batches:
-                fetched_at = fetching.rewinds(consumer)
                 try:
                     await self._batch([r for records in batches.values() for r in records], handle)
                 except _Stopping:
