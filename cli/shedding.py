@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -214,6 +214,22 @@ async def unread(kafka: KafkaSettings, groups: Mapping[str, Sequence[str]]) -> d
         return None
 
 
+@contextlib.asynccontextmanager
+async def _probe(kafka: KafkaSettings, at: Mapping[TopicPartition, int]) -> AsyncIterator[AIOKafkaConsumer]:
+    """A consumer of its own (the stack's short fetch wait), placed at `at` in each partition."""
+    probe = AIOKafkaConsumer(
+        **client_options(kafka), enable_auto_commit=False, fetch_max_wait_ms=kafka.fetch_max_wait_ms
+    )
+    await probe.start()
+    try:
+        probe.assign(list(at))
+        for tp, offset in at.items():
+            probe.seek(tp, offset)
+        yield probe
+    finally:
+        await probe.stop()
+
+
 async def _past_the_end(kafka: KafkaSettings, committed: dict[TopicPartition, int]) -> set[TopicPartition]:
     """Of the partitions where a group committed a place past the end the broker lists, those
     where it is past the end a fetch reports too: a place on a log the broker has since
@@ -224,20 +240,11 @@ async def _past_the_end(kafka: KafkaSettings, committed: dict[TopicPartition, in
     counts as past its end."""
     if not committed:
         return set()
-    probe = AIOKafkaConsumer(
-        **client_options(kafka), enable_auto_commit=False, fetch_max_wait_ms=kafka.fetch_max_wait_ms
-    )
-    await probe.start()
-    try:
-        probe.assign(list(committed))
-        for tp in committed:
-            probe.seek(tp, 0)
+    async with _probe(kafka, dict.fromkeys(committed, 0)) as probe:
         deadline = time.monotonic() + LOST_TAIL_S
         while any(probe.highwater(tp) is None for tp in committed) and time.monotonic() < deadline:
             await probe.getmany(timeout_ms=500)
         return {tp for tp, at in committed.items() if at > (probe.highwater(tp) or 0)}
-    finally:
-        await probe.stop()
 
 
 async def _readable(kafka: KafkaSettings, behind: dict[TopicPartition, int]) -> set[TopicPartition]:
@@ -248,14 +255,7 @@ async def _readable(kafka: KafkaSettings, behind: dict[TopicPartition, int]) -> 
     connection, the stack's short fetch wait), so a record not readable now never will be."""
     if not behind:
         return set()
-    probe = AIOKafkaConsumer(
-        **client_options(kafka), enable_auto_commit=False, fetch_max_wait_ms=kafka.fetch_max_wait_ms
-    )
-    await probe.start()
-    try:
-        probe.assign(list(behind))
-        for tp, offset in behind.items():
-            probe.seek(tp, offset)
+    async with _probe(kafka, behind) as probe:
         there: set[TopicPartition] = set()
         deadline = time.monotonic() + LOST_TAIL_S
         while there != set(behind) and time.monotonic() < deadline:
@@ -263,5 +263,3 @@ async def _readable(kafka: KafkaSettings, behind: dict[TopicPartition, int]) -> 
             there |= {tp for tp, records in batches.items() if any(r.offset >= behind[tp] for r in records)}
             probe.pause(*there)
         return there
-    finally:
-        await probe.stop()
