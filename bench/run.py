@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import multiprocessing
 import os
@@ -18,10 +17,11 @@ import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import httpx
@@ -95,28 +95,43 @@ async def listen(
         try:
             # Bounded: a broker just restarted can leave a client waiting for good (seen after
             # a shed); a new reader is then started, as after any shed.
-            await asyncio.wait_for(consumer.start(), READER_WAIT_S)
-            partitions = await asyncio.wait_for(
-                partitions_of(consumer, [topics.REQUESTS_COMPLETED]), READER_WAIT_S
-            )
+            await _bounded(consumer.start())
+            partitions = await _bounded(partitions_of(consumer, [topics.REQUESTS_COMPLETED]))
             if not partitions:  # the topic is not made yet on a broker just started
                 raise KafkaError("no partitions of the completions topic yet")
             consumer.assign(partitions)
             fetching.read_from_start(consumer, partitions)
             while not stop.is_set() and stack.supervisor.sheds == sheds:
-                fetched = await asyncio.wait_for(fetching.fetch_in_order(consumer, 100), READER_WAIT_S)
+                fetched = await _bounded(fetching.fetch_in_order(consumer, 100))
                 for records in fetched.values():
                     now = time.monotonic()
                     for record in records:
                         if record.key and record.key.startswith(ours):
                             completed.setdefault(record.key.decode(), now)
                 progress(len(completed), total, "completed")
-        except (TimeoutError, KafkaError) as exc:
+        except Exception as exc:  # whatever the client raises, the run must go on reading
             sys.stderr.write(f"\ncompletions reader stuck ({type(exc).__name__}): starting another\n")
             await asyncio.sleep(0.2)
         finally:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(consumer.stop(), READER_WAIT_S)
+            # Not waited for: a client on a broker that is gone can take its time to stop.
+            _stopping.add(task := asyncio.ensure_future(_bounded(consumer.stop())))
+            task.add_done_callback(_stopping.discard)
+
+
+_stopping: set[asyncio.Future[Any]] = set()
+T = TypeVar("T")
+
+
+async def _bounded(work: Awaitable[T]) -> T:
+    """`work`, given READER_WAIT_S. Unlike asyncio.wait_for, which waits for the cancelled work
+    to end, and so for ever for a client that does not end on cancellation."""
+    task = asyncio.ensure_future(work)
+    done, _ = await asyncio.wait({task}, timeout=READER_WAIT_S)
+    if not done:
+        task.cancel()
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # nobody waits for it
+        raise TimeoutError
+    return task.result()
 
 
 async def recorded_by_intake(database_url: str, prefix: str, pending: set[str]) -> dict[str, float]:
