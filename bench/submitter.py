@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from cli.processes import die_with_parent
+
 CONNECTIONS = 32  # kept open: at intake's answering time, far more than 100/s needs
 
 
@@ -107,6 +109,7 @@ async def submit(api_url: str, token: str, bodies: list[dict[str, Any]], rate: f
 
 
 def _child(api_url: str, token: str, bodies: list[dict[str, Any]], rate: float, results: Any) -> None:
+    die_with_parent()  # a run stopped midway must not leave its load running into the next one
     results.put(asyncio.run(submit(api_url, token, bodies, rate)))
 
 

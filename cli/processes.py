@@ -16,10 +16,15 @@ from pathlib import Path
 PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
-    # If the supervisor is SIGKILLed, the kernel stops its children: nothing is left behind.
+def die_with_parent() -> None:
+    """If the parent is killed, even with SIGKILL, the kernel stops this process: nothing is
+    left behind (the signal is sent when the thread that started this process ends)."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _die_with_parent() -> None:
+    die_with_parent()
     os.setpgid(0, 0)  # our own group: a Ctrl-C reaches the supervisor, which stops us in order
 
 
