@@ -245,11 +245,11 @@ async def measure(
             looked = time.monotonic()
     stop.set()
     try:
-        # A reader joining its group on a broker just shed can wait there past the run's end
-        # (seen: the 12-minute soak hung on it): what it read is already in `completed`.
+        # Each of the reader's calls is bounded, but a reader starting anew on a broker just
+        # shed must not hold the run past its end: what it read is already in `completed`.
         await asyncio.wait_for(listener, LISTENER_STOP_S)
     except TimeoutError:
-        sys.stderr.write("\ncompletions reader stuck joining its group: stopped\n")
+        sys.stderr.write("\ncompletions reader still busy at the end: stopped\n")
     run = Run(**vars(sent), completed={r: t for r, t in completed.items() if r in sent.submitted})
     run.from_intake = sum(1 for r, t in run.completed.items() if recorded.get(r) == t)
     sys.stderr.write("\n")

@@ -112,12 +112,12 @@ def retry_state(record: ConsumerRecord[bytes, bytes]) -> tuple[int, float]:
 COMMIT_TIMEOUT_S = 15.0
 
 
-async def commit(consumer: AIOKafkaConsumer, fetched_at: int | None = None) -> None:
+async def commit(consumer: AIOKafkaConsumer, fetched_at: int) -> None:
     """A failed commit (the group rebalanced meanwhile) means redelivery, which the handlers'
     idempotency absorbs; it must not stop the consumer. `fetched_at`, the consumer's count of
     rewinds when the batch was fetched: a batch of a log the broker has since forgotten is not
     committed (`fetching.rewinds`)."""
-    if fetched_at is not None and fetching.rewinds(consumer) != fetched_at:
+    if fetching.rewinds(consumer) != fetched_at:
         log.warning("a batch of a forgotten log: not committed")
         return
     try:
