@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, sync_playwright
+from playwright.sync_api import Browser, expect, sync_playwright
 
 from cli import synthetic
 from cli.stack import Stack
@@ -50,9 +50,9 @@ def test_report_page_shows_the_report(browser: Browser, api: httpx.Client, stack
     page.goto(f"{api.base_url}/v1/requests/browser-1/report")  # a browser asks for text/html
     assert page.locator("h1").inner_text() == "Data-subject request report"
     assert "browser-1" in page.content()
-    assert page.locator("text=Deadline met").is_visible()
+    expect(page.locator("text=Deadline met")).to_be_visible()
     for system in ("billing", "crm", "directory", "mailing", "recordings"):
-        assert page.locator(f"h2#{system}").is_visible()
+        expect(page.locator(f"h2#{system}")).to_be_visible()
     assert "browser.subject" not in page.content()
     page.screenshot(path=str(SCREENSHOTS / "report.png"), full_page=True)
 
@@ -66,14 +66,14 @@ def test_dashboard_after_signing_in_shows_statuses_chart_and_overdue(
     page.fill("input[name=token]", stack.secrets.admin_token)
     page.click("button[type=submit]")
     assert page.locator("h1").inner_text() == "Compliance dashboard"
-    assert page.locator("#by-status").is_visible()
+    expect(page.locator("#by-status")).to_be_visible()
     assert page.locator("#ttc-chart rect").count() >= 1
-    assert page.locator("text=Export CSV").is_visible()
+    expect(page.locator("text=Export CSV")).to_be_visible()
     page.fill("input[name=received_from]", "2020-01-01")
     page.click("button[type=submit]")  # received_to left empty, as people do
     assert "received_from=2020-01-01" in page.url
     assert page.locator("h1").inner_text() == "Compliance dashboard"
-    assert page.locator("#latest").is_visible()
+    expect(page.locator("#latest")).to_be_visible()
 
     page.screenshot(path=str(SCREENSHOTS / "dashboard.png"), full_page=True)
 
@@ -98,8 +98,9 @@ def test_a_reviewer_decides_in_the_browser_and_the_report_says_so(
     page = browser.new_page()
     page.goto(f"{api.base_url}/login?next=/dashboard")
     page.fill("input[name=token]", stack.secrets.admin_token)
-    page.click("button[type=submit]")
-    assert page.locator("#reviews-waiting a").is_visible()
+    page.click("button[type=submit]")  # returns once the next page is committed, not yet parsed
+    page.wait_for_url("**/dashboard")
+    expect(page.locator("#reviews-waiting a")).to_be_visible()
     page.click("#reviews-waiting a")
     assert page.locator("h1").inner_text() == "Records awaiting a decision"
     row = page.locator("#open-reviews tr", has_text="browser-review")
@@ -110,10 +111,10 @@ def test_a_reviewer_decides_in_the_browser_and_the_report_says_so(
     row.locator("textarea[name=reason]").fill("the neighbour's account: same landline")
     row.locator("button[type=submit]").click()
     assert page.locator("#message").inner_text() == "decided"
-    assert page.locator("#decided-reviews", has_text="the neighbour's account").is_visible()
+    expect(page.locator("#decided-reviews", has_text="the neighbour's account")).to_be_visible()
     assert wait_final(api, "browser-review")["status"] == "completed_with_exceptions"
     page.goto(f"{api.base_url}/v1/requests/browser-review/report")
-    assert page.locator("#report-reviews", has_text="kept").is_visible()
+    expect(page.locator("#report-reviews", has_text="kept")).to_be_visible()
     assert page.locator("td.found-by", has_text="by customer id (given, round 1)").count() >= 1
     page.screenshot(path=str(SCREENSHOTS / "report-with-review.png"), full_page=True)
 
@@ -134,13 +135,15 @@ def test_recipients_in_the_report_and_a_task_on_the_dashboard(
     page = context.new_page()
     page.goto(f"{api.base_url}/dashboard")
     task = page.locator("#notices tr", has_text="browser-recip").filter(has_text="bulk-mailer")
-    assert task.is_visible() and "task open" in task.inner_text()
-    assert page.locator("#notices-summary").is_visible()
+    expect(task).to_be_visible()
+    assert "task open" in task.inner_text()
+    expect(page.locator("#notices-summary")).to_be_visible()
     page.screenshot(path=str(SCREENSHOTS / "dashboard-recipients.png"), full_page=True)
 
     page.goto(f"{api.base_url}/v1/requests/browser-recip/report")
     told = page.locator("#report-recipients tr", has_text="bulk-mailer")
-    assert told.is_visible() and "pending" in told.inner_text() and "mailing/subscribers" in told.inner_text()
+    expect(told).to_be_visible()
+    assert "pending" in told.inner_text() and "mailing/subscribers" in told.inner_text()
     assert subject.emails[0] not in page.content()
     notice_id = next(
         n["id"]
