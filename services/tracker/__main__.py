@@ -35,11 +35,6 @@ from shared.telemetry.messaging import quiet
 
 log = logging.getLogger("lethe.tracker")
 FORGET_EVERY_S = 60.0
-# After the embedded stack shed a broker whose every message had been read, requests finished
-# this long before its notice, or since, are published again: for readers outside Lethe, which
-# the shed does not wait for (the drain before it takes a second or two, and a reader that keeps
-# up reads within a tenth of one). Each is a message, and a shed comes every few minutes.
-SHED_RECOVERY_WINDOW_S = 10.0
 
 
 async def pause(stopping: asyncio.Event, seconds: float) -> None:
@@ -91,11 +86,8 @@ async def check_broker(
         log.warning("the broker forgot what it was sent: re-sending what the sagas wait for")
         await ensure_topics(kafka, topics.all_topics())
         await fetching.rewind_all()
-        window = settings.recovery_window_s
-        since = since_shed_notice()
-        if since is not None:  # what finished before a shed was read: only what came after
-            window = min(window, SHED_RECOVERY_WINDOW_S + since)
-        await recovery.recover(pool, datetime.now(UTC), timedelta(seconds=window))
+        window = recovery.window(settings, since_shed_notice())
+        await recovery.recover(pool, datetime.now(UTC), window)
         await memory.remember()
 
 

@@ -18,9 +18,22 @@ from datetime import datetime, timedelta
 import asyncpg
 
 from services.tracker import repository, schedule
+from services.tracker.settings import TrackerSettings
 from shared.telemetry import metrics
 
 log = logging.getLogger(__name__)
+
+
+def window(settings: TrackerSettings, since_shed_notice: float | None) -> timedelta:
+    """How far back finished requests are published again. After a shed (the embedded stack
+    said so `since_shed_notice` seconds ago), everything produced before it had been read by
+    Lethe's consumers, and nothing for the drain's quiet time before it: only readers outside
+    Lethe that lag can have missed a completion, so only the last few seconds are sent again
+    (each is a saga loaded and two messages, at the moment the held submissions flow)."""
+    seconds = settings.recovery_window_s
+    if since_shed_notice is not None:
+        seconds = min(seconds, settings.shed_recovery_window_s + since_shed_notice)
+    return timedelta(seconds=seconds)
 
 
 async def recover(pool: asyncpg.Pool, now: datetime, window: timedelta, batch: int = 200) -> int:

@@ -41,6 +41,14 @@ class TrackerSettings(BaseSettings):
         description="After a broker loss, the status and completion of requests finished this recently"
         " are published again (intake or upstream may not have read them).",
     )
+    shed_recovery_window_s: float = Field(
+        3.0,
+        ge=0.5,
+        le=3600,
+        description="After the embedded stack shed its broker (every message read by Lethe's own"
+        " consumers first), requests finished this long before the notice, or since, are published"
+        " again: for readers outside Lethe, which the shed does not wait for.",
+    )
 
     failed_identifiers_kept_days: float = Field(
         90.0,

@@ -7,6 +7,7 @@ import asyncio
 import os
 import signal
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,8 @@ from cli import carry_over, shedding, supervision
 from cli.carry_over import Carried, Letter, resume_offsets
 from cli.shedding import RETRY_S, Shedder, SheddingSettings, drained, groups_of, rss_mb
 from cli.stack import Stack, StackConfig
+from services.tracker import recovery
+from services.tracker.settings import TrackerSettings
 from shared import broker_memory, topics
 from shared.relay_hold import LONGEST_S, RelayHold
 from shared.settings import KafkaSettings
@@ -230,3 +233,10 @@ def test_intakes_relay_is_held_for_the_drain_only(
     assert stack.supervisor._drain_and_shed() == (total is not None)
     assert all(held) and shed == ([] if total is None else [total])
     assert not stack.relay_hold_file.exists()
+
+
+def test_a_recovery_after_a_shed_publishes_again_only_the_last_seconds_of_completions() -> None:
+    settings = TrackerSettings.model_validate({"recovery_window_s": 3600, "shed_recovery_window_s": 3})
+    assert recovery.window(settings, None) == timedelta(hours=1)  # a broker lost: all the hour's
+    assert recovery.window(settings, 0.5) == timedelta(seconds=3.5)  # a shed: read up to it
+    assert recovery.window(settings, 7200) == timedelta(hours=1)  # never more than a loss's
