@@ -53,7 +53,8 @@ def start_slapd(
                 f'rootdn "{admin_dn}"',
                 f"rootpw {ssha(password)}",
                 f"directory {data}",
-                "index objectClass,uid,mail,telephoneNumber,mobile,entryUUID eq",
+                "index objectClass,uid,mail,entryUUID eq",
+                "index telephoneNumber,mobile eq,subinitial",  # a number's line, any extension after it
                 "",
             ]
         )

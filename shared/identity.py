@@ -98,7 +98,10 @@ def mailbox(email: str) -> str:
 
 def normalise_phone(raw: str, region: str = DEFAULT_REGION) -> str:
     """E.164 (+447700900123) from any of 07700 900123, +44 (0)7700 900123, 0044 7700 900123,
-    tel:+44-7700-900123, 07700 900123 x12 (an extension reaches the same line: dropped)."""
+    tel:+44-7700-900123; with its extension as RFC 3966 writes it (`020 7946 0000 x12`,
+    `ext. 12`, `#12`, `;ext=12` are +442079460000;ext=12). An extension is a line of its own:
+    a switchboard's extensions are different people, and its main number is all of them
+    (`line`, and matching.py, which puts a number with and without an extension to a person)."""
     text = _printable(raw, "a phone number").strip()
     if text.lower().startswith("tel:"):
         text = text[4:]
@@ -108,7 +111,16 @@ def normalise_phone(raw: str, region: str = DEFAULT_REGION) -> str:
         raise ValueError("not a phone number") from exc
     if not phonenumbers.is_possible_number(parsed):
         raise ValueError("not a possible phone number")
-    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+    e164 = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+    return f"{e164}{_EXTENSION}{parsed.extension}" if parsed.extension else e164
+
+
+_EXTENSION = ";ext="
+
+
+def line(phone: str) -> str:
+    """A normalised number without its extension: the switchboard it is on."""
+    return phone.partition(_EXTENSION)[0]
 
 
 def normalise_id(raw: str) -> str:
@@ -132,9 +144,10 @@ NORMALISE = {
 }
 
 
-def phone_prefilter(e164: str) -> str:
-    """The coarse key of a normalised number: its last digits (every spelling ends with them)."""
-    return e164[-PHONE_TAIL:]
+def phone_prefilter(phone: str) -> str:
+    """The coarse key of a normalised number: the last digits of its line (every spelling of
+    the number, with or without an extension, ends with them once the extension is dropped)."""
+    return line(phone)[-PHONE_TAIL:]
 
 
 def phone_prefilter_sql(column: str) -> str:
@@ -214,9 +227,11 @@ def mask(kind: str, value: str) -> str:
     return value[:head] + "•" * (len(value) - head - tail) + value[-tail:]
 
 
-def phone_variants(e164: str) -> list[str]:
-    """Spellings a directory may hold for one number. LDAP's telephoneNumberMatch ignores
-    spaces and hyphens but not a national trunk prefix, so a search must try each form."""
+def phone_variants(phone: str) -> list[str]:
+    """How a directory's value for a number of this line may begin. LDAP's telephoneNumber
+    matching ignores spaces and hyphens but not a national trunk prefix, so a search must try
+    each form, as a prefix: an extension follows the line however it is written (`x12`)."""
+    e164 = line(phone)
     parsed = phonenumbers.parse(e164, None)
     national = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.NATIONAL)
     return sorted({e164, "00" + e164[1:], national.replace(" ", "")})

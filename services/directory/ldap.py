@@ -91,10 +91,9 @@ class Directory:
                 terms.append(f"(mail={escape_filter_chars(local)}+*@{escape_filter_chars(host)})")
                 if f"{local}@{host}" != email:
                     terms.append(f"(mail={escape_filter_chars(f'{local}@{host}')})")
-        terms += [
-            f"(telephoneNumber={escape_filter_chars(v)})" for p in ids.phones for v in phone_variants(p)
-        ]
-        terms += [f"(mobile={escape_filter_chars(v)})" for p in ids.phones for v in phone_variants(p)]
+        # Every value of the number's line, with any extension (the normalised forms decide).
+        starts = sorted({escape_filter_chars(v) for p in ids.phones for v in phone_variants(p)})
+        terms += [f"({attribute}={v}*)" for attribute in ("telephoneNumber", "mobile") for v in starts]
         if not terms:
             return None
         return f"(&(objectClass=inetOrgPerson)(|{''.join(terms)}))"

@@ -15,6 +15,9 @@ certainly the subject's (acted on, and its identifiers learnt for the next round
   other member's records). It is shown to a reviewer, never erased on its own.
 - A record whose e-mail is a sub-address of the subject's (or the reverse: `alice+news@` for
   `alice@`) may or may not be the same mailbox: ambiguous.
+- A record with a switchboard's main number where the subject gave one of its extensions, or
+  the reverse, may be the subject's or a colleague's: ambiguous (two different extensions are
+  two lines, and do not match at all).
 - One identifier finding more top-level records than `match_limit` in a store (a shared
   mailbox, a company switchboard): all it found only through it is ambiguous.
 Only records certainly the subject's teach identifiers for the next round."""
@@ -26,7 +29,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from shared.identity import STRONG, Identities, Kind, KnownIdentities, mailbox
+from shared.identity import STRONG, Identities, Kind, KnownIdentities, line, mailbox
 from shared.worker.ports import Record
 
 Reason = Literal["shared_phone", "learnt_phone", "mailbox_variant", "too_many_matches"]
@@ -61,12 +64,20 @@ class Classified:
 
 
 def match(candidate: Identities, known: Identities) -> tuple[Identities, Identities]:
-    """(the known identifiers equal to one of the candidate's, the known e-mails of which the
-    candidate holds another sub-address)."""
+    """(the known identifiers equal to one of the candidate's, the known identifiers the
+    candidate holds a variant of: another sub-address of an e-mail, or a number's line where
+    the other has an extension on it)."""
     matched = candidate.intersection(known)
     boxes = {mailbox(e) for e in candidate.emails}
     variants = [e for e in known.emails if mailbox(e) in boxes and e not in matched.emails]
-    return matched, Identities.normalised({"emails": variants})
+    lines = [p for p in known.phones if p not in matched.phones and _same_line(p, candidate.phones)]
+    return matched, Identities.normalised({"emails": variants, "phones": lines})
+
+
+def _same_line(phone: str, others: Iterable[str]) -> bool:
+    """Whether one of `others` is `phone`'s line with an extension and it is not, or the reverse
+    (two different extensions are two lines)."""
+    return any(line(o) == line(phone) and (o == line(o) or phone == line(phone)) for o in others)
 
 
 def classify(records: Sequence[Record], known: KnownIdentities, match_limit: int = 25) -> Classified:
@@ -107,8 +118,10 @@ def _verdict(head: Record, known: KnownIdentities, flooded: Identities) -> Found
                 return FoundBy(kind, source)  # type: ignore[arg-type]
     if set(head.matched.pairs()) & set(flooded.pairs()):
         return "too_many_matches"
-    if not head.matched and head.variants:
+    if not head.matched and head.variants.emails:
         return "mailbox_variant"
+    if not head.matched and head.variants.phones:
+        return "shared_phone"  # a switchboard's main number and one of its extensions
     if set(head.matched.phones) & set(known.given.phones):
         if head.owner.strong().minus(known.all) or set(head.unreadable) & set(STRONG):
             return "shared_phone"

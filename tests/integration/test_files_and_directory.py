@@ -13,6 +13,7 @@ from cli.seed import SeedFile
 from services.directory import seed as directory_seed
 from services.directory.dn import Dn
 from services.directory.ldap import Directory, LdapSettings
+from services.directory.seed import DirectoryEntrySeed
 from services.directory.store import DirectoryAdapter
 from services.recordings import seed as recordings_seed
 from services.recordings.files import resolve
@@ -156,6 +157,37 @@ async def test_directory_erasure_deletes_the_entry_found_by_phone_spelling(
         # The same command again: the entry is already gone, which counts as done.
         again = await execute(decided, phone_only, adapter, ActOnEverything(), utc_clock)
         assert again.status == "done"
+    finally:
+        await adapter.close()
+
+
+async def test_a_directory_number_with_an_extension_is_found_as_that_line_only(
+    fresh_db: str, slapd: LdapSettings
+) -> None:
+    """A switchboard: each colleague's entry holds the main number with their extension, as
+    people write it; the reception's holds the main number alone. The subject's extension
+    finds their own entry, the main number as a variant (for a person), no colleague's."""
+    adapter = DirectoryAdapter(fresh_db, slapd)
+    await adapter.start()
+    try:
+        board = [
+            ("dsmith", "+44 20 7946 0000 x12"),
+            ("ejones", "020 7946 0000 ext. 13"),
+            ("reception", "02079460000"),
+        ]
+        await directory_seed.write(
+            adapter.directory,
+            [DirectoryEntrySeed(uid=uid, cn=uid, sn=uid, telephone_number=number) for uid, number in board],
+        )
+        async with adapter.session() as store:
+            found = {
+                r.owner.ldap_uids[0]: r for r in await store.find(Identities(phones=["020 7946 0000 x12"]))
+            }
+        assert set(found) == {"dsmith", "reception"}
+        assert found["dsmith"].matched == Identities(phones=["+442079460000;ext=12"])
+        assert not found["reception"].matched and found["reception"].variants.phones == [
+            "+442079460000;ext=12"
+        ]
     finally:
         await adapter.close()
 

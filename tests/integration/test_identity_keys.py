@@ -47,7 +47,7 @@ def sql_key(conn: asyncpg.Connection, expression: str, value: str) -> str:
 
 @st.composite
 def phone_spellings(draw: st.DrawFn) -> tuple[str, str]:
-    """(a spelling, the E.164 number it must normalise to)."""
+    """(a spelling, the E.164 number it must normalise to, with its extension)."""
     country, national = draw(
         st.sampled_from(
             [
@@ -69,9 +69,20 @@ def phone_spellings(draw: st.DrawFn) -> tuple[str, str]:
             body, prefix = digits[:cut] + ")" + sep + digits[cut:], "(0"
     else:
         prefix = draw(st.sampled_from([f"+{country} ", f"00{country} ", f"tel:+{country}-", f"+{country}"]))
-    extension = draw(st.sampled_from(["", " x123", " ext. 12", "#22", ";ext=5", " extension 7"]))
+    extension, ext = draw(
+        st.sampled_from(
+            [
+                ("", ""),
+                (" x123", "123"),
+                (" ext. 12", "12"),
+                ("#22", "22"),
+                (";ext=5", "5"),
+                (" extension 7", "7"),
+            ]
+        )
+    )
     space = draw(st.sampled_from(["", " ", "\t", "\u202a", "\u200e"]))  # and marks a mail client adds
-    return space + prefix + body + extension + space, f"+{country}{digits}"
+    return space + prefix + body + extension + space, f"+{country}{digits}" + (f";ext={ext}" if ext else "")
 
 
 @settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)

@@ -3,7 +3,14 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from shared.identity import Identities, normalise_email, normalise_phone, phone_variants
+from shared.identity import (
+    Identities,
+    line,
+    normalise_email,
+    normalise_phone,
+    phone_prefilter,
+    phone_variants,
+)
 
 
 @pytest.mark.parametrize(
@@ -50,6 +57,19 @@ def test_canonical_form_ignores_order_and_spelling() -> None:
 
 def test_phone_variants_cover_directory_spellings() -> None:
     assert set(phone_variants("+447700900123")) == {"+447700900123", "00447700900123", "07700900123"}
+    # The line's: a directory's value starts with one of them, whatever extension follows.
+    assert phone_variants("+442079460000;ext=12") == phone_variants("+442079460000")
+
+
+@pytest.mark.parametrize(
+    "written",
+    ["020 7946 0000 x12", "+44 20 7946 0000 ext. 12", "020 7946 0000#12", "tel:+44-20-7946-0000;ext=12"],
+)
+def test_an_extension_is_kept_and_the_key_is_the_lines(written: str) -> None:
+    phone = normalise_phone(written)
+    assert phone == "+442079460000;ext=12" and normalise_phone(phone) == phone  # sealed, opened again
+    assert line(phone) == "+442079460000" and phone_prefilter(phone) == phone_prefilter("+442079460000")
+    assert normalise_phone("020 7946 0000 x13") != phone
 
 
 @given(

@@ -142,3 +142,33 @@ def test_another_spelling_of_a_gmail_mailbox_is_put_to_a_person_not_missed() -> 
         "C-8", Identities(emails=["a.lice@example.org"]), Identities(emails=["alice@example.org"])
     )
     assert not other.matched and not other.variants
+
+
+SWITCHBOARD = "020 7946 0000"
+
+
+def calls_on(subject_phone: str, record_phone: str) -> tuple[Identities, list[Record]]:
+    """A call recording that names nobody (no strong identifier), found by the number the subject
+    gave; and the store's answer, as pgstore.find_records keeps it: only what matched or varied."""
+    given = Identities(phones=[subject_phone])
+    call = account("R-9", Identities(phones=[record_phone]), given)
+    return given, [call] if call.matched or call.variants else []
+
+
+def test_an_extension_is_a_line_of_its_own_and_another_extension_is_someone_else() -> None:
+    given, found = calls_on(f"{SWITCHBOARD} x12", "+44 20 7946 0000 ext. 12")
+    assert classify(found, KnownIdentities(given=given)).certain == found  # the same line
+    given, found = calls_on(f"{SWITCHBOARD} x12", f"{SWITCHBOARD} x13")
+    assert found == []  # a colleague's extension: not the subject's, not even a candidate
+
+
+def test_a_switchboards_main_number_and_one_of_its_extensions_go_to_a_person() -> None:
+    for subject_phone, record_phone in (
+        (f"{SWITCHBOARD} x12", SWITCHBOARD),
+        (SWITCHBOARD, f"{SWITCHBOARD} x12"),
+    ):
+        given, found = calls_on(subject_phone, record_phone)
+        result = classify(found, KnownIdentities(given=given))
+        assert not result.certain and not result.learnt, (subject_phone, record_phone)
+        [item] = result.ambiguous
+        assert item.reason == "shared_phone" and item.records[0].variants == given  # what the review shows
