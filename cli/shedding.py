@@ -16,8 +16,8 @@ A drain not done within `LETHE_BROKER_SHED_DRAIN_S` is given up (the relay let g
 again RETRY_S later. The dead letters, which nobody reads in a group, are carried over
 (cli/carry_over.py). Each service is told (SIGUSR2: check the broker now) and recovers as from
 any broker loss: consumers rewound to the start of the new partitions, holds and sentinels
-placed again, the tracker's completions since just before the notice published again (README,
-Delivery guarantees).
+placed again, the tracker's completions of the few seconds before the notice published again
+once the submissions held meanwhile are through (README, Delivery guarantees).
 
 A reader outside Lethe (an upstream tool reading replies or completions from the embedded
 broker) sees its topics start again from offset 0, as after any restart of a memory-only broker,
@@ -60,7 +60,7 @@ class SheddingSettings(BaseSettings):
         " passes this many MB; 0 never.",
     )
     quiet_s: float = Field(
-        0.5,
+        0.25,
         ge=0.1,
         le=600,
         description="How long nothing may have been produced, with intake's outbox relay held, before"
@@ -89,6 +89,10 @@ class Shedder:
     _total: int | None = None
     _since: float = 0.0
     _not_before: float = 0.0
+    # Of the last drain, for what the stack prints: when it was first quiet (time.monotonic()),
+    # and how many times the groups were looked at (more than once: one was behind).
+    quiet_at: float | None = None
+    looks: int = 0
 
     @property
     def enabled(self) -> bool:
@@ -161,6 +165,7 @@ async def drained(
     consumer = AIOKafkaConsumer(**client_options(kafka), group_id=None, enable_auto_commit=False)
     behind: dict[str, int] | None = None
     deadline = time.monotonic() + shedder.settings.drain_s
+    shedder.quiet_at, shedder.looks = None, 0
     try:
         await consumer.start()
         found = await partitions_of(consumer, names)
@@ -170,6 +175,8 @@ async def drained(
             except (KafkaError, OSError, TimeoutError):
                 total = None
             if shedder.observe(total, time.monotonic()):
+                shedder.quiet_at = shedder.quiet_at or time.monotonic()
+                shedder.looks += 1
                 behind = await unread(kafka, groups)
                 if behind is not None and not any(behind.values()):
                     return total, behind

@@ -104,8 +104,10 @@ class BrokerSupervisor:
         held = time.monotonic()
         if self._drain_and_shed():
             print(
-                f"the broker held {memory:.0f} MB: drained it in {self.shed_at - held:.2f} s and"
-                f" started it again, empty, in {time.monotonic() - self.shed_at:.2f} s",
+                f"the broker held {memory:.0f} MB: drained it in {self.shed_at - held:.2f} s (quiet"
+                f" after {(self.shedder.quiet_at or held) - held:.2f} s, the groups looked at"
+                f" {self.shedder.looks} times) and started it again, empty, in"
+                f" {time.monotonic() - self.shed_at:.2f} s",
                 file=sys.stderr,
             )
         else:

@@ -35,6 +35,7 @@ from shared.telemetry.messaging import quiet
 
 log = logging.getLogger("lethe.tracker")
 FORGET_EVERY_S = 60.0
+SHED_SETTLE_S = 2.0  # about the time the submissions held during a shed take to go through
 
 
 async def pause(stopping: asyncio.Event, seconds: float) -> None:
@@ -86,8 +87,11 @@ async def check_broker(
         log.warning("the broker forgot what it was sent: re-sending what the sagas wait for")
         await ensure_topics(kafka, topics.all_topics())
         await fetching.rewind_all()
-        window = recovery.window(settings, since_shed_notice())
-        await recovery.recover(pool, datetime.now(UTC), window)
+        since = since_shed_notice()
+        # After a shed, what finished before it was read: its few completions can wait until
+        # the submissions held during the shed are through.
+        settle = None if since is None else (lambda: asyncio.sleep(SHED_SETTLE_S))
+        await recovery.recover(pool, datetime.now(UTC), recovery.window(settings, since), settle=settle)
         await memory.remember()
 
 

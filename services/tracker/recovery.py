@@ -13,6 +13,7 @@ Requests wait a minute at most after the broker is back, not the system timeout.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 
 import asyncpg
@@ -36,28 +37,47 @@ def window(settings: TrackerSettings, since_shed_notice: float | None) -> timede
     return timedelta(seconds=seconds)
 
 
-async def recover(pool: asyncpg.Pool, now: datetime, window: timedelta, batch: int = 200) -> int:
-    """Re-send what the broker may have lost. Returns the requests touched."""
+async def recover(
+    pool: asyncpg.Pool,
+    now: datetime,
+    window: timedelta,
+    batch: int = 200,
+    settle: Callable[[], Awaitable[None]] | None = None,
+) -> int:
+    """Re-send what the broker may have lost. Returns the requests touched. Open requests
+    first: their commands may be what was lost. Then, after `settle` (a shed: once the
+    submissions held during it are through, for whom the tracker is the narrowest step), those
+    finished within `window` before `now` (one finished since was announced to the new broker)."""
     async with pool.acquire() as conn:
         deferred = await schedule.undispatch_unanswered(conn)
+    touched = await _resend_each(pool, now, "completed_at IS NULL", batch)
+    if settle is not None:
+        await settle()
+    touched += await _resend_each(
+        pool, now, "completed_at >= $3 AND completed_at < $4", batch, now - window, now
+    )
+    log.warning("re-sent after a broker loss", extra={"requests": touched, "deferred": deferred})
+    return touched
+
+
+async def _resend_each(pool: asyncpg.Pool, now: datetime, which: str, batch: int, *args: object) -> int:
+    """Every saga `which` selects, in pages of `batch`, a transaction each: one saga locked at a
+    time, as every handler does."""
     touched, after = 0, ""
     while True:
         ids = await pool.fetch(
-            "SELECT request_id FROM sagas WHERE (completed_at IS NULL OR completed_at >= $1)"
-            " AND request_id > $2 ORDER BY request_id LIMIT $3",
-            now - window,
+            f"SELECT request_id FROM sagas WHERE {which} AND request_id > $1 ORDER BY request_id LIMIT $2",
             after,
             batch,
+            *args,
         )
         if not ids:
-            break
-        for row in ids:  # a transaction each: one saga locked at a time, as every handler does
+            return touched
+        for row in ids:
             async with pool.acquire() as conn, conn.transaction():
                 await _resend(conn, row["request_id"], now)
         touched += len(ids)
         after = ids[-1]["request_id"]
-    log.warning("re-sent after a broker loss", extra={"requests": touched, "deferred": deferred})
-    return touched
 
 
 async def _resend(conn: asyncpg.Connection, request_id: str, now: datetime) -> None:

@@ -412,10 +412,21 @@ async def test_after_a_broker_loss_what_the_sagas_wait_for_is_sent_again_as_it_w
     await store.record_outcome(
         tracker_db, outcome("t-old", "mailing").model_copy(update={"finished_at": T0 - timedelta(days=29)})
     )
+    await store.start_saga(tracker_db, accepted("t-later", "crm"), T0)
+    await store.record_outcome(
+        tracker_db, outcome("t-later", "crm").model_copy(update={"finished_at": T0 + timedelta(minutes=10)})
+    )
     await tracker_db.execute("DELETE FROM outbox")  # what the broker had, and forgot
 
-    touched = await recovery.recover(tracker_db, T0 + timedelta(minutes=5), timedelta(hours=1))
-    assert touched == 2  # t-old finished a month ago: intake has long read it
+    at_settling: list[str] = []
+
+    async def settle() -> None:
+        at_settling.extend(m["request_id"] for m in await outbox(tracker_db, topics.REQUEST_STATUS))
+
+    touched = await recovery.recover(tracker_db, T0 + timedelta(minutes=5), timedelta(hours=1), settle=settle)
+    # t-old finished a month ago: intake has long read it; t-later after the loss was noticed,
+    # on the new broker. Open requests go first, finished ones once the stack has settled.
+    assert touched == 2 and at_settling == ["t-lost"]
     assert [c["message_id"] for c in await outbox(tracker_db, topics.command_topic("crm"))] == [
         str(waiting.command_ids["crm"])
     ]
