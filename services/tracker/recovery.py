@@ -45,16 +45,23 @@ async def recover(
     settle: Callable[[], Awaitable[None]] | None = None,
 ) -> int:
     """Re-send what the broker may have lost. Returns the requests touched. Open requests
-    first: their commands may be what was lost. Then, after `settle` (a shed: once the
-    submissions held during it are through, for whom the tracker is the narrowest step), those
-    finished within `window` before `now` (one finished since was announced to the new broker)."""
+    first: their commands may be what was lost. Then those finished within `window` before
+    `now`; with `settle` (a shed: the stack on one host, one clock), only after it, once the
+    submissions held during the shed are through (the tracker is the step each passes twice),
+    and not those finished after `now`, which were announced to the new broker. Without it,
+    `completed_at` (the systems' clocks) may be a little ahead of `now` (the tracker's)."""
     async with pool.acquire() as conn:
         deferred = await schedule.undispatch_unanswered(conn)
     touched = await _resend_each(pool, now, "completed_at IS NULL", batch)
     if settle is not None:
         await settle()
     touched += await _resend_each(
-        pool, now, "completed_at >= $3 AND completed_at < $4", batch, now - window, now
+        pool,
+        now,
+        "completed_at >= $3 AND ($4::timestamptz IS NULL OR completed_at < $4)",
+        batch,
+        now - window,
+        now if settle is not None else None,
     )
     log.warning("re-sent after a broker loss", extra={"requests": touched, "deferred": deferred})
     return touched
