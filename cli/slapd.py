@@ -54,7 +54,7 @@ def start_slapd(
                 f"rootpw {ssha(password)}",
                 f"directory {data}",
                 "index objectClass,uid,mail,entryUUID eq",
-                "index telephoneNumber,mobile eq,subinitial",  # a number's line, any extension after it
+                "index telephoneNumber,mobile eq,subinitial,subfinal",  # a line, then an extension
                 "",
             ]
         )

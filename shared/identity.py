@@ -112,7 +112,10 @@ def normalise_phone(raw: str, region: str = DEFAULT_REGION) -> str:
     if not phonenumbers.is_possible_number(parsed):
         raise ValueError("not a possible phone number")
     e164 = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
-    return f"{e164}{_EXTENSION}{parsed.extension}" if parsed.extension else e164
+    # Its digits as digits (full-width ones too), written as typed otherwise (`x012` stays:
+    # whether it is x12's line, a person decides: matching.py).
+    ext = phonenumbers.normalize_digits_only(parsed.extension or "")
+    return f"{e164}{_EXTENSION}{ext}" if ext else e164
 
 
 _EXTENSION = ";ext="
@@ -121,6 +124,11 @@ _EXTENSION = ";ext="
 def line(phone: str) -> str:
     """A normalised number without its extension: the switchboard it is on."""
     return phone.partition(_EXTENSION)[0]
+
+
+def extension(phone: str) -> str:
+    """A normalised number's extension ("" if none)."""
+    return phone.partition(_EXTENSION)[2]
 
 
 def normalise_id(raw: str) -> str:
@@ -151,9 +159,15 @@ def phone_prefilter(phone: str) -> str:
 
 
 def phone_prefilter_sql(column: str) -> str:
-    """The same key computed by PostgreSQL from the number as typed: whatever follows an
-    extension mark (`x`, `ext`, `#`, `;`) dropped, then the last digits."""
-    number = rf"regexp_replace({column}, '(;|#|[xX]|[eE][xX][tT]).*$', '')"
+    """The same key computed by PostgreSQL from the number as typed: full-width digits read as
+    digits; from the first character after a digit that is neither a digit nor the punctuation
+    of a number, all dropped (an extension however it is marked: `x`, `ext.`, `#`, `;ext=`,
+    `,` (a dialler's pause), `~`, `int`, `доб`, a full-width x or #; or trailing words), then
+    the last digits. Words before the number (`Fax: `) are not after a digit: only their
+    letters go."""
+    digits = f"translate({column}, '{_FULLWIDTH_DIGITS}', '0123456789')"
+    mark = f"[^0-9{_SQL_NUMBER_PUNCTUATION}]"
+    number = f"regexp_replace({digits}, '(?<=[0-9])[{_SQL_NUMBER_PUNCTUATION}]*{mark}.*$', '')"
     return f"right(regexp_replace({number}, '[^0-9]', '', 'g'), {PHONE_TAIL})"
 
 
@@ -166,16 +180,28 @@ def email_prefilter(email: str) -> str:
 # Python's \s is every Unicode space; PostgreSQL's is ASCII only under a C locale. An address
 # stored with a no-break space before `mailto:` must still get its key (the review found one
 # with a trailing "\r" surviving an erasure when SQL trimmed less than Python).
-_SQL_SPACE = (
-    r"[\s\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\u0085\u001c-\u001f"
-    r"\u00ad\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]"  # and _INVISIBLE's
+_SQL_SPACES = (
+    r"\s\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\u0085\u001c-\u001f"
+    r"\u00ad\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff"  # and _INVISIBLE's
 )
+_SQL_SPACE = f"[{_SQL_SPACES}]"
+# What may stand between the digits of one number (spaces, invisible marks, and the punctuation
+# libphonenumber reads as part of a number: brackets, dots, slashes, dashes of every width).
+_SQL_NUMBER_PUNCTUATION = (
+    _SQL_SPACES + r"()\[\].+/\-\u2010-\u2015\u2212\u30fc\uff0d-\uff0f\uff08\uff09\uff3b\uff3d"
+)
+_FULLWIDTH_DIGITS = "".join(chr(0xFF10 + n) for n in range(10))
 
 
 def email_key_index(name: str, table: str, column: str) -> tuple[str, str, str]:
     """DDL of the index on a table's e-mail key; its name carries a digest of the expression, so
     a store created with an earlier expression gets the new index (and loses the old one)."""
     return _key_index(name, table, email_prefilter_sql(column))
+
+
+def phone_key_index(name: str, table: str, column: str) -> tuple[str, str, str]:
+    """DDL of the index on a table's phone key (replacing one on an earlier expression)."""
+    return _key_index(name, table, phone_prefilter_sql(column))
 
 
 def id_key_sql(column: str) -> str:

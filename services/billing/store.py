@@ -10,6 +10,7 @@ from shared.identity import (
     email_prefilter_sql,
     id_key_index,
     id_key_sql,
+    phone_key_index,
     phone_prefilter_sql,
 )
 from shared.worker.pgstore import Candidate, CategoryTable, PostgresStoreAdapter
@@ -29,7 +30,7 @@ SCHEMA = (
         restricted boolean NOT NULL DEFAULT false)""",
     *id_key_index("accounts_customer", "accounts", "customer_id"),
     *email_key_index("accounts_email_key", "accounts", "email"),
-    f"CREATE INDEX IF NOT EXISTS accounts_phone_key ON accounts ({phone_prefilter_sql('phone')})",
+    *phone_key_index("accounts_phone_key", "accounts", "phone"),
     """CREATE TABLE IF NOT EXISTS invoices (
         invoice_id text PRIMARY KEY,
         account_id text NOT NULL,

@@ -13,6 +13,7 @@ from shared.identity import (
     email_prefilter_sql,
     id_key_index,
     id_key_sql,
+    phone_key_index,
     phone_prefilter_sql,
 )
 from shared.worker.pgstore import Candidate, CategoryTable, PostgresStoreAdapter
@@ -31,7 +32,7 @@ SCHEMA = (
         restricted boolean NOT NULL DEFAULT false)""",
     *id_key_index("contacts_customer", "contacts", "customer_id"),
     *email_key_index("contacts_email_key", "contacts", "email"),
-    f"CREATE INDEX IF NOT EXISTS contacts_phone_key ON contacts ({phone_prefilter_sql('phone')})",
+    *phone_key_index("contacts_phone_key", "contacts", "phone"),
     """CREATE TABLE IF NOT EXISTS interactions (
         interaction_id text PRIMARY KEY,
         contact_id text NOT NULL,

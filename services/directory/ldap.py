@@ -17,7 +17,7 @@ from opentelemetry.trace import Span, SpanKind
 from services.directory.dn import Dn, unescape
 from services.directory.settings import LdapSettings, tls_for
 from services.directory.tree import BASES_VARIABLE
-from shared.identity import Identities, mailbox, phone_variants
+from shared.identity import Identities, extension, mailbox, phone_variants
 from shared.telemetry.messaging import TRACER
 
 NO_SUCH_OBJECT = 32
@@ -91,9 +91,8 @@ class Directory:
                 terms.append(f"(mail={escape_filter_chars(local)}+*@{escape_filter_chars(host)})")
                 if f"{local}@{host}" != email:
                     terms.append(f"(mail={escape_filter_chars(f'{local}@{host}')})")
-        # Every value of the number's line, with any extension (the normalised forms decide).
-        starts = sorted({escape_filter_chars(v) for p in ids.phones for v in phone_variants(p)})
-        terms += [f"({attribute}={v}*)" for attribute in ("telephoneNumber", "mobile") for v in starts]
+        for attribute in ("telephoneNumber", "mobile"):
+            terms += [f"({attribute}={v})" for v in _number_values(ids.phones)]
         if not terms:
             return None
         return f"(&(objectClass=inetOrgPerson)(|{''.join(terms)}))"
@@ -245,6 +244,24 @@ def _add_ou(conn: Connection, dn: Dn) -> None:
     conn.add(str(dn), ["organizationalUnit"], {"ou": unescape(dn.rdns[0][0][1])})
     if conn.result["result"] != ALREADY_EXISTS:
         _check(conn)
+
+
+def _number_values(phones: Sequence[str]) -> list[str]:
+    """Filter values for entries holding one of these numbers, in each spelling a directory may
+    hold its line: the line itself (the main number of an extension's switchboard: matching.py
+    puts it to a person), and, for a number with an extension, the line followed by anything
+    that ends in the extension's digits (`x12`, `ext. 012`; the normalised forms decide). Not
+    the line followed by anything: that is every entry of a switchboard, past a directory's
+    size limit. LDAP's telephoneNumber matching ignores spaces and hyphens only."""
+    values: set[str] = set()
+    for phone in phones:
+        digits = extension(phone).lstrip("0") or extension(phone)
+        for spelling in phone_variants(phone):
+            value = escape_filter_chars(spelling)
+            values.add(value)
+            if digits:
+                values.add(f"{value}*{escape_filter_chars(digits)}")
+    return sorted(values)
 
 
 __all__ = ["Directory", "Entry", "LdapError", "LdapSettings", "tls_for"]

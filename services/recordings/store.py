@@ -16,7 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.recordings import files
 from shared.contracts.outcomes import Action
-from shared.identity import Identities, id_key_index, id_key_sql, phone_prefilter_sql
+from shared.identity import Identities, id_key_index, id_key_sql, phone_key_index, phone_prefilter_sql
 from shared.settings import DatabaseSettings
 from shared.telemetry.messaging import TRACER
 from shared.worker.pgstore import Candidate, CategoryTable, PostgresStoreAdapter, PostgresStoreSession
@@ -37,8 +37,8 @@ SCHEMA = (
     # Calls recorded for a business customer's own callers: we are its processor (seed 003).
     "ALTER TABLE recordings ADD COLUMN IF NOT EXISTS processed_for text",
     *id_key_index("recordings_customer", "recordings", "customer_id"),
-    f"CREATE INDEX IF NOT EXISTS recordings_caller_key ON recordings ({phone_prefilter_sql('caller')})",
-    f"CREATE INDEX IF NOT EXISTS recordings_callee_key ON recordings ({phone_prefilter_sql('callee')})",
+    *phone_key_index("recordings_caller_key", "recordings", "caller"),
+    *phone_key_index("recordings_callee_key", "recordings", "callee"),
     # Unique by playback path: no two rows share a file at either of its places (path itself
     # and its restricted/ counterpart), so erasing one recording's places cannot hit another's.
     """CREATE UNIQUE INDEX IF NOT EXISTS recordings_place

@@ -29,7 +29,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from shared.identity import STRONG, Identities, Kind, KnownIdentities, line, mailbox
+from shared.identity import STRONG, Identities, Kind, KnownIdentities, extension, line, mailbox
 from shared.worker.ports import Record
 
 Reason = Literal["shared_phone", "learnt_phone", "mailbox_variant", "too_many_matches"]
@@ -75,9 +75,16 @@ def match(candidate: Identities, known: Identities) -> tuple[Identities, Identit
 
 
 def _same_line(phone: str, others: Iterable[str]) -> bool:
-    """Whether one of `others` is `phone`'s line with an extension and it is not, or the reverse
-    (two different extensions are two lines)."""
-    return any(line(o) == line(phone) and (o == line(o) or phone == line(phone)) for o in others)
+    """Whether one of `others` may be `phone`'s line written otherwise: with an extension where
+    `phone` has none or the reverse (a switchboard's main number), or with the same extension
+    written with other leading zeros (x012, x12). Two different extensions are two lines."""
+    own = extension(phone).lstrip("0")
+    return any(
+        line(o) == line(phone)
+        and o != phone
+        and (not own or not extension(o) or extension(o).lstrip("0") == own)
+        for o in others
+    )
 
 
 def classify(records: Sequence[Record], known: KnownIdentities, match_limit: int = 25) -> Classified:
@@ -116,7 +123,7 @@ def _verdict(head: Record, known: KnownIdentities, flooded: Identities) -> Found
             hits = set(getattr(head.matched, kind)) & set(getattr(identities, kind))
             if hits - set(getattr(flooded, kind)):
                 return FoundBy(kind, source)  # type: ignore[arg-type]
-    if set(head.matched.pairs()) & set(flooded.pairs()):
+    if set(head.matched.union(head.variants).pairs()) & set(flooded.pairs()):
         return "too_many_matches"
     if not head.matched and head.variants.emails:
         return "mailbox_variant"
@@ -132,8 +139,8 @@ def _verdict(head: Record, known: KnownIdentities, flooded: Identities) -> Found
 def _flooding(heads: Iterable[Record], limit: int) -> Identities:
     """Identifiers that found more top-level records than the limit."""
     counts: dict[tuple[Kind, str], int] = defaultdict(int)
-    for head in heads:
-        for pair in head.matched.pairs():
+    for head in heads:  # a variant floods as a match does: a switchboard's extensions, a team's sub-addresses
+        for pair in head.matched.union(head.variants).pairs():
             counts[pair] += 1
     flooded: dict[str, list[str]] = defaultdict(list)
     for (kind, value), n in counts.items():

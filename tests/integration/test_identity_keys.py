@@ -24,6 +24,7 @@ from shared.identity import (
     normalise_email,
     normalise_id,
     normalise_phone,
+    phone_key_index,
     phone_prefilter,
     phone_prefilter_sql,
 )
@@ -78,11 +79,21 @@ def phone_spellings(draw: st.DrawFn) -> tuple[str, str]:
                 ("#22", "22"),
                 (";ext=5", "5"),
                 (" extension 7", "7"),
+                (" extn 012", "012"),
+                (",12", "12"),  # a dialler's pause
+                (",,34", "34"),
+                ("~56", "56"),
+                (" int 78", "78"),
+                (" (ext 12)", "12"),
+                (" \uff58\uff11\uff12", "12"),  # full-width x and digits
+                (" \uff0391", "91"),
             ]
         )
     )
+    label = draw(st.sampled_from(["", "Tel: ", "Fax: ", "mobile "]))  # words before the number
     space = draw(st.sampled_from(["", " ", "\t", "\u202a", "\u200e"]))  # and marks a mail client adds
-    return space + prefix + body + extension + space, f"+{country}{digits}" + (f";ext={ext}" if ext else "")
+    spelling = space + label + prefix + body + extension + space
+    return spelling, f"+{country}{digits}" + (f";ext={ext}" if ext else "")
 
 
 @settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
@@ -171,13 +182,15 @@ async def test_an_index_on_a_key_whose_expression_changed_is_replaced_not_kept(f
     await ensure_database(fresh_db)
     conn = await asyncpg.connect(fresh_db)
     try:
-        await conn.execute("CREATE TABLE accounts (customer_id text, email text)")
+        await conn.execute("CREATE TABLE accounts (customer_id text, email text, phone text)")
+        await conn.execute("CREATE INDEX accounts_phone_key ON accounts (right(phone, 6))")  # before digests
         await conn.execute("CREATE INDEX accounts_email_key_0badc0de ON accounts (lower(email))")
         await conn.execute("CREATE INDEX accounts_customer ON accounts (customer_id)")
         await conn.execute("CREATE INDEX accounts_email_key_other_thing ON accounts (email)")  # not ours
         for statement in (
             *email_key_index("accounts_email_key", "accounts", "email"),
             *id_key_index("accounts_customer", "accounts", "customer_id"),
+            *phone_key_index("accounts_phone_key", "accounts", "phone"),
         ):
             await conn.execute(statement)
         names = {
@@ -186,8 +199,9 @@ async def test_an_index_on_a_key_whose_expression_changed_is_replaced_not_kept(f
         }
     finally:
         await conn.close()
-    assert len(names) == 3 and "accounts_email_key_other_thing" in names
+    assert len(names) == 4 and "accounts_email_key_other_thing" in names
     assert {n[: -len("_12345678")] for n in names - {"accounts_email_key_other_thing"}} == {
         "accounts_email_key",
         "accounts_customer",
+        "accounts_phone_key",
     }

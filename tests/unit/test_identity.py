@@ -70,6 +70,7 @@ def test_an_extension_is_kept_and_the_key_is_the_lines(written: str) -> None:
     assert phone == "+442079460000;ext=12" and normalise_phone(phone) == phone  # sealed, opened again
     assert line(phone) == "+442079460000" and phone_prefilter(phone) == phone_prefilter("+442079460000")
     assert normalise_phone("020 7946 0000 x13") != phone
+    assert normalise_phone("020 7946 0000 x\uff11\uff12") == phone  # full-width digits are digits
 
 
 @given(

@@ -172,3 +172,18 @@ def test_a_switchboards_main_number_and_one_of_its_extensions_go_to_a_person() -
         assert not result.certain and not result.learnt, (subject_phone, record_phone)
         [item] = result.ambiguous
         assert item.reason == "shared_phone" and item.records[0].variants == given  # what the review shows
+
+
+def test_the_same_extension_written_with_other_leading_zeros_goes_to_a_person() -> None:
+    given, found = calls_on(f"{SWITCHBOARD} x12", f"{SWITCHBOARD} ext. 012")
+    result = classify(found, KnownIdentities(given=given))
+    assert not result.certain and [a.reason for a in result.ambiguous] == ["shared_phone"]
+
+
+def test_a_switchboards_main_number_on_many_extensions_is_one_decision_not_one_each() -> None:
+    given = Identities(phones=[SWITCHBOARD])
+    calls = [account(f"R-{n}", Identities(phones=[f"{SWITCHBOARD} x{n}"]), given) for n in range(100, 160)]
+    result = classify(calls, KnownIdentities(given=given), match_limit=25)
+    assert not result.certain
+    [item] = result.ambiguous
+    assert item.reason == "too_many_matches" and len(item.records) == 60
