@@ -10,7 +10,14 @@ from uuid import UUID, uuid4
 import asyncpg
 
 from services.tracker import schedule, store
-from services.tracker.forgetting import Needs, forget_identifiers, identifiers_needed
+from services.tracker.forgetting import (
+    _NEEDS,
+    RECHECK_AFTER,
+    SWEEP_PLAN,
+    Needs,
+    forget_identifiers,
+    identifiers_needed,
+)
 from shared import topics
 from shared.contracts import Retention
 from shared.contracts.events import RetrySystem
@@ -166,3 +173,16 @@ async def test_a_follow_up_without_identifiers_does_not_hold_up_the_others(
     sent = await outbox(tracker_db, topics.command_topic("billing"))
     assert [c["request_id"] for c in sent] == ["f-7"]
     assert await schedule.dispatch_due(tracker_db, datetime(2027, 1, 5, tzinfo=UTC)) == 0
+
+
+async def test_the_sweep_looks_requests_up_by_index_with_no_statistics_to_go_by(
+    tracker_db: asyncpg.Pool,  # noqa: F811
+) -> None:
+    """Without ANALYZE (autovacuum off), the planner took each of the sweep's EXISTS for a quick
+    hit and scanned all of saga_systems once per request: seconds a sweep, every minute."""
+    await store.start_saga(tracker_db, accepted("f-plan", "crm"), T0)
+    await store.record_outcome(tracker_db, outcome("f-plan", "crm"))
+    async with tracker_db.acquire() as conn, conn.transaction():
+        await conn.execute(SWEEP_PLAN)
+        plan = "\n".join(r[0] for r in await conn.fetch("EXPLAIN " + _NEEDS, 200, LATER - RECHECK_AFTER))
+    assert "Seq Scan on saga_systems" not in plan and "JIT" not in plan, plan
