@@ -23,11 +23,6 @@ def die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def _die_with_parent() -> None:
-    die_with_parent()
-    os.setpgid(0, 0)  # our own group: a Ctrl-C reaches the supervisor, which stops us in order
-
-
 def spawn(
     name: str, argv: Sequence[str], env: Mapping[str, str], log_dir: Path, nice: int = 0
 ) -> subprocess.Popen[bytes]:
@@ -36,7 +31,8 @@ def spawn(
     log = (log_dir / f"{name}.log").open("ab")
 
     def before_exec() -> None:
-        _die_with_parent()
+        die_with_parent()
+        os.setpgid(0, 0)  # our own group: a Ctrl-C reaches the supervisor, which stops us in order
         if nice:
             os.nice(nice)
 

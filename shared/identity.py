@@ -254,9 +254,9 @@ def mask(kind: str, value: str) -> str:
 
 
 def phone_variants(phone: str) -> list[str]:
-    """How a directory's value for a number of this line may begin. LDAP's telephoneNumber
-    matching ignores spaces and hyphens but not a national trunk prefix, so a search must try
-    each form, as a prefix: an extension follows the line however it is written (`x12`)."""
+    """Spellings a directory may hold for this number's line (its extension, however written,
+    follows one of them: services/directory/ldap.py). LDAP's telephoneNumber matching ignores
+    spaces and hyphens but not a national trunk prefix, so a search must try each form."""
     e164 = line(phone)
     parsed = phonenumbers.parse(e164, None)
     national = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.NATIONAL)
