@@ -7,19 +7,23 @@ SUDO    = $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo up test test-fast faults bench bench-sweep soak lint system-deps browser-deps clean
 
-$(STAMP): pyproject.toml
+# python-ldap builds against OpenLDAP's headers: system-deps first.
+$(STAMP): pyproject.toml | system-deps
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-# From the OS packages: OpenLDAP's slapd (the directory worker's real store) and, for tests,
+# From the OS packages: OpenLDAP's slapd (the directory worker's real store), the headers
+# python-ldap builds against (the worker's client is OpenLDAP's libldap) and, for tests,
 # Chromium (the report and dashboard are checked in a real browser).
 system-deps:
-	@command -v slapd >/dev/null 2>&1 || [ -x /usr/sbin/slapd ] || { \
-	  echo "installing slapd and ldap-utils from Debian packages"; \
+	@{ command -v slapd >/dev/null 2>&1 || [ -x /usr/sbin/slapd ]; } && [ -f /usr/include/ldap.h ] \
+	  && [ -f /usr/include/sasl/sasl.h ] || { \
+	  echo "installing slapd, ldap-utils and OpenLDAP's headers from Debian packages"; \
 	  $(SUDO) apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq slapd ldap-utils >/dev/null; }
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq slapd ldap-utils \
+	    libldap2-dev libsasl2-dev >/dev/null; }
 
 browser-deps:
 	@[ -x /usr/bin/chromium ] || { \

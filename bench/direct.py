@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 import asyncpg
-from ldap3 import SUBTREE
-from ldap3.utils.conv import escape_filter_chars
+import ldap
+from ldap.filter import escape_filter_chars
 
 from cli.seed import PersonSeed
 from services.directory.ldap import Directory, LdapSettings
@@ -84,13 +84,15 @@ def _ldap_delete(directory: Directory, uid: str, email: str) -> None:
     # A bound connection per thread, kept, as the worker does: a connect and bind per erasure
     # made the first version of this baseline LDAP-bound at ~40/s, flattering Lethe's ratio.
     with directory.bound() as conn:
-        conn.search(
+        found = conn.search_ext_s(
             directory.settings.base_dn,
+            ldap.SCOPE_SUBTREE,
             f"(|(uid={escape_filter_chars(uid)})(mail={escape_filter_chars(email)}))",
-            SUBTREE,
+            ["1.1"],
         )
-        for entry in list(conn.entries):
-            conn.delete(entry.entry_dn)
+        for dn, _ in found:
+            if dn is not None:
+                conn.delete_s(dn)
 
 
 async def run(

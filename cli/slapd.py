@@ -9,10 +9,11 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from ldap3 import Connection, Server
+import ldap
 
 from cli.processes import spawn, wait_for_port
 from services.directory.dn import Dn, unescape
+from services.directory.ldap import add_entry
 
 SCHEMA_DIR = Path("/etc/ldap/schema")
 MODULE_DIR = Path("/usr/lib/ldap")
@@ -32,8 +33,16 @@ def slapd_binary() -> str:
 
 
 def start_slapd(
-    workdir: Path, port: int, base_dn: str, admin_dn: str, password: str, log_dir: Path, nice: int = 0
+    workdir: Path,
+    port: int,
+    base_dn: str,
+    admin_dn: str,
+    password: str,
+    log_dir: Path,
+    nice: int = 0,
+    tls: tuple[Path, Path, int] | None = None,
 ) -> subprocess.Popen[bytes]:
+    """`tls`: a certificate, its key and a port for an ldaps:// listener beside the plain one."""
     data = workdir / "data"
     data.mkdir(parents=True, exist_ok=True)
     conf = workdir / "slapd.conf"
@@ -47,6 +56,7 @@ def start_slapd(
                 f"pidfile {workdir / 'slapd.pid'}",
                 f"modulepath {MODULE_DIR}",
                 "moduleload back_mdb",
+                *([f"TLSCertificateFile {tls[0]}", f"TLSCertificateKeyFile {tls[1]}"] if tls else []),
                 "database mdb",
                 "maxsize 1073741824",
                 f'suffix "{base_dn}"',
@@ -59,9 +69,10 @@ def start_slapd(
             ]
         )
     )
+    urls = f"ldap://127.0.0.1:{port}/" + (f" ldaps://127.0.0.1:{tls[2]}/" if tls else "")
     process = spawn(
         "slapd",
-        [slapd_binary(), "-f", str(conf), "-h", f"ldap://127.0.0.1:{port}/", "-d", "0"],
+        [slapd_binary(), "-f", str(conf), "-h", urls, "-d", "0"],
         os.environ,
         log_dir,
         nice,
@@ -72,6 +83,10 @@ def start_slapd(
 
 
 def _ensure_suffix(port: int, base_dn: str, admin_dn: str, password: str) -> None:
-    with Connection(Server(f"ldap://127.0.0.1:{port}"), admin_dn, password, auto_bind=True) as conn:
+    conn = ldap.initialize(f"ldap://127.0.0.1:{port}")
+    try:
+        conn.simple_bind_s(admin_dn, password)
         dc = unescape(Dn.parse(base_dn).rdns[0][0][1])
-        conn.add(base_dn, ["dcObject", "organization"], {"dc": dc, "o": "Lethe demo"})
+        add_entry(conn, base_dn, ["dcObject", "organization"], {"dc": dc, "o": "Lethe demo"})
+    finally:
+        conn.unbind_s()

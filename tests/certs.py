@@ -24,9 +24,12 @@ def _name(common_name: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
 
-def make_tls_files(folder: Path, label: str = "test") -> TlsFiles:
+def make_tls_files(
+    folder: Path, label: str = "test", hosts: tuple[str, ...] = ("localhost", "127.0.0.1")
+) -> TlsFiles:
     """Valid from an hour ago for a year, whatever today is: a test's clock is not pinned here
-    because the TLS library checks validity against the real one."""
+    because the TLS library checks validity against the real one. The server certificate names
+    `hosts` (names and addresses)."""
     now = datetime.now(UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca = (
@@ -41,10 +44,15 @@ def make_tls_files(folder: Path, label: str = "test") -> TlsFiles:
         .sign(ca_key, hashes.SHA256())
     )
     key = ec.generate_private_key(ec.SECP256R1())
-    names = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    names: list[x509.GeneralName] = []
+    for host in hosts:
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            names.append(x509.DNSName(host))
     cert = (
         x509.CertificateBuilder()
-        .subject_name(_name("localhost"))
+        .subject_name(_name(hosts[0]))
         .issuer_name(_name(f"{label} CA"))
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())

@@ -1,5 +1,7 @@
-"""The LDAP side of the directory worker. ldap3 is synchronous, so every call runs in a worker
-thread with a connection of its own (ldap3 connections are not thread-safe)."""
+"""The LDAP side of the directory worker, on python-ldap: OpenLDAP's own client library, whose
+BER encoding is C (ldap3's pure-Python BER cost nine times the CPU per search, and the
+directory worker twice the CPU of any other). python-ldap is synchronous, so every call runs in
+a worker thread with a connection of its own, made once and kept."""
 
 from __future__ import annotations
 
@@ -8,20 +10,23 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
-from ldap3 import BASE, NO_ATTRIBUTES, SUBTREE, Connection, Server
-from ldap3.utils.conv import escape_filter_chars
+import ldap
+from ldap.filter import escape_filter_chars
+from ldap.ldapobject import LDAPObject
 from opentelemetry.trace import Span, SpanKind
 
 from services.directory.dn import Dn, unescape
-from services.directory.settings import LdapSettings, tls_for
+from services.directory.filters import subject_filter, uuid_filter
+from services.directory.settings import LdapSettings, TlsChecks, tls_for
 from services.directory.tree import BASES_VARIABLE
-from shared.identity import Identities, extension, mailbox, phone_variants
+from shared.identity import Identities
 from shared.telemetry.messaging import TRACER
 
 NO_SUCH_OBJECT = 32
 ALREADY_EXISTS = 68
+Attributes = dict[str, list[str]]  # names in lower case, values as text
 
 
 @dataclass(frozen=True)
@@ -41,7 +46,22 @@ def _span(operation: str) -> AbstractContextManager[Span]:
 
 
 class LdapError(RuntimeError):
-    """An LDAP result other than success; carries the result code, never the DN."""
+    """An LDAP result other than success; carries the result code, never the DN (python-ldap's
+    own exceptions quote the server's `matched` DN and diagnostic text: they are not kept)."""
+
+    def __init__(self, message: str, code: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@contextmanager
+def _results() -> Iterator[None]:
+    try:
+        yield
+    except ldap.LDAPError as e:
+        details = e.args[0] if e.args and isinstance(e.args[0], dict) else {}
+        code = details.get("result")
+        raise LdapError(f"LDAP result {code} ({type(e).__name__})", code) from None
 
 
 class Directory:
@@ -53,52 +73,49 @@ class Directory:
         self.restricted = str(self.tree.restricted)
         self._local = threading.local()
 
-    def connect(self) -> Connection:
-        server = Server(self.settings.url, connect_timeout=5, tls=self.tls)
-        return Connection(
-            server,
-            self.settings.bind_dn,
-            self.settings.password.get_secret_value(),
-            auto_bind=True,
-            receive_timeout=10,
-        )
+    def connect(self) -> LDAPObject:
+        """A bound connection. Referrals are never chased: the bind would go to whatever
+        server one names."""
+        with _results():
+            conn = ldap.initialize(self.settings.url)
+            conn.set_option(ldap.OPT_PROTOCOL_VERSION, ldap.VERSION3)
+            conn.set_option(ldap.OPT_REFERRALS, 0)
+            conn.set_option(ldap.OPT_NETWORK_TIMEOUT, 5.0)
+            conn.set_option(ldap.OPT_TIMEOUT, 10.0)
+            if self.tls is not None:
+                _configure_tls(conn, self.tls)
+            conn.simple_bind_s(self.settings.bind_dn, self.settings.password.get_secret_value())
+        return conn
 
     @contextmanager
-    def bound(self) -> Iterator[Connection]:
+    def session(self) -> Iterator[LDAPObject]:
+        """A connection of its own for one piece of work (seeding, set-up, tools), unbound after."""
+        conn = self.connect()
+        try:
+            yield conn
+        finally:
+            with suppress(ldap.LDAPError):
+                conn.unbind_s()
+
+    @contextmanager
+    def bound(self) -> Iterator[LDAPObject]:
         """This thread's bound connection, made once and kept: a connect and bind per call cost
         more than the call. A connection that failed is dropped, so the next call reconnects
         (slapd restarted, network blip)."""
-        conn: Connection | None = getattr(self._local, "conn", None)
-        if conn is None or conn.closed:
+        conn: LDAPObject | None = getattr(self._local, "conn", None)
+        if conn is None:
             conn = self._local.conn = self.connect()
         try:
-            yield conn
+            with _results():
+                yield conn
         except Exception:
             self._local.conn = None
             with suppress(Exception):
-                conn.unbind()
+                conn.unbind_s()
             raise
 
-    def subject_filter(self, ids: Identities) -> str | None:
-        """Entries with any of the uids, addresses (or another sub-address of the same mailbox,
-        for a person to decide on) or numbers, in each spelling a directory may hold."""
-        terms = [f"(uid={escape_filter_chars(u)})" for u in ids.ldap_uids]
-        for email in ids.emails:
-            local, _, domain = mailbox(email).rpartition("@")
-            terms.append(f"(mail={escape_filter_chars(email)})")
-            # A Gmail mailbox under its other domain too (LDAP cannot ignore the dots in a name).
-            for host in ("gmail.com", "googlemail.com") if domain == "gmail.com" else (domain,):
-                terms.append(f"(mail={escape_filter_chars(local)}+*@{escape_filter_chars(host)})")
-                if f"{local}@{host}" != email:
-                    terms.append(f"(mail={escape_filter_chars(f'{local}@{host}')})")
-        for attribute in ("telephoneNumber", "mobile"):
-            terms += [f"({attribute}={v})" for v in _number_values(ids.phones)]
-        if not terms:
-            return None
-        return f"(&(objectClass=inetOrgPerson)(|{''.join(terms)}))"
-
     async def find(self, ids: Identities) -> list[Entry]:
-        query = self.subject_filter(ids)
+        query = subject_filter(ids)
         return [] if query is None else await asyncio.to_thread(self._search, query)
 
     def is_restricted(self, dn: str) -> bool:
@@ -111,17 +128,14 @@ class Directory:
         found: dict[str, Entry] = {}
         with _span("search") as span, self.bound() as conn:
             for base in self.tree.searched:
-                conn.search(str(base), query, SUBTREE, attributes=SEARCHED)
-                _check(conn)
-                for item in _entries(conn):
-                    attributes = item["attributes"]
-                    uuid = _values(attributes, "entryUUID")[0]
+                for dn, attributes in _search(conn, str(base), query, SEARCHED):
+                    uuid = attributes["entryuuid"][0]
                     found[uuid] = Entry(
                         uuid,
-                        item["dn"],
-                        uid=_values(attributes, "uid"),
-                        mail=_values(attributes, "mail"),
-                        phones=_values(attributes, "telephoneNumber") + _values(attributes, "mobile"),
+                        dn,
+                        uid=attributes.get("uid", []),
+                        mail=attributes.get("mail", []),
+                        phones=attributes.get("telephonenumber", []) + attributes.get("mobile", []),
                     )
             span.set_attribute("lethe.ldap.entries", len(found))
         return list(found.values())
@@ -133,34 +147,49 @@ class Directory:
         query = f"(&(objectClass=inetOrgPerson)(|(cn=*{value}*)(sn=*{value}*)))"
 
         def search() -> list[str]:
-            uids: list[str] = []
-            with self.connect() as conn:
-                for base in self.tree.subject_bases:
-                    conn.search(str(base), query, SUBTREE, attributes=["uid"])
-                    uids += [u for item in _entries(conn) for u in _values(item["attributes"], "uid")]
-            return sorted(uids)
+            with self.session() as conn, _results():
+                return sorted(
+                    uid
+                    for base in self.tree.subject_bases
+                    for _, attributes in _search(conn, str(base), query, ["uid"])
+                    for uid in attributes.get("uid", [])
+                )
 
         return await asyncio.to_thread(search)
+
+    def search_all(self, query: str, attributes: Sequence[str] = ("uid",)) -> list[tuple[str, Attributes]]:
+        """Every entry under the base DN that the filter matches, wherever it is: for tools and
+        tests, which look at the whole directory (the worker searches only its subtrees)."""
+        with self.session() as conn, _results():
+            return _search(conn, self.settings.base_dn, query, list(attributes))
+
+    def add(self, dn: str, classes: Sequence[str], attributes: Mapping[str, str]) -> bool:
+        """Add an entry unless one is there (False then): set-up and tests."""
+        with self.session() as conn:
+            return add_entry(conn, dn, classes, attributes)
 
     async def existing(self, entry_uuids: Sequence[str]) -> set[str]:
         if not entry_uuids:
             return set()
-        return {e.entry_uuid for e in await asyncio.to_thread(self._search, _uuid_filter(entry_uuids))}
+        return {e.entry_uuid for e in await asyncio.to_thread(self._search, uuid_filter(entry_uuids))}
 
     def ensure_tree(self) -> None:
         """The restricted container, the worker's own, is made if missing, and so is the
         default subscriber subtree (as before there was a setting). Subtrees named in
         LETHE_LDAP_SUBJECT_BASES must exist: a mistyped one would find no one, and every
         request would report nothing found."""
-        with self.connect() as conn:
+        with self.session() as conn:
             if not self.settings.subject_bases:
                 _add_ou(conn, self.tree.subject_bases[0])
             _add_ou(conn, self.tree.restricted)
             for base in self.tree.subject_bases:
-                conn.search(str(base), "(objectClass=*)", BASE, attributes=NO_ATTRIBUTES)
-                if conn.result["result"] == NO_SUCH_OBJECT:
-                    raise LdapError(f"{BASES_VARIABLE}: {base} is not in the directory")
-                _check(conn)
+                try:
+                    with _results():
+                        conn.search_ext_s(str(base), ldap.SCOPE_BASE, "(objectClass=*)", ["1.1"])
+                except LdapError as e:
+                    if e.code == NO_SUCH_OBJECT:
+                        raise LdapError(f"{BASES_VARIABLE}: {base} is not in the directory", e.code) from None
+                    raise
 
     async def delete(self, entry_uuids: Sequence[str], known: Mapping[str, str] | None = None) -> None:
         await asyncio.to_thread(self._apply, entry_uuids, "delete", known or {})
@@ -186,82 +215,69 @@ class Directory:
                     unlocated.append(uuid)
             dns: list[str] = []
             for base in self.tree.searched if unlocated else ():
-                conn.search(str(base), _uuid_filter(unlocated), SUBTREE, attributes=["entryUUID"])
-                _check(conn)
-                dns += [item["dn"] for item in _entries(conn)]
+                dns += [dn for dn, _ in _search(conn, str(base), uuid_filter(unlocated), ["entryUUID"])]
             for dn in dns:
                 self._change(conn, dn, change)
 
-    def _change(self, conn: Connection, dn_text: str, change: Change) -> bool:
+    def _change(self, conn: LDAPObject, dn_text: str, change: Change) -> bool:
         """Delete or move one entry; False if there is no entry at that DN."""
         dn = Dn.parse(dn_text)
-        if change == "delete":
-            self.tree.check_may_change(dn)
-            conn.delete(dn_text)
-        else:
+        try:
+            if change == "delete":
+                self.tree.check_may_change(dn)
+                conn.delete_s(dn_text)
+                return True
             parent = self.tree.destination(dn, restrict=change == "restrict")
             if parent is None:  # already there: a redelivery, or another command got there first
                 return True
             if change == "restrict":
                 _add_ou(conn, parent)  # the container whose name records the original parent
-            conn.modify_dn(dn_text, dn.rdn, new_superior=str(parent))
-        if conn.result["result"] == NO_SUCH_OBJECT:
+            conn.rename_s(dn_text, dn.rdn, newsuperior=str(parent), delold=1)
+            return True
+        except ldap.NO_SUCH_OBJECT:
             return False
-        _check(conn)
-        return True
 
 
 SEARCHED = ["entryUUID", "uid", "mail", "telephoneNumber", "mobile"]
 Change = Literal["delete", "restrict", "lift"]
 
 
-def _entries(conn: Connection) -> list[dict[str, Any]]:
-    """The entries of the last search as ldap3 decoded them: its `entries` property would build
-    an abstraction-layer object per entry, each time it is read, which cost more CPU than the
-    search itself (py-spy)."""
-    return [item for item in conn.response or () if item.get("type") == "searchResEntry"]
+def _configure_tls(conn: LDAPObject, tls: TlsChecks) -> None:
+    """libldap's `demand` checks the chain and the host name; the new context makes the
+    options of this connection take effect."""
+    required = ldap.OPT_X_TLS_DEMAND if tls.verify else ldap.OPT_X_TLS_NEVER
+    conn.set_option(ldap.OPT_X_TLS_REQUIRE_CERT, required)
+    if tls.ca_file is not None:
+        conn.set_option(ldap.OPT_X_TLS_CACERTFILE, str(tls.ca_file))
+    conn.set_option(ldap.OPT_X_TLS_NEWCTX, 0)
 
 
-def _values(attributes: Mapping[str, Any], name: str) -> list[str]:
-    """An attribute's values as text; ldap3 gives a single-valued one (entryUUID) bare."""
-    value = attributes.get(name)
-    if value is None:
-        return []
-    return [str(v) for v in value] if isinstance(value, list) else [str(value)]
+def _search(conn: LDAPObject, base: str, query: str, attributes: list[str]) -> list[tuple[str, Attributes]]:
+    """(DN, attributes) of each entry found; search references (a DN of None) are not followed."""
+    return [
+        (dn, {name.lower(): [v.decode("utf-8", "replace") for v in values] for name, values in found.items()})
+        for dn, found in conn.search_ext_s(base, ldap.SCOPE_SUBTREE, query, attributes)
+        if dn is not None
+    ]
 
 
-def _uuid_filter(entry_uuids: Sequence[str]) -> str:
-    return "(|" + "".join(f"(entryUUID={escape_filter_chars(u)})" for u in entry_uuids) + ")"
+def add_entry(conn: LDAPObject, dn: str, classes: Sequence[str], attributes: Mapping[str, str]) -> bool:
+    """Add an entry unless one is there (False then)."""
+    entry = [("objectClass", [c.encode() for c in classes])]
+    entry += [(name, [value.encode()]) for name, value in attributes.items()]
+    try:
+        with _results():
+            conn.add_s(dn, entry)
+    except LdapError as e:
+        if e.code == ALREADY_EXISTS:
+            return False
+        raise
+    return True
 
 
-def _check(conn: Connection) -> None:
-    if conn.result["result"] != 0:
-        raise LdapError(f"LDAP result {conn.result['result']}")
-
-
-def _add_ou(conn: Connection, dn: Dn) -> None:
+def _add_ou(conn: LDAPObject, dn: Dn) -> None:
     """An organizationalUnit at `dn` (named ou=...), unless there is one."""
-    conn.add(str(dn), ["organizationalUnit"], {"ou": unescape(dn.rdns[0][0][1])})
-    if conn.result["result"] != ALREADY_EXISTS:
-        _check(conn)
-
-
-def _number_values(phones: Sequence[str]) -> list[str]:
-    """Filter values for entries holding one of these numbers, in each spelling a directory may
-    hold its line: the line itself (the main number of an extension's switchboard: matching.py
-    puts it to a person), and, for a number with an extension, the line followed by anything
-    that ends in the extension's digits (`x12`, `ext. 012`; the normalised forms decide). Not
-    the line followed by anything: that is every entry of a switchboard, past a directory's
-    size limit. LDAP's telephoneNumber matching ignores spaces and hyphens only."""
-    values: set[str] = set()
-    for phone in phones:
-        digits = extension(phone).lstrip("0") or extension(phone)
-        for spelling in phone_variants(phone):
-            value = escape_filter_chars(spelling)
-            values.add(value)
-            if digits:
-                values.add(f"{value}*{escape_filter_chars(digits)}")
-    return sorted(values)
+    add_entry(conn, str(dn), ["organizationalUnit"], {"ou": unescape(dn.rdns[0][0][1])})
 
 
 __all__ = ["Directory", "Entry", "LdapError", "LdapSettings", "tls_for"]

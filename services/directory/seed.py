@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from ldap3.utils.dn import escape_rdn
 from pydantic import Field
 
-from services.directory.ldap import ALREADY_EXISTS, Directory, LdapError
+from services.directory.ldap import Directory, add_entry
 from shared.seeding import SeedModel
 
 
@@ -24,7 +24,7 @@ class DirectoryEntrySeed(SeedModel):
 
 def _write(directory: Directory, entries: Sequence[DirectoryEntrySeed]) -> int:
     directory.ensure_tree()
-    with directory.connect() as conn:
+    with directory.session() as conn:
         for e in entries:
             attrs: dict[str, str] = {"uid": e.uid, "cn": e.cn, "sn": e.sn}
             optional = {
@@ -34,9 +34,7 @@ def _write(directory: Directory, entries: Sequence[DirectoryEntrySeed]) -> int:
                 "o": e.organisation,
             }
             attrs.update({k: v for k, v in optional.items() if v})
-            conn.add(f"uid={escape_rdn(e.uid)},{directory.people}", ["inetOrgPerson"], attrs)
-            if conn.result["result"] not in (0, ALREADY_EXISTS):
-                raise LdapError(f"LDAP result {conn.result['result']}: {conn.result['description']}")
+            add_entry(conn, f"uid={escape_rdn(e.uid)},{directory.people}", ["inetOrgPerson"], attrs)
     return len(entries)
 
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import json
 import logging
-import ssl
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Self
 
-from ldap3 import Tls
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -64,7 +63,16 @@ class LdapSettings(BaseSettings):
         return Tree.configure(self.base_dn, self.subject_bases)
 
 
-def tls_for(settings: LdapSettings, development: bool) -> Tls | None:
+@dataclass(frozen=True)
+class TlsChecks:
+    """How an ldaps:// connection checks the server: against `ca_file`, host name included
+    (libldap's `demand`), or, on a development stack only, not at all."""
+
+    verify: bool
+    ca_file: Path | None = None
+
+
+def tls_for(settings: LdapSettings, development: bool) -> TlsChecks | None:
     """Certificate checks for ldaps://: verified against the CA file, the host name included.
     Without a CA file ldaps:// is refused, except on a development stack (said loudly)."""
     if not settings.url.lower().startswith("ldaps://"):
@@ -75,12 +83,10 @@ def tls_for(settings: LdapSettings, development: bool) -> Tls | None:
                 "LETHE_LDAP_CA_FILE: required for ldaps:// (the server's certificate must be checked)"
             )
         log.warning("ldaps:// without certificate checks: allowed only because LETHE_DEVELOPMENT is set")
-        return Tls(validate=ssl.CERT_NONE)
+        return TlsChecks(verify=False)
     if not settings.ca_file.is_file():
         raise ValueError(f"LETHE_LDAP_CA_FILE: no such file {settings.ca_file}")
-    return Tls(
-        validate=ssl.CERT_REQUIRED, ca_certs_file=str(settings.ca_file), version=ssl.PROTOCOL_TLS_CLIENT
-    )
+    return TlsChecks(verify=True, ca_file=settings.ca_file)
 
 
-__all__ = ["LdapSettings", "tls_for"]
+__all__ = ["LdapSettings", "TlsChecks", "tls_for"]

@@ -18,7 +18,6 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-from ldap3 import SUBTREE
 
 from cli.main import seed_targets
 from cli.seed import SeedFile, load
@@ -191,6 +190,4 @@ def check_stores(stack: Stack, batch: Batch) -> None:
     files = {p.stem for p in stack.recordings_dir.rglob(f"R-{batch.prefix.upper()}-*.wav")}
     assert files == {f"R-{c}" for c in batch.held}
     ldap = seed_targets(stack).ldap
-    with Directory(ldap).connect() as conn:
-        conn.search(ldap.base_dn, f"(uid={batch.prefix}*)", SUBTREE, attributes=["uid"])
-        assert conn.entries == []
+    assert Directory(ldap).search_all(f"(uid={batch.prefix}*)") == []

@@ -8,11 +8,10 @@ from typing import Any
 from uuid import uuid4
 
 import pytest
-from ldap3 import SUBTREE
-from ldap3.utils.conv import escape_filter_chars
+from ldap.filter import escape_filter_chars
 
 from services.directory.dn import Dn, unescape
-from services.directory.ldap import ALREADY_EXISTS, Directory, LdapError, LdapSettings
+from services.directory.ldap import Directory, LdapError, LdapSettings
 from services.directory.store import DirectoryAdapter
 from shared.contracts import EraseSubject, LiftRestriction, RestrictSubject
 from shared.crypto import subject_ref
@@ -36,9 +35,7 @@ def command(cls: Command, ids: Identities) -> EraseSubject | RestrictSubject | L
 
 
 def add(ldap: LdapSettings, dn: str, classes: list[str], **attributes: Any) -> None:
-    with Directory(ldap).connect() as conn:
-        conn.add(dn, classes, attributes)
-        assert conn.result["result"] in (0, ALREADY_EXISTS), conn.result
+    Directory(ldap).add(dn, classes, attributes)
 
 
 def add_ou(ldap: LdapSettings, dn: str) -> None:
@@ -47,9 +44,8 @@ def add_ou(ldap: LdapSettings, dn: str) -> None:
 
 def where(ldap: LdapSettings, mail: str) -> list[Dn]:
     """Every entry in the whole directory holding the address, wherever it is."""
-    with Directory(ldap).connect() as conn:
-        conn.search(ldap.base_dn, f"(mail={escape_filter_chars(mail)})", SUBTREE, attributes=["uid"])
-        return sorted((Dn.parse(e.entry_dn) for e in conn.entries), key=str)
+    found = Directory(ldap).search_all(f"(mail={escape_filter_chars(mail)})")
+    return sorted((Dn.parse(dn) for dn, _ in found), key=str)
 
 
 def with_bases(ldap: LdapSettings, *bases: str) -> LdapSettings:
@@ -194,8 +190,8 @@ async def test_a_subject_base_that_disappears_fails_the_search_rather_than_findi
     adapter = DirectoryAdapter(fresh_db, with_bases(slapd, vanishing))
     await adapter.start()
     try:
-        with Directory(slapd).connect() as conn:
-            assert conn.delete(vanishing)
+        with Directory(slapd).session() as conn:
+            conn.delete_s(vanishing)
         # Read as "no entries", an erasure would report itself done and verified.
         with pytest.raises(LdapError, match="LDAP result 32"):
             await adapter.directory.find(Identities(ldap_uids=["anyone"]))

@@ -4,7 +4,6 @@ that are not placeholders, ldaps:// that checks certificates, compose that carri
 from __future__ import annotations
 
 import os
-import ssl
 from pathlib import Path
 
 import pytest
@@ -12,7 +11,7 @@ import yaml
 from cryptography.fernet import Fernet
 from pydantic import ValidationError
 
-from services.directory.ldap import LdapSettings, tls_for
+from services.directory.settings import LdapSettings, TlsChecks, tls_for
 from services.intake.auth import Role, parse, parse_bootstrap
 from services.intake.settings import IntakeSettings
 from services.mailing.store import SuppressionSettings
@@ -67,11 +66,11 @@ def test_ldaps_checks_the_certificate_or_refuses_to_start(tmp_path: Path) -> Non
     settings = LdapSettings(url="ldaps://directory.example:636", password="p")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="LETHE_LDAP_CA_FILE"):
         tls_for(settings, development=False)
-    assert tls_for(settings, development=True).validate == ssl.CERT_NONE  # type: ignore[union-attr]
+    assert tls_for(settings, development=True) == TlsChecks(verify=False)
     ca = tmp_path / "ca.crt"
     ca.write_text("-----BEGIN CERTIFICATE-----\n")
     tls = tls_for(settings.model_copy(update={"ca_file": ca}), development=False)
-    assert tls is not None and tls.validate == ssl.CERT_REQUIRED and tls.ca_certs_file == str(ca)
+    assert tls == TlsChecks(verify=True, ca_file=ca)
     assert tls_for(settings.model_copy(update={"url": "ldap://directory.example"}), development=False) is None
 
 

@@ -1,0 +1,87 @@
+"""The directory worker over ldaps://: the server's certificate is checked against the CA
+file, host name included, and a directory whose certificate another CA signed is refused
+before the bind password is sent."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from uuid import uuid4
+
+import pytest
+
+from cli.processes import free_port, stop
+from cli.slapd import start_slapd
+from services.directory.ldap import Directory, LdapError, LdapSettings
+from shared.identity import Identities
+from tests.certs import TlsFiles, make_tls_files
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def tls_slapd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LdapSettings, TlsFiles]]:
+    workdir = tmp_path_factory.mktemp("slapd-tls")
+    files = make_tls_files(workdir / "tls", "slapd")
+    plain, secure = free_port(), free_port()
+    base, admin, password = "dc=lethe,dc=test", "cn=admin,dc=lethe,dc=test", uuid4().hex
+    process = start_slapd(
+        workdir, plain, base, admin, password, workdir / "logs", tls=(files.cert, files.key, secure)
+    )
+    settings = LdapSettings(
+        url=f"ldaps://127.0.0.1:{secure}",
+        bind_dn=admin,
+        password=password,  # type: ignore[arg-type]
+        base_dn=base,
+        ca_file=files.ca,
+    )
+    yield settings, files
+    stop(process)
+
+
+def test_a_directory_whose_certificate_the_ca_signed_is_searched(
+    tls_slapd: tuple[LdapSettings, TlsFiles],
+) -> None:
+    settings, _ = tls_slapd
+    directory = Directory(settings)
+    directory.ensure_tree()
+    person = {"uid": "tls-ada", "cn": "Ada", "sn": "Ada"}
+    directory.add(f"uid=tls-ada,{directory.people}", ["inetOrgPerson"], person)
+    found = asyncio.run(directory.find(Identities(ldap_uids=["tls-ada"])))
+    assert [e.uid for e in found] == [["tls-ada"]]
+
+
+def test_a_certificate_from_another_ca_is_refused(
+    tls_slapd: tuple[LdapSettings, TlsFiles], tmp_path: Path
+) -> None:
+    settings, _ = tls_slapd
+    stranger = make_tls_files(tmp_path, "stranger")
+    with pytest.raises(LdapError, match="SERVER_DOWN"):
+        Directory(settings.model_copy(update={"ca_file": stranger.ca})).connect()
+
+
+def test_a_certificate_for_another_host_is_refused(tmp_path: Path) -> None:
+    """Signed by the CA the worker trusts, but for directory.example: the worker asked for
+    127.0.0.1, so a machine in the middle holding any certificate of that CA gets nowhere."""
+    files = make_tls_files(tmp_path / "tls", "other-host", hosts=("directory.example",))
+    plain, secure = free_port(), free_port()
+    base, admin, password = "dc=lethe,dc=test", "cn=admin,dc=lethe,dc=test", uuid4().hex
+    process = start_slapd(
+        tmp_path, plain, base, admin, password, tmp_path / "logs", tls=(files.cert, files.key, secure)
+    )
+    try:
+        settings = LdapSettings(
+            url=f"ldaps://127.0.0.1:{secure}",
+            bind_dn=admin,
+            password=password,  # type: ignore[arg-type]
+            base_dn=base,
+            ca_file=files.ca,
+        )
+        with pytest.raises(LdapError, match="SERVER_DOWN"):
+            Directory(settings).connect()
+        # Without checks (a development stack only) the same server answers: it was the name.
+        lax = Directory(settings.model_copy(update={"ca_file": None}), development=True)
+        lax.connect().unbind_s()
+    finally:
+        stop(process)
