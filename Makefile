@@ -19,11 +19,12 @@ $(STAMP): pyproject.toml | system-deps
 # Chromium (the report and dashboard are checked in a real browser).
 system-deps:
 	@{ command -v slapd >/dev/null 2>&1 || [ -x /usr/sbin/slapd ]; } && [ -f /usr/include/ldap.h ] \
-	  && [ -f /usr/include/sasl/sasl.h ] || { \
-	  echo "installing slapd, ldap-utils and OpenLDAP's headers from Debian packages"; \
+	  && [ -f /usr/include/sasl/sasl.h ] && command -v gcc >/dev/null 2>&1 \
+	  && [ -f "$$($(PYTHON) -c 'import sysconfig; print(sysconfig.get_paths()["include"])')/Python.h" ] || { \
+	  echo "installing slapd, ldap-utils, OpenLDAP's headers and a C compiler from Debian packages"; \
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq slapd ldap-utils \
-	    libldap2-dev libsasl2-dev >/dev/null; }
+	    libldap-dev libsasl2-dev gcc python3-dev >/dev/null; }
 
 browser-deps:
 	@[ -x /usr/bin/chromium ] || { \

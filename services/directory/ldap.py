@@ -1,16 +1,22 @@
 """The LDAP side of the directory worker, on python-ldap: OpenLDAP's own client library, whose
 BER encoding is C (ldap3's pure-Python BER cost nine times the CPU per search, and the
 directory worker twice the CPU of any other). python-ldap is synchronous, so every call runs in
-a worker thread with a connection of its own, made once and kept."""
+a thread of the directory's own pool with a connection of its own, made once and kept.
+
+Each call has a deadline of its own: libldap's timeouts do not cover an ldaps:// handshake
+(with GnuTLS, a server that accepts and never answers held the call for good). A call past its
+deadline fails (the command is tried again later); its thread stays blocked until the server
+answers or goes, in the directory's own pool, so nothing else waits for it."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, TypeVar
 
 import ldap
 from ldap.filter import escape_filter_chars
@@ -26,7 +32,10 @@ from shared.telemetry.messaging import TRACER
 
 NO_SUCH_OBJECT = 32
 ALREADY_EXISTS = 68
+CALL_TIMEOUT_S = 30.0  # a whole call: connect, bind, each base's search (10 s each at most)
+THREADS = 8  # the worker's concurrency: one connection per subject being handled
 Attributes = dict[str, list[str]]  # names in lower case, values as text
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -65,13 +74,25 @@ def _results() -> Iterator[None]:
 
 
 class Directory:
-    def __init__(self, settings: LdapSettings, development: bool = False) -> None:
+    def __init__(
+        self, settings: LdapSettings, development: bool = False, call_timeout_s: float = CALL_TIMEOUT_S
+    ) -> None:
         self.settings = settings
         self.tls = tls_for(settings, development)
         self.tree = settings.tree()
         self.people = str(self.tree.subject_bases[0])  # where the seed writes
         self.restricted = str(self.tree.restricted)
+        self.call_timeout_s = call_timeout_s
         self._local = threading.local()
+        self._threads = ThreadPoolExecutor(THREADS, thread_name_prefix="ldap")
+
+    async def call(self, work: Callable[..., R], *args: object) -> R:
+        """`work` in the directory's own threads, within the call deadline (TimeoutError past it)."""
+        loop = asyncio.get_running_loop()
+        return await asyncio.wait_for(loop.run_in_executor(self._threads, work, *args), self.call_timeout_s)
+
+    def close(self) -> None:
+        self._threads.shutdown(wait=False, cancel_futures=True)
 
     def connect(self) -> LDAPObject:
         """A bound connection. Referrals are never chased: the bind would go to whatever
@@ -80,6 +101,8 @@ class Directory:
             conn = ldap.initialize(self.settings.url)
             conn.set_option(ldap.OPT_PROTOCOL_VERSION, ldap.VERSION3)
             conn.set_option(ldap.OPT_REFERRALS, 0)
+            # Aliases are not followed: one inside a subscriber subtree may name an entry outside.
+            conn.set_option(ldap.OPT_DEREF, ldap.DEREF_NEVER)
             conn.set_option(ldap.OPT_NETWORK_TIMEOUT, 5.0)
             conn.set_option(ldap.OPT_TIMEOUT, 10.0)
             if self.tls is not None:
@@ -116,7 +139,7 @@ class Directory:
 
     async def find(self, ids: Identities) -> list[Entry]:
         query = subject_filter(ids)
-        return [] if query is None else await asyncio.to_thread(self._search, query)
+        return [] if query is None else await self.call(self._search, query)
 
     def is_restricted(self, dn: str) -> bool:
         return self.tree.is_restricted(Dn.parse(dn))
@@ -155,7 +178,7 @@ class Directory:
                     for uid in attributes.get("uid", [])
                 )
 
-        return await asyncio.to_thread(search)
+        return await self.call(search)
 
     def search_all(self, query: str, attributes: Sequence[str] = ("uid",)) -> list[tuple[str, Attributes]]:
         """Every entry under the base DN that the filter matches, wherever it is: for tools and
@@ -171,7 +194,7 @@ class Directory:
     async def existing(self, entry_uuids: Sequence[str]) -> set[str]:
         if not entry_uuids:
             return set()
-        return {e.entry_uuid for e in await asyncio.to_thread(self._search, uuid_filter(entry_uuids))}
+        return {e.entry_uuid for e in await self.call(self._search, uuid_filter(entry_uuids))}
 
     def ensure_tree(self) -> None:
         """The restricted container, the worker's own, is made if missing, and so is the
@@ -192,14 +215,14 @@ class Directory:
                     raise
 
     async def delete(self, entry_uuids: Sequence[str], known: Mapping[str, str] | None = None) -> None:
-        await asyncio.to_thread(self._apply, entry_uuids, "delete", known or {})
+        await self.call(self._apply, entry_uuids, "delete", known or {})
 
     async def move(
         self, entry_uuids: Sequence[str], restricted: bool, known: Mapping[str, str] | None = None
     ) -> None:
         """Into the restricted container, or back under the parent it came from."""
         change: Change = "restrict" if restricted else "lift"
-        await asyncio.to_thread(self._apply, entry_uuids, change, known or {})
+        await self.call(self._apply, entry_uuids, change, known or {})
 
     def _apply(self, entry_uuids: Sequence[str], change: Change, known: Mapping[str, str]) -> None:
         """Delete or move each entry; an entry already gone counts as done. `known` maps
@@ -220,7 +243,9 @@ class Directory:
                 self._change(conn, dn, change)
 
     def _change(self, conn: LDAPObject, dn_text: str, change: Change) -> bool:
-        """Delete or move one entry; False if there is no entry at that DN."""
+        """Delete or move one entry; False if there is no entry at that DN. A move whose
+        destination is missing (a lift to a parent deleted since) raises: read as "entry gone",
+        the entry would stay restricted and the lift be reported done."""
         dn = Dn.parse(dn_text)
         try:
             if change == "delete":
@@ -235,6 +260,9 @@ class Directory:
             conn.rename_s(dn_text, dn.rdn, newsuperior=str(parent), delold=1)
             return True
         except ldap.NO_SUCH_OBJECT:
+            if change != "delete" and _exists(conn, dn_text):
+                missing = f"LDAP result {NO_SUCH_OBJECT}: the destination of a move is missing"
+                raise LdapError(missing, NO_SUCH_OBJECT) from None
             return False
 
 
@@ -253,12 +281,24 @@ def _configure_tls(conn: LDAPObject, tls: TlsChecks) -> None:
 
 
 def _search(conn: LDAPObject, base: str, query: str, attributes: list[str]) -> list[tuple[str, Attributes]]:
-    """(DN, attributes) of each entry found; search references (a DN of None) are not followed."""
-    return [
-        (dn, {name.lower(): [v.decode("utf-8", "replace") for v in values] for name, values in found.items()})
-        for dn, found in conn.search_ext_s(base, ldap.SCOPE_SUBTREE, query, attributes)
-        if dn is not None
-    ]
+    """(DN, attributes) of each entry found. A search reference (part of the subtree held by
+    another server, a DN of None here) fails the search: followed, the bind would go wherever it
+    names; skipped, an incomplete search would read as complete and an erasure as done."""
+    found = []
+    for dn, values in conn.search_ext_s(base, ldap.SCOPE_SUBTREE, query, attributes):
+        if dn is None:
+            raise LdapError("search reference: part of the subtree is on another server (not followed)")
+        text = {name.lower(): [v.decode("utf-8", "replace") for v in vs] for name, vs in values.items()}
+        found.append((dn, text))
+    return found
+
+
+def _exists(conn: LDAPObject, dn: str) -> bool:
+    try:
+        conn.search_ext_s(dn, ldap.SCOPE_BASE, "(objectClass=*)", ["1.1"])
+    except ldap.NO_SUCH_OBJECT:
+        return False
+    return True
 
 
 def add_entry(conn: LDAPObject, dn: str, classes: Sequence[str], attributes: Mapping[str, str]) -> bool:

@@ -22,7 +22,11 @@ class LdapSettings(BaseSettings):
 
     url: str = Field("ldap://127.0.0.1:389", description="LDAP server URL.")
     bind_dn: str = Field("cn=admin,dc=lethe,dc=test", description="DN the worker binds as.")
-    password: SecretStr = Field(description="Password of the bind DN.")
+    password: SecretStr = Field(
+        min_length=1,
+        description="Password of the bind DN (an empty one would be an unauthenticated bind, which a"
+        " directory may allow and then show nothing: an erasure that found no one).",
+    )
     base_dn: str = Field("dc=lethe,dc=test", description="Suffix holding the directory.")
     subject_bases: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
@@ -36,6 +40,18 @@ class LdapSettings(BaseSettings):
         description="CA certificate(s) that sign the directory's TLS certificate: required for ldaps://"
         " (a machine in the middle would otherwise get the bind password).",
     )
+
+    @field_validator("url")
+    @classmethod
+    def _one_server(cls, value: str) -> str:
+        """One ldap://, ldaps:// or ldapi:// URL. libldap takes a list and falls back along it:
+        `ldaps://a ldap://b` would send the bind password in clear to b when a is away."""
+        scheme, sep, rest = value.partition("://")
+        if not sep or scheme.lower() not in ("ldap", "ldaps", "ldapi"):
+            raise ValueError("LETHE_LDAP_URL: one ldap://, ldaps:// or ldapi:// URL expected")
+        if not rest or any(c.isspace() or c == "," for c in value):
+            raise ValueError("LETHE_LDAP_URL: one server only (no list, no spaces)")
+        return value
 
     @field_validator("subject_bases", mode="before")
     @classmethod

@@ -4,7 +4,6 @@ committed as it happens (see shared.worker.ports.StoreSession)."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Self
@@ -86,7 +85,7 @@ class DirectoryAdapter:
         await ensure_database(self.database_url)
         self._pool = await create_pool(self.database_url)
         await apply_schema(self._pool, WORKER_JOURNAL_DDL, JOURNAL_STRIP_DDL)
-        await asyncio.to_thread(self.directory.ensure_tree)
+        await self.directory.call(self.directory.ensure_tree)
 
     async def ping(self) -> bool:
         """The directory answers a search (the journal database is checked by the runtime)."""
@@ -94,7 +93,7 @@ class DirectoryAdapter:
         return True
 
     async def close(self) -> None:
-
+        self.directory.close()
         if self._pool is not None:
             await self._pool.close()
 

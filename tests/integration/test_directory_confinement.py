@@ -197,3 +197,49 @@ async def test_a_subject_base_that_disappears_fails_the_search_rather_than_findi
             await adapter.directory.find(Identities(ldap_uids=["anyone"]))
     finally:
         await adapter.close()
+
+
+async def test_a_lift_to_a_parent_deleted_since_fails_rather_than_reporting_it_done(
+    fresh_db: str, slapd: LdapSettings
+) -> None:
+    """The modifyDN's "no such object" names the missing new parent, not the entry: read as
+    "entry gone", the entry stayed restricted and the lift was reported done."""
+    base, mail = slapd.base_dn, f"cy-{uuid4().hex[:6]}@example.org"
+    branch = f"ou=branch-{uuid4().hex[:6]},ou=people,{base}"
+    add_ou(slapd, f"ou=people,{base}")
+    add_ou(slapd, branch)
+    add(slapd, f"uid=cy,{branch}", ["inetOrgPerson"], cn="Cy", sn="Cy", uid="cy", mail=mail)
+    ids = Identities(emails=[mail])
+    adapter = DirectoryAdapter(fresh_db, slapd)
+    await adapter.start()
+    try:
+        assert (await run(adapter, RestrictSubject, ids)).status == "done"
+        with Directory(slapd).session() as conn:
+            conn.delete_s(branch)
+        with pytest.raises(LdapError, match="destination of a move is missing"):
+            await run(adapter, LiftRestriction, ids)
+        assert all(d.below(Dn.parse(f"ou=restricted,{base}")) for d in where(slapd, mail))
+    finally:
+        await adapter.close()
+
+
+async def test_a_search_reference_in_a_subtree_fails_the_search(fresh_db: str, slapd: LdapSettings) -> None:
+    """Part of a subscriber subtree held by another server: the search is incomplete, so it
+    fails (an erasure reported done would leave whatever lives there); it is not followed."""
+    base = slapd.base_dn
+    people = f"ou=people-{uuid4().hex[:6]},{base}"
+    add_ou(slapd, people)
+    add(
+        slapd,
+        f"ou=elsewhere,{people}",
+        ["referral", "extensibleObject"],
+        ou="elsewhere",
+        ref=f"ldap://10.255.255.1/ou=elsewhere,{people}",
+    )
+    adapter = DirectoryAdapter(fresh_db, with_bases(slapd, people))
+    await adapter.start()
+    try:
+        with pytest.raises(LdapError, match="search reference"):
+            await adapter.directory.find(Identities(ldap_uids=["anyone"]))
+    finally:
+        await adapter.close()

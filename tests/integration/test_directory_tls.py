@@ -5,6 +5,8 @@ before the bind password is sent."""
 from __future__ import annotations
 
 import asyncio
+import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from uuid import uuid4
@@ -85,3 +87,30 @@ def test_a_certificate_for_another_host_is_refused(tmp_path: Path) -> None:
         lax.connect().unbind_s()
     finally:
         stop(process)
+
+
+async def test_a_server_that_never_answers_the_handshake_fails_the_call_at_its_deadline(
+    tmp_path: Path,
+) -> None:
+    """libldap's timeouts do not cover an ldaps:// handshake: a listener that accepts and says
+    nothing held the call (and its thread) for good. The call fails at its deadline, and the
+    next one is not queued behind it."""
+    files = make_tls_files(tmp_path, "silent")
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        port = listener.getsockname()[1]
+        settings = LdapSettings(
+            url=f"ldaps://127.0.0.1:{port}",
+            password="p",  # type: ignore[arg-type]
+            ca_file=files.ca,
+        )
+        directory = Directory(settings, call_timeout_s=1.0)
+        try:
+            started = time.monotonic()
+            for _ in range(2):
+                with pytest.raises(TimeoutError):
+                    await directory.find(Identities(ldap_uids=["anyone"]))
+            assert time.monotonic() - started < 5
+        finally:
+            directory.close()

@@ -108,3 +108,25 @@ def test_a_token_id_may_be_what_earlier_versions_took_but_never_hold_a_control_c
     assert parse("lethe_ci.main@build:7_" + "s" * 40) == ("ci.main@build:7", "s" * 40)
     assert parse("lethe_a\x00b_secret") is None  # a cookie's NUL reached the database: a 500
     assert parse("lethe_a\x7fb_secret") is None and parse("lethe__secret") is None
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "ldaps://a.example:636 ldap://b.example:389",
+        "ldaps://a.example,ldap://b.example",
+        "http://x",
+        "a.example",
+    ],
+)
+def test_the_directory_url_is_one_ldap_server(url: str) -> None:
+    """libldap falls back along a list: `ldaps://a ldap://b` would bind to b in clear."""
+    with pytest.raises(ValueError, match="LETHE_LDAP_URL"):
+        LdapSettings(url=url, password="p")  # type: ignore[arg-type]
+
+
+def test_an_empty_directory_password_is_refused() -> None:
+    """An empty password is an unauthenticated bind, which a directory may allow and then show
+    nothing: every erasure would find no one and report itself done."""
+    with pytest.raises(ValueError, match="password"):
+        LdapSettings(password="")  # type: ignore[arg-type]
