@@ -46,6 +46,17 @@ def describe_validation_error(exc: ValidationError) -> tuple[str, str]:
     return describe_error(first["loc"], first["type"], first["msg"], first.get("input"))
 
 
+_ADAPTERS: dict[type[Any], TypeAdapter[Any]] = {}
+
+
+def _adapter(target: type[T]) -> TypeAdapter[T]:
+    """Built once per type: building one each message cost a seventh of a decode."""
+    adapter = _ADAPTERS.get(target)
+    if adapter is None:
+        adapter = _ADAPTERS[target] = TypeAdapter(target)
+    return adapter
+
+
 def decode(raw: bytes | None, target: type[T] | TypeAdapter[T]) -> T:
     if raw is None:
         raise PoisonMessage("(value)", "empty message")
@@ -63,7 +74,7 @@ def decode(raw: bytes | None, target: type[T] | TypeAdapter[T]) -> T:
         # Only a number is quoted: the error travels in clear (logs, a dead letter's header).
         shown = version if isinstance(version, int) else "(not a number)"
         raise PoisonMessage("schema_version", f"unsupported version {shown}")
-    adapter = target if isinstance(target, TypeAdapter) else TypeAdapter(target)
+    adapter = target if isinstance(target, TypeAdapter) else _adapter(target)
     try:
         return adapter.validate_python(data)
     except ValidationError as exc:

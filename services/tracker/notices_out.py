@@ -11,6 +11,7 @@ import asyncpg
 from services.tracker.recipients import installed, installed_seal
 from shared import topics
 from shared.contracts.notices import NotifyRecipient
+from shared.identity import Identities
 from shared.outbox import enqueue_many
 
 if TYPE_CHECKING:
@@ -22,6 +23,7 @@ async def send_planned(conn: asyncpg.Connection, loaded: Loaded) -> None:
     planned, saga.recipients.new = saga.recipients.new, []
     if not planned:
         return
+    identifiers = _opened(loaded)  # once for all the notices: each open decrypts
     await enqueue_many(
         conn,
         [
@@ -35,7 +37,7 @@ async def send_planned(conn: asyncpg.Connection, loaded: Loaded) -> None:
                     recipient_id=n.recipient_id,
                     request_type=saga.request_type,
                     categories=n.categories,
-                    sealed_identifiers=_identifiers_for(loaded, n.recipient_id),
+                    sealed_identifiers=_identifiers_for(identifiers, n.recipient_id),
                     must_acknowledge=n.must_acknowledge,
                     acknowledge_by=n.acknowledge_by,
                 ),
@@ -45,9 +47,16 @@ async def send_planned(conn: asyncpg.Connection, loaded: Loaded) -> None:
     )
 
 
-def _identifiers_for(loaded: Loaded, recipient_id: str) -> str | None:
+def _opened(loaded: Loaded) -> Identities | None:
     seal = installed_seal()
     if seal is None or loaded.sealed_identifiers is None:
         return None
-    chosen = installed().identifiers_for(recipient_id, seal.open(loaded.sealed_identifiers))
+    return seal.open(loaded.sealed_identifiers)
+
+
+def _identifiers_for(identifiers: Identities | None, recipient_id: str) -> str | None:
+    seal = installed_seal()
+    if seal is None or identifiers is None:
+        return None
+    chosen = installed().identifiers_for(recipient_id, identifiers)
     return seal.seal(chosen) if chosen else None

@@ -135,11 +135,19 @@ async def _append_audit(conn: asyncpg.Connection, loaded: Loaded) -> list[AuditE
         )
         added.append(entry)
         prev = entry.hash
-    if added:
-        await conn.executemany(
+    if added:  # one statement, not one execution per entry
+        await conn.execute(
             "INSERT INTO audit_log (request_id, seq, at, kind, detail, prev_hash, hash)"
-            " VALUES ($1,$2,$3,$4,$5::jsonb,$6,$7)",
-            [(e.request_id, e.seq, e.at, e.kind, json.dumps(e.detail), e.prev_hash, e.hash) for e in added],
+            " SELECT $1, seq, at, kind, detail::jsonb, prev_hash, hash FROM unnest("
+            "$2::integer[], $3::timestamptz[], $4::text[], $5::text[], $6::text[], $7::text[])"
+            " AS e(seq, at, kind, detail, prev_hash, hash)",
+            saga.request_id,
+            [e.seq for e in added],
+            [e.at for e in added],
+            [e.kind for e in added],
+            [json.dumps(e.detail) for e in added],
+            [e.prev_hash for e in added],
+            [e.hash for e in added],
         )
     saga.audit.clear()
     loaded.trail = trail + added
@@ -276,27 +284,28 @@ async def save(conn: asyncpg.Connection, loaded: Loaded, was_final: bool) -> Non
         json.dumps(saga.recipients.to_json()),
     )
     changed = [s for s in saga.slots.values() if s != loaded.as_loaded.get(s.system)]
-    if changed:  # an answer changes one slot, not five; an extension none
-        await conn.executemany(
-            "UPDATE saga_systems SET state = $3, attempts = $4, dispatched_at = $5, command_id = $6,"
-            " answered_at = $7, outcome = $8::jsonb, error = $9, deferred = $10::jsonb, rounds = $11::jsonb"
-            " WHERE request_id = $1 AND system = $2",
-            [
-                (
-                    saga.request_id,
-                    s.system,
-                    s.state.value,
-                    s.attempts,
-                    s.dispatched_at,
-                    s.command_id,
-                    s.answered_at,
-                    s.outcome.model_dump_json() if s.outcome else None,
-                    s.error,
-                    json.dumps([d.model_dump(mode="json") for d in s.deferred]),
-                    json.dumps([r.model_dump(mode="json") for r in s.rounds]),
-                )
-                for s in changed
-            ],
+    if changed:  # an answer changes one slot, not five; an extension none. One statement.
+        await conn.execute(
+            "UPDATE saga_systems s SET state = u.state, attempts = u.attempts,"
+            " dispatched_at = u.dispatched_at, command_id = u.command_id, answered_at = u.answered_at,"
+            " outcome = u.outcome::jsonb, error = u.error, deferred = u.deferred::jsonb,"
+            " rounds = u.rounds::jsonb"
+            " FROM unnest($2::text[], $3::text[], $4::integer[], $5::timestamptz[], $6::uuid[],"
+            " $7::timestamptz[], $8::text[], $9::text[], $10::text[], $11::text[])"
+            " AS u(system, state, attempts, dispatched_at, command_id, answered_at, outcome, error,"
+            " deferred, rounds)"
+            " WHERE s.request_id = $1 AND s.system = u.system",
+            saga.request_id,
+            [s.system for s in changed],
+            [s.state.value for s in changed],
+            [s.attempts for s in changed],
+            [s.dispatched_at for s in changed],
+            [s.command_id for s in changed],
+            [s.answered_at for s in changed],
+            [s.outcome.model_dump_json() if s.outcome else None for s in changed],
+            [s.error for s in changed],
+            [json.dumps([d.model_dump(mode="json") for d in s.deferred]) for s in changed],
+            [json.dumps([r.model_dump(mode="json") for r in s.rounds]) for s in changed],
         )
     await _append_audit(conn, loaded)
     just_finished = status.is_final and not was_final

@@ -57,13 +57,14 @@ async def start_saga(
         )
         if not inserted:
             return
-        await conn.executemany(
+        await conn.execute(
             "INSERT INTO saga_systems (request_id, system, state, attempts, dispatched_at, command_id)"
-            " VALUES ($1, $2, 'dispatched', 1, $3, $4)",
-            [
-                (event.request_id, system, event.occurred_at, event.command_ids.get(system, uuid4()))
-                for system in event.systems
-            ],
+            " SELECT $1, system, 'dispatched', 1, $2, command_id"
+            " FROM unnest($3::text[], $4::uuid[]) AS s(system, command_id)",
+            event.request_id,
+            event.occurred_at,
+            list(event.systems),
+            [event.command_ids.get(system, uuid4()) for system in event.systems],
         )
         loaded = await load(conn, event.request_id)
         assert loaded is not None
