@@ -11,6 +11,8 @@ answers or goes, in the directory's own pool, so nothing else waits for it."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -87,9 +89,12 @@ class Directory:
         self._threads = ThreadPoolExecutor(THREADS, thread_name_prefix="ldap")
 
     async def call(self, work: Callable[..., R], *args: object) -> R:
-        """`work` in the directory's own threads, within the call deadline (TimeoutError past it)."""
+        """`work` in the directory's own threads, within the call deadline (TimeoutError past it),
+        in the caller's context (as asyncio.to_thread: its spans are the command's children)."""
         loop = asyncio.get_running_loop()
-        return await asyncio.wait_for(loop.run_in_executor(self._threads, work, *args), self.call_timeout_s)
+        context = contextvars.copy_context()
+        running = loop.run_in_executor(self._threads, functools.partial(context.run, work, *args))
+        return await asyncio.wait_for(running, self.call_timeout_s)
 
     def close(self) -> None:
         self._threads.shutdown(wait=False, cancel_futures=True)

@@ -4,12 +4,15 @@ survive the round trip. The slapd is shared by the session: each test has people
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
 import pytest
 from ldap.filter import escape_filter_chars
 
+from cli.processes import free_port, stop
+from cli.slapd import start_slapd
 from services.directory.dn import Dn, unescape
 from services.directory.ldap import Directory, LdapError, LdapSettings
 from services.directory.store import DirectoryAdapter
@@ -223,23 +226,29 @@ async def test_a_lift_to_a_parent_deleted_since_fails_rather_than_reporting_it_d
         await adapter.close()
 
 
-async def test_a_search_reference_in_a_subtree_fails_the_search(fresh_db: str, slapd: LdapSettings) -> None:
+async def test_a_search_reference_in_a_subtree_fails_the_search(fresh_db: str, tmp_path: Path) -> None:
     """Part of a subscriber subtree held by another server: the search is incomplete, so it
-    fails (an erasure reported done would leave whatever lives there); it is not followed."""
-    base = slapd.base_dn
-    people = f"ou=people-{uuid4().hex[:6]},{base}"
-    add_ou(slapd, people)
-    add(
-        slapd,
-        f"ou=elsewhere,{people}",
-        ["referral", "extensibleObject"],
-        ou="elsewhere",
-        ref=f"ldap://10.255.255.1/ou=elsewhere,{people}",
-    )
-    adapter = DirectoryAdapter(fresh_db, with_bases(slapd, people))
-    await adapter.start()
+    fails (an erasure reported done would leave whatever lives there); it is not followed. A
+    slapd of its own: a referral object makes every search of the whole directory fail."""
+    base, admin, password = "dc=lethe,dc=test", "cn=admin,dc=lethe,dc=test", uuid4().hex
+    port = free_port()
+    process = start_slapd(tmp_path, port, base, admin, password, tmp_path / "logs")
     try:
-        with pytest.raises(LdapError, match="search reference"):
-            await adapter.directory.find(Identities(ldap_uids=["anyone"]))
+        own = LdapSettings(url=f"ldap://127.0.0.1:{port}", bind_dn=admin, password=password, base_dn=base)  # type: ignore[arg-type]
+        add_ou(own, f"ou=people,{base}")
+        add(
+            own,
+            f"ou=elsewhere,ou=people,{base}",
+            ["referral", "extensibleObject"],
+            ou="elsewhere",
+            ref=f"ldap://10.255.255.1/ou=elsewhere,ou=people,{base}",
+        )
+        adapter = DirectoryAdapter(fresh_db, own)
+        await adapter.start()
+        try:
+            with pytest.raises(LdapError, match="search reference"):
+                await adapter.directory.find(Identities(ldap_uids=["anyone"]))
+        finally:
+            await adapter.close()
     finally:
-        await adapter.close()
+        stop(process)
