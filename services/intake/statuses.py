@@ -20,6 +20,9 @@ async def fold_statuses(pool: asyncpg.Pool, records: list[ConsumerRecord[bytes, 
     older than what intake holds (read again after a broker loss) changes nothing, reviews
     included: their states would go back."""
     event = max((decode(r.value, RequestStatusChanged) for r in records), key=lambda e: e.version)
+    if event.report is None or not event.report.reviews:
+        await store.apply_status(pool, event)  # one statement, atomic on its own: no BEGIN, COMMIT
+        return
     async with pool.acquire() as conn, conn.transaction():
         if await store.apply_status(conn, event):
             await reviews.fold(conn, event)
