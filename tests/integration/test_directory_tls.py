@@ -8,6 +8,7 @@ import asyncio
 import socket
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from uuid import uuid4
 
@@ -22,24 +23,37 @@ from tests.certs import TlsFiles, make_tls_files
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def tls_slapd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LdapSettings, TlsFiles]]:
-    workdir = tmp_path_factory.mktemp("slapd-tls")
-    files = make_tls_files(workdir / "tls", "slapd")
+@contextmanager
+def slapd_over_tls(
+    workdir: Path, hosts: tuple[str, ...] = ("localhost", "127.0.0.1")
+) -> Iterator[tuple[LdapSettings, TlsFiles]]:
+    """A throwaway slapd with an ldaps:// listener whose certificate names `hosts`, and the
+    settings that reach it there, checking against its CA."""
+    files = make_tls_files(workdir / "tls", "slapd", hosts=hosts)
     plain, secure = free_port(), free_port()
     base, admin, password = "dc=lethe,dc=test", "cn=admin,dc=lethe,dc=test", uuid4().hex
     process = start_slapd(
         workdir, plain, base, admin, password, workdir / "logs", tls=(files.cert, files.key, secure)
     )
-    settings = LdapSettings(
-        url=f"ldaps://127.0.0.1:{secure}",
-        bind_dn=admin,
-        password=password,  # type: ignore[arg-type]
-        base_dn=base,
-        ca_file=files.ca,
-    )
-    yield settings, files
-    stop(process)
+    try:
+        yield (
+            LdapSettings(
+                url=f"ldaps://127.0.0.1:{secure}",
+                bind_dn=admin,
+                password=password,  # type: ignore[arg-type]
+                base_dn=base,
+                ca_file=files.ca,
+            ),
+            files,
+        )
+    finally:
+        stop(process)
+
+
+@pytest.fixture(scope="module")
+def tls_slapd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LdapSettings, TlsFiles]]:
+    with slapd_over_tls(tmp_path_factory.mktemp("slapd-tls")) as running:
+        yield running
 
 
 def test_a_directory_whose_certificate_the_ca_signed_is_searched(
@@ -66,27 +80,12 @@ def test_a_certificate_from_another_ca_is_refused(
 def test_a_certificate_for_another_host_is_refused(tmp_path: Path) -> None:
     """Signed by the CA the worker trusts, but for directory.example: the worker asked for
     127.0.0.1, so a machine in the middle holding any certificate of that CA gets nowhere."""
-    files = make_tls_files(tmp_path / "tls", "other-host", hosts=("directory.example",))
-    plain, secure = free_port(), free_port()
-    base, admin, password = "dc=lethe,dc=test", "cn=admin,dc=lethe,dc=test", uuid4().hex
-    process = start_slapd(
-        tmp_path, plain, base, admin, password, tmp_path / "logs", tls=(files.cert, files.key, secure)
-    )
-    try:
-        settings = LdapSettings(
-            url=f"ldaps://127.0.0.1:{secure}",
-            bind_dn=admin,
-            password=password,  # type: ignore[arg-type]
-            base_dn=base,
-            ca_file=files.ca,
-        )
+    with slapd_over_tls(tmp_path, hosts=("directory.example",)) as (settings, _):
         with pytest.raises(LdapError, match="SERVER_DOWN"):
             Directory(settings).connect()
         # Without checks (a development stack only) the same server answers: it was the name.
         lax = Directory(settings.model_copy(update={"ca_file": None}), development=True)
         lax.connect().unbind_s()
-    finally:
-        stop(process)
 
 
 async def test_a_server_that_never_answers_the_handshake_fails_the_call_at_its_deadline(
