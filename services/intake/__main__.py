@@ -175,6 +175,9 @@ async def main(stop: asyncio.Event) -> None:
                         pool, register, decode(record.value, NotifyRecipient), datetime.now(UTC)
                     ),
                     publisher,
+                    lambda records: notices.take_many(
+                        pool, register, [decode(r.value, NotifyRecipient) for r in records], datetime.now(UTC)
+                    ),
                 )
             ),
             asyncio.create_task(

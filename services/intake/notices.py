@@ -79,39 +79,54 @@ async def report(conn: asyncpg.Connection, row: asyncpg.Record, at: datetime, **
 
 
 async def take(pool: asyncpg.Pool, register: RegisterFile, command: NotifyRecipient, now: datetime) -> None:
+    await take_many(pool, register, [command], now)
+
+
+async def take_many(
+    pool: asyncpg.Pool, register: RegisterFile, commands: list[NotifyRecipient], now: datetime
+) -> None:
+    """The tracker's commands of one request, in one transaction (a change plans its notices
+    together: under load they arrive together)."""
+    async with pool.acquire() as conn, conn.transaction():
+        for command in commands:
+            await _take(conn, register, command, now)
+
+
+async def _take(
+    conn: asyncpg.Connection, register: RegisterFile, command: NotifyRecipient, now: datetime
+) -> None:
     """Store the tracker's command once (a redelivery finds it). A recipient this intake's
     register does not know (the two services were given different registers) cannot be sent
     anything: it is failed at once, and shows so."""
     recipient = register.get(command.recipient_id)
     channel = recipient.notify.channel if recipient else "webhook"
     state, error = ("pending", None) if recipient else ("failed", "recipient not in intake's register")
-    async with pool.acquire() as conn, conn.transaction():
-        row = await conn.fetchrow(
-            "INSERT INTO notices (notice_id, request_id, recipient_id, channel, request_type, categories,"
-            " sealed_identifiers, must_acknowledge, acknowledge_by, state, last_error, next_at)"
-            " VALUES ($1,$2,$3,$4,$5,$6::jsonb,$7,$8,$9,$10,$11,$12) ON CONFLICT DO NOTHING RETURNING *",
-            command.notice_id,
-            command.request_id,
-            command.recipient_id,
-            channel,
-            command.request_type.value,
-            json.dumps([c.model_dump(mode="json") for c in command.categories]),
-            command.sealed_identifiers,
-            command.must_acknowledge,
-            command.acknowledge_by,
-            state,
-            error,
-            now,
-        )
-        if row is not None and state == "failed":
-            await report(conn, row, now)
-        elif row is None:
-            # A command sent again (the tracker's recovery after a broker loss): the report of
-            # what became of it may be what was lost, so a settled notice is reported again.
-            # A pending one has nothing to report yet: its next try or closing will.
-            stored = await conn.fetchrow("SELECT * FROM notices WHERE notice_id = $1", command.notice_id)
-            if stored is not None and stored["state"] != "pending":
-                await report_again(conn, stored, now)
+    row = await conn.fetchrow(
+        "INSERT INTO notices (notice_id, request_id, recipient_id, channel, request_type, categories,"
+        " sealed_identifiers, must_acknowledge, acknowledge_by, state, last_error, next_at)"
+        " VALUES ($1,$2,$3,$4,$5,$6::jsonb,$7,$8,$9,$10,$11,$12) ON CONFLICT DO NOTHING RETURNING *",
+        command.notice_id,
+        command.request_id,
+        command.recipient_id,
+        channel,
+        command.request_type.value,
+        json.dumps([c.model_dump(mode="json") for c in command.categories]),
+        command.sealed_identifiers,
+        command.must_acknowledge,
+        command.acknowledge_by,
+        state,
+        error,
+        now,
+    )
+    if row is not None and state == "failed":
+        await report(conn, row, now)
+    elif row is None:
+        # A command sent again (the tracker's recovery after a broker loss): the report of
+        # what became of it may be what was lost, so a settled notice is reported again.
+        # A pending one has nothing to report yet: its next try or closing will.
+        stored = await conn.fetchrow("SELECT * FROM notices WHERE notice_id = $1", command.notice_id)
+        if stored is not None and stored["state"] != "pending":
+            await report_again(conn, stored, now)
 
 
 async def report_again(conn: asyncpg.Connection, row: asyncpg.Record, now: datetime) -> None:

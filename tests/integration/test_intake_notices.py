@@ -175,3 +175,18 @@ async def test_a_notice_that_can_never_be_sent_counts_no_try(pool: asyncpg.Pool)
     assert await sender.send_due(datetime.now(UTC) + timedelta(seconds=1)) == 0
     stored = await notices.get(pool, sent.notice_id, None)
     assert stored is not None and (stored["state"], stored["attempts"]) == ("failed", 0)
+
+
+async def test_a_requests_notices_taken_together_are_each_taken_as_alone(pool: asyncpg.Pool) -> None:
+    """The notices of one change arrive together and are stored in one transaction: a new one
+    waits to be sent, one for a recipient this register lacks fails (and is reported), and one
+    sent again after it failed is reported again; nothing is taken twice."""
+    resent, new, unknown = command(), command("printer"), command("nobody")
+    await notices.take(pool, REGISTER, resent, NOW)
+    await pool.execute("UPDATE notices SET state = 'failed' WHERE notice_id = $1", resent.notice_id)
+    await notices.take_many(pool, REGISTER, [resent, new, unknown], NOW)
+    states = {r["notice_id"]: r["state"] for r in await pool.fetch("SELECT notice_id, state FROM notices")}
+    assert states == {resent.notice_id: "failed", new.notice_id: "pending", unknown.notice_id: "failed"}
+    assert sorted(r["state"] for r in await reports(pool)) == ["failed", "failed"]
+    await notices.take_many(pool, REGISTER, [new, unknown], NOW)  # redelivered: each stored once
+    assert await pool.fetchval("SELECT count(*) FROM notices") == 3
