@@ -50,7 +50,9 @@ _ADAPTERS: dict[type[Any], TypeAdapter[Any]] = {}
 
 
 def _adapter(target: type[T]) -> TypeAdapter[T]:
-    """Built once per type: building one each message cost a seventh of a decode."""
+    """Built once per type: building one each message cost a seventh of a decode. For model
+    classes: a union or an annotated type built on the spot compares unequal to the next one
+    built alike, so callers pass those as a TypeAdapter of their own (SUBJECT_COMMAND)."""
     adapter = _ADAPTERS.get(target)
     if adapter is None:
         adapter = _ADAPTERS[target] = TypeAdapter(target)

@@ -258,5 +258,6 @@ async def _handle_group(
 
     try:
         return await _while_away(attempt, publisher, what)
-    except Exception:
+    except Exception as exc:  # the type only: a message may quote the input
+        log.warning("group failed; handled one by one", extra={"consumer": what, "error": type(exc).__name__})
         return None
