@@ -114,3 +114,44 @@ async def test_an_assignment_long_after_a_rewind_keeps_its_committed_offsets(
     await listener.on_partitions_assigned([TP])  # an ordinary rebalance, e.g. scale-out
     await offsets_of(consumer)
     assert consumer.seeks == []
+
+
+class PartitionState:
+    def __init__(self, position: int, highwater: int) -> None:
+        self.has_valid_position = True
+        self.position = position
+        self.highwater = highwater
+
+
+class StandingConsumer:
+    """One partition whose end, as the broker gives it, is `highwater`; seeks move the place."""
+
+    def __init__(self, position: int, highwater: int) -> None:
+        self.state = PartitionState(position, highwater)
+        assignment = type("Assignment", (), {"tps": [TP], "state_value": lambda _, tp: self.state})()
+        self._subscription = type(
+            "Subscription", (), {"subscription": type("S", (), {"assignment": assignment})}
+        )
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.state.position = offset
+
+
+def test_a_partition_that_ends_before_the_place_is_read_again_from_its_start_once() -> None:
+    """A broker that came back empty ends before the consumer's place: it reads from the start.
+    Back at that place by reading (the records were there), an end still given as before it
+    lags what the broker serves, and the consumer stays: sent back each time, it read its
+    partition from the start over and over. Forgotten for another reason (the sentinel's
+    rewind after a broker loss), the partition may be sent back again."""
+    consumer: Any = StandingConsumer(position=30, highwater=12)
+    rewinds = fetching.rewinds(consumer)
+    fetching._rewind_past_the_end(consumer, {})
+    assert consumer.state.position == 0 and fetching.rewinds(consumer) == rewinds + 1
+    for place in (30, 34):  # read up to it again, and past it
+        consumer.state.position = place
+        fetching._rewind_past_the_end(consumer, {})
+        assert consumer.state.position == place and fetching.rewinds(consumer) == rewinds + 1
+    fetching.read_from_start(consumer, [TP])  # the broker lost again: the sentinel's rewind
+    consumer.state.position = 40
+    fetching._rewind_past_the_end(consumer, {})
+    assert consumer.state.position == 0 and fetching.rewinds(consumer) == rewinds + 3
