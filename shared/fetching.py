@@ -32,11 +32,6 @@ _assigned_since: weakref.WeakKeyDictionary[AIOKafkaConsumer, set[TopicPartition]
     weakref.WeakKeyDictionary()
 )
 _rewinds: weakref.WeakKeyDictionary[AIOKafkaConsumer, int] = weakref.WeakKeyDictionary()
-# Per partition, the place a consumer stood when it was sent back to the start for standing past
-# the partition's end (_rewind_past_the_end); until the partition is forgotten for another reason.
-_past_end_from: weakref.WeakKeyDictionary[AIOKafkaConsumer, dict[TopicPartition, int]] = (
-    weakref.WeakKeyDictionary()
-)
 _last_rewind_at: float | None = None  # time.monotonic() of this process's last rewind_all
 # How long after a rewind a partition the group assigns is rewound too (see RewindLater).
 REWIND_WINDOW_S = 60.0
@@ -208,7 +203,6 @@ def forget(consumer: AIOKafkaConsumer, tp: TopicPartition) -> None:
     """Forget where a partition's records ended, before seeking it somewhere else on purpose
     (a topic that the broker forgot, read again from its start)."""
     _next.get(consumer, {}).pop(tp, None)
-    _past_end_from.get(consumer, {}).pop(tp, None)
     # Gaps counted before belong to the partition's old log: a new one starts counting anew.
     tries = _refetches.get(consumer, {})
     for key in [k for k in tries if k[0] == tp]:
@@ -261,27 +255,19 @@ def _rewind_past_the_end(consumer: AIOKafkaConsumer, batches: Batches) -> None:
     the sentinel check (rewind_all) can come too late: a consumer that rejoined its group in
     between may have committed its old positions to the new broker and fetched them back (a
     worker then waited minutes, in the fault suite, for commands sent right after a shed)."""
-    past = {
-        tp: state.position
+    past = [
+        tp
         for tp, state in _states(consumer).items()
         if tp not in batches
         and state.has_valid_position
         and state.highwater is not None
         and state.position > state.highwater
-    }
-    # Read from the start once already and back at (or past) that place: the records up to it
-    # were there to be read, so the log was not forgotten and the end the broker gives lags what
-    # it serves (tansu, after a restart whose produces collided). Sent back again, the consumer
-    # read its partition from the start over and over (the fault suite: 557 times in 6 minutes).
-    earlier = _past_end_from.get(consumer, {})
-    lagging = {tp for tp, place in past.items() if tp in earlier and place >= earlier[tp]}
-    rewound = [tp for tp in past if tp not in lagging]
-    read_from_start(consumer, rewound)
-    _past_end_from.setdefault(consumer, {}).update((tp, past[tp]) for tp in rewound)
-    if rewound:
+    ]
+    read_from_start(consumer, past)
+    if past:
         log.warning(
             "partitions that end before this consumer's place: read from their start",
-            extra={"partitions": len(rewound)},
+            extra={"partitions": len(past)},
         )
 
 
