@@ -33,7 +33,6 @@ from shared.identity import Identities
 from shared.telemetry.messaging import TRACER
 
 NO_SUCH_OBJECT = 32
-ALREADY_EXISTS = 68
 CALL_TIMEOUT_S = 30.0  # a whole call: connect, bind, each base's search (10 s each at most)
 THREADS = 8  # the worker's concurrency: one connection per subject being handled
 Attributes = dict[str, list[str]]  # names in lower case, values as text
@@ -156,7 +155,7 @@ class Directory:
         found: dict[str, Entry] = {}
         with _span("search") as span, self.bound() as conn:
             for base in self.tree.searched:
-                for dn, attributes in _search(conn, str(base), query, SEARCHED):
+                for dn, attributes in _search_subtree(conn, str(base), query, SEARCHED):
                     uuid = attributes["entryuuid"][0]
                     found[uuid] = Entry(
                         uuid,
@@ -179,7 +178,7 @@ class Directory:
                 return sorted(
                     uid
                     for base in self.tree.subject_bases
-                    for _, attributes in _search(conn, str(base), query, ["uid"])
+                    for _, attributes in _search_subtree(conn, str(base), query, ["uid"])
                     for uid in attributes.get("uid", [])
                 )
 
@@ -189,7 +188,7 @@ class Directory:
         """Every entry under the base DN that the filter matches, wherever it is: for tools and
         tests, which look at the whole directory (the worker searches only its subtrees)."""
         with self.session() as conn, _results():
-            return _search(conn, self.settings.base_dn, query, list(attributes))
+            return _search_subtree(conn, self.settings.base_dn, query, list(attributes))
 
     def add(self, dn: str, classes: Sequence[str], attributes: Mapping[str, str]) -> bool:
         """Add an entry unless one is there (False then): set-up and tests."""
@@ -211,13 +210,10 @@ class Directory:
                 _add_ou(conn, self.tree.subject_bases[0])
             _add_ou(conn, self.tree.restricted)
             for base in self.tree.subject_bases:
-                try:
-                    with _results():
-                        conn.search_ext_s(str(base), ldap.SCOPE_BASE, "(objectClass=*)", ["1.1"])
-                except LdapError as e:
-                    if e.code == NO_SUCH_OBJECT:
-                        raise LdapError(f"{BASES_VARIABLE}: {base} is not in the directory", e.code) from None
-                    raise
+                with _results():
+                    found = _exists(conn, str(base))
+                if not found:
+                    raise LdapError(f"{BASES_VARIABLE}: {base} is not in the directory", NO_SUCH_OBJECT)
 
     async def delete(self, entry_uuids: Sequence[str], known: Mapping[str, str] | None = None) -> None:
         await self.call(self._apply, entry_uuids, "delete", known or {})
@@ -243,7 +239,9 @@ class Directory:
                     unlocated.append(uuid)
             dns: list[str] = []
             for base in self.tree.searched if unlocated else ():
-                dns += [dn for dn, _ in _search(conn, str(base), uuid_filter(unlocated), ["entryUUID"])]
+                dns += [
+                    dn for dn, _ in _search_subtree(conn, str(base), uuid_filter(unlocated), ["entryUUID"])
+                ]
             for dn in dns:
                 self._change(conn, dn, change)
 
@@ -285,7 +283,9 @@ def _configure_tls(conn: LDAPObject, tls: TlsChecks) -> None:
     conn.set_option(ldap.OPT_X_TLS_NEWCTX, 0)
 
 
-def _search(conn: LDAPObject, base: str, query: str, attributes: list[str]) -> list[tuple[str, Attributes]]:
+def _search_subtree(
+    conn: LDAPObject, base: str, query: str, attributes: list[str]
+) -> list[tuple[str, Attributes]]:
     """(DN, attributes) of each entry found. A search reference (part of the subtree held by
     another server, a DN of None here) fails the search: followed, the bind would go wherever it
     names; skipped, an incomplete search would read as complete and an erasure as done."""
@@ -310,13 +310,11 @@ def add_entry(conn: LDAPObject, dn: str, classes: Sequence[str], attributes: Map
     """Add an entry unless one is there (False then)."""
     entry = [("objectClass", [c.encode() for c in classes])]
     entry += [(name, [value.encode()]) for name, value in attributes.items()]
-    try:
-        with _results():
+    with _results():
+        try:
             conn.add_s(dn, entry)
-    except LdapError as e:
-        if e.code == ALREADY_EXISTS:
+        except ldap.ALREADY_EXISTS:
             return False
-        raise
     return True
 
 

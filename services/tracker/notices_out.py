@@ -11,6 +11,7 @@ import asyncpg
 from services.tracker.recipients import installed, installed_seal
 from shared import topics
 from shared.contracts.notices import NotifyRecipient
+from shared.crypto import IdentifierSeal
 from shared.identity import Identities
 from shared.outbox import enqueue_many
 
@@ -23,7 +24,9 @@ async def send_planned(conn: asyncpg.Connection, loaded: Loaded) -> None:
     planned, saga.recipients.new = saga.recipients.new, []
     if not planned:
         return
-    identifiers = _opened(loaded)  # once for all the notices: each open decrypts
+    seal = installed_seal()
+    # Opened once for all the notices: each open decrypts.
+    opened = seal.open(loaded.sealed_identifiers) if seal and loaded.sealed_identifiers else None
     await enqueue_many(
         conn,
         [
@@ -37,7 +40,7 @@ async def send_planned(conn: asyncpg.Connection, loaded: Loaded) -> None:
                     recipient_id=n.recipient_id,
                     request_type=saga.request_type,
                     categories=n.categories,
-                    sealed_identifiers=_identifiers_for(identifiers, n.recipient_id),
+                    sealed_identifiers=_identifiers_for(seal, opened, n.recipient_id),
                     must_acknowledge=n.must_acknowledge,
                     acknowledge_by=n.acknowledge_by,
                 ),
@@ -47,16 +50,8 @@ async def send_planned(conn: asyncpg.Connection, loaded: Loaded) -> None:
     )
 
 
-def _opened(loaded: Loaded) -> Identities | None:
-    seal = installed_seal()
-    if seal is None or loaded.sealed_identifiers is None:
+def _identifiers_for(seal: IdentifierSeal | None, opened: Identities | None, recipient_id: str) -> str | None:
+    if seal is None or opened is None:
         return None
-    return seal.open(loaded.sealed_identifiers)
-
-
-def _identifiers_for(identifiers: Identities | None, recipient_id: str) -> str | None:
-    seal = installed_seal()
-    if seal is None or identifiers is None:
-        return None
-    chosen = installed().identifiers_for(recipient_id, identifiers)
+    chosen = installed().identifiers_for(recipient_id, opened)
     return seal.seal(chosen) if chosen else None
