@@ -16,10 +16,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import aiokafka.client
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError, TopicAlreadyExistsError
 from aiokafka.helpers import create_ssl_context
+from aiokafka.protocol.metadata import MetadataRequest
 from opentelemetry import propagate
 
 from shared import fetching
@@ -28,6 +30,27 @@ from shared.topics import CONTROL_TOPICS, topic_config
 
 log = logging.getLogger(__name__)
 Headers = list[tuple[str, bytes]]
+
+
+class NoAutoCreateMetadataRequest(MetadataRequest):  # type: ignore[misc]
+    """A metadata request that never asks the broker to create the topics it names.
+
+    aiokafka asks for creation by default, and a broker that allows it (tansu always does)
+    makes a topic a producer names with the broker's default: 4 partitions on tansu, where a
+    control topic has 1, and no retention. After a broker restart, a producer that sent before
+    the services' recovery made the topics again gave the holds topic 4 partitions: a reader
+    that had assigned its one partition never saw holds sent to the other three. Lethe's
+    topics are made only by `ensure_topics`; a send to one that is not there yet waits for it
+    (aiokafka asks again until its request timeout), as a group member waits for its topics."""
+
+    def __init__(
+        self, topics: list[str] | None = None, allow_auto_topic_creation: bool | None = False
+    ) -> None:
+        super().__init__(topics, allow_auto_topic_creation)
+
+
+# Every aiokafka client of the process builds its metadata requests from this module's name.
+aiokafka.client.MetadataRequest = NoAutoCreateMetadataRequest
 
 
 def trace_headers() -> Headers:

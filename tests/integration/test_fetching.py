@@ -50,7 +50,9 @@ async def test_an_idle_consumer_backs_off_and_snaps_back_when_messages_flow(brok
 
 async def test_without_an_idle_wait_the_fetch_wait_never_changes(broker: KafkaSettings) -> None:
     """Real Kafka answers a fetch as soon as data arrives: there, nothing is adapted."""
-    consumer = make_consumer(broker, [f"pacing-{uuid4().hex[:8]}"], f"g-{uuid4().hex[:8]}")
+    topic = f"pacing-{uuid4().hex[:8]}"
+    await ensure_topics(broker, [topic])
+    consumer = make_consumer(broker, [topic], f"g-{uuid4().hex[:8]}")
     await start_with_retry(consumer, "consumer")
     try:
         for _ in range(3):

