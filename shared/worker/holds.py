@@ -41,6 +41,7 @@ from shared.settings import KafkaSettings
 log = logging.getLogger(__name__)
 CATCH_UP_S = 3.0  # a refresh that cannot reach the end in this long fails (erasures wait)
 HOLE_AFTER_S = 10.0  # an offset unreadable this long, while the broker answers, is a hole
+METADATA_MAX_AGE_MS = 5_000
 
 
 @dataclass(frozen=True)
@@ -74,12 +75,16 @@ class HoldsView:
         self._marker_at: tuple[TopicPartition, int, UUID] | None = None
         self._refreshed = False
         self._stuck: dict[TopicPartition, tuple[int, float]] = {}
+        self._complete: bool | None = None  # as last logged (_say_if_changed)
 
     async def start(self, consumer: AIOKafkaConsumer | None = None) -> None:
         """Connect (tests may hand in a consumer of their own) and read from the start."""
         if consumer is None:
+            # How soon a holds topic given more partitions is read in all of them (see
+            # _follow_partitions): one small metadata request each time, off the hot path.
+            age = min(self.kafka.metadata_max_age_ms, METADATA_MAX_AGE_MS)
             consumer = AIOKafkaConsumer(
-                **client_options(self.kafka),
+                **client_options(self.kafka.model_copy(update={"metadata_max_age_ms": age})),
                 group_id=None,
                 enable_auto_commit=False,
                 auto_offset_reset="earliest",
@@ -148,6 +153,7 @@ class HoldsView:
     async def active(self, system: str, moment: datetime) -> list[ActiveHold]:
         """The holds in force at `moment`, as of the last refresh; refuses while incomplete."""
         reason = self.incomplete()
+        self._say_if_changed(reason)
         if reason is not None:
             raise HoldsUnavailable(reason)
         return [
@@ -158,6 +164,26 @@ class HoldsView:
             if h.active_at(moment) and h.covers(system) and h.sealed_identifiers is not None
         ]
 
+    def _say_if_changed(self, reason: str | None) -> None:
+        """Log each change between complete and not at a decision: what the view trusted is
+        then in the worker's log when a decision has to be explained (no identifiers in it)."""
+        if (reason is None) == self._complete:
+            return
+        self._complete = reason is None
+        if reason is not None:
+            log.warning("holds view not complete: erasures wait", extra={"reason": reason})
+            return
+        marker = self._marker_at
+        log.info(
+            "holds view complete",
+            extra={
+                "holds": len(self._holds),
+                "announced": len(self._announced.versions) if self._announced else 0,
+                "marker": f"{marker[0].partition}/{marker[1]}" if marker else "",
+                "partitions": len(self._partitions),
+            },
+        )
+
     async def _catch_up(self) -> None:
         consumer = self._consumer
         if consumer is None:
@@ -166,6 +192,7 @@ class HoldsView:
             await self._assign(consumer)
             if not self._partitions:
                 return
+        self._follow_partitions(consumer)
         end = await consumer.end_offsets(self._partitions)
         went_back = [tp.partition for tp in self._partitions if end[tp] < self._ends.get(tp, 0)]
         if went_back or not await self._marker_still_there(consumer, end):
@@ -176,6 +203,12 @@ class HoldsView:
             for tp in self._partitions:
                 fetching.forget(consumer, tp)
                 consumer.seek(tp, 0)
+            # Made again, it may have other partitions: asked now, not at the next periodic
+            # refresh of the metadata, or the view could count itself complete meanwhile on a
+            # marker in the partition it reads, blind to a hold sent to another.
+            await _fresh_metadata(consumer)
+            if self._follow_partitions(consumer):
+                end = await consumer.end_offsets(self._partitions)
         self._ends = dict(end)
         deadline = time.monotonic() + CATCH_UP_S
         while behind := [tp for tp in self._partitions if await consumer.position(tp) < end[tp]]:
@@ -188,6 +221,29 @@ class HoldsView:
                 await self._note_stuck(consumer, behind)
                 raise HoldsBehind(f"holds topic not read to its end in {CATCH_UP_S:.0f} s")
         self._stuck.clear()
+
+    def _follow_partitions(self, consumer: AIOKafkaConsumer) -> bool:
+        """Every partition the topic has now, as the consumer's metadata says (refreshed every
+        metadata max age). A topic with other partitions than the view reads was made again or
+        given more: a hold sent to a partition the view does not read would never be read, and
+        its key may now lead elsewhere, so every partition is read from its start and only a
+        marker read from then on makes the view complete."""
+        now = consumer.partitions_for_topic(topics.HOLDS) or set()
+        if not now or now == {tp.partition for tp in self._partitions}:
+            return False
+        log.warning(
+            "holds topic has other partitions than the view read: reading them all again",
+            extra={"had": len(self._partitions), "now": len(now)},
+        )
+        self._announced = self._marker_at = None
+        self._ends = {}
+        self._partitions = [TopicPartition(topics.HOLDS, p) for p in sorted(now)]
+        consumer.assign(self._partitions)
+        consumer.pause(*self._partitions)
+        for tp in self._partitions:
+            fetching.forget(consumer, tp)
+            consumer.seek(tp, 0)
+        return True
 
     async def _note_stuck(self, consumer: AIOKafkaConsumer, behind: list[TopicPartition]) -> None:
         """An offset that stays unreadable while the broker answers is a hole: tansu assigns an
@@ -264,6 +320,13 @@ class HoldsView:
         current = self._holds.get(message.hold_id)
         if current is None or message.version > current[0].version:
             self._holds[message.hold_id] = (message, identities)
+
+
+async def _fresh_metadata(consumer: AIOKafkaConsumer) -> None:
+    """Ask the broker for the topics' metadata now (a stand-in consumer in tests has none)."""
+    client = getattr(consumer, "_client", None)
+    if client is not None:
+        await client.force_metadata_update()
 
 
 @contextlib.contextmanager

@@ -27,7 +27,7 @@ from shared.kafka import ensure_topics, make_producer
 from shared.policy.evaluate import RetentionPolicy
 from shared.policy.model import DEFAULT_POLICY_FILE, load_policy
 from shared.settings import KafkaSettings
-from shared.worker.holds import HoldsView
+from shared.worker.holds import HoldsBehind, HoldsView
 from shared.worker.runtime import RetrySettings, WorkerRuntime
 
 pytestmark = pytest.mark.integration
@@ -133,3 +133,71 @@ async def test_an_erasure_waits_for_the_holds_announcement_then_keeps_what_is_he
             await asyncio.wait_for(running, 10)
         await producer.stop()
         await outcomes.stop()
+
+
+def _hold(case: str, seal: IdentifierSeal) -> HoldUpdated:
+    return HoldUpdated(
+        hold_id=uuid4(),
+        version=1,
+        case_reference=case,
+        subject_ref=subject_ref("k", SUBJECT),
+        sealed_identifiers=seal.seal(SUBJECT),
+        placed_at=datetime.now(UTC) - timedelta(days=1),
+    )
+
+
+async def _remake_holds_topic(settings: KafkaSettings, partitions: int) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_topics([topics.HOLDS])
+    finally:
+        await admin.close()
+    await ensure_topics(settings.model_copy(update={"control_topic_partitions": partitions}), [topics.HOLDS])
+
+
+async def test_a_holds_topic_made_again_with_more_partitions_is_read_in_all_of_them(
+    empty_broker: KafkaSettings,
+) -> None:
+    """A broker restart where the holds topic came back with 3 partitions, not 1 (before Lethe's
+    clients stopped asking for topics to be made, a producer's send made it with tansu's
+    default): a view that kept reading its one partition found intake's new marker there and
+    counted itself complete, while a hold sent since to another partition was never read."""
+    seal = IdentifierSeal(new_identifier_key())
+    settings = empty_broker.model_copy(update={"metadata_max_age_ms": 300})
+    await _remake_holds_topic(settings, 1)
+    producer = make_producer(settings)
+    await producer.start()
+    view = HoldsView(settings, seal)
+    await view.start()
+    try:
+        a = _hold("LIT-A", seal)
+        await producer.send_and_wait(topics.HOLDS, encode(a), key=b"a", partition=0)
+        marker = HoldsAnnounced(versions={a.hold_id: 1})
+        await producer.send_and_wait(topics.HOLDS, encode(marker), key=SNAPSHOT_KEY.encode(), partition=0)
+        await view.refresh()
+        assert view.incomplete() is None
+
+        await _remake_holds_topic(settings, 3)
+        await producer.stop()
+        producer = make_producer(settings)  # one that knows the three partitions
+        await producer.start()
+        await producer.send_and_wait(topics.HOLDS, encode(a), key=b"a", partition=0)
+        again = HoldsAnnounced(versions={a.hold_id: 1})  # intake's announcement after the loss
+        await producer.send_and_wait(topics.HOLDS, encode(again), key=SNAPSHOT_KEY.encode(), partition=0)
+        b = _hold("LIT-B", seal)  # placed after the announcement, acknowledged
+        await producer.send_and_wait(topics.HOLDS, encode(b), key=b"b", partition=2)
+        cases: set[str] = set()
+        deadline = asyncio.get_running_loop().time() + 15
+        while "LIT-B" not in cases and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.2)
+            with contextlib.suppress(HoldsBehind):
+                await view.refresh()
+            if view.incomplete() is None:  # never complete without the hold on partition 2
+                cases = {h.case_reference for h in await view.active("recordings", datetime.now(UTC))}
+                assert cases == {"LIT-A", "LIT-B"}
+        assert cases == {"LIT-A", "LIT-B"}
+    finally:
+        await view.stop()
+        await producer.stop()
+        await _remake_holds_topic(settings, 1)
