@@ -7,12 +7,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -41,8 +43,15 @@ SCALE = Scale(300, 30, 60, 1000) if FULL else Scale(40, 5, 8, 100)
 FINAL = {"completed", "completed_with_exceptions", "failed"}
 
 
+# pytest keeps the last three runs' temporary folders: a failed run's logs are copied here (or
+# to LETHE_FAULTS_KEEP_LOGS), so that the run that found something can still be read later.
+KEEP_LOGS = Path(os.environ.get("LETHE_FAULTS_KEEP_LOGS", "/tmp/lethe-fault-logs"))
+
+
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory, pg_server: str) -> Iterator[Stack]:
+def stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, pg_server: str
+) -> Iterator[Stack]:
     # Outlast the longest outage (60 s without slapd, after the submissions): 16 tries with
     # backoff capped at 8 s keep a command alive ~100 s; the tracker waits 90 s a try.
     with running_stack(
@@ -58,6 +67,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory, pg_server: str) -> Iterator[
         },
     ) as running:
         yield running
+        if request.session.testsfailed:
+            kept = KEEP_LOGS / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+            shutil.copytree(running.log_dir, kept)
+            print(f"\nfault suite failed: its logs are kept in {kept}")
 
 
 @pytest.fixture(scope="session")
