@@ -275,3 +275,33 @@ async def test_the_view_asks_for_end_offsets_with_no_fetch_of_its_own_waiting() 
     assert sorted(h.case_reference for h in await view.active("crm", T0)) == ["LIT-A", "LIT-B"]
     assert log.paused == {TP}
     assert log.asked_behind_a_poll == 0
+
+
+async def test_each_change_between_complete_and_not_is_logged_once_at_a_decision(
+    fast: Callable[[float], None], caplog: pytest.LogCaptureFixture
+) -> None:
+    log = ScriptedLog()
+    announce(log, hold("LIT-A"), hold("LIT-B"))
+    view = await view_on(log)
+    await view.refresh()
+    with caplog.at_level("INFO", logger=holds.__name__):
+        await view.active("billing", T0)
+        await view.active("billing", T0)
+        log.entries = []  # the broker forgot
+        await view.refresh()
+        for _ in range(2):
+            with pytest.raises(HoldsUnavailable):
+                await view.active("billing", T0)
+    said = [(r.getMessage(), r.__dict__) for r in caplog.records if r.getMessage().startswith("holds view")]
+    assert [m for m, _ in said] == ["holds view complete", "holds view not complete: erasures wait"]
+    complete = said[0][1]
+    assert (complete["holds"], complete["announced"], complete["marker"], complete["partitions"]) == (
+        2,
+        2,
+        "0/2",
+        1,
+    )
+    assert (
+        said[1][1]["reason"]
+        == "no holds announcement read yet (intake publishes one at start and after a broker loss)"
+    )
