@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from cli import carry_over
+from cli.processes import wait_for_port
 from cli.shedding import Shedder, drained, groups_of, produced, rss_mb
 from shared.kafka import ensure_topics
 from shared.topics import all_topics
@@ -87,7 +88,11 @@ class BrokerSupervisor:
                         continue
                     if broker.poll() is not None:
                         print(f"the broker exited ({broker.returncode}): starting it again", file=sys.stderr)
-                        self.stack.processes["broker"] = self.stack.spawn_broker()
+                        self.stack.processes["broker"] = started = self.stack.spawn_broker()
+                        # Its topics at once, as a shed does: no client makes one by naming it,
+                        # and the services' own recovery waits for their next broker check.
+                        wait_for_port(self.stack.config.kafka_port, "broker", started)
+                        _run(ensure_topics(self.stack.kafka_settings(), all_topics()))
                         self.shedder.shed()
                     elif self.carried_file.exists():  # a shed's restore failed: again
                         self._restore_carried()

@@ -105,12 +105,15 @@ class BrokerMemory:
         """Whether the sentinel is gone. It stays gone until `remember` places a new one, which
         the caller does once it has put right what was lost: a recovery that fails is tried
         again at the next check. A service's first start places one (nothing to have
-        forgotten). Raises KafkaError while the broker cannot be asked."""
+        forgotten), unless the broker has no sentinel topic: it lost everything, topics
+        included, and only a recovery makes them again. Raises KafkaError while the broker
+        cannot be asked."""
         sentinel = await self._placed()
+        if not await self._holds(sentinel):
+            return True
         if sentinel is None:
             await self.remember()
-            return False
-        return not await self._holds(sentinel)
+        return False
 
     async def _placed(self) -> Sentinel | None:
         if self.pool is None:
@@ -120,7 +123,8 @@ class BrokerMemory:
         )
         return None if row is None else Sentinel(row["offset"], row["nonce"])
 
-    async def _holds(self, sentinel: Sentinel) -> bool:
+    async def _holds(self, sentinel: Sentinel | None) -> bool:
+        """Whether the broker still has the sentinel topic, and `sentinel` (if one was placed)."""
         # A consumer of its own each time: one that lived through a broker restart can keep
         # asking a connection that is gone, and a check every few seconds costs a connection.
         consumer = AIOKafkaConsumer(
@@ -136,6 +140,8 @@ class BrokerMemory:
                 # Gone with the rest: nobody makes topics by naming them (shared.kafka), and
                 # asking its end would wait for it to be made, which only the recovery does.
                 return False
+            if sentinel is None:
+                return True
             consumer.assign([self._tp])
             end = (await consumer.end_offsets([self._tp]))[self._tp]
             if end <= sentinel.offset:

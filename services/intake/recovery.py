@@ -84,6 +84,9 @@ class BrokerWatch:
                 log.info("identifiers of ended holds dropped", extra={"holds": forgotten})
             if not await holds_topic_complete(self.pool, self.kafka, self.seal):
                 log.warning("holds topic incomplete: announcing every hold again")
+                # A topic deleted by hand, the sentinel's still there, is not made by the
+                # relay's sends (shared.kafka): they would wait, and the outbox behind them.
+                await ensure_topics(self.kafka, topics.all_topics(tuple(self.systems)))
                 await holds.announce_all(self.pool)
             self.schedule_verification(time.monotonic())
 

@@ -5,6 +5,7 @@ restart empties them all)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -15,7 +16,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
 from services.intake import auth, callbacks, holds, store
-from services.intake.recovery import holds_topic_complete
+from services.intake.recovery import BrokerWatch, holds_topic_complete
 from shared import topics
 from shared.broker_memory import SENTINEL_DDL, BrokerMemory
 from shared.crypto import IdentifierSeal, new_identifier_key, subject_ref
@@ -23,7 +24,7 @@ from shared.db import apply_schema, create_pool, ensure_database
 from shared.identity import Identities
 from shared.kafka import ensure_topics, make_producer
 from shared.outbox import OUTBOX_DDL, OutboxRelay
-from shared.settings import KafkaSettings
+from shared.settings import KafkaSettings, RecoverySettings
 
 pytestmark = pytest.mark.integration
 SUBJECT = Identities(emails=["loss@example.com"])
@@ -78,6 +79,30 @@ async def test_the_sentinel_tells_a_loss_until_it_is_put_right_and_nothing_else(
     # A new instance (a restart) knows from the database what was placed.
     again = BrokerMemory(intake_db, producer, broker, "intake")
     assert await again.forgotten() is False
+
+
+async def test_a_broker_without_the_sentinel_topic_has_forgotten_even_before_a_first_sentinel(
+    intake_db: asyncpg.Pool, producer: AIOKafkaProducer, broker: KafkaSettings
+) -> None:
+    """Back empty, the broker has no topics, and no Lethe client makes one by naming it: the
+    check must say so at once (only the recovery it starts makes them again), not wait on a
+    send to a topic that nobody will make, whether or not a sentinel was placed before."""
+    placed = BrokerMemory(intake_db, producer, broker, "intake")
+    assert await placed.forgotten() is False  # places its first sentinel
+    admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_topics([topics.SENTINELS])
+    finally:
+        await admin.close()
+    try:
+        first_start = BrokerMemory(None, producer, broker, "worker")
+        assert await asyncio.wait_for(first_start.forgotten(), 10) is True
+        assert await asyncio.wait_for(placed.forgotten(), 10) is True
+    finally:
+        await ensure_topics(broker, [topics.SENTINELS])  # what the recovery does
+    await placed.remember()
+    assert await placed.forgotten() is False
 
 
 async def test_intake_puts_every_hold_back_with_a_marker_when_the_topic_lost_them(
@@ -221,4 +246,34 @@ async def test_a_hold_over_for_a_day_loses_its_identifiers_on_the_table_and_the_
     # A reader of the topic finds every hold, the ended ones as versions without identifiers.
     await holds.announce_all(intake_db)
     await relay.publish_batch()
+    assert await holds_topic_complete(intake_db, broker, seal)
+
+
+async def test_intake_makes_a_holds_topic_deleted_by_hand_before_announcing_into_it(
+    intake_db: asyncpg.Pool, producer: AIOKafkaProducer, broker: KafkaSettings
+) -> None:
+    """The sentinel is still there, so no recovery runs; the read-back finds no holds topic.
+    The announcement must not go to the relay alone: its sends would wait for a topic that no
+    client makes by naming it (shared.kafka), and the whole outbox behind them."""
+    seal = IdentifierSeal(new_identifier_key())
+    now = datetime.now(UTC)
+    await holds.place(
+        intake_db,
+        holds.NewHold(
+            "LIT-D", "reason", subject_ref("k", SUBJECT), seal.seal(SUBJECT), None, None, now, None
+        ),
+    )
+    relay = OutboxRelay(intake_db, producer)
+    await relay.publish_batch()
+    watch = BrokerWatch(intake_db, producer, broker, seal, ["crm"], RecoverySettings())
+    memory = BrokerMemory(intake_db, producer, broker, "intake")
+    await memory.forgotten()  # its sentinel placed: the broker has not forgotten
+    admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_topics([topics.HOLDS])
+    finally:
+        await admin.close()
+    await watch.check(memory)  # the read-back is due: found incomplete, announced again
+    assert await asyncio.wait_for(relay.publish_batch(), 10) >= 2
     assert await holds_topic_complete(intake_db, broker, seal)
