@@ -24,6 +24,7 @@ from shared.delivery import TRANSIENT
 from shared.kafka import trace_headers
 from shared.telemetry.messaging import TRACE_HEADERS, context_of, producing, quiet
 from shared.telemetry.metrics import outbox_backlog
+from shared.topics import fixed_partition
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +174,7 @@ class OutboxRelay:
                             row["topic"],
                             value=row["value"],
                             key=row["key"].encode(),
+                            partition=fixed_partition(row["topic"]),
                             headers=[h for h in stored if h[0] not in TRACE_HEADERS] + trace_context,
                         )
                     )

@@ -78,6 +78,15 @@ def topic_config(name: str) -> dict[str, str]:
     return config
 
 
+def fixed_partition(name: str) -> int | None:
+    """The partition every message of a topic is sent to; None: by key. Every holds message
+    goes to partition 0, whatever the topic's count: a reader then cannot miss a hold sent to a
+    partition it does not read yet (one added to the topic on a running cluster is seen by a
+    reader only at its next metadata refresh), and the marker stays behind every hold it
+    lists. Compaction keeps each hold's latest version all the same: it works by key."""
+    return 0 if name == HOLDS else None
+
+
 def command_topic(system: str) -> str:
     return f"lethe.commands.{system}.v1"
 

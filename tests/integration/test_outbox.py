@@ -82,7 +82,9 @@ class _Producer:
     def __init__(self) -> None:
         self.keys: list[bytes] = []
 
-    async def send(self, topic: str, value: bytes, key: bytes, headers: object) -> asyncio.Future[None]:
+    async def send(
+        self, topic: str, value: bytes, key: bytes, headers: object, partition: int | None = None
+    ) -> asyncio.Future[None]:
         self.keys.append(key)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         done.set_result(None)

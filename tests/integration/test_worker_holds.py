@@ -12,7 +12,7 @@ from pathlib import Path
 from uuid import uuid4
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from services.recordings import seed as recordings_seed
@@ -22,8 +22,10 @@ from shared.codec import decode, encode
 from shared.contracts import EraseSubject, OutcomeReported
 from shared.contracts.holds import SNAPSHOT_KEY, HoldsAnnounced, HoldUpdated
 from shared.crypto import IdentifierSeal, new_identifier_key, subject_ref
+from shared.db import apply_schema, create_pool, ensure_database
 from shared.identity import Identities
 from shared.kafka import ensure_topics, make_producer
+from shared.outbox import OUTBOX_DDL, OutboxRelay, enqueue_many
 from shared.policy.evaluate import RetentionPolicy
 from shared.policy.model import DEFAULT_POLICY_FILE, load_policy
 from shared.settings import KafkaSettings
@@ -201,3 +203,42 @@ async def test_a_holds_topic_made_again_with_more_partitions_is_read_in_all_of_t
         await view.stop()
         await producer.stop()
         await _remake_holds_topic(settings, 1)
+
+
+async def test_intake_relay_sends_every_holds_message_to_partition_0_whatever_the_count(
+    empty_broker: KafkaSettings, fresh_db: str
+) -> None:
+    """A reader learns of a partition added to a running topic only at its next metadata
+    refresh: holds all on partition 0 cannot be sent where a view does not read yet."""
+    seal = IdentifierSeal(new_identifier_key())
+    await _remake_holds_topic(empty_broker, 3)
+    await ensure_database(fresh_db)
+    pool = await create_pool(fresh_db, 2)
+    producer = make_producer(empty_broker)
+    await producer.start()
+    reader = AIOKafkaConsumer(bootstrap_servers=empty_broker.bootstrap, group_id=None)
+    await reader.start()
+    try:
+        await apply_schema(pool, OUTBOX_DDL)
+        held = [_hold(f"LIT-{n}", seal) for n in range(8)]
+        async with pool.acquire() as conn, conn.transaction():
+            await enqueue_many(
+                conn,
+                [(topics.HOLDS, str(h.hold_id), h) for h in held]
+                + [(topics.HOLDS, SNAPSHOT_KEY, HoldsAnnounced(versions={h.hold_id: 1 for h in held}))],
+            )
+        assert await OutboxRelay(pool, producer).publish_batch() == 9
+        every = [TopicPartition(topics.HOLDS, p) for p in range(3)]
+        reader.assign(every)
+        await reader.seek_to_beginning(*every)
+        got: list[int] = []
+        deadline = asyncio.get_running_loop().time() + 10
+        while len(got) < 9 and asyncio.get_running_loop().time() < deadline:
+            batches = await reader.getmany(timeout_ms=200)
+            got += [r.partition for records in batches.values() for r in records]
+        assert got == [0] * 9
+    finally:
+        await reader.stop()
+        await producer.stop()
+        await pool.close()
+        await _remake_holds_topic(empty_broker, 1)
