@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import aiokafka.admin.client
 import aiokafka.client
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -49,8 +50,9 @@ class NoAutoCreateMetadataRequest(MetadataRequest):  # type: ignore[misc]
         super().__init__(topics, allow_auto_topic_creation)
 
 
-# Every aiokafka client of the process builds its metadata requests from this module's name.
+# Every aiokafka client of the process builds its metadata requests from these modules' names.
 aiokafka.client.MetadataRequest = NoAutoCreateMetadataRequest
+aiokafka.admin.client.MetadataRequest = NoAutoCreateMetadataRequest
 
 
 def trace_headers() -> Headers:

@@ -199,14 +199,15 @@ class HoldsView:
             # The broker forgot the topic, or it was recreated. What we read stays (a hold is
             # never forgotten here), but only a marker read from now on says it is all of them.
             log.warning("holds topic forgotten: reading it again", extra={"partitions": went_back})
-            self._announced = self._marker_at = None
+            self._forget_announcement()
             for tp in self._partitions:
                 fetching.forget(consumer, tp)
                 consumer.seek(tp, 0)
             # Made again, it may have other partitions: asked now, not at the next periodic
             # refresh of the metadata, or the view could count itself complete meanwhile on a
             # marker in the partition it reads, blind to a hold sent to another.
-            await _fresh_metadata(consumer)
+            if not await _fresh_metadata(consumer):
+                raise HoldsBehind("the holds topic's partitions could not be looked up")
             if self._follow_partitions(consumer):
                 end = await consumer.end_offsets(self._partitions)
         self._ends = dict(end)
@@ -222,6 +223,13 @@ class HoldsView:
                 raise HoldsBehind(f"holds topic not read to its end in {CATCH_UP_S:.0f} s")
         self._stuck.clear()
 
+    def _forget_announcement(self) -> None:
+        """Before reading every partition from its start: only a marker read from then on says
+        the view has every hold. What was unreadable is forgotten too: read again, a message
+        still there is found again, and one gone (a topic made anew) no longer stands."""
+        self._announced = self._marker_at = None
+        self._unreadable.clear()
+
     def _follow_partitions(self, consumer: AIOKafkaConsumer) -> bool:
         """Every partition the topic has now, as the consumer's metadata says (refreshed every
         metadata max age). A topic with other partitions than the view reads was made again or
@@ -235,7 +243,7 @@ class HoldsView:
             "holds topic has other partitions than the view read: reading them all again",
             extra={"had": len(self._partitions), "now": len(now)},
         )
-        self._announced = self._marker_at = None
+        self._forget_announcement()
         self._ends = {}
         self._partitions = [TopicPartition(topics.HOLDS, p) for p in sorted(now)]
         consumer.assign(self._partitions)
@@ -322,11 +330,11 @@ class HoldsView:
             self._holds[message.hold_id] = (message, identities)
 
 
-async def _fresh_metadata(consumer: AIOKafkaConsumer) -> None:
-    """Ask the broker for the topics' metadata now (a stand-in consumer in tests has none)."""
+async def _fresh_metadata(consumer: AIOKafkaConsumer) -> bool:
+    """Ask the broker for the topics' metadata now; False if it did not answer (a stand-in
+    consumer in tests has none to ask)."""
     client = getattr(consumer, "_client", None)
-    if client is not None:
-        await client.force_metadata_update()
+    return client is None or bool(await client.force_metadata_update())
 
 
 @contextlib.contextmanager

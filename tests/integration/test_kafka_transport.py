@@ -20,7 +20,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import KafkaConnectionError
+from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from cli.processes import free_port, spawn, stop, wait_for_port
 from shared import topics
@@ -198,6 +198,13 @@ async def test_a_send_to_a_topic_not_made_yet_waits_for_it_and_does_not_make_it(
         sending = asyncio.create_task(producer.send_and_wait(name, b"early", key=b"k"))
         await asyncio.sleep(1.5)  # several metadata requests naming it, each answered "unknown"
         assert not sending.done()
+        admin = AIOKafkaAdminClient(**client_options(settings))
+        await admin.start()
+        try:
+            with contextlib.suppress(KafkaError):
+                await admin.describe_topics([name])  # the admin client's metadata request too
+        finally:
+            await admin.close()
         assert name not in await probe.topics()
         await ensure_topics(settings, [name])
         sent = await asyncio.wait_for(sending, 20)

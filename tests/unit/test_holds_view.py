@@ -204,6 +204,28 @@ async def test_an_unreadable_hold_stands_until_a_readable_version_of_it_supersed
     assert view.incomplete() == "1 unreadable hold message(s)"
 
 
+async def test_an_unreadable_message_of_a_forgotten_log_stands_only_if_it_is_read_again(
+    fast: Callable[[float], None],
+) -> None:
+    log = ScriptedLog()
+    a = hold("LIT-A")
+    other_key = IdentifierSeal(new_identifier_key()).seal(Identities(customer_ids=["C-1"]))
+    announce(log, a)
+    log.append("stray", a.model_copy(update={"hold_id": uuid4(), "sealed_identifiers": other_key}))
+    view = await view_on(log)
+    await view.refresh()
+    assert view.incomplete() == "1 unreadable hold message(s)"
+    log.entries = []  # the broker forgot; intake announces again, without the stray message
+    announce(log, a)
+    await view.refresh()
+    assert view.incomplete() is None
+    log.entries = []  # forgotten again, and this time the stray message is sent again too
+    announce(log, a)
+    log.append("stray", a.model_copy(update={"hold_id": uuid4(), "sealed_identifiers": other_key}))
+    await view.refresh()
+    assert view.incomplete() == "1 unreadable hold message(s)"
+
+
 async def test_a_hold_whose_identifiers_were_dropped_is_read_and_covers_nothing() -> None:
     log = ScriptedLog()
     a, b = hold("LIT-A"), hold("LIT-B")
