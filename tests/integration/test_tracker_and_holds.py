@@ -11,7 +11,6 @@ from uuid import UUID, uuid4
 import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient
 
 from services.tracker import recovery, repository, schedule, store
 from services.tracker.saga import Timeouts
@@ -33,6 +32,7 @@ from shared.identity import Identities
 from shared.kafka import ensure_topics, make_producer
 from shared.settings import KafkaSettings
 from shared.worker.holds import HoldsUnavailable, HoldsView
+from tests.conftest import delete_topics
 
 pytestmark = pytest.mark.integration
 T0 = datetime(2026, 11, 27, 9, tzinfo=UTC)
@@ -237,12 +237,7 @@ async def send(producer: AIOKafkaProducer, message: HoldUpdated | HoldsAnnounced
 async def holds_topic(broker: KafkaSettings):  # type: ignore[no-untyped-def]
     """An empty holds topic of its own (the broker is shared by the session), and a producer."""
     await ensure_topics(broker, topics.all_topics())
-    admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap)
-    await admin.start()
-    try:
-        await admin.delete_topics([topics.HOLDS])
-    finally:
-        await admin.close()
+    await delete_topics(broker, topics.HOLDS)
     await ensure_topics(broker, [topics.HOLDS])
     producer = make_producer(broker)
     await producer.start()

@@ -13,7 +13,6 @@ from uuid import uuid4
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 
 from services.recordings import seed as recordings_seed
 from services.recordings.store import RecordingsAdapter
@@ -31,6 +30,7 @@ from shared.policy.model import DEFAULT_POLICY_FILE, load_policy
 from shared.settings import KafkaSettings
 from shared.worker.holds import HoldsBehind, HoldsView
 from shared.worker.runtime import RetrySettings, WorkerRuntime
+from tests.conftest import delete_topics
 
 pytestmark = pytest.mark.integration
 SUBJECT = Identities(customer_ids=["C-7001"])
@@ -41,12 +41,7 @@ OWN_TOPICS = [topics.HOLDS, topics.command_topic("recordings"), topics.retry_top
 async def empty_broker(broker: KafkaSettings) -> AsyncIterator[KafkaSettings]:
     """The session's broker with the topics this test reads emptied, as after a restart."""
     await ensure_topics(broker, topics.all_topics())
-    admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap)
-    await admin.start()
-    try:
-        await admin.delete_topics(OWN_TOPICS)
-    finally:
-        await admin.close()
+    await delete_topics(broker, *OWN_TOPICS)
     await ensure_topics(broker, OWN_TOPICS)
     yield broker
 
@@ -149,12 +144,7 @@ def _hold(case: str, seal: IdentifierSeal) -> HoldUpdated:
 
 
 async def _remake_holds_topic(settings: KafkaSettings, partitions: int) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap)
-    await admin.start()
-    try:
-        await admin.delete_topics([topics.HOLDS])
-    finally:
-        await admin.close()
+    await delete_topics(settings, topics.HOLDS)
     await ensure_topics(settings.model_copy(update={"control_topic_partitions": partitions}), [topics.HOLDS])
 
 
