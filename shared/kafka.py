@@ -37,9 +37,9 @@ class NoAutoCreateMetadataRequest(MetadataRequest):  # type: ignore[misc]
     """A metadata request that never asks the broker to create the topics it names.
 
     aiokafka asks for creation by default, and a broker that allows it (tansu always does)
-    makes a topic a producer names with the broker's default: 4 partitions on tansu, where a
-    control topic has 1, and no retention. After a broker restart, a producer that sent before
-    the services' recovery made the topics again gave the holds topic 4 partitions: a reader
+    makes a topic a client names with the broker's default: 4 partitions on tansu, where a
+    control topic has 1, and no retention. After a broker restart, a client that asked about
+    the holds topic before the services' recovery made it again gave it 4 partitions: a reader
     that had assigned its one partition never saw holds sent to the other three. Lethe's
     topics are made only by `ensure_topics`; a send to one that is not there yet waits for it
     (aiokafka asks again until its request timeout), as a group member waits for its topics."""
