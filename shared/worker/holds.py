@@ -13,35 +13,32 @@ then a `HoldsAnnounced` marker listing them with their versions; until the view 
 marker and every hold it lists (at that version or later), `active` refuses (fail closed), as it
 does while a hold message it cannot read stands. A worker that keeps running through a broker
 restart keeps what it read (holds are never forgotten by a reader), and re-reads the topic from
-its start when the marker it read is gone (checked at every refresh) or its end offsets go back;
-from then on it needs a new marker, which intake publishes once it notices the loss, so erasures
-wait a few seconds rather than miss a hold acknowledged just before the broker forgot it."""
+its start when the marker it read is gone (checked at every refresh), its end offsets go back or
+its partitions change; from then on it needs a new marker, which intake publishes once it
+notices the loss, so erasures wait a few seconds rather than miss a hold acknowledged just
+before the broker forgot it. How the topic is read (its partitions, their ends, the marker's
+place) is shared/worker/holds_topic.py; what is read, and whether it is complete, is here."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
-from shared import fetching, topics
 from shared.codec import PoisonMessage, decode
 from shared.contracts.holds import HOLDS_MESSAGE, HoldsAnnounced, HoldUpdated
 from shared.crypto import IdentifierSeal, IdentifierSealError
 from shared.identity import Identities
-from shared.kafka import client_options
 from shared.settings import KafkaSettings
+from shared.worker.holds_topic import HoldsBehind, HoldsTopic, MarkerPlace
 
+__all__ = ["ActiveHold", "HoldsBehind", "HoldsUnavailable", "HoldsView"]
 log = logging.getLogger(__name__)
-CATCH_UP_S = 3.0  # a refresh that cannot reach the end in this long fails (erasures wait)
-HOLE_AFTER_S = 10.0  # an offset unreadable this long, while the broker answers, is a hole
-METADATA_MAX_AGE_MS = 5_000
 
 
 @dataclass(frozen=True)
@@ -55,10 +52,6 @@ class HoldsUnavailable(RuntimeError):
     """Holds cannot be established, so nothing may be erased."""
 
 
-class HoldsBehind(Exception):
-    """A refresh could not read the holds topic to its end; the view is not current."""
-
-
 class HoldsView:
     def __init__(self, kafka: KafkaSettings, seal: IdentifierSeal) -> None:
         self.kafka = kafka
@@ -69,46 +62,17 @@ class HoldsView:
         # version, on the same partition) supersedes an unreadable one.
         self._unreadable: dict[bytes | None, int] = {}
         self._lock = asyncio.Lock()
-        self._consumer: AIOKafkaConsumer | None = None
-        self._partitions: list[TopicPartition] = []
-        self._ends: dict[TopicPartition, int] = {}
-        self._marker_at: tuple[TopicPartition, int, UUID] | None = None
+        self._topic = HoldsTopic(kafka)
+        self._marker_at: MarkerPlace | None = None
         self._refreshed = False
-        self._stuck: dict[TopicPartition, tuple[int, float]] = {}
         self._complete: bool | None = None  # as last logged (_say_if_changed)
 
     async def start(self, consumer: AIOKafkaConsumer | None = None) -> None:
         """Connect (tests may hand in a consumer of their own) and read from the start."""
-        if consumer is None:
-            # How soon a holds topic given more partitions is read in all of them (see
-            # _follow_partitions): one small metadata request each time, off the hot path.
-            age = min(self.kafka.metadata_max_age_ms, METADATA_MAX_AGE_MS)
-            consumer = AIOKafkaConsumer(
-                **client_options(self.kafka.model_copy(update={"metadata_max_age_ms": age})),
-                group_id=None,
-                enable_auto_commit=False,
-                auto_offset_reset="earliest",
-                # Paused between refreshes (see _reading), so a short wait costs no idle polling.
-                fetch_max_wait_ms=self.kafka.fetch_max_wait_ms,
-            )
-        await consumer.start()
-        self._consumer = consumer
-        await self._assign(consumer)
-
-    async def _assign(self, consumer: AIOKafkaConsumer) -> None:
-        """Every partition of the holds topic, read from its start. A topic that does not exist
-        yet (a broker that came back empty) has none: looked up again at the next refresh."""
-        await consumer.topics()  # fresh metadata
-        partitions = consumer.partitions_for_topic(topics.HOLDS) or set()
-        self._partitions = [TopicPartition(topics.HOLDS, p) for p in sorted(partitions)]
-        if self._partitions:
-            consumer.assign(self._partitions)
-            consumer.pause(*self._partitions)
-            await consumer.seek_to_beginning(*self._partitions)
+        await self._topic.start(consumer)
 
     async def stop(self) -> None:
-        if self._consumer is not None:
-            await self._consumer.stop()
+        await self._topic.stop()
 
     async def refresh(self) -> None:
         """Catch up with the holds topic to its end offsets as of now. The worker calls this
@@ -180,48 +144,28 @@ class HoldsView:
                 "holds": len(self._holds),
                 "announced": len(self._announced.versions) if self._announced else 0,
                 "marker": f"{marker[0].partition}/{marker[1]}" if marker else "",
-                "partitions": len(self._partitions),
+                "partitions": len(self._topic.partitions),
             },
         )
 
     async def _catch_up(self) -> None:
-        consumer = self._consumer
-        if consumer is None:
-            raise RuntimeError("HoldsView used before start()")
-        if not self._partitions:
-            await self._assign(consumer)
-            if not self._partitions:
+        topic = self._topic
+        if not topic.partitions:
+            await topic.assign()
+            if not topic.partitions:
                 return
-        self._follow_partitions(consumer)
-        end = await consumer.end_offsets(self._partitions)
-        went_back = [tp.partition for tp in self._partitions if end[tp] < self._ends.get(tp, 0)]
-        if went_back or not await self._marker_still_there(consumer, end):
+        if topic.follow_partitions():
+            self._forget_announcement()
+        end = await topic.end_offsets()
+        went_back = topic.went_back(end)
+        if went_back or not await topic.marker_still_there(self._marker_at, end):
             # The broker forgot the topic, or it was recreated. What we read stays (a hold is
             # never forgotten here), but only a marker read from now on says it is all of them.
             log.warning("holds topic forgotten: reading it again", extra={"partitions": went_back})
             self._forget_announcement()
-            for tp in self._partitions:
-                fetching.forget(consumer, tp)
-                consumer.seek(tp, 0)
-            # Made again, it may have other partitions: asked now, not at the next periodic
-            # refresh of the metadata, or the view could count itself complete meanwhile on a
-            # marker in the partition it reads, blind to a hold sent to another.
-            if not await _fresh_metadata(consumer):
-                raise HoldsBehind("the holds topic's partitions could not be looked up")
-            if self._follow_partitions(consumer):
-                end = await consumer.end_offsets(self._partitions)
-        self._ends = dict(end)
-        deadline = time.monotonic() + CATCH_UP_S
-        while behind := [tp for tp in self._partitions if await consumer.position(tp) < end[tp]]:
-            with _reading(consumer, behind):
-                batches = await fetching.fetch_in_order(consumer, timeout_ms=100)
-            for records in batches.values():
-                for record in records:
-                    self._apply(record)
-            if not batches and time.monotonic() >= deadline:
-                await self._note_stuck(consumer, behind)
-                raise HoldsBehind(f"holds topic not read to its end in {CATCH_UP_S:.0f} s")
-        self._stuck.clear()
+            if await topic.rewind():
+                end = await topic.end_offsets()
+        await topic.read_to(end, self._apply)
 
     def _forget_announcement(self) -> None:
         """Before reading every partition from its start: only a marker read from then on says
@@ -229,80 +173,6 @@ class HoldsView:
         still there is found again, and one gone (a topic made anew) no longer stands."""
         self._announced = self._marker_at = None
         self._unreadable.clear()
-
-    def _follow_partitions(self, consumer: AIOKafkaConsumer) -> bool:
-        """Every partition the topic has now, as the consumer's metadata says (refreshed every
-        metadata max age). A topic with other partitions than the view reads was made again or
-        given more: a hold sent to a partition the view does not read would never be read, and
-        its key may now lead elsewhere, so every partition is read from its start and only a
-        marker read from then on makes the view complete."""
-        now = consumer.partitions_for_topic(topics.HOLDS) or set()
-        if not now or now == {tp.partition for tp in self._partitions}:
-            return False
-        log.warning(
-            "holds topic has other partitions than the view read: reading them all again",
-            extra={"had": len(self._partitions), "now": len(now)},
-        )
-        self._forget_announcement()
-        self._ends = {}
-        self._partitions = [TopicPartition(topics.HOLDS, p) for p in sorted(now)]
-        consumer.assign(self._partitions)
-        consumer.pause(*self._partitions)
-        for tp in self._partitions:
-            fetching.forget(consumer, tp)
-            consumer.seek(tp, 0)
-        return True
-
-    async def _note_stuck(self, consumer: AIOKafkaConsumer, behind: list[TopicPartition]) -> None:
-        """An offset that stays unreadable while the broker answers is a hole: tansu assigns an
-        offset to a produce it then fails (two first writes to a new partition race after a
-        restart) and reports an end past it, so a reader would wait there for ever. One that
-        has not moved through refreshes HOLE_AFTER_S apart, each of which got the end offsets
-        (a paused broker answers none), is stepped over. Safe: whatever it held, the view is
-        complete only once it holds every hold a marker lists, and intake re-announces holds
-        the topic is missing."""
-        now = time.monotonic()
-        for tp in behind:
-            position = await consumer.position(tp)
-            seen_at, since = self._stuck.get(tp, (position, now))
-            if seen_at != position:
-                self._stuck[tp] = (position, now)
-            elif now - since >= HOLE_AFTER_S:
-                log.error("holds topic: offset never readable, stepping over it", extra={"offset": position})
-                fetching.forget(consumer, tp)
-                consumer.seek(tp, position + 1)
-                del self._stuck[tp]
-            else:
-                self._stuck[tp] = (position, since)
-
-    async def _marker_still_there(
-        self, consumer: AIOKafkaConsumer, end: Mapping[TopicPartition, int]
-    ) -> bool:
-        """Whether the marker we read is still where we read it. The end offsets alone cannot
-        tell: a broker that came back empty and took a few messages since can report the same
-        ends. The marker is what made this view complete, so it is what is checked: one small
-        fetch. No answer while the partition reaches past it: we cannot tell (HoldsBehind)."""
-        if self._marker_at is None:
-            return True
-        tp, offset, message_id = self._marker_at
-        fetching.forget(consumer, tp)
-        consumer.seek(tp, offset)
-        for _ in range(10):
-            with _reading(consumer, [tp]):
-                records = (await consumer.getmany(tp, timeout_ms=100)).get(tp, [])
-            if records:
-                fetching.forget(consumer, tp)
-                consumer.seek(tp, offset + 1)  # what follows is read by the catch-up, in order
-                try:
-                    same = decode(records[0].value, HOLDS_MESSAGE).message_id == message_id
-                except PoisonMessage:
-                    same = False
-                return records[0].offset == offset and same
-        if end[tp] <= offset:
-            return False  # the partition no longer reaches it
-        fetching.forget(consumer, tp)
-        consumer.seek(tp, offset + 1)
-        raise HoldsBehind("the holds marker could not be read back")
 
     def _apply(self, record: ConsumerRecord[bytes, bytes]) -> None:
         try:
@@ -328,23 +198,3 @@ class HoldsView:
         current = self._holds.get(message.hold_id)
         if current is None or message.version > current[0].version:
             self._holds[message.hold_id] = (message, identities)
-
-
-async def _fresh_metadata(consumer: AIOKafkaConsumer) -> bool:
-    """Ask the broker for the topics' metadata now; False if it did not answer (a stand-in
-    consumer in tests has none to ask)."""
-    client = getattr(consumer, "_client", None)
-    return client is None or bool(await client.force_metadata_update())
-
-
-@contextlib.contextmanager
-def _reading(consumer: AIOKafkaConsumer, partitions: list[TopicPartition]) -> Iterator[None]:
-    """The holds partitions are fetched only while a refresh reads them. Left fetchable, the
-    consumer keeps a long poll waiting on its connection, and the broker answers a connection's
-    requests in order: each refresh's end-offsets request waited behind it (83 ms at the median
-    on tansu in a soak, before every batch of every worker)."""
-    consumer.resume(*partitions)
-    try:
-        yield
-    finally:
-        consumer.pause(*partitions)

@@ -18,7 +18,7 @@ from shared.contracts.holds import SNAPSHOT_KEY, HoldsAnnounced, HoldUpdated
 from shared.crypto import IdentifierSeal, new_identifier_key
 from shared.identity import Identities
 from shared.settings import KafkaSettings
-from shared.worker import holds
+from shared.worker import holds, holds_topic
 from shared.worker.holds import HoldsBehind, HoldsUnavailable, HoldsView
 
 TP = TopicPartition(topics.HOLDS, 0)
@@ -113,8 +113,8 @@ def announce(log: ScriptedLog, *held: HoldUpdated) -> None:
 def fast(monkeypatch: pytest.MonkeyPatch) -> Callable[[float], None]:
     """No real waiting: the catch-up gives up at once, and the clock is ours to move."""
     now = [0.0]
-    monkeypatch.setattr(holds, "CATCH_UP_S", 0.0)
-    monkeypatch.setattr(holds.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(holds_topic, "CATCH_UP_S", 0.0)
+    monkeypatch.setattr(holds_topic.time, "monotonic", lambda: now[0])
 
     def advance(seconds: float) -> None:
         now[0] += seconds
@@ -178,7 +178,7 @@ async def test_a_hole_is_stepped_over_only_after_the_broker_answered_around_it_f
     view = await view_on(log)
     with pytest.raises(HoldsBehind):
         await view.refresh()
-    fast(holds.HOLE_AFTER_S - 1)
+    fast(holds_topic.HOLE_AFTER_S - 1)
     with pytest.raises(HoldsBehind):
         await view.refresh()  # still waiting: it might be a slow write
     assert view.incomplete() is not None
