@@ -54,7 +54,6 @@ class HoldsUnavailable(RuntimeError):
 
 class HoldsView:
     def __init__(self, kafka: KafkaSettings, seal: IdentifierSeal) -> None:
-        self.kafka = kafka
         self.seal = seal
         self._holds: dict[UUID, tuple[HoldUpdated, Identities]] = {}
         self._announced: HoldsAnnounced | None = None
