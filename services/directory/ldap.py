@@ -34,7 +34,7 @@ from shared.telemetry.messaging import TRACER
 
 NO_SUCH_OBJECT = 32
 CALL_TIMEOUT_S = 30.0  # a whole call: connect, bind, each base's search (10 s each at most)
-THREADS = 8  # the worker's concurrency: one connection per subject being handled
+THREADS = 8  # tools and tests; the worker gives its concurrency: one connection per subject
 Attributes = dict[str, list[str]]  # names in lower case, values as text
 R = TypeVar("R")
 
@@ -76,7 +76,11 @@ def _results() -> Iterator[None]:
 
 class Directory:
     def __init__(
-        self, settings: LdapSettings, development: bool = False, call_timeout_s: float = CALL_TIMEOUT_S
+        self,
+        settings: LdapSettings,
+        development: bool = False,
+        call_timeout_s: float = CALL_TIMEOUT_S,
+        threads: int = THREADS,
     ) -> None:
         self.settings = settings
         self.tls = tls_for(settings, development)
@@ -85,7 +89,9 @@ class Directory:
         self.restricted = str(self.tree.restricted)
         self.call_timeout_s = call_timeout_s
         self._local = threading.local()
-        self._threads = ThreadPoolExecutor(THREADS, thread_name_prefix="ldap")
+        # As many as the subjects the worker handles at once: a call queued for a thread would
+        # spend its deadline waiting.
+        self._threads = ThreadPoolExecutor(threads, thread_name_prefix="ldap")
 
     async def call(self, work: Callable[..., R], *args: object) -> R:
         """`work` in the directory's own threads, within the call deadline (TimeoutError past it),

@@ -10,7 +10,7 @@ from typing import Self
 
 import asyncpg
 
-from services.directory.ldap import Directory, LdapSettings
+from services.directory.ldap import THREADS, Directory, LdapSettings
 from shared.contracts.outcomes import Action
 from shared.db import apply_schema, create_pool, ensure_database
 from shared.identity import Identities
@@ -18,6 +18,7 @@ from shared.settings import DatabaseSettings, DeploymentSettings
 from shared.worker.journal import JOURNAL_STRIP_DDL, WORKER_JOURNAL_DDL, PostgresJournal
 from shared.worker.matching import match
 from shared.worker.ports import Decision, Record
+from shared.worker.runtime import RetrySettings
 
 CATEGORY = "directory_entries"
 
@@ -72,14 +73,21 @@ class DirectoryAdapter:
         CATEGORY: ("cn", "sn", "mail", "telephoneNumber", "mobile")
     }
 
-    def __init__(self, database_url: str, ldap: LdapSettings, development: bool = False) -> None:
+    def __init__(
+        self, database_url: str, ldap: LdapSettings, development: bool = False, concurrency: int = THREADS
+    ) -> None:
         self.database_url = database_url
-        self.directory = Directory(ldap, development)
+        self.directory = Directory(ldap, development, threads=concurrency)
         self._pool: asyncpg.Pool | None = None
 
     @classmethod
     def from_env(cls) -> Self:
-        return cls(DatabaseSettings().database_url, LdapSettings(), DeploymentSettings().development)
+        return cls(
+            DatabaseSettings().database_url,
+            LdapSettings(),
+            DeploymentSettings().development,
+            RetrySettings().concurrency,
+        )
 
     async def start(self) -> None:
         await ensure_database(self.database_url)

@@ -8,6 +8,7 @@ from pydantic import ValidationError
 
 from services.directory.dn import Dn, unescape
 from services.directory.settings import LdapSettings
+from services.directory.store import DirectoryAdapter
 from services.directory.tree import PlacementError, Tree
 
 BASE = "dc=lethe,dc=test"
@@ -110,3 +111,17 @@ def test_an_entry_restricted_by_an_earlier_version_is_lifted_into_people() -> No
     assert TREE.origin(legacy).key == PEOPLE.key
     with pytest.raises(PlacementError):
         Tree.configure(BASE, [str(PARTNERS)]).origin(legacy)
+
+
+def test_the_directory_has_a_thread_for_each_subject_the_worker_handles_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Fewer, and a call queued for a thread would spend its deadline waiting."""
+    monkeypatch.setenv("LETHE_LDAP_PASSWORD", "p")
+    monkeypatch.setenv("LETHE_DATABASE_URL", "postgresql://127.0.0.1/unused")  # not connected to
+    monkeypatch.setenv("LETHE_WORKER_CONCURRENCY", "13")
+    adapter = DirectoryAdapter.from_env()
+    try:
+        assert adapter.directory._threads._max_workers == 13
+    finally:
+        adapter.directory.close()
