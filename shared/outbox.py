@@ -66,20 +66,28 @@ def outbox_ctes(
     (the NOTIFY; the main query must read it, or PostgreSQL skips it), for a caller that folds
     them into its own statement; `only_if` is a condition on the caller's CTEs. Parameters are
     numbered from `first_param`; the returned arguments go in that order."""
+    return outbox_sql(first_param, only_if), outbox_args(messages)
+
+
+def outbox_sql(first_param: int, only_if: str = "true") -> str:
+    """`outbox_ctes`' statement alone, for a caller that prepares it once."""
     t, k, v, h = (f"${first_param + n}" for n in range(4))
-    sql = (
+    return (
         "outbox_added AS (INSERT INTO outbox (topic, key, value, headers)"
         f" SELECT t, k, v, {h}::jsonb FROM unnest({t}::text[], {k}::text[], {v}::bytea[])"
         f" WITH ORDINALITY AS m(t, k, v, n) WHERE {only_if} ORDER BY n RETURNING id),"
         f" outbox_wake AS (SELECT pg_notify('{_CHANNEL}', '') WHERE EXISTS (SELECT 1 FROM outbox_added))"
     )
-    args: list[Any] = [
+
+
+def outbox_args(messages: Sequence[tuple[str, str, BaseModel]]) -> list[Any]:
+    """`outbox_ctes`' arguments alone: four, in the order of its parameters."""
+    return [
         [topic for topic, _, _ in messages],
         [key for _, key, _ in messages],
         [encode(message) for _, _, message in messages],
         json.dumps([[name, value.decode()] for name, value in trace_headers()]),
     ]
-    return sql, args
 
 
 class OutboxRelay:

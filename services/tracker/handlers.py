@@ -73,7 +73,11 @@ async def handle_group(tracker: Tracker, records: list[ConsumerRecord[bytes, byt
     outcomes: list[OutcomeReported] = []
     for record in records:
         if record.topic == topics.OUTCOMES:
-            outcomes.append(decode(record.value, OutcomeReported))
+            outcome = decode(record.value, OutcomeReported)
+            if outcomes and outcomes[0].request_id != outcome.request_id:  # a key that lied
+                await store.record_outcomes(tracker.pool, outcomes, tracker.seal, tracker.max_rounds)
+                outcomes = []
+            outcomes.append(outcome)
             continue
         if outcomes:
             await store.record_outcomes(tracker.pool, outcomes, tracker.seal, tracker.max_rounds)

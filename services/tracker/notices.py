@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import asyncpg
 
-from services.tracker.repository import load, save
+from services.tracker.repository import claim_and_load
+from services.tracker.saving import save
 from shared.contracts.notices import NoticeUpdated
-from shared.journal import claim
 
 
 async def notice_updated(pool: asyncpg.Pool, event: NoticeUpdated) -> bool:
     async with pool.acquire() as conn, conn.transaction():
-        if not await claim(conn, event.message_id):
-            return False
-        loaded = await load(conn, event.request_id)
-        if loaded is None:
+        new_ids, loaded = await claim_and_load(conn, [event.message_id], event.request_id)
+        if not new_ids or loaded is None:
             return False
         was_final = loaded.saga.status.is_final
         if not loaded.saga.notice_updated(event):

@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 
 import asyncpg
 
-from services.tracker import repository, schedule
+from services.tracker import repository, saving, schedule
 from services.tracker.settings import TrackerSettings
 from shared.telemetry import metrics
 
@@ -99,10 +99,10 @@ async def _resend(conn: asyncpg.Connection, request_id: str, now: datetime) -> N
     held = saga.recipients.held
     waiting = [] if held else await repository.enqueue_waiting(conn, loaded, "resend after broker loss")
     if not waiting and not saga.recipients.new:
-        await repository.announce(conn, loaded, completed=saga.status.is_final)
+        await saving.announce(conn, loaded, completed=saga.status.is_final)
         return
     for system in waiting:
         metrics.redispatches.add(1, {"system": system})
     notices = [n.recipient_id for n in saga.recipients.new]
     saga.note(now, "resent_after_broker_loss", systems=waiting, **({"notices": notices} if notices else {}))
-    await repository.save(conn, loaded, was_final=saga.status.is_final)
+    await saving.save(conn, loaded, was_final=saga.status.is_final)

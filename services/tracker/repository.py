@@ -1,6 +1,6 @@
 """How a saga is kept: loaded with its systems, reviews and audit trail in one round trip
-under a row lock, written back (only what changed), its audit events chained, its snapshot and
-completion announced through the outbox, its commands enqueued."""
+under a row lock (with the messages that change it claimed, in the same one), and its commands
+enqueued. How it is written back: services/tracker/saving.py."""
 
 from __future__ import annotations
 
@@ -11,10 +11,8 @@ from datetime import UTC, datetime
 from uuid import UUID
 
 import asyncpg
-from pydantic import BaseModel
 
 from services.tracker import reviews
-from services.tracker.notices_out import send_planned
 from services.tracker.recipients import Recipients
 from services.tracker.saga import Saga
 from services.tracker.slots import SystemSlot
@@ -22,15 +20,13 @@ from shared import topics
 from shared.contracts import (
     COMMAND_FOR_TYPE,
     OutcomeReported,
-    RequestCompleted,
-    RequestStatusChanged,
     RequestType,
     SystemState,
 )
-from shared.contracts.audit import GENESIS, AuditEntry
+from shared.contracts.audit import AuditEntry
 from shared.contracts.commands import EraseRecords, SubjectCommand
 from shared.contracts.report import Extension, ReviewState
-from shared.outbox import enqueue, enqueue_many
+from shared.outbox import enqueue
 from shared.telemetry import metrics
 from shared.telemetry.messaging import TRACER, link_to
 
@@ -74,7 +70,29 @@ def _utc(text: str) -> datetime:
 
 
 async def load(conn: asyncpg.Connection, request_id: str) -> Loaded | None:
-    loaded_row = await conn.fetchrow(_LOAD, request_id)
+    return _loaded(await conn.fetchrow(_LOAD, request_id))
+
+
+# The messages claimed (shared/journal.py) and the saga loaded, in one round trip: a handler's
+# first two statements, which every change of a saga makes.
+_CLAIM_AND_LOAD = """WITH claimed AS (
+    INSERT INTO processed_messages (message_id) SELECT unnest($2::uuid[])
+    ON CONFLICT (message_id) DO NOTHING RETURNING message_id)
+SELECT ARRAY(SELECT message_id FROM claimed) AS fresh, l.saga, l.systems, l.trail
+FROM (SELECT 1) AS one LEFT JOIN LATERAL lethe_saga_load($1) AS l ON true"""
+
+
+async def claim_and_load(
+    conn: asyncpg.Connection, message_ids: Sequence[UUID], request_id: str
+) -> tuple[set[UUID], Loaded | None]:
+    """Which of the messages are new (a redelivered one is not), and the saga locked, in the
+    caller's transaction."""
+    row = await conn.fetchrow(_CLAIM_AND_LOAD, request_id, list(message_ids))
+    assert row is not None
+    return set(row["fresh"]), _loaded(row) if row["saga"] is not None else None
+
+
+def _loaded(loaded_row: asyncpg.Record | None) -> Loaded | None:
     if loaded_row is None:
         return None
     row = json.loads(loaded_row["saga"])
@@ -118,40 +136,6 @@ async def load(conn: asyncpg.Connection, request_id: str) -> Loaded | None:
         trail,
         row["pending_learnt"],
     )
-
-
-async def _append_audit(conn: asyncpg.Connection, loaded: Loaded) -> list[AuditEntry]:
-    """Chain the saga's new audit events onto its trail (as loaded with the locked saga);
-    returns the whole trail."""
-    saga, trail = loaded.saga, loaded.trail
-    prev = trail[-1].hash if trail else GENESIS
-    added: list[AuditEntry] = []
-    for at, kind, raw in saga.audit:
-        detail = json.loads(json.dumps(raw, default=str))  # as stored, so the hash checks out
-        seq = len(trail) + len(added) + 1
-        digest = AuditEntry.digest(saga.request_id, seq, at, kind, detail, prev)
-        entry = AuditEntry(
-            request_id=saga.request_id, seq=seq, at=at, kind=kind, detail=detail, prev_hash=prev, hash=digest
-        )
-        added.append(entry)
-        prev = entry.hash
-    if added:  # one statement, not one execution per entry
-        await conn.execute(
-            "INSERT INTO audit_log (request_id, seq, at, kind, detail, prev_hash, hash)"
-            " SELECT $1, seq, at, kind, detail::jsonb, prev_hash, hash FROM unnest("
-            "$2::integer[], $3::timestamptz[], $4::text[], $5::text[], $6::text[], $7::text[])"
-            " AS e(seq, at, kind, detail, prev_hash, hash)",
-            saga.request_id,
-            [e.seq for e in added],
-            [e.at for e in added],
-            [e.kind for e in added],
-            [json.dumps(e.detail) for e in added],
-            [e.prev_hash for e in added],
-            [e.hash for e in added],
-        )
-    saga.audit.clear()
-    loaded.trail = trail + added
-    return loaded.trail
 
 
 async def audit_trail(conn: asyncpg.Connection | asyncpg.Pool, request_id: str) -> list[AuditEntry]:
@@ -255,83 +239,3 @@ async def enqueue_review_erasure(conn: asyncpg.Connection, loaded: Loaded, revie
             groups=review.groups,
         ),
     )
-
-
-async def save(conn: asyncpg.Connection, loaded: Loaded, was_final: bool) -> None:
-    """Persist the saga, chain its audit events and announce the new snapshot, in the caller's
-    transaction; announce completion once each time the request reaches a final status."""
-    saga = loaded.saga
-    await send_planned(conn, loaded)  # notices planned by this change (services/tracker/recipients.py)
-    if saga.recipients.release_now:  # a lift whose recipients were told: its commands go now
-        saga.recipients.release_now = False
-        await enqueue_waiting(conn, loaded, "lift after notices")
-    loaded.version += 1
-    status = saga.status
-    await conn.execute(
-        "UPDATE sagas SET status = $2, version = $3, completed_at = $4, deadline = $5,"
-        " extension = $6::jsonb, round = $7, reviews = $8::jsonb, sealed_identifiers = $9,"
-        " pending_learnt = $10, recipients = $11::jsonb WHERE request_id = $1",
-        saga.request_id,
-        status.value,
-        loaded.version,
-        saga.completed_at,
-        saga.deadline,
-        saga.extension.model_dump_json() if saga.extension else None,
-        saga.round,
-        json.dumps([reviews.to_json(r) for r in saga.reviews.values()]),
-        loaded.sealed_identifiers,
-        loaded.pending_learnt,
-        json.dumps(saga.recipients.to_json()),
-    )
-    changed = [s for s in saga.slots.values() if s != loaded.as_loaded.get(s.system)]
-    if changed:  # an answer changes one slot, not five; an extension none. One statement.
-        await conn.execute(
-            "UPDATE saga_systems s SET state = u.state, attempts = u.attempts,"
-            " dispatched_at = u.dispatched_at, command_id = u.command_id, answered_at = u.answered_at,"
-            " outcome = u.outcome::jsonb, error = u.error, deferred = u.deferred::jsonb,"
-            " rounds = u.rounds::jsonb"
-            " FROM unnest($2::text[], $3::text[], $4::integer[], $5::timestamptz[], $6::uuid[],"
-            " $7::timestamptz[], $8::text[], $9::text[], $10::text[], $11::text[])"
-            " AS u(system, state, attempts, dispatched_at, command_id, answered_at, outcome, error,"
-            " deferred, rounds)"
-            " WHERE s.request_id = $1 AND s.system = u.system",
-            saga.request_id,
-            [s.system for s in changed],
-            [s.state.value for s in changed],
-            [s.attempts for s in changed],
-            [s.dispatched_at for s in changed],
-            [s.command_id for s in changed],
-            [s.answered_at for s in changed],
-            [s.outcome.model_dump_json() if s.outcome else None for s in changed],
-            [s.error for s in changed],
-            [json.dumps([d.model_dump(mode="json") for d in s.deferred]) for s in changed],
-            [json.dumps([r.model_dump(mode="json") for r in s.rounds]) for s in changed],
-        )
-    await _append_audit(conn, loaded)
-    just_finished = status.is_final and not was_final
-    if just_finished:
-        labels = {"type": saga.request_type.value, "status": status.value}
-        metrics.requests_completed.add(1, labels)
-        if saga.completed_at is not None:
-            metrics.request_duration.record((saga.completed_at - saga.received_at).total_seconds(), labels)
-    await announce(conn, loaded, completed=just_finished)
-
-
-async def announce(conn: asyncpg.Connection, loaded: Loaded, completed: bool) -> None:
-    """The saga's snapshot as it stands (its version: intake keeps the newest it has seen), and
-    with `completed` the completion event for upstream."""
-    saga = loaded.saga
-    report = saga.report()
-    snapshot = RequestStatusChanged(
-        request_id=saga.request_id,
-        version=loaded.version,
-        status=saga.status,
-        systems=[s.progress() for s in saga.slots.values()],
-        report=report,
-        audit=loaded.trail,
-    )
-    messages: list[tuple[str, str, BaseModel]] = [(topics.REQUEST_STATUS, saga.request_id, snapshot)]
-    if completed:
-        done = RequestCompleted(request_id=saga.request_id, status=saga.status, report=report)
-        messages.append((topics.REQUESTS_COMPLETED, saga.request_id, done))
-    await enqueue_many(conn, messages)

@@ -14,19 +14,19 @@ from services.tracker import expansion
 from services.tracker.repository import (
     Loaded,
     audit_trail,
+    claim_and_load,
     dispatch,
     enqueue_review_erasure,
     enqueue_waiting,
     load,
-    save,
 )
 from services.tracker.saga import Timeouts
+from services.tracker.saving import save
 from services.tracker.schedule import schedule_follow_ups
 from services.tracker.schema import SCHEMA
 from shared.contracts import OutcomeReported, RequestAccepted, RequestType
 from shared.contracts.events import DeadlineExtended, RetrySystem, ReviewDecided
 from shared.crypto import IdentifierSeal
-from shared.journal import claim, claim_many
 from shared.recipients.plan import restricted
 
 __all__ = ["SCHEMA", "audit_trail", "load"]
@@ -122,11 +122,10 @@ async def record_outcomes(
     once for all of them (under load, a request's five answers often arrive together). Without
     a `seal` the tracker cannot open what was learnt, and searches no further than round 1."""
     async with pool.acquire() as conn, conn.transaction():
-        new_ids = await claim_many(conn, [e.message_id for e in events])
+        new_ids, loaded = await claim_and_load(conn, [e.message_id for e in events], events[0].request_id)
         fresh = [e for e in events if e.message_id in new_ids]  # redeliveries change nothing
         if not fresh:
             return
-        loaded = await load(conn, fresh[0].request_id)
         if loaded is None:
             # The outcomes overtook their request's acceptance (different topics, different
             # partitions): keep them until the saga starts.
@@ -192,10 +191,8 @@ async def check_timeouts(pool: asyncpg.Pool, now: datetime, timeouts: Timeouts) 
 
 async def retry_system(pool: asyncpg.Pool, event: RetrySystem, now: datetime) -> bool:
     async with pool.acquire() as conn, conn.transaction():
-        if not await claim(conn, event.message_id):
-            return False
-        loaded = await load(conn, event.request_id)
-        if loaded is None:
+        new_ids, loaded = await claim_and_load(conn, [event.message_id], event.request_id)
+        if not new_ids or loaded is None:
             return False
         was_final = loaded.saga.status.is_final
         if loaded.sealed_identifiers is None:  # forgotten (forgetting.py): nothing to search with
@@ -211,9 +208,9 @@ async def retry_system(pool: asyncpg.Pool, event: RetrySystem, now: datetime) ->
 
 async def extend_deadline(pool: asyncpg.Pool, event: DeadlineExtended) -> None:
     async with pool.acquire() as conn, conn.transaction():
-        if not await claim(conn, event.message_id):
+        new_ids, loaded = await claim_and_load(conn, [event.message_id], event.request_id)
+        if not new_ids:
             return
-        loaded = await load(conn, event.request_id)
         if loaded is None:  # read before the request's acceptance: applied when the saga starts
             await conn.execute(
                 "INSERT INTO early_extensions (message_id, request_id, event) VALUES ($1, $2, $3)"
@@ -232,10 +229,8 @@ async def decide_review(
     """A person's decision: 'erase' sends the system a command for exactly those records (or,
     for the search's bound, runs the next round); 'keep' is recorded. Once only."""
     async with pool.acquire() as conn, conn.transaction():
-        if not await claim(conn, event.message_id):
-            return False
-        loaded = await load(conn, event.request_id)
-        if loaded is None:
+        new_ids, loaded = await claim_and_load(conn, [event.message_id], event.request_id)
+        if not new_ids or loaded is None:
             return False
         was_final, round_before = loaded.saga.status.is_final, loaded.saga.round
         review = loaded.saga.decide(

@@ -12,7 +12,7 @@ import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from services.tracker import recovery, repository, schedule, store
+from services.tracker import recovery, repository, saving, schedule, store
 from services.tracker.saga import Timeouts
 from shared import topics
 from shared.codec import encode
@@ -104,6 +104,21 @@ async def test_outcomes_complete_the_saga_once_and_duplicates_change_nothing(
     statuses = [m["status"] for m in await outbox(tracker_db, topics.REQUEST_STATUS)]
     assert statuses == ["in_progress", "in_progress", "completed"]
     assert len(await outbox(tracker_db, topics.REQUESTS_COMPLETED)) == 1
+
+
+async def test_twin_deliveries_of_an_outcome_at_once_record_it_once(tracker_db: asyncpg.Pool) -> None:
+    # A rebalance can hand one outcome to two tracker instances at once: the claim and the
+    # saga's lock are taken in one statement, and whichever waits finds the outcome taken.
+    await store.start_saga(tracker_db, accepted("twin-1", "crm", "billing"), T0)
+    crm = outcome("twin-1", "crm")
+    for _ in range(5):
+        await asyncio.gather(*(store.record_outcome(tracker_db, crm) for _ in range(3)))
+    await asyncio.gather(*(store.record_outcome(tracker_db, outcome("twin-1", "billing")) for _ in range(2)))
+    statuses = [m["status"] for m in await outbox(tracker_db, topics.REQUEST_STATUS)]
+    assert statuses == ["in_progress", "in_progress", "completed"]
+    trail = await repository.audit_trail(tracker_db, "twin-1")
+    assert [e.kind for e in trail].count("outcome_recorded") == 2
+    assert verify_chain(trail) is None
 
 
 async def test_an_outcome_that_overtakes_its_request_is_kept_until_the_saga_starts(
@@ -452,14 +467,15 @@ async def test_a_saga_changed_while_another_waited_for_it_is_read_as_changed(
         loaded = await repository.load(first, "race-1")
         assert loaded is not None
         loaded.saga.note(T0, "first_change")
-        await repository.save(first, loaded, was_final=False)
+        await saving.save(first, loaded, was_final=False)
 
         async def waiting() -> repository.Loaded | None:
             async with second.transaction():
-                other = await repository.load(second, "race-1")  # waits for the first to commit
-                assert other is not None
+                # Waits for the first to commit; the claim in the same statement is made.
+                fresh, other = await repository.claim_and_load(second, [uuid4()], "race-1")
+                assert other is not None and len(fresh) == 1
                 other.saga.note(T0, "second_change")
-                await repository.save(second, other, was_final=False)
+                await saving.save(second, other, was_final=False)
                 return other
 
         task = asyncio.create_task(waiting())
