@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import asyncpg
@@ -24,7 +24,7 @@ from shared.delivery import TRANSIENT
 from shared.kafka import trace_headers
 from shared.telemetry.messaging import TRACE_HEADERS, context_of, producing, quiet
 from shared.telemetry.metrics import outbox_backlog
-from shared.topics import fixed_partition
+from shared.topics import SNAPSHOTS, fixed_partition
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +88,14 @@ def outbox_args(messages: Sequence[tuple[str, str, BaseModel]]) -> list[Any]:
         [encode(message) for _, _, message in messages],
         json.dumps([[name, value.decode()] for name, value in trace_headers()]),
     ]
+
+
+def newest_snapshots(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The rows (in order) less each snapshot a later row of the batch supersedes
+    (shared.topics.SNAPSHOTS): under load a request's status changes several times before the
+    relay runs, and each snapshot carries its whole report and audit trail to every reader."""
+    last = {(r["topic"], r["key"]): n for n, r in enumerate(rows) if r["topic"] in SNAPSHOTS}
+    return [r for n, r in enumerate(rows) if r["topic"] not in SNAPSHOTS or last[(r["topic"], r["key"])] == n]
 
 
 class OutboxRelay:
@@ -171,7 +179,7 @@ class OutboxRelay:
             )
             if not taken:
                 return 0
-            rows = sorted(taken, key=lambda r: r["id"])  # RETURNING has no order; sends keep it
+            rows = newest_snapshots(sorted(taken, key=lambda r: r["id"]))  # RETURNING has no order
             futures = []
             for row in rows:
                 stored = [(k, v.encode()) for k, v in json.loads(row["headers"])]
@@ -192,4 +200,4 @@ class OutboxRelay:
                 0 if len(rows) < self._batch_size else await conn.fetchval("SELECT count(*) FROM outbox")
             )
             outbox_backlog.set(backlog, {"service": self._name})
-            return len(rows)
+            return len(taken)

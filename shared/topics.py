@@ -87,6 +87,12 @@ def fixed_partition(name: str) -> int | None:
     return 0 if name == HOLDS else None
 
 
+# Topics whose every message is the whole state of its key, ordered by a version inside it
+# (readers keep the newest): an older message not yet sent is worth nothing once a newer one
+# of its key is written, and the outbox relay sends only the newest of a batch.
+SNAPSHOTS = frozenset({REQUEST_STATUS})
+
+
 def command_topic(system: str) -> str:
     return f"lethe.commands.{system}.v1"
 

@@ -12,7 +12,9 @@ from uuid import uuid4
 
 import pytest
 
+from shared import topics
 from shared.codec import decode
+from shared.contracts import RequestStatus, RequestStatusChanged
 from shared.contracts.events import NotificationRequested, RetrySystem
 from shared.db import apply_schema, create_pool, ensure_database
 from shared.journal import JOURNAL_DDL, claim, claim_many
@@ -81,11 +83,13 @@ class _Producer:
 
     def __init__(self) -> None:
         self.keys: list[bytes] = []
+        self.sent: list[tuple[str, bytes]] = []
 
     async def send(
         self, topic: str, value: bytes, key: bytes, headers: object, partition: int | None = None
     ) -> asyncio.Future[None]:
         self.keys.append(key)
+        self.sent.append((topic, value))
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         done.set_result(None)
         return done
@@ -125,4 +129,38 @@ async def test_a_held_relay_keeps_its_rows_until_the_hold_goes_but_publishes_wha
         running.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await running
+        await pool.close()
+
+
+async def test_the_relay_sends_only_the_newest_unsent_snapshot_of_a_request(fresh_db: str) -> None:
+    """A status snapshot is the request's whole state (intake keeps the newest version): one
+    that a later row of the same batch supersedes is deleted unsent. Everything else goes, in
+    order, each snapshot of another request too."""
+    await ensure_database(fresh_db)
+    pool = await create_pool(fresh_db, 2)
+    producer = _Producer()
+    relay = OutboxRelay(pool, producer)  # type: ignore[arg-type]
+
+    def status(request_id: str, version: int) -> tuple[str, str, RequestStatusChanged]:
+        snapshot = RequestStatusChanged(
+            request_id=request_id, version=version, status=RequestStatus.IN_PROGRESS, systems=[]
+        )
+        return (topics.REQUEST_STATUS, request_id, snapshot)
+
+    try:
+        await apply_schema(pool, OUTBOX_DDL)
+        command = ("topic.commands", "r-1", RetrySystem(request_id="r-1", system="crm"))
+        async with pool.acquire() as conn, conn.transaction():
+            await enqueue_many(conn, [status("r-1", 1), command, status("r-2", 1), status("r-1", 2)])
+        async with pool.acquire() as conn, conn.transaction():
+            await enqueue_many(conn, [status("r-1", 3)])
+        assert await relay.publish_batch() == 5  # taken: the superseded ones are gone too
+        sent = [
+            (topic, decode(value, RequestStatusChanged).version if topic == topics.REQUEST_STATUS else 0)
+            for topic, value in producer.sent
+        ]
+        assert sent == [("topic.commands", 0), (topics.REQUEST_STATUS, 1), (topics.REQUEST_STATUS, 3)]
+        assert producer.keys == [b"r-1", b"r-2", b"r-1"]
+        assert await pool.fetchval("SELECT count(*) FROM outbox") == 0
+    finally:
         await pool.close()
