@@ -16,7 +16,7 @@ from shared.contracts.commands import EraseRecords
 from shared.crypto import IdentifierSeal
 from shared.identity import KINDS, Identities, KnownIdentities
 from shared.telemetry.messaging import TRACER
-from shared.worker import outcome
+from shared.worker import hold_cover, outcome
 from shared.worker.holds import ActiveHold
 from shared.worker.matching import Ambiguous, classify
 from shared.worker.policy import Policy
@@ -143,7 +143,7 @@ async def _plan(
         span.set_attribute("lethe.records.found", len(certain))
         span.set_attribute("lethe.records.in_review", sum(len(a.records) for a in ambiguous))
     with TRACER.start_as_current_span("holds") as span:
-        held = await _held(
+        held = await held_records(
             store, adapter.system, holds or NoHolds(), moment, command.request_type, known, resumed
         )
         span.set_attribute("lethe.records.retained", len(held))
@@ -209,7 +209,7 @@ async def decided_before(store: StoreSession, command: SubjectCommand) -> set[tu
     return decided
 
 
-async def _held(
+async def held_records(
     store: StoreSession,
     system: str,
     holds: HoldSource,
@@ -218,17 +218,20 @@ async def _held(
     known: KnownIdentities,
     resumed: set[tuple[str, str]],
 ) -> dict[tuple[str, str], str]:
-    """Which of the store's records a hold in force covers: the hold's own identifiers are
-    matched in this store, so a hold on a customer id covers records found by e-mail too. What
-    an earlier command kept (`resumed`, a deferred erasure's) may no longer be found by any
-    identifier (an invoice whose account was erased): a hold naming any of the subject's
-    strong identifiers covers all of it, since it was decided to be the subject's."""
+    """Which of the store's records a hold in force covers: the holds' own identifiers are
+    matched in this store, so a hold on a customer id covers records found by e-mail too
+    (shared/worker/hold_cover.py: a few searches for all the holds). What an earlier command
+    kept (`resumed`, a deferred erasure's) may no longer be found by any identifier (an
+    invoice whose account was erased): a hold naming any of the subject's strong identifiers
+    covers all of it, since it was decided to be the subject's."""
     if request_type is not RequestType.ERASURE:
         return {}
+    active = await holds.active(system, moment)
+    found = hold_cover.index([r for ids in hold_cover.searches(active) for r in await store.find(ids)])
     held: dict[tuple[str, str], str] = {}
     subject = set(known.all.strong().pairs())  # a shared landline does not make a hold theirs
-    for hold in await holds.active(system, moment):
-        covers = {r.key: r.category for r in await store.find(hold.identities)}
+    for hold in active:
+        covers = hold_cover.found_by(hold, found)
         if subject & set(hold.identities.strong().pairs()):
             covers |= {key: key[0] for key in resumed}
         for key, category in covers.items():

@@ -1,0 +1,179 @@
+"""Holds searched together cover exactly what each hold's own search covers, in every real
+store: the demo's people (shared numbers, sub-addresses, a second account, a callee) and
+synthetic ones beside them, held by identifiers written as people write them, with holds on
+nobody in the stores among them, so that several searches are needed."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from uuid import uuid4
+
+import pytest
+
+from cli import synthetic
+from cli.seed import PersonSeed, SeedFile
+from services.billing import seed as billing_seed
+from services.billing.store import BillingAdapter
+from services.crm import seed as crm_seed
+from services.crm.store import CrmAdapter
+from services.directory import seed as directory_seed
+from services.directory.ldap import LdapSettings
+from services.directory.store import DirectoryAdapter
+from services.mailing import seed as mailing_seed
+from services.mailing.store import MailingAdapter
+from services.recordings import seed as recordings_seed
+from services.recordings.store import RecordingsAdapter
+from shared.contracts import RequestType
+from shared.identity import Identities, KnownIdentities
+from shared.worker import hold_cover
+from shared.worker.handler import held_records
+from shared.worker.holds import ActiveHold
+from shared.worker.ports import StoreAdapter, StoreSession
+from tests.conftest import drop_database
+
+pytestmark = pytest.mark.integration
+NOW = datetime(2026, 11, 27, 12, tzinfo=UTC)
+CATEGORIES = [None, frozenset({"invoices", "accounts"}), frozenset({"contacts"}), frozenset({"recordings"})]
+
+
+def people(demo_seed: SeedFile) -> list[PersonSeed]:
+    return demo_seed.people + synthetic.people(15, prefix="hc").people
+
+
+def written_otherwise(kind: str, value: str, rng: random.Random) -> list[str]:
+    """The identifier as a hold might name it: as stored, in capitals, with a sub-address, with
+    an extension (a switchboard's line), in international form."""
+    if kind == "emails":
+        local, _, domain = value.partition("@")
+        return [value, value.upper(), f"{local}+legal@{domain}", value]
+    if kind == "phones":
+        digits = value.replace(" ", "")
+        national = "0" + digits[3:] if digits.startswith("+44") else digits
+        return [value, national, f"{national} x{rng.randint(1, 99)}", "+44" + national.lstrip("0")]
+    return [value]
+
+
+def holds_for(everyone: list[PersonSeed], rng: random.Random) -> list[ActiveHold]:
+    """Holds on what the stores hold (each identifier of each record, written some way), and
+    as many on nobody, shuffled."""
+    stored: list[tuple[str, str]] = []
+    for p in everyone:
+        for a in p.billing:
+            stored += [("customer_ids", a.customer_id), ("emails", a.email or ""), ("phones", a.phone or "")]
+        for c in p.crm:
+            stored += [("emails", c.email or ""), ("phones", c.phone or "")]
+        for r in p.recordings:
+            stored += [("phones", r.caller or ""), ("phones", r.callee or "")]
+        for d in p.directory:
+            stored += [("ldap_uids", d.uid), *(("emails", m) for m in d.mail)]
+        for m in p.mailing:
+            stored += [("emails", m.email)]
+    holds = []
+    for n, (kind, value) in enumerate(v for v in stored if v[1]):
+        written = rng.choice(written_otherwise(kind, value, rng))
+        identities = Identities.lenient(**{kind: [written]})
+        if identities:
+            holds.append(ActiveHold(f"LIT-{n}", identities, rng.choice(CATEGORIES)))
+    # A case names several identifiers of one person or of two: each of them counts.
+    named = [v for v in stored if v[1]]
+    for n in range(0, len(named) - 1, 3):
+        (k1, v1), (k2, v2) = named[n], rng.choice(named)
+        written: dict[str, list[str]] = {k1: [rng.choice(written_otherwise(k1, v1, rng))]}
+        written.setdefault(k2, []).append(rng.choice(written_otherwise(k2, v2, rng)))
+        holds.append(ActiveHold(f"CASE-{n}", Identities.lenient(**written), rng.choice(CATEGORIES)))
+    for n in range(len(holds)):
+        nobody = {"emails": [f"nobody{n}@example.org"], "phones": [f"+4420790{n:05d}"]}
+        holds.append(
+            ActiveHold(f"NONE-{n}", Identities(**rng.choice([nobody, {"customer_ids": [f"Z-{n}"]}])), None)
+        )
+    rng.shuffle(holds)
+    return holds
+
+
+async def one_search_per_hold(store: StoreSession, holds: list[ActiveHold]) -> dict[tuple[str, str], str]:
+    """How every hold was applied before: each searched the store on its own."""
+    held: dict[tuple[str, str], str] = {}
+    for hold in holds:
+        for r in await store.find(hold.identities):
+            if hold.categories is None or r.category in hold.categories:
+                held.setdefault(r.key, hold.case_reference)
+    return held
+
+
+class Holds:
+    def __init__(self, holds: list[ActiveHold]) -> None:
+        self.holds = holds
+
+    async def active(self, system: str, moment: datetime) -> list[ActiveHold]:
+        return self.holds
+
+
+async def assert_same_cover(adapter: StoreAdapter, everyone: list[PersonSeed]) -> None:
+    rng = random.Random(17)
+    holds = holds_for(everyone, rng)
+    assert len(hold_cover.searches(holds)) > 3  # what is tested is searching together
+    subjects = [p.subject for p in everyone if p.subject is not None][:6]
+    async with adapter.session() as store:
+        expected = await one_search_per_hold(store, holds)
+        assert expected, "the holds cover nothing: the test would prove nothing"
+        for subject in subjects:
+            known = KnownIdentities(
+                given=Identities.lenient(
+                    customer_ids=[subject.customer_id], emails=subject.emails, phones=subject.phones
+                )
+            )
+            got = await held_records(
+                store, adapter.system, Holds(holds), NOW, RequestType.ERASURE, known, set()
+            )
+            assert got == expected
+
+
+@pytest.fixture
+async def stores(
+    pg_server: str, slapd: LdapSettings, tmp_path: Path, demo_seed: SeedFile
+) -> AsyncIterator[tuple[list[StoreAdapter], list[PersonSeed]]]:
+    everyone = people(demo_seed)
+    names = {
+        system: f"lethe_it_{uuid4().hex[:12]}"
+        for system in ("billing", "crm", "recordings", "mailing", "directory")
+    }
+    billing = BillingAdapter(f"{pg_server}/{names['billing']}")
+    crm = CrmAdapter(f"{pg_server}/{names['crm']}")
+    recordings = RecordingsAdapter(f"{pg_server}/{names['recordings']}", tmp_path)
+    mailing = MailingAdapter(f"{pg_server}/{names['mailing']}", "k")
+    directory = DirectoryAdapter(f"{pg_server}/{names['directory']}", slapd)
+    adapters: list[StoreAdapter] = [billing, crm, recordings, mailing, directory]
+    try:
+        for adapter in adapters:
+            await adapter.start()
+        async with billing.pool.acquire() as conn:
+            await billing_seed.write(conn, [a for p in everyone for a in p.billing])
+        async with crm.pool.acquire() as conn:
+            await crm_seed.write(conn, [c for p in everyone for c in p.crm])
+        async with recordings.pool.acquire() as conn:
+            await recordings_seed.write(conn, tmp_path, [r for p in everyone for r in p.recordings])
+        async with mailing.pool.acquire() as conn:
+            await mailing_seed.write_lists(conn, demo_seed.mailing_lists + synthetic.people(1).mailing_lists)
+            await mailing_seed.write(conn, "k", [s for p in everyone for s in p.mailing])
+        # The session's directory is shared with other tests, which write and erase the demo's
+        # people in it: only the synthetic ones are added (whatever else is there is searched
+        # alike by both ways).
+        synthetic_only = [e for p in everyone if p.label.startswith("hc") for e in p.directory]
+        await directory_seed.write(directory.directory, synthetic_only)
+        yield adapters, everyone
+    finally:
+        for adapter in adapters:
+            await adapter.close()
+        for name in names.values():
+            await drop_database(pg_server, name)
+
+
+async def test_holds_searched_together_cover_what_each_holds_own_search_covers(
+    stores: tuple[list[StoreAdapter], list[PersonSeed]],
+) -> None:
+    adapters, everyone = stores
+    for adapter in adapters:
+        await assert_same_cover(adapter, everyone)

@@ -1,0 +1,48 @@
+"""Holds searched together: how their identifiers are put into searches, and how what a search
+found is told apart by hold (the equivalence with one search per hold, on real stores, is
+tests/integration/test_hold_searches.py)."""
+
+from __future__ import annotations
+
+from shared.identity import Identities
+from shared.worker import hold_cover
+from shared.worker.holds import ActiveHold
+from shared.worker.ports import Record
+
+
+def hold(reference: str, **identifiers: list[str]) -> ActiveHold:
+    return ActiveHold(reference, Identities(**identifiers), None)
+
+
+def test_no_holds_no_search() -> None:
+    assert hold_cover.searches([]) == []
+
+
+def test_holds_share_searches_up_to_the_size_and_a_big_one_has_its_own() -> None:
+    holds = [hold(f"H{n}", customer_ids=[f"C-{n}"], emails=[f"p{n}@example.com"]) for n in range(5)]
+    big = hold("BIG", customer_ids=[f"C-{n}" for n in range(10, 17)])
+    sets = hold_cover.searches([*holds[:2], big, *holds[2:]], size=4)
+    assert [s.count() for s in sets] == [4, 7, 4, 2]
+    assert Identities().union(*sets) == Identities().union(*(h.identities for h in [*holds, big]))
+
+
+def test_an_identifier_two_holds_share_is_searched_once() -> None:
+    a, b = hold("A", emails=["x@example.com"]), hold("B", emails=["x@example.com"], phones=["+447700900123"])
+    assert [s.count() for s in hold_cover.searches([a, b], size=2)] == [2]
+
+
+def test_a_record_is_covered_by_each_hold_whose_identifier_found_it_or_a_variant_of_it() -> None:
+    account = Record(
+        category="accounts",
+        record_id="A-1",
+        matched=Identities(customer_ids=["C-1"]),
+        variants=Identities(emails=["alice@example.com"]),  # it holds alice+shop@
+    )
+    invoice = account.model_copy(update={"category": "invoices", "record_id": "I-1", "group": account.key})
+    found = hold_cover.index([account, invoice])
+    by_id, by_mailbox = hold("H1", customer_ids=["C-1"]), hold("H2", emails=["alice@example.com"])
+    elsewhere = hold("H3", customer_ids=["C-2"])
+    expected = {account.key: "accounts", invoice.key: "invoices"}
+    assert hold_cover.found_by(by_id, found) == expected
+    assert hold_cover.found_by(by_mailbox, found) == expected
+    assert hold_cover.found_by(elsewhere, found) == {}
