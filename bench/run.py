@@ -268,6 +268,13 @@ def main() -> None:
         "--profile", action="store_true", help="Sample every service with py-spy while it runs."
     )
     parser.add_argument(
+        "--holds",
+        type=int,
+        default=0,
+        help="Legal holds in force during the run, on nobody in the stores: each erasure still has"
+        " to look in each store for what they cover.",
+    )
+    parser.add_argument(
         "--given",
         choices=("all", "email"),
         default="all",
@@ -291,6 +298,7 @@ def main() -> None:
                 subjects = [p.subject.model_dump(exclude_none=True) for p in seeded.people]  # type: ignore[union-attr]
                 if args.given == "email":
                     subjects = [{"emails": s["emails"]} for s in subjects]
+            place_holds(stack, args.holds)
             sampler = sampler_for(stack, 5.0 if soak else 2.0)
             sampler.start()
             profile_dir = RESULTS / f"profile-{stamp}"
@@ -304,6 +312,7 @@ def main() -> None:
             sampler.stop()
             result = summarise(stack, run, wall, args.rate, sampler, soak)
             result["identity_search"] = asyncio.run(search_cost(stack)) | {"given": args.given}
+            result["holds_in_force"] = args.holds
             if args.profile:
                 profile.stop(spies)
                 result["profile"] = profile.report(
@@ -321,6 +330,18 @@ def main() -> None:
     plot(run_points(result), RESULTS / f"{name}.png")
     print_table(result)
     print(f"\nresults: {RESULTS / name}.json and .png")
+
+
+def place_holds(stack: Stack, count: int) -> None:
+    """Through intake's API, as Legal would; each answered 201 once the workers are bound by it."""
+    headers = {"Authorization": f"Bearer {stack.secrets.admin_token}"}
+    with httpx.Client(base_url=stack.api_url, headers=headers, timeout=30) as api:
+        for n in range(count):
+            subject = {"customer_id": f"HELD-{n}", "emails": [f"held{n}@example.org"]}
+            body = {"subject": subject, "case_reference": f"BENCH-{n}", "reason": "benchmark"}
+            answer = api.post("/v1/holds", json=body)
+            if answer.status_code != 201:
+                raise SystemExit(f"placing hold {n}: {answer.status_code} {answer.text}")
 
 
 def direct_baseline(stack: Stack, count: int, throughput: float) -> dict[str, Any]:
@@ -489,6 +510,8 @@ def print_table(result: dict[str, Any]) -> None:
             f" {search['commands_per_request']} commands, {search['review_items_per_request']} review items"
             f" per request (at most {search['most_rounds']} rounds)"
         )
+    if result.get("holds_in_force"):
+        print(f"  holds in force         {result['holds_in_force']} (on nobody in the stores)")
     for item in result["incomplete"]:
         print(f"  not completed          {item}")
     if result["submit_errors"]:
