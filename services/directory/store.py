@@ -46,6 +46,7 @@ class DirectorySession(PostgresJournal):
                         matched=matched,
                         variants=variants,
                         unreadable=unreadable,
+                        searchable=owner,
                     )
                 )
         return records

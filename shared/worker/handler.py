@@ -144,7 +144,7 @@ async def _plan(
         span.set_attribute("lethe.records.in_review", sum(len(a.records) for a in ambiguous))
     with TRACER.start_as_current_span("holds") as span:
         held = await held_records(
-            store, adapter.system, holds or NoHolds(), moment, command.request_type, known, resumed
+            store, adapter.system, holds or NoHolds(), moment, command.request_type, known, certain, resumed
         )
         span.set_attribute("lethe.records.retained", len(held))
     with TRACER.start_as_current_span("decide"):
@@ -216,27 +216,41 @@ async def held_records(
     moment: datetime,
     request_type: RequestType,
     known: KnownIdentities,
+    records: Sequence[Record],
     resumed: set[tuple[str, str]],
 ) -> dict[tuple[str, str], str]:
-    """Which of the store's records a hold in force covers: the holds' own identifiers are
-    matched in this store, so a hold on a customer id covers records found by e-mail too
-    (shared/worker/hold_cover.py: a few searches for all the holds). What an earlier command
-    kept (`resumed`, a deferred erasure's) may no longer be found by any identifier (an
-    invoice whose account was erased): a hold naming any of the subject's strong identifiers
-    covers all of it, since it was decided to be the subject's."""
+    """Which of `records` a hold in force covers (key → the first such hold's case reference):
+    those its own identifiers find in this store, so a hold on a customer id covers records
+    found by e-mail too (shared/worker/hold_cover.py: without a search per hold). What an
+    earlier command kept (`resumed`, a deferred erasure's) may no longer be found by any
+    identifier (an invoice whose account was erased): a hold naming any of the subject's
+    strong identifiers covers all of it, since it was decided to be the subject's."""
     if request_type is not RequestType.ERASURE:
         return {}
     active = await holds.active(system, moment)
-    found = hold_cover.index([r for ids in hold_cover.searches(active) for r in await store.find(ids)])
-    held: dict[tuple[str, str], str] = {}
+    if not active:
+        return {}
+    index = hold_cover.HoldIndex(active)
+    unknown = [r for r in records if r.searchable is None]
+    found = (
+        hold_cover.index([r for ids in hold_cover.searches(active) for r in await store.find(ids)])
+        if unknown
+        else {}
+    )
     subject = set(known.all.strong().pairs())  # a shared landline does not make a hold theirs
-    for hold in active:
-        covers = hold_cover.found_by(hold, found)
-        if subject & set(hold.identities.strong().pairs()):
-            covers |= {key: key[0] for key in resumed}
-        for key, category in covers.items():
-            if hold.categories is None or category in hold.categories:
-                held.setdefault(key, hold.case_reference)
+    theirs = [hold for hold in active if subject & set(hold.identities.strong().pairs())]
+    held: dict[tuple[str, str], str] = {}
+    for record in records:
+        if record.searchable is not None:
+            covering = index.covering(record.searchable)
+        else:
+            covering = [hold for hold in active if record.key in hold_cover.found_by(hold, found)]
+        if record.key in resumed:
+            covering += theirs
+        for hold in sorted(covering, key=active.index):
+            if hold.categories is None or record.category in hold.categories:
+                held[record.key] = hold.case_reference
+                break
     return held
 
 

@@ -1,22 +1,30 @@
-"""Which of a store's records the holds in force cover, from a few store searches rather than
-one per hold. Pure: the handler does the searching (shared/worker/handler.py).
+"""Which of the subject's records the holds in force cover, without a store search per hold.
+Pure: the handler gives it what the stores found (shared/worker/handler.py).
 
 A hold covers what its own identifiers find in the store, as a request's identifiers would
 (a hold on a customer id covers the records found by e-mail too; a hold on a callee's number
-covers the call). A store's search says, of every record it returns, which of the identifiers
-it was given found it (`matched`) and of which it holds a variant (`variants`: another
-sub-address, a number's line). Searching once with many holds' identifiers together therefore
-tells, record by record, which holds' identifiers found it: the same records each hold's own
-search would find. A company may have hundreds of holds in force; each erasure searched every
-store once per hold."""
+covers the call). A company may have hundreds of holds in force, and each erasure searched
+every store once per hold. Two ways, both giving what those searches gave:
+
+- A record the subject's search found carries every identifier on it a search may match
+  (`Record.searchable`): a hold's search would have found it exactly when the hold's
+  identifiers match those (shared/worker/matching.py's `match`, which decides for every
+  search). `HoldIndex` finds the holds that may, by identifier, mailbox or line, and `match`
+  decides. No search at all.
+- A record read back from an earlier command's journal (a deferred erasure's, no longer found
+  by the subject's identifiers) carries none: for it the store is searched with many holds'
+  identifiers together (`searches`). A search says of each record which of the identifiers
+  it was given found it, or of which it holds a variant, so the records tell which hold's
+  identifiers found them (`index`, `found_by`)."""
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 
-from shared.identity import KINDS, Identities, Kind
+from shared.identity import KINDS, Identities, Kind, line, mailbox
 from shared.worker.holds import ActiveHold
+from shared.worker.matching import match
 from shared.worker.ports import Record
 
 # Identifiers one search takes at most: a search costs a store about as much with 256 as with
@@ -25,6 +33,33 @@ from shared.worker.ports import Record
 SEARCH_SIZE = 256
 
 Key = tuple[str, str]
+
+
+class HoldIndex:
+    """The holds in force, by what could make a record match them."""
+
+    def __init__(self, holds: Sequence[ActiveHold]) -> None:
+        self.holds = list(holds)
+        self._near: dict[tuple[str, str], set[int]] = defaultdict(set)
+        for n, hold in enumerate(self.holds):
+            for pair in hold.identities.pairs():
+                self._near[_probe(pair)].add(n)
+
+    def covering(self, searchable: Identities) -> list[ActiveHold]:
+        """The holds (in order) whose own search would find a record holding `searchable`."""
+        near = {n for pair in searchable.pairs() for n in self._near.get(_probe(pair), ())}
+        return [self.holds[n] for n in sorted(near) if any(match(searchable, self.holds[n].identities))]
+
+
+def _probe(pair: tuple[Kind, str]) -> tuple[str, str]:
+    """What two identifiers that may match share: an e-mail's mailbox (a sub-address matches
+    as a variant), a number's line (a switchboard's extensions), else the identifier."""
+    kind, value = pair
+    if kind == "emails":
+        return ("mailbox", mailbox(value))
+    if kind == "phones":
+        return ("line", line(value))
+    return pair
 
 
 def searches(holds: Sequence[ActiveHold], size: int | None = None) -> list[Identities]:

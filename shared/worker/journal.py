@@ -32,7 +32,7 @@ BEGIN
     PERFORM pg_advisory_xact_lock(hashtextextended(cmd::text, 0));
     RETURN QUERY SELECT j.plan, j.outcome FROM lethe_command_journal j WHERE j.command_id = cmd;
 END $$"""
-_PLAN = TypeAdapter(list[Decision])
+PLAN = TypeAdapter(list[Decision])
 
 # Once a command's outcome is written, its plan keeps the decisions (record keys, actions, rules:
 # what later rounds and deferred erasures read back) but not whose each record was: the owner's
@@ -64,7 +64,7 @@ class PostgresJournal:
         if row is None:
             return None
         return JournalEntry(
-            plan=_PLAN.validate_json(row["plan"]),
+            plan=PLAN.validate_json(row["plan"]),
             outcome=None if row["outcome"] is None else json.loads(row["outcome"]),
         )
 
@@ -73,7 +73,7 @@ class PostgresJournal:
             "INSERT INTO lethe_command_journal (command_id, plan) VALUES ($1, $2::jsonb) "
             "ON CONFLICT (command_id) DO NOTHING RETURNING true",
             command_id,
-            _PLAN.dump_json(list(plan)).decode(),
+            PLAN.dump_json(list(plan)).decode(),
         )
         if inserted:
             return list(plan)
@@ -109,5 +109,5 @@ class TransactionalJournal(PostgresJournal):
             " ON CONFLICT (command_id) DO UPDATE SET outcome = $2::jsonb, updated_at = now()",
             command_id,
             json.dumps(outcome),
-            _PLAN.dump_json(without_identities(self._plan or [])).decode(),
+            PLAN.dump_json(without_identities(self._plan or [])).decode(),
         )

@@ -144,7 +144,7 @@ class PostgresStoreAdapter:
                 matched, variants = match(candidate.matchable, identities)
                 if matched or variants:
                     heads[candidate.record.record_id] = candidate.record.model_copy(
-                        update={"matched": matched, "variants": variants}
+                        update={"matched": matched, "variants": variants, "searchable": candidate.matchable}
                     )
         children = [
             self.child(row).model_copy(
@@ -154,6 +154,7 @@ class PostgresStoreAdapter:
                     "matched": head.matched,
                     "variants": head.variants,
                     "unreadable": head.unreadable,
+                    "searchable": head.searchable,
                 }
             )
             for row in rows

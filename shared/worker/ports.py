@@ -40,6 +40,11 @@ class Record(Frozen):
     # whose it is cannot be ruled out by what `owner` lacks.
     unreadable: tuple[Kind, ...] = ()
     group: tuple[str, str] | None = None
+    # Every identifier on it (under a group, on the group's head) a search may match, a call's
+    # other party too: which holds cover it is then known without searching the store for
+    # each hold (shared/worker/hold_cover.py). None: not known (a record an earlier command
+    # kept, read back from its journal). Never stored with a plan nor sent.
+    searchable: Identities | None = Field(None, exclude=True, repr=False)
 
     @property
     def key(self) -> tuple[str, str]:

@@ -31,7 +31,7 @@ from shared.identity import Identities, KnownIdentities
 from shared.worker import hold_cover
 from shared.worker.handler import held_records
 from shared.worker.holds import ActiveHold
-from shared.worker.ports import StoreAdapter, StoreSession
+from shared.worker.ports import Record, StoreAdapter, StoreSession
 from tests.conftest import drop_database
 
 pytestmark = pytest.mark.integration
@@ -68,22 +68,22 @@ def holds_for(everyone: list[PersonSeed], rng: random.Random) -> list[ActiveHold
         for r in p.recordings:
             stored += [("phones", r.caller or ""), ("phones", r.callee or "")]
         for d in p.directory:
-            stored += [("ldap_uids", d.uid), *(("emails", m) for m in d.mail)]
+            stored += [("ldap_uids", d.uid), ("emails", d.mail or "")]
+            stored += [("phones", d.telephone_number or ""), ("phones", d.mobile or "")]
         for m in p.mailing:
             stored += [("emails", m.email)]
     holds = []
     for n, (kind, value) in enumerate(v for v in stored if v[1]):
-        written = rng.choice(written_otherwise(kind, value, rng))
-        identities = Identities.lenient(**{kind: [written]})
+        identities = Identities.lenient(**{kind: [rng.choice(written_otherwise(kind, value, rng))]})
         if identities:
             holds.append(ActiveHold(f"LIT-{n}", identities, rng.choice(CATEGORIES)))
     # A case names several identifiers of one person or of two: each of them counts.
     named = [v for v in stored if v[1]]
     for n in range(0, len(named) - 1, 3):
         (k1, v1), (k2, v2) = named[n], rng.choice(named)
-        written: dict[str, list[str]] = {k1: [rng.choice(written_otherwise(k1, v1, rng))]}
-        written.setdefault(k2, []).append(rng.choice(written_otherwise(k2, v2, rng)))
-        holds.append(ActiveHold(f"CASE-{n}", Identities.lenient(**written), rng.choice(CATEGORIES)))
+        named_so: dict[str, list[str]] = {k1: [rng.choice(written_otherwise(k1, v1, rng))]}
+        named_so.setdefault(k2, []).append(rng.choice(written_otherwise(k2, v2, rng)))
+        holds.append(ActiveHold(f"CASE-{n}", Identities.lenient(**named_so), rng.choice(CATEGORIES)))
     for n in range(len(holds)):
         nobody = {"emails": [f"nobody{n}@example.org"], "phones": [f"+4420790{n:05d}"]}
         holds.append(
@@ -93,14 +93,31 @@ def holds_for(everyone: list[PersonSeed], rng: random.Random) -> list[ActiveHold
     return holds
 
 
-async def one_search_per_hold(store: StoreSession, holds: list[ActiveHold]) -> dict[tuple[str, str], str]:
-    """How every hold was applied before: each searched the store on its own."""
+async def one_search_per_hold(
+    store: StoreSession, holds: list[ActiveHold]
+) -> tuple[dict[tuple[str, str], str], list[Record]]:
+    """How every hold was applied before: each searched the store on its own. And every
+    record any of them found."""
     held: dict[tuple[str, str], str] = {}
+    found: list[Record] = []
     for hold in holds:
         for r in await store.find(hold.identities):
+            found.append(r)
             if hold.categories is None or r.category in hold.categories:
                 held.setdefault(r.key, hold.case_reference)
-    return held
+    return held, found
+
+
+class Counting:
+    """A store session that counts its searches."""
+
+    def __init__(self, store: StoreSession) -> None:
+        self.store = store
+        self.searches = 0
+
+    async def find(self, identities: Identities) -> list[Record]:
+        self.searches += 1
+        return await self.store.find(identities)
 
 
 class Holds:
@@ -117,7 +134,7 @@ async def assert_same_cover(adapter: StoreAdapter, everyone: list[PersonSeed]) -
     assert len(hold_cover.searches(holds)) > 3  # several searches, each of several holds
     subjects = [p.subject for p in everyone if p.subject is not None][:6]
     async with adapter.session() as store:
-        expected = await one_search_per_hold(store, holds)
+        expected, found_by_holds = await one_search_per_hold(store, holds)
         assert expected, "the holds cover nothing: the test would prove nothing"
         for subject in subjects:
             known = KnownIdentities(
@@ -125,10 +142,22 @@ async def assert_same_cover(adapter: StoreAdapter, everyone: list[PersonSeed]) -
                     customer_ids=[subject.customer_id], emails=subject.emails, phones=subject.phones
                 )
             )
+            theirs = await store.find(known.all)
+            records = list({r.key: r for r in [*theirs, *found_by_holds]}.values())
+            wanted = {r.key: expected[r.key] for r in records if r.key in expected}
+            assert all(r.searchable is not None for r in records)  # every store tells
+            counted = Counting(store)
+            # Found by the subject's search: what is on each record decides, no search.
             got = await held_records(
-                store, adapter.system, Holds(holds), NOW, RequestType.ERASURE, known, set()
+                counted, adapter.system, Holds(holds), NOW, RequestType.ERASURE, known, records, set()
             )
-            assert got == expected
+            assert got == wanted and counted.searches == 0
+            # Read back from a journal (nothing on them): the holds' identifiers are searched.
+            bare = [r.model_copy(update={"searchable": None}) for r in records]
+            got = await held_records(
+                counted, adapter.system, Holds(holds), NOW, RequestType.ERASURE, known, bare, set()
+            )
+            assert got == wanted and counted.searches == len(hold_cover.searches(holds))
 
 
 @pytest.fixture

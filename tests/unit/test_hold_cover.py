@@ -4,10 +4,11 @@ tests/integration/test_hold_searches.py)."""
 
 from __future__ import annotations
 
+from shared.contracts.outcomes import Action
 from shared.identity import Identities
-from shared.worker import hold_cover
+from shared.worker import hold_cover, journal
 from shared.worker.holds import ActiveHold
-from shared.worker.ports import Record
+from shared.worker.ports import Decision, Record
 
 
 def hold(reference: str, **identifiers: list[str]) -> ActiveHold:
@@ -46,3 +47,32 @@ def test_a_record_is_covered_by_each_hold_whose_identifier_found_it_or_a_variant
     assert hold_cover.found_by(by_id, found) == expected
     assert hold_cover.found_by(by_mailbox, found) == expected
     assert hold_cover.found_by(elsewhere, found) == {}
+
+
+def test_the_index_finds_the_holds_a_records_identifiers_match_as_a_search_would() -> None:
+    by_address = hold("A", emails=["alice@example.com"])
+    by_sub_address = hold("B", emails=["alice+legal@example.com"])
+    by_extension = hold("C", phones=["+442079460000 x12"])
+    by_other_extension = hold("D", phones=["+442079460000 x13"])
+    by_customer = hold("E", customer_ids=["C-1"])
+    unrelated = hold("F", emails=["bob@example.com"], phones=["+447700900999"])
+    index = hold_cover.HoldIndex(
+        [by_address, by_sub_address, by_extension, by_other_extension, by_customer, unrelated]
+    )
+    # A call from the switchboard's main number, to alice's address: a search for an extension
+    # finds the main number (a variant), as for the address's sub-address.
+    call = Identities(emails=["alice@example.com"], phones=["+442079460000"])
+    assert [h.case_reference for h in index.covering(call)] == ["A", "B", "C", "D"]
+    # One extension does not find another's line.
+    desk = Identities(phones=["+442079460000 x12"], customer_ids=["C-1"])
+    assert [h.case_reference for h in index.covering(desk)] == ["C", "E"]
+    assert index.covering(Identities(emails=["carol@example.com"])) == []
+
+
+def test_what_a_record_is_searchable_by_is_never_written_with_a_plan() -> None:
+    """It is the record's identifiers in clear, a call's other party too: kept in memory for
+    the holds, never in the journal (whose plans keep no identifiers once the outcome is)."""
+    record = Record(category="calls", record_id="R-1", searchable=Identities(emails=["alice@example.com"]))
+    plan = journal.PLAN.dump_json([Decision(record=record, action=Action.ERASED)])
+    assert b"alice" not in plan and b"searchable" not in plan
+    assert b"alice" not in record.model_dump_json().encode()
