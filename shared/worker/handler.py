@@ -230,7 +230,7 @@ async def held_records(
     active = await holds.active(system, moment)
     if not active:
         return {}
-    index = hold_cover.HoldIndex(active)
+    index = hold_cover.HoldIndex.of(active)
     unknown = [r for r in records if r.searchable is None]
     found = (
         hold_cover.index([r for ids in hold_cover.searches(active) for r in await store.find(ids)])
@@ -238,7 +238,7 @@ async def held_records(
         else {}
     )
     subject = set(known.all.strong().pairs())  # a shared landline does not make a hold theirs
-    theirs = [hold for hold in active if subject & set(hold.identities.strong().pairs())]
+    theirs = [h for h in active if subject & set(h.identities.strong().pairs())] if resumed else []
     held: dict[tuple[str, str], str] = {}
     for record in records:
         if record.searchable is not None:

@@ -45,10 +45,24 @@ class HoldIndex:
             for pair in hold.identities.pairs():
                 self._near[_probe(pair)].add(n)
 
+    @classmethod
+    def of(cls, holds: Sequence[ActiveHold]) -> HoldIndex:
+        """The index of these holds, made once while they stay the same: the holds view gives
+        every command the same holds while none changes (shared/worker/holds.py), and
+        comparing the same objects costs a pointer each."""
+        global _last
+        key = tuple(holds)
+        if _last is None or _last[0] != key:
+            _last = (key, cls(holds))
+        return _last[1]
+
     def covering(self, searchable: Identities) -> list[ActiveHold]:
         """The holds (in order) whose own search would find a record holding `searchable`."""
         near = {n for pair in searchable.pairs() for n in self._near.get(_probe(pair), ())}
         return [self.holds[n] for n in sorted(near) if any(match(searchable, self.holds[n].identities))]
+
+
+_last: tuple[tuple[ActiveHold, ...], HoldIndex] | None = None
 
 
 def _probe(pair: tuple[Kind, str]) -> tuple[str, str]:

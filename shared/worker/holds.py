@@ -48,6 +48,33 @@ class ActiveHold:
     categories: frozenset[str] | None
 
 
+@dataclass(frozen=True)
+class InForce:
+    """The holds in force at every moment from `since` until `until` (None: for good): none of
+    the holds it was made of starts, ends or is released in between."""
+
+    holds: list[ActiveHold]
+    since: datetime | None
+    until: datetime | None
+
+    @classmethod
+    def at(cls, moment: datetime, holds: list[tuple[HoldUpdated, Identities]]) -> InForce:
+        in_force = [
+            ActiveHold(h.case_reference, ids, None if h.categories is None else frozenset(h.categories))
+            for h, ids in holds
+            if h.active_at(moment) and h.sealed_identifiers is not None
+        ]
+        changes = [t for h, _ in holds for t in (h.placed_at, h.released_at, h.expires_at) if t is not None]
+        return cls(
+            in_force,
+            max((t for t in changes if t <= moment), default=None),
+            min((t for t in changes if t > moment), default=None),
+        )
+
+    def holds_at(self, moment: datetime) -> bool:
+        return (self.since is None or self.since <= moment) and (self.until is None or moment < self.until)
+
+
 class HoldsUnavailable(RuntimeError):
     """Holds cannot be established, so nothing may be erased."""
 
@@ -65,6 +92,11 @@ class HoldsView:
         self._marker_at: MarkerPlace | None = None
         self._refreshed = False
         self._complete: bool | None = None  # as last logged (_say_if_changed)
+        # What `active` last gave per system, while no hold changed (the generation) and the
+        # moment is inside the span in which none starts or ends: every command asks, and a
+        # company may have hundreds of holds.
+        self._generation = 0
+        self._in_force: dict[str, tuple[int, InForce]] = {}
 
     async def start(self, consumer: AIOKafkaConsumer | None = None) -> None:
         """Connect (tests may hand in a consumer of their own) and read from the start."""
@@ -119,13 +151,12 @@ class HoldsView:
         self._say_if_changed(reason)
         if reason is not None:
             raise HoldsUnavailable(reason)
-        return [
-            ActiveHold(
-                h.case_reference, identities, None if h.categories is None else frozenset(h.categories)
-            )
-            for h, identities in self._holds.values()
-            if h.active_at(moment) and h.covers(system) and h.sealed_identifiers is not None
-        ]
+        cached = self._in_force.get(system)
+        if cached is not None and cached[0] == self._generation and cached[1].holds_at(moment):
+            return cached[1].holds
+        in_force = InForce.at(moment, [(h, ids) for h, ids in self._holds.values() if h.covers(system)])
+        self._in_force[system] = (self._generation, in_force)
+        return in_force.holds
 
     def _say_if_changed(self, reason: str | None) -> None:
         """Log each change between complete and not at a decision: what the view trusted is
@@ -197,3 +228,4 @@ class HoldsView:
         current = self._holds.get(message.hold_id)
         if current is None or message.version > current[0].version:
             self._holds[message.hold_id] = (message, identities)
+            self._generation += 1

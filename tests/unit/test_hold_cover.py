@@ -76,3 +76,13 @@ def test_what_a_record_is_searchable_by_is_never_written_with_a_plan() -> None:
     plan = journal.PLAN.dump_json([Decision(record=record, action=Action.ERASED)])
     assert b"alice" not in plan and b"searchable" not in plan
     assert b"alice" not in record.model_dump_json().encode()
+
+
+def test_the_index_is_made_again_only_when_the_holds_change() -> None:
+    holds = [hold("A", customer_ids=["C-1"])]
+    first = hold_cover.HoldIndex.of(holds)
+    assert hold_cover.HoldIndex.of(holds) is first
+    holds.append(hold("B", customer_ids=["C-2"]))  # a list changed in place is not the same
+    assert [
+        h.case_reference for h in hold_cover.HoldIndex.of(holds).covering(Identities(customer_ids=["C-2"]))
+    ] == ["B"]

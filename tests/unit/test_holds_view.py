@@ -327,3 +327,40 @@ async def test_each_change_between_complete_and_not_is_logged_once_at_a_decision
         said[1][1]["reason"]
         == "no holds announcement read yet (intake publishes one at start and after a broker loss)"
     )
+
+
+async def test_what_is_in_force_is_what_it_was_at_every_moment_however_often_it_is_asked() -> None:
+    """The view keeps its last answer while no hold changes and no hold starts, ends or is
+    released: asked at moments on both sides of each of those, and after a new version is
+    read, it answers as if it had worked it out afresh."""
+    log = ScriptedLog()
+    early, later = (
+        hold("LIT-EARLY"),
+        hold("LIT-LATER").model_copy(update={"placed_at": T0 + timedelta(hours=2)}),
+    )
+    expiring = hold("LIT-EXPIRES").model_copy(update={"expires_at": T0 + timedelta(hours=5)})
+    other_system = hold("LIT-BILLING").model_copy(update={"systems": ["billing"]})
+    announce(log, early, later, expiring, other_system)
+    view = await view_on(log)
+    await view.refresh()
+
+    def fresh(moment: datetime, *current: HoldUpdated) -> list[str]:
+        return sorted(h.case_reference for h in current if h.active_at(moment) and h.covers("crm"))
+
+    moments = [T0 + timedelta(minutes=m) for m in (0, 60, 119, 120, 121, 240, 299, 300, 301, 240, 0, 600)]
+    for moment in moments:
+        assert sorted(h.case_reference for h in await view.active("crm", moment)) == fresh(
+            moment, early, later, expiring
+        )
+    assert await view.active("crm", T0) is await view.active("crm", T0 + timedelta(minutes=30))
+    # Released in the span the last answer was for: the answer must not stand.
+    assert "LIT-EARLY" in [h.case_reference for h in await view.active("crm", T0 + timedelta(hours=10))]
+    released = early.model_copy(update={"version": 2, "released_at": T0 + timedelta(hours=6)})
+    log.append(str(early.hold_id), released)
+    await view.refresh()
+    for moment in reversed(moments):
+        assert sorted(h.case_reference for h in await view.active("crm", moment)) == fresh(
+            moment, released, later, expiring
+        )
+    billing = sorted(h.case_reference for h in await view.active("billing", T0))
+    assert billing == ["LIT-BILLING", "LIT-EARLY", "LIT-EXPIRES"]
