@@ -49,7 +49,7 @@ faults: $(STAMP) system-deps
 
 # Throughput and latency against the limit of the stores themselves (see README, Performance).
 bench: $(STAMP) system-deps
-	$(BIN)/python -m bench.run --requests $${REQUESTS:-1000} --rate $${RATE:-100} $${PROFILE:+--profile}
+	$(BIN)/python -m bench.run --requests $${REQUESTS:-1000} --rate $${RATE:-100} $${PROFILE:+--profile} $${HOLDS:+--holds $$HOLDS}
 
 # Latency against offered load: the highest rate whose p99 stays within 2 s.
 bench-sweep: $(STAMP) system-deps

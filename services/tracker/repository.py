@@ -26,6 +26,7 @@ from shared.contracts import (
 from shared.contracts.audit import AuditEntry
 from shared.contracts.commands import EraseRecords, SubjectCommand
 from shared.contracts.report import Extension, ReviewState
+from shared.journal import claimed
 from shared.outbox import enqueue
 from shared.telemetry import metrics
 from shared.telemetry.messaging import TRACER, link_to
@@ -75,9 +76,7 @@ async def load(conn: asyncpg.Connection, request_id: str) -> Loaded | None:
 
 # The messages claimed (shared/journal.py) and the saga loaded, in one round trip: a handler's
 # first two statements, which every change of a saga makes.
-_CLAIM_AND_LOAD = """WITH claimed AS (
-    INSERT INTO processed_messages (message_id) SELECT unnest($2::uuid[])
-    ON CONFLICT (message_id) DO NOTHING RETURNING message_id)
+_CLAIM_AND_LOAD = f"""WITH {claimed(2)}
 SELECT ARRAY(SELECT message_id FROM claimed) AS fresh, l.saga, l.systems, l.trail
 FROM (SELECT 1) AS one LEFT JOIN LATERAL lethe_saga_load($1) AS l ON true"""
 

@@ -17,7 +17,7 @@ from shared.codec import decode
 from shared.contracts import RequestStatus, RequestStatusChanged
 from shared.contracts.events import NotificationRequested, RetrySystem
 from shared.db import apply_schema, create_pool, ensure_database
-from shared.journal import JOURNAL_DDL, claim, claim_many
+from shared.journal import JOURNAL_DDL, claimed
 from shared.outbox import OUTBOX_DDL, OutboxRelay, enqueue, enqueue_many
 from shared.relay_hold import RelayHold
 
@@ -63,17 +63,18 @@ async def test_messages_of_one_change_are_stored_in_order_and_wake_the_relay_at_
         await pool.close()
 
 
-async def test_claim_many_returns_only_the_messages_not_seen_before(fresh_db: str) -> None:
+async def test_a_claim_returns_only_the_messages_not_seen_before(fresh_db: str) -> None:
     await ensure_database(fresh_db)
     pool = await create_pool(fresh_db, 2)
+    claim = f"WITH {claimed(1)} SELECT ARRAY(SELECT message_id FROM claimed)"
     try:
         await apply_schema(pool, JOURNAL_DDL)
         seen, new_a, new_b = uuid4(), uuid4(), uuid4()
         async with pool.acquire() as conn:
-            assert await claim(conn, seen)
-            assert await claim_many(conn, [seen, new_a, new_b, new_a]) == {new_a, new_b}
-            assert await claim_many(conn, [new_a, new_b]) == set()
-            assert await claim_many(conn, []) == set()
+            assert await conn.fetchval(claim, [seen]) == [seen]
+            assert set(await conn.fetchval(claim, [seen, new_a, new_b, new_a])) == {new_a, new_b}
+            assert await conn.fetchval(claim, [new_a, new_b]) == []
+            assert await conn.fetchval(claim, []) == []
     finally:
         await pool.close()
 
