@@ -197,7 +197,7 @@ class OutboxRelay:
             await asyncio.gather(*futures)
             # A partial batch emptied the outbox; only a full one leaves a backlog worth counting.
             backlog = (
-                0 if len(rows) < self._batch_size else await conn.fetchval("SELECT count(*) FROM outbox")
+                0 if len(taken) < self._batch_size else await conn.fetchval("SELECT count(*) FROM outbox")
             )
             outbox_backlog.set(backlog, {"service": self._name})
             return len(taken)

@@ -10,17 +10,21 @@ from typing import Self
 
 import asyncpg
 
-from services.directory.ldap import THREADS, Directory, LdapSettings
+from services.directory.ldap import THREADS, Directory, LdapError, LdapSettings
 from shared.contracts.outcomes import Action
 from shared.db import apply_schema, create_pool, ensure_database
 from shared.identity import Identities
 from shared.settings import DatabaseSettings, DeploymentSettings
 from shared.worker.journal import JOURNAL_STRIP_DDL, WORKER_JOURNAL_DDL, PostgresJournal
 from shared.worker.matching import match
-from shared.worker.ports import Decision, Record
+from shared.worker.ports import Decision, Record, SearchTooBroad
 from shared.worker.runtime import RetrySettings
 
 CATEGORY = "directory_entries"
+
+
+# sizeLimitExceeded, adminLimitExceeded (RFC 4511): the server would answer fewer at a time.
+SIZE_LIMITS = frozenset({4, 11})
 
 
 class DirectorySession(PostgresJournal):
@@ -30,7 +34,12 @@ class DirectorySession(PostgresJournal):
         self.located: dict[str, str] = {}  # entryUUID -> DN, as this command's searches saw them
 
     async def find(self, identities: Identities) -> list[Record]:
-        entries = await self.directory.find(identities)
+        try:
+            entries = await self.directory.find(identities)
+        except LdapError as exc:
+            if exc.code in SIZE_LIMITS:
+                raise SearchTooBroad(str(exc)) from exc
+            raise
         self.located.update((e.entry_uuid, e.dn) for e in entries)
         records = []
         for e in entries:

@@ -20,7 +20,7 @@ from shared.worker import hold_cover, outcome
 from shared.worker.holds import ActiveHold
 from shared.worker.matching import Ambiguous, classify
 from shared.worker.policy import Policy
-from shared.worker.ports import Decision, Record, StoreAdapter, StoreSession
+from shared.worker.ports import Decision, Record, SearchTooBroad, StoreAdapter, StoreSession
 
 Clock = Callable[[], datetime]
 _OUTCOME_NAMESPACE = uuid.UUID("6f1c1f4e-2b51-4a53-9a3e-6c6574686501")
@@ -232,11 +232,7 @@ async def held_records(
         return {}
     index = hold_cover.HoldIndex.of(active)
     unknown = [r for r in records if r.searchable is None]
-    found = (
-        hold_cover.index([r for ids in hold_cover.searches(active) for r in await store.find(ids)])
-        if unknown
-        else {}
-    )
+    found = hold_cover.index(await _found_by_holds(store, active)) if unknown else {}
     subject = set(known.all.strong().pairs())  # a shared landline does not make a hold theirs
     theirs = [h for h in active if subject & set(h.identities.strong().pairs())] if resumed else []
     held: dict[tuple[str, str], str] = {}
@@ -252,6 +248,21 @@ async def held_records(
                 held[record.key] = hold.case_reference
                 break
     return held
+
+
+async def _found_by_holds(store: StoreSession, holds: Sequence[ActiveHold]) -> list[Record]:
+    """What the holds' identifiers find, a few searches for all; one the store finds too broad
+    is asked again in halves (down to a single identifier, whose failure is the command's)."""
+    pending, found = hold_cover.searches(holds), []
+    while pending:
+        identities = pending.pop()
+        try:
+            found += await store.find(identities)
+        except SearchTooBroad:
+            if identities.count() <= 1:
+                raise
+            pending += hold_cover.halves(identities)
+    return found
 
 
 def unfinished(command: SubjectCommand, plan: Sequence[Decision], after: Sequence[Record]) -> list[Record]:

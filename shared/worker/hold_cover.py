@@ -111,5 +111,11 @@ def found_by(hold: ActiveHold, found: Found) -> dict[Key, str]:
     return {key: cat for pair in hold.identities.pairs() for key, cat in found.get(pair, {}).items()}
 
 
+def halves(identities: Identities) -> list[Identities]:
+    """The identifiers in two searches (of a search the store found too broad)."""
+    pairs = sorted(identities.pairs())
+    return [_identities(set(pairs[: len(pairs) // 2])), _identities(set(pairs[len(pairs) // 2 :]))]
+
+
 def _identities(pairs: set[tuple[Kind, str]]) -> Identities:
     return Identities.normalised({kind: [value for k, value in pairs if k == kind] for kind in KINDS})

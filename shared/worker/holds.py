@@ -53,17 +53,17 @@ class InForce:
     """The holds in force at every moment from `since` until `until` (None: for good): none of
     the holds it was made of starts, ends or is released in between."""
 
-    holds: list[ActiveHold]
+    holds: tuple[ActiveHold, ...]
     since: datetime | None
     until: datetime | None
 
     @classmethod
     def at(cls, moment: datetime, holds: list[tuple[HoldUpdated, Identities]]) -> InForce:
-        in_force = [
+        in_force = tuple(
             ActiveHold(h.case_reference, ids, None if h.categories is None else frozenset(h.categories))
             for h, ids in holds
             if h.active_at(moment) and h.sealed_identifiers is not None
-        ]
+        )
         changes = [t for h, _ in holds for t in (h.placed_at, h.released_at, h.expires_at) if t is not None]
         return cls(
             in_force,
@@ -153,10 +153,10 @@ class HoldsView:
             raise HoldsUnavailable(reason)
         cached = self._in_force.get(system)
         if cached is not None and cached[0] == self._generation and cached[1].holds_at(moment):
-            return cached[1].holds
+            return list(cached[1].holds)  # the caller's own: what is kept cannot be changed
         in_force = InForce.at(moment, [(h, ids) for h, ids in self._holds.values() if h.covers(system)])
         self._in_force[system] = (self._generation, in_force)
-        return in_force.holds
+        return list(in_force.holds)
 
     def _say_if_changed(self, reason: str | None) -> None:
         """Log each change between complete and not at a decision: what the view trusted is

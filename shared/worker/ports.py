@@ -71,6 +71,11 @@ class JournalEntry(Frozen):
     outcome: dict[str, Any] | None = None
 
 
+class SearchTooBroad(Exception):
+    """A search found more than the store answers at once (an LDAP server's size limit): the
+    same identifiers, fewer to a search, are answered."""
+
+
 class StoreSession(Protocol):
     """One unit of work against the store. For a transactional store (PostgreSQL) it is one
     transaction, journal included; for LDAP or files the journal commits each step, and

@@ -1,7 +1,9 @@
-"""Holds searched together cover exactly what each hold's own search covers, in every real
-store: the demo's people (shared numbers, sub-addresses, a second account, a callee) and
-synthetic ones beside them, held by identifiers written as people write them, with holds on
-nobody in the stores among them, so that several searches are needed."""
+"""Holds cover what each hold's own search of the store would find, in every real store: the
+demo's people (shared numbers, sub-addresses, a second account, a callee) and synthetic ones
+beside them, held by identifiers written as people write them, with holds on nobody in the
+stores among them. (Read off the records, a hold covers at least what its search finds: more
+only where a store's search is narrower than the matching that decides after it, which keeps
+a record rather than erasing it. Here the two agree.)"""
 
 from __future__ import annotations
 

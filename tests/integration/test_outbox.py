@@ -12,7 +12,7 @@ from uuid import uuid4
 
 import pytest
 
-from shared import topics
+from shared import outbox, topics
 from shared.codec import decode
 from shared.contracts import RequestStatus, RequestStatusChanged
 from shared.contracts.events import NotificationRequested, RetrySystem
@@ -163,5 +163,35 @@ async def test_the_relay_sends_only_the_newest_unsent_snapshot_of_a_request(fres
         assert sent == [("topic.commands", 0), (topics.REQUEST_STATUS, 1), (topics.REQUEST_STATUS, 3)]
         assert producer.keys == [b"r-1", b"r-2", b"r-1"]
         assert await pool.fetchval("SELECT count(*) FROM outbox") == 0
+    finally:
+        await pool.close()
+
+
+async def test_a_full_batch_reports_the_backlog_left_though_it_sent_fewer(
+    fresh_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The backlog is what is left after a full batch was taken, however many of it were
+    superseded snapshots: under load, when it matters, it must not read 0."""
+    await ensure_database(fresh_db)
+    pool = await create_pool(fresh_db, 2)
+    reported: list[float] = []
+    monkeypatch.setattr(outbox.outbox_backlog, "set", lambda value, labels: reported.append(value))
+    relay = OutboxRelay(pool, _Producer(), batch_size=3)  # type: ignore[arg-type]
+    try:
+        await apply_schema(pool, OUTBOX_DDL)
+        snapshots = [
+            (
+                topics.REQUEST_STATUS,
+                "r-1",
+                RequestStatusChanged(
+                    request_id="r-1", version=v, status=RequestStatus.IN_PROGRESS, systems=[]
+                ),
+            )
+            for v in range(1, 6)
+        ]
+        async with pool.acquire() as conn, conn.transaction():
+            await enqueue_many(conn, snapshots)
+        assert await relay.publish_batch() == 3
+        assert reported == [2]
     finally:
         await pool.close()

@@ -7,9 +7,12 @@ import pytest
 from pydantic import ValidationError
 
 from services.directory.dn import Dn, unescape
+from services.directory.ldap import LdapError
 from services.directory.settings import LdapSettings
-from services.directory.store import DirectoryAdapter
+from services.directory.store import DirectoryAdapter, DirectorySession
 from services.directory.tree import PlacementError, Tree
+from shared.identity import Identities
+from shared.worker.ports import SearchTooBroad
 
 BASE = "dc=lethe,dc=test"
 PEOPLE = Dn.parse(f"ou=people,{BASE}")
@@ -125,3 +128,22 @@ def test_the_directory_has_a_thread_for_each_subject_the_worker_handles_at_once(
         assert adapter.directory._threads._max_workers == 13
     finally:
         adapter.directory.close()
+
+
+class _Refusing:
+    def __init__(self, code: int) -> None:
+        self.code = code
+
+    async def find(self, identities: Identities) -> list[object]:
+        raise LdapError(f"LDAP result {self.code}", self.code)
+
+
+@pytest.mark.parametrize(("code", "raised"), [(4, SearchTooBroad), (11, SearchTooBroad), (32, LdapError)])
+async def test_a_size_limit_tells_the_worker_to_ask_fewer_at_a_time(
+    code: int, raised: type[Exception]
+) -> None:
+    """sizeLimitExceeded and adminLimitExceeded: the holds' identifiers are searched again in
+    halves (shared/worker/handler.py); any other failure stays the command's."""
+    session = DirectorySession(None, _Refusing(code))  # type: ignore[arg-type]
+    with pytest.raises(raised):
+        await session.find(Identities(emails=["alice@example.com"]))

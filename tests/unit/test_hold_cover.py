@@ -4,11 +4,19 @@ tests/integration/test_hold_searches.py)."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
+import pytest
+
+from shared.contracts import RequestType
 from shared.contracts.outcomes import Action
-from shared.identity import Identities
+from shared.identity import Identities, KnownIdentities
 from shared.worker import hold_cover, journal
+from shared.worker.handler import held_records
 from shared.worker.holds import ActiveHold
-from shared.worker.ports import Decision, Record
+from shared.worker.ports import Decision, Record, SearchTooBroad
+
+NOW = datetime(2026, 11, 27, tzinfo=UTC)
 
 
 def hold(reference: str, **identifiers: list[str]) -> ActiveHold:
@@ -86,3 +94,74 @@ def test_the_index_is_made_again_only_when_the_holds_change() -> None:
     assert [
         h.case_reference for h in hold_cover.HoldIndex.of(holds).covering(Identities(customer_ids=["C-2"]))
     ] == ["B"]
+
+
+class _NarrowStore:
+    """A store that answers at most two identifiers a search, as an LDAP server's size limit
+    makes one refuse a search that finds too much."""
+
+    def __init__(self, records: list[Record]) -> None:
+        self.records = records
+        self.asked: list[int] = []
+
+    async def find(self, identities: Identities) -> list[Record]:
+        self.asked.append(identities.count())
+        if identities.count() > 2:
+            raise SearchTooBroad("size limit")
+        wanted = set(identities.pairs())
+        found = []
+        for record in self.records:
+            matched = Identities.normalised(
+                {k: [v for k, v in record.owner.pairs() if (k, v) in wanted] for k in ("customer_ids",)}
+            )
+            if matched:
+                found.append(record.model_copy(update={"matched": matched}))
+        return found
+
+
+async def test_a_search_the_store_finds_too_broad_is_asked_again_in_halves() -> None:
+    """Records read back from a journal carry nothing to match: the holds are searched for, and
+    a search refused as too broad is split until the store answers."""
+    records = [
+        Record(category="invoices", record_id=f"I-{n}", owner=Identities(customer_ids=[f"C-{n}"]))
+        for n in range(5)
+    ]
+    store = _NarrowStore(records)
+    holds = [hold(f"H{n}", customer_ids=[f"C-{n}"]) for n in range(5)]
+    known = KnownIdentities(given=Identities(customer_ids=["C-0"]))
+    bare = [r.model_copy(update={"owner": Identities()}) for r in records]
+    held = await held_records(
+        store, "billing", FixedHolds(holds), NOW, RequestType.ERASURE, known, bare, set()
+    )  # type: ignore[arg-type]
+    assert held == {r.key: f"H{n}" for n, r in enumerate(records)}
+    assert store.asked[0] == 5 and sum(n for n in store.asked if n <= 2) == 5  # each answered once
+
+
+async def test_a_single_identifier_too_broad_fails_the_command() -> None:
+    store = _NarrowStore([])
+    store.find = _always_too_broad  # type: ignore[method-assign]
+    known = KnownIdentities(given=Identities(customer_ids=["C-0"]))
+    bare = [Record(category="invoices", record_id="I-0")]
+    with pytest.raises(SearchTooBroad):
+        await held_records(
+            store,
+            "billing",
+            FixedHolds([hold("H", customer_ids=["C-1"])]),
+            NOW,
+            RequestType.ERASURE,
+            known,
+            bare,
+            set(),
+        )  # type: ignore[arg-type]
+
+
+async def _always_too_broad(identities: Identities) -> list[Record]:
+    raise SearchTooBroad("size limit")
+
+
+class FixedHolds:
+    def __init__(self, holds: list[ActiveHold]) -> None:
+        self.holds = holds
+
+    async def active(self, system: str, moment: datetime) -> list[ActiveHold]:
+        return self.holds
