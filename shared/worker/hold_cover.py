@@ -4,7 +4,9 @@ Pure: the handler gives it what the stores found (shared/worker/handler.py).
 A hold covers what its own identifiers find in the store, as a request's identifiers would
 (a hold on a customer id covers the records found by e-mail too; a hold on a callee's number
 covers the call). A company may have hundreds of holds in force, and each erasure searched
-every store once per hold. Two ways, both giving what those searches gave:
+every store once per hold. Two ways, each covering what those searches covered (the first,
+more only where a store's search lets through less than the matching that decides after it:
+a record is then kept rather than erased):
 
 - A record the subject's search found carries every identifier on it a search may match
   (`Record.searchable`): a hold's search would have found it exactly when the hold's
