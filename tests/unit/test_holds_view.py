@@ -352,7 +352,10 @@ async def test_what_is_in_force_is_what_it_was_at_every_moment_however_often_it_
         assert sorted(h.case_reference for h in await view.active("crm", moment)) == fresh(
             moment, early, later, expiring
         )
-    assert await view.active("crm", T0) is await view.active("crm", T0 + timedelta(minutes=30))
+    kept, again = await view.active("crm", T0), await view.active("crm", T0 + timedelta(minutes=30))
+    assert kept == again and all(a is b for a, b in zip(kept, again, strict=True))  # kept, not made again
+    kept.clear()  # each caller's own list: what the view keeps is not changed
+    assert len(await view.active("crm", T0)) == 2
     # Released in the span the last answer was for: the answer must not stand.
     assert "LIT-EARLY" in [h.case_reference for h in await view.active("crm", T0 + timedelta(hours=10))]
     released = early.model_copy(update={"version": 2, "released_at": T0 + timedelta(hours=6)})
