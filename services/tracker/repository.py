@@ -75,17 +75,19 @@ async def load(conn: asyncpg.Connection, request_id: str) -> Loaded | None:
 
 
 # The messages claimed (shared/journal.py) and the saga loaded, in one round trip: a handler's
-# first two statements, which every change of a saga makes.
+# first two statements, which every change of a saga makes. The claim comes first: the load,
+# and its lock, only if a message was new (a redelivery, as after a rebalance, loads nothing).
 _CLAIM_AND_LOAD = f"""WITH {claimed(2)}
 SELECT ARRAY(SELECT message_id FROM claimed) AS fresh, l.saga, l.systems, l.trail
-FROM (SELECT 1) AS one LEFT JOIN LATERAL lethe_saga_load($1) AS l ON true"""
+FROM (SELECT 1) AS one LEFT JOIN LATERAL (
+    SELECT * FROM lethe_saga_load($1) WHERE EXISTS (SELECT 1 FROM claimed)) AS l ON true"""
 
 
 async def claim_and_load(
     conn: asyncpg.Connection, message_ids: Sequence[UUID], request_id: str
 ) -> tuple[set[UUID], Loaded | None]:
-    """Which of the messages are new (a redelivered one is not), and the saga locked, in the
-    caller's transaction."""
+    """Which of the messages are new (a redelivered one is not), and, if any is, the saga
+    locked in the caller's transaction."""
     row = await conn.fetchrow(_CLAIM_AND_LOAD, request_id, list(message_ids))
     assert row is not None
     return set(row["fresh"]), _loaded(row) if row["saga"] is not None else None

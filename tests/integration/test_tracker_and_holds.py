@@ -121,6 +121,30 @@ async def test_twin_deliveries_of_an_outcome_at_once_record_it_once(tracker_db: 
     assert verify_chain(trail) is None
 
 
+async def test_a_redelivered_message_is_told_apart_without_waiting_for_the_saga(
+    tracker_db: asyncpg.Pool,
+) -> None:
+    # After a rebalance a consumer reads again what was handled: a message already processed
+    # must not queue behind whatever holds the saga, nor load it.
+    await store.start_saga(tracker_db, accepted("again-1", "crm"), T0)
+    crm = outcome("again-1", "crm")
+    await store.record_outcome(tracker_db, crm)
+    holder, other = await tracker_db.acquire(), await tracker_db.acquire()
+    try:
+        tx = holder.transaction()
+        await tx.start()
+        assert await repository.load(holder, "again-1") is not None  # the saga locked
+        async with other.transaction():
+            fresh, loaded = await asyncio.wait_for(
+                repository.claim_and_load(other, [crm.message_id], "again-1"), 2
+            )
+        assert fresh == set() and loaded is None
+        await tx.rollback()
+    finally:
+        await tracker_db.release(holder)
+        await tracker_db.release(other)
+
+
 async def test_an_outcome_that_overtakes_its_request_is_kept_until_the_saga_starts(
     tracker_db: asyncpg.Pool,
 ) -> None:
