@@ -8,7 +8,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import asyncpg
 
@@ -20,6 +20,7 @@ from shared import topics
 from shared.contracts import (
     COMMAND_FOR_TYPE,
     OutcomeReported,
+    RequestAccepted,
     RequestType,
     SystemState,
 )
@@ -91,6 +92,50 @@ async def claim_and_load(
     row = await conn.fetchrow(_CLAIM_AND_LOAD, request_id, list(message_ids))
     assert row is not None
     return set(row["fresh"]), _loaded(row) if row["saga"] is not None else None
+
+
+# A new saga and its systems, and what arrived for it before it (outcomes and extensions read
+# ahead of the acceptance, kept until now), taken: one round trip. Only if the saga is new:
+# the saga row is the journal of acceptances, and a redelivered one changes nothing. (The
+# systems' foreign key is checked at the statement's end, with the saga in.)
+_START = """WITH saga AS (
+    INSERT INTO sagas (request_id, request_type, subject_ref, received_at, deadline, trace_id,
+        status, sealed_identifiers, traceparent)
+    VALUES ($1, $2, $3, $4, $5, $6, 'in_progress', $7, $8)
+    ON CONFLICT DO NOTHING RETURNING request_id),
+systems AS (
+    INSERT INTO saga_systems (request_id, system, state, attempts, dispatched_at, command_id)
+    SELECT saga.request_id, u.system, 'dispatched', 1, $9, u.command_id
+    FROM saga, unnest($10::text[], $11::uuid[]) AS u(system, command_id)),
+early AS (
+    DELETE FROM early_outcomes WHERE request_id = $1 AND EXISTS (SELECT 1 FROM saga)
+    RETURNING outcome),
+extensions AS (
+    DELETE FROM early_extensions WHERE request_id = $1 AND EXISTS (SELECT 1 FROM saga)
+    RETURNING event)
+SELECT EXISTS (SELECT 1 FROM saga) AS started,
+    ARRAY(SELECT outcome::text FROM early) AS early,
+    ARRAY(SELECT event::text FROM extensions) AS extensions"""
+
+
+async def start(conn: asyncpg.Connection, event: RequestAccepted) -> tuple[bool, list[str], list[str]]:
+    """(whether the saga is new, the outcomes and the extensions that waited for it, as JSON)."""
+    row = await conn.fetchrow(
+        _START,
+        event.request_id,
+        event.request_type.value,
+        event.subject_ref,
+        event.received_at,
+        event.deadline,
+        event.trace_id,
+        event.sealed_identifiers,
+        event.traceparent,
+        event.occurred_at,
+        list(event.systems),
+        [event.command_ids.get(system, uuid4()) for system in event.systems],
+    )
+    assert row is not None
+    return row["started"], row["early"], row["extensions"]
 
 
 def _loaded(loaded_row: asyncpg.Record | None) -> Loaded | None:

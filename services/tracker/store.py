@@ -19,6 +19,7 @@ from services.tracker.repository import (
     enqueue_review_erasure,
     enqueue_waiting,
     load,
+    start,
 )
 from services.tracker.saga import Timeouts
 from services.tracker.saving import save
@@ -40,32 +41,9 @@ async def start_saga(
     max_rounds: int = 3,
 ) -> None:
     async with pool.acquire() as conn, conn.transaction():
-        # The saga row is the journal here: a redelivered acceptance finds it and does nothing.
-        inserted = await conn.fetchval(
-            "INSERT INTO sagas (request_id, request_type, subject_ref, received_at, deadline,"
-            " trace_id, status, sealed_identifiers, traceparent)"
-            " VALUES ($1,$2,$3,$4,$5,$6,'in_progress',$7,$8)"
-            " ON CONFLICT DO NOTHING RETURNING true",
-            event.request_id,
-            event.request_type.value,
-            event.subject_ref,
-            event.received_at,
-            event.deadline,
-            event.trace_id,
-            event.sealed_identifiers,
-            event.traceparent,
-        )
-        if not inserted:
+        started, early, extensions = await start(conn, event)
+        if not started:  # a redelivered acceptance
             return
-        await conn.execute(
-            "INSERT INTO saga_systems (request_id, system, state, attempts, dispatched_at, command_id)"
-            " SELECT $1, system, 'dispatched', 1, $2, command_id"
-            " FROM unnest($3::text[], $4::uuid[]) AS s(system, command_id)",
-            event.request_id,
-            event.occurred_at,
-            list(event.systems),
-            [event.command_ids.get(system, uuid4()) for system in event.systems],
-        )
         loaded = await load(conn, event.request_id)
         assert loaded is not None
         saga = loaded.saga
@@ -76,19 +54,13 @@ async def start_saga(
             systems=event.systems,
             deadline=event.deadline.isoformat(),
         )
-        early = await conn.fetch(
-            "DELETE FROM early_outcomes WHERE request_id = $1 RETURNING outcome", event.request_id
-        )
         saga.max_rounds = max_rounds
         if event.request_type is RequestType.LIFT_RESTRICTION:  # it waits for its notices
             saga.announce_lift(event.occurred_at, await _restricted_before(conn, event))
-        early_outcomes = [OutcomeReported.model_validate_json(row["outcome"]) for row in early]
-        for row in await conn.fetch(
-            "DELETE FROM early_extensions WHERE request_id = $1 RETURNING event", event.request_id
-        ):
-            extended = DeadlineExtended.model_validate_json(row["event"])
+        for text in extensions:
+            extended = DeadlineExtended.model_validate_json(text)
             saga.extend(extended.months, extended.deadline, extended.occurred_at)
-        await _take(conn, loaded, early_outcomes, seal)
+        await _take(conn, loaded, [OutcomeReported.model_validate_json(text) for text in early], seal)
         await save(conn, loaded, was_final=False)
 
 

@@ -151,6 +151,10 @@ async def test_an_outcome_that_overtakes_its_request_is_kept_until_the_saga_star
     await store.record_outcome(tracker_db, outcome("t-2", "crm"))
     await store.start_saga(tracker_db, accepted("t-2", "crm"), T0)
     assert [m["status"] for m in await outbox(tracker_db, topics.REQUEST_STATUS)] == ["completed"]
+    await store.start_saga(tracker_db, accepted("t-2", "crm"), T0)  # redelivered: nothing changes
+    assert [m["status"] for m in await outbox(tracker_db, topics.REQUEST_STATUS)] == ["completed"]
+    assert await tracker_db.fetchval("SELECT count(*) FROM saga_systems WHERE request_id = 't-2'") == 1
+    assert await tracker_db.fetchval("SELECT count(*) FROM early_outcomes") == 0
 
 
 async def test_retention_end_schedules_a_deferred_erasure_and_the_report_records_it(
