@@ -232,7 +232,7 @@ async def held_records(
         return {}
     index = hold_cover.HoldIndex.of(active)
     unknown = [r for r in records if r.searchable is None]
-    found = hold_cover.index(await _found_by_holds(store, active)) if unknown else {}
+    searched = hold_cover.covered_by_search(active, await _found_by_holds(store, active)) if unknown else {}
     subject = set(known.all.strong().pairs())  # a shared landline does not make a hold theirs
     theirs = [h for h in active if subject & set(h.identities.strong().pairs())] if resumed else []
     held: dict[tuple[str, str], str] = {}
@@ -240,7 +240,7 @@ async def held_records(
         if record.searchable is not None:
             covering = index.covering(record.searchable)
         else:
-            covering = [hold for hold in active if record.key in hold_cover.found_by(hold, found)]
+            covering = list(searched.get(record.key, ()))
         if record.key in resumed:
             covering += theirs
         for hold in sorted(covering, key=active.index):

@@ -17,7 +17,7 @@ a record is then kept rather than erased):
   by the subject's identifiers) carries none: for it the store is searched with many holds'
   identifiers together (`searches`). A search says of each record which of the identifiers
   it was given found it, or of which it holds a variant, so the records tell which hold's
-  identifiers found them (`index`, `found_by`)."""
+  identifiers found them (`covered_by_search`)."""
 
 from __future__ import annotations
 
@@ -111,6 +111,17 @@ def found_by(hold: ActiveHold, found: Found) -> dict[Key, str]:
     """The records (key → category) the hold's own identifiers found: what its own search of
     the store would have found."""
     return {key: cat for pair in hold.identities.pairs() for key, cat in found.get(pair, {}).items()}
+
+
+def covered_by_search(holds: Sequence[ActiveHold], found: Iterable[Record]) -> dict[Key, list[ActiveHold]]:
+    """Record key → the holds (in order) whose own identifiers found it, of what the
+    `searches` found together: worked out once for all the records that need it."""
+    by_identifier = index(found)
+    covered: dict[Key, list[ActiveHold]] = defaultdict(list)
+    for hold in holds:
+        for key in found_by(hold, by_identifier):
+            covered[key].append(hold)
+    return covered
 
 
 def halves(identities: Identities) -> list[Identities]:
