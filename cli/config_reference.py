@@ -66,7 +66,7 @@ def all_settings() -> list[type[BaseSettings]]:
     from services.tracker.settings import TrackerSettings
     from shared.policy.settings import PolicySettings
     from shared.recipients.settings import RegisterSettings
-    from shared.worker.runtime import RetrySettings
+    from shared.worker.settings import RetrySettings
 
     return [
         KafkaSettings,

@@ -18,7 +18,7 @@ from shared.settings import DatabaseSettings, DeploymentSettings
 from shared.worker.journal import JOURNAL_STRIP_DDL, WORKER_JOURNAL_DDL, PostgresJournal
 from shared.worker.matching import match
 from shared.worker.ports import Decision, Record, SearchTooBroad
-from shared.worker.runtime import RetrySettings
+from shared.worker.settings import RetrySettings
 
 CATEGORY = "directory_entries"
 

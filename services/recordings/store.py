@@ -19,6 +19,7 @@ from shared.contracts.outcomes import Action
 from shared.identity import Identities, id_key_index, id_key_sql, phone_key_index, phone_prefilter_sql
 from shared.settings import DatabaseSettings
 from shared.telemetry.messaging import TRACER
+from shared.worker.pgbatch import CommandBatch
 from shared.worker.pgstore import Candidate, CategoryTable, PostgresStoreAdapter, PostgresStoreSession
 from shared.worker.ports import Decision, Record
 
@@ -99,8 +100,8 @@ class RecordingsAdapter(PostgresStoreAdapter):
         )
         return Candidate(record, matchable)
 
-    def open_session(self, conn: asyncpg.Connection) -> RecordingsSession:
-        return RecordingsSession(conn, self)
+    def open_session(self, conn: asyncpg.Connection, batch: CommandBatch | None = None) -> RecordingsSession:
+        return RecordingsSession(conn, self, batch)
 
 
 class RecordingsSession(PostgresStoreSession):
@@ -108,8 +109,10 @@ class RecordingsSession(PostgresStoreSession):
     first, then the rows; verification looks at the files before the commit. A failure
     anywhere rolls the rows back, so they still lead the next try to any file left over."""
 
-    def __init__(self, conn: asyncpg.Connection, adapter: RecordingsAdapter) -> None:
-        super().__init__(conn, adapter)
+    def __init__(
+        self, conn: asyncpg.Connection, adapter: RecordingsAdapter, batch: CommandBatch | None = None
+    ) -> None:
+        super().__init__(conn, adapter, batch)
         self.root = adapter.root
         self.erased: dict[str, str] = {}  # recording id -> its path, as its row said before it went
 

@@ -49,12 +49,19 @@ def consuming(
 ) -> Iterator[Span]:
     """A CONSUMER span, child of the record's producer span; `links` (other records' headers)
     when several messages are processed together."""
+    with trace.use_span(consumer_span(record, group, links), end_on_exit=True) as span:
+        yield span
+
+
+def consumer_span(record: ConsumerRecord[bytes, bytes], group: str, links: list[Any] | None = None) -> Span:
+    """The span of `consuming`, started but not made current: for a message whose work is done
+    in parts (carried out, then reported after a batch's commit; `trace.use_span` each)."""
     linked = [
         Link(c)
         for c in (trace.get_current_span(context_of(h)).get_span_context() for h in links or [])
         if c.is_valid
     ]
-    with TRACER.start_as_current_span(
+    return TRACER.start_span(
         f"process {record.topic}",
         context=context_of(record.headers),
         kind=SpanKind.CONSUMER,
@@ -68,8 +75,7 @@ def consuming(
             "messaging.destination.partition.id": str(record.partition),
             "messaging.kafka.offset": record.offset,
         },
-    ) as span:
-        yield span
+    )
 
 
 def link_to(traceparent: str | None) -> list[Link]:

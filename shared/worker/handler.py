@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -23,6 +24,7 @@ from shared.worker.policy import Policy
 from shared.worker.ports import Decision, Record, SearchTooBroad, StoreAdapter, StoreSession
 
 Clock = Callable[[], datetime]
+SessionFactory = Callable[[], AbstractAsyncContextManager[StoreSession]]
 _OUTCOME_NAMESPACE = uuid.UUID("6f1c1f4e-2b51-4a53-9a3e-6c6574686501")
 KEPT = frozenset({Action.RETAINED, Action.REDIRECTED, Action.IN_REVIEW})
 DEFAULT_MATCH_LIMIT = 25
@@ -61,12 +63,14 @@ async def execute(
     holds: HoldSource | None = None,
     seal: IdentifierSeal | None = None,
     match_limit: int = DEFAULT_MATCH_LIMIT,
+    session: SessionFactory | None = None,
 ) -> OutcomeReported:
     """`seal` seals what the outcome says of identifiers (learnt ones, a reviewer's evidence);
-    without it (tests of a store alone) the outcome gives only their counts."""
+    without it (tests of a store alone) the outcome gives only their counts. `session`: where
+    the command's work is done, if not in a session of its own (a batch's, shared/worker/pgbatch.py)."""
     known = identities if isinstance(identities, KnownIdentities) else KnownIdentities(given=identities)
     started = clock()
-    async with adapter.session() as store:
+    async with (session or adapter.session)() as store:
         journal = await store.load_journal(command.message_id)
         if journal is not None and journal.outcome is not None:
             return OutcomeReported.model_validate(journal.outcome)

@@ -15,7 +15,8 @@ from shared.settings import DeploymentSettings, KafkaSettings, RecoverySettings,
 from shared.topics import all_topics
 from shared.worker.holds import HoldsView
 from shared.worker.ports import StoreAdapter
-from shared.worker.runtime import RetrySettings, WorkerRuntime
+from shared.worker.runtime import WorkerRuntime
+from shared.worker.settings import RetrySettings
 
 
 def run_worker(system: str, make_adapter: Callable[[], StoreAdapter]) -> None:

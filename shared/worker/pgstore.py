@@ -9,7 +9,8 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Self
+from typing import Any, Self
+from uuid import UUID
 
 import asyncpg
 
@@ -24,7 +25,10 @@ from shared.worker.journal import (
     TransactionalJournal,
 )
 from shared.worker.matching import match
-from shared.worker.ports import Decision, Record
+from shared.worker.pgbatch import JOURNAL_OPEN_MANY_DDL, CommandBatch
+from shared.worker.ports import Decision, JournalEntry, Record
+
+JOURNAL_DDL = (WORKER_JOURNAL_DDL, JOURNAL_OPEN_DDL, JOURNAL_OPEN_MANY_DDL, JOURNAL_STRIP_DDL)
 
 
 @dataclass(frozen=True)
@@ -48,9 +52,26 @@ class Candidate:
 
 
 class PostgresStoreSession(TransactionalJournal):
-    def __init__(self, conn: asyncpg.Connection, adapter: PostgresStoreAdapter) -> None:
+    """One command's work on the store: in a transaction of its own, or in a batch's
+    (`batch`: its journal read and written with the batch's other commands)."""
+
+    def __init__(
+        self, conn: asyncpg.Connection, adapter: PostgresStoreAdapter, batch: CommandBatch | None = None
+    ) -> None:
         super().__init__(conn)
         self.adapter = adapter
+        self.batch = batch
+
+    async def load_journal(self, command_id: UUID) -> JournalEntry | None:
+        if self.batch is not None and self.batch.known(command_id):
+            return self.batch.journal[command_id]
+        return await super().load_journal(command_id)
+
+    async def save_outcome(self, command_id: UUID, outcome: dict[str, Any]) -> None:
+        if self.batch is None:
+            await super().save_outcome(command_id, outcome)
+        else:
+            self.batch.record(command_id, self._plan or [], outcome)
 
     async def find(self, identities: Identities) -> list[Record]:
         return await self.adapter.find_records(self.conn, identities)
@@ -111,7 +132,7 @@ class PostgresStoreAdapter:
     async def start(self) -> None:
         await ensure_database(self.database_url)
         self._pool = await create_pool(self.database_url, self.pool_max)
-        await apply_schema(self._pool, *self.schema, WORKER_JOURNAL_DDL, JOURNAL_OPEN_DDL, JOURNAL_STRIP_DDL)
+        await apply_schema(self._pool, *self.schema, *JOURNAL_DDL)
 
     async def close(self) -> None:
         if self._pool is not None:
@@ -123,9 +144,21 @@ class PostgresStoreAdapter:
         async with self.pool.acquire() as conn, conn.transaction():
             yield self.open_session(conn)
 
-    def open_session(self, conn: asyncpg.Connection) -> PostgresStoreSession:
-        """The session of one transaction; an adapter overrides it to carry more state."""
-        return PostgresStoreSession(conn, self)
+    @asynccontextmanager
+    async def batch(self, command_ids: Sequence[UUID]) -> AsyncIterator[CommandBatch]:
+        """One transaction for these commands (shared/worker/pgbatch.py): committed with
+        their journal rows if the block completes, rolled back whole if it raises."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            batch = CommandBatch(self, conn)
+            await batch.open(command_ids)
+            yield batch
+            await batch.flush()
+
+    def open_session(
+        self, conn: asyncpg.Connection, batch: CommandBatch | None = None
+    ) -> PostgresStoreSession:
+        """The session of one command; an adapter overrides it to carry more state."""
+        return PostgresStoreSession(conn, self, batch)
 
     async def find_records(self, conn: asyncpg.Connection, identities: Identities) -> list[Record]:
         """One statement (`find_sql`) gives the store's candidates by coarse keys (rows with no
@@ -223,5 +256,5 @@ async def open_store(database_url: str, *ddl: str) -> asyncpg.Pool:
     """For seeders and tests: the store's database, created with its schema if new."""
     await ensure_database(database_url)
     pool = await create_pool(database_url, 4)
-    await apply_schema(pool, *ddl, WORKER_JOURNAL_DDL, JOURNAL_OPEN_DDL, JOURNAL_STRIP_DDL)
+    await apply_schema(pool, *ddl, *JOURNAL_DDL)
     return pool

@@ -129,3 +129,20 @@ class StoreAdapter(Protocol):
     async def close(self) -> None: ...
 
     def session(self) -> AbstractAsyncContextManager[StoreSession]: ...
+
+
+class StoreBatch(Protocol):
+    """Several commands' work in one unit of the store (one transaction), kept or undone whole."""
+
+    def session(self) -> AbstractAsyncContextManager[StoreSession]:
+        """A session for one of the commands, inside the batch's unit."""
+        ...
+
+
+class BatchingAdapter(StoreAdapter, Protocol):
+    """A store that can do several commands' work in one unit: the unit's cost (a transaction's
+    BEGIN and COMMIT, the journal's reads and writes) shared by all of them."""
+
+    def batch(self, command_ids: Sequence[UUID]) -> AbstractAsyncContextManager[StoreBatch]:
+        """Committed if the block completes, undone whole if it raises."""
+        ...

@@ -20,64 +20,31 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
+from typing import cast
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
-from opentelemetry import trace
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared import fetching, topics
 from shared.broker_memory import BrokerMemory, until_next_check
-from shared.codec import PoisonMessage, decode, encode
-from shared.contracts import SUBJECT_COMMAND, OutcomeReported, SubjectCommand
-from shared.crypto import IdentifierSeal, IdentifierSealError
+from shared.crypto import IdentifierSeal
 from shared.delivery import TRANSIENT, Publisher, by_key_in_order, commit, retry_state
 from shared.fetching import poll
-from shared.identity import KnownIdentities
 from shared.kafka import make_consumer, make_producer, start_with_retry
 from shared.service import mark_ready
 from shared.settings import KafkaSettings
 from shared.telemetry import metrics
 from shared.telemetry.messaging import consuming
-from shared.worker.handler import Clock, answering, execute, outcome_id
-from shared.worker.holds import HoldsBehind, HoldsUnavailable, HoldsView
+from shared.worker.attempts import HOLDS_WAIT_S, OPENING_ERRORS, Attempts
+from shared.worker.batching import carry_out_together
+from shared.worker.handler import Clock
+from shared.worker.holds import HoldsBehind, HoldsView
 from shared.worker.policy import Policy
-from shared.worker.ports import StoreAdapter
+from shared.worker.ports import BatchingAdapter, StoreAdapter
+from shared.worker.settings import RetrySettings
 
 log = logging.getLogger(__name__)
-
-
-class RetrySettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="LETHE_WORKER_", extra="ignore")
-
-    attempts: int = Field(8, ge=1, le=50, description="Tries of one command before it is reported failed.")
-    backoff_initial_s: float = Field(
-        0.5, gt=0, le=60, description="Delay before the second try; doubles each try."
-    )
-    backoff_max_s: float = Field(30.0, gt=0, le=3600, description="Longest delay between tries.")
-    match_limit: int = Field(
-        25,
-        ge=1,
-        le=100_000,
-        description="Top-level records one identifier may find in a store before all it found only"
-        " through it goes to a person instead (a shared mailbox, a switchboard number).",
-    )
-    concurrency: int = Field(
-        8,
-        ge=1,
-        le=256,
-        description="Subjects a worker handles at once (in order per subject); keep <= pool size.",
-    )
-
-    def delay(self, attempt: int) -> float:
-        """Delay before try number `attempt + 1`."""
-        return float(min(self.backoff_initial_s * 2 ** (attempt - 1), self.backoff_max_s))
-
-
 Handler = Callable[[ConsumerRecord[bytes, bytes]], Awaitable[None]]
 HOLDS_REFRESH_ERRORS: tuple[type[BaseException], ...] = (*TRANSIENT, HoldsBehind)
-# How long an erasure waits before it looks again at holds it could not confirm complete.
-HOLDS_WAIT_S = 1.0
 # How long a batch waits for the holds announcement when none has been read (a broker that came
 # back empty: intake announces them again moments after the commands start flowing again).
 ANNOUNCEMENT_WAIT_S = 2.0
@@ -118,7 +85,7 @@ class WorkerRuntime:
         self.concurrency = retry.concurrency
         self.stopping = asyncio.Event()
         self.ready = False
-        self.publisher: Publisher | None = None
+        self.attempts: Attempts | None = None
 
     def stop(self) -> None:
         self.stopping.set()
@@ -139,7 +106,10 @@ class WorkerRuntime:
         await self.adapter.start()
         producer = make_producer(self.kafka)
         await start_with_retry(producer, "producer")
-        self.publisher = Publisher(producer, self.seal, self.stopping)
+        publisher = Publisher(producer, self.seal, self.stopping)
+        self.attempts = Attempts(
+            self.adapter, self.policy, self.seal, publisher, self.clock, self.holds, self.retry
+        )
         main = make_consumer(self.kafka, [self.topic], self.group_id)
         retry_group = topics.worker_retry_group(self.adapter.system)
         retries = make_consumer(self.kafka, [self.retry_topic], retry_group, cold=True)
@@ -152,7 +122,7 @@ class WorkerRuntime:
         mark_ready()
         try:
             await asyncio.gather(
-                self._consume(main, self._first_try),
+                self._consume(main, self._first_try, together=True),
                 self._consume(retries, self._retry),
                 self._watch_holds(),
                 self._watch_broker(BrokerMemory(None, producer, self.kafka, f"worker-{self.adapter.system}")),
@@ -211,20 +181,25 @@ class WorkerRuntime:
             await asyncio.sleep(HOLDS_LOOK_S)
             await self._refresh_holds()
 
-    async def _consume(self, consumer: AIOKafkaConsumer, handle: Handler) -> None:
+    async def _consume(self, consumer: AIOKafkaConsumer, handle: Handler, together: bool = False) -> None:
         while not self.stopping.is_set():
             fetched_at = fetching.rewinds(consumer)  # before: a rewind during the fetch counts
             batches = await poll(consumer, self.group_id)
             if batches:
                 try:
-                    await self._batch([r for records in batches.values() for r in records], handle)
+                    records = [r for records in batches.values() for r in records]
+                    await self._batch(records, handle, together)
                 except _Stopping:
                     return  # the batch is not committed: it is processed again after the restart
                 await commit(consumer, fetched_at)
 
-    async def _batch(self, records: Sequence[ConsumerRecord[bytes, bytes]], handle: Handler) -> None:
+    async def _batch(
+        self, records: Sequence[ConsumerRecord[bytes, bytes]], handle: Handler, together: bool
+    ) -> None:
         """Order matters per subject, not across subjects: records with the same key (the
-        subject reference) run in order, different keys run concurrently, up to a bound."""
+        subject reference) run in order, different keys run concurrently, up to a bound. With
+        `together`, a store that can carries out up to `batch_max` of them in one transaction
+        (shared/worker/batching.py), one chunk after another."""
         await self._refresh_holds()  # the decision point of the whole batch (see holds.py)
         await self._await_announcement()
 
@@ -234,116 +209,45 @@ class WorkerRuntime:
                     span.set_attribute("lethe.system", self.adapter.system)
                     await handle(record)
 
-        await by_key_in_order(records, self.concurrency, in_order)
+        store = self._batching() if together else None
+        if store is None:
+            await by_key_in_order(records, self.concurrency, in_order)
+            return
+        assert self.attempts is not None
+        size = self.retry.batch_max
+        for chunk in (records[n : n + size] for n in range(0, len(records), size)):
+            left = await carry_out_together(self.attempts, store, chunk, self.group_id, self.concurrency)
+            await by_key_in_order(left, self.concurrency, in_order)
 
-    def _open(self, record: ConsumerRecord[bytes, bytes]) -> tuple[SubjectCommand, KnownIdentities]:
-        command = decode(record.value, SUBJECT_COMMAND)
-        if command.system != self.adapter.system:
-            raise PoisonMessage("system", f"{command.system!r} is not handled by this worker")
-        return command, self.seal.open_known(command.sealed_identifiers)
+    def _batching(self) -> BatchingAdapter | None:
+        """The store, if it can carry out several commands in one unit and this batch had
+        better: more than one to a unit allowed, and the holds known (erasures would otherwise
+        all go to the retry topic: one by one, each says so)."""
+        if self.retry.batch_max < 2 or not hasattr(self.adapter, "batch"):
+            return None
+        if self.holds is not None and self.holds.incomplete() is not None:
+            return None
+        return cast(BatchingAdapter, self.adapter)
 
     async def _first_try(self, record: ConsumerRecord[bytes, bytes]) -> None:
-        assert self.publisher is not None
+        assert self.attempts is not None
         try:
-            command, identities = self._open(record)
-        except (PoisonMessage, IdentifierSealError) as exc:
-            log.warning("poison message dead-lettered", extra={"offset": record.offset, "error": str(exc)})
-            await self.publisher.dead_letter(record, str(exc))
+            command, identities = self.attempts.open(record)
+        except OPENING_ERRORS as exc:
+            await self.attempts.poison(record, exc)
             return
-        await self._attempt(record, command, identities, attempt=1)
+        await self.attempts.attempt(record, command, identities, attempt=1)
 
     async def _retry(self, record: ConsumerRecord[bytes, bytes]) -> None:
+        assert self.attempts is not None
         attempt, due = retry_state(record)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.stopping.wait(), max(0.0, due - time.time()))
         if self.stopping.is_set():
             raise _Stopping
-
         try:
-            command, identities = self._open(record)
-        except (PoisonMessage, IdentifierSealError) as exc:
-            assert self.publisher is not None
-            await self.publisher.dead_letter(record, str(exc))
+            command, identities = self.attempts.open(record)
+        except OPENING_ERRORS as exc:
+            await self.attempts.poison(record, exc)
             return
-        await self._attempt(record, command, identities, attempt)
-
-    async def _attempt(
-        self,
-        record: ConsumerRecord[bytes, bytes],
-        command: SubjectCommand,
-        identities: KnownIdentities,
-        attempt: int,
-    ) -> None:
-        assert self.publisher is not None
-        try:
-            outcome = await execute(
-                command,
-                identities,
-                self.adapter,
-                self.policy,
-                self.clock,
-                self.holds,
-                self.seal,
-                self.retry.match_limit,
-            )
-        except HoldsUnavailable as exc:
-            # Not the command's fault, and not its store's: it waits on the retry topic, without
-            # using up its tries, until the holds are known again (intake re-announces them).
-            log.warning(
-                "erasure held back: holds not confirmed",
-                extra={"request_id": command.request_id, "system": self.adapter.system, "error": str(exc)},
-            )
-            metrics.erasures_held_back.add(1, {"system": self.adapter.system})
-            await self.publisher.retry_later(
-                record, self.retry_topic, attempt, HOLDS_WAIT_S, type(exc).__name__
-            )
-            return
-        except Exception as exc:  # store errors of every driver; only the type is reported
-            error = type(exc).__name__
-            log.warning(
-                "command failed", extra={"request_id": command.request_id, "try": attempt, "error": error}
-            )
-            if attempt < self.retry.attempts:
-                await self.publisher.retry_later(
-                    record, self.retry_topic, attempt + 1, self.retry.delay(attempt), error
-                )
-                return
-            await self.publisher.dead_letter(record, f"gave up after {attempt} tries: {error}")
-            now = self.clock()
-            outcome = OutcomeReported(
-                # Not the success's id: a later success (after a replay) must not be taken for
-                # a duplicate of this failure.
-                message_id=outcome_id(command, failed_after=attempt),
-                **answering(command, self.adapter.system),
-                status="failed",
-                error=f"{error} after {attempt} tries",
-                started_at=now,
-                finished_at=now,
-            )
-        span = trace.get_current_span()
-        span.set_attributes(
-            {
-                "lethe.request_id": command.request_id,
-                "lethe.status": outcome.status,
-                "lethe.attempt": attempt,
-                "lethe.command_id": str(command.message_id),
-            }
-        )
-        for category in outcome.categories:
-            for action in ("erased", "anonymised", "restricted", "unrestricted"):
-                if count := getattr(category, action):
-                    metrics.outcomes.add(count, {"system": self.adapter.system, "action": action})
-            if category.retained_count:
-                metrics.outcomes.add(
-                    category.retained_count, {"system": self.adapter.system, "action": "retained"}
-                )
-        await self.publisher.publish(topics.OUTCOMES, command.request_id.encode(), encode(outcome))
-        log.info(
-            "command handled",
-            extra={
-                "request_id": command.request_id,
-                "system": self.adapter.system,
-                "status": outcome.status,
-                "try": attempt,
-            },
-        )
+        await self.attempts.attempt(record, command, identities, attempt)

@@ -29,7 +29,8 @@ from shared.policy.evaluate import RetentionPolicy
 from shared.policy.model import DEFAULT_POLICY_FILE, load_policy
 from shared.settings import KafkaSettings
 from shared.worker.holds import HoldsBehind, HoldsView
-from shared.worker.runtime import RetrySettings, WorkerRuntime
+from shared.worker.runtime import WorkerRuntime
+from shared.worker.settings import RetrySettings
 from tests.conftest import delete_topics
 
 pytestmark = pytest.mark.integration

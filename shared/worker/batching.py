@@ -1,0 +1,96 @@
+"""A fetch's commands carried out together, in one unit of a store that has them
+(`BatchingAdapter`: one PostgreSQL transaction, shared/worker/pgbatch.py), their outcomes
+reported only once it is committed.
+
+A batch that fails anywhere (a command's store error, a verification not confirmed, holds that
+cannot be confirmed, a deadlock) is undone whole, and its commands are carried out one by one
+as if it had not been tried: each then ends with its own outcome, retry or dead letter, so one
+failing command never fails or holds up its neighbours. Commands are carried out in the order
+they were fetched, so a subject's stay in order."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from aiokafka import ConsumerRecord
+from opentelemetry import trace
+from opentelemetry.trace import Span
+
+from shared.contracts import OutcomeReported, SubjectCommand
+from shared.delivery import by_key_in_order
+from shared.identity import KnownIdentities
+from shared.telemetry.messaging import consumer_span
+from shared.worker.attempts import OPENING_ERRORS, Attempts
+from shared.worker.ports import BatchingAdapter
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Opened:
+    record: ConsumerRecord[bytes, bytes]
+    command: SubjectCommand
+    identities: KnownIdentities
+    span: Span  # the message's, kept open from its work until its outcome is sent
+
+
+async def carry_out_together(
+    attempts: Attempts,
+    store: BatchingAdapter,
+    records: Sequence[ConsumerRecord[bytes, bytes]],
+    group: str,
+    concurrency: int,
+) -> list[ConsumerRecord[bytes, bytes]]:
+    """First tries of `records`' commands in one unit of `store`, reported once it is committed
+    (at most `concurrency` subjects' outcomes sent at once, each subject's in order). Returns
+    the records left to be carried out one by one: all that could be opened, if it failed.
+    Poison messages are dead-lettered as they are met."""
+    opened: list[_Opened] = []
+    for record in records:
+        span = consumer_span(record, group)
+        span.set_attribute("lethe.system", attempts.system)
+        try:
+            command, identities = attempts.open(record)
+        except OPENING_ERRORS as exc:
+            with trace.use_span(span, end_on_exit=True):
+                await attempts.poison(record, exc)
+            continue
+        opened.append(_Opened(record, command, identities, span))
+    if not opened:
+        return []
+    try:
+        outcomes = await _in_one_unit(attempts, store, opened)
+    except Exception as exc:  # the type only: a message may quote the input
+        log.warning(
+            "batch undone; its commands carried out one by one",
+            extra={"system": attempts.system, "commands": len(opened), "error": type(exc).__name__},
+        )
+        for each in opened:
+            each.span.set_attribute("lethe.batch.undone", True)
+            each.span.end()
+        return [each.record for each in opened]
+
+    reported = {id(each.record): (each, outcome) for each, outcome in zip(opened, outcomes, strict=True)}
+
+    async def report(in_order: list[ConsumerRecord[bytes, bytes]]) -> None:
+        for record in in_order:
+            each, outcome = reported[id(record)]
+            with trace.use_span(each.span, end_on_exit=True):
+                await attempts.report(each.command, 1, outcome)
+
+    await by_key_in_order([each.record for each in opened], concurrency, report)
+    return []
+
+
+async def _in_one_unit(
+    attempts: Attempts, store: BatchingAdapter, opened: Sequence[_Opened]
+) -> list[OutcomeReported]:
+    outcomes: list[OutcomeReported] = []
+    async with store.batch([each.command.message_id for each in opened]) as unit:
+        for each in opened:
+            each.span.set_attribute("lethe.batch.commands", len(opened))
+            with trace.use_span(each.span, end_on_exit=False):
+                outcomes.append(await attempts.carry_out(each.command, each.identities, unit.session))
+    return outcomes
