@@ -4,11 +4,30 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TypeAlias
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
 log = logging.getLogger(__name__)
+# Where a handler does its work: a pool (a transaction of its own) or a connection already in
+# a transaction (a batch's, shared by several messages' handlers: shared/delivery.py).
+Db: TypeAlias = asyncpg.Pool | asyncpg.Connection
+
+
+@asynccontextmanager
+async def transaction(db: Db) -> AsyncIterator[asyncpg.Connection]:
+    """A transaction of its own from a pool; on a connection, the transaction it is in, which
+    its owner commits or rolls back (a nested one would cost a SAVEPOINT's round trips)."""
+    if isinstance(db, asyncpg.Connection):
+        if not db.is_in_transaction():
+            raise RuntimeError("a shared connection must be in its owner's transaction")
+        yield db
+        return
+    async with db.acquire() as conn, conn.transaction():
+        yield conn
 
 
 def _with_database(dsn: str, database: str) -> str:

@@ -10,6 +10,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import TypeVar
 
 import asyncpg
@@ -130,6 +131,10 @@ async def commit(consumer: AIOKafkaConsumer, fetched_at: int) -> None:
 
 Handler = Callable[[ConsumerRecord[bytes, bytes]], Awaitable[None]]
 GroupHandler = Callable[[list[ConsumerRecord[bytes, bytes]]], Awaitable[None]]
+# Opens one unit of work (a transaction) for several keys' groups: the handler it yields does
+# a group's work in it; committed when the block completes, undone whole if it raises.
+Together = Callable[[], AbstractAsyncContextManager[GroupHandler]]
+TOGETHER_MAX = 64  # keys to a unit: each holds its locks (a saga's row) until the commit
 # Failures of a dependency that comes back: wait and try the same message again.
 TRANSIENT: tuple[type[BaseException], ...] = (
     OSError,
@@ -154,6 +159,7 @@ async def consume_forever(
     what: str,
     concurrency: int = 8,
     handle_group: GroupHandler | None = None,
+    together: Together | None = None,
 ) -> None:
     """Until `publisher.stopping`: in order per key (one request, one subject), different keys
     concurrently. A dependency that is away holds the line (the same message is tried again
@@ -161,7 +167,10 @@ async def consume_forever(
     dead-lettered with the error, so nothing blocks the topic for ever and nothing is dropped
     without a trace. With `handle_group`, the messages of one key in a batch are handed over
     together (one transaction instead of many); if that fails for any reason other than a
-    missing dependency, they are handled one by one, so a poison message stays isolated."""
+    missing dependency, they are handled one by one, so a poison message stays isolated. With
+    `together`, the keys of a batch are handled in one unit (one transaction: a BEGIN and a
+    COMMIT for all), up to TOGETHER_MAX at a time; a unit that fails is undone whole, and its
+    keys handled as above, each to its own end."""
     while not publisher.stopping.is_set():
         fetched_at = fetching.rewinds(consumer)  # before: a rewind during the fetch counts
         batches = await fetching.poll(consumer, what)
@@ -179,8 +188,12 @@ async def consume_forever(
             return True
 
         records = [r for partition in batches.values() for r in partition]
-        if not all(await by_key_in_order(records, concurrency, in_order)):
-            return  # stopping: the batch stays uncommitted and is redone after restart
+        for groups in _chunks(records, TOGETHER_MAX if together is not None else None):
+            if together is not None and len(groups) > 1 and await handle_together(groups, together, what):
+                continue
+            chunk = [r for group in groups for r in group]
+            if not all(await by_key_in_order(chunk, concurrency, in_order)):
+                return  # stopping: the batch stays uncommitted and is redone after restart
         await commit(consumer, fetched_at)
 
 
@@ -204,6 +217,38 @@ async def by_key_in_order(
             return await handle(group)
 
     return await asyncio.gather(*(one(group) for group in by_key.values()))
+
+
+def _chunks(
+    records: list[ConsumerRecord[bytes, bytes]], keys: int | None
+) -> list[list[list[ConsumerRecord[bytes, bytes]]]]:
+    """The records by key, in order, `keys` keys to a chunk (all in one without a bound)."""
+    by_key: dict[bytes | None, list[ConsumerRecord[bytes, bytes]]] = defaultdict(list)
+    for record in records:
+        by_key[record.key].append(record)
+    groups = list(by_key.values())
+    size = keys or max(len(groups), 1)
+    return [groups[n : n + size] for n in range(0, len(groups), size)]
+
+
+async def handle_together(
+    groups: list[list[ConsumerRecord[bytes, bytes]]], together: Together, what: str
+) -> bool:
+    """True once every group was handled in one unit and it was committed; False (undone) to
+    handle them one key at a time."""
+    try:
+        async with together() as handle_group:
+            for group in groups:
+                with consuming(group[0], what, links=[r.headers for r in group[1:]]) as span:
+                    span.set_attribute("messaging.batch.message_count", len(group))
+                    await handle_group(group)
+        return True
+    except Exception as exc:  # the type only: a message may quote the input
+        log.warning(
+            "batch undone; handled one key at a time",
+            extra={"consumer": what, "keys": len(groups), "error": type(exc).__name__},
+        )
+        return False
 
 
 async def _while_away(attempt: Callable[[], Awaitable[None]], publisher: Publisher, what: str) -> bool:

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 
 from services.tracker import forgetting, recipients, recovery, schedule, store
-from services.tracker.handlers import CONSUMED, Tracker, handle, handle_group
+from services.tracker.handlers import CONSUMED, Tracker, handle, handle_group, together
 from services.tracker.settings import TrackerSettings
 from shared import fetching, topics
 from shared.broker_memory import SENTINEL_DDL, BrokerMemory, since_shed_notice, until_next_check
@@ -145,6 +145,7 @@ async def main(stop: asyncio.Event) -> None:
             publisher,
             topics.TRACKER_GROUP,
             handle_group=lambda records: handle_group(tracker, records),
+            together=lambda: together(tracker),
         )
 
     finally:

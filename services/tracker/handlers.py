@@ -3,8 +3,9 @@ handled by its type. Every handler is idempotent (a redelivery changes nothing).
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,14 +21,17 @@ from shared.contracts.events import DeadlineExtended, RetrySystem, ReviewDecided
 from shared.contracts.holds import HOLDS_MESSAGE, HoldsAnnounced, HoldUpdated
 from shared.contracts.notices import NoticeUpdated
 from shared.crypto import IdentifierSeal
+from shared.db import Db
+from shared.delivery import GroupHandler
 
 
 @dataclass(frozen=True)
 class Tracker:
-    """What the handlers work with: the database, the key that opens what systems learnt (for
-    the identity search's next round; None searches no further than round 1), its bound."""
+    """What the handlers work with: the database (a pool, or a batch's connection in its
+    transaction), the key that opens what systems learnt (for the identity search's next
+    round; None searches no further than round 1), its bound."""
 
-    pool: asyncpg.Pool
+    db: Db
     seal: IdentifierSeal | None = None
     max_rounds: int = 3
 
@@ -52,14 +56,14 @@ def _now() -> datetime:
 
 
 HANDLERS: dict[type[BaseModel], Callable[[Tracker, Any], Awaitable[object]]] = {
-    RequestAccepted: lambda t, e: store.start_saga(t.pool, e, _now(), t.seal, t.max_rounds),
-    OutcomeReported: lambda t, e: store.record_outcome(t.pool, e, t.seal, t.max_rounds),
-    HoldUpdated: lambda t, e: schedule.record_hold(t.pool, e),
+    RequestAccepted: lambda t, e: store.start_saga(t.db, e, _now(), t.seal, t.max_rounds),
+    OutcomeReported: lambda t, e: store.record_outcome(t.db, e, t.seal, t.max_rounds),
+    HoldUpdated: lambda t, e: schedule.record_hold(t.db, e),
     HoldsAnnounced: _ignore,
-    DeadlineExtended: lambda t, e: store.extend_deadline(t.pool, e),
-    RetrySystem: lambda t, e: store.retry_system(t.pool, e, _now()),
-    ReviewDecided: lambda t, e: store.decide_review(t.pool, e, _now(), t.seal),
-    NoticeUpdated: lambda t, e: notices.notice_updated(t.pool, e),
+    DeadlineExtended: lambda t, e: store.extend_deadline(t.db, e),
+    RetrySystem: lambda t, e: store.retry_system(t.db, e, _now()),
+    ReviewDecided: lambda t, e: store.decide_review(t.db, e, _now(), t.seal),
+    NoticeUpdated: lambda t, e: notices.notice_updated(t.db, e),
 }
 
 
@@ -75,13 +79,25 @@ async def handle_group(tracker: Tracker, records: list[ConsumerRecord[bytes, byt
         if record.topic == topics.OUTCOMES:
             outcome = decode(record.value, OutcomeReported)
             if outcomes and outcomes[0].request_id != outcome.request_id:  # a key that lied
-                await store.record_outcomes(tracker.pool, outcomes, tracker.seal, tracker.max_rounds)
+                await store.record_outcomes(tracker.db, outcomes, tracker.seal, tracker.max_rounds)
                 outcomes = []
             outcomes.append(outcome)
             continue
         if outcomes:
-            await store.record_outcomes(tracker.pool, outcomes, tracker.seal, tracker.max_rounds)
+            await store.record_outcomes(tracker.db, outcomes, tracker.seal, tracker.max_rounds)
             outcomes = []
         await handle(tracker, record)
     if outcomes:
-        await store.record_outcomes(tracker.pool, outcomes, tracker.seal, tracker.max_rounds)
+        await store.record_outcomes(tracker.db, outcomes, tracker.seal, tracker.max_rounds)
+
+
+@asynccontextmanager
+async def together(tracker: Tracker) -> AsyncIterator[GroupHandler]:
+    """Several requests' messages of a batch in one transaction (shared/delivery.py): one
+    BEGIN and COMMIT for all, not one pair a request. Each handler runs in it as in its own
+    (`shared.db.transaction`); a saga two of them touch is changed in turn, as it would be."""
+    if not isinstance(tracker.db, asyncpg.Pool):
+        raise TypeError("a batch's transaction is opened from the pool")
+    async with tracker.db.acquire() as conn, conn.transaction():
+        in_it = replace(tracker, db=conn)
+        yield lambda records: handle_group(in_it, records)

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import asyncpg
-
 from services.tracker.repository import claim_and_load
 from services.tracker.saving import save
 from shared.contracts.notices import NoticeUpdated
+from shared.db import Db, transaction
 
 
-async def notice_updated(pool: asyncpg.Pool, event: NoticeUpdated) -> bool:
-    async with pool.acquire() as conn, conn.transaction():
+async def notice_updated(db: Db, event: NoticeUpdated) -> bool:
+    async with transaction(db) as conn:
         new_ids, loaded = await claim_and_load(conn, [event.message_id], event.request_id)
         if not new_ids or loaded is None:
             return False

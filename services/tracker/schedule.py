@@ -17,6 +17,7 @@ import asyncpg
 from shared import topics
 from shared.contracts import EraseSubject, OutcomeReported
 from shared.contracts.holds import HoldUpdated
+from shared.db import Db, transaction
 from shared.outbox import enqueue
 from shared.telemetry.messaging import TRACER, link_to
 
@@ -92,10 +93,10 @@ async def _lock_cases(conn: asyncpg.Connection, case_references: Sequence[str]) 
         await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('hold:' || $1, 0))", reference)
 
 
-async def record_hold(pool: asyncpg.Pool, hold: HoldUpdated) -> int:
+async def record_hold(db: Db, hold: HoldUpdated) -> int:
     """Take a hold's change; once it has an end (a release, an expiry), every outcome that kept
     records under it gets a follow-up due then. Returns the follow-ups scheduled."""
-    async with pool.acquire() as conn, conn.transaction():
+    async with transaction(db) as conn:
         await _lock_cases(conn, [hold.case_reference])
         changed = await conn.fetchval(
             "INSERT INTO holds (hold_id, version, case_reference, expires_at, released_at)"

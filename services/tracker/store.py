@@ -1,6 +1,7 @@
-"""What the tracker does with each event, one transaction each (with the processed-message
-journal, so a redelivery changes nothing): start a saga, take outcomes (and run the next round
-of the identity search), time out silent systems, retry, extend, decide a review."""
+"""What the tracker does with each event, in a transaction of its own or a batch's (with the
+processed-message journal, so a redelivery changes nothing): start a saga, take outcomes (and
+run the next round of the identity search), time out silent systems, retry, extend, decide a
+review."""
 
 from __future__ import annotations
 
@@ -28,19 +29,20 @@ from services.tracker.schema import SCHEMA
 from shared.contracts import OutcomeReported, RequestAccepted, RequestType
 from shared.contracts.events import DeadlineExtended, RetrySystem, ReviewDecided
 from shared.crypto import IdentifierSeal
+from shared.db import Db, transaction
 from shared.recipients.plan import restricted
 
 __all__ = ["SCHEMA", "audit_trail", "load"]
 
 
 async def start_saga(
-    pool: asyncpg.Pool,
+    db: Db,
     event: RequestAccepted,
     now: datetime,
     seal: IdentifierSeal | None = None,
     max_rounds: int = 3,
 ) -> None:
-    async with pool.acquire() as conn, conn.transaction():
+    async with transaction(db) as conn:
         started, early, extensions = await start(conn, event)
         if not started:  # a redelivered acceptance
             return
@@ -82,18 +84,18 @@ async def _restricted_before(conn: asyncpg.Connection, event: RequestAccepted) -
 
 
 async def record_outcome(
-    pool: asyncpg.Pool, event: OutcomeReported, seal: IdentifierSeal | None = None, max_rounds: int = 3
+    db: Db, event: OutcomeReported, seal: IdentifierSeal | None = None, max_rounds: int = 3
 ) -> None:
-    await record_outcomes(pool, [event], seal, max_rounds)
+    await record_outcomes(db, [event], seal, max_rounds)
 
 
 async def record_outcomes(
-    pool: asyncpg.Pool, events: list[OutcomeReported], seal: IdentifierSeal | None = None, max_rounds: int = 3
+    db: Db, events: list[OutcomeReported], seal: IdentifierSeal | None = None, max_rounds: int = 3
 ) -> None:
     """Outcomes of one request, in one transaction: the saga is loaded, changed and announced
     once for all of them (under load, a request's five answers often arrive together). Without
     a `seal` the tracker cannot open what was learnt, and searches no further than round 1."""
-    async with pool.acquire() as conn, conn.transaction():
+    async with transaction(db) as conn:
         new_ids, loaded = await claim_and_load(conn, [e.message_id for e in events], events[0].request_id)
         fresh = [e for e in events if e.message_id in new_ids]  # redeliveries change nothing
         if not fresh:
@@ -161,8 +163,8 @@ async def check_timeouts(pool: asyncpg.Pool, now: datetime, timeouts: Timeouts) 
     return changed
 
 
-async def retry_system(pool: asyncpg.Pool, event: RetrySystem, now: datetime) -> bool:
-    async with pool.acquire() as conn, conn.transaction():
+async def retry_system(db: Db, event: RetrySystem, now: datetime) -> bool:
+    async with transaction(db) as conn:
         new_ids, loaded = await claim_and_load(conn, [event.message_id], event.request_id)
         if not new_ids or loaded is None:
             return False
@@ -178,8 +180,8 @@ async def retry_system(pool: asyncpg.Pool, event: RetrySystem, now: datetime) ->
         return retried
 
 
-async def extend_deadline(pool: asyncpg.Pool, event: DeadlineExtended) -> None:
-    async with pool.acquire() as conn, conn.transaction():
+async def extend_deadline(db: Db, event: DeadlineExtended) -> None:
+    async with transaction(db) as conn:
         new_ids, loaded = await claim_and_load(conn, [event.message_id], event.request_id)
         if not new_ids:
             return
@@ -196,11 +198,11 @@ async def extend_deadline(pool: asyncpg.Pool, event: DeadlineExtended) -> None:
 
 
 async def decide_review(
-    pool: asyncpg.Pool, event: ReviewDecided, now: datetime, seal: IdentifierSeal | None = None
+    db: Db, event: ReviewDecided, now: datetime, seal: IdentifierSeal | None = None
 ) -> bool:
     """A person's decision: 'erase' sends the system a command for exactly those records (or,
     for the search's bound, runs the next round); 'keep' is recorded. Once only."""
-    async with pool.acquire() as conn, conn.transaction():
+    async with transaction(db) as conn:
         new_ids, loaded = await claim_and_load(conn, [event.message_id], event.request_id)
         if not new_ids or loaded is None:
             return False

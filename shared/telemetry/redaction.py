@@ -63,6 +63,8 @@ ALLOWED = frozenset(
         "lethe.resume_of",
         "lethe.records.in_review",  # counts of the identity search: never which identifiers
         "lethe.round",
+        "lethe.batch.commands",  # a worker's commands carried out in one transaction
+        "lethe.batch.undone",
     }
 )
 

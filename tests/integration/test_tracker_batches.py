@@ -1,0 +1,155 @@
+"""Several requests' messages handled in one tracker transaction (shared/delivery.py's
+`together`, services/tracker/handlers.py): the same sagas, audit trails and outbox as a
+transaction per request; a batch with one failing message undone whole."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from uuid import uuid4
+
+import asyncpg
+import pytest
+from aiokafka import ConsumerRecord
+from pydantic import BaseModel
+
+from services.tracker import handlers, repository, store
+from shared import topics
+from shared.codec import encode
+from shared.contracts import CategoryOutcome, OutcomeReported, RequestAccepted, RequestType
+from shared.contracts.audit import verify_chain
+from shared.crypto import subject_ref
+from shared.db import apply_schema, create_pool
+from shared.delivery import handle_together
+from shared.identity import Identities
+from tests.conftest import drop_database
+
+pytestmark = pytest.mark.integration
+T0 = datetime.now(UTC).replace(microsecond=0)
+
+
+def accepted(request_id: str) -> RequestAccepted:
+    return RequestAccepted(
+        request_id=request_id,
+        request_type=RequestType.ERASURE,
+        subject_ref=subject_ref("k", Identities(emails=[f"{request_id}@example.com"])),
+        systems=["crm", "billing"],
+        received_at=T0,
+        deadline=T0 + timedelta(days=30),
+        sealed_identifiers="sealed",
+        occurred_at=T0,
+    )
+
+
+def answer(request_id: str, system: str) -> OutcomeReported:
+    return OutcomeReported(
+        request_id=request_id,
+        system=system,
+        command_id=uuid4(),
+        attempt=1,
+        status="done",
+        categories=[CategoryOutcome(category="invoices", found=1, erased=1)],
+        started_at=T0,
+        finished_at=T0 + timedelta(seconds=1),
+    )
+
+
+def as_record(offset: int, message: BaseModel | bytes, key: str) -> ConsumerRecord[bytes, bytes]:
+    topic = topics.REQUESTS_ACCEPTED if isinstance(message, RequestAccepted) else topics.OUTCOMES
+    value = message if isinstance(message, bytes) else encode(message)
+    return ConsumerRecord(topic, 0, offset, 0, 0, key.encode(), value, None, len(key), len(value), [])
+
+
+def by_key(records: list[ConsumerRecord[bytes, bytes]]) -> list[list[ConsumerRecord[bytes, bytes]]]:
+    groups: dict[bytes | None, list[ConsumerRecord[bytes, bytes]]] = {}
+    for record in records:
+        groups.setdefault(record.key, []).append(record)
+    return list(groups.values())
+
+
+def batch() -> list[ConsumerRecord[bytes, bytes]]:
+    """Three requests: one answered in full (one answer delivered twice), one in part, one
+    whose answer overtakes its acceptance."""
+    a_crm = answer("a", "crm")
+    made = [
+        as_record(0, accepted("a"), "a"),
+        as_record(1, accepted("b"), "b"),
+        as_record(2, a_crm, "a"),
+        as_record(3, answer("c", "crm"), "c"),
+        as_record(4, answer("b", "billing"), "b"),
+        as_record(5, a_crm, "a"),
+        as_record(6, answer("a", "billing"), "a"),
+        as_record(7, accepted("c"), "c"),
+    ]
+    return made
+
+
+@pytest.fixture
+async def two_dbs(pg_server: str) -> AsyncIterator[tuple[asyncpg.Pool, asyncpg.Pool]]:
+    names = [f"lethe_it_tb_{uuid4().hex[:12]}" for _ in (1, 2)]
+    pools = []
+    try:
+        for name in names:
+            conn = await asyncpg.connect(f"{pg_server}/postgres")
+            await conn.execute(f'CREATE DATABASE "{name}"')
+            await conn.close()
+            pool = await create_pool(f"{pg_server}/{name}")
+            await apply_schema(pool, *store.SCHEMA)
+            pools.append(pool)
+        yield pools[0], pools[1]
+    finally:
+        for pool in pools:
+            await pool.close()
+        for name in names:
+            await drop_database(pg_server, name)
+
+
+async def state(pool: asyncpg.Pool) -> dict[str, object]:
+    """What the tracker holds of each request, less its moments and ids made at random."""
+    sagas = await pool.fetch("SELECT request_id, status FROM sagas ORDER BY request_id")
+    trails = {r["request_id"]: await repository.audit_trail(pool, r["request_id"]) for r in sagas}
+    outbox = await pool.fetch("SELECT topic, key, value FROM outbox ORDER BY id")
+    statuses = [
+        (json.loads(r["value"])["request_id"], json.loads(r["value"])["status"])
+        for r in outbox
+        if r["topic"] == topics.REQUEST_STATUS
+    ]
+    assert all(verify_chain(trail) is None for trail in trails.values())
+    return {
+        "sagas": [(r["request_id"], r["status"]) for r in sagas],
+        "trails": {k: [e.kind for e in trail] for k, trail in trails.items()},
+        "messages": sorted((r["topic"], r["key"]) for r in outbox),
+        "statuses": sorted(statuses),
+        "early": await pool.fetchval("SELECT count(*) FROM early_outcomes"),
+    }
+
+
+async def test_requests_handled_together_end_as_one_request_at_a_time(
+    two_dbs: tuple[asyncpg.Pool, asyncpg.Pool],
+) -> None:
+    together_db, single_db = two_dbs
+    records = batch()
+    tracker = handlers.Tracker(together_db)
+    assert await handle_together(by_key(records), lambda: handlers.together(tracker), "tracker")
+    single = handlers.Tracker(single_db)
+    for group in by_key(records):  # as without `together`: a transaction per request
+        await handlers.handle_group(single, group)
+
+    got = await state(together_db)
+    assert got == await state(single_db)
+    assert got["sagas"] == [("a", "completed"), ("b", "in_progress"), ("c", "in_progress")]
+    assert got["trails"]["a"].count("outcome_recorded") == 2  # the twin changed nothing
+    # Handled again (a batch redelivered after a lost commit of its offsets): nothing changes.
+    assert await handle_together(by_key(records), lambda: handlers.together(tracker), "tracker")
+    assert await state(together_db) == got
+
+
+async def test_a_message_that_fails_undoes_its_batch(two_dbs: tuple[asyncpg.Pool, asyncpg.Pool]) -> None:
+    pool, _ = two_dbs
+    records = batch()
+    records.insert(3, as_record(9, b'{"not": "an outcome"}', "b"))
+    tracker = handlers.Tracker(pool)
+    assert not await handle_together(by_key(records), lambda: handlers.together(tracker), "tracker")
+    assert await pool.fetchval("SELECT count(*) FROM sagas") == 0  # undone whole
+    assert await pool.fetchval("SELECT count(*) FROM outbox") == 0
