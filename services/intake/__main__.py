@@ -21,13 +21,13 @@ from services.intake.notice_sender import NoticeSender
 from services.intake.notice_settings import NoticeSettings, webhook_secrets
 from services.intake.service import IntakeContext
 from services.intake.settings import IntakeSettings
-from services.intake.statuses import fold_status, fold_statuses, folding_together
+from services.intake.statuses import fold_status, fold_statuses
 from shared import topics
 from shared.broker_memory import SENTINEL_DDL
 from shared.codec import decode
 from shared.contracts.notices import NotifyRecipient
 from shared.db import apply_schema, create_pool, ensure_database
-from shared.delivery import GroupHandler, Handler, Publisher, Together, consume_forever
+from shared.delivery import GroupHandler, Handler, Publisher, consume_forever
 from shared.kafka import ensure_topics, make_consumer, make_producer, start_with_retry, warn_if_unencrypted
 from shared.outbox import OUTBOX_DDL, OutboxRelay
 from shared.policy.model import categories_by_system, load_policy
@@ -53,14 +53,11 @@ async def consume(
     handle: Handler,
     publisher: Publisher,
     handle_group: GroupHandler | None = None,
-    together: Together | None = None,
 ) -> None:
     consumer = make_consumer(kafka, [topic], group)
     await start_with_retry(consumer, group)
     try:
-        await consume_forever(
-            consumer, handle, publisher, group, handle_group=handle_group, together=together
-        )
+        await consume_forever(consumer, handle, publisher, group, handle_group=handle_group)
     finally:
         await consumer.stop()
 
@@ -158,7 +155,6 @@ async def main(stop: asyncio.Event) -> None:
                     lambda record: fold_status(pool, record),
                     publisher,
                     lambda records: fold_statuses(pool, records),
-                    lambda: folding_together(pool),
                 )
             ),
             asyncio.create_task(

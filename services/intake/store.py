@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
@@ -215,68 +214,42 @@ def _as_new(row: asyncpg.Record) -> NewRequest:
     return NewRequest(**{f.name: row[f.name] for f in fields(NewRequest)})
 
 
-# Snapshots of several requests folded at once; each is taken only if newer than what intake
-# holds. The rows are locked in one order (two folds at once cannot deadlock).
-_APPLY_STATUSES = """
-WITH given AS (
-    SELECT * FROM unnest($1::text[], $2::text[], $3::int[], $4::text[], $5::text[],
-                         $6::timestamptz[], $7::timestamptz[], $8::text[], $9::bool[])
-        AS g(request_id, status, version, progress, report, completed_at, deadline, audit, final)),
-previous AS (
-    SELECT r.request_id, r.status FROM requests r JOIN given g USING (request_id)
-     WHERE r.status_version < g.version ORDER BY r.request_id FOR UPDATE OF r),
+_APPLY_STATUS = """
+WITH previous AS (
+    SELECT status FROM requests WHERE request_id = $1 AND status_version < $3 FOR UPDATE),
 folded AS (
-    UPDATE requests r SET status = g.status, status_version = g.version, progress = g.progress::jsonb,
-        report = g.report::jsonb, completed_at = g.completed_at, deadline = coalesce(g.deadline, r.deadline),
-        audit = g.audit::jsonb, updated_at = now(),
+    UPDATE requests r SET status = $2, status_version = $3, progress = $4::jsonb,
+        report = $5::jsonb, completed_at = $6, deadline = coalesce($7, r.deadline),
+        audit = $8::jsonb, updated_at = now(),
         -- Intake needs the identifiers only to dispatch; once the request is final they go.
         -- (The tracker keeps its sealed copy while a deferred erasure or a retry may need it.)
-        sealed_identifiers = CASE WHEN g.final THEN NULL ELSE r.sealed_identifiers END
-    FROM previous p JOIN given g USING (request_id) WHERE r.request_id = p.request_id
-    RETURNING r.request_id, p.status AS previous, g.status, g.version, g.final, r.callback_url,
-        r.completed_at, r.deadline),
+        sealed_identifiers = CASE WHEN $9 THEN NULL ELSE r.sealed_identifiers END
+    FROM previous WHERE r.request_id = $1
+    RETURNING previous.status AS previous, r.callback_url, r.completed_at, r.deadline),
 announced AS (
     INSERT INTO callbacks (request_id, status_version, url, body)
-    SELECT request_id, version, callback_url, jsonb_build_object(
-        'request_id', request_id, 'status', status, 'completed_at', completed_at,
-        'deadline', deadline, 'report', '/v1/requests/' || request_id || '/report')
+    SELECT $1, $3, callback_url, jsonb_build_object(
+        'request_id', $1::text, 'status', $2::text, 'completed_at', completed_at,
+        'deadline', deadline, 'report', '/v1/requests/' || $1 || '/report')
     FROM folded
-    WHERE final AND callback_url IS NOT NULL AND previous <> status
+    WHERE $9 AND callback_url IS NOT NULL AND previous <> $2
     ON CONFLICT DO NOTHING)
-SELECT request_id FROM folded"""
+SELECT previous FROM folded"""
 
 
 async def apply_status(conn: asyncpg.Connection | asyncpg.Pool, event: RequestStatusChanged) -> bool:
-    """Fold the tracker's snapshot into the read model; older or repeated snapshots lose (False)."""
-    return bool(await apply_statuses(conn, [event]))
-
-
-async def apply_statuses(
-    conn: asyncpg.Connection | asyncpg.Pool, events: Sequence[RequestStatusChanged]
-) -> set[str]:
-    """Fold snapshots (the newest of each request) in one statement, atomic on its own; returns
-    the requests whose snapshot was taken. When a request reached a final status other than the
-    one it had (failed, then completed by a late answer or a retry), its callback (if any) is
-    queued in the same statement. The reviewer's sealed evidence is not kept in the report
-    (reviews.fold keeps it for them)."""
-    newest: dict[str, RequestStatusChanged] = {}
-    for event in events:
-        if event.request_id not in newest or newest[event.request_id].version < event.version:
-            newest[event.request_id] = event
-    if not newest:
-        return set()
-    rows = [_fold_row(event) for event in newest.values()]
-    folded = await conn.fetch(_APPLY_STATUSES, *(list(column) for column in zip(*rows, strict=True)))
-    return {row["request_id"] for row in folded}
-
-
-def _fold_row(event: RequestStatusChanged) -> tuple[object, ...]:
+    """Fold the tracker's snapshot into the read model; older or repeated snapshots lose (False).
+    When the request reached a final status other than the one it had (failed, then completed
+    by a late answer or a retry), its callback (if any) is queued in the same statement: one
+    round trip, atomic on its own (a request makes several snapshots). The reviewer's sealed
+    evidence is not kept in the report (reviews.fold keeps it for them)."""
     report = event.report
     if report is not None and report.reviews:
         report = report.model_copy(
             update={"reviews": [r.model_copy(update={"evidence": None}) for r in report.reviews]}
         )
-    return (
+    folded = await conn.fetchrow(
+        _APPLY_STATUS,
         event.request_id,
         event.status.value,
         event.version,
@@ -287,6 +260,7 @@ def _fold_row(event: RequestStatusChanged) -> tuple[object, ...]:
         json.dumps([e.model_dump(mode="json") for e in event.audit]),
         event.status.is_final,
     )
+    return folded is not None
 
 
 async def get(pool: asyncpg.Pool, request_id: str, *, submitted_by: str | None) -> asyncpg.Record | None:

@@ -16,7 +16,7 @@ from aiokafka import ConsumerRecord
 from services.intake import auth, callbacks, operations, reviews, store
 from services.intake.models import SubmitRequest
 from services.intake.service import IntakeContext, accept
-from services.intake.statuses import fold_statuses, folding_together
+from services.intake.statuses import fold_statuses
 from services.tracker.saga import Saga, SystemSlot
 from shared import topics
 from shared.codec import encode
@@ -25,7 +25,6 @@ from shared.contracts.outcomes import CategoryOutcome, ReviewItem
 from shared.contracts.report import ReviewDecision
 from shared.crypto import IdentifierSeal, new_identifier_key
 from shared.db import apply_schema, create_pool, ensure_database
-from shared.delivery import handle_together
 from shared.outbox import OUTBOX_DDL
 
 pytestmark = pytest.mark.integration
@@ -119,37 +118,6 @@ async def test_an_older_snapshot_read_again_does_not_put_reviews_back(ctx: Intak
     await fold_statuses(ctx.pool, [first])  # the broker's partition read again from its start
     assert await ctx.pool.fetchval("SELECT state FROM reviews") == "kept"
     assert await ctx.pool.fetchval("SELECT status_version FROM requests") == 2
-
-
-async def test_several_requests_snapshots_fold_together_as_one_at_a_time(ctx: IntakeContext) -> None:
-    """A batch's snapshots of several requests: those without reviews in one statement, the
-    newest of each request taken, the final ones calling upstream back, reviews folded too."""
-    sagas = [await submitted(ctx, f"st-many-{n}") for n in range(4)]
-    sagas[0].record(answer(sagas[0], "done"))  # completed
-    sagas[1].record(answer(sagas[1], "failed"))  # failed
-    item = review_item()
-    sagas[3].record(answer(sagas[3], "done", [item]))  # waits for a person
-    groups = [[snapshot(saga, 2)] for saga in sagas]
-    groups[2] = [snapshot(sagas[2], 3), snapshot(sagas[2], 1)]  # the newest wins, in any order
-    assert await handle_together(groups, lambda: folding_together(ctx.pool), "intake-status")
-
-    rows = await ctx.pool.fetch("SELECT request_id, status, status_version FROM requests ORDER BY 1")
-    assert [(r["status"], r["status_version"]) for r in rows] == [
-        ("completed", 2),
-        ("failed", 2),
-        ("in_progress", 3),
-        (sagas[3].status.value, 2),
-    ]
-    called = await ctx.pool.fetch("SELECT request_id, body->>'status' AS s FROM callbacks ORDER BY 1")
-    assert [(r["request_id"], r["s"]) for r in called] == [
-        ("st-many-0", "completed"),
-        ("st-many-1", "failed"),
-    ]
-    assert await ctx.pool.fetchval("SELECT count(*) FROM reviews") == 1
-    # Read again (a batch whose offsets were not committed): nothing changes, nobody is called twice.
-    assert await handle_together(groups, lambda: folding_together(ctx.pool), "intake-status")
-    assert await ctx.pool.fetchval("SELECT count(*) FROM callbacks") == 2
-    assert await ctx.pool.fetchval("SELECT sum(status_version) FROM requests") == 9
 
 
 async def sent_ids(ctx: IntakeContext, topic: str) -> list[str]:
