@@ -33,7 +33,7 @@ class Span:
 def read_spans(paths: Iterable[Path]) -> list[Span]:
     spans = []
     for path in paths:
-        for line in path.read_text().splitlines():
+        for line in path.read_text(encoding="utf-8").splitlines():
             for resource_spans in json.loads(line)["resourceSpans"]:
                 attrs = {a["key"]: a["value"] for a in resource_spans["resource"]["attributes"]}
                 service = attrs.get("service.name", {}).get("stringValue", "?")

@@ -69,7 +69,8 @@ ALLOWED = frozenset(
 )
 
 
-def _keep(attributes: Attributes) -> dict[str, AttributeValue]:
+def kept(attributes: Attributes) -> dict[str, AttributeValue]:
+    """What of `attributes` may leave the process."""
     return {k: v for k, v in (attributes or {}).items() if k in ALLOWED}
 
 
@@ -88,9 +89,9 @@ def redact(span: ReadableSpan) -> ReadableSpan:
         context=span.context,
         parent=span.parent,
         resource=span.resource,
-        attributes=_keep(span.attributes),
-        events=[Event(e.name, _keep(e.attributes), e.timestamp) for e in span.events],
-        links=[Link(link.context, _keep(link.attributes)) for link in span.links],
+        attributes=kept(span.attributes),
+        events=[Event(e.name, kept(e.attributes), e.timestamp) for e in span.events],
+        links=[Link(link.context, kept(link.attributes)) for link in span.links],
         kind=span.kind,
         status=_status(span.status),
         start_time=span.start_time,

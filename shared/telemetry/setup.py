@@ -21,7 +21,8 @@ _providers: list[TracerProvider | MeterProvider] = []
 
 
 def setup_telemetry(service: str) -> None:
-    """Idempotent per process. Every exporter sits behind the redacting allow-list."""
+    """Idempotent per process. Every exporter applies the redacting allow-list: the file's
+    while encoding, any other behind RedactingExporter."""
     if _providers:
         return
     resource = Resource.create({SERVICE_NAME: os.environ.get("OTEL_SERVICE_NAME", service)})
@@ -29,9 +30,7 @@ def setup_telemetry(service: str) -> None:
     trace_file = os.environ.get("LETHE_TRACE_FILE")
     if trace_file:
         tracer_provider.add_span_processor(
-            BatchSpanProcessor(
-                RedactingExporter(JsonLinesSpanExporter(Path(trace_file))), schedule_delay_millis=300
-            )
+            BatchSpanProcessor(JsonLinesSpanExporter(Path(trace_file)), schedule_delay_millis=300)
         )
     if os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter

@@ -1,8 +1,13 @@
+import json
+from pathlib import Path
+
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import Link, StatusCode
 
+from shared.telemetry.jsonfile import JsonLinesSpanExporter
 from shared.telemetry.redaction import RedactingExporter
 
 LEAK = "alice.hartley@example.co.uk"
@@ -51,3 +56,33 @@ def test_an_error_status_and_a_link_carry_no_message_or_attributes() -> None:
     assert exported.status.description == "ValueError"
     assert exported.links[0].context == linked and not exported.links[0].attributes
     assert LEAK not in repr(exported.to_json())
+
+
+def test_the_trace_file_writes_only_what_the_allow_list_lets_through(tmp_path: Path) -> None:
+    """The file exporter redacts while it encodes, with no RedactingExporter in front of it."""
+    path = tmp_path / "spans.jsonl"
+    provider = TracerProvider(resource=Resource.create({SERVICE_NAME: "lethe-crm"}))
+    provider.add_span_processor(SimpleSpanProcessor(JsonLinesSpanExporter(path)))
+    tracer = provider.get_tracer("careless-instrumentation")
+    try:
+        with tracer.start_as_current_span(
+            "process", attributes={"user.email": LEAK, "lethe.attempt": 2}
+        ) as span:
+            span.add_event("note", {"db.statement": f"SELECT '{LEAK}'", "lethe.status": "done"})
+            raise ValueError(f"no such subscriber {LEAK}")
+    except ValueError:
+        pass
+    written = path.read_text(encoding="utf-8")
+    assert LEAK not in written and "SELECT" not in written
+    (line,) = [json.loads(text) for text in written.splitlines()]
+    (resource_spans,) = line["resourceSpans"]
+    assert {"key": "service.name", "value": {"stringValue": "lethe-crm"}} in resource_spans["resource"][
+        "attributes"
+    ]
+    (exported,) = resource_spans["scopeSpans"][0]["spans"]
+    assert exported["attributes"] == [{"key": "lethe.attempt", "value": {"intValue": "2"}}]
+    assert exported["events"][0]["attributes"] == [{"key": "lethe.status", "value": {"stringValue": "done"}}]
+    assert exported["events"][1]["attributes"] == [
+        {"key": "exception.type", "value": {"stringValue": "ValueError"}}
+    ]
+    assert exported["status"] == {"code": 2}
