@@ -17,13 +17,14 @@ from pydantic import BaseModel
 from services.tracker import handlers, repository, store
 from shared import topics
 from shared.codec import encode
-from shared.contracts import CategoryOutcome, OutcomeReported, RequestAccepted, RequestType
+from shared.contracts import RequestAccepted, RequestType
 from shared.contracts.audit import verify_chain
 from shared.crypto import subject_ref
 from shared.db import apply_schema, create_pool
 from shared.delivery import handle_together
 from shared.identity import Identities
 from tests.conftest import drop_database
+from tests.integration.test_tracker_and_holds import outcome
 
 pytestmark = pytest.mark.integration
 T0 = datetime.now(UTC).replace(microsecond=0)
@@ -39,19 +40,6 @@ def accepted(request_id: str) -> RequestAccepted:
         deadline=T0 + timedelta(days=30),
         sealed_identifiers="sealed",
         occurred_at=T0,
-    )
-
-
-def answer(request_id: str, system: str) -> OutcomeReported:
-    return OutcomeReported(
-        request_id=request_id,
-        system=system,
-        command_id=uuid4(),
-        attempt=1,
-        status="done",
-        categories=[CategoryOutcome(category="invoices", found=1, erased=1)],
-        started_at=T0,
-        finished_at=T0 + timedelta(seconds=1),
     )
 
 
@@ -71,15 +59,15 @@ def by_key(records: list[ConsumerRecord[bytes, bytes]]) -> list[list[ConsumerRec
 def batch() -> list[ConsumerRecord[bytes, bytes]]:
     """Three requests: one answered in full (one answer delivered twice), one in part, one
     whose answer overtakes its acceptance."""
-    a_crm = answer("a", "crm")
+    a_crm = outcome("a", "crm")
     made = [
         as_record(0, accepted("a"), "a"),
         as_record(1, accepted("b"), "b"),
         as_record(2, a_crm, "a"),
-        as_record(3, answer("c", "crm"), "c"),
-        as_record(4, answer("b", "billing"), "b"),
+        as_record(3, outcome("c", "crm"), "c"),
+        as_record(4, outcome("b", "billing"), "b"),
         as_record(5, a_crm, "a"),
-        as_record(6, answer("a", "billing"), "a"),
+        as_record(6, outcome("a", "billing"), "a"),
         as_record(7, accepted("c"), "c"),
     ]
     return made
