@@ -16,6 +16,8 @@ from typing import TypeVar
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.errors import CommitFailedError, KafkaError
+from opentelemetry import trace
+from opentelemetry.trace import Span
 
 from shared import fetching, topics
 from shared.codec import PoisonMessage
@@ -63,6 +65,24 @@ class Publisher:
                 log.warning("send failed, retrying", extra={"topic": topic, "error": type(exc).__name__})
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+    async def publish_all(self, messages: Sequence[Outgoing]) -> None:
+        """Several messages, each sent in its own context (a span to continue), all handed to
+        the producer before any is waited for: it packs them into a few produce requests where
+        one at a time made one each. In the order given, so one key's keep theirs. If any
+        send fails, every message is sent again one by one, as `publish` does (the ones that
+        had gone through are repeated: their receivers de-duplicate them)."""
+        try:
+            sent = []
+            for topic, key, value, context in messages:
+                with trace.use_span(context, end_on_exit=False), producing(topic) as trace_context:
+                    sent.append(await self.producer.send(topic, value=value, key=key, headers=trace_context))
+            await asyncio.gather(*sent)
+        except KafkaError as exc:
+            log.warning("sends failed, sending one by one", extra={"error": type(exc).__name__})
+            for topic, key, value, context in messages:
+                with trace.use_span(context, end_on_exit=False):
+                    await self.publish(topic, key, value)
 
     async def dead_letter(self, record: ConsumerRecord[bytes, bytes], error: str) -> None:
         """The key and value sealed; in clear only the error, where it came from, the body's
@@ -129,6 +149,8 @@ async def commit(consumer: AIOKafkaConsumer, fetched_at: int) -> None:
         log.warning("commit failed; messages may be redelivered", extra={"error": type(exc).__name__})
 
 
+# A message to send: topic, key, value, and the span whose trace it continues.
+Outgoing = tuple[str, bytes | None, bytes, Span]
 Handler = Callable[[ConsumerRecord[bytes, bytes]], Awaitable[None]]
 GroupHandler = Callable[[list[ConsumerRecord[bytes, bytes]]], Awaitable[None]]
 # Opens one unit of work (a transaction) for several keys' groups: the handler it yields does

@@ -116,6 +116,11 @@ class Attempts:
 
     async def report(self, command: SubjectCommand, attempt: int, outcome: OutcomeReported) -> None:
         """In the span of the message the command came in."""
+        self.note(command, attempt, outcome)
+        await self.publisher.publish(topics.OUTCOMES, command.request_id.encode(), encode(outcome))
+
+    def note(self, command: SubjectCommand, attempt: int, outcome: OutcomeReported) -> None:
+        """What the outcome says, on the current span, the metrics and the log (never whose)."""
         trace.get_current_span().set_attributes(
             {
                 "lethe.request_id": command.request_id,
@@ -130,7 +135,6 @@ class Attempts:
                     metrics.outcomes.add(count, {"system": self.system, "action": action})
             if category.retained_count:
                 metrics.outcomes.add(category.retained_count, {"system": self.system, "action": "retained"})
-        await self.publisher.publish(topics.OUTCOMES, command.request_id.encode(), encode(outcome))
         log.info(
             "command handled",
             extra={

@@ -18,8 +18,9 @@ from aiokafka import ConsumerRecord
 from opentelemetry import trace
 from opentelemetry.trace import Span
 
+from shared import topics
+from shared.codec import encode
 from shared.contracts import OutcomeReported, SubjectCommand
-from shared.delivery import by_key_in_order
 from shared.identity import KnownIdentities
 from shared.telemetry.messaging import consumer_span
 from shared.worker.attempts import OPENING_ERRORS, Attempts
@@ -41,10 +42,9 @@ async def carry_out_together(
     store: BatchingAdapter,
     records: Sequence[ConsumerRecord[bytes, bytes]],
     group: str,
-    concurrency: int,
 ) -> list[ConsumerRecord[bytes, bytes]]:
     """First tries of `records`' commands in one unit of `store`, reported once it is committed
-    (at most `concurrency` subjects' outcomes sent at once, each subject's in order). Returns
+    (the outcomes handed to the producer together, in the order of the commands). Returns
     the records left to be carried out one by one: all that could be opened, if it failed.
     Poison messages are dead-lettered as they are met."""
     opened: list[_Opened] = []
@@ -72,15 +72,19 @@ async def carry_out_together(
             each.span.end()
         return [each.record for each in opened]
 
-    reported = {id(each.record): (each, outcome) for each, outcome in zip(opened, outcomes, strict=True)}
-
-    async def report(in_order: list[ConsumerRecord[bytes, bytes]]) -> None:
-        for record in in_order:
-            each, outcome = reported[id(record)]
-            with trace.use_span(each.span, end_on_exit=True):
-                await attempts.report(each.command, 1, outcome)
-
-    await by_key_in_order([each.record for each in opened], concurrency, report)
+    for each, outcome in zip(opened, outcomes, strict=True):
+        with trace.use_span(each.span, end_on_exit=False):
+            attempts.note(each.command, 1, outcome)
+    try:
+        await attempts.publisher.publish_all(
+            [
+                (topics.OUTCOMES, each.command.request_id.encode(), encode(outcome), each.span)
+                for each, outcome in zip(opened, outcomes, strict=True)
+            ]
+        )
+    finally:
+        for each in opened:
+            each.span.end()
     return []
 
 

@@ -216,7 +216,7 @@ class WorkerRuntime:
         assert self.attempts is not None
         size = self.retry.batch_max
         for chunk in (records[n : n + size] for n in range(0, len(records), size)):
-            left = await carry_out_together(self.attempts, store, chunk, self.group_id, self.concurrency)
+            left = await carry_out_together(self.attempts, store, chunk, self.group_id)
             await by_key_in_order(left, self.concurrency, in_order)
 
     def _batching(self) -> BatchingAdapter | None:

@@ -5,13 +5,15 @@ commands then carried out one by one, each to its own outcome, retry or dead let
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 from uuid import uuid4
 
 import asyncpg
 import pytest
-from aiokafka import ConsumerRecord
+from aiokafka import AIOKafkaConsumer, ConsumerRecord
+from opentelemetry.sdk.trace import TracerProvider
 
 from cli.seed import SeedFile
 from services.billing import seed as billing_seed
@@ -20,7 +22,10 @@ from shared import topics
 from shared.codec import decode, encode
 from shared.contracts import EraseSubject, OutcomeReported, RestrictSubject, SubjectCommand
 from shared.crypto import IdentifierSeal, new_identifier_key, subject_ref
+from shared.delivery import Publisher
 from shared.identity import Identities
+from shared.kafka import ensure_topics, make_producer
+from shared.settings import KafkaSettings
 from shared.worker.attempts import Attempts
 from shared.worker.batching import carry_out_together
 from shared.worker.pgstore import PostgresStoreSession
@@ -45,6 +50,10 @@ class Sent:
     async def publish(self, topic: str, key: bytes | None, value: bytes, headers: Any = None) -> None:
         assert topic == topics.OUTCOMES
         self.outcomes.append(decode(value, OutcomeReported))
+
+    async def publish_all(self, messages: Sequence[tuple[str, bytes | None, bytes, Any]]) -> None:
+        for topic, key, value, _ in messages:
+            await self.publish(topic, key, value)
 
     async def dead_letter(self, record: ConsumerRecord[bytes, bytes], error: str) -> None:
         self.dead.append(record.offset)
@@ -143,7 +152,7 @@ async def test_a_batch_does_what_one_by_one_does_and_reports_after_its_commit(
     records.insert(3, as_record(91, b"{not json"))
 
     sent = Sent()
-    left = await carry_out_together(attempts_on(batched, sent), batched, records, "g", 8)
+    left = await carry_out_together(attempts_on(batched, sent), batched, records, "g")
     assert left == [] and sent.dead == [91]
     one_by_one = Sent()
     for command in made:
@@ -158,7 +167,7 @@ async def test_a_batch_does_what_one_by_one_does_and_reports_after_its_commit(
     assert await table_counts(batched.pool) == await table_counts(single.pool)
     # The journal was written with the batch: a redelivered batch reports from it, changing nothing.
     again = Sent()
-    assert await carry_out_together(attempts_on(batched, again), batched, records, "g", 8) == []
+    assert await carry_out_together(attempts_on(batched, again), batched, records, "g") == []
     assert [comparable(o) for o in again.outcomes] == [comparable(o) for o in sent.outcomes]
 
 
@@ -184,7 +193,7 @@ async def test_a_failing_command_undoes_its_batch_and_each_ends_on_its_own(
 
     sent = Sent()
     records = [as_record(n, c) for n, c in enumerate(made)]
-    left = await carry_out_together(attempts_on(adapter, sent), adapter, records, "g", 8)
+    left = await carry_out_together(attempts_on(adapter, sent), adapter, records, "g")
     assert left == records and sent.outcomes == []  # undone whole, nothing reported
     assert await table_counts(adapter.pool) == before
 
@@ -196,3 +205,37 @@ async def test_a_failing_command_undoes_its_batch_and_each_ends_on_its_own(
         c.request_id for c in made if c is not failing
     )
     assert (await table_counts(adapter.pool))["lethe_command_journal"] == len(made) - 1
+
+
+async def test_outcomes_sent_together_arrive_in_order_each_in_its_own_trace(broker: KafkaSettings) -> None:
+    """`Publisher.publish_all` hands every message to the producer before waiting: one key's
+    arrive in the order given, and each continues the trace of the span it was given."""
+    await ensure_topics(broker, [topics.OUTCOMES])
+    reader = AIOKafkaConsumer(topics.OUTCOMES, bootstrap_servers=broker.bootstrap, group_id=None)
+    await reader.start()
+    await reader.seek_to_end()
+    producer = make_producer(broker)
+    await producer.start()
+    tracer = TracerProvider().get_tracer("test")
+    keys = [f"pa-{uuid4().hex[:8]}-{n}" for n in range(4)]
+    spans = [tracer.start_span(f"message {n}") for n in range(40)]
+    try:
+        await Publisher(producer, SEAL).publish_all(
+            [(topics.OUTCOMES, keys[n % 4].encode(), str(n).encode(), span) for n, span in enumerate(spans)]
+        )
+        got: dict[str, list[tuple[int, str]]] = {key: [] for key in keys}
+        deadline = asyncio.get_running_loop().time() + 20
+        while sum(map(len, got.values())) < len(spans) and asyncio.get_running_loop().time() < deadline:
+            for records in (await reader.getmany(timeout_ms=200)).values():
+                for record in records:
+                    if record.key is not None and record.key.decode() in got:
+                        parent = dict(record.headers)["traceparent"].decode().split("-")[1]
+                        got[record.key.decode()].append((int(record.value), parent))
+    finally:
+        await producer.stop()
+        await reader.stop()
+    for n, key in enumerate(keys):
+        assert [value for value, _ in got[key]] == list(range(n, 40, 4))
+        assert all(
+            trace_id == format(spans[v].get_span_context().trace_id, "032x") for v, trace_id in got[key]
+        )
