@@ -65,9 +65,12 @@ def decode(raw: bytes | None, target: type[T] | TypeAdapter[T]) -> T:
     adapter = target if isinstance(target, TypeAdapter) else _adapter(target)
     try:
         # Parsed and validated in one pass (pydantic's own parser): half the cost of json.loads
-        # then validation. Every contract pins schema_version, so a message this accepts is one
-        # the checks below accept; anything it refuses goes through them for their error.
-        return adapter.validate_json(raw)
+        # then validation. Taken only if the message states its schema_version (every contract
+        # pins it to 1, but a default would stand in for a missing one); anything else goes
+        # through the checks below, for their error.
+        message = adapter.validate_json(raw)
+        if isinstance(message, BaseModel) and "schema_version" in message.model_fields_set:
+            return message
     except ValidationError:
         pass
     try:

@@ -17,6 +17,12 @@ log = logging.getLogger(__name__)
 Db: TypeAlias = asyncpg.Pool | asyncpg.Connection
 
 
+# How long a transaction shared by several messages' work waits for any lock: one message
+# stuck behind a lock (a row the store's own application holds, a twin delivery) must hold up
+# the others no longer; past it the batch fails and its messages are handled one at a time.
+BATCH_LOCK_WAIT_MS = 1000
+
+
 @asynccontextmanager
 async def transaction(db: Db) -> AsyncIterator[asyncpg.Connection]:
     """A transaction of its own from a pool; on a connection, the transaction it is in, which

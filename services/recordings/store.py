@@ -65,6 +65,8 @@ class RecordingsAdapter(PostgresStoreAdapter):
     system = "recordings"
     schema = SCHEMA
     tables = (CategoryTable(CATEGORY, "recordings", "recording_id", ("caller", "callee")),)
+    # Audio is unlinked or moved before the rows commit: a command's files wait for no neighbour.
+    batching = False
 
     def __init__(self, database_url: str, root: Path, pool_max: int = 10) -> None:
         super().__init__(database_url, pool_max)

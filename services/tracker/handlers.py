@@ -21,7 +21,7 @@ from shared.contracts.events import DeadlineExtended, RetrySystem, ReviewDecided
 from shared.contracts.holds import HOLDS_MESSAGE, HoldsAnnounced, HoldUpdated
 from shared.contracts.notices import NoticeUpdated
 from shared.crypto import IdentifierSeal
-from shared.db import Db
+from shared.db import BATCH_LOCK_WAIT_MS, Db
 from shared.delivery import GroupHandler
 
 
@@ -99,5 +99,7 @@ async def together(tracker: Tracker) -> AsyncIterator[GroupHandler]:
     if not isinstance(tracker.db, asyncpg.Pool):
         raise TypeError("a batch's transaction is opened from the pool")
     async with tracker.db.acquire() as conn, conn.transaction():
+        # A saga locked elsewhere (another instance, a timer): shared.db.BATCH_LOCK_WAIT_MS.
+        await conn.execute(f"SET LOCAL lock_timeout = {BATCH_LOCK_WAIT_MS}")
         in_it = replace(tracker, db=conn)
         yield lambda records: handle_group(in_it, records)

@@ -9,6 +9,7 @@ Copying every span to redact it first, then encoding the copy with the standard 
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -91,8 +92,12 @@ class JsonLinesSpanExporter(SpanExporter):
                 }
             ]
         }
+        try:
+            encoded = to_json(line)
+        except ValueError:  # a lone surrogate in a name or value: the standard library escapes it
+            encoded = json.dumps(line).encode()
         with self._lock, self.path.open("ab") as out:
-            out.write(to_json(line) + b"\n")
+            out.write(encoded + b"\n")
         return SpanExportResult.SUCCESS
 
     def shutdown(self) -> None:

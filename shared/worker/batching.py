@@ -48,44 +48,42 @@ async def carry_out_together(
     the records left to be carried out one by one: all that could be opened, if it failed.
     Poison messages are dead-lettered as they are met."""
     opened: list[_Opened] = []
-    for record in records:
-        span = consumer_span(record, group)
-        span.set_attribute("lethe.system", attempts.system)
+    try:
+        for record in records:
+            span = consumer_span(record, group)
+            span.set_attribute("lethe.system", attempts.system)
+            try:
+                command, identities = attempts.open(record)
+            except OPENING_ERRORS as exc:
+                with trace.use_span(span, end_on_exit=True):
+                    await attempts.poison(record, exc)
+                continue
+            opened.append(_Opened(record, command, identities, span))
+        if not opened:
+            return []
         try:
-            command, identities = attempts.open(record)
-        except OPENING_ERRORS as exc:
-            with trace.use_span(span, end_on_exit=True):
-                await attempts.poison(record, exc)
-            continue
-        opened.append(_Opened(record, command, identities, span))
-    if not opened:
-        return []
-    try:
-        outcomes = await _in_one_unit(attempts, store, opened)
-    except Exception as exc:  # the type only: a message may quote the input
-        log.warning(
-            "batch undone; its commands carried out one by one",
-            extra={"system": attempts.system, "commands": len(opened), "error": type(exc).__name__},
-        )
-        for each in opened:
-            each.span.set_attribute("lethe.batch.undone", True)
-            each.span.end()
-        return [each.record for each in opened]
-
-    for each, outcome in zip(opened, outcomes, strict=True):
-        with trace.use_span(each.span, end_on_exit=False):
-            attempts.note(each.command, 1, outcome)
-    try:
+            outcomes = await _in_one_unit(attempts, store, opened)
+        except Exception as exc:  # the type only: a message may quote the input
+            log.warning(
+                "batch undone; its commands carried out one by one",
+                extra={"system": attempts.system, "commands": len(opened), "error": type(exc).__name__},
+            )
+            for each in opened:
+                each.span.set_attribute("lethe.batch.undone", True)
+            return [each.record for each in opened]
+        for each, outcome in zip(opened, outcomes, strict=True):
+            with trace.use_span(each.span, end_on_exit=False):
+                attempts.note(each.command, 1, outcome)
         await attempts.publisher.publish_all(
             [
                 (topics.OUTCOMES, each.command.request_id.encode(), encode(outcome), each.span)
                 for each, outcome in zip(opened, outcomes, strict=True)
             ]
         )
-    finally:
+        return []
+    finally:  # however it ends (stopping, cancelled too), every message's span is closed
         for each in opened:
             each.span.end()
-    return []
 
 
 async def _in_one_unit(

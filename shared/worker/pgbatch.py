@@ -15,28 +15,34 @@ from uuid import UUID
 
 import asyncpg
 
+from shared.db import BATCH_LOCK_WAIT_MS
 from shared.worker.journal import PLAN, without_identities
 from shared.worker.ports import Decision, JournalEntry
 
 if TYPE_CHECKING:
     from shared.worker.pgstore import PostgresStoreAdapter, PostgresStoreSession
 
-# The transaction locks of every command of the batch, in one order whoever takes them (two
+# First, how long any lock of the batch's transaction may be waited for (shared.db's
+# BATCH_LOCK_WAIT_MS: one command stuck must not hold up the others, nor keep their rows
+# locked, for longer; past it the batch fails and its commands run one by one, where only the
+# stuck one waits), set here and not in a statement of its own: a round trip less. Then the
+# transaction locks of every command of the batch, in one order whoever takes them (two
 # batches sharing commands cannot deadlock on them), then their journal rows, read after the
 # locks were granted (a VOLATILE function's query takes its snapshot then).
 JOURNAL_OPEN_MANY_DDL = """
-CREATE OR REPLACE FUNCTION lethe_journal_open_many(cmds uuid[])
+CREATE OR REPLACE FUNCTION lethe_journal_open_many(cmds uuid[], wait_ms integer)
 RETURNS TABLE (command_id uuid, plan jsonb, outcome jsonb)
 LANGUAGE plpgsql VOLATILE AS $$
 DECLARE k bigint;
 BEGIN
+    PERFORM set_config('lock_timeout', wait_ms::text, true);
     FOR k IN SELECT DISTINCT hashtextextended(c::text, 0) FROM unnest(cmds) AS c ORDER BY 1 LOOP
         PERFORM pg_advisory_xact_lock(k);
     END LOOP;
     RETURN QUERY SELECT j.command_id, j.plan, j.outcome FROM lethe_command_journal j
         WHERE j.command_id = ANY(cmds);
 END $$"""
-_OPEN = "SELECT command_id, plan, outcome FROM lethe_journal_open_many($1::uuid[])"
+_OPEN = "SELECT command_id, plan, outcome FROM lethe_journal_open_many($1::uuid[], $2)"
 _WRITE = """
 INSERT INTO lethe_command_journal (command_id, plan, outcome)
 SELECT c, p::jsonb, o::jsonb FROM unnest($1::uuid[], $2::text[], $3::text[]) AS t(c, p, o)
@@ -57,7 +63,7 @@ class CommandBatch:
 
     async def open(self, command_ids: Sequence[UUID]) -> None:
         self.journal = dict.fromkeys(command_ids)
-        for row in await self.conn.fetch(_OPEN, list(self.journal)):
+        for row in await self.conn.fetch(_OPEN, list(self.journal), BATCH_LOCK_WAIT_MS):
             self.journal[row["command_id"]] = JournalEntry(
                 plan=PLAN.validate_json(row["plan"]),
                 outcome=None if row["outcome"] is None else json.loads(row["outcome"]),

@@ -9,7 +9,7 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 from uuid import UUID
 
 import asyncpg
@@ -104,6 +104,10 @@ class PostgresStoreAdapter:
     system: str
     tables: tuple[CategoryTable, ...]
     schema: tuple[str, ...]
+    # Whether a fetch's commands may share one transaction (`batch`). Not for a store that
+    # changes something outside the database before the commit (files): a batch undone by a
+    # neighbour's failure would leave that changed while the command is planned afresh.
+    batching: ClassVar[bool] = True
 
     def __init__(self, database_url: str, pool_max: int = 10) -> None:
         self.database_url = database_url

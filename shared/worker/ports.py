@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import date
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 from uuid import UUID
 
 from pydantic import Field
@@ -141,7 +141,10 @@ class StoreBatch(Protocol):
 
 class BatchingAdapter(StoreAdapter, Protocol):
     """A store that can do several commands' work in one unit: the unit's cost (a transaction's
-    BEGIN and COMMIT, the journal's reads and writes) shared by all of them."""
+    BEGIN and COMMIT, the journal's reads and writes) shared by all of them. `batching` False:
+    it can, but had better not (what it changes outside the unit would not be undone with it)."""
+
+    batching: ClassVar[bool]
 
     def batch(self, command_ids: Sequence[UUID]) -> AbstractAsyncContextManager[StoreBatch]:
         """Committed if the block completes, undone whole if it raises."""

@@ -223,7 +223,7 @@ class WorkerRuntime:
         """The store, if it can carry out several commands in one unit and this batch had
         better: more than one to a unit allowed, and the holds known (erasures would otherwise
         all go to the retry topic: one by one, each says so)."""
-        if self.retry.batch_max < 2 or not hasattr(self.adapter, "batch"):
+        if self.retry.batch_max < 2 or not getattr(self.adapter, "batching", False):
             return None
         if self.holds is not None and self.holds.incomplete() is not None:
             return None

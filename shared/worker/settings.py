@@ -31,7 +31,7 @@ class RetrySettings(BaseSettings):
     batch_max: int = Field(
         64,
         ge=1,
-        le=1000,
+        le=256,  # each holds a lock until the commit: PostgreSQL's lock table is shared
         description="Commands of one fetch a worker whose store is PostgreSQL carries out in one"
         " transaction (1: each in its own). A batch that fails is rolled back and its commands"
         " carried out one by one.",

@@ -4,6 +4,7 @@ transaction per request; a batch with one failing message undone whole."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -141,3 +142,19 @@ async def test_a_message_that_fails_undoes_its_batch(two_dbs: tuple[asyncpg.Pool
     assert not await handle_together(by_key(records), lambda: handlers.together(tracker), "tracker")
     assert await pool.fetchval("SELECT count(*) FROM sagas") == 0  # undone whole
     assert await pool.fetchval("SELECT count(*) FROM outbox") == 0
+
+
+async def test_a_saga_locked_elsewhere_does_not_hold_up_its_batch(
+    two_dbs: tuple[asyncpg.Pool, asyncpg.Pool],
+) -> None:
+    """Another instance (or a timer) holds one request's saga: the batch gives up on it within
+    a second and is undone; its requests are then handled one at a time, only that one waiting."""
+    pool, _ = two_dbs
+    tracker = handlers.Tracker(pool)
+    await handlers.handle(tracker, as_record(0, accepted("a"), "a"))
+    records = [as_record(1, outcome("a", "crm"), "a"), as_record(2, accepted("b"), "b")]
+    async with pool.acquire() as elsewhere, elsewhere.transaction():
+        await elsewhere.execute("SELECT 1 FROM sagas WHERE request_id = 'a' FOR UPDATE")
+        together = handle_together(by_key(records), lambda: handlers.together(tracker), "tracker")
+        assert not await asyncio.wait_for(together, 30)  # without the bound, it waits for ever
+    assert await pool.fetchval("SELECT count(*) FROM sagas") == 1  # b's start undone with it

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
@@ -18,6 +19,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from cli.seed import SeedFile
 from services.billing import seed as billing_seed
 from services.billing.store import BillingAdapter
+from services.recordings.store import RecordingsAdapter
 from shared import topics
 from shared.codec import decode, encode
 from shared.contracts import EraseSubject, OutcomeReported, RestrictSubject, SubjectCommand
@@ -30,7 +32,7 @@ from shared.worker.attempts import Attempts
 from shared.worker.batching import carry_out_together
 from shared.worker.pgstore import PostgresStoreSession
 from shared.worker.policy import ActOnEverything
-from shared.worker.runtime import utc_clock
+from shared.worker.runtime import WorkerRuntime, utc_clock
 from shared.worker.settings import RetrySettings
 from tests.conftest import drop_database
 
@@ -210,10 +212,12 @@ async def test_a_failing_command_undoes_its_batch_and_each_ends_on_its_own(
 async def test_outcomes_sent_together_arrive_in_order_each_in_its_own_trace(broker: KafkaSettings) -> None:
     """`Publisher.publish_all` hands every message to the producer before waiting: one key's
     arrive in the order given, and each continues the trace of the span it was given."""
-    await ensure_topics(broker, [topics.OUTCOMES])
-    reader = AIOKafkaConsumer(topics.OUTCOMES, bootstrap_servers=broker.bootstrap, group_id=None)
+    topic = f"lethe.test.sent-together.{uuid4().hex[:8]}"  # the session's topics stay clean
+    await ensure_topics(broker, [topic])
+    reader = AIOKafkaConsumer(
+        topic, bootstrap_servers=broker.bootstrap, group_id=None, auto_offset_reset="earliest"
+    )
     await reader.start()
-    await reader.seek_to_end()
     producer = make_producer(broker)
     await producer.start()
     tracer = TracerProvider().get_tracer("test")
@@ -221,7 +225,7 @@ async def test_outcomes_sent_together_arrive_in_order_each_in_its_own_trace(brok
     spans = [tracer.start_span(f"message {n}") for n in range(40)]
     try:
         await Publisher(producer, SEAL).publish_all(
-            [(topics.OUTCOMES, keys[n % 4].encode(), str(n).encode(), span) for n, span in enumerate(spans)]
+            [(topic, keys[n % 4].encode(), str(n).encode(), span) for n, span in enumerate(spans)]
         )
         got: dict[str, list[tuple[int, str]]] = {key: [] for key in keys}
         deadline = asyncio.get_running_loop().time() + 20
@@ -239,3 +243,28 @@ async def test_outcomes_sent_together_arrive_in_order_each_in_its_own_trace(brok
         assert all(
             trace_id == format(spans[v].get_span_context().trace_id, "032x") for v, trace_id in got[key]
         )
+
+
+async def test_a_command_waiting_on_a_row_lock_does_not_hold_its_batch(
+    two_stores: tuple[BillingAdapter, BillingAdapter], demo_seed: SeedFile
+) -> None:
+    """The store's own application holds one person's row: the batch gives up on its lock
+    within a second and is undone, so its commands go one by one, where only that one waits."""
+    adapter, _ = two_stores
+    made = commands(people(demo_seed))
+    records = [as_record(n, c) for n, c in enumerate(made)]
+    async with adapter.pool.acquire() as application, application.transaction():
+        await application.execute("SELECT 1 FROM accounts WHERE customer_id = 'C-1001' FOR UPDATE")
+        sent = Sent()
+        left = await asyncio.wait_for(
+            carry_out_together(attempts_on(adapter, sent), adapter, records, "g"), 30
+        )
+        assert left == records and sent.outcomes == []
+
+
+def test_a_store_that_changes_files_before_its_commit_is_not_batched(tmp_path: Path) -> None:
+    def runtime(adapter: Any) -> WorkerRuntime:
+        return WorkerRuntime(adapter, ActOnEverything(), SEAL, KafkaSettings(), RetrySettings())
+
+    assert runtime(BillingAdapter("postgresql://unused/x"))._batching() is not None
+    assert runtime(RecordingsAdapter("postgresql://unused/x", tmp_path))._batching() is None

@@ -88,6 +88,7 @@ def _erase(**changed: object) -> bytes:
         # parse must refuse what the step-by-step checks refuse, and they name the field.
         (_erase(schema_version=2), "schema_version"),
         (_erase(schema_version="1"), "schema_version"),
+        (_erase(schema_version=None).replace(b'"schema_version": null, ', b""), "schema_version"),
         (_erase(attempt=0).replace(b'"attempt": 0', b'"attempt": ' + b"9" * 5000), "(value)"),
     ],
 )

@@ -86,3 +86,15 @@ def test_the_trace_file_writes_only_what_the_allow_list_lets_through(tmp_path: P
         {"key": "exception.type", "value": {"stringValue": "ValueError"}}
     ]
     assert exported["status"] == {"code": 2}
+
+
+def test_a_span_named_with_a_lone_surrogate_is_still_written(tmp_path: Path) -> None:
+    path = tmp_path / "spans.jsonl"
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(JsonLinesSpanExporter(path)))
+    with provider.get_tracer("t").start_as_current_span(
+        "process \ud800", attributes={"lethe.status": "\udcff"}
+    ):
+        pass
+    (line,) = path.read_text(encoding="utf-8").splitlines()
+    assert json.loads(line)["resourceSpans"][0]["scopeSpans"][0]["spans"][0]["name"] == "process \ud800"
