@@ -10,7 +10,6 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
-from contextlib import AbstractAsyncContextManager
 from typing import TypeVar
 
 import asyncpg
@@ -26,6 +25,7 @@ from shared.dead_letters import ENVELOPE_VERSION, REPLAYED_FROM, SEALED, id_head
 from shared.kafka import Headers
 from shared.telemetry import metrics
 from shared.telemetry.messaging import TRACE_HEADERS, consuming, producing
+from shared.together import TOGETHER_MAX, GroupHandler, Together, by_key_in_chunks, handle_together
 
 log = logging.getLogger(__name__)
 ATTEMPT = "lethe-attempt"
@@ -152,11 +152,6 @@ async def commit(consumer: AIOKafkaConsumer, fetched_at: int) -> None:
 # A message to send: topic, key, value, and the span whose trace it continues.
 Outgoing = tuple[str, bytes | None, bytes, Span]
 Handler = Callable[[ConsumerRecord[bytes, bytes]], Awaitable[None]]
-GroupHandler = Callable[[list[ConsumerRecord[bytes, bytes]]], Awaitable[None]]
-# Opens one unit of work (a transaction) for several keys' groups: the handler it yields does
-# a group's work in it; committed when the block completes, undone whole if it raises.
-Together = Callable[[], AbstractAsyncContextManager[GroupHandler]]
-TOGETHER_MAX = 64  # keys to a unit: each holds its locks (a saga's row) until the commit
 # Failures of a dependency that comes back: wait and try the same message again.
 TRANSIENT: tuple[type[BaseException], ...] = (
     OSError,
@@ -210,7 +205,7 @@ async def consume_forever(
             return True
 
         records = [r for partition in batches.values() for r in partition]
-        for groups in _chunks(records, TOGETHER_MAX if together is not None else None):
+        for groups in by_key_in_chunks(records, TOGETHER_MAX if together is not None else None):
             if together is not None and len(groups) > 1 and await handle_together(groups, together, what):
                 continue
             chunk = [r for group in groups for r in group]
@@ -239,38 +234,6 @@ async def by_key_in_order(
             return await handle(group)
 
     return await asyncio.gather(*(one(group) for group in by_key.values()))
-
-
-def _chunks(
-    records: list[ConsumerRecord[bytes, bytes]], keys: int | None
-) -> list[list[list[ConsumerRecord[bytes, bytes]]]]:
-    """The records by key, in order, `keys` keys to a chunk (all in one without a bound)."""
-    by_key: dict[bytes | None, list[ConsumerRecord[bytes, bytes]]] = defaultdict(list)
-    for record in records:
-        by_key[record.key].append(record)
-    groups = list(by_key.values())
-    size = keys or max(len(groups), 1)
-    return [groups[n : n + size] for n in range(0, len(groups), size)]
-
-
-async def handle_together(
-    groups: list[list[ConsumerRecord[bytes, bytes]]], together: Together, what: str
-) -> bool:
-    """True once every group was handled in one unit and it was committed; False (undone) to
-    handle them one key at a time."""
-    try:
-        async with together() as handle_group:
-            for group in groups:
-                with consuming(group[0], what, links=[r.headers for r in group[1:]]) as span:
-                    span.set_attribute("messaging.batch.message_count", len(group))
-                    await handle_group(group)
-        return True
-    except Exception as exc:  # the type only: a message may quote the input
-        log.warning(
-            "batch undone; handled one key at a time",
-            extra={"consumer": what, "keys": len(groups), "error": type(exc).__name__},
-        )
-        return False
 
 
 async def _while_away(attempt: Callable[[], Awaitable[None]], publisher: Publisher, what: str) -> bool:

@@ -27,7 +27,7 @@ from shared.broker_memory import SENTINEL_DDL
 from shared.codec import decode
 from shared.contracts.notices import NotifyRecipient
 from shared.db import apply_schema, create_pool, ensure_database
-from shared.delivery import GroupHandler, Handler, Publisher, consume_forever
+from shared.delivery import Handler, Publisher, consume_forever
 from shared.kafka import ensure_topics, make_consumer, make_producer, start_with_retry, warn_if_unencrypted
 from shared.outbox import OUTBOX_DDL, OutboxRelay
 from shared.policy.model import categories_by_system, load_policy
@@ -42,6 +42,7 @@ from shared.settings import (
     RecoverySettings,
     SecretsSettings,
 )
+from shared.together import GroupHandler
 
 log = logging.getLogger("lethe.intake")
 

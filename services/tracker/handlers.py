@@ -22,7 +22,7 @@ from shared.contracts.holds import HOLDS_MESSAGE, HoldsAnnounced, HoldUpdated
 from shared.contracts.notices import NoticeUpdated
 from shared.crypto import IdentifierSeal
 from shared.db import BATCH_LOCK_WAIT_MS, Db
-from shared.delivery import GroupHandler
+from shared.together import GroupHandler
 
 
 @dataclass(frozen=True)

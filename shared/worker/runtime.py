@@ -187,7 +187,7 @@ class WorkerRuntime:
             batches = await poll(consumer, self.group_id)
             if batches:
                 try:
-                    records = [r for records in batches.values() for r in records]
+                    records = [r for partition in batches.values() for r in partition]
                     await self._batch(records, handle, together)
                 except _Stopping:
                     return  # the batch is not committed: it is processed again after the restart

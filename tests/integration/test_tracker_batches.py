@@ -22,8 +22,8 @@ from shared.contracts import RequestAccepted, RequestType
 from shared.contracts.audit import verify_chain
 from shared.crypto import subject_ref
 from shared.db import apply_schema, create_pool
-from shared.delivery import handle_together
 from shared.identity import Identities
+from shared.together import handle_together
 from tests.conftest import drop_database
 from tests.integration.test_tracker_and_holds import outcome
 
