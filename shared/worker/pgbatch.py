@@ -16,7 +16,7 @@ from uuid import UUID
 import asyncpg
 
 from shared.db import BATCH_LOCK_WAIT_MS
-from shared.worker.journal import PLAN, without_identities
+from shared.worker.journal import PLAN, stripped
 from shared.worker.ports import Decision, JournalEntry
 
 if TYPE_CHECKING:
@@ -76,8 +76,7 @@ class CommandBatch:
         """A command's plan and outcome, as its own transaction would have written them; read
         back by a later delivery of it in the same batch."""
         self.journal[command_id] = JournalEntry(plan=list(plan), outcome=outcome)
-        stripped = PLAN.dump_json(without_identities(plan)).decode()
-        self.written[command_id] = (stripped, json.dumps(outcome))
+        self.written[command_id] = (stripped(plan), json.dumps(outcome))
 
     async def flush(self) -> None:
         if self.written:

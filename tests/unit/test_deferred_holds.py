@@ -16,7 +16,7 @@ from shared.policy.evaluate import RetentionPolicy
 from shared.policy.model import DEFAULT_POLICY_FILE, load_policy
 from shared.worker.handler import execute
 from shared.worker.holds import ActiveHold
-from shared.worker.journal import without_identities
+from shared.worker.journal import PLAN, stripped
 from shared.worker.matching import match
 from shared.worker.ports import Decision, JournalEntry, Record
 
@@ -49,7 +49,7 @@ class Billing:
         return list(plan)
 
     async def save_outcome(self, command_id: UUID, outcome: dict[str, Any]) -> None:
-        plan = without_identities(self.journal[command_id].plan or [])  # as the real journal strips
+        plan = PLAN.validate_json(stripped(self.journal[command_id].plan or []))  # as the journal strips
         self.journal[command_id] = JournalEntry(plan=plan, outcome=outcome)
 
     async def find(self, identities: Identities) -> list[Record]:
