@@ -4,9 +4,9 @@ reported only once it is committed.
 
 A batch that fails anywhere (a command's store error, a verification not confirmed, holds that
 cannot be confirmed, a lock waited for longer than shared.db.BATCH_LOCK_WAIT_MS, a deadlock) is
-undone whole, and its commands are carried out one by one
-as if it had not been tried: each then ends with its own outcome, retry or dead letter, so one
-failing command never fails or holds up its neighbours. Commands are carried out in the order
+undone whole, and its commands are carried out one by one as if it had not been tried: each
+then ends with its own outcome, retry or dead letter, so one failing command never fails or
+holds up its neighbours. Commands are carried out in the order
 they were fetched, so a subject's stay in order."""
 
 from __future__ import annotations
