@@ -32,9 +32,9 @@ class RetrySettings(BaseSettings):
         64,
         ge=1,
         le=256,  # each holds a lock until the commit: PostgreSQL's lock table is shared
-        description="Commands of one fetch a worker whose store is PostgreSQL carries out in one"
-        " transaction (1: each in its own). A batch that fails is rolled back and its commands"
-        " carried out one by one.",
+        description="Commands of one fetch the billing, CRM and mailing workers carry out in one"
+        " transaction (1: each in its own, as the recordings and directory workers always do). A"
+        " batch that fails is rolled back and its commands carried out one by one.",
     )
 
     def delay(self, attempt: int) -> float:
