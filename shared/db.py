@@ -13,7 +13,7 @@ import asyncpg
 
 log = logging.getLogger(__name__)
 # Where a handler does its work: a pool (a transaction of its own) or a connection already in
-# a transaction (a batch's, shared by several messages' handlers: shared/delivery.py).
+# a transaction (a batch's, shared by several messages' handlers: shared/together.py).
 Db: TypeAlias = asyncpg.Pool | asyncpg.Connection
 
 

@@ -25,7 +25,7 @@ from shared.dead_letters import ENVELOPE_VERSION, REPLAYED_FROM, SEALED, id_head
 from shared.kafka import Headers
 from shared.telemetry import metrics
 from shared.telemetry.messaging import TRACE_HEADERS, consuming, producing
-from shared.together import TOGETHER_MAX, GroupHandler, Together, by_key_in_chunks, handle_together
+from shared.together import TOGETHER_MAX, GroupHandler, Together, handle_together
 
 log = logging.getLogger(__name__)
 ATTEMPT = "lethe-attempt"
@@ -204,12 +204,12 @@ async def consume_forever(
                     return False
             return True
 
-        records = [r for partition in batches.values() for r in partition]
-        for groups in by_key_in_chunks(records, TOGETHER_MAX if together is not None else None):
-            if together is not None and len(groups) > 1 and await handle_together(groups, together, what):
+        groups = by_key([r for partition in batches.values() for r in partition])
+        size = TOGETHER_MAX if together is not None else len(groups)
+        for chunk in (groups[n : n + size] for n in range(0, len(groups), size)):
+            if together is not None and len(chunk) > 1 and await handle_together(chunk, together, what):
                 continue
-            chunk = [r for group in groups for r in group]
-            if not all(await by_key_in_order(chunk, concurrency, in_order)):
+            if not all(await in_groups(chunk, concurrency, in_order)):
                 return  # stopping: the batch stays uncommitted and is redone after restart
         await commit(consumer, fetched_at)
 
@@ -224,16 +224,30 @@ async def by_key_in_order(
 ) -> list[T]:
     """Hand each key's records (one request, one subject), in order, to `handle`; different
     keys run concurrently, at most `concurrency` at once. The results, one per key."""
-    by_key: dict[bytes | None, list[ConsumerRecord[bytes, bytes]]] = defaultdict(list)
+    return await in_groups(by_key(records), concurrency, handle)
+
+
+def by_key(records: Sequence[ConsumerRecord[bytes, bytes]]) -> list[list[ConsumerRecord[bytes, bytes]]]:
+    """Each key's records, in order; the keys in the order they first came."""
+    groups: dict[bytes | None, list[ConsumerRecord[bytes, bytes]]] = defaultdict(list)
     for record in records:
-        by_key[record.key].append(record)
+        groups[record.key].append(record)
+    return list(groups.values())
+
+
+async def in_groups(
+    groups: Sequence[list[ConsumerRecord[bytes, bytes]]],
+    concurrency: int,
+    handle: Callable[[list[ConsumerRecord[bytes, bytes]]], Awaitable[T]],
+) -> list[T]:
+    """`by_key_in_order` for records already grouped by key."""
     gate = asyncio.Semaphore(concurrency)
 
     async def one(group: list[ConsumerRecord[bytes, bytes]]) -> T:
         async with gate:
             return await handle(group)
 
-    return await asyncio.gather(*(one(group) for group in by_key.values()))
+    return await asyncio.gather(*(one(group) for group in groups))
 
 
 async def _while_away(attempt: Callable[[], Awaitable[None]], publisher: Publisher, what: str) -> bool:

@@ -5,7 +5,6 @@ A unit that fails is undone whole and its keys handled one at a time, each to it
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 
@@ -19,18 +18,6 @@ GroupHandler = Callable[[list[ConsumerRecord[bytes, bytes]]], Awaitable[None]]
 # a group's work in it; committed when the block completes, undone whole if it raises.
 Together = Callable[[], AbstractAsyncContextManager[GroupHandler]]
 TOGETHER_MAX = 64  # keys to a unit: each holds its locks (a saga's row) until the commit
-
-
-def by_key_in_chunks(
-    records: list[ConsumerRecord[bytes, bytes]], keys: int | None
-) -> list[list[list[ConsumerRecord[bytes, bytes]]]]:
-    """The records by key, in order, `keys` keys to a chunk (all in one without a bound)."""
-    by_key: dict[bytes | None, list[ConsumerRecord[bytes, bytes]]] = defaultdict(list)
-    for record in records:
-        by_key[record.key].append(record)
-    groups = list(by_key.values())
-    size = keys or max(len(groups), 1)
-    return [groups[n : n + size] for n in range(0, len(groups), size)]
 
 
 async def handle_together(

@@ -22,6 +22,7 @@ from shared.contracts import RequestAccepted, RequestType
 from shared.contracts.audit import verify_chain
 from shared.crypto import subject_ref
 from shared.db import apply_schema, create_pool
+from shared.delivery import by_key
 from shared.identity import Identities
 from shared.together import handle_together
 from tests.conftest import drop_database
@@ -48,13 +49,6 @@ def as_record(offset: int, message: BaseModel | bytes, key: str) -> ConsumerReco
     topic = topics.REQUESTS_ACCEPTED if isinstance(message, RequestAccepted) else topics.OUTCOMES
     value = message if isinstance(message, bytes) else encode(message)
     return ConsumerRecord(topic, 0, offset, 0, 0, key.encode(), value, None, len(key), len(value), [])
-
-
-def by_key(records: list[ConsumerRecord[bytes, bytes]]) -> list[list[ConsumerRecord[bytes, bytes]]]:
-    groups: dict[bytes | None, list[ConsumerRecord[bytes, bytes]]] = {}
-    for record in records:
-        groups.setdefault(record.key, []).append(record)
-    return list(groups.values())
 
 
 def batch() -> list[ConsumerRecord[bytes, bytes]]:
