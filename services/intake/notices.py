@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 from uuid import UUID
 
 import asyncpg
@@ -85,26 +85,50 @@ async def take(pool: asyncpg.Pool, register: RegisterFile, command: NotifyRecipi
 async def take_many(
     pool: asyncpg.Pool, register: RegisterFile, commands: list[NotifyRecipient], now: datetime
 ) -> None:
-    """The tracker's commands of one request, in one transaction (a change plans its notices
-    together: under load they arrive together)."""
+    """The tracker's commands of one request (a change plans its notices together: under load
+    they arrive together), stored in one statement, atomic on its own. Only what has something
+    to report in the same transaction takes one: a recipient the register lacks (failed at once)
+    or a command sent again."""
+    rows = list({c.notice_id: _row(register, c, now) for c in commands}.values())  # twins once
+    if all(row.state == "pending" for row in rows):  # the usual case: no transaction
+        stored = await _insert(pool, rows)
+        if len(stored) < len(rows):
+            async with pool.acquire() as conn, conn.transaction():
+                await _seen_again(conn, _not_stored(rows, stored), now)
+        return
     async with pool.acquire() as conn, conn.transaction():
-        for command in commands:
-            await _take(conn, register, command, now)
+        stored = await _insert(conn, rows)
+        for row in stored:
+            if row["state"] == "failed":
+                await report(conn, row, now)
+        await _seen_again(conn, _not_stored(rows, stored), now)
 
 
-async def _take(
-    conn: asyncpg.Connection, register: RegisterFile, command: NotifyRecipient, now: datetime
-) -> None:
-    """Store the tracker's command once (a redelivery finds it). A recipient this intake's
-    register does not know (the two services were given different registers) cannot be sent
-    anything: it is failed at once, and shows so."""
+class _Notice(NamedTuple):
+    """A notice row as _INSERT takes it, column by column."""
+
+    notice_id: UUID
+    request_id: str
+    recipient_id: str
+    channel: str
+    request_type: str
+    categories: str
+    sealed_identifiers: str | None
+    must_acknowledge: bool
+    acknowledge_by: datetime | None
+    state: str
+    last_error: str | None
+    next_at: datetime
+
+
+def _row(register: RegisterFile, command: NotifyRecipient, now: datetime) -> _Notice:
+    """The command as a notice row. A recipient this intake's register does not know (the two
+    services were given different registers) cannot be sent anything: it is failed at once,
+    and shows so."""
     recipient = register.get(command.recipient_id)
     channel = recipient.notify.channel if recipient else "webhook"
     state, error = ("pending", None) if recipient else ("failed", "recipient not in intake's register")
-    row = await conn.fetchrow(
-        "INSERT INTO notices (notice_id, request_id, recipient_id, channel, request_type, categories,"
-        " sealed_identifiers, must_acknowledge, acknowledge_by, state, last_error, next_at)"
-        " VALUES ($1,$2,$3,$4,$5,$6::jsonb,$7,$8,$9,$10,$11,$12) ON CONFLICT DO NOTHING RETURNING *",
+    return _Notice(
         command.notice_id,
         command.request_id,
         command.recipient_id,
@@ -118,13 +142,37 @@ async def _take(
         error,
         now,
     )
-    if row is not None and state == "failed":
-        await report(conn, row, now)
-    elif row is None:
-        # A command sent again (the tracker's recovery after a broker loss): the report of
-        # what became of it may be what was lost, so a settled notice is reported again.
-        # A pending one has nothing to report yet: its next try or closing will.
-        stored = await conn.fetchrow("SELECT * FROM notices WHERE notice_id = $1", command.notice_id)
+
+
+_INSERT = """INSERT INTO notices (notice_id, request_id, recipient_id, channel, request_type,
+    categories, sealed_identifiers, must_acknowledge, acknowledge_by, state, last_error, next_at)
+SELECT n.notice_id, n.request_id, n.recipient_id, n.channel, n.request_type, n.categories::jsonb,
+    n.sealed_identifiers, n.must_acknowledge, n.acknowledge_by, n.state, n.last_error, n.next_at
+FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+    $8::boolean[], $9::timestamptz[], $10::text[], $11::text[], $12::timestamptz[])
+    AS n(notice_id, request_id, recipient_id, channel, request_type, categories, sealed_identifiers,
+    must_acknowledge, acknowledge_by, state, last_error, next_at)
+ON CONFLICT DO NOTHING RETURNING *"""
+
+
+async def _insert(db: asyncpg.Connection | asyncpg.Pool, rows: list[_Notice]) -> list[asyncpg.Record]:
+    """Store each notice once; returns those stored now (a redelivered one is not)."""
+    columns = [list(column) for column in zip(*rows, strict=True)]
+    stored: list[asyncpg.Record] = await db.fetch(_INSERT, *columns)
+    return stored
+
+
+def _not_stored(rows: list[_Notice], stored: list[asyncpg.Record]) -> list[UUID]:
+    new = {r["notice_id"] for r in stored}
+    return [row.notice_id for row in rows if row.notice_id not in new]
+
+
+async def _seen_again(conn: asyncpg.Connection, notice_ids: list[UUID], now: datetime) -> None:
+    """Commands sent again (the tracker's recovery after a broker loss): the report of what
+    became of a notice may be what was lost, so a settled one is reported again. A pending one
+    has nothing to report yet: its next try or closing will."""
+    for notice_id in notice_ids:
+        stored = await conn.fetchrow("SELECT * FROM notices WHERE notice_id = $1", notice_id)
         if stored is not None and stored["state"] != "pending":
             await report_again(conn, stored, now)
 
