@@ -50,7 +50,8 @@ class Loaded:
 # Not one SELECT ... FOR UPDATE: a statement that waited for the lock re-reads only the locked
 # row (EvalPlanQual); its subqueries keep the snapshot taken before the other change committed,
 # so the systems would be stale and the next audit entry would reuse a taken number. In a
-# function each statement takes a new snapshot: the lock, then the read. The saga comes as JSON,
+# function each statement takes a new snapshot: the lock, then the read. The systems come in
+# the order of their names, whatever the plan. The saga comes as JSON,
 # not as the table's row type, which a client caches and a column added later would outdate.
 # (A later change of what it returns needs a new name: CREATE OR REPLACE cannot change it.)
 LOAD_DDL = """CREATE OR REPLACE FUNCTION lethe_saga_load(rid text)
@@ -58,7 +59,8 @@ LOAD_DDL = """CREATE OR REPLACE FUNCTION lethe_saga_load(rid text)
 BEGIN
     PERFORM 1 FROM sagas WHERE request_id = rid FOR UPDATE;
     RETURN QUERY SELECT row_to_json(g),
-        (SELECT coalesce(json_agg(s), '[]') FROM saga_systems s WHERE s.request_id = g.request_id),
+        (SELECT coalesce(json_agg(s ORDER BY s.system), '[]') FROM saga_systems s
+            WHERE s.request_id = g.request_id),
         (SELECT coalesce(json_agg(a ORDER BY a.seq), '[]') FROM audit_log a WHERE a.request_id = g.request_id)
     FROM sagas g WHERE g.request_id = rid;
 END $$"""
@@ -95,31 +97,42 @@ async def claim_and_load(
 
 
 # A new saga and its systems, and what arrived for it before it (outcomes and extensions read
-# ahead of the acceptance, kept until now), taken: one round trip. Only if the saga is new:
-# the saga row is the journal of acceptances, and a redelivered one changes nothing. (The
-# systems' foreign key is checked at the statement's end, with the saga in.)
+# ahead of the acceptance, kept until now), taken; and the saga as `lethe_saga_load` would read
+# it (its rows as inserted, defaults filled in: no trail yet), locked by its insert: one round
+# trip. Only if the saga is new: the saga row is the journal of acceptances, and a redelivered
+# one changes nothing. (The systems' foreign key is checked at the statement's end, with the
+# saga in.)
 _START = """WITH saga AS (
     INSERT INTO sagas (request_id, request_type, subject_ref, received_at, deadline, trace_id,
         status, sealed_identifiers, traceparent)
     VALUES ($1, $2, $3, $4, $5, $6, 'in_progress', $7, $8)
-    ON CONFLICT DO NOTHING RETURNING request_id),
+    ON CONFLICT DO NOTHING RETURNING *),
 systems AS (
     INSERT INTO saga_systems (request_id, system, state, attempts, dispatched_at, command_id)
     SELECT saga.request_id, u.system, 'dispatched', 1, $9, u.command_id
-    FROM saga, unnest($10::text[], $11::uuid[]) AS u(system, command_id)),
+    FROM saga, unnest($10::text[], $11::uuid[]) AS u(system, command_id) RETURNING *),
 early AS (
     DELETE FROM early_outcomes WHERE request_id = $1 AND EXISTS (SELECT 1 FROM saga)
     RETURNING outcome),
 extensions AS (
     DELETE FROM early_extensions WHERE request_id = $1 AND EXISTS (SELECT 1 FROM saga)
     RETURNING event)
-SELECT EXISTS (SELECT 1 FROM saga) AS started,
-    ARRAY(SELECT outcome::text FROM early) AS early,
-    ARRAY(SELECT event::text FROM extensions) AS extensions"""
+SELECT ARRAY(SELECT outcome::text FROM early) AS early,
+    ARRAY(SELECT event::text FROM extensions) AS extensions,
+    (SELECT row_to_json(g) FROM saga g) AS saga,
+    (SELECT coalesce(json_agg(s ORDER BY s.system), '[]') FROM systems s) AS systems,
+    '[]'::json AS trail"""
 
 
-async def start(conn: asyncpg.Connection, event: RequestAccepted) -> tuple[bool, list[str], list[str]]:
-    """(whether the saga is new, the outcomes and the extensions that waited for it, as JSON)."""
+@dataclass
+class Started:
+    loaded: Loaded
+    early: list[str]  # outcomes that waited for the saga, as JSON
+    extensions: list[str]  # extensions that waited for it, as JSON
+
+
+async def start(conn: asyncpg.Connection, event: RequestAccepted) -> Started | None:
+    """The new saga, locked in the caller's transaction; None if it was started before."""
     row = await conn.fetchrow(
         _START,
         event.request_id,
@@ -135,7 +148,8 @@ async def start(conn: asyncpg.Connection, event: RequestAccepted) -> tuple[bool,
         [event.command_ids.get(system, uuid4()) for system in event.systems],
     )
     assert row is not None
-    return row["started"], row["early"], row["extensions"]
+    loaded = _loaded(row) if row["saga"] is not None else None
+    return None if loaded is None else Started(loaded, row["early"], row["extensions"])
 
 
 def _loaded(loaded_row: asyncpg.Record | None) -> Loaded | None:

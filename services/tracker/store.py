@@ -43,11 +43,10 @@ async def start_saga(
     max_rounds: int = 3,
 ) -> None:
     async with transaction(db) as conn:
-        started, early, extensions = await start(conn, event)
-        if not started:  # a redelivered acceptance
+        started = await start(conn, event)
+        if started is None:  # a redelivered acceptance
             return
-        loaded = await load(conn, event.request_id)
-        assert loaded is not None
+        loaded = started.loaded
         saga = loaded.saga
         saga.note(
             event.occurred_at,
@@ -59,10 +58,10 @@ async def start_saga(
         saga.max_rounds = max_rounds
         if event.request_type is RequestType.LIFT_RESTRICTION:  # it waits for its notices
             saga.announce_lift(event.occurred_at, await _restricted_before(conn, event))
-        for text in extensions:
+        for text in started.extensions:
             extended = DeadlineExtended.model_validate_json(text)
             saga.extend(extended.months, extended.deadline, extended.occurred_at)
-        await _take(conn, loaded, [OutcomeReported.model_validate_json(text) for text in early], seal)
+        await _take(conn, loaded, [OutcomeReported.model_validate_json(text) for text in started.early], seal)
         await save(conn, loaded, was_final=False)
 
 

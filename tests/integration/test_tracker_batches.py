@@ -152,3 +152,18 @@ async def test_a_saga_locked_elsewhere_does_not_hold_up_its_batch(
         together = handle_together(by_key(records), lambda: handlers.together(tracker), "tracker")
         assert not await asyncio.wait_for(together, 30)  # without the bound, it waits for ever
     assert await pool.fetchval("SELECT count(*) FROM sagas") == 1  # b's start undone with it
+
+
+async def test_a_started_saga_is_the_one_a_load_reads(two_dbs: tuple[asyncpg.Pool, asyncpg.Pool]) -> None:
+    """The start returns the saga as inserted (no load after it): it must be what
+    `lethe_saga_load` reads of the same rows, defaults and all; a second start returns none."""
+    pool, _ = two_dbs
+    event = accepted("a")
+    async with pool.acquire() as conn, conn.transaction():
+        started = await repository.start(conn, event)
+        assert started is not None and started.early == [] and started.extensions == []
+        loaded = await repository.load(conn, "a")
+        assert loaded is not None and started.loaded == loaded
+        assert list(started.loaded.saga.slots) == list(loaded.saga.slots) == ["billing", "crm"]  # by name
+    async with pool.acquire() as conn, conn.transaction():
+        assert await repository.start(conn, event) is None
