@@ -195,3 +195,26 @@ async def test_a_full_batch_reports_the_backlog_left_though_it_sent_fewer(
         assert reported == [2]
     finally:
         await pool.close()
+
+
+async def test_large_values_are_compressed_with_lz4_where_the_server_has_it(fresh_db: str) -> None:
+    """Snapshots in the outbox are written compressed with lz4, not pglz (cheaper for the
+    server): set on every pooled connection, kept past a release."""
+    await ensure_database(fresh_db)
+    pool = await create_pool(fresh_db, 2)
+    try:
+        await apply_schema(pool, OUTBOX_DDL)
+        has_lz4 = "lz4" in await pool.fetchval(
+            "SELECT enumvals FROM pg_settings WHERE name = 'default_toast_compression'"
+        )
+        big = RequestStatusChanged(
+            request_id="r-1", version=1, status=RequestStatus.IN_PROGRESS, systems=[], audit=[]
+        ).model_copy(update={"request_id": "r-" + "x" * 20_000})
+        async with pool.acquire() as conn:
+            await enqueue(conn, "t", "k", big)
+        async with pool.acquire() as conn:  # another or the same connection, released since
+            used = await conn.fetchval("SELECT pg_column_compression(value) FROM outbox")
+            assert await conn.fetchval("SHOW default_toast_compression") == ("lz4" if has_lz4 else "pglz")
+        assert used == ("lz4" if has_lz4 else "pglz")
+    finally:
+        await pool.close()
