@@ -87,25 +87,34 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
 
 async def create_pool(dsn: str, max_size: int = 10) -> asyncpg.Pool:
     probe = await connect_with_retry(dsn)  # waits for the server; the pool itself does not retry
-    try:
-        settings = await session_settings(probe)
-    finally:
-        await probe.close()
-    pool = await asyncpg.create_pool(
-        dsn, min_size=1, max_size=max_size, reset=_keep_session, server_settings=settings
-    )
+    await probe.close()
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=max_size, reset=_keep_session)
     assert pool is not None
     return pool
 
 
-async def session_settings(conn: asyncpg.Connection) -> dict[str, str]:
-    """What Lethe's connections set as they open (startup parameters, which a release keeps):
-    lz4 to compress the large values they write (status snapshots in the outbox, reports and
-    audit trails, journals), where the server was built with it. pglz cost 220 µs of the
-    server's CPU to store a 15 KB snapshot and lz4 133 (README, Performance, twelfth part);
-    readers see no difference, and a server without lz4 keeps its default."""
-    choices = await conn.fetchval("SELECT enumvals FROM pg_settings WHERE name = 'default_toast_compression'")
-    return {"default_toast_compression": "lz4"} if choices and "lz4" in choices else {}
+def lz4(table: str, *columns: str) -> str:
+    """DDL: `columns` of Lethe's own `table` compressed with lz4 rather than pglz, where the
+    server was built with it (PostgreSQL 14 and later) and they are not already. For the large
+    values written once or a few times and read rarely: status snapshots in the outbox, reports,
+    audit trails, journals. Storing a 15 KB snapshot cost the server 220 µs of CPU with pglz and
+    133 with lz4 (README, Performance, twelfth part); readers see no difference. Per column, not
+    per session: a startup parameter would be refused by a pooler such as PgBouncer."""
+    names = ", ".join(f"'{c}'" for c in columns)
+    return f"""DO $$
+DECLARE col text;
+BEGIN
+    IF NOT 'lz4' = ANY (coalesce(
+            (SELECT enumvals FROM pg_settings WHERE name = 'default_toast_compression'), '{{}}')) THEN
+        RETURN;
+    END IF;
+    FOREACH col IN ARRAY ARRAY[{names}] LOOP
+        IF (SELECT attcompression FROM pg_attribute
+            WHERE attrelid = '{table}'::regclass AND attname = col) IS DISTINCT FROM 'l' THEN
+            EXECUTE format('ALTER TABLE %I ALTER COLUMN %I SET COMPRESSION lz4', '{table}', col);
+        END IF;
+    END LOOP;
+END $$"""
 
 
 async def apply_schema(pool: asyncpg.Pool, *ddl: str) -> None:

@@ -20,6 +20,7 @@ from aiokafka import AIOKafkaProducer
 from pydantic import BaseModel
 
 from shared.codec import encode
+from shared.db import lz4
 from shared.delivery import TRANSIENT
 from shared.kafka import trace_headers
 from shared.telemetry.messaging import TRACE_HEADERS, context_of, producing, quiet
@@ -37,6 +38,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     headers jsonb NOT NULL DEFAULT '[]',
     created_at timestamptz NOT NULL DEFAULT now()
 )"""
+OUTBOX_COMPRESSION = lz4("outbox", "value")
 _CHANNEL = "lethe_outbox"
 HELD_LOOK_S = 0.05  # how often a held relay looks whether it may go on
 

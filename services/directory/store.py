@@ -15,7 +15,12 @@ from shared.contracts.outcomes import Action
 from shared.db import apply_schema, create_pool, ensure_database
 from shared.identity import Identities
 from shared.settings import DatabaseSettings, DeploymentSettings
-from shared.worker.journal import JOURNAL_STRIP_DDL, WORKER_JOURNAL_DDL, PostgresJournal
+from shared.worker.journal import (
+    JOURNAL_STRIP_DDL,
+    WORKER_JOURNAL_COMPRESSION,
+    WORKER_JOURNAL_DDL,
+    PostgresJournal,
+)
 from shared.worker.matching import match
 from shared.worker.ports import Decision, Record, SearchTooBroad
 from shared.worker.settings import RetrySettings
@@ -102,7 +107,7 @@ class DirectoryAdapter:
     async def start(self) -> None:
         await ensure_database(self.database_url)
         self._pool = await create_pool(self.database_url)
-        await apply_schema(self._pool, WORKER_JOURNAL_DDL, JOURNAL_STRIP_DDL)
+        await apply_schema(self._pool, WORKER_JOURNAL_DDL, WORKER_JOURNAL_COMPRESSION, JOURNAL_STRIP_DDL)
         await self.directory.call(self.directory.ensure_tree)
 
     async def ping(self) -> bool:

@@ -29,7 +29,7 @@ from shared.contracts.notices import NotifyRecipient
 from shared.db import apply_schema, create_pool, ensure_database
 from shared.delivery import Handler, Publisher, consume_forever
 from shared.kafka import ensure_topics, make_consumer, make_producer, start_with_retry, warn_if_unencrypted
-from shared.outbox import OUTBOX_DDL, OutboxRelay
+from shared.outbox import OUTBOX_COMPRESSION, OUTBOX_DDL, OutboxRelay
 from shared.policy.model import categories_by_system, load_policy
 from shared.policy.settings import PolicySettings
 from shared.recipients.settings import RegisterSettings
@@ -110,6 +110,7 @@ async def main(stop: asyncio.Event) -> None:
             *notices.SCHEMA,
             *auth.SCHEMA,
             OUTBOX_DDL,
+            OUTBOX_COMPRESSION,
             SENTINEL_DDL,
         )
         if revoked := await auth.sync_bootstrap(pool, bootstrap):

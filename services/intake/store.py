@@ -21,6 +21,7 @@ from shared.contracts import (
     SystemProgress,
 )
 from shared.contracts.audit import AuditEntry
+from shared.db import lz4
 from shared.outbox import enqueue_many, outbox_ctes
 
 _ANNOUNCEMENT_IDS = UUID("5b0f0b1e-6c65-7468-6561-6e6e6f756e63")
@@ -60,6 +61,7 @@ SCHEMA = (
     "CREATE INDEX IF NOT EXISTS requests_submitted_by ON requests (submitted_by, received_at)",
     "CREATE INDEX IF NOT EXISTS requests_status ON requests (status, received_at)",
     "CREATE INDEX IF NOT EXISTS requests_deadline ON requests (deadline) WHERE completed_at IS NULL",
+    lz4("requests", "progress", "report", "audit"),
 )
 
 

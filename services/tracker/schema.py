@@ -6,8 +6,9 @@ from __future__ import annotations
 from services.tracker.forgetting import SCHEMA as FORGETTING_DDL
 from services.tracker.repository import LOAD_DDL
 from services.tracker.schedule import SCHEDULE_DDL
+from shared.db import lz4
 from shared.journal import JOURNAL_DDL
-from shared.outbox import OUTBOX_DDL
+from shared.outbox import OUTBOX_COMPRESSION, OUTBOX_DDL
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS sagas (
@@ -79,4 +80,6 @@ SCHEMA = (
     LOAD_DDL,
     JOURNAL_DDL,
     OUTBOX_DDL,
+    OUTBOX_COMPRESSION,
+    lz4("saga_systems", "outcome", "deferred", "rounds"),
 )

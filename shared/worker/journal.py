@@ -12,6 +12,7 @@ from uuid import UUID
 import asyncpg
 from pydantic import TypeAdapter
 
+from shared.db import lz4
 from shared.worker.ports import Decision, JournalEntry
 
 WORKER_JOURNAL_DDL = """
@@ -21,6 +22,7 @@ CREATE TABLE IF NOT EXISTS lethe_command_journal (
     outcome jsonb,
     updated_at timestamptz NOT NULL DEFAULT now()
 )"""
+WORKER_JOURNAL_COMPRESSION = lz4("lethe_command_journal", "plan", "outcome")
 # Waits for any other delivery of the command to finish, then reads its journal row. In a
 # VOLATILE function the read takes a snapshot after the lock is granted; in one plain statement
 # it would not see what the other delivery committed meanwhile.

@@ -21,6 +21,7 @@ from shared.settings import DatabaseSettings
 from shared.worker.journal import (
     JOURNAL_OPEN_DDL,
     JOURNAL_STRIP_DDL,
+    WORKER_JOURNAL_COMPRESSION,
     WORKER_JOURNAL_DDL,
     TransactionalJournal,
 )
@@ -28,7 +29,13 @@ from shared.worker.matching import match
 from shared.worker.pgbatch import JOURNAL_OPEN_MANY_DDL, CommandBatch
 from shared.worker.ports import Decision, JournalEntry, Record
 
-JOURNAL_DDL = (WORKER_JOURNAL_DDL, JOURNAL_OPEN_DDL, JOURNAL_OPEN_MANY_DDL, JOURNAL_STRIP_DDL)
+JOURNAL_DDL = (
+    WORKER_JOURNAL_DDL,
+    WORKER_JOURNAL_COMPRESSION,
+    JOURNAL_OPEN_DDL,
+    JOURNAL_OPEN_MANY_DDL,
+    JOURNAL_STRIP_DDL,
+)
 
 
 @dataclass(frozen=True)
