@@ -21,7 +21,8 @@ from shared.telemetry import metrics
 log = logging.getLogger(__name__)
 Batches = dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]
 
-_pacing: weakref.WeakKeyDictionary[AIOKafkaConsumer, tuple[int, int]] = weakref.WeakKeyDictionary()
+_pacing: weakref.WeakKeyDictionary[AIOKafkaConsumer, tuple[int, int, int]] = weakref.WeakKeyDictionary()
+_heard_at: weakref.WeakKeyDictionary[AIOKafkaConsumer, float] = weakref.WeakKeyDictionary()
 _next: weakref.WeakKeyDictionary[AIOKafkaConsumer, dict[TopicPartition, int]] = weakref.WeakKeyDictionary()
 _backoff: weakref.WeakKeyDictionary[AIOKafkaConsumer, float] = weakref.WeakKeyDictionary()
 _refetches: weakref.WeakKeyDictionary[AIOKafkaConsumer, dict[tuple[TopicPartition, int], int]] = (
@@ -39,6 +40,10 @@ REWIND_WINDOW_S = 60.0
 # marker on Kafka): waiting longer would stall the partition for good.
 MAX_REFETCHES = 50
 ASK_COORDINATOR_S = 5.0
+# How long nothing must arrive before a consumer backs off past its idle wait to its quiet one:
+# longer than the gaps of a steady trickle (1 request/s), so only a consumer with nothing to
+# do (a retry topic under load, everything on a quiet day) polls at the slowest pace.
+QUIET_S = 5.0
 
 
 async def poll(consumer: AIOKafkaConsumer, what: str, timeout_ms: int = 200) -> Batches:
@@ -69,8 +74,8 @@ def record_lag(consumer: AIOKafkaConsumer, batches: Batches) -> None:
             )
 
 
-def register(consumer: AIOKafkaConsumer, busy_ms: int, idle_ms: int) -> None:
-    _pacing[consumer] = (busy_ms, idle_ms)
+def register(consumer: AIOKafkaConsumer, busy_ms: int, idle_ms: int, quiet_ms: int | None = None) -> None:
+    _pacing[consumer] = (busy_ms, idle_ms, max(idle_ms, quiet_ms or idle_ms))
 
 
 class RewindLater(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -110,21 +115,28 @@ def assigned(consumer: AIOKafkaConsumer, partitions: Iterable[TopicPartition]) -
         _assigned_since.setdefault(consumer, set()).update(partitions)
 
 
-def pace_fetches(consumer: AIOKafkaConsumer, received: bool) -> None:
+def pace_fetches(consumer: AIOKafkaConsumer, received: bool, now: float | None = None) -> None:
     """Adapt the fetch wait after each poll: the short wait while messages flow, doubling up to
-    the idle wait while none do. On a broker that holds every fetch for the whole wait (tansu),
-    a short wait is what keeps a hop fast, and polling at that pace while idle burned more than
-    a core across the stack (README, Performance); on Kafka, which answers as soon as data
-    arrives, the two waits are the same and this changes nothing.
+    the idle wait while none do, and up to the quiet wait once none has come for `QUIET_S`. On
+    a broker that holds every fetch for the whole wait (tansu), a short wait is what keeps a hop
+    fast, and polling at that pace while idle burned more than a core across the stack (README,
+    Performance); on Kafka, which answers as soon as data arrives, the waits are the same and
+    this changes nothing. `now`: time.monotonic() unless a test gives it.
 
     aiokafka reads the wait from its fetcher for each request it builds; the attribute is
     private, so a test pins it to the installed aiokafka."""
-    busy_ms, idle_ms = _pacing.get(consumer, (0, 0))
+    busy_ms, idle_ms, quiet_ms = _pacing.get(consumer, (0, 0, 0))
     fetcher = getattr(consumer, "_fetcher", None)
-    if idle_ms == busy_ms or fetcher is None:
+    if quiet_ms == busy_ms or fetcher is None:
+        return
+    now = time.monotonic() if now is None else now
+    if received:
+        _heard_at[consumer] = now
+        fetcher._fetch_max_wait_ms = busy_ms
         return
     current: int = fetcher._fetch_max_wait_ms
-    fetcher._fetch_max_wait_ms = busy_ms if received else min(idle_ms, current * 2)
+    ceiling = quiet_ms if now - _heard_at.setdefault(consumer, now) >= QUIET_S else idle_ms
+    fetcher._fetch_max_wait_ms = min(ceiling, current * 2)
 
 
 async def rewind_all() -> int:

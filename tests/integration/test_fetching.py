@@ -48,6 +48,32 @@ async def test_an_idle_consumer_backs_off_and_snaps_back_when_messages_flow(brok
         await producer.stop()
 
 
+async def test_a_consumer_silent_for_a_while_backs_off_further_and_snaps_back(broker: KafkaSettings) -> None:
+    """Past the idle wait only once nothing has come for QUIET_S: a steady trickle keeps the
+    idle pace (a hop stays short), a consumer with nothing to do polls at the quiet one."""
+    settings = broker.model_copy(update={"idle_fetch_max_wait_ms": 40, "quiet_fetch_max_wait_ms": 160})
+    topic = f"pacing-{uuid4().hex[:8]}"
+    await ensure_topics(settings, [topic])
+    consumer = make_consumer(settings, [topic], f"g-{topic}")
+    await start_with_retry(consumer, "consumer")
+    try:
+        fetcher, t0 = consumer._fetcher, 1_000.0
+        pace_fetches(consumer, True, now=t0)  # heard at t0
+        waits = []
+        for second in (1, 2, 3, 4, 5, 6, 7, 8):
+            pace_fetches(consumer, False, now=t0 + second)
+            waits.append(fetcher._fetch_max_wait_ms)
+        assert waits == [20, 40, 40, 40, 80, 160, 160, 160]  # idle cap, then past QUIET_S the quiet one
+        pace_fetches(consumer, True, now=t0 + 9)
+        assert fetcher._fetch_max_wait_ms == 10
+        pace_fetches(consumer, False, now=t0 + 10)  # heard a second ago: the idle cap again
+        pace_fetches(consumer, False, now=t0 + 11)
+        pace_fetches(consumer, False, now=t0 + 12)
+        assert fetcher._fetch_max_wait_ms == 40
+    finally:
+        await consumer.stop()
+
+
 async def test_without_an_idle_wait_the_fetch_wait_never_changes(broker: KafkaSettings) -> None:
     """Real Kafka answers a fetch as soon as data arrives: there, nothing is adapted."""
     topic = f"pacing-{uuid4().hex[:8]}"
