@@ -89,7 +89,7 @@ async def take_many(
     they arrive together), stored in one statement, atomic on its own. Only what has something
     to report in the same transaction takes one: a recipient the register lacks (failed at once)
     or a command sent again."""
-    rows = list({c.notice_id: _row(register, c, now) for c in commands}.values())  # twins once
+    rows = [_row(register, c, now) for c in commands]  # a twin conflicts with its first: stored once
     if all(row.state == "pending" for row in rows):  # the usual case: no transaction
         stored = await _insert(pool, rows)
         if len(stored) < len(rows):

@@ -193,16 +193,16 @@ async def test_a_requests_notices_taken_together_are_each_taken_as_alone(pool: a
 
 
 async def test_a_group_of_commands_is_stored_once_each_and_reports_what_it_must(pool: asyncpg.Pool) -> None:
-    """A request's commands arrive together and are stored in one statement: twins once, a
-    recipient intake's register lacks failed and reported, one sent again reported again if
-    settled, and nothing reported for new pending ones."""
+    """A request's commands arrive together and are stored in one statement: twins once (and
+    reported once), a recipient intake's register lacks failed and reported, one sent again
+    reported again if settled, and nothing reported for new pending ones."""
     settled, fresh, task = command(), command(), command("printer")
     await notices.take(pool, REGISTER, settled, NOW)
     await pool.execute("UPDATE notices SET state = 'failed' WHERE notice_id = $1", settled.notice_id)
     await notices.take_many(pool, REGISTER, [fresh, task, fresh], NOW)
     assert await reports(pool) == []  # new and pending: nothing to report yet
     unknown = command("stranger")
-    await notices.take_many(pool, REGISTER, [settled, unknown, task], NOW + timedelta(hours=1))
+    await notices.take_many(pool, REGISTER, [settled, unknown, task, unknown], NOW + timedelta(hours=1))
     rows = {r["notice_id"]: r for r in await pool.fetch("SELECT * FROM notices")}
     assert len(rows) == 4 and rows[fresh.notice_id]["state"] == rows[task.notice_id]["state"] == "pending"
     assert rows[unknown.notice_id]["state"] == "failed"

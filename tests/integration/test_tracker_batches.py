@@ -164,6 +164,14 @@ async def test_a_started_saga_is_the_one_a_load_reads(two_dbs: tuple[asyncpg.Poo
         assert started is not None and started.early == [] and started.extensions == []
         loaded = await repository.load(conn, "a")
         assert loaded is not None and started.loaded == loaded
-        assert list(started.loaded.saga.slots) == list(loaded.saga.slots) == ["billing", "crm"]  # by name
+        assert list(started.loaded.saga.slots) == ["billing", "crm"]  # by name, not as given
+        # In the order of their names whatever the plan: read from the heap, where an update
+        # moved billing's row after crm's.
+        await conn.execute("UPDATE saga_systems SET attempts = 2 WHERE system = 'billing'")
+        await conn.execute("SET LOCAL enable_indexscan = off; SET LOCAL enable_bitmapscan = off")
+        heap = [r["system"] for r in await conn.fetch("SELECT system FROM saga_systems")]
+        reloaded = await repository.load(conn, "a")
+        assert heap == ["crm", "billing"] and reloaded is not None
+        assert list(reloaded.saga.slots) == ["billing", "crm"]
     async with pool.acquire() as conn, conn.transaction():
         assert await repository.start(conn, event) is None
