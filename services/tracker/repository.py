@@ -54,9 +54,17 @@ class Loaded:
 # the order of their names, whatever the plan. The saga comes as JSON,
 # not as the table's row type, which a client caches and a column added later would outdate.
 # (A later change of what it returns needs a new name: CREATE OR REPLACE cannot change it.)
-LOAD_DDL = """CREATE OR REPLACE FUNCTION lethe_saga_load(rid text)
+#
+# Both functions first take the request's advisory lock: a saga being started is not yet
+# visible to another transaction, which would keep an outcome (or an extension) for it as
+# early while the start, its snapshot taken, no longer looks for early ones; kept so, it was
+# never taken, and the system's answer was dropped as a repeat when it came again. With the
+# lock, whichever comes second waits for the first to commit and then sees what it wrote.
+SAGA_LOCK = "pg_advisory_xact_lock(hashtextextended('saga:' || rid, 0))"
+LOAD_DDL = f"""CREATE OR REPLACE FUNCTION lethe_saga_load(rid text)
     RETURNS TABLE (saga json, systems json, trail json) LANGUAGE plpgsql AS $$
 BEGIN
+    PERFORM {SAGA_LOCK};
     PERFORM 1 FROM sagas WHERE request_id = rid FOR UPDATE;
     RETURN QUERY SELECT row_to_json(g),
         (SELECT coalesce(json_agg(s ORDER BY s.system), '[]') FROM saga_systems s
@@ -101,27 +109,36 @@ async def claim_and_load(
 # it (its rows as inserted, defaults filled in: no trail yet), locked by its insert: one round
 # trip. Only if the saga is new: the saga row is the journal of acceptances, and a redelivered
 # one changes nothing. (The systems' foreign key is checked at the statement's end, with the
-# saga in.)
-_START = """WITH saga AS (
-    INSERT INTO sagas (request_id, request_type, subject_ref, received_at, deadline, trace_id,
-        status, sealed_identifiers, traceparent)
-    VALUES ($1, $2, $3, $4, $5, $6, 'in_progress', $7, $8)
-    ON CONFLICT DO NOTHING RETURNING *),
-systems AS (
-    INSERT INTO saga_systems (request_id, system, state, attempts, dispatched_at, command_id)
-    SELECT saga.request_id, u.system, 'dispatched', 1, $9, u.command_id
-    FROM saga, unnest($10::text[], $11::uuid[]) AS u(system, command_id) RETURNING *),
-early AS (
-    DELETE FROM early_outcomes WHERE request_id = $1 AND EXISTS (SELECT 1 FROM saga)
-    RETURNING outcome),
-extensions AS (
-    DELETE FROM early_extensions WHERE request_id = $1 AND EXISTS (SELECT 1 FROM saga)
-    RETURNING event)
-SELECT ARRAY(SELECT outcome::text FROM early) AS early,
-    ARRAY(SELECT event::text FROM extensions) AS extensions,
-    (SELECT row_to_json(g) FROM saga g) AS saga,
-    (SELECT coalesce(json_agg(s ORDER BY s.system), '[]') FROM systems s) AS systems,
-    '[]'::json AS trail"""
+# saga in.) A function, so that its statement's snapshot is taken after the request's lock.
+START_DDL = f"""CREATE OR REPLACE FUNCTION lethe_saga_start(rid text, kind text, subject text,
+    received timestamptz, due timestamptz, trace text, sealed text, parent text,
+    dispatched timestamptz, names text[], commands uuid[])
+    RETURNS TABLE (early text[], extensions text[], saga json, systems json, trail json)
+    LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM {SAGA_LOCK};
+    RETURN QUERY WITH new_saga AS (
+        INSERT INTO sagas AS g (request_id, request_type, subject_ref, received_at, deadline,
+            trace_id, status, sealed_identifiers, traceparent)
+        VALUES (rid, kind, subject, received, due, trace, 'in_progress', sealed, parent)
+        ON CONFLICT DO NOTHING RETURNING g.*),
+    new_systems AS (
+        INSERT INTO saga_systems AS s (request_id, system, state, attempts, dispatched_at, command_id)
+        SELECT n.request_id, u.name, 'dispatched', 1, dispatched, u.command
+        FROM new_saga n, unnest(names, commands) AS u(name, command) RETURNING s.*),
+    taken_outcomes AS (
+        DELETE FROM early_outcomes o WHERE o.request_id = rid AND EXISTS (SELECT 1 FROM new_saga)
+        RETURNING o.outcome),
+    taken_extensions AS (
+        DELETE FROM early_extensions e WHERE e.request_id = rid AND EXISTS (SELECT 1 FROM new_saga)
+        RETURNING e.event)
+    SELECT ARRAY(SELECT t.outcome::text FROM taken_outcomes t),
+        ARRAY(SELECT t.event::text FROM taken_extensions t),
+        (SELECT row_to_json(n) FROM new_saga n),
+        (SELECT coalesce(json_agg(n ORDER BY n.system), '[]') FROM new_systems n),
+        '[]'::json;
+END $$"""
+_START = "SELECT * FROM lethe_saga_start($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
 
 
 @dataclass

@@ -4,7 +4,7 @@ their request (and extensions), deferred erasures and holds, the broker sentinel
 from __future__ import annotations
 
 from services.tracker.forgetting import SCHEMA as FORGETTING_DDL
-from services.tracker.repository import LOAD_DDL
+from services.tracker.repository import LOAD_DDL, START_DDL
 from services.tracker.schedule import SCHEDULE_DDL
 from shared.db import lz4
 from shared.journal import JOURNAL_DDL
@@ -78,6 +78,7 @@ SCHEMA = (
     *SCHEDULE_DDL,
     *FORGETTING_DDL,
     LOAD_DDL,
+    START_DDL,
     JOURNAL_DDL,
     OUTBOX_DDL,
     OUTBOX_COMPRESSION,

@@ -175,3 +175,39 @@ async def test_a_started_saga_is_the_one_a_load_reads(two_dbs: tuple[asyncpg.Poo
         assert list(reloaded.saga.slots) == ["billing", "crm"]
     async with pool.acquire() as conn, conn.transaction():
         assert await repository.start(conn, event) is None
+
+
+async def _crm_state(pool: asyncpg.Pool) -> tuple[str, int]:
+    state = await pool.fetchval("SELECT state FROM saga_systems WHERE request_id = 'a' AND system = 'crm'")
+    return state, await pool.fetchval("SELECT count(*) FROM early_outcomes")
+
+
+async def test_an_outcome_that_comes_while_its_saga_starts_waits_and_is_recorded(
+    two_dbs: tuple[asyncpg.Pool, asyncpg.Pool],
+) -> None:
+    """Two tracker instances: one starts the saga, the other takes its first answer meanwhile.
+    Before the start commits the saga is invisible; the answer waits for it, rather than being
+    kept as early where the start, already past its look for early ones, would never take it."""
+    pool, _ = two_dbs
+    async with pool.acquire() as starting, starting.transaction():
+        assert await repository.start(starting, accepted("a")) is not None
+        recording = asyncio.create_task(store.record_outcome(pool, outcome("a", "crm")))
+        await asyncio.sleep(0.3)
+        assert not recording.done()
+    await asyncio.wait_for(recording, 10)
+    assert await _crm_state(pool) == ("done", 0)
+
+
+async def test_a_saga_that_starts_while_an_early_answer_is_kept_takes_it(
+    two_dbs: tuple[asyncpg.Pool, asyncpg.Pool],
+) -> None:
+    """The other order: the answer is being kept as early when the acceptance comes; the start
+    waits for it to commit, then takes it."""
+    pool, _ = two_dbs
+    async with pool.acquire() as answering, answering.transaction():
+        await store.record_outcome(answering, outcome("a", "crm"))
+        starting = asyncio.create_task(store.start_saga(pool, accepted("a"), T0))
+        await asyncio.sleep(0.3)
+        assert not starting.done()
+    await asyncio.wait_for(starting, 10)
+    assert await _crm_state(pool) == ("done", 0)
