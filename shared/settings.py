@@ -35,7 +35,7 @@ class KafkaSettings(BaseSettings):
         ge=1,
         le=10_000,
         description="Fetch wait a consumer backs off to once nothing has arrived for 5 s (unset: the "
-        "idle wait). On tansu, 400: the idle stack then uses a tenth of a core, not a sixth.",
+        "idle wait). On tansu, 400: the idle stack then uses an eighth of a core, not a sixth.",
     )
     metadata_max_age_ms: int = Field(
         300_000,
