@@ -165,7 +165,7 @@ async def start(conn: asyncpg.Connection, event: RequestAccepted) -> Started | N
         [event.command_ids.get(system, uuid4()) for system in event.systems],
     )
     assert row is not None
-    loaded = _loaded(row) if row["saga"] is not None else None
+    loaded = _loaded(row if row["saga"] is not None else None)  # None: a redelivered acceptance
     return None if loaded is None else Started(loaded, row["early"], row["extensions"])
 
 
