@@ -46,25 +46,33 @@ class Loaded:
     pending_learnt: str | None = None  # sealed: learnt this round, not yet searched with
 
 
+# A saga's start (lethe_saga_start) and every load of it (lethe_saga_load) first take the
+# request's advisory lock, and the timer's sweep takes it where it is free: a saga being started
+# is not yet visible to another transaction, which kept an outcome (or an extension) for it as
+# early while the start, its snapshot taken, no longer looked for early ones; kept so, it was
+# never taken, and the system's answer was dropped as a repeat when it came again. With the
+# lock, whichever comes second waits for the first to commit, and its next statement sees what
+# that wrote (each statement takes its own snapshot in READ COMMITTED, PostgreSQL's default).
+def saga_lock(request_id: str = "rid", wait: bool = True) -> str:
+    """SQL taking the lock of the saga `request_id` (an SQL expression) names, for the
+    transaction; without `wait`, true if it was free and is now held, false if not."""
+    function = "pg_advisory_xact_lock" if wait else "pg_try_advisory_xact_lock"
+    return f"{function}(hashtextextended('saga:' || {request_id}, 0))"
+
+
 # The saga, its systems and its audit trail in one round trip, read after the saga is locked.
 # Not one SELECT ... FOR UPDATE: a statement that waited for the lock re-reads only the locked
 # row (EvalPlanQual); its subqueries keep the snapshot taken before the other change committed,
 # so the systems would be stale and the next audit entry would reuse a taken number. In a
-# function each statement takes a new snapshot: the lock, then the read. The systems come in
-# the order of their names, whatever the plan. The saga comes as JSON,
-# not as the table's row type, which a client caches and a column added later would outdate.
-# (A later change of what it returns needs a new name: CREATE OR REPLACE cannot change it.)
-#
-# Both functions first take the request's advisory lock: a saga being started is not yet
-# visible to another transaction, which would keep an outcome (or an extension) for it as
-# early while the start, its snapshot taken, no longer looks for early ones; kept so, it was
-# never taken, and the system's answer was dropped as a repeat when it came again. With the
-# lock, whichever comes second waits for the first to commit and then sees what it wrote.
-SAGA_LOCK = "pg_advisory_xact_lock(hashtextextended('saga:' || rid, 0))"
+# function each statement takes a new snapshot: the locks, then the read. The systems come in
+# the order of their names, whatever the plan (and so in every snapshot and report). The saga
+# comes as JSON, not as the table's row type, which a client caches and a column added later
+# would outdate. (A later change of what it returns needs a new name: CREATE OR REPLACE cannot
+# change it.)
 LOAD_DDL = f"""CREATE OR REPLACE FUNCTION lethe_saga_load(rid text)
     RETURNS TABLE (saga json, systems json, trail json) LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM {SAGA_LOCK};
+    PERFORM {saga_lock()};
     PERFORM 1 FROM sagas WHERE request_id = rid FOR UPDATE;
     RETURN QUERY SELECT row_to_json(g),
         (SELECT coalesce(json_agg(s ORDER BY s.system), '[]') FROM saga_systems s
@@ -106,17 +114,18 @@ async def claim_and_load(
 
 # A new saga and its systems, and what arrived for it before it (outcomes and extensions read
 # ahead of the acceptance, kept until now), taken; and the saga as `lethe_saga_load` would read
-# it (its rows as inserted, defaults filled in: no trail yet), locked by its insert: one round
-# trip. Only if the saga is new: the saga row is the journal of acceptances, and a redelivered
-# one changes nothing. (The systems' foreign key is checked at the statement's end, with the
-# saga in.) A function, so that its statement's snapshot is taken after the request's lock.
+# it (its rows as inserted, defaults filled in: no trail yet), in one round trip, under the
+# request's lock (saga_lock). Only if the saga is new: the saga row is the journal of
+# acceptances, and a redelivered one changes nothing. (The systems' foreign key is checked at
+# the statement's end, with the saga in.) A function, so that its statement's snapshot is
+# taken after the lock.
 START_DDL = f"""CREATE OR REPLACE FUNCTION lethe_saga_start(rid text, kind text, subject text,
     received timestamptz, due timestamptz, trace text, sealed text, parent text,
     dispatched timestamptz, names text[], commands uuid[])
     RETURNS TABLE (early text[], extensions text[], saga json, systems json, trail json)
     LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM {SAGA_LOCK};
+    PERFORM {saga_lock()};
     RETURN QUERY WITH new_saga AS (
         INSERT INTO sagas AS g (request_id, request_type, subject_ref, received_at, deadline,
             trace_id, status, sealed_identifiers, traceparent)

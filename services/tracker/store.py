@@ -20,6 +20,7 @@ from services.tracker.repository import (
     enqueue_review_erasure,
     enqueue_waiting,
     load,
+    saga_lock,
     start,
 )
 from services.tracker.saga import Timeouts
@@ -136,17 +137,22 @@ async def _take(
     return bool(recorded)
 
 
+# The candidates first (MATERIALIZED: the lock is tried on them alone, not on every saga read).
+_TIMED_OUT = f"""WITH due AS MATERIALIZED (
+    SELECT request_id FROM sagas g WHERE EXISTS (SELECT 1 FROM saga_systems s
+        WHERE s.request_id = g.request_id AND s.state = 'dispatched' AND s.dispatched_at <= $1)
+    LIMIT 200)
+SELECT request_id FROM due WHERE {saga_lock("request_id", wait=False)}"""
+
+
 async def check_timeouts(pool: asyncpg.Pool, now: datetime, timeouts: Timeouts) -> int:
-    """Re-send commands to silent systems, or fail them after the last try. The candidate rows
-    are claimed with SKIP LOCKED, so several tracker instances share the work."""
+    """Re-send commands to silent systems, or fail them after the last try. Each candidate is
+    claimed with its saga's advisory lock, taken only if free (as a handler takes it first, then
+    the row): several tracker instances share the work, and one busy with a saga is skipped,
+    where locking its row first and then waiting for the lock could deadlock with the handler."""
     changed = 0
     async with pool.acquire() as conn, conn.transaction():
-        candidates = await conn.fetch(
-            "SELECT request_id FROM sagas g WHERE EXISTS (SELECT 1 FROM saga_systems s"
-            " WHERE s.request_id = g.request_id AND s.state = 'dispatched' AND s.dispatched_at <= $1)"
-            " LIMIT 200 FOR UPDATE SKIP LOCKED",
-            now - timeouts.first,
-        )
+        candidates = await conn.fetch(_TIMED_OUT, now - timeouts.first)
 
         for row in candidates:
             loaded = await load(conn, row["request_id"])

@@ -16,6 +16,7 @@ from aiokafka import ConsumerRecord
 from pydantic import BaseModel
 
 from services.tracker import handlers, repository, store
+from services.tracker.saga import Timeouts
 from shared import topics
 from shared.codec import encode
 from shared.contracts import RequestAccepted, RequestType
@@ -211,3 +212,27 @@ async def test_a_saga_that_starts_while_an_early_answer_is_kept_takes_it(
         assert not starting.done()
     await asyncio.wait_for(starting, 10)
     assert await _crm_state(pool) == ("done", 0)
+
+
+async def test_the_timeout_sweep_skips_a_saga_a_handler_holds(
+    two_dbs: tuple[asyncpg.Pool, asyncpg.Pool],
+) -> None:
+    """A handler takes a saga's lock, then its row; the sweep takes the lock only where it is
+    free, so it never holds the row while waiting for the lock (a deadlock, which undid the
+    whole sweep): it skips that saga this time and times it out once the handler is done."""
+    pool, _ = two_dbs
+    await store.start_saga(pool, accepted("a"), T0)
+    await store.start_saga(pool, accepted("b"), T0)
+    timeouts = Timeouts(first=timedelta(minutes=5), attempts=2, backoff=2.0)
+    late = T0 + timedelta(minutes=6)
+    async with pool.acquire() as handling, handling.transaction():
+        await handling.execute("SELECT " + repository.saga_lock("'a'"))  # a handler, its lock taken
+        sweep = asyncio.create_task(store.check_timeouts(pool, late, timeouts))
+        await asyncio.sleep(0.3)
+        assert await repository.load(handling, "a") is not None  # then its row: the sweep let it be
+        assert await asyncio.wait_for(sweep, 5) == 1  # b alone
+    assert await store.check_timeouts(pool, late, timeouts) == 1  # a, now free
+    redispatched = await pool.fetchval(
+        "SELECT count(*) FROM saga_systems WHERE attempts = 2 AND request_id IN ('a', 'b')"
+    )
+    assert redispatched == 4
