@@ -37,7 +37,8 @@ ADMIN_DN = f"cn=admin,{BASE_DN}"
 # Tuned for tansu (see README, "Kafka settings"): a 25 ms fetch wait keeps a hop near 15 ms
 # (10 ms cost a fifth more CPU per request for no lower latency at 10 requests/s), backing off
 # to 100 ms while a consumer is idle (idle polling at 10 ms burned 1.2 cores) and to 400 ms once
-# it has heard nothing for 5 s (at 100 ms the idle stack used 16 % of a core, so 13 %:
+# it has heard nothing for 5 s (the idle stack used 16 % of a core at 100 ms; with the quiet
+# wait, 13 %:
 # README, Performance, twelfth part), and a short
 # session lets a restarted consumer rejoin in ~2 s instead of ~30 s.
 EMBEDDED_KAFKA_ENV = {

@@ -95,11 +95,13 @@ async def create_pool(dsn: str, max_size: int = 10) -> asyncpg.Pool:
 
 def lz4(table: str, *columns: str) -> str:
     """DDL: `columns` of Lethe's own `table` compressed with lz4 rather than pglz, where the
-    server was built with it (PostgreSQL 14 and later) and they are not already. For the large
-    values written once or a few times and read rarely: status snapshots in the outbox, reports,
-    audit trails, journals. Storing a 15 KB snapshot cost the server 220 µs of CPU with pglz and
-    133 with lz4 (README, Performance, twelfth part); readers see no difference. Per column, not
-    per session: a startup parameter would be refused by a pooler such as PgBouncer."""
+    server was built with it (PostgreSQL 14 and later) and they were left at the server's
+    default (a column an operator set to pglz stays so). For the large values Lethe writes at
+    each change: status snapshots in the outbox, reports, audit trails, outcomes, journals.
+    Storing a 15 KB snapshot cost the server 220 µs of CPU with pglz and 133 with lz4 (README,
+    Performance, twelfth part); readers see no difference, and values written before keep
+    theirs. Per column, not per session: a startup parameter would be refused by a pooler such
+    as PgBouncer."""
     names = ", ".join(f"'{c}'" for c in columns)
     return f"""DO $$
 DECLARE col text;
@@ -110,7 +112,7 @@ BEGIN
     END IF;
     FOREACH col IN ARRAY ARRAY[{names}] LOOP
         IF (SELECT attcompression FROM pg_attribute
-            WHERE attrelid = '{table}'::regclass AND attname = col) IS DISTINCT FROM 'l' THEN
+            WHERE attrelid = '{table}'::regclass AND attname = col) = '' THEN
             EXECUTE format('ALTER TABLE %I ALTER COLUMN %I SET COMPRESSION lz4', '{table}', col);
         END IF;
     END LOOP;

@@ -120,8 +120,9 @@ def pace_fetches(consumer: AIOKafkaConsumer, received: bool, now: float | None =
     the idle wait while none do, and up to the quiet wait once none has come for `QUIET_S`. On
     a broker that holds every fetch for the whole wait (tansu), a short wait is what keeps a hop
     fast, and polling at that pace while idle burned more than a core across the stack (README,
-    Performance); on Kafka, which answers as soon as data arrives, the waits are the same and
-    this changes nothing. `now`: time.monotonic() unless a test gives it.
+    Performance). On Kafka, which answers as soon as data arrives, the idle and quiet waits are
+    left unset, the three are the same and this changes nothing. `now`: time.monotonic()
+    unless a test gives it.
 
     aiokafka reads the wait from its fetcher for each request it builds; the attribute is
     private, so a test pins it to the installed aiokafka."""

@@ -91,10 +91,9 @@ async def take_many(
     or a command sent again."""
     rows = [_row(register, c, now) for c in commands]  # a twin conflicts with its first: stored once
     if all(row.state == "pending" for row in rows):  # the usual case: no transaction
-        stored = await _insert(pool, rows)
-        if len(stored) < len(rows):
+        if again := _not_stored(rows, await _insert(pool, rows)):
             async with pool.acquire() as conn, conn.transaction():
-                await _seen_again(conn, _not_stored(rows, stored), now)
+                await _seen_again(conn, again, now)
         return
     async with pool.acquire() as conn, conn.transaction():
         stored = await _insert(conn, rows)
@@ -163,8 +162,9 @@ async def _insert(db: asyncpg.Connection | asyncpg.Pool, rows: list[_Notice]) ->
 
 
 def _not_stored(rows: list[_Notice], stored: list[asyncpg.Record]) -> list[UUID]:
+    """The notices stored before (a twin of one stored now is neither)."""
     new = {r["notice_id"] for r in stored}
-    return [row.notice_id for row in rows if row.notice_id not in new]
+    return sorted({row.notice_id for row in rows if row.notice_id not in new})
 
 
 async def _seen_again(conn: asyncpg.Connection, notice_ids: list[UUID], now: datetime) -> None:

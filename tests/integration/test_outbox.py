@@ -199,8 +199,9 @@ async def test_a_full_batch_reports_the_backlog_left_though_it_sent_fewer(
 
 async def test_large_values_are_compressed_with_lz4_where_the_server_has_it(fresh_db: str) -> None:
     """Snapshots in the outbox are written compressed with lz4, not pglz (cheaper for the
-    server): set on the column by the schema, idempotently, and not on the session (a pooler
-    such as PgBouncer refuses a startup parameter it does not know)."""
+    server): set on the column by the schema, idempotently, where an operator left it at the
+    default, and not on the session (a pooler such as PgBouncer refuses a startup parameter it
+    does not know)."""
     await ensure_database(fresh_db)
     pool = await create_pool(fresh_db, 2)
     try:
@@ -219,5 +220,11 @@ async def test_large_values_are_compressed_with_lz4_where_the_server_has_it(fres
             )
         used = await pool.fetchval("SELECT pg_column_compression(value) FROM outbox")
         assert used == ("lz4" if has_lz4 else "pglz")
+        # An operator's choice stands: a column set to pglz is not set back at the next start.
+        await pool.execute("ALTER TABLE outbox ALTER COLUMN value SET COMPRESSION pglz")
+        await apply_schema(pool, OUTBOX_DDL, OUTBOX_COMPRESSION)
+        assert await pool.fetchval("SELECT pg_column_compression(value) FROM outbox") == used  # kept
+        chosen = "SELECT attcompression::text FROM pg_attribute WHERE attrelid = 'outbox'::regclass"
+        assert await pool.fetchval(chosen + " AND attname = 'value'") == "p"
     finally:
         await pool.close()
