@@ -16,6 +16,7 @@ from services.tracker.handlers import CONSUMED, Tracker, handle, handle_group, t
 from services.tracker.settings import TrackerSettings
 from shared import fetching, topics
 from shared.broker_memory import SENTINEL_DDL, BrokerMemory, since_shed_notice, until_next_check
+from shared.crypto import IdentifierSeal
 from shared.db import apply_schema, create_pool, ensure_database
 from shared.delivery import TRANSIENT, Publisher, consume_forever
 from shared.kafka import ensure_topics, make_consumer, make_producer, start_with_retry, warn_if_unencrypted
@@ -63,11 +64,12 @@ async def every(
         await wait(stopping, seconds)
 
 
-async def tick(pool: asyncpg.Pool, settings: TrackerSettings) -> None:
-    """Timeouts and due deferred erasures."""
+async def tick(pool: asyncpg.Pool, settings: TrackerSettings, seal: IdentifierSeal | None = None) -> None:
+    """Timeouts, due deferred erasures, and answers kept as early for a saga that exists."""
     now = datetime.now(UTC)
     await store.check_timeouts(pool, now, settings.timeouts())
     await schedule.dispatch_due(pool, now)
+    await store.take_stranded(pool, seal, settings.max_rounds)
     overdue = await pool.fetchval(
         "SELECT count(*) FROM sagas WHERE completed_at IS NULL AND deadline < $1", now
     )
@@ -116,7 +118,7 @@ async def main(stop: asyncio.Event) -> None:
     tracker = Tracker(pool, seal, settings.max_rounds)
     tasks = [
         asyncio.create_task(OutboxRelay(pool, producer, service="tracker").run()),
-        asyncio.create_task(every(settings.tick_s, stop, "tick", lambda: tick(pool, settings))),
+        asyncio.create_task(every(settings.tick_s, stop, "tick", lambda: tick(pool, settings, seal))),
         asyncio.create_task(every(FORGET_EVERY_S, stop, "forgetting", lambda: forget(pool, settings))),
         asyncio.create_task(
             every(

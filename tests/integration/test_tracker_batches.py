@@ -21,6 +21,7 @@ from shared import topics
 from shared.codec import encode
 from shared.contracts import RequestAccepted, RequestType
 from shared.contracts.audit import verify_chain
+from shared.contracts.events import DeadlineExtended
 from shared.crypto import subject_ref
 from shared.db import apply_schema, create_pool
 from shared.delivery import by_key
@@ -236,3 +237,33 @@ async def test_the_timeout_sweep_skips_a_saga_a_handler_holds(
         "SELECT count(*) FROM saga_systems WHERE attempts = 2 AND request_id IN ('a', 'b')"
     )
     assert redispatched == 4
+
+
+async def test_answers_left_as_early_for_a_saga_that_exists_are_taken_by_the_tick(
+    two_dbs: tuple[asyncpg.Pool, asyncpg.Pool],
+) -> None:
+    """What a tracker of an earlier version left behind (its start took no lock): an answer and
+    an extension kept as early for a saga that exists. The tick takes them, once; what waits
+    for a saga not yet started stays."""
+    pool, _ = two_dbs
+    await store.start_saga(pool, accepted("a"), T0)
+    stranded, waiting = outcome("a", "crm"), outcome("z", "crm")
+    extended = DeadlineExtended(request_id="a", months=2, deadline=T0 + timedelta(days=90))
+    for answer in (stranded, waiting):
+        await pool.execute(
+            "INSERT INTO early_outcomes (message_id, request_id, outcome) VALUES ($1, $2, $3::jsonb)",
+            answer.message_id,
+            answer.request_id,
+            answer.model_dump_json(),
+        )
+    await pool.execute(
+        "INSERT INTO early_extensions (message_id, request_id, event) VALUES ($1, $2, $3)",
+        extended.message_id,
+        "a",
+        extended.model_dump_json(),
+    )
+    assert await store.take_stranded(pool) == 1
+    assert await store.take_stranded(pool) == 0
+    assert await _crm_state(pool) == ("done", 1)  # z's answer still waits for its saga
+    assert await pool.fetchval("SELECT count(*) FROM early_extensions") == 0
+    assert await pool.fetchval("SELECT deadline FROM sagas WHERE request_id = 'a'") == extended.deadline
