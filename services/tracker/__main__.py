@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
-from services.tracker import forgetting, recipients, recovery, schedule, store
+from services.tracker import forgetting, recipients, recovery, schedule, store, sweep
 from services.tracker.handlers import CONSUMED, Tracker, handle, handle_group, together
 from services.tracker.settings import TrackerSettings
 from shared import fetching, topics
@@ -67,7 +67,7 @@ async def every(
 async def tick(pool: asyncpg.Pool, settings: TrackerSettings, seal: IdentifierSeal | None = None) -> None:
     """Timeouts, due deferred erasures, and answers kept as early for a saga that exists."""
     now = datetime.now(UTC)
-    await store.check_timeouts(pool, now, settings.timeouts())
+    await sweep.check_timeouts(pool, now, settings.timeouts())
     await schedule.dispatch_due(pool, now)
     await store.take_stranded(pool, seal, settings.max_rounds)
     overdue = await pool.fetchval(

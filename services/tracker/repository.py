@@ -47,7 +47,9 @@ class Loaded:
 
 
 # A saga's start (lethe_saga_start) and every load of it (lethe_saga_load) first take the
-# request's advisory lock, and the timer's sweep takes it where it is free: a saga being started
+# request's advisory lock, and the timer's sweep takes it where it is free (sweep.py); the row
+# is then locked FOR NO KEY UPDATE, which a foreign key's check of another transaction (a
+# follow-up scheduled for the saga by a hold's release) does not wait for: a saga being started
 # is not yet visible to another transaction, which kept an outcome (or an extension) for it as
 # early while the start, its snapshot taken, no longer looked for early ones; kept so, it was
 # never taken, and the system's answer was dropped as a repeat when it came again. With the
@@ -73,7 +75,7 @@ LOAD_DDL = f"""CREATE OR REPLACE FUNCTION lethe_saga_load(rid text)
     RETURNS TABLE (saga json, systems json, trail json) LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM {saga_lock()};
-    PERFORM 1 FROM sagas WHERE request_id = rid FOR UPDATE;
+    PERFORM 1 FROM sagas WHERE request_id = rid FOR NO KEY UPDATE;
     RETURN QUERY SELECT row_to_json(g),
         (SELECT coalesce(json_agg(s ORDER BY s.system), '[]') FROM saga_systems s
             WHERE s.request_id = g.request_id),

@@ -338,6 +338,9 @@ class Saga:
 
     def _next_round(self, at: datetime, beyond_bound: bool = False) -> None:
         self.round += 1
+        # Not complete any more (a late answer can start a round after the request had ended):
+        # forgetting reads completed_at, and the new round's commands need the identifiers.
+        self.completed_at = None
         if beyond_bound:
             self.max_rounds = max(self.max_rounds, self.round)
         self.note(at, "round_dispatched", round=self.round, learnt=self.learnt_waiting)

@@ -6,10 +6,12 @@ review."""
 from __future__ import annotations
 
 import json
+import logging
 from datetime import datetime
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 import asyncpg
+from pydantic import ValidationError
 
 from services.tracker import expansion
 from services.tracker.repository import (
@@ -20,10 +22,8 @@ from services.tracker.repository import (
     enqueue_review_erasure,
     enqueue_waiting,
     load,
-    saga_lock,
     start,
 )
-from services.tracker.saga import Timeouts
 from services.tracker.saving import save
 from services.tracker.schedule import schedule_follow_ups
 from services.tracker.schema import SCHEMA
@@ -34,6 +34,7 @@ from shared.db import Db, transaction
 from shared.recipients.plan import restricted
 
 __all__ = ["SCHEMA", "audit_trail", "load"]
+log = logging.getLogger(__name__)
 
 
 async def start_saga(
@@ -129,32 +130,50 @@ async def take_stranded(pool: asyncpg.Pool, seal: IdentifierSeal | None = None, 
     """Take what was kept as early for sagas that exist, a saga at a time; returns the sagas."""
     taken = 0
     for row in await pool.fetch(_STRANDED):
-        async with pool.acquire() as conn, conn.transaction():
-            loaded = await load(conn, row["request_id"])
-            if loaded is None:
-                continue
-            early = await conn.fetch(
-                "DELETE FROM early_outcomes WHERE request_id = $1 RETURNING outcome::text", row["request_id"]
-            )
-            extensions = await conn.fetch(
-                "DELETE FROM early_extensions WHERE request_id = $1 RETURNING event::text", row["request_id"]
-            )
-            saga, was_final = loaded.saga, loaded.saga.status.is_final
-            saga.max_rounds = max_rounds
-            extended = [DeadlineExtended.model_validate_json(r["event"]) for r in extensions]
-            changed = [saga.extend(e.months, e.deadline, e.occurred_at) for e in extended]
-            outcomes = [OutcomeReported.model_validate_json(r["outcome"]) for r in early]
-            if await _take(conn, loaded, outcomes, seal) or any(changed):
-                await save(conn, loaded, was_final)
-                taken += 1
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                taken += await _take_stranded(conn, row["request_id"], seal, max_rounds)
+        except (ValidationError, ValueError):  # one that cannot be read stays, loudly; the rest go on
+            log.exception("an answer kept as early cannot be taken", extra={"request_id": row["request_id"]})
     return taken
+
+
+async def _take_stranded(
+    conn: asyncpg.Connection, request_id: str, seal: IdentifierSeal | None, max_rounds: int
+) -> int:
+    loaded = await load(conn, request_id)
+    if loaded is None:
+        return 0
+    early = await conn.fetch(
+        "DELETE FROM early_outcomes WHERE request_id = $1 RETURNING outcome::text", request_id
+    )
+    extensions = await conn.fetch(
+        "DELETE FROM early_extensions WHERE request_id = $1 RETURNING event::text", request_id
+    )
+    saga, was_final = loaded.saga, loaded.saga.status.is_final
+    saga.max_rounds = max_rounds
+    extended = [DeadlineExtended.model_validate_json(r["event"]) for r in extensions]
+    changed = [saga.extend(e.months, e.deadline, e.occurred_at) for e in extended]
+    outcomes = [OutcomeReported.model_validate_json(r["outcome"]) for r in early]
+    recorded = await _take(conn, loaded, outcomes, seal)
+    for outcome in outcomes:
+        if outcome.message_id not in recorded:
+            log.warning(
+                "an answer kept as early was not taken (its saga had moved on)",
+                extra={"request_id": request_id, "system": outcome.system, "round": outcome.round},
+            )
+    if recorded or any(changed):
+        await save(conn, loaded, was_final)
+        return 1
+    return 0
 
 
 async def _take(
     conn: asyncpg.Connection, loaded: Loaded, outcomes: list[OutcomeReported], seal: IdentifierSeal | None
-) -> bool:
+) -> set[UUID]:
     """Record each outcome in the saga (what it learnt first: the last answer of a round starts
-    the next); dispatch the next round if one started; schedule what was kept for later."""
+    the next); dispatch the next round if one started; schedule what was kept for later.
+    Returns the messages it recorded (none: nothing changed)."""
     saga, round_before = loaded.saga, loaded.saga.round
     expansion.prime(loaded, seal)
     recorded = []
@@ -169,38 +188,7 @@ async def _take(
     if saga.request_type is RequestType.ERASURE:
         for outcome in recorded:
             await schedule_follow_ups(conn, outcome)
-    return bool(recorded)
-
-
-# The candidates first (MATERIALIZED: the lock is tried on them alone, not on every saga read).
-_TIMED_OUT = f"""WITH due AS MATERIALIZED (
-    SELECT request_id FROM sagas g WHERE EXISTS (SELECT 1 FROM saga_systems s
-        WHERE s.request_id = g.request_id AND s.state = 'dispatched' AND s.dispatched_at <= $1)
-    LIMIT 200)
-SELECT request_id FROM due WHERE {saga_lock("request_id", wait=False)}"""
-
-
-async def check_timeouts(pool: asyncpg.Pool, now: datetime, timeouts: Timeouts) -> int:
-    """Re-send commands to silent systems, or fail them after the last try. Each candidate is
-    claimed with its saga's advisory lock, taken only if free (as a handler takes it first, then
-    the row): several tracker instances share the work, and one busy with a saga is skipped,
-    where locking its row first and then waiting for the lock could deadlock with the handler."""
-    changed = 0
-    async with pool.acquire() as conn, conn.transaction():
-        candidates = await conn.fetch(_TIMED_OUT, now - timeouts.first)
-
-        for row in candidates:
-            loaded = await load(conn, row["request_id"])
-            if loaded is None:
-                continue
-            was_final = loaded.saga.status.is_final
-            actions = {name: loaded.saga.time_out(name, now, timeouts) for name in list(loaded.saga.slots)}
-            if not any(actions.values()):
-                continue
-            await dispatch(conn, loaded, [name for name, action in actions.items() if action == "redispatch"])
-            await save(conn, loaded, was_final)
-            changed += 1
-    return changed
+    return {outcome.message_id for outcome in recorded}
 
 
 async def retry_system(db: Db, event: RetrySystem, now: datetime) -> bool:

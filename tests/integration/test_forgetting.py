@@ -9,7 +9,7 @@ from uuid import UUID, uuid4
 
 import asyncpg
 
-from services.tracker import schedule, store
+from services.tracker import schedule, store, sweep
 from services.tracker.forgetting import (
     _NEEDS,
     RECHECK_AFTER,
@@ -117,8 +117,8 @@ async def test_a_failed_system_keeps_them_for_a_retry_which_is_refused_once_they
     tracker_db: asyncpg.Pool,  # noqa: F811
 ) -> None:
     await store.start_saga(tracker_db, accepted("f-4", "crm"), T0)
-    assert await store.check_timeouts(tracker_db, T0 + timedelta(minutes=5), TIMEOUTS) == 1
-    assert await store.check_timeouts(tracker_db, T0 + timedelta(minutes=15), TIMEOUTS) == 1  # failed
+    assert await sweep.check_timeouts(tracker_db, T0 + timedelta(minutes=5), TIMEOUTS) == 1
+    assert await sweep.check_timeouts(tracker_db, T0 + timedelta(minutes=15), TIMEOUTS) == 1  # failed
     assert await forget_identifiers(tracker_db, T0 + timedelta(days=30), KEEP_FAILED) == 0
     assert await forget_identifiers(tracker_db, T0 + timedelta(days=91), KEEP_FAILED) == 1
     retry = RetrySystem(request_id="f-4", system="crm")

@@ -12,7 +12,7 @@ import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from services.tracker import recovery, repository, saving, schedule, store
+from services.tracker import recovery, repository, saving, schedule, store, sweep
 from services.tracker.saga import Timeouts
 from shared import topics
 from shared.codec import encode
@@ -374,13 +374,13 @@ async def test_silent_system_is_redispatched_with_the_same_command_then_failed(
 ) -> None:
     event = accepted("t-5", "crm").model_copy(update={"command_ids": {"crm": uuid4()}})
     await store.start_saga(tracker_db, event, T0)
-    assert await store.check_timeouts(tracker_db, T0 + timedelta(minutes=4), TIMEOUTS) == 0
-    assert await store.check_timeouts(tracker_db, T0 + timedelta(minutes=5), TIMEOUTS) == 1
+    assert await sweep.check_timeouts(tracker_db, T0 + timedelta(minutes=4), TIMEOUTS) == 0
+    assert await sweep.check_timeouts(tracker_db, T0 + timedelta(minutes=5), TIMEOUTS) == 1
     resent = await outbox(tracker_db, topics.command_topic("crm"))
     assert [c["message_id"] for c in resent] == [str(event.command_ids["crm"])]  # the worker de-duplicates
     assert resent[0]["attempt"] == 2
-    assert await store.check_timeouts(tracker_db, T0 + timedelta(minutes=14), TIMEOUTS) == 0
-    assert await store.check_timeouts(tracker_db, T0 + timedelta(minutes=15), TIMEOUTS) == 1
+    assert await sweep.check_timeouts(tracker_db, T0 + timedelta(minutes=14), TIMEOUTS) == 0
+    assert await sweep.check_timeouts(tracker_db, T0 + timedelta(minutes=15), TIMEOUTS) == 1
     status = (await outbox(tracker_db, topics.REQUEST_STATUS))[-1]
     assert status["status"] == "failed"
     assert status["systems"][0]["error"] == "no answer after 2 attempts"

@@ -15,7 +15,7 @@ import pytest
 from aiokafka import ConsumerRecord
 from pydantic import BaseModel
 
-from services.tracker import handlers, repository, store
+from services.tracker import handlers, repository, store, sweep
 from services.tracker.saga import Timeouts
 from shared import topics
 from shared.codec import encode
@@ -228,11 +228,11 @@ async def test_the_timeout_sweep_skips_a_saga_a_handler_holds(
     late = T0 + timedelta(minutes=6)
     async with pool.acquire() as handling, handling.transaction():
         await handling.execute("SELECT " + repository.saga_lock("'a'"))  # a handler, its lock taken
-        sweep = asyncio.create_task(store.check_timeouts(pool, late, timeouts))
+        sweeping = asyncio.create_task(sweep.check_timeouts(pool, late, timeouts))
         await asyncio.sleep(0.3)
         assert await repository.load(handling, "a") is not None  # then its row: the sweep let it be
-        assert await asyncio.wait_for(sweep, 5) == 1  # b alone
-    assert await store.check_timeouts(pool, late, timeouts) == 1  # a, now free
+        assert await asyncio.wait_for(sweeping, 5) == 1  # b alone
+    assert await sweep.check_timeouts(pool, late, timeouts) == 1  # a, now free
     redispatched = await pool.fetchval(
         "SELECT count(*) FROM saga_systems WHERE attempts = 2 AND request_id IN ('a', 'b')"
     )
@@ -267,3 +267,26 @@ async def test_answers_left_as_early_for_a_saga_that_exists_are_taken_by_the_tic
     assert await _crm_state(pool) == ("done", 1)  # z's answer still waits for its saga
     assert await pool.fetchval("SELECT count(*) FROM early_extensions") == 0
     assert await pool.fetchval("SELECT deadline FROM sagas WHERE request_id = 'a'") == extended.deadline
+
+
+async def test_one_saga_that_cannot_be_handled_holds_up_neither_the_sweep_nor_the_stranded(
+    two_dbs: tuple[asyncpg.Pool, asyncpg.Pool],
+) -> None:
+    """A saga whose silent system cannot be sent again (its identifiers gone) and an early
+    answer that cannot be read: each is said and skipped, and the others are handled."""
+    pool, _ = two_dbs
+    for request_id in ("a", "b", "c"):
+        await store.start_saga(pool, accepted(request_id), T0)
+    await pool.execute("UPDATE sagas SET sealed_identifiers = NULL WHERE request_id = 'a'")
+    timeouts = Timeouts(first=timedelta(minutes=5), attempts=2, backoff=2.0)
+    assert await sweep.check_timeouts(pool, T0 + timedelta(minutes=6), timeouts) == 2  # b and c
+    readable = outcome("c", "crm")
+    for request_id, value in (("b", '{"request_id": "b"}'), ("c", readable.model_dump_json())):
+        await pool.execute(
+            "INSERT INTO early_outcomes (message_id, request_id, outcome) VALUES ($1, $2, $3::jsonb)",
+            uuid4(),
+            request_id,
+            value,
+        )
+    assert await store.take_stranded(pool) == 1  # c's
+    assert await pool.fetchval("SELECT request_id FROM early_outcomes") == "b"  # kept, for a person

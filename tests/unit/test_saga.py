@@ -307,3 +307,16 @@ def test_a_worker_giving_up_on_a_reviewers_erasure_or_a_later_round_is_heard() -
     )
     assert later.record(OutcomeReported(status="failed", error="x", **at, **answering(round_two, "crm")))
     assert later.slots["crm"].state is SystemState.FAILED
+
+
+def test_a_late_answer_that_learnt_something_reopens_a_failed_request_as_not_complete() -> None:
+    """A system failed for silence; its answer comes late, with identifiers it learnt: the next
+    round starts, and the request is not complete any more (its identifiers must stay: what
+    drops them once a request is complete reads completed_at)."""
+    s = saga("crm")
+    for attempt in range(3):
+        s.time_out("crm", T0 + timedelta(days=1 + attempt), TIMEOUTS)
+    assert s.status is RequestStatus.FAILED and s.completed_at is not None
+    s.learn(1)
+    assert s.record(outcome("crm"))
+    assert s.round == 2 and s.status is RequestStatus.IN_PROGRESS and s.completed_at is None
