@@ -19,16 +19,21 @@ from services.tracker.saving import save
 
 log = logging.getLogger(__name__)
 
-_CANDIDATES = """SELECT request_id FROM sagas g WHERE EXISTS (SELECT 1 FROM saga_systems s
-    WHERE s.request_id = g.request_id AND s.state = 'dispatched' AND s.dispatched_at <= $1)
-LIMIT 200"""
+# Due by each system's own wait (Timeouts.wait: the first, times the backoff for each further
+# try), not the first's alone: tries not yet due would fill the page and hold back a due one.
+# The first condition is the index's (backoff is at least 1). The longest waiting first.
+_CANDIDATES = """SELECT request_id FROM saga_systems s
+WHERE s.state = 'dispatched' AND s.dispatched_at <= $1::timestamptz - $2::interval
+    AND s.dispatched_at + $2::interval * power($3::float8, s.attempts - 1) <= $1::timestamptz
+GROUP BY request_id ORDER BY min(s.dispatched_at) LIMIT $4::integer"""
+PAGE = 200
 _CLAIM = f"SELECT {saga_lock('$1::text', wait=False)}"
 
 
-async def check_timeouts(pool: asyncpg.Pool, now: datetime, timeouts: Timeouts) -> int:
+async def check_timeouts(pool: asyncpg.Pool, now: datetime, timeouts: Timeouts, page: int = PAGE) -> int:
     """Returns the sagas changed."""
     changed = 0
-    for row in await pool.fetch(_CANDIDATES, now - timeouts.first):
+    for row in await pool.fetch(_CANDIDATES, now, timeouts.first, timeouts.backoff, page):
         try:
             async with pool.acquire() as conn, conn.transaction():
                 changed += await _time_out(conn, row["request_id"], now, timeouts)

@@ -290,3 +290,21 @@ async def test_one_saga_that_cannot_be_handled_holds_up_neither_the_sweep_nor_th
         )
     assert await store.take_stranded(pool) == 1  # c's
     assert await pool.fetchval("SELECT request_id FROM early_outcomes") == "b"  # kept, for a person
+
+
+async def test_the_sweep_finds_a_due_system_among_tries_not_yet_due(
+    two_dbs: tuple[asyncpg.Pool, asyncpg.Pool],
+) -> None:
+    """Second tries wait twice the first: sagas whose second try is not yet due do not fill the
+    sweep's page and hold back one whose first try is."""
+    pool, _ = two_dbs
+    for request_id in ("a", "b", "c"):
+        await store.start_saga(pool, accepted(request_id), T0)
+    await pool.execute(  # a and b waiting longer, for their second try
+        "UPDATE saga_systems SET attempts = 2, dispatched_at = $1 WHERE request_id IN ('a', 'b')",
+        T0 - timedelta(minutes=1),
+    )
+    timeouts = Timeouts(first=timedelta(minutes=5), attempts=3, backoff=2.0)
+    assert await sweep.check_timeouts(pool, T0 + timedelta(minutes=6), timeouts, page=2) == 1
+    tried = await pool.fetch("SELECT DISTINCT request_id FROM saga_systems WHERE attempts = 2 ORDER BY 1")
+    assert [r["request_id"] for r in tried] == ["a", "b", "c"]  # c's first try timed out; a, b wait
