@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from datetime import datetime
 from uuid import UUID, uuid4
 
@@ -60,10 +61,7 @@ async def start_saga(
         saga.max_rounds = max_rounds
         if event.request_type is RequestType.LIFT_RESTRICTION:  # it waits for its notices
             saga.announce_lift(event.occurred_at, await _restricted_before(conn, event))
-        for text in started.extensions:
-            extended = DeadlineExtended.model_validate_json(text)
-            saga.extend(extended.months, extended.deadline, extended.occurred_at)
-        await _take(conn, loaded, [OutcomeReported.model_validate_json(text) for text in started.early], seal)
+        await _take_early(conn, loaded, started.early, started.extensions, seal)
         await save(conn, loaded, was_final=False)
 
 
@@ -150,22 +148,37 @@ async def _take_stranded(
     extensions = await conn.fetch(
         "DELETE FROM early_extensions WHERE request_id = $1 RETURNING event::text", request_id
     )
-    saga, was_final = loaded.saga, loaded.saga.status.is_final
-    saga.max_rounds = max_rounds
-    extended = [DeadlineExtended.model_validate_json(r["event"]) for r in extensions]
-    changed = [saga.extend(e.months, e.deadline, e.occurred_at) for e in extended]
-    outcomes = [OutcomeReported.model_validate_json(r["outcome"]) for r in early]
-    recorded = await _take(conn, loaded, outcomes, seal)
-    for outcome in outcomes:
-        if outcome.message_id not in recorded:
-            log.warning(
-                "an answer kept as early was not taken (its saga had moved on)",
-                extra={"request_id": request_id, "system": outcome.system, "round": outcome.round},
-            )
-    if recorded or any(changed):
+    was_final = loaded.saga.status.is_final
+    loaded.saga.max_rounds = max_rounds
+    changed, not_taken = await _take_early(
+        conn, loaded, [r["outcome"] for r in early], [r["event"] for r in extensions], seal
+    )
+    for outcome in not_taken:
+        log.warning(
+            "an answer kept as early was not taken (its saga had moved on)",
+            extra={"request_id": request_id, "system": outcome.system, "round": outcome.round},
+        )
+    if changed:
         await save(conn, loaded, was_final)
         return 1
     return 0
+
+
+async def _take_early(
+    conn: asyncpg.Connection,
+    loaded: Loaded,
+    early: Sequence[str],
+    extensions: Sequence[str],
+    seal: IdentifierSeal | None,
+) -> tuple[bool, list[OutcomeReported]]:
+    """What was kept for the saga before it could take it (as JSON): the extensions, then the
+    answers. Returns whether the saga changed, and the answers it did not take."""
+    saga = loaded.saga
+    extended = [DeadlineExtended.model_validate_json(text) for text in extensions]
+    changed = [saga.extend(e.months, e.deadline, e.occurred_at) for e in extended]
+    outcomes = [OutcomeReported.model_validate_json(text) for text in early]
+    recorded = await _take(conn, loaded, outcomes, seal)
+    return bool(recorded) or any(changed), [o for o in outcomes if o.message_id not in recorded]
 
 
 async def _take(
