@@ -74,8 +74,12 @@ def record_lag(consumer: AIOKafkaConsumer, batches: Batches) -> None:
             )
 
 
-def register(consumer: AIOKafkaConsumer, busy_ms: int, idle_ms: int, quiet_ms: int | None = None) -> None:
-    _pacing[consumer] = (busy_ms, idle_ms, max(idle_ms, quiet_ms or idle_ms))
+def register(
+    consumer: AIOKafkaConsumer, busy_ms: int, idle_ms: int | None = None, quiet_ms: int | None = None
+) -> None:
+    """The consumer's waits: each at least the one before (unset: the one before)."""
+    idle = max(busy_ms, idle_ms or busy_ms)
+    _pacing[consumer] = (busy_ms, idle, max(idle, quiet_ms or idle))
 
 
 class RewindLater(ConsumerRebalanceListener):  # type: ignore[misc]

@@ -147,8 +147,7 @@ def make_consumer(
     else:
         consumer = AIOKafkaConsumer(**client_options(settings), **options)
         consumer.subscribe(list(topics), listener=fetching.RewindLater(consumer))
-    idle_ms = max(busy_ms, settings.idle_fetch_max_wait_ms or busy_ms)
-    fetching.register(consumer, busy_ms, idle_ms, settings.quiet_fetch_max_wait_ms)
+    fetching.register(consumer, busy_ms, settings.idle_fetch_max_wait_ms, settings.quiet_fetch_max_wait_ms)
     return consumer
 
 
