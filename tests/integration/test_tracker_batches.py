@@ -5,8 +5,10 @@ transaction per request; a batch with one failing message undone whole."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from uuid import uuid4
 
@@ -26,7 +28,7 @@ from shared.crypto import subject_ref
 from shared.db import apply_schema, create_pool
 from shared.delivery import by_key
 from shared.identity import Identities
-from shared.together import handle_together
+from shared.together import GroupHandler, handle_together
 from tests.conftest import drop_database
 from tests.integration.test_tracker_and_holds import outcome
 
@@ -308,3 +310,40 @@ async def test_the_sweep_finds_a_due_system_among_tries_not_yet_due(
     assert await sweep.check_timeouts(pool, T0 + timedelta(minutes=6), timeouts, page=2) == 1
     tried = await pool.fetch("SELECT DISTINCT request_id FROM saga_systems WHERE attempts = 2 ORDER BY 1")
     assert [r["request_id"] for r in tried] == ["a", "b", "c"]  # c's first try timed out; a, b wait
+
+
+async def test_two_batches_sharing_requests_wait_for_each_other_rather_than_deadlock(
+    two_dbs: tuple[asyncpg.Pool, asyncpg.Pool],
+) -> None:
+    """Two instances' batches with the same two requests, come in opposite orders: each takes
+    its first saga, and both then want the other's. Taken in one order (the keys'), the second
+    waits for the first to commit; in the order they came, both were undone at the lock limit."""
+    pool, _ = two_dbs
+    tracker = handlers.Tracker(pool)
+    for rid in ("a", "b"):
+        await handlers.handle(tracker, as_record(0, accepted(rid), rid))
+    both_hold_one = asyncio.Barrier(2)
+
+    @asynccontextmanager
+    async def together_pausing() -> AsyncIterator[GroupHandler]:
+        async with handlers.together(tracker) as handle_group:
+            first = True
+
+            async def handle(records: list[ConsumerRecord[bytes, bytes]]) -> None:
+                nonlocal first
+                await handle_group(records)
+                if first:  # holds its first saga: let the other batch take its own first
+                    first = False
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(both_hold_one.wait(), 0.5)
+
+            yield handle
+
+    ab = [as_record(1, outcome("a", "crm"), "a"), as_record(2, outcome("b", "crm"), "b")]
+    ba = [as_record(1, outcome("b", "billing"), "b"), as_record(2, outcome("a", "billing"), "a")]
+    done = await asyncio.gather(
+        handle_together(by_key(ab), together_pausing, "tracker"),
+        handle_together(by_key(ba), together_pausing, "tracker"),
+    )
+    assert done == [True, True]
+    assert (await state(pool))["sagas"] == [("a", "completed"), ("b", "completed")]
