@@ -1,11 +1,11 @@
 """Shedding the embedded broker's history.
 
 tansu's memory storage keeps every message it was given, for ever: it applies no `retention.ms`
-and drops the connection on DeleteRecords (README, Performance). Its memory only grows (30-45 MB
-a minute at 10 requests/s), and a fetch lists every batch stored in its partition. Once it
-holds more than `LETHE_BROKER_SHED_MB`, the embedded stack holds intake's outbox relay
-(shared/relay_hold.py) so that the pipeline drains, and starts the broker again, empty, once
-all of this holds:
+and drops the connection on DeleteRecords (docs/performance.md, before issue 17). Its memory
+only grows (30-45 MB a minute at 10 requests/s), and a fetch lists every batch stored in its
+partition (docs/performance.md, first part). Once it holds more than `LETHE_BROKER_SHED_MB`,
+the embedded stack holds intake's outbox relay (shared/relay_hold.py) so that the pipeline
+drains, and starts the broker again, empty, once all of this holds:
 - every service is up and ready;
 - nothing has been produced for `LETHE_BROKER_SHED_QUIET_S`;
 - each of their consumer groups has committed the end of every partition it reads

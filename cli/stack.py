@@ -39,7 +39,7 @@ ADMIN_DN = f"cn=admin,{BASE_DN}"
 # to 100 ms while a consumer is idle (idle polling at 10 ms burned 1.2 cores) and to 400 ms once
 # it has heard nothing for 5 s (the idle stack used 16 % of a core at 100 ms; with the quiet
 # wait, 13 %:
-# README, Performance, twelfth part), and a short
+# docs/performance.md, twelfth part), and a short
 # session lets a restarted consumer rejoin in ~2 s instead of ~30 s.
 EMBEDDED_KAFKA_ENV = {
     "LETHE_KAFKA_FETCH_MAX_WAIT_MS": "25",
@@ -59,7 +59,8 @@ EMBEDDED_KAFKA_ENV = {
     "LETHE_KAFKA_IDEMPOTENT_PRODUCER": "false",  # tansu has no idempotent producer
     # Each partition in a fetch costs tansu CPU, and each batch stored in a partition makes its
     # fetches dearer; with the history shed every few minutes (cli/shedding.py) 4 cost less
-    # than 16, and 1 for the topics that carry a message now and then (README, Performance).
+    # than 16, and 1 for the topics that carry a message now and then (docs/performance.md,
+    # fourth part).
     "LETHE_KAFKA_TOPIC_PARTITIONS": "4",
     "LETHE_KAFKA_CONTROL_TOPIC_PARTITIONS": "1",
     "LETHE_TRACKER_TICK_S": "1",
@@ -282,7 +283,8 @@ class Stack:
     def _ensure_postgres(self) -> None:
         if self.config.postgres_url == LOCAL_POSTGRES and _socket_answers(LOCAL_POSTGRES_SOCKET):
             # The machine's own server, over its Unix socket: a round trip costs two thirds of
-            # one over TCP loopback, and a request makes about a hundred (README, Performance).
+            # one over TCP loopback, and a request makes about a hundred (docs/performance.md,
+            # tenth part).
             self.config.postgres_url = (
                 f"postgresql://postgres@{quote(str(LOCAL_POSTGRES_SOCKET.parent), safe='')}"
             )

@@ -98,10 +98,10 @@ def lz4(table: str, *columns: str) -> str:
     server was built with it (PostgreSQL 14 and later) and they were left at the server's
     default (a column an operator set to pglz stays so). For the large values Lethe writes at
     each change: status snapshots in the outbox, reports, audit trails, outcomes, journals.
-    Storing a 15 KB snapshot cost the server 220 µs of CPU with pglz and 133 with lz4 (README,
-    Performance, twelfth part); readers see no difference, and values written before keep
-    theirs. Per column, not per session: a startup parameter would be refused by a pooler such
-    as PgBouncer."""
+    Storing a 15 KB snapshot cost the server 220 µs of CPU with pglz and 133 with lz4
+    (docs/performance.md, twelfth part); readers see no difference, and values written before
+    keep theirs. Per column, not per session: a startup parameter would be refused by a pooler
+    such as PgBouncer."""
     names = ", ".join(f"'{c}'" for c in columns)
     return f"""DO $$
 DECLARE col text;

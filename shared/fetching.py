@@ -123,10 +123,10 @@ def pace_fetches(consumer: AIOKafkaConsumer, received: bool, now: float | None =
     """Adapt the fetch wait after each poll: the short wait while messages flow, doubling up to
     the idle wait while none do, and up to the quiet wait once none has come for `QUIET_S`. On
     a broker that holds every fetch for the whole wait (tansu), a short wait is what keeps a hop
-    fast, and polling at that pace while idle burned more than a core across the stack (README,
-    Performance). On Kafka, which answers as soon as data arrives, the idle and quiet waits are
-    left unset, the three are the same and this changes nothing. `now`: time.monotonic()
-    unless a test gives it.
+    fast, and polling at that pace while idle burned more than a core across the stack
+    (docs/performance.md, before issue 17). On Kafka, which answers as soon as data arrives,
+    the idle and quiet waits are left unset, the three are the same and this changes nothing.
+    `now`: time.monotonic() unless a test gives it.
 
     aiokafka reads the wait from its fetcher for each request it builds; the attribute is
     private, so a test pins it to the installed aiokafka."""

@@ -102,8 +102,8 @@ def mark_ready() -> None:
 def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     """LETHE_EVENT_LOOP: uvloop (default) or asyncio. uvloop runs the same code on libuv with
     the event loop in C; every service spends much of its CPU in the loop and its socket
-    calls, and with uvloop the stack completes more requests per second (README, Performance).
-    asyncio stays available to rule the loop out when debugging."""
+    calls, and with uvloop the stack completes more requests per second (docs/performance.md,
+    before issue 17). asyncio stays available to rule the loop out when debugging."""
     choice = os.environ.get("LETHE_EVENT_LOOP", "uvloop").strip().lower()
     if choice == "asyncio":
         return None

@@ -28,8 +28,8 @@ TRACKER_CONSUMES = (REQUESTS_ACCEPTED, OUTCOMES, HOLDS, DEADLINES, RETRIES, REVI
 # Topics that carry a message now and then, not one per request: an operator's retry or
 # extension, a reviewer's decision, a hold, a dead letter, a sentinel. Partitions buy nothing
 # here (one consumer reads them; order per key is all that is needed), and on the embedded
-# broker every partition in a fetch costs CPU each time it is asked (README, Performance), so
-# a stack may give these fewer (LETHE_KAFKA_CONTROL_TOPIC_PARTITIONS).
+# broker every partition in a fetch costs CPU each time it is asked (docs/performance.md, fourth
+# part), so a stack may give these fewer (LETHE_KAFKA_CONTROL_TOPIC_PARTITIONS).
 CONTROL_TOPICS = frozenset({DEADLINES, RETRIES, REVIEWS, HOLDS, NOTIFICATIONS, DEAD_LETTERS, SENTINELS})
 
 INTAKE_STATUS_GROUP = "lethe-intake-status"

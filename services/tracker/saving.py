@@ -4,8 +4,8 @@ snapshot, its completion) in the outbox: one statement, one round trip.
 
 A round trip costs more here than what most of these statements do (about 75 µs of the
 client's CPU and 48 µs of the server's for a bare `SELECT $1` over a Unix socket, 100 and 65
-over TCP loopback: README, Performance): a saga's save was four of them, and the tracker
-saves about four times a request."""
+over TCP loopback: docs/performance.md, tenth part): a saga's save was four of them, and the
+tracker saves about four times a request."""
 
 from __future__ import annotations
 

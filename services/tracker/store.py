@@ -115,7 +115,7 @@ async def record_outcomes(
 
 
 # Answers and extensions kept as early for a saga that exists: left behind by a tracker of an
-# earlier version, whose start took no lock (README, Performance, twelfth part), or by whatever
+# earlier version, whose start took no lock (docs/performance.md, twelfth part), or by whatever
 # else kept one after its saga's start had looked. The tick takes them as the start would have.
 _STRANDED = """SELECT request_id FROM early_outcomes e WHERE EXISTS (SELECT 1 FROM sagas g
     WHERE g.request_id = e.request_id)
