@@ -34,7 +34,7 @@ from shared.topics import SYSTEMS, all_topics
 SERVICES = ("intake", "tracker", *SYSTEMS)
 BASE_DN = "dc=lethe,dc=test"
 ADMIN_DN = f"cn=admin,{BASE_DN}"
-# Tuned for tansu (see README, "Kafka settings"): a 25 ms fetch wait keeps a hop near 15 ms
+# Tuned for tansu (see README, Configuration): a 25 ms fetch wait keeps a hop near 15 ms
 # (10 ms cost a fifth more CPU per request for no lower latency at 10 requests/s), backing off
 # to 100 ms while a consumer is idle (idle polling at 10 ms burned 1.2 cores) and to 400 ms once
 # it has heard nothing for 5 s (the idle stack used 16 % of a core at 100 ms; with the quiet
