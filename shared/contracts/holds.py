@@ -39,8 +39,9 @@ class HoldUpdated(Envelope):
         return self
 
     def active_at(self, moment: datetime) -> bool:
-        if moment < self.placed_at:
-            return False
+        """In force from the moment it was read, whatever `placed_at` says: intake's clock
+        stamps it, and a worker whose clock is behind would otherwise decide without a hold
+        that was acknowledged before the decision (a hold has no future start)."""
         if self.released_at is not None and moment >= self.released_at:
             return False
         return self.expires_at is None or moment < self.expires_at

@@ -64,7 +64,7 @@ class InForce:
             for h, ids in holds
             if h.active_at(moment) and h.sealed_identifiers is not None
         )
-        changes = [t for h, _ in holds for t in (h.placed_at, h.released_at, h.expires_at) if t is not None]
+        changes = [t for h, _ in holds for t in (h.released_at, h.expires_at) if t is not None]
         return cls(
             in_force,
             max((t for t in changes if t <= moment), default=None),

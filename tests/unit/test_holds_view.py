@@ -355,7 +355,7 @@ async def test_what_is_in_force_is_what_it_was_at_every_moment_however_often_it_
     kept, again = await view.active("crm", T0), await view.active("crm", T0 + timedelta(minutes=30))
     assert kept == again and all(a is b for a, b in zip(kept, again, strict=True))  # kept, not made again
     kept.clear()  # each caller's own list: what the view keeps is not changed
-    assert len(await view.active("crm", T0)) == 2
+    assert len(await view.active("crm", T0)) == 3  # LIT-LATER too: read, so in force
     # Released in the span the last answer was for: the answer must not stand.
     assert "LIT-EARLY" in [h.case_reference for h in await view.active("crm", T0 + timedelta(hours=10))]
     released = early.model_copy(update={"version": 2, "released_at": T0 + timedelta(hours=6)})
@@ -366,4 +366,16 @@ async def test_what_is_in_force_is_what_it_was_at_every_moment_however_often_it_
             moment, released, later, expiring
         )
     billing = sorted(h.case_reference for h in await view.active("billing", T0))
-    assert billing == ["LIT-BILLING", "LIT-EARLY", "LIT-EXPIRES"]
+    assert billing == ["LIT-BILLING", "LIT-EARLY", "LIT-EXPIRES", "LIT-LATER"]
+
+
+async def test_a_hold_read_is_in_force_though_the_workers_clock_is_behind_intakes() -> None:
+    """Intake stamps `placed_at` with its clock and acknowledges; a worker whose clock is two
+    seconds behind decides a moment later, by its clock before `placed_at`: the hold holds."""
+    log = ScriptedLog()
+    placed = hold("LIT-SKEW").model_copy(update={"placed_at": T0 + timedelta(seconds=1)})
+    announce(log, placed)
+    view = await view_on(log)
+    await view.refresh()
+    worker_now = T0 - timedelta(seconds=1)
+    assert [h.case_reference for h in await view.active("crm", worker_now)] == ["LIT-SKEW"]
