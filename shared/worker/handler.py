@@ -148,7 +148,7 @@ async def _plan(
         span.set_attribute("lethe.records.in_review", sum(len(a.records) for a in ambiguous))
     with TRACER.start_as_current_span("holds") as span:
         held = await held_records(
-            store, adapter.system, holds or NoHolds(), moment, command.request_type, known, certain, resumed
+            store, adapter.system, holds or NoHolds(), moment, command.request_type, known, certain
         )
         span.set_attribute("lethe.records.retained", len(held))
     with TRACER.start_as_current_span("decide"):
@@ -221,14 +221,15 @@ async def held_records(
     request_type: RequestType,
     known: KnownIdentities,
     records: Sequence[Record],
-    resumed: set[tuple[str, str]],
 ) -> dict[tuple[str, str], str]:
-    """Which of `records` a hold in force covers (key → the first such hold's case reference):
-    those its own identifiers find in this store, so a hold on a customer id covers records
-    found by e-mail too (shared/worker/hold_cover.py: without a search per hold). What an
-    earlier command kept (`resumed`, a deferred erasure's) may no longer be found by any
-    identifier (an invoice whose account was erased): a hold naming any of the subject's
-    strong identifiers covers all of it, since it was decided to be the subject's."""
+    """Which of `records` (the subject's) a hold in force covers (key → the first such hold's
+    case reference): those its own identifiers find in this store, so a hold on a customer id
+    covers records found by e-mail too (shared/worker/hold_cover.py: without a search per
+    hold); and every one of them, where the hold names one of the subject's strong
+    identifiers (given, learnt, or on one of these records), since they were decided to be
+    the subject's: a hold on Alice's e-mail keeps her call recordings, which carry only her
+    customer id, and what an earlier command kept (a deferred erasure's) though no
+    identifier finds it any more (an invoice whose account was erased)."""
     if request_type is not RequestType.ERASURE:
         return {}
     active = await holds.active(system, moment)
@@ -238,16 +239,16 @@ async def held_records(
     unknown = [r for r in records if r.searchable is None]
     searched = hold_cover.covered_by_search(active, await _found_by_holds(store, active)) if unknown else {}
     subject = set(known.all.strong().pairs())  # a shared landline does not make a hold theirs
-    theirs = [h for h in active if subject & set(h.identities.strong().pairs())] if resumed else []
+    subject.update(pair for record in records for pair in record.owner.strong().pairs())
+    theirs = [h for h in active if subject & set(h.identities.strong().pairs())]
     held: dict[tuple[str, str], str] = {}
     for record in records:
         if record.searchable is not None:
             covering = index.covering(record.searchable)
         else:
             covering = list(searched.get(record.key, ()))
-        if record.key in resumed:
-            covering += theirs
-        for hold in sorted(covering, key=active.index):
+        # A hold found by the record's own identifiers is the one its decision cites.
+        for hold in [*sorted(covering, key=active.index), *theirs]:
             if hold.categories is None or record.category in hold.categories:
                 held[record.key] = hold.case_reference
                 break

@@ -28,12 +28,16 @@ from services.mailing import seed as mailing_seed
 from services.mailing.store import MailingAdapter
 from services.recordings import seed as recordings_seed
 from services.recordings.store import RecordingsAdapter
-from shared.contracts import RequestType
+from shared.contracts import EraseSubject, RequestType
+from shared.crypto import subject_ref
 from shared.identity import Identities, KnownIdentities
 from shared.worker import hold_cover
-from shared.worker.handler import held_records
+from shared.policy.evaluate import RetentionPolicy
+from shared.policy.model import DEFAULT_POLICY_FILE, load_policy
+from shared.worker.handler import execute, held_records
 from shared.worker.holds import ActiveHold
 from shared.worker.ports import Record, StoreAdapter, StoreSession
+from shared.worker.runtime import utc_clock
 from tests.conftest import drop_database
 
 pytestmark = pytest.mark.integration
@@ -145,19 +149,26 @@ async def assert_same_cover(adapter: StoreAdapter, everyone: list[PersonSeed]) -
                 )
             )
             theirs = await store.find(known.all)
-            records = list({r.key: r for r in [*theirs, *found_by_holds]}.values())
+            # Many people's records, as if all one subject's: what is on them is stripped of
+            # `owner`, and no identifier is given as the subject's, so that no hold covers them
+            # for naming the subject (test_worker_holds) and the searches alone are compared.
+            records = [
+                r.model_copy(update={"owner": Identities()})
+                for r in {r.key: r for r in [*theirs, *found_by_holds]}.values()
+            ]
+            known = KnownIdentities(given=Identities())
             wanted = {r.key: expected[r.key] for r in records if r.key in expected}
             assert all(r.searchable is not None for r in records)  # every store tells
             counted = Counting(store)
             # Found by the subject's search: what is on each record decides, no search.
             got = await held_records(
-                counted, adapter.system, Holds(holds), NOW, RequestType.ERASURE, known, records, set()
+                counted, adapter.system, Holds(holds), NOW, RequestType.ERASURE, known, records
             )
             assert got == wanted and counted.searches == 0
             # Read back from a journal (nothing on them): the holds' identifiers are searched.
             bare = [r.model_copy(update={"searchable": None}) for r in records]
             got = await held_records(
-                counted, adapter.system, Holds(holds), NOW, RequestType.ERASURE, known, bare, set()
+                counted, adapter.system, Holds(holds), NOW, RequestType.ERASURE, known, bare
             )
             assert got == wanted and counted.searches == len(hold_cover.searches(holds))
 
@@ -209,3 +220,60 @@ async def test_holds_searched_together_cover_what_each_holds_own_search_covers(
     monkeypatch.setattr(hold_cover, "SEARCH_SIZE", 48)
     for adapter in adapters:
         await assert_same_cover(adapter, everyone)
+
+
+ALICE = Identities(customer_ids=["C-1001"], emails=["alice.hartley@example.co.uk"])
+POLICY = RetentionPolicy(load_policy(DEFAULT_POLICY_FILE))
+
+
+def erase(system: str) -> EraseSubject:
+    return EraseSubject(
+        request_id=f"held-{uuid4().hex[:8]}",
+        system=system,
+        subject_ref=subject_ref("k", ALICE),
+        sealed_identifiers="sealed",
+    )
+
+
+async def test_a_hold_on_the_subjects_email_keeps_records_that_carry_only_their_customer_id(
+    fresh_db: str, tmp_path: Path
+) -> None:
+    """Legal holds Alice by her e-mail; her erasure names it and her customer id. Her call
+    recording carries only the customer id (and the numbers on the call): it is hers, so kept."""
+    adapter = RecordingsAdapter(fresh_db, tmp_path)
+    await adapter.start()
+    try:
+        (tmp_path / "REC-1.wav").write_bytes(b"RIFF")
+        await adapter.pool.execute(
+            "INSERT INTO recordings (recording_id, customer_id, caller, callee, recorded_at, duration_s, path)"
+            " VALUES ('REC-1', 'C-1001', '07700 900461', '0800 123 4567', now(), 60, 'REC-1.wav')"
+        )
+        hold = ActiveHold("LIT-1", Identities(emails=["alice.hartley@example.co.uk"]), None)
+        outcome = await execute(erase("recordings"), ALICE, adapter, POLICY, utc_clock, holds=Holds([hold]))
+        (recordings,) = outcome.categories
+        assert (recordings.erased, [r.hold_reference for r in recordings.retained]) == (0, ["LIT-1"])
+        assert (tmp_path / "REC-1.wav").exists()
+    finally:
+        await adapter.close()
+
+
+async def test_a_hold_on_an_address_one_of_the_subjects_records_carries_keeps_all_of_theirs(
+    fresh_db: str,
+) -> None:
+    """Alice's two CRM contacts, both under her customer id: one with her work address, which
+    Legal holds and the request does not name. The other contact is hers as much: kept too."""
+    adapter = CrmAdapter(fresh_db)
+    await adapter.start()
+    try:
+        await adapter.pool.executemany(
+            "INSERT INTO contacts (contact_id, customer_id, full_name, email, created_on)"
+            " VALUES ($1, 'C-1001', 'Alice Hartley', $2, current_date - 400)",
+            [("CT-1", "alice.hartley@example.co.uk"), ("CT-2", "a.hartley@work.example")],
+        )
+        hold = ActiveHold("LIT-2", Identities(emails=["a.hartley@work.example"]), None)
+        request = Identities(customer_ids=["C-1001"])
+        outcome = await execute(erase("crm"), request, adapter, POLICY, utc_clock, holds=Holds([hold]))
+        contacts = {c.category: c for c in outcome.categories}["contacts"]
+        assert (contacts.erased, sum(r.count for r in contacts.retained)) == (0, 2)
+    finally:
+        await adapter.close()

@@ -131,7 +131,7 @@ async def test_a_search_the_store_finds_too_broad_is_asked_again_in_halves() -> 
     known = KnownIdentities(given=Identities(customer_ids=["C-0"]))
     bare = [r.model_copy(update={"owner": Identities()}) for r in records]
     held = await held_records(
-        store, "billing", FixedHolds(holds), NOW, RequestType.ERASURE, known, bare, set()
+        store, "billing", FixedHolds(holds), NOW, RequestType.ERASURE, known, bare
     )  # type: ignore[arg-type]
     assert held == {r.key: f"H{n}" for n, r in enumerate(records)}
     assert store.asked[0] == 5 and sum(n for n in store.asked if n <= 2) == 5  # each answered once
@@ -151,7 +151,6 @@ async def test_a_single_identifier_too_broad_fails_the_command() -> None:
             RequestType.ERASURE,
             known,
             bare,
-            set(),
         )  # type: ignore[arg-type]
 
 
