@@ -46,11 +46,14 @@ class DirectorySession(PostgresJournal):
                 raise SearchTooBroad(str(exc)) from exc
             raise
         self.located.update((e.entry_uuid, e.dn) for e in entries)
+        searched = {kind for kind, _ in identities.pairs()}
         records = []
         for e in entries:
             owner, unreadable = Identities.read(ldap_uids=e.uid, emails=e.mail, phones=e.phones)
             matched, variants = match(owner, identities)
-            if matched or variants:  # LDAP matched a spelling; the normalised forms decide
+            # LDAP matched a spelling; the normalised forms decide, and one that cannot be read
+            # (it may be what LDAP matched) goes to a reviewer (shared/worker/matching.py).
+            if matched or variants or searched & set(unreadable):
                 records.append(
                     Record(
                         category=CATEGORY,

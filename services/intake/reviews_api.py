@@ -26,6 +26,9 @@ pages = APIRouter(include_in_schema=False)
 REASONS = {
     "shared_phone": "found only by a phone number the request gave; the record names someone else",
     "learnt_phone": "found only by a phone number learnt from another record, not given by the request",
+    "phone_only": "found only by a phone number the request gave, and nothing else on it says whose it is",
+    "unreadable_identifier": "the search found it by an identifier written so that it cannot be read"
+    " (a note after a number, two addresses in one field)",
     "mailbox_variant": "the address is another sub-address of the subject's (name+tag@)",
     "too_many_matches": "one identifier found more records than one person plausibly has",
     "expansion_bound": "the search stopped at its bound with identifiers learnt and not searched",

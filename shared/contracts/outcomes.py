@@ -61,7 +61,14 @@ class ReviewItem(Frozen):
     records: dict[str, int] = Field(
         description="Records per category, the top-level ones and those under them"
     )
-    reason: Literal["shared_phone", "learnt_phone", "mailbox_variant", "too_many_matches"]
+    reason: Literal[
+        "shared_phone",
+        "phone_only",
+        "learnt_phone",
+        "mailbox_variant",
+        "unreadable_identifier",
+        "too_many_matches",
+    ]
     matched: list[str] = Field(description="Kinds of the subject's identifiers that found them")
     conflicting: list[str] = Field(
         description="Kinds of strong identifiers on them the subject is not known by"

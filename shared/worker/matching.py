@@ -5,10 +5,16 @@ certainly the subject's (acted on, and its identifiers learnt for the next round
 - A record found through a strong identifier (customer id, e-mail, directory uid), given or
   learnt, is the subject's (a second account under another customer id, found by the
   subject's address, is theirs too: strong identifiers name one person).
-- A record found only through a phone number the request gave is the subject's, unless it
-  carries a strong identifier the subject is not known by, or one that cannot be read (it may
-  be anyone's): then it belongs to someone sharing the number (a household landline, a
-  switchboard) as much as to the subject: ambiguous.
+- A record found only through a phone number the request gave is ambiguous: a number is
+  shared (a household landline, a switchboard, a family mobile). If it carries a strong
+  identifier the subject is not known by, or one that cannot be read, it may be someone
+  else's (`shared_phone`); if it carries none, nothing on it but the number says whose it is
+  (`phone_only`: a household member's contact with his name and the landline). Processor data
+  (a record a store holds for another controller) is the exception: Lethe changes none of it
+  and refers the person to its controller, who decides whose it is.
+- A record a store's search returned for a value that cannot be read (`07700 900461 (mobile)`,
+  two addresses in one field) is neither acted on nor dropped: ambiguous
+  (`unreadable_identifier`), since it may well be the subject's.
 - A record found only through a phone number *learnt* from another record is ambiguous:
   nobody vouched for that number as the subject's, and two hops from the request a shared
   number reaches strangers (a household's landline learnt from one member's account finds the
@@ -32,7 +38,14 @@ from typing import Literal
 from shared.identity import STRONG, Identities, Kind, KnownIdentities, extension, line, mailbox
 from shared.worker.ports import Record
 
-Reason = Literal["shared_phone", "learnt_phone", "mailbox_variant", "too_many_matches"]
+Reason = Literal[
+    "shared_phone",
+    "phone_only",
+    "learnt_phone",
+    "mailbox_variant",
+    "unreadable_identifier",
+    "too_many_matches",
+]
 
 
 @dataclass(frozen=True)
@@ -125,6 +138,8 @@ def _verdict(head: Record, known: KnownIdentities, flooded: Identities) -> Found
                 return FoundBy(kind, source)  # type: ignore[arg-type]
     if set(head.matched.union(head.variants).pairs()) & set(flooded.pairs()):
         return "too_many_matches"
+    if not head.matched and not head.variants:
+        return "unreadable_identifier"  # the search found it by a value that cannot be read
     if not head.matched and head.variants.emails:
         return "mailbox_variant"
     if not head.matched and head.variants.phones:
@@ -132,7 +147,9 @@ def _verdict(head: Record, known: KnownIdentities, flooded: Identities) -> Found
     if set(head.matched.phones) & set(known.given.phones):
         if head.owner.strong().minus(known.all) or set(head.unreadable) & set(STRONG):
             return "shared_phone"
-        return FoundBy("phones", "given")
+        if head.facts.get("processed_for"):  # referred to its controller, who decides; not changed
+            return FoundBy("phones", "given")
+        return "phone_only"
     return "learnt_phone"
 
 

@@ -174,19 +174,22 @@ class PostgresStoreAdapter:
     async def find_records(self, conn: asyncpg.Connection, identities: Identities) -> list[Record]:
         """One statement (`find_sql`) gives the store's candidates by coarse keys (rows with no
         `parent`) and the rows under them; a candidate is kept where a normalised identifier
-        matches (shared/identity.py: one normalisation, in Python), with what is under it."""
+        matches (shared/identity.py: one normalisation, in Python), or where a value of a kind
+        searched for cannot be read (it may be the one the key matched), with what is under it."""
         keys = {
             "customer_ids": identities.customer_ids,
             "email_keys": sorted({email_prefilter(e) for e in identities.emails}),
             "phone_keys": sorted({phone_prefilter(p) for p in identities.phones}),
         }
         rows = await conn.fetch(self.find_sql, *(keys[name] for name in self.find_params))
+        searched = {kind for kind, _ in identities.pairs()}
         heads: dict[str, Record] = {}
         for row in rows:
             if row["parent"] is None:
                 candidate = self.head(row)
                 matched, variants = match(candidate.matchable, identities)
-                if matched or variants:
+                # A key matched a value that cannot be read: a reviewer's (matching.py).
+                if matched or variants or searched & set(candidate.record.unreadable):
                     heads[candidate.record.record_id] = candidate.record.model_copy(
                         update={"matched": matched, "variants": variants, "searchable": candidate.matchable}
                     )

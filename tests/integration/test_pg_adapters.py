@@ -222,3 +222,35 @@ async def test_the_journal_keeps_decisions_not_whose_records_they_were(
     assert "alice.hartley" not in await adapter.pool.fetchval("SELECT plan::text FROM lethe_command_journal")
     again = await execute(command, ALICE, adapter, ActOnEverything(), utc_clock)
     assert again.status == "done"  # the stored outcome answers a redelivery
+
+
+async def test_records_whose_identifier_cannot_be_read_or_names_nobody_go_to_a_person(fresh_db: str) -> None:
+    """Alice's erasure names her customer id, address and the household landline. The CRM
+    holds a contact of hers whose mobile carries a note, one whose address was pasted from a
+    mail client with its separator, and Ben's: his name and the landline, nothing else. The
+    store's keys find all three; none is erased, and none silently left out: a person decides."""
+    adapter = CrmAdapter(fresh_db)
+    await adapter.start()
+    try:
+        await adapter.pool.executemany(
+            "INSERT INTO contacts (contact_id, full_name, email, phone, created_on)"
+            " VALUES ($1, $2, $3, $4, current_date)",
+            [
+                ("CT-1", "Alice Hartley", None, "07700 900461 (mobile)"),
+                ("CT-2", "Alice Hartley", "alice.hartley@example.co.uk;", None),
+                ("CT-3", "Ben Hartley", None, "01632 960123"),
+            ],
+        )
+        alice = Identities(
+            customer_ids=["C-1001"],
+            emails=["alice.hartley@example.co.uk"],
+            phones=["07700 900461", "01632 960123"],
+        )
+        outcome = await execute(erase("crm"), alice, adapter, ActOnEverything(), utc_clock)
+        contacts = {c.category: c for c in outcome.categories}["contacts"]
+        assert (contacts.found, contacts.erased, contacts.in_review) == (0, 0, 3)
+        reasons = sorted(r.reason for r in outcome.reviews)
+        assert reasons == ["phone_only", "unreadable_identifier", "unreadable_identifier"]
+        assert await count(adapter.pool, "SELECT count(*) FROM contacts") == 3
+    finally:
+        await adapter.close()

@@ -43,11 +43,26 @@ def test_a_shared_phone_on_someone_elses_record_is_ambiguous_and_teaches_nothing
     assert item.conflicting == Identities(customer_ids=["C-2"])
 
 
-def test_a_given_phone_on_a_record_that_names_nobody_else_is_the_subjects() -> None:
-    call = account("R-1", Identities(), Identities(phones=["+441632960100"]))
-    call = call.model_copy(update={"matched": Identities(phones=["+441632960100"])})
-    result = classify([call], KnownIdentities(given=IAN))
-    assert result.certain == [call] and result.found_by[call.key].kind == "phones"
+def test_a_record_with_nothing_but_the_given_phone_on_it_goes_to_a_person() -> None:
+    """Ben's CRM contact: his name and the household landline Alice's request gives with her
+    customer id and address. Nothing on it but the number says whose it is: not erased."""
+    alice = KnownIdentities(
+        given=Identities(customer_ids=["C-1001"], emails=["alice@example.org"], phones=["+441632960123"])
+    )
+    ben = account("CT-2", Identities(phones=["+441632960123"]), alice.all)
+    result = classify([ben], alice)
+    assert not result.certain and not result.learnt
+    [item] = result.ambiguous
+    assert item.reason == "phone_only" and item.matched == Identities(phones=["+441632960123"])
+    # A surgery's recording of a call to that number, held for it as its processor: Lethe
+    # changes none of it and refers the person to the surgery, which decides whose it is.
+    processed = ben.model_copy(update={"facts": {"processed_for": "Riverside Surgery"}})
+    assert classify([processed], alice).certain == [processed]
+    # Named by nothing but the number either: the same.
+    call = account("R-1", Identities(), IAN).model_copy(
+        update={"matched": Identities(phones=["+441632960100"])}
+    )
+    assert classify([call], KnownIdentities(given=IAN)).ambiguous[0].reason == "phone_only"
 
 
 def test_a_phone_learnt_not_given_never_erases_on_its_own() -> None:
@@ -121,11 +136,23 @@ def test_a_given_phone_on_a_record_whose_address_cannot_be_read_is_ambiguous() -
     jo = account("CRM-4002", owner, ian.all).model_copy(update={"unreadable": unreadable})
     [item] = classify([jo], ian).ambiguous
     assert item.reason == "shared_phone"
-    # A phone that cannot be read says nothing of whose the record is.
+    # A phone that cannot be read beside the one that matched: still only a number.
     owner, unreadable = Identities.read(phones=["(01632) 960 100", "n/a"])
     assert unreadable == ("phones",)
     call = account("R-1", owner, ian.all).model_copy(update={"unreadable": unreadable})
-    assert classify([call], ian).certain == [call]
+    assert classify([call], ian).ambiguous[0].reason == "phone_only"
+
+
+def test_a_record_found_by_a_value_that_cannot_be_read_goes_to_a_person() -> None:
+    """The store's key found Alice's contact by its number, written `07700 900461 (mobile)`,
+    which does not read as a number: neither matched nor dropped, it is put to a person."""
+    alice = KnownIdentities(given=Identities(customer_ids=["C-1001"], phones=["+447700900461"]))
+    owner, unreadable = Identities.read(phones=["07700 900461 (mobile)"])
+    assert unreadable == ("phones",) and not owner.phones
+    contact = account("CT-1", owner, alice.all).model_copy(update={"unreadable": unreadable})
+    assert not contact.matched and not contact.variants
+    result = classify([contact], alice)
+    assert not result.certain and result.ambiguous[0].reason == "unreadable_identifier"
 
 
 def test_another_spelling_of_a_gmail_mailbox_is_put_to_a_person_not_missed() -> None:
@@ -157,7 +184,8 @@ def calls_on(subject_phone: str, record_phone: str) -> tuple[Identities, list[Re
 
 def test_an_extension_is_a_line_of_its_own_and_another_extension_is_someone_else() -> None:
     given, found = calls_on(f"{SWITCHBOARD} x12", "+44 20 7946 0000 ext. 12")
-    assert classify(found, KnownIdentities(given=given)).certain == found  # the same line
+    [item] = classify(found, KnownIdentities(given=given)).ambiguous  # the same line: found,
+    assert item.reason == "phone_only" and item.matched == given  # and a number alone decides nothing
     given, found = calls_on(f"{SWITCHBOARD} x12", f"{SWITCHBOARD} x13")
     assert found == []  # a colleague's extension: not the subject's, not even a candidate
 
