@@ -23,6 +23,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 DEFAULT_REGION = "GB"  # the source documents are a UK group's; numbers without +CC are British
 _OPAQUE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
 _DISPLAY_FORM = re.compile(r"<([^<>]*)>\s*$")  # "Alice Hartley <alice@example.com>"
+# A quoted local part that needs no quoting ("alice.hartley"@…) is that mailbox (RFC 5321).
+_QUOTED_ATOM = re.compile(r'^"([A-Za-z0-9!#$%&\'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&\'*+/=?^_`{|}~-]+)*)"$')
 _MAILTO = re.compile(r"^\s*mailto:", re.IGNORECASE)
 PHONE_TAIL = 6  # digits of a number's end that every spelling of it shares (see phone_prefilter)
 
@@ -52,18 +54,22 @@ def _printable(text: str, what: str) -> str:
 
 
 def normalise_email(raw: str) -> str:
-    """`local@domain` as a mailbox provider compares it: surrounding whitespace, `mailto:` and
-    a display form's angle brackets dropped; the local part NFC and lower-cased (providers
+    """`local@domain` as a mailbox provider compares it: surrounding whitespace, `mailto:`, a
+    list separator after it and a display form's angle brackets dropped, and quotes around a
+    local part that needs none; the local part NFC and lower-cased (providers
     compare it case-insensitively in practice, and a missed match is data that survives an
     erasure); the domain in its ASCII (punycode) form, so `bücher.example` and
     `xn--bcher-kva.example` are one domain. Sub-addresses (`alice+news@`) are kept: whether they
     are the same mailbox is for a person to decide (`mailbox`)."""
-    text = _printable(raw, "an e-mail address").strip()
+    # A list separator after it, as mail clients copy an address (`alice@example.com;`).
+    text = _printable(raw, "an e-mail address").strip().rstrip(";,").strip()
     text = _MAILTO.sub("", text)
     if match := _DISPLAY_FORM.search(text):
         text = match.group(1)
     text = _MAILTO.sub("", text.strip()).strip()
     local, at, domain = text.rpartition("@")
+    if quoted := _QUOTED_ATOM.match(local):
+        local = quoted.group(1)
     # Lower-cased before its length is checked: some letters grow (İ is two characters lower),
     # and a value must normalise to what normalises again to itself (it is sealed, then
     # validated again where it is opened).
@@ -131,8 +137,15 @@ def extension(phone: str) -> str:
     return phone.partition(_EXTENSION)[2]
 
 
+# Dashes a word processor or spreadsheet puts for a typed hyphen (a non-breaking hyphen, an en
+# dash, a minus sign, a full-width hyphen): a hyphen.
+_DASHES = "\u2010\u2011\u2012\u2013\u2014\u2015\u2212\ufe58\ufe63\uff0d"
+_HYPHENS = "-" * len(_DASHES)
+_TO_HYPHEN = str.maketrans(_DASHES, _HYPHENS)
+
+
 def normalise_id(raw: str) -> str:
-    value = _printable(raw, "an id").strip()
+    value = _printable(raw, "an id").strip().translate(_TO_HYPHEN)
     if not _OPAQUE_ID.match(value):
         raise ValueError("must be 1-128 characters of letters, digits and . _ : @ -")
     return value
@@ -206,9 +219,9 @@ def phone_key_index(name: str, table: str, column: str) -> tuple[str, str, str]:
 
 def id_key_sql(column: str) -> str:
     """The key PostgreSQL computes from a customer id as stored: without the spaces and invisible
-    characters `normalise_id` drops (`"C-1002 "` is C-1002; one the normalisation refuses
+    characters `normalise_id` drops, its dashes hyphens (`"C-1002 "` is C-1002; one the normalisation refuses
     becomes a candidate nobody matches, which is harmless)."""
-    return f"regexp_replace({column}, '{_SQL_SPACE}', '', 'g')"
+    return f"translate(regexp_replace({column}, '{_SQL_SPACE}', '', 'g'), '{_DASHES}', '{_HYPHENS}')"
 
 
 def id_key_index(name: str, table: str, column: str) -> tuple[str, str, str]:
@@ -235,7 +248,7 @@ def _key_index(name: str, table: str, expression: str) -> tuple[str, str, str]:
 
 def email_prefilter_sql(column: str) -> str:
     """The same key computed by PostgreSQL from the address as typed."""
-    inner = rf"coalesce(substring({column} from '<([^<>]*)>{_SQL_SPACE}*$'), {column})"
+    inner = rf"coalesce(substring({column} from '<([^<>]*)>[{_SQL_SPACES};,]*$'), {column})"
     bare = rf"regexp_replace({inner}, '^{_SQL_SPACE}*(mailto:)?{_SQL_SPACE}*', '', 'i')"
     local = rf"split_part(split_part({bare}, '@', 1), '+', 1)"
     return f"regexp_replace(lower({local}), '[^a-z0-9]', '', 'g')"
@@ -253,14 +266,10 @@ def mask(kind: str, value: str) -> str:
     return value[:head] + "•" * (len(value) - head - tail) + value[-tail:]
 
 
-def phone_variants(phone: str) -> list[str]:
-    """Spellings a directory may hold for this number's line (its extension, however written,
-    follows one of them: services/directory/ldap.py). LDAP's telephoneNumber matching ignores
-    spaces and hyphens but not a national trunk prefix, so a search must try each form."""
-    e164 = line(phone)
-    parsed = phonenumbers.parse(e164, None)
-    national = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.NATIONAL)
-    return sorted({e164, "00" + e164[1:], national.replace(" ", "")})
+def national_digits(phone: str) -> str:
+    """The digits of a number's line without its country code or trunk prefix (7700900461 for
+    +447700900461): every spelling of the line holds them, in order, whatever stands between."""
+    return phonenumbers.national_significant_number(phonenumbers.parse(line(phone), None))
 
 
 Email = Annotated[str, AfterValidator(normalise_email)]

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from ldap.filter import escape_filter_chars
 
-from shared.identity import Identities, extension, mailbox, phone_variants
+from shared.identity import Identities, extension, mailbox, national_digits
 
 
 def subject_filter(ids: Identities) -> str | None:
@@ -16,11 +16,13 @@ def subject_filter(ids: Identities) -> str | None:
     for email in ids.emails:
         local, _, domain = mailbox(email).rpartition("@")
         terms.append(f"(mail={escape_filter_chars(email)})")
-        # A Gmail mailbox under its other domain too (LDAP cannot ignore the dots in a name).
-        for host in ("gmail.com", "googlemail.com") if domain == "gmail.com" else (domain,):
-            terms.append(f"(mail={escape_filter_chars(local)}+*@{escape_filter_chars(host)})")
-            if f"{local}@{host}" != email:
-                terms.append(f"(mail={escape_filter_chars(f'{local}@{host}')})")
+        if domain != "gmail.com":
+            terms.append(f"(mail={escape_filter_chars(local)}+*@{escape_filter_chars(domain)})")
+            continue
+        # Gmail ignores dots and answers under either domain: LDAP cannot ignore the dots, so
+        # the name's letters with anything between (a.lice, al.ice+news); matching.py decides.
+        spread = "*".join(escape_filter_chars(c) for c in local)
+        terms += [f"(mail={spread}*@{host})" for host in ("gmail.com", "googlemail.com")]
     for attribute in ("telephoneNumber", "mobile"):
         terms += [f"({attribute}={v})" for v in _number_values(ids.phones)]
     if not terms:
@@ -33,18 +35,19 @@ def uuid_filter(entry_uuids: Sequence[str]) -> str:
 
 
 def _number_values(phones: Sequence[str]) -> list[str]:
-    """Filter values for entries holding one of these numbers, in each spelling a directory may
-    hold its line: the line itself (the main number of an extension's switchboard: matching.py
-    puts it to a person), and, for a number with an extension, the line followed by anything
-    that ends in the extension's digits (`x12`, `ext. 012`; the normalised forms decide). Not
-    the line followed by anything: that is every entry of a switchboard, past a directory's
-    size limit. LDAP's telephoneNumber matching ignores spaces and hyphens only."""
+    """Filter values for entries holding one of these numbers, however a directory spells its
+    line: its national digits with anything between and before them (`+44 (0)7700 900461`,
+    `(07700) 900461`, `07700.900.461`: LDAP's telephoneNumber matching ignores spaces and
+    hyphens only), ending with the line's last digit (so also the main number of an
+    extension's switchboard, which matching.py puts to a person); for a number with an
+    extension, the line followed by anything that ends in the extension's digits (`x12`,
+    `ext. 012`). The normalised forms decide. Not the line followed by anything: that is every
+    entry of a switchboard, past a directory's size limit."""
     values: set[str] = set()
     for phone in phones:
         digits = extension(phone).lstrip("0") or extension(phone)
-        for spelling in phone_variants(phone):
-            value = escape_filter_chars(spelling)
-            values.add(value)
-            if digits:
-                values.add(f"{value}*{escape_filter_chars(digits)}")
+        value = "*" + "*".join(national_digits(phone))
+        values.add(value)
+        if digits:
+            values.add(f"{value}*{escape_filter_chars(digits)}")
     return sorted(values)

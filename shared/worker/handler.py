@@ -238,9 +238,14 @@ async def held_records(
     index = hold_cover.HoldIndex.of(active)
     unknown = [r for r in records if r.searchable is None]
     searched = hold_cover.covered_by_search(active, await _found_by_holds(store, active)) if unknown else {}
-    subject = set(known.all.strong().pairs())  # a shared landline does not make a hold theirs
-    subject.update(pair for record in records for pair in record.owner.strong().pairs())
-    theirs = [h for h in active if subject & set(h.identities.strong().pairs())]
+    # A shared landline does not make a hold theirs: their strong identifiers do.
+    subject = known.all.strong().union(*(record.owner.strong() for record in records))
+    theirs = [
+        h
+        for h in active
+        if set(subject.pairs()) & set(h.identities.strong().pairs())
+        or hold_cover.same_id(subject, h.identities)
+    ]
     held: dict[tuple[str, str], str] = {}
     for record in records:
         if record.searchable is not None:

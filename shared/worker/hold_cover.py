@@ -61,7 +61,12 @@ class HoldIndex:
     def covering(self, searchable: Identities) -> list[ActiveHold]:
         """The holds (in order) whose own search would find a record holding `searchable`."""
         near = {n for pair in searchable.pairs() for n in self._near.get(_probe(pair), ())}
-        return [self.holds[n] for n in sorted(near) if any(match(searchable, self.holds[n].identities))]
+        return [
+            self.holds[n]
+            for n in sorted(near)
+            if any(match(searchable, self.holds[n].identities))
+            or same_id(searchable, self.holds[n].identities)
+        ]
 
 
 _last: tuple[tuple[ActiveHold, ...], HoldIndex] | None = None
@@ -75,7 +80,16 @@ def _probe(pair: tuple[Kind, str]) -> tuple[str, str]:
         return ("mailbox", mailbox(value))
     if kind == "phones":
         return ("line", line(value))
+    if kind == "customer_ids":
+        return ("customer_id", value.casefold())
     return pair
+
+
+def same_id(one: Identities, other: Identities) -> bool:
+    """Whether the two share a customer id written in another case: Legal types `c-1001` for
+    the billing system's `C-1001`. A hold errs on keeping (an erasure stays exact: a system
+    may tell `ab12` from `AB12`)."""
+    return bool({c.casefold() for c in one.customer_ids} & {c.casefold() for c in other.customer_ids})
 
 
 def searches(holds: Sequence[ActiveHold], size: int | None = None) -> list[Identities]:

@@ -197,6 +197,45 @@ async def test_a_directory_number_with_an_extension_is_found_as_that_line_only(
         await adapter.close()
 
 
+async def test_the_directory_finds_a_number_and_a_mailbox_however_they_are_written(
+    fresh_db: str, slapd: LdapSettings
+) -> None:
+    """Entries holding the subject's mobile with brackets, a trunk prefix in brackets, dots or
+    slashes (LDAP's telephoneNumber matching ignores only spaces and hyphens), and Gmail
+    addresses with the same dots under the other domain or a dotted sub-address: each is
+    found, as the subject's or for a person to decide. A namesake's number is not."""
+    adapter = DirectoryAdapter(fresh_db, slapd)
+    await adapter.start()
+    try:
+        numbers = {
+            "p-intl-trunk": "+44 (0)7700 900461",
+            "p-area": "(07700) 900461",
+            "p-dots": "07700.900.461",
+            "p-0044": "0044 (0) 7700 900461",
+            "p-slash": "07700/900461",
+            "p-other": "07700 900462",
+        }
+        mails = {"m-other-domain": "a.lice@googlemail.com", "m-dotted-tag": "a.lice+news@gmail.com"}
+        await directory_seed.write(
+            adapter.directory,
+            [DirectoryEntrySeed(uid=u, cn=u, sn=u, mobile=n) for u, n in numbers.items()]
+            + [DirectoryEntrySeed(uid=u, cn=u, sn=u, mail=m) for u, m in mails.items()],
+        )
+        async with adapter.session() as store:
+            by_phone = {
+                r.owner.ldap_uids[0]: r for r in await store.find(Identities(phones=["07700 900461"]))
+            }
+            by_mail = {
+                r.owner.ldap_uids[0]: r for r in await store.find(Identities(emails=["a.lice@gmail.com"]))
+            }
+        assert set(by_phone) == set(numbers) - {"p-other"}
+        assert all(r.matched == Identities(phones=["+447700900461"]) for r in by_phone.values())
+        assert set(by_mail) == set(mails)
+        assert all(r.variants == Identities(emails=["a.lice@gmail.com"]) for r in by_mail.values())
+    finally:
+        await adapter.close()
+
+
 async def test_directory_uid_is_matched_without_regard_to_case_as_ldap_finds_it(
     fresh_db: str, slapd: LdapSettings, demo_seed: SeedFile
 ) -> None:
@@ -282,12 +321,15 @@ async def test_directory_filter_escapes_hostile_identifiers(
         query = subject_filter(hostile)
         assert query is not None and "(uid=\\2a)" in query and "\\29\\28" in query
         assert await adapter.directory.find(hostile) == []
-        # A Gmail mailbox is looked for under both of its domains.
+        # A Gmail mailbox is looked for under both of its domains, with any dots and tag.
         gmail = subject_filter(Identities(emails=["alice@gmail.com"]))
         assert (
             gmail is not None
-            and "(mail=alice@googlemail.com)" in gmail
-            and "(mail=alice+*@gmail.com)" in gmail
+            and "(mail=a*l*i*c*e*@googlemail.com)" in gmail
+            and "(mail=a*l*i*c*e*@gmail.com)" in gmail
         )
+        # A letter that is a filter's special character is escaped where the name is spread.
+        spread = subject_filter(Identities.model_construct(emails=["a*b@gmail.com"], phones=[]))
+        assert spread is not None and "(mail=a*\\2a*b*@gmail.com)" in spread
     finally:
         await adapter.close()

@@ -31,9 +31,9 @@ from services.recordings.store import RecordingsAdapter
 from shared.contracts import EraseSubject, RequestType
 from shared.crypto import subject_ref
 from shared.identity import Identities, KnownIdentities
-from shared.worker import hold_cover
 from shared.policy.evaluate import RetentionPolicy
 from shared.policy.model import DEFAULT_POLICY_FILE, load_policy
+from shared.worker import hold_cover
 from shared.worker.handler import execute, held_records
 from shared.worker.holds import ActiveHold
 from shared.worker.ports import Record, StoreAdapter, StoreSession
@@ -245,8 +245,9 @@ async def test_a_hold_on_the_subjects_email_keeps_records_that_carry_only_their_
     try:
         (tmp_path / "REC-1.wav").write_bytes(b"RIFF")
         await adapter.pool.execute(
-            "INSERT INTO recordings (recording_id, customer_id, caller, callee, recorded_at, duration_s, path)"
-            " VALUES ('REC-1', 'C-1001', '07700 900461', '0800 123 4567', now(), 60, 'REC-1.wav')"
+            "INSERT INTO recordings (recording_id, customer_id, caller, callee, recorded_at,"
+            " duration_s, path) VALUES ('REC-1', 'C-1001', '07700 900461', '0800 123 4567', now(),"
+            " 60, 'REC-1.wav')"
         )
         hold = ActiveHold("LIT-1", Identities(emails=["alice.hartley@example.co.uk"]), None)
         outcome = await execute(erase("recordings"), ALICE, adapter, POLICY, utc_clock, holds=Holds([hold]))

@@ -130,9 +130,7 @@ async def test_a_search_the_store_finds_too_broad_is_asked_again_in_halves() -> 
     holds = [hold(f"H{n}", customer_ids=[f"C-{n}"]) for n in range(5)]
     known = KnownIdentities(given=Identities(customer_ids=["C-0"]))
     bare = [r.model_copy(update={"owner": Identities()}) for r in records]
-    held = await held_records(
-        store, "billing", FixedHolds(holds), NOW, RequestType.ERASURE, known, bare
-    )  # type: ignore[arg-type]
+    held = await held_records(store, "billing", FixedHolds(holds), NOW, RequestType.ERASURE, known, bare)  # type: ignore[arg-type]
     assert held == {r.key: f"H{n}" for n, r in enumerate(records)}
     assert store.asked[0] == 5 and sum(n for n in store.asked if n <= 2) == 5  # each answered once
 
@@ -164,3 +162,27 @@ class FixedHolds:
 
     async def active(self, system: str, moment: datetime) -> list[ActiveHold]:
         return self.holds
+
+
+def test_a_hold_on_a_customer_id_typed_in_another_case_covers_the_record() -> None:
+    """Legal types `c-1001`; the billing system holds `C-1001`. A hold errs on keeping."""
+    index = hold_cover.HoldIndex(
+        [hold("LIT-3", customer_ids=["c-1001"]), hold("LIT-4", customer_ids=["C-1002"])]
+    )
+    assert [h.case_reference for h in index.covering(Identities(customer_ids=["C-1001"]))] == ["LIT-3"]
+
+
+async def test_a_hold_naming_the_subjects_customer_id_in_another_case_covers_all_of_theirs() -> None:
+    record = Record(category="recordings", record_id="R-1", owner=Identities(customer_ids=["C-1001"]))
+    found = record.model_copy(update={"searchable": Identities(phones=["+447700900461"])})
+    known = KnownIdentities(given=Identities(customer_ids=["C-1001"]))
+    held = await held_records(
+        _NarrowStore([]),
+        "recordings",
+        FixedHolds([hold("LIT-5", customer_ids=["c-1001"])]),
+        NOW,
+        RequestType.ERASURE,
+        known,
+        [found],
+    )  # type: ignore[arg-type]
+    assert held == {record.key: "LIT-5"}

@@ -6,10 +6,11 @@ from pydantic import ValidationError
 from shared.identity import (
     Identities,
     line,
+    national_digits,
     normalise_email,
+    normalise_id,
     normalise_phone,
     phone_prefilter,
-    phone_variants,
 )
 
 
@@ -55,10 +56,9 @@ def test_canonical_form_ignores_order_and_spelling() -> None:
     assert a.canonical() == b.canonical()
 
 
-def test_phone_variants_cover_directory_spellings() -> None:
-    assert set(phone_variants("+447700900123")) == {"+447700900123", "00447700900123", "07700900123"}
-    # The line's: a directory's value starts with one of them, whatever extension follows.
-    assert phone_variants("+442079460000;ext=12") == phone_variants("+442079460000")
+def test_a_lines_national_digits_are_what_every_spelling_of_it_holds() -> None:
+    assert national_digits("+447700900123") == "7700900123"
+    assert national_digits("+442079460000;ext=12") == national_digits("+442079460000") == "2079460000"
 
 
 @pytest.mark.parametrize(
@@ -124,3 +124,20 @@ def test_invisible_formatting_characters_are_not_part_of_an_identifier(
 def test_a_directory_uid_is_compared_without_regard_to_case_as_ldap_compares_it() -> None:
     assert Identities(ldap_uids=["JSmith"]) == Identities(ldap_uids=["jsmith"])
     assert Identities.lenient(ldap_uids=["JSmith "]).ldap_uids == ["jsmith"]
+
+
+def test_an_address_copied_from_a_mail_client_reads_as_the_address() -> None:
+    for written in (
+        "alice.hartley@example.co.uk;",
+        "Alice Hartley <alice.hartley@example.co.uk>;",
+        '"alice.hartley"@example.co.uk',
+        " alice.hartley@example.co.uk , ",
+    ):
+        assert normalise_email(written) == "alice.hartley@example.co.uk", written
+    with pytest.raises(ValueError):
+        normalise_email('"alice hartley"@example.co.uk')  # a quoted name that needs its quotes
+
+
+def test_a_customer_id_with_a_typographic_dash_is_the_id_with_a_hyphen() -> None:
+    for dash in "\u2010\u2011\u2013\u2014\u2212\uff0d":
+        assert normalise_id(f"C{dash}1002") == "C-1002"
