@@ -16,6 +16,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from shared import topics
 from shared.crypto import IdentifierSeal, IdentifierSealError
 from shared.dead_letters import (
+    BODY_DROPPED,
     ID_HEADERS,
     MESSAGE_ID,
     REPLAYED_FROM,
@@ -50,6 +51,7 @@ class DeadLetter:
     error: str
     request_id: str | None
     message_id: str | None
+    body_dropped: bool = False  # too large to keep: its size is in the error
 
     @classmethod
     def of(cls, record: ConsumerRecord[bytes, bytes]) -> DeadLetter:
@@ -64,6 +66,7 @@ class DeadLetter:
             headers.get(ERROR, "?"),
             headers.get(REQUEST_ID),
             headers.get(MESSAGE_ID),
+            BODY_DROPPED in headers,
         )
 
 
@@ -153,6 +156,10 @@ async def replay(
             for tp, records in (await consumer.getmany(timeout_ms=500)).items():
                 for record in (r for r in records if r.offset < end[tp]):
                     letter = DeadLetter.of(record)
+                    if letter.body_dropped:  # nothing to send back: passed over, and listed so
+                        if only is None:
+                            await consumer.commit({tp: record.offset + 1})
+                        continue
                     key, value = _original(record, seal)
                     headers = [(k, v) for k, v in (record.headers or ()) if k not in DROPPED_ON_REPLAY]
                     headers.append((REPLAYED_FROM, f"{record.partition}:{record.offset}".encode()))

@@ -22,6 +22,11 @@ SEALED = "lethe-sealed"  # the value is a sealed envelope of the original key an
 REQUEST_ID = "lethe-request-id"
 MESSAGE_ID = "lethe-message-id"
 REPLAYED_FROM = "lethe-replayed-from"  # partition:offset of the dead letter a message was sent back from
+BODY_DROPPED = "lethe-body-dropped"  # the failed value's size in bytes, where it was too large to keep
+# A failed value larger than this is not kept in its letter (its size is): sealed, a letter is
+# 1.8 times the value, and one past the producer's request limit (1 MiB) could never be sent,
+# which held its consumer up for good. Lethe's own messages are a few kilobytes.
+BODY_KEPT_MAX = 256 * 1024
 ID_HEADERS = {"request_id": REQUEST_ID, "message_id": MESSAGE_ID}
 ENVELOPE_VERSION = b"1"
 # What a request id may look like (ingress validates it so); a message id is a UUID.
@@ -58,9 +63,11 @@ def is_sealed(headers: Iterable[tuple[str, bytes]] | None) -> bool:
 def id_headers(value: bytes | None) -> Headers:
     """request_id and message_id of a JSON body, as headers: none from a body that is not JSON,
     and none that is not shaped like an id (a failed submission's may be an e-mail)."""
+    if value is not None and len(value) > BODY_KEPT_MAX:
+        return []
     try:
         body = json.loads(value or b"")
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # [[[[… : deeper than the parser goes
         return []
     if not isinstance(body, dict):
         return []

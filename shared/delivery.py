@@ -14,14 +14,22 @@ from typing import TypeVar
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
-from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.errors import CommitFailedError, KafkaError, MessageSizeTooLargeError
 from opentelemetry import trace
 from opentelemetry.trace import Span
 
 from shared import fetching, topics
 from shared.codec import PoisonMessage
 from shared.crypto import IdentifierSeal
-from shared.dead_letters import ENVELOPE_VERSION, REPLAYED_FROM, SEALED, id_headers, seal_letter
+from shared.dead_letters import (
+    BODY_DROPPED,
+    BODY_KEPT_MAX,
+    ENVELOPE_VERSION,
+    REPLAYED_FROM,
+    SEALED,
+    id_headers,
+    seal_letter,
+)
 from shared.kafka import Headers
 from shared.telemetry import metrics
 from shared.telemetry.messaging import TRACE_HEADERS, consuming, producing
@@ -59,6 +67,8 @@ class Publisher:
                         topic, value=value, key=key, headers=kept + trace_context
                     )
                 return
+            except MessageSizeTooLargeError:
+                raise  # the same message never fits: the caller's to deal with, not a wait
             except KafkaError as exc:
                 if self.stopping.is_set():
                     raise
@@ -90,6 +100,9 @@ class Publisher:
         anything). No key: the original one is whatever a submitter chose, and dead letters
         need no order."""
         metrics.dead_letters.add(1, {"topic": record.topic})
+        value = record.value
+        if value is not None and len(value) > BODY_KEPT_MAX:  # never sendable sealed: not kept
+            error = f"{error}; its {len(value)} bytes not kept"
         headers = [(k, v) for k, v in (record.headers or ()) if k in (ATTEMPT, REPLAYED_FROM)]
         source = dict(record.headers or ()).get(SOURCE_TOPIC, record.topic.encode())
         headers += [
@@ -100,7 +113,10 @@ class Publisher:
             ("lethe-source-offset", str(record.offset).encode()),
             (SEALED, ENVELOPE_VERSION),
         ]
-        body = seal_letter(self.seal, record.key, record.value)
+        if value is not None and len(value) > BODY_KEPT_MAX:
+            headers.append((BODY_DROPPED, str(len(value)).encode()))
+            value = None
+        body = seal_letter(self.seal, record.key, value)
         await self.publish(topics.DEAD_LETTERS, None, body, headers)
 
     async def retry_later(
@@ -282,10 +298,11 @@ async def _handle_one(
             "poison message dead-lettered",
             extra={"consumer": what, "offset": record.offset, "error": str(exc)},
         )
-        await publisher.dead_letter(record, str(exc))
+        error = str(exc)
     except Exception as exc:
         log.exception("message failed; dead-lettered", extra={"consumer": what, "offset": record.offset})
-        await publisher.dead_letter(record, f"{type(exc).__name__} while handling")
+        error = f"{type(exc).__name__} while handling"
+    await publisher.dead_letter(record, error)
     return True
 
 

@@ -4,6 +4,7 @@ the variable, and a clean stop on SIGINT/SIGTERM."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import sys
@@ -22,6 +23,8 @@ from shared.telemetry.setup import setup_telemetry, shutdown_telemetry
 from shared.telemetry.tasks import dump_tasks
 
 _readiness: list[Readiness] = []
+
+log = logging.getLogger(__name__)
 
 
 def settings_error(exc: ValidationError) -> str:
@@ -89,6 +92,28 @@ def run_service(name: str, main: Callable[[asyncio.Event], Coroutine[Any, Any, N
         sys.exit(2)
     finally:
         shutdown_telemetry()
+
+
+def stop_if_any_ends(tasks: list[asyncio.Task[Any]], stop: asyncio.Event, ended: list[str]) -> None:
+    """A background task that ends while the service runs (a consumer whose loop raised) stops
+    the service, logged, so that its supervisor starts it again: alive without it, the service
+    would answer ready while, say, no status were folded any more. The names of those that
+    ended go into `ended`, for the caller to exit with an error."""
+
+    def done(task: asyncio.Task[Any]) -> None:
+        if task.cancelled() or stop.is_set():
+            return
+        error = task.exception()
+        log.error(
+            "background task ended; stopping",
+            extra={"task": task.get_name(), "error": type(error).__name__ if error else "returned"},
+            exc_info=error,
+        )
+        ended.append(task.get_name())
+        stop.set()
+
+    for task in tasks:
+        task.add_done_callback(done)
 
 
 def mark_ready() -> None:

@@ -34,7 +34,7 @@ from shared.policy.model import categories_by_system, load_policy
 from shared.policy.settings import PolicySettings
 from shared.recipients.settings import RegisterSettings
 from shared.relay_hold import RelayHold
-from shared.service import mark_ready, run_service, set_readiness
+from shared.service import mark_ready, run_service, set_readiness, stop_if_any_ends
 from shared.settings import (
     DatabaseSettings,
     DeploymentSettings,
@@ -97,6 +97,8 @@ async def main(stop: asyncio.Event) -> None:
     notice_settings = NoticeSettings()
     categories = categories_by_system(load_policy(PolicySettings().policy_file))  # a bad file stops it
 
+    ended: list[str] = []
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await ensure_database(db.database_url)
@@ -143,11 +145,12 @@ async def main(stop: asyncio.Event) -> None:
         stopping = asyncio.Event()
         publisher = Publisher(producer, seal, stopping)
         tasks = [
-            asyncio.create_task(relay.run()),
+            asyncio.create_task(relay.run(), name="outbox relay"),
             asyncio.create_task(
                 recovery.BrokerWatch(pool, producer, kafka, seal, settings.systems, recovery_settings).run(
                     stopping
-                )
+                ),
+                name="broker watch",
             ),
             asyncio.create_task(
                 consume(
@@ -157,7 +160,8 @@ async def main(stop: asyncio.Event) -> None:
                     lambda record: fold_status(pool, record),
                     publisher,
                     lambda records: fold_statuses(pool, records),
-                )
+                ),
+                name="status consumer",
             ),
             asyncio.create_task(
                 consume(
@@ -166,7 +170,8 @@ async def main(stop: asyncio.Event) -> None:
                     topics.INGRESS_GROUP,
                     lambda record: ingress.reply(ctx, publisher, record),
                     publisher,
-                )
+                ),
+                name="ingress consumer",
             ),
             asyncio.create_task(
                 consume(
@@ -180,7 +185,8 @@ async def main(stop: asyncio.Event) -> None:
                     lambda records: notices.take_many(
                         pool, register, [decode(r.value, NotifyRecipient) for r in records], datetime.now(UTC)
                     ),
-                )
+                ),
+                name="notices consumer",
             ),
             asyncio.create_task(
                 NoticeSender(
@@ -191,11 +197,14 @@ async def main(stop: asyncio.Event) -> None:
                     notice_settings.retries(),
                     egress=ctx.egress,
                     keep_task_identifiers=timedelta(days=notice_settings.task_identifiers_days),
-                ).run()
+                ).run(),
+                name="notice sender",
             ),
         ]
         if secret:
-            tasks.append(asyncio.create_task(callbacks.CallbackSender(pool, secret, egress=ctx.egress).run()))
+            sender = callbacks.CallbackSender(pool, secret, egress=ctx.egress)
+            tasks.append(asyncio.create_task(sender.run(), name="callback sender"))
+        stop_if_any_ends(tasks, stop, ended)
         mark_ready()
         try:
             yield
@@ -224,6 +233,8 @@ async def main(stop: asyncio.Event) -> None:
     await serving
     if not server.started:
         raise SystemExit("lethe-intake: failed to start (see the log above)")
+    if ended:
+        raise SystemExit(f"lethe-intake: stopped, its task {ended[0]} having ended (see the log above)")
 
 
 if __name__ == "__main__":

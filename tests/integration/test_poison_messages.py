@@ -1,0 +1,81 @@
+"""A poison message of any size or shape is dead-lettered and its consumer goes on: one too
+large to keep sealed (it could never be sent, and was retried for good) leaves a letter with
+its size and no body; one nested deeper than a parser goes (whose ids were read again while
+dead-lettering it, raising past every handler) leaves a letter as any other."""
+
+from __future__ import annotations
+
+import asyncio
+from uuid import uuid4
+
+import pytest
+from aiokafka import AIOKafkaProducer, ConsumerRecord
+from cryptography.fernet import Fernet
+
+from cli.dlq import DeadLetter, read_topic
+from shared import topics
+from shared.codec import decode
+from shared.contracts import OutcomeReported
+from shared.crypto import IdentifierSeal
+from shared.dead_letters import id_headers
+from shared.delivery import Publisher, consume_forever
+from shared.kafka import ensure_topics, make_consumer, make_producer
+from shared.settings import KafkaSettings
+
+pytestmark = pytest.mark.integration
+GOOD = b'{"good": true}'
+
+
+async def handled_after(broker: KafkaSettings, poison: bytes) -> tuple[list[bytes], list[DeadLetter]]:
+    """What a consumer handles of [poison, a good message] on a topic of its own, and the dead
+    letters that came from that topic."""
+    topic = f"lethe.poison.{uuid4().hex[:8]}.v1"
+    await ensure_topics(broker, [topic, topics.DEAD_LETTERS])
+    # Any client may write up to the broker's limit, past the producer's default request size.
+    hostile = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, max_request_size=4 * 1024 * 1024)
+    await hostile.start()
+    for value in (poison, GOOD):
+        await hostile.send_and_wait(topic, key=b"k", value=value)
+    await hostile.stop()
+    handled: list[bytes] = []
+
+    async def handle(record: ConsumerRecord[bytes, bytes]) -> None:
+        if record.value != GOOD:
+            decode(record.value, OutcomeReported)  # raises PoisonMessage
+        handled.append(record.value)
+
+    producer = make_producer(broker)
+    await producer.start()
+    consumer = make_consumer(broker, [topic], f"poison-{uuid4().hex[:8]}")
+    await consumer.start()
+    publisher = Publisher(producer, IdentifierSeal(Fernet.generate_key().decode()))
+    task = asyncio.create_task(consume_forever(consumer, handle, publisher, "poison"))
+    try:
+        for _ in range(150):
+            if handled or task.done():
+                break
+            await asyncio.sleep(0.1)
+        assert not task.done(), f"the consumer died: {task.exception()!r}"
+    finally:
+        publisher.stopping.set()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await consumer.stop()
+        await producer.stop()
+    letters = [DeadLetter.of(r) for r in await read_topic(broker, topics.DEAD_LETTERS)]
+    return handled, [letter for letter in letters if letter.source_topic == topic]
+
+
+async def test_a_poison_message_too_large_to_keep_is_dead_lettered_without_its_body(
+    broker: KafkaSettings,
+) -> None:
+    handled, [letter] = await handled_after(broker, b"x" * 700_000)
+    assert handled == [GOOD]
+    assert letter.body_dropped and "700000 bytes not kept" in letter.error
+
+
+async def test_a_poison_message_nested_past_the_parser_is_dead_lettered(broker: KafkaSettings) -> None:
+    assert id_headers(b"[" * 5000) == []
+    handled, [letter] = await handled_after(broker, b"[" * 5000)
+    assert handled == [GOOD]
+    assert not letter.body_dropped and "RecursionError" in letter.error
