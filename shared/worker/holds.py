@@ -31,7 +31,7 @@ from uuid import UUID
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from shared.codec import PoisonMessage, decode
-from shared.contracts.holds import HOLDS_MESSAGE, HoldsAnnounced, HoldUpdated
+from shared.contracts.holds import HOLDS_MESSAGE, SNAPSHOT_KEY, HoldsAnnounced, HoldUpdated
 from shared.crypto import IdentifierSeal, IdentifierSealError
 from shared.identity import Identities
 from shared.settings import KafkaSettings
@@ -205,6 +205,9 @@ class HoldsView:
         self._unreadable.clear()
 
     def _apply(self, record: ConsumerRecord[bytes, bytes]) -> None:
+        if record.value is None:  # a tombstone: nothing stands under its key any more
+            self._unreadable.pop(record.key, None)
+            return
         try:
             message = decode(record.value, HOLDS_MESSAGE)
             if isinstance(message, HoldUpdated):
@@ -213,11 +216,22 @@ class HoldsView:
                 identities = Identities() if sealed is None else self.seal.open(sealed)
         except (PoisonMessage, IdentifierSealError) as exc:
             # Fail closed: a hold we cannot read might cover the records we are about to erase.
+            # Not under a key no hold or marker has: any producer on the topic could otherwise
+            # stop every erasure for good (intake dead-letters it).
             log.error("unreadable hold message", extra={"offset": record.offset, "error": str(exc)})
-            self._unreadable[record.key] = record.offset
+            if _may_be_a_hold(record.key):
+                self._unreadable[record.key] = record.offset
             return
         self._unreadable.pop(record.key, None)
         if isinstance(message, HoldsAnnounced):
+            # It lists every hold intake has: what could not be read before it under a key it
+            # does not list is no hold it lacks (one whose message was corrupted is listed).
+            listed = {str(hold_id).encode() for hold_id in message.versions}
+            self._unreadable = {
+                key: offset
+                for key, offset in self._unreadable.items()
+                if offset > record.offset or key in listed
+            }
             self._announced = message
             self._marker_at = (
                 TopicPartition(record.topic, record.partition),
@@ -229,3 +243,15 @@ class HoldsView:
         if current is None or message.version > current[0].version:
             self._holds[message.hold_id] = (message, identities)
             self._generation += 1
+
+
+def _may_be_a_hold(key: bytes | None) -> bool:
+    """Whether a message under this key may be a hold or a marker: intake keys each hold by its
+    id, and every marker by SNAPSHOT_KEY."""
+    if key == SNAPSHOT_KEY.encode():
+        return True
+    try:
+        UUID((key or b"").decode("ascii"))
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return True

@@ -210,8 +210,9 @@ async def test_an_unreadable_message_of_a_forgotten_log_stands_only_if_it_is_rea
     log = ScriptedLog()
     a = hold("LIT-A")
     other_key = IdentifierSeal(new_identifier_key()).seal(Identities(customer_ids=["C-1"]))
+    stray = str(uuid4())  # a hold's key, after the marker: a hold placed since, for all it knows
     announce(log, a)
-    log.append("stray", a.model_copy(update={"hold_id": uuid4(), "sealed_identifiers": other_key}))
+    log.append(stray, a.model_copy(update={"hold_id": uuid4(), "sealed_identifiers": other_key}))
     view = await view_on(log)
     await view.refresh()
     assert view.incomplete() == "1 unreadable hold message(s)"
@@ -221,7 +222,7 @@ async def test_an_unreadable_message_of_a_forgotten_log_stands_only_if_it_is_rea
     assert view.incomplete() is None
     log.entries = []  # forgotten again, and this time the stray message is sent again too
     announce(log, a)
-    log.append("stray", a.model_copy(update={"hold_id": uuid4(), "sealed_identifiers": other_key}))
+    log.append(stray, a.model_copy(update={"hold_id": uuid4(), "sealed_identifiers": other_key}))
     await view.refresh()
     assert view.incomplete() == "1 unreadable hold message(s)"
 
@@ -379,3 +380,31 @@ async def test_a_hold_read_is_in_force_though_the_workers_clock_is_behind_intake
     await view.refresh()
     worker_now = T0 - timedelta(seconds=1)
     assert [h.case_reference for h in await view.active("crm", worker_now)] == ["LIT-SKEW"]
+
+
+async def test_an_unreadable_message_that_cannot_be_a_hold_stops_nothing() -> None:
+    """Any producer on the topic: ten bytes under a key no hold has, a tombstone, a corrupted
+    message under a hold's key that the next marker does not list. None is a hold intake has,
+    so none holds erasure back for good; a corrupted hold the marker lists still does."""
+    log = ScriptedLog()
+    a = hold("LIT-A")
+    announce(log, a)
+    log.entries.append((b"junk", b"not a hold"))
+    view = await view_on(log)
+    await view.refresh()
+    assert view.incomplete() is None  # not a hold's key: dead-lettered by intake, nothing more
+    stray = str(uuid4()).encode()
+    log.entries.append((stray, b"not a hold either"))
+    await view.refresh()
+    assert view.incomplete() == "1 unreadable hold message(s)"  # a new hold, for all it knows
+    announce(log, a)  # intake's next marker: every hold it has, and that is not one
+    await view.refresh()
+    assert view.incomplete() is None
+    log.entries.append((stray, b"again"))
+    log.entries.append((stray, None))  # the compacted topic's way to say the key is gone
+    await view.refresh()
+    assert view.incomplete() is None
+    log.entries.append((str(a.hold_id).encode(), b"corrupted"))
+    log.append(SNAPSHOT_KEY, HoldsAnnounced(versions={a.hold_id: a.version}))  # lists LIT-A: it stands
+    await view.refresh()
+    assert view.incomplete() == "1 unreadable hold message(s)"
