@@ -16,8 +16,10 @@ def subject_filter(ids: Identities) -> str | None:
     for email in ids.emails:
         local, _, domain = mailbox(email).rpartition("@")
         terms.append(f"(mail={escape_filter_chars(email)})")
-        if domain != "gmail.com":
+        if domain != "gmail.com":  # the mailbox, and its other sub-addresses
             terms.append(f"(mail={escape_filter_chars(local)}+*@{escape_filter_chars(domain)})")
+            if f"{local}@{domain}" != email:
+                terms.append(f"(mail={escape_filter_chars(f'{local}@{domain}')})")
             continue
         # Gmail ignores dots and answers under either domain: LDAP cannot ignore the dots, so
         # the name's letters with anything between (a.lice, al.ice+news); matching.py decides.
