@@ -109,14 +109,24 @@ class BillingAdapter(PostgresStoreAdapter):
     schema = SCHEMA
     tables = (
         CategoryTable(
-            "accounts", "accounts", "account_id", ("holder_name", "email", "phone", "postal_address")
+            "accounts",
+            "accounts",
+            "account_id",
+            ("holder_name", "email", "phone", "postal_address"),
+            ("opened_on", "closed_on", "contract_active"),
         ),
         CategoryTable(
-            "invoices", "invoices", "invoice_id", ("billing_name", "billing_address", "billing_email")
+            "invoices",
+            "invoices",
+            "invoice_id",
+            ("billing_name", "billing_address", "billing_email"),
+            ("issued_on",),
         ),
-        CategoryTable("payments", "payments", "payment_id", ("payer_name",)),
-        CategoryTable("call_detail_records", "cdrs", "cdr_id", ("caller", "callee")),
-        CategoryTable("radius_sessions", "radius_sessions", "session_id", ("username", "framed_ip")),
+        CategoryTable("payments", "payments", "payment_id", ("payer_name",), ("paid_on",)),
+        CategoryTable("call_detail_records", "cdrs", "cdr_id", ("caller", "callee"), ("call_date",)),
+        CategoryTable(
+            "radius_sessions", "radius_sessions", "session_id", ("username", "framed_ip"), ("session_date",)
+        ),
     )
 
     find_sql = _FIND

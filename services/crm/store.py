@@ -93,10 +93,28 @@ class CrmAdapter(PostgresStoreAdapter):
     system = "crm"
     schema = SCHEMA
     tables = (
-        CategoryTable("contacts", "contacts", "contact_id", ("full_name", "email", "phone", "job_title")),
-        CategoryTable("interactions", "interactions", "interaction_id", ("summary",)),
-        CategoryTable("purchases", "purchases", "purchase_id", ("buyer_name", "buyer_email")),
-        CategoryTable("forum_memberships", "forum_memberships", "membership_id", ("handle",)),
+        CategoryTable(
+            "contacts",
+            "contacts",
+            "contact_id",
+            ("full_name", "email", "phone", "job_title"),
+            ("created_on", "latest_contract_end", "contract_open_ended"),
+        ),
+        CategoryTable(
+            "interactions",
+            "interactions",
+            "interaction_id",
+            ("summary",),
+            ("occurred_on", "latest_contract_end", "contract_open_ended"),
+        ),
+        CategoryTable(
+            "purchases",
+            "purchases",
+            "purchase_id",
+            ("buyer_name", "buyer_email"),
+            ("purchased_on", "contract_end", "contract_open_ended"),
+        ),
+        CategoryTable("forum_memberships", "forum_memberships", "membership_id", ("handle",), ("joined_on",)),
     )
 
     find_sql = _FIND

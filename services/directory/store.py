@@ -90,6 +90,7 @@ class DirectoryAdapter:
     personal_fields: dict[str, tuple[str, ...]] = {
         CATEGORY: ("cn", "sn", "mail", "telephoneNumber", "mobile")
     }
+    record_terms: dict[str, tuple[str, ...]] = {CATEGORY: ()}  # an entry carries no dates
 
     def __init__(
         self, database_url: str, ldap: LdapSettings, development: bool = False, concurrency: int = THREADS

@@ -119,8 +119,8 @@ class MailingAdapter(PostgresStoreAdapter):
         "never re-imported",
     }
     tables = (
-        CategoryTable("subscribers", "subscribers", "subscriber_id", ("display_name",)),
-        CategoryTable("consent_records", "consents", "consent_id", ()),
+        CategoryTable("subscribers", "subscribers", "subscriber_id", ("display_name",), ("subscribed_on",)),
+        CategoryTable("consent_records", "consents", "consent_id", (), ("given_on",)),
     )
 
     def __init__(self, database_url: str, suppression_key: str, pool_max: int = 10) -> None:

@@ -64,7 +64,15 @@ class RecordingsSettings(BaseSettings):
 class RecordingsAdapter(PostgresStoreAdapter):
     system = "recordings"
     schema = SCHEMA
-    tables = (CategoryTable(CATEGORY, "recordings", "recording_id", ("caller", "callee")),)
+    tables = (
+        CategoryTable(
+            CATEGORY,
+            "recordings",
+            "recording_id",
+            ("caller", "callee"),
+            ("call_date", "legal_tags", "processed_for"),
+        ),
+    )
     # Audio is unlinked or moved before the rows commit: a command's files wait for no neighbour.
     batching = False
 

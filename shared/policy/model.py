@@ -127,9 +127,16 @@ def categories_by_system(policy: PolicyFile) -> dict[str, frozenset[str]]:
     return {system: frozenset(names) for system, names in found.items()}
 
 
-def check_categories(policy: PolicyFile, system: str, categories: dict[str, tuple[str, ...]]) -> None:
-    """A worker refuses to start unless every category it holds has a rule, and every field a
-    rule names is one of the category's personal fields: a typo must not mean 'erase nothing'."""
+def check_categories(
+    policy: PolicyFile,
+    system: str,
+    categories: dict[str, tuple[str, ...]],
+    terms: dict[str, tuple[str, ...]] | None = None,
+) -> None:
+    """A worker refuses to start unless every category it holds has a rule, every field a rule
+    names is one of the category's personal fields, and the date a rule counts from and the fact
+    it keeps while are among what the category's records carry (`terms`, where given): a typo
+    must mean neither 'erase nothing' nor, a date or fact never found, 'erase what the law keeps'."""
     for category, personal in categories.items():
         rule = policy.rule_for(system, category)
         if rule is None:
@@ -137,3 +144,12 @@ def check_categories(policy: PolicyFile, system: str, categories: dict[str, tupl
         for field in (*rule.keep_fields, *rule.strip_fields):
             if field not in personal:
                 raise PolicyError(f"rule {rule.id}: {field!r} is not a personal field of {category}")
+        if terms is None:
+            continue
+        known = terms.get(category, ())
+        for name, value in (("anchor", rule.anchor), ("while_fact", rule.while_fact)):
+            if value is not None and value not in known:
+                raise PolicyError(
+                    f"rule {rule.id}: {name}: {value!r} is not a date or fact of {category}"
+                    f" (its records carry: {', '.join(known) or 'none'})"
+                )

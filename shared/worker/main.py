@@ -26,7 +26,7 @@ def run_worker(system: str, make_adapter: Callable[[], StoreAdapter]) -> None:
         secrets = SecretsSettings()
         adapter = make_adapter()
         policy = load_policy(PolicySettings().policy_file)
-        check_categories(policy, system, adapter.personal_fields)
+        check_categories(policy, system, adapter.personal_fields, adapter.record_terms)
         seal = secrets.seal()
         runtime = WorkerRuntime(
             adapter=adapter,

@@ -41,12 +41,14 @@ JOURNAL_DDL = (
 @dataclass(frozen=True)
 class CategoryTable:
     """Where one data category lives. `personal_columns` are nulled by anonymisation (less
-    any the rule says to keep); the row stays for the purpose that retains it."""
+    any the rule says to keep); the row stays for the purpose that retains it. `terms` are the
+    dates and facts its records carry, which a retention rule may count from or keep while."""
 
     category: str
     table: str
     key: str
     personal_columns: tuple[str, ...] = ()
+    terms: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,10 @@ class PostgresStoreAdapter:
     @property
     def personal_fields(self) -> dict[str, tuple[str, ...]]:
         return {t.category: t.personal_columns for t in self.tables}
+
+    @property
+    def record_terms(self) -> dict[str, tuple[str, ...]]:
+        return {t.category: t.terms for t in self.tables}
 
     @property
     def pool(self) -> asyncpg.Pool:

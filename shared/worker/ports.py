@@ -122,6 +122,12 @@ class StoreAdapter(Protocol):
         """Per category, the fields anonymisation clears and retention rules may strip."""
         ...
 
+    @property
+    def record_terms(self) -> dict[str, tuple[str, ...]]:
+        """Per category, the dates and facts its records may carry (`Record.dates`, `facts`):
+        what a retention rule may name as its anchor or `while_fact`."""
+        ...
+
     async def start(self) -> None:
         """Connect and create the store's schema if needed."""
         ...

@@ -222,6 +222,29 @@ async def test_holds_searched_together_cover_what_each_holds_own_search_covers(
         await assert_same_cover(adapter, everyone)
 
 
+async def test_every_date_and_fact_a_record_carries_is_one_its_store_declares(
+    stores: tuple[list[StoreAdapter], list[PersonSeed]],
+) -> None:
+    """What a retention rule may name is checked at start-up against `record_terms`: a store
+    that put a date or fact on its records without declaring it would have a correct rule
+    refused, and one it declares but never sets would let a rule count from nothing."""
+    adapters, everyone = stores
+    for adapter in adapters:
+        carried: dict[str, set[str]] = {}
+        async with adapter.session() as store:
+            for person in everyone:
+                if person.subject is None:
+                    continue
+                ids = Identities.lenient(
+                    customer_ids=[person.subject.customer_id], emails=person.subject.emails, phones=person.subject.phones
+                )
+                for record in await store.find(ids):
+                    carried.setdefault(record.category, set()).update(record.dates, record.facts)
+        assert carried, adapter.system
+        for category, names in carried.items():
+            assert names <= set(adapter.record_terms[category]), (adapter.system, category)
+
+
 ALICE = Identities(customer_ids=["C-1001"], emails=["alice.hartley@example.co.uk"])
 POLICY = RetentionPolicy(load_policy(DEFAULT_POLICY_FILE))
 

@@ -41,7 +41,7 @@ def decide(
     ],
 )
 def test_default_policy_covers_every_category_of_every_system(adapter) -> None:  # type: ignore[no-untyped-def]
-    check_categories(POLICY, adapter.system, adapter.personal_fields)
+    check_categories(POLICY, adapter.system, adapter.personal_fields, adapter.record_terms)
 
 
 def invoice(issued: date) -> Record:
@@ -224,6 +224,24 @@ def test_a_strip_field_that_is_not_personal_stops_the_worker() -> None:
     )
     with pytest.raises(PolicyError, match=r"billing\.invoices\.hmrc.*amount_pence"):
         check_categories(bad, "billing", BillingAdapter("postgresql://x/y").personal_fields)
+
+
+@pytest.mark.parametrize(
+    ("rule_id", "change", "message"),
+    [
+        ("billing.invoices.hmrc", {"anchor": "issued_onn"}, r"anchor: 'issued_onn' is not a date or fact of invoices"),
+        ("billing.accounts.contract", {"while_fact": "contract_actve"}, r"while_fact: 'contract_actve'"),
+    ],
+)
+def test_a_misspelt_anchor_or_fact_stops_the_worker(rule_id: str, change: dict[str, str], message: str) -> None:
+    """Never found on a record, the date or fact would read as 'no retention': a 2026 invoice
+    under the six-year HMRC rule, an account whose contract runs, erased."""
+    bad = POLICY.model_copy(
+        update={"rules": [r.model_copy(update=change) if r.id == rule_id else r for r in POLICY.rules]}
+    )
+    billing = BillingAdapter("postgresql://x/y")
+    with pytest.raises(PolicyError, match=message):
+        check_categories(bad, "billing", billing.personal_fields, billing.record_terms)
 
 
 def test_a_category_without_a_rule_stops_the_worker() -> None:
