@@ -26,7 +26,7 @@ PROCESS_VARIABLES = {
     ),
     "LETHE_EVENT_LOOP": ("uvloop", "The services' event loop: uvloop, or asyncio to rule the loop out."),
     "LETHE_READY_FILE": ("-", "A file touched when the service is up (used by the embedded stack)."),
-    "LETHE_LOG_LEVEL": ("INFO", "Log level of the JSON logs."),
+    "LETHE_LOG_LEVEL": ("INFO", "Log level of the JSON logs: DEBUG, INFO, WARNING, ERROR or CRITICAL."),
     "OTEL_SERVICE_NAME": ("lethe-<service>", "Service name in traces and metrics."),
     "OTEL_EXPORTER_OTLP_ENDPOINT": ("-", "Send spans over OTLP/HTTP to this collector."),
 }

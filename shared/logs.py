@@ -38,10 +38,16 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
 def configure_logging(service: str) -> None:
+    level = os.environ.get("LETHE_LOG_LEVEL", "INFO").strip().upper()
+    if level not in _LEVELS:  # before anything is changed: the caller reports it and stops
+        raise ValueError(f"LETHE_LOG_LEVEL: expected one of {', '.join(_LEVELS)}, got {level!r}")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(service))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(os.environ.get("LETHE_LOG_LEVEL", "INFO").upper())
+    root.setLevel(level)
     logging.getLogger("aiokafka").setLevel(logging.WARNING)

@@ -56,7 +56,11 @@ async def _readiness_now() -> dict[str, bool]:
 
 def run_service(name: str, main: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> None:
     """Run `main(stop_event)` until it returns; the first SIGINT/SIGTERM sets the event."""
-    configure_logging(name)
+    try:
+        configure_logging(name)
+    except ValueError as exc:
+        print(f"{name}: configuration error: {exc}", file=sys.stderr)
+        sys.exit(2)
     setup_telemetry(name)
 
     async def runner() -> None:

@@ -52,9 +52,11 @@ def report_html(report: dict[str, Any]) -> str:
 
 
 def period(received_from: date | None, received_to: date | None) -> tuple[datetime | None, datetime | None]:
-    """Whole days, the end day included."""
+    """Whole days, the end day included (the last day there is: no end)."""
     start = datetime.combine(received_from, time.min, UTC) if received_from else None
-    end = datetime.combine(received_to + timedelta(days=1), time.min, UTC) if received_to else None
+    end = None
+    if received_to and received_to < date.max:
+        end = datetime.combine(received_to + timedelta(days=1), time.min, UTC)
     return start, end
 
 
