@@ -236,7 +236,9 @@ async def test_every_date_and_fact_a_record_carries_is_one_its_store_declares(
                 if person.subject is None:
                     continue
                 ids = Identities.lenient(
-                    customer_ids=[person.subject.customer_id], emails=person.subject.emails, phones=person.subject.phones
+                    customer_ids=[person.subject.customer_id],
+                    emails=person.subject.emails,
+                    phones=person.subject.phones,
                 )
                 for record in await store.find(ids):
                     carried.setdefault(record.category, set()).update(record.dates, record.facts)

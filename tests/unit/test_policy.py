@@ -229,11 +229,17 @@ def test_a_strip_field_that_is_not_personal_stops_the_worker() -> None:
 @pytest.mark.parametrize(
     ("rule_id", "change", "message"),
     [
-        ("billing.invoices.hmrc", {"anchor": "issued_onn"}, r"anchor: 'issued_onn' is not a date or fact of invoices"),
+        (
+            "billing.invoices.hmrc",
+            {"anchor": "issued_onn"},
+            r"anchor: 'issued_onn' is not a date or fact of invoices",
+        ),
         ("billing.accounts.contract", {"while_fact": "contract_actve"}, r"while_fact: 'contract_actve'"),
     ],
 )
-def test_a_misspelt_anchor_or_fact_stops_the_worker(rule_id: str, change: dict[str, str], message: str) -> None:
+def test_a_misspelt_anchor_or_fact_stops_the_worker(
+    rule_id: str, change: dict[str, str], message: str
+) -> None:
     """Never found on a record, the date or fact would read as 'no retention': a 2026 invoice
     under the six-year HMRC rule, an account whose contract runs, erased."""
     bad = POLICY.model_copy(
