@@ -226,8 +226,8 @@ async def test_the_journal_keeps_decisions_not_whose_records_they_were(
 
 async def test_records_whose_identifier_cannot_be_read_or_names_nobody_go_to_a_person(fresh_db: str) -> None:
     """Alice's erasure names her customer id, address and the household landline. The CRM
-    holds a contact of hers whose mobile carries a note, one whose address was pasted from a
-    mail client with its separator, and Ben's: his name and the landline, nothing else. The
+    holds a contact of hers whose mobile carries a note, one with two addresses in its e-mail
+    field, and Ben's: his name and the landline, nothing else. The
     store's keys find all three; none is erased, and none silently left out: a person decides."""
     adapter = CrmAdapter(fresh_db)
     await adapter.start()
@@ -237,7 +237,7 @@ async def test_records_whose_identifier_cannot_be_read_or_names_nobody_go_to_a_p
             " VALUES ($1, $2, $3, $4, current_date)",
             [
                 ("CT-1", "Alice Hartley", None, "07700 900461 (mobile)"),
-                ("CT-2", "Alice Hartley", "alice.hartley@example.co.uk;", None),
+                ("CT-2", "Alice Hartley", "alice.hartley@example.co.uk; a.hartley@work.example", None),
                 ("CT-3", "Ben Hartley", None, "01632 960123"),
             ],
         )
