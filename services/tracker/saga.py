@@ -19,6 +19,7 @@ from shared.contracts.notices import NoticeUpdated
 from shared.contracts.report import Extension, ReviewDecision, ReviewState
 
 _ROUND_COMMANDS = uuid.UUID("6f1c1f4e-2b51-4a53-9a3e-726f756e6473")
+_RETRIES = uuid.UUID("0c4a5b8e-7d0f-4f39-9a57-726574726965")
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,24 @@ class Timeouts:
 def round_command_id(request_id: str, system: str, round_: int) -> UUID:
     """Deterministic: a round re-sent after a broker loss is the same command."""
     return uuid.uuid5(_ROUND_COMMANDS, f"{request_id}/{system}/{round_}")
+
+
+def retry_command_id(replaced: UUID) -> UUID:
+    """An operator's retry's command, derived from the one it replaces: the commands a slot
+    issued are then known from its current one (`issued`), with nothing more stored."""
+    return uuid.uuid5(_RETRIES, str(replaced))
+
+
+def issued(slot: SystemSlot, command_id: UUID) -> bool:
+    """Whether the slot issued this command in its round: its current one, or one a retry
+    replaced (each retry is one more attempt, so there were fewer retries than attempts). An
+    answer to anything else (a producer that made up an id) is no answer."""
+    candidate = command_id
+    for _ in range(slot.attempts):
+        if candidate == slot.command_id:
+            return True
+        candidate = retry_command_id(candidate)
+    return candidate == slot.command_id
 
 
 @dataclass
@@ -81,7 +100,9 @@ class Saga:
         if slot.state is SystemState.DISPATCHED:
             # After an operator's retry, the replaced command's failure (its worker giving up
             # late) is not the retry's answer; its success would be (the work was done).
-            return outcome.command_id == slot.command_id or outcome.status == "done"
+            return outcome.command_id == slot.command_id or (
+                outcome.status == "done" and issued(slot, outcome.command_id)
+            )
         return late
 
     def record(self, outcome: OutcomeReported) -> bool:
@@ -237,7 +258,7 @@ class Saga:
         self.note(now, "redispatched", system=system, attempt=slot.attempts)
         return "redispatch"
 
-    def retry(self, system: str, now: datetime, command_id: UUID) -> bool:
+    def retry(self, system: str, now: datetime) -> bool:
         """An operator's retry of a failed system, with a new command (the old one's journal
         holds its failure). The request is in progress again until the system answers."""
         slot = self.slots.get(system)
@@ -247,7 +268,7 @@ class Saga:
         slot.state = SystemState.DISPATCHED
         slot.attempts += 1
         slot.dispatched_at = now
-        slot.command_id = command_id
+        slot.command_id = retry_command_id(slot.command_id)
         if self.round == 1:
             slot.outcome = None
         else:

@@ -214,7 +214,7 @@ async def retry_system(db: Db, event: RetrySystem, now: datetime) -> bool:
             loaded.saga.note(now, "retry_ignored", system=event.system, reason="identifiers no longer kept")
             await save(conn, loaded, was_final)
             return False
-        retried = loaded.saga.retry(event.system, now, uuid4())
+        retried = loaded.saga.retry(event.system, now)
         if retried:
             await dispatch(conn, loaded, [event.system])
         await save(conn, loaded, was_final)

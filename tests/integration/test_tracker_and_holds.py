@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from datetime import UTC, date, datetime, timedelta
-from uuid import UUID, uuid4
+from uuid import UUID, uuid4, uuid5
 
 import asyncpg
 import pytest
@@ -58,7 +58,14 @@ def accepted(request_id: str, *systems: str) -> RequestAccepted:
         deadline=T0 + timedelta(days=30),
         sealed_identifiers="sealed",
         occurred_at=T0,
+        command_ids={system: first_command(request_id, system) for system in systems},
     )
+
+
+def first_command(request_id: str, system: str) -> UUID:
+    """The command intake sends the system first (random there; fixed here, so that an answer
+    can name it: the tracker takes no answer to a command it did not issue)."""
+    return uuid5(UUID(int=0), f"{request_id}/{system}")
 
 
 def outcome(
@@ -71,7 +78,7 @@ def outcome(
     return OutcomeReported(
         request_id=request_id,
         system=system,
-        command_id=uuid4(),
+        command_id=uuid4() if resume_of else first_command(request_id, system),
         attempt=1,
         status="done",
         resume_of=resume_of.command_id if resume_of else None,
@@ -323,7 +330,7 @@ async def test_holds_view_sees_every_hold_acknowledged_before_it_decides(
         await view.refresh()
         assert await view.active("billing", T0 + timedelta(days=2)) == []
         assert len(await view.active("billing", T0 + timedelta(hours=1))) == 1  # still in force then
-        await producer.send_and_wait(topics.HOLDS, b"garbage", key=b"x")
+        await producer.send_and_wait(topics.HOLDS, b"garbage", key=str(uuid4()).encode())  # a hold's key
         await view.refresh()
         with pytest.raises(HoldsUnavailable, match="unreadable"):  # fail closed: nothing erased on a guess
             await view.active("billing", T0)

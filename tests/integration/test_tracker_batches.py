@@ -30,7 +30,7 @@ from shared.delivery import by_key
 from shared.identity import Identities
 from shared.together import GroupHandler, handle_together
 from tests.conftest import drop_database
-from tests.integration.test_tracker_and_holds import outcome
+from tests.integration.test_tracker_and_holds import first_command, outcome
 
 pytestmark = pytest.mark.integration
 T0 = datetime.now(UTC).replace(microsecond=0)
@@ -46,6 +46,7 @@ def accepted(request_id: str) -> RequestAccepted:
         deadline=T0 + timedelta(days=30),
         sealed_identifiers="sealed",
         occurred_at=T0,
+        command_ids={system: first_command(request_id, system) for system in ("crm", "billing")},
     )
 
 

@@ -135,12 +135,12 @@ def test_operator_retry_reopens_a_failed_system_with_a_new_command() -> None:
     s = saga("crm")
     old = s.slots["crm"].command_id
     s.record(outcome("crm", status="failed", command_id=old))
-    assert not s.retry("nonexistent", T0, uuid4())
-    new = uuid4()
-    assert s.retry("crm", T0 + timedelta(hours=2), new)
+    assert not s.retry("nonexistent", T0)
+    assert s.retry("crm", T0 + timedelta(hours=2))
     assert s.status is RequestStatus.IN_PROGRESS and s.completed_at is None
-    assert s.slots["crm"].command_id == new and s.slots["crm"].attempts == 2
-    assert not s.retry("crm", T0, uuid4())  # not failed any more
+    new = s.slots["crm"].command_id
+    assert new not in (old, first_command("crm")) and s.slots["crm"].attempts == 2
+    assert not s.retry("crm", T0)  # not failed any more
 
 
 def test_the_replaced_commands_late_failure_is_not_taken_for_the_retrys_answer() -> None:
@@ -150,8 +150,8 @@ def test_the_replaced_commands_late_failure_is_not_taken_for_the_retrys_answer()
     old = s.slots["crm"].command_id
     s.slots["crm"].attempts = 3
     assert s.time_out("crm", T0 + timedelta(days=1), TIMEOUTS) == "failed"
-    new = uuid4()
-    assert s.retry("crm", T0 + timedelta(days=1, hours=1), new)
+    assert s.retry("crm", T0 + timedelta(days=1, hours=1))
+    new = s.slots["crm"].command_id
     assert not s.record(outcome("crm", status="failed", command_id=old))
     assert s.status is RequestStatus.IN_PROGRESS and s.completed_at is None
     assert s.record(outcome("crm", command_id=new))
@@ -160,9 +160,26 @@ def test_the_replaced_commands_late_failure_is_not_taken_for_the_retrys_answer()
     t = saga("crm")
     t.slots["crm"].attempts = 3
     t.time_out("crm", T0 + timedelta(days=1), TIMEOUTS)
-    t.retry("crm", T0 + timedelta(days=1, hours=1), uuid4())
+    t.retry("crm", T0 + timedelta(days=1, hours=1))
     assert t.record(outcome("crm", command_id=first_command("crm")))
     assert t.status is RequestStatus.COMPLETED
+
+
+def test_a_done_answer_to_a_command_never_issued_is_no_answer() -> None:
+    """Any producer on the outcomes topic, with a made-up command id: before, a `done` for any
+    id completed a dispatched system, before the worker had done anything (even kept as early,
+    before the request was submitted). The commands a slot issued: its own, and those its
+    retries replaced, found from it."""
+    s = saga("crm")
+    assert not s.record(outcome("crm", command_id=uuid4()))
+    assert s.slots["crm"].state is SystemState.DISPATCHED and s.status is RequestStatus.IN_PROGRESS
+    s.slots["crm"].attempts = 3
+    s.time_out("crm", T0 + timedelta(days=1), TIMEOUTS)
+    s.retry("crm", T0 + timedelta(days=1, hours=1))
+    s.time_out("crm", T0 + timedelta(days=3), TIMEOUTS)
+    s.retry("crm", T0 + timedelta(days=3, hours=1))
+    assert not s.record(outcome("crm", command_id=uuid4()))
+    assert s.record(outcome("crm", command_id=first_command("crm")))  # replaced twice, still its
 
 
 def test_extension_moves_the_deadline_once() -> None:
@@ -205,8 +222,9 @@ def test_an_answer_that_learnt_something_starts_the_next_round_once_all_have_ans
     assert all(slot.state is SystemState.DISPATCHED for slot in s.slots.values())
     late = outcome("crm")  # round 1's answer again: not round 2's
     assert not s.record(late)
-    assert s.record(outcome("crm").model_copy(update={"round": 2}))
-    assert s.record(outcome("billing").model_copy(update={"round": 2}))
+    for system in ("crm", "billing"):  # each answering round 2's command
+        answer = outcome(system, command_id=s.slots[system].command_id)
+        assert s.record(answer.model_copy(update={"round": 2}))
     assert s.status is RequestStatus.COMPLETED and s.report().rounds == 2
     assert s.report().systems[0].erased == 2  # both rounds' answers count
     kinds = [kind for _, kind, _ in s.audit]
