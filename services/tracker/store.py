@@ -9,7 +9,7 @@ import json
 import logging
 from collections.abc import Sequence
 from datetime import datetime
-from uuid import UUID, uuid4
+from uuid import UUID
 
 import asyncpg
 from pydantic import ValidationError
