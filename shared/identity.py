@@ -212,9 +212,28 @@ def email_key_index(name: str, table: str, column: str) -> tuple[str, str, str]:
     return _key_index(name, table, email_prefilter_sql(column))
 
 
-def phone_key_index(name: str, table: str, column: str) -> tuple[str, str, str]:
-    """DDL of the index on a table's phone key (replacing one on an earlier expression)."""
-    return _key_index(name, table, phone_prefilter_sql(column))
+def phone_tail_sql(column: str) -> str:
+    """A second key of a number as typed: the last digits of all its digits. Where a field holds
+    two numbers (`020 7946 0000, 07700 900461`) or words with digits before the number (`Tel 2:
+    07700 900461`), the first key is the first number's or nothing; this one is the last
+    number's. The row is a candidate either way, and a value that is no one number cannot be
+    read: a person decides (shared/worker/matching.py)."""
+    digits = f"translate({column}, '{_FULLWIDTH_DIGITS}', '0123456789')"
+    return f"right(regexp_replace({digits}, '[^0-9]', '', 'g'), {PHONE_TAIL})"
+
+
+def phone_match_sql(column: str, keys: str) -> str:
+    """A column's number has one of these keys (`keys`: a parameter, text[]), by either of its
+    two indexed keys."""
+    return f"({phone_prefilter_sql(column)} = ANY({keys}) OR {phone_tail_sql(column)} = ANY({keys}))"
+
+
+def phone_key_index(name: str, table: str, column: str) -> tuple[str, ...]:
+    """DDL of the indexes on a table's two phone keys (replacing any on an earlier expression)."""
+    return (
+        *_key_index(name, table, phone_prefilter_sql(column)),
+        *_key_index(f"{name}_tail", table, phone_tail_sql(column)),
+    )
 
 
 def id_key_sql(column: str) -> str:

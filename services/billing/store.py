@@ -11,7 +11,7 @@ from shared.identity import (
     id_key_index,
     id_key_sql,
     phone_key_index,
-    phone_prefilter_sql,
+    phone_match_sql,
 )
 from shared.worker.pgstore import Candidate, CategoryTable, PostgresStoreAdapter
 from shared.worker.ports import Record
@@ -78,7 +78,7 @@ WITH candidates AS (
     SELECT * FROM accounts
      WHERE {id_key_sql("customer_id")} = ANY($1::text[])
         OR {email_prefilter_sql("email")} = ANY($2::text[])
-        OR {phone_prefilter_sql("phone")} = ANY($3::text[]))
+        OR {phone_match_sql("phone", "$3::text[]")})
 SELECT NULL AS parent, 'accounts' AS category, account_id AS id, restricted, opened_on AS d1,
        closed_on AS d2, customer_id, email, phone, status
   FROM candidates

@@ -14,7 +14,7 @@ from shared.identity import (
     id_key_index,
     id_key_sql,
     phone_key_index,
-    phone_prefilter_sql,
+    phone_match_sql,
 )
 from shared.worker.pgstore import Candidate, CategoryTable, PostgresStoreAdapter
 from shared.worker.ports import Record
@@ -67,7 +67,7 @@ WITH candidates AS (
     SELECT * FROM contacts
      WHERE {id_key_sql("customer_id")} = ANY($1::text[])
         OR {email_prefilter_sql("email")} = ANY($2::text[])
-        OR {phone_prefilter_sql("phone")} = ANY($3::text[]))
+        OR {phone_match_sql("phone", "$3::text[]")})
 SELECT NULL AS parent, 'contacts' AS category, contact_id AS id, restricted, created_on AS d1,
        NULL::date AS d2, customer_id, email, phone
   FROM candidates

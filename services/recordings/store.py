@@ -16,7 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.recordings import files
 from shared.contracts.outcomes import Action
-from shared.identity import Identities, id_key_index, id_key_sql, phone_key_index, phone_prefilter_sql
+from shared.identity import Identities, id_key_index, id_key_sql, phone_key_index, phone_match_sql
 from shared.settings import DatabaseSettings
 from shared.telemetry.messaging import TRACER
 from shared.worker.pgbatch import CommandBatch
@@ -51,8 +51,8 @@ SELECT NULL AS parent, recording_id, customer_id, caller, callee, recorded_at::d
        legal_tags, processed_for
   FROM recordings
  WHERE {id_key_sql("customer_id")} = ANY($1::text[])
-    OR {phone_prefilter_sql("caller")} = ANY($2::text[])
-    OR {phone_prefilter_sql("callee")} = ANY($2::text[])
+    OR {phone_match_sql("caller", "$2::text[]")}
+    OR {phone_match_sql("callee", "$2::text[]")}
 """
 
 
