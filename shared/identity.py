@@ -112,11 +112,14 @@ def normalise_phone(raw: str, region: str = DEFAULT_REGION) -> str:
     if text.lower().startswith("tel:"):
         text = text[4:]
     try:
-        parsed = phonenumbers.parse(text, region)
-    except phonenumbers.NumberParseException as exc:
-        raise ValueError("not a phone number") from exc
-    if not phonenumbers.is_possible_number(parsed):
-        raise ValueError("not a possible phone number")
+        parsed = _possible_number(text, region)
+    except ValueError:
+        # A note after it (`07700 900461 (mobile)`, `… - home`): libphonenumber reads its
+        # letters as a keypad's digits. Without the note, the number; or still not one.
+        bare = _NOTE.sub("", text)
+        if bare == text:
+            raise
+        parsed = _possible_number(bare, region)
     e164 = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
     # Its digits as digits (full-width ones too), written as typed otherwise (`x012` stays:
     # whether it is x12's line, a person decides: matching.py).
@@ -125,6 +128,18 @@ def normalise_phone(raw: str, region: str = DEFAULT_REGION) -> str:
 
 
 _EXTENSION = ";ext="
+# Words after a number's last digit, bracketed or not, with no digit in them: a label.
+_NOTE = re.compile(r"(?<=\d)[\s,;:/.\-]*[(\[]?[^\d()\[\]]*[)\]]?\s*$")
+
+
+def _possible_number(text: str, region: str) -> phonenumbers.PhoneNumber:
+    try:
+        parsed = phonenumbers.parse(text, region)
+    except phonenumbers.NumberParseException as exc:
+        raise ValueError("not a phone number") from exc
+    if not phonenumbers.is_possible_number(parsed):
+        raise ValueError("not a possible phone number")
+    return parsed
 
 
 def line(phone: str) -> str:

@@ -12,7 +12,7 @@ certainly the subject's (acted on, and its identifiers learnt for the next round
   (`phone_only`: a household member's contact with his name and the landline). Processor data
   (a record a store holds for another controller) is the exception: Lethe changes none of it
   and refers the person to its controller, who decides whose it is.
-- A record a store's search returned for a value that cannot be read (`07700 900461 (mobile)`,
+- A record a store's search returned for a value that cannot be read (`07700 900461 or 900462`,
   two addresses in one field) is neither acted on nor dropped: ambiguous
   (`unreadable_identifier`), since it may well be the subject's.
 - A record found only through a phone number *learnt* from another record is ambiguous:

@@ -226,7 +226,7 @@ async def test_the_journal_keeps_decisions_not_whose_records_they_were(
 
 async def test_records_whose_identifier_cannot_be_read_or_names_nobody_go_to_a_person(fresh_db: str) -> None:
     """Alice's erasure names her customer id, address and the household landline. The CRM
-    holds a contact of hers whose mobile carries a note, one with two addresses in its e-mail
+    holds a contact of hers with a number and another's end, one with two addresses in its e-mail
     field, one with two numbers in its phone field (hers the second), and Ben's: his name and
     the landline, nothing else. The
     store's keys find all four; none is erased, and none silently left out: a person decides."""
@@ -237,7 +237,7 @@ async def test_records_whose_identifier_cannot_be_read_or_names_nobody_go_to_a_p
             "INSERT INTO contacts (contact_id, full_name, email, phone, created_on)"
             " VALUES ($1, $2, $3, $4, current_date)",
             [
-                ("CT-1", "Alice Hartley", None, "07700 900461 (mobile)"),
+                ("CT-1", "Alice Hartley", None, "07700 900461 or 900462"),
                 ("CT-2", "Alice Hartley", "alice.hartley@example.co.uk; a.hartley@work.example", None),
                 ("CT-3", "Ben Hartley", None, "01632 960123"),
                 ("CT-4", "Alice Hartley", None, "020 7946 0000, 07700 900461"),  # hers, second

@@ -186,3 +186,11 @@ async def test_a_hold_naming_the_subjects_customer_id_in_another_case_covers_all
         [found],
     )  # type: ignore[arg-type]
     assert held == {record.key: "LIT-5"}
+
+
+def test_a_hold_on_a_number_covers_a_record_that_carries_it_with_a_note() -> None:
+    """The CRM holds the subject's mobile as `07700 900461 (mobile)`: read as the number, so a
+    hold on it covers the contact (unread, it did not, and the contact was erased)."""
+    index = hold_cover.HoldIndex([hold("LIT-6", phones=["07700 900461"])])
+    on_record = Identities.lenient(customer_ids=["C-1001"], phones=["07700 900461 (mobile)"])
+    assert [h.case_reference for h in index.covering(on_record)] == ["LIT-6"]

@@ -144,10 +144,10 @@ def test_a_given_phone_on_a_record_whose_address_cannot_be_read_is_ambiguous() -
 
 
 def test_a_record_found_by_a_value_that_cannot_be_read_goes_to_a_person() -> None:
-    """The store's key found Alice's contact by its number, written `07700 900461 (mobile)`,
+    """The store's key found Alice's contact by its number, written `07700 900461 or 900462`,
     which does not read as a number: neither matched nor dropped, it is put to a person."""
     alice = KnownIdentities(given=Identities(customer_ids=["C-1001"], phones=["+447700900461"]))
-    owner, unreadable = Identities.read(phones=["07700 900461 (mobile)"])
+    owner, unreadable = Identities.read(phones=["07700 900461 or 900462"])
     assert unreadable == ("phones",) and not owner.phones
     contact = account("CT-1", owner, alice.all).model_copy(update={"unreadable": unreadable})
     assert not contact.matched and not contact.variants
