@@ -146,7 +146,12 @@ def test_a_customer_id_with_a_typographic_dash_is_the_id_with_a_hyphen() -> None
 def test_a_number_with_a_note_after_it_is_the_number() -> None:
     """A label after the number (libphonenumber read its letters as a keypad's digits, and a
     hold on the number did not cover the contact that carried it so)."""
-    for written in ("07700 900461 (mobile)", "07700 900461 mob", "07700 900461 - home", "07700 900461 [work]"):
+    for written in (
+        "07700 900461 (mobile)",
+        "07700 900461 mob",
+        "07700 900461 - home",
+        "07700 900461 [work]",
+    ):
         assert normalise_phone(written) == "+447700900461", written
     assert normalise_phone("020 7946 0000 ext. 12 (reception)") == "+442079460000;ext=12"
     for unreadable in ("020 7946 0000, 07700 900461", "07700 900461 or 900462", "n/a"):
