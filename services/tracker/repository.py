@@ -325,5 +325,6 @@ async def enqueue_review_erasure(conn: asyncpg.Connection, loaded: Loaded, revie
             round=review.round,
             review_id=review.review_id,
             groups=review.groups,
+            applies=saga.request_type,
         ),
     )

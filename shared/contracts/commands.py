@@ -55,15 +55,20 @@ class EraseSubject(SubjectCommand):
 
 class EraseRecords(SubjectCommand):
     """A reviewer decided these records, left alone as perhaps someone else's, are the
-    subject's: erase them (rules and holds still apply), nothing else."""
+    subject's: do to them, and nothing else, what the request asks (`applies`: an erasure's
+    are erased, rules and holds still applying; a restriction's restricted, a lift's lifted)."""
 
     command: Literal["erase_records"] = "erase_records"
     review_id: UUID
     groups: list[tuple[str, str]] = Field(min_length=1, max_length=10_000)
+    applies: RequestType = Field(
+        RequestType.ERASURE,
+        description="The request's type: a reviewer's 'erase' on a restriction restricts, never erases.",
+    )
 
     @property
     def request_type(self) -> RequestType:
-        return RequestType.ERASURE
+        return self.applies
 
 
 class RestrictSubject(SubjectCommand):

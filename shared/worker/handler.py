@@ -178,7 +178,9 @@ def scope(
         wanted = {tuple(g) for g in command.groups}
         return [r for r in found if (r.group or r.key) in wanted], {}, []
     fresh = [r for r in found if r.key not in resumed]
-    classified = classify(fresh, known, match_limit)
+    classified = classify(
+        fresh, known, match_limit, phone_alone=command.request_type is not RequestType.ERASURE
+    )
     by = {key: f"{f.kind}:{f.source}" for key, f in classified.found_by.items()}
     return classified.certain + [r for r in found if r.key in resumed], by, classified.ambiguous
 

@@ -9,9 +9,10 @@ certainly the subject's (acted on, and its identifiers learnt for the next round
   shared (a household landline, a switchboard, a family mobile). If it carries a strong
   identifier the subject is not known by, or one that cannot be read, it may be someone
   else's (`shared_phone`); if it carries none, nothing on it but the number says whose it is
-  (`phone_only`: a household member's contact with his name and the landline). Processor data
-  (a record a store holds for another controller) is the exception: Lethe changes none of it
-  and refers the person to its controller, who decides whose it is.
+  (`phone_only`: a household member's contact with his name and the landline). Two exceptions:
+  processor data (a record a store holds for another controller), of which Lethe changes
+  nothing and refers the person to its controller, who decides whose it is; and a restriction
+  or its lift, which a lift undoes (`phone_alone`).
 - A record a store's search returned for a value that cannot be read (`07700 900461 or 900462`,
   two addresses in one field) is neither acted on nor dropped: ambiguous
   (`unreadable_identifier`), since it may well be the subject's.
@@ -100,7 +101,11 @@ def _same_line(phone: str, others: Iterable[str]) -> bool:
     )
 
 
-def classify(records: Sequence[Record], known: KnownIdentities, match_limit: int = 25) -> Classified:
+def classify(
+    records: Sequence[Record], known: KnownIdentities, match_limit: int = 25, phone_alone: bool = False
+) -> Classified:
+    """`phone_alone`: a record with nothing on it but a number the request gave is the
+    subject's (a restriction or its lift, which can be undone; not an erasure)."""
     groups: dict[tuple[str, str], list[Record]] = defaultdict(list)
     for record in records:
         groups[record.group or record.key].append(record)
@@ -110,7 +115,7 @@ def classify(records: Sequence[Record], known: KnownIdentities, match_limit: int
     floods: list[tuple[str, str]] = []
     for key, members in groups.items():
         head = heads[key]
-        verdict = _verdict(head, known, flooded)
+        verdict = _verdict(head, known, flooded, phone_alone)
         if isinstance(verdict, FoundBy):
             result.certain.extend(members)
             result.found_by.update((r.key, verdict) for r in members)
@@ -130,7 +135,9 @@ def classify(records: Sequence[Record], known: KnownIdentities, match_limit: int
     return result
 
 
-def _verdict(head: Record, known: KnownIdentities, flooded: Identities) -> FoundBy | Reason:
+def _verdict(
+    head: Record, known: KnownIdentities, flooded: Identities, phone_alone: bool
+) -> FoundBy | Reason:
     for source, identities in (("given", known.given), ("learnt", known.learnt)):
         for kind in STRONG:
             hits = set(getattr(head.matched, kind)) & set(getattr(identities, kind))
@@ -147,8 +154,8 @@ def _verdict(head: Record, known: KnownIdentities, flooded: Identities) -> Found
     if set(head.matched.phones) & set(known.given.phones):
         if head.owner.strong().minus(known.all) or set(head.unreadable) & set(STRONG):
             return "shared_phone"
-        if head.facts.get("processed_for"):  # referred to its controller, who decides; not changed
-            return FoundBy("phones", "given")
+        if phone_alone or head.facts.get("processed_for"):  # undone by a lift; or not changed at
+            return FoundBy("phones", "given")  # all, referred to its controller, who decides
         return "phone_only"
     return "learnt_phone"
 

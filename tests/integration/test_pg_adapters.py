@@ -16,7 +16,8 @@ from services.crm import seed as crm_seed
 from services.crm.store import CrmAdapter
 from services.mailing import seed as mailing_seed
 from services.mailing.store import AddressSuppressed, MailingAdapter, address_hash, subscribe
-from shared.contracts import EraseSubject, RestrictSubject
+from shared.contracts import EraseSubject, RequestType, RestrictSubject
+from shared.contracts.commands import EraseRecords
 from shared.crypto import subject_ref
 from shared.identity import Identities
 from shared.worker.handler import execute
@@ -254,5 +255,42 @@ async def test_records_whose_identifier_cannot_be_read_or_names_nobody_go_to_a_p
         reasons = sorted(r.reason for r in outcome.reviews)
         assert reasons == ["phone_only", *["unreadable_identifier"] * 3]
         assert await count(adapter.pool, "SELECT count(*) FROM contacts") == 4
+    finally:
+        await adapter.close()
+
+
+async def test_a_reviewers_yes_on_a_restriction_restricts_and_erases_nothing(fresh_db: str) -> None:
+    """Alice asks for restriction. A contact with the household landline and another customer
+    id goes to a person, who says it is hers ('erase', the one yes there is): it is restricted,
+    as she asked, not erased. A contact with nothing but the number on it is restricted at once
+    (a lift undoes it); an erasure would have put it to a person."""
+    adapter = CrmAdapter(fresh_db)
+    await adapter.start()
+    try:
+        await adapter.pool.executemany(
+            "INSERT INTO contacts (contact_id, customer_id, full_name, phone, created_on)"
+            " VALUES ($1, $2, $3, '01632 960123', current_date)",
+            [("CT-1", "C-2002", "A. Hartley"), ("CT-2", None, "Hartley")],
+        )
+        alice = Identities(customer_ids=["C-1001"], phones=["01632 960123"])
+        restrict = RestrictSubject(request_id="it-r", system="crm", subject_ref=REF, sealed_identifiers="x")
+        outcome = await execute(restrict, alice, adapter, ActOnEverything(), utc_clock)
+        contacts = {c.category: c for c in outcome.categories}["contacts"]
+        assert (contacts.restricted, contacts.in_review) == (1, 1)
+        [review] = outcome.reviews
+        assert review.reason == "shared_phone"
+        decided = EraseRecords(
+            request_id="it-r",
+            system="crm",
+            subject_ref=REF,
+            sealed_identifiers="x",
+            review_id=review.review_id,
+            groups=review.groups,
+            applies=RequestType.RESTRICTION,
+        )
+        carried_out = await execute(decided, alice, adapter, ActOnEverything(), utc_clock)
+        contacts = {c.category: c for c in carried_out.categories}["contacts"]
+        assert (contacts.restricted, contacts.erased, carried_out.status) == (1, 0, "done")
+        assert await count(adapter.pool, "SELECT count(*) FROM contacts WHERE restricted") == 2
     finally:
         await adapter.close()

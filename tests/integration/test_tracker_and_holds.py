@@ -15,7 +15,7 @@ from aiokafka import AIOKafkaProducer
 from services.tracker import recovery, repository, saving, schedule, store, sweep
 from services.tracker.saga import Timeouts
 from shared import topics
-from shared.codec import encode
+from shared.codec import decode, encode
 from shared.contracts import (
     CategoryOutcome,
     OutcomeReported,
@@ -24,7 +24,10 @@ from shared.contracts import (
     Retention,
 )
 from shared.contracts.audit import verify_chain
-from shared.contracts.events import DeadlineExtended, RetrySystem
+from shared.contracts.commands import EraseRecords
+from shared.contracts.events import DeadlineExtended, RetrySystem, ReviewDecided
+from shared.contracts.outcomes import ReviewItem
+from shared.contracts.report import ReviewDecision
 from shared.contracts.holds import SNAPSHOT_KEY, HoldsAnnounced, HoldUpdated
 from shared.crypto import IdentifierSeal, new_identifier_key, subject_ref
 from shared.db import apply_schema, create_pool, ensure_database
@@ -524,3 +527,34 @@ async def test_a_saga_changed_while_another_waited_for_it_is_read_as_changed(
         await tracker_db.release(first)
         await tracker_db.release(second)
     assert verify_chain(await repository.audit_trail(tracker_db, "race-1")) is None
+
+
+async def test_a_reviewers_yes_on_a_restriction_sends_a_restriction_of_those_records(
+    tracker_db: asyncpg.Pool,
+) -> None:
+    """'erase' is the one yes a reviewer has: on a restriction request, the records it names are
+    restricted, as the person asked (the command says so), never erased."""
+    event = accepted("t-rr", "crm").model_copy(update={"request_type": RequestType.RESTRICTION})
+    await store.start_saga(tracker_db, event, T0)
+    item = ReviewItem(
+        review_id=uuid4(),
+        groups=[("contacts", "CT-1")],
+        records={"contacts": 1},
+        reason="shared_phone",
+        matched=["phones"],
+        conflicting=["customer_ids"],
+    )
+    answer = outcome("t-rr", "crm").model_copy(update={"reviews": [item], "categories": []})
+    await store.record_outcome(tracker_db, answer)
+    decided = ReviewDecided(
+        request_id="t-rr",
+        review_id=item.review_id,
+        decision=ReviewDecision.ERASE,
+        reason_sha256="0" * 64,
+        token_id="tok",
+        role="compliance",
+    )
+    assert await store.decide_review(tracker_db, decided, T0 + timedelta(hours=1))
+    rows = await tracker_db.fetch("SELECT value FROM outbox WHERE topic = $1", topics.command_topic("crm"))
+    [command] = [decode(r["value"], EraseRecords) for r in rows if b"erase_records" in r["value"]]
+    assert command.request_type is RequestType.RESTRICTION and command.groups == [("contacts", "CT-1")]

@@ -58,6 +58,9 @@ def test_a_record_with_nothing_but_the_given_phone_on_it_goes_to_a_person() -> N
     # changes none of it and refers the person to the surgery, which decides whose it is.
     processed = ben.model_copy(update={"facts": {"processed_for": "Riverside Surgery"}})
     assert classify([processed], alice).certain == [processed]
+    # A restriction (or its lift) restricts it at once: a lift undoes it, and a reviewer's one
+    # yes ('erase') would be the wrong answer to a restriction's question.
+    assert classify([ben], alice, phone_alone=True).certain == [ben]
     # Named by nothing but the number either: the same.
     call = account("R-1", Identities(), IAN).model_copy(
         update={"matched": Identities(phones=["+441632960100"])}
