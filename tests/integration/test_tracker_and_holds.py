@@ -26,9 +26,9 @@ from shared.contracts import (
 from shared.contracts.audit import verify_chain
 from shared.contracts.commands import EraseRecords
 from shared.contracts.events import DeadlineExtended, RetrySystem, ReviewDecided
+from shared.contracts.holds import SNAPSHOT_KEY, HoldsAnnounced, HoldUpdated
 from shared.contracts.outcomes import ReviewItem
 from shared.contracts.report import ReviewDecision
-from shared.contracts.holds import SNAPSHOT_KEY, HoldsAnnounced, HoldUpdated
 from shared.crypto import IdentifierSeal, new_identifier_key, subject_ref
 from shared.db import apply_schema, create_pool, ensure_database
 from shared.identity import Identities
