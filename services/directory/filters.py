@@ -21,10 +21,15 @@ def subject_filter(ids: Identities) -> str | None:
             if f"{local}@{domain}" != email:
                 terms.append(f"(mail={escape_filter_chars(f'{local}@{domain}')})")
             continue
-        # Gmail ignores dots and answers under either domain: LDAP cannot ignore the dots, so
-        # the name's letters with anything between (a.lice, al.ice+news); matching.py decides.
-        spread = "*".join(escape_filter_chars(c) for c in local)
-        terms += [f"(mail={spread}*@{host})" for host in ("gmail.com", "googlemail.com")]
+        # Gmail ignores dots and answers under either domain. LDAP cannot ignore the dots, and
+        # a filter with anything between the letters matched half of a large directory, past
+        # its size limit: the name as given and without dots, alone or with a tag, under each
+        # domain (a.lice@googlemail.com, a.lice+news@gmail.com; not al.ice: matching.py).
+        given = email.rpartition("@")[0].split("+", 1)[0]
+        for name in sorted({given, local}):
+            for host in ("gmail.com", "googlemail.com"):
+                terms.append(f"(mail={escape_filter_chars(f'{name}@{host}')})")
+                terms.append(f"(mail={escape_filter_chars(name)}+*@{host})")
     for attribute in ("telephoneNumber", "mobile"):
         terms += [f"({attribute}={v})" for v in _number_values(ids.phones)]
     if not terms:
@@ -40,7 +45,7 @@ def _number_values(phones: Sequence[str]) -> list[str]:
     """Filter values for entries holding one of these numbers, however a directory spells its
     line: its national digits with anything between and before them (`+44 (0)7700 900461`,
     `(07700) 900461`, `07700.900.461`: LDAP's telephoneNumber matching ignores spaces and
-    hyphens only), ending with the line's last digit (so also the main number of an
+    hyphens only), ending with the line's last three digits, together (so also the main number of an
     extension's switchboard, which matching.py puts to a person); for a number with an
     extension, the line followed by anything that ends in the extension's digits (`x12`,
     `ext. 012`). The normalised forms decide. Not the line followed by anything: that is every
@@ -48,7 +53,9 @@ def _number_values(phones: Sequence[str]) -> list[str]:
     values: set[str] = set()
     for phone in phones:
         digits = extension(phone).lstrip("0") or extension(phone)
-        value = "*" + "*".join(national_digits(phone))
+        # Its last three digits together: a directory that indexes substrings narrows by them.
+        line_digits = national_digits(phone)
+        value = "*" + "".join(f"{d}*" for d in line_digits[:-3]) + line_digits[-3:]
         values.add(value)
         if digits:
             values.add(f"{value}*{escape_filter_chars(digits)}")
