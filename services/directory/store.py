@@ -22,6 +22,7 @@ from shared.worker.journal import (
     PostgresJournal,
 )
 from shared.worker.matching import match
+from shared.worker.pgstore import unread_match
 from shared.worker.ports import Decision, Record, SearchTooBroad
 from shared.worker.settings import RetrySettings
 
@@ -51,9 +52,8 @@ class DirectorySession(PostgresJournal):
         for e in entries:
             owner, unreadable = Identities.read(ldap_uids=e.uid, emails=e.mail, phones=e.phones)
             matched, variants = match(owner, identities)
-            # LDAP matched a spelling; the normalised forms decide, and one that cannot be read
-            # (it may be what LDAP matched) goes to a reviewer (shared/worker/matching.py).
-            if matched or variants or searched & set(unreadable):
+            # LDAP matched a spelling; the normalised forms decide (or a person: unread_match).
+            if matched or variants or unread_match(owner, unreadable, searched):
                 records.append(
                     Record(
                         category=CATEGORY,

@@ -16,7 +16,7 @@ import asyncpg
 
 from shared.contracts.outcomes import Action
 from shared.db import apply_schema, create_pool, ensure_database
-from shared.identity import Identities, email_prefilter, phone_prefilter
+from shared.identity import Identities, Kind, email_prefilter, phone_prefilter
 from shared.settings import DatabaseSettings
 from shared.worker.journal import (
     JOURNAL_OPEN_DDL,
@@ -109,6 +109,15 @@ class PostgresStoreSession(TransactionalJournal):
         return found
 
 
+def unread_match(owner: Identities, unreadable: Sequence[Kind], searched: set[Kind]) -> bool:
+    """A candidate nothing matched, with a value of a searched kind that cannot be read: it may
+    be the one the key matched (`07700 900461 or 900462`), so a person decides (matching.py);
+    unless a readable strong identifier on it says whose it is, which is not the subject's (a
+    stranger's contact whose number's last digits and a note brought it, shown to the subject's
+    reviewer for nothing)."""
+    return bool(searched & set(unreadable)) and not owner.strong()
+
+
 class PostgresStoreAdapter:
     system: str
     tables: tuple[CategoryTable, ...]
@@ -181,7 +190,7 @@ class PostgresStoreAdapter:
         """One statement (`find_sql`) gives the store's candidates by coarse keys (rows with no
         `parent`) and the rows under them; a candidate is kept where a normalised identifier
         matches (shared/identity.py: one normalisation, in Python), or where a value of a kind
-        searched for cannot be read (it may be the one the key matched), with what is under it."""
+        searched for cannot be read (`unread_match`), with what is under it."""
         keys = {
             "customer_ids": identities.customer_ids,
             "email_keys": sorted({email_prefilter(e) for e in identities.emails}),
@@ -193,10 +202,10 @@ class PostgresStoreAdapter:
         for row in rows:
             if row["parent"] is None:
                 candidate = self.head(row)
+                record = candidate.record
                 matched, variants = match(candidate.matchable, identities)
-                # A key matched a value that cannot be read: a reviewer's (matching.py).
-                if matched or variants or searched & set(candidate.record.unreadable):
-                    heads[candidate.record.record_id] = candidate.record.model_copy(
+                if matched or variants or unread_match(record.owner, record.unreadable, searched):
+                    heads[record.record_id] = record.model_copy(
                         update={"matched": matched, "variants": variants, "searchable": candidate.matchable}
                     )
         children = [

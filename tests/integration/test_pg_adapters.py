@@ -244,6 +244,12 @@ async def test_records_whose_identifier_cannot_be_read_or_names_nobody_go_to_a_p
                 ("CT-4", "Alice Hartley", None, "020 7946 0000, 07700 900461"),  # hers, second
             ],
         )
+        # Zed's: another number ending in the same digits, unreadable, and his own customer id,
+        # which says whose it is: not shown to Alice's reviewer.
+        await adapter.pool.execute(
+            "INSERT INTO contacts (contact_id, customer_id, full_name, phone, created_on)"
+            " VALUES ('CT-9', 'C-9009', 'Zed Stone', '01632 900461 or 900462', current_date)"
+        )
         alice = Identities(
             customer_ids=["C-1001"],
             emails=["alice.hartley@example.co.uk"],
@@ -254,7 +260,7 @@ async def test_records_whose_identifier_cannot_be_read_or_names_nobody_go_to_a_p
         assert (contacts.found, contacts.erased, contacts.in_review) == (0, 0, 4)
         reasons = sorted(r.reason for r in outcome.reviews)
         assert reasons == ["phone_only", *["unreadable_identifier"] * 3]
-        assert await count(adapter.pool, "SELECT count(*) FROM contacts") == 4
+        assert await count(adapter.pool, "SELECT count(*) FROM contacts") == 5
     finally:
         await adapter.close()
 
