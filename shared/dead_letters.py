@@ -22,11 +22,15 @@ SEALED = "lethe-sealed"  # the value is a sealed envelope of the original key an
 REQUEST_ID = "lethe-request-id"
 MESSAGE_ID = "lethe-message-id"
 REPLAYED_FROM = "lethe-replayed-from"  # partition:offset of the dead letter a message was sent back from
-BODY_DROPPED = "lethe-body-dropped"  # the failed value's size in bytes, where it was too large to keep
-# A failed value larger than this is not kept in its letter (its size is): sealed, a letter is
-# 1.8 times the value, and one past the producer's request limit (1 MiB) could never be sent,
-# which held its consumer up for good. Lethe's own messages are a few kilobytes.
-BODY_KEPT_MAX = 256 * 1024
+BODY_DROPPED = "lethe-body-dropped"  # the failed key and value's size in bytes, where too large to keep
+# A failed key and value larger than this are not kept in their letter (their size is):
+# sealed, a letter is 1.8 times them, and one past the producer's request limit (1 MiB) could
+# never be sent, which held its consumer up for good. Lethe's own messages are a few kilobytes.
+BODY_KEPT_MAX = 512 * 1024
+_ID_IN_PREFIX = {
+    field: re.compile(rf'"{field}"\s*:\s*"([^"\\]{{1,200}})"'.encode())
+    for field in ("request_id", "message_id")
+}
 ID_HEADERS = {"request_id": REQUEST_ID, "message_id": MESSAGE_ID}
 ENVELOPE_VERSION = b"1"
 # What a request id may look like (ingress validates it so); a message id is a UUID.
@@ -63,8 +67,13 @@ def is_sealed(headers: Iterable[tuple[str, bytes]] | None) -> bool:
 def id_headers(value: bytes | None) -> Headers:
     """request_id and message_id of a JSON body, as headers: none from a body that is not JSON,
     and none that is not shaped like an id (a failed submission's may be an e-mail)."""
-    if value is not None and len(value) > BODY_KEPT_MAX:
-        return []
+    if value is not None and len(value) > BODY_KEPT_MAX:  # not parsed whole: its first kilobytes
+        found = {
+            f: m.group(1).decode(errors="replace")
+            for f, r in _ID_IN_PREFIX.items()
+            if (m := r.search(value[:4096]))
+        }
+        return [(ID_HEADERS[f], v.encode()) for f, v in found.items() if _AN_ID.fullmatch(v)]
     try:
         body = json.loads(value or b"")
     except (ValueError, UnicodeDecodeError, RecursionError):  # [[[[… : deeper than the parser goes

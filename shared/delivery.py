@@ -98,26 +98,32 @@ class Publisher:
         """The key and value sealed; in clear only the error, where it came from, the body's
         ids and how often it was tried or replayed (a submitter's own headers may say
         anything). No key: the original one is whatever a submitter chose, and dead letters
-        need no order."""
+        need no order. A key and value too large to send sealed are left out, their size said
+        (`BODY_DROPPED`: not replayed); a letter too large whatever else says where and why."""
         metrics.dead_letters.add(1, {"topic": record.topic})
-        value = record.value
-        if value is not None and len(value) > BODY_KEPT_MAX:  # never sendable sealed: not kept
-            error = f"{error}; its {len(value)} bytes not kept"
-        headers = [(k, v) for k, v in (record.headers or ()) if k in (ATTEMPT, REPLAYED_FROM)]
-        source = dict(record.headers or ()).get(SOURCE_TOPIC, record.topic.encode())
-        headers += [
-            *id_headers(record.value),
-            (ERROR, error.encode()[:1000]),
+        key, value = record.key, record.value
+        size = len(key or b"") + len(value or b"")
+        dropped = size > BODY_KEPT_MAX
+        if dropped:
+            error, key, value = f"{error}; its {size} bytes not kept", None, None
+        # What a sender's headers may say is copied only as long as such a header is.
+        copied = [(k, v[:64]) for k, v in (record.headers or ()) if k in (ATTEMPT, REPLAYED_FROM)]
+        source = dict(record.headers or ()).get(SOURCE_TOPIC, record.topic.encode())[:256]
+        where = [
             (SOURCE_TOPIC, source),
             ("lethe-source-partition", str(record.partition).encode()),
             ("lethe-source-offset", str(record.offset).encode()),
-            (SEALED, ENVELOPE_VERSION),
         ]
-        if value is not None and len(value) > BODY_KEPT_MAX:
-            headers.append((BODY_DROPPED, str(len(value)).encode()))
-            value = None
-        body = seal_letter(self.seal, record.key, value)
-        await self.publish(topics.DEAD_LETTERS, None, body, headers)
+        headers = [*copied, *id_headers(record.value), (ERROR, error.encode()[:1000]), *where]
+        headers.append((SEALED, ENVELOPE_VERSION))
+        if dropped:
+            headers.append((BODY_DROPPED, str(size).encode()))
+        try:
+            await self.publish(topics.DEAD_LETTERS, None, seal_letter(self.seal, key, value), headers)
+        except MessageSizeTooLargeError:
+            error = f"{error}; its letter too large to send"
+            minimal = [(ERROR, error.encode()[:1000]), *where, (BODY_DROPPED, str(size).encode())]
+            await self.publish(topics.DEAD_LETTERS, None, b"", minimal)
 
     async def retry_later(
         self, record: ConsumerRecord[bytes, bytes], retry_topic: str, attempt: int, delay_s: float, error: str
