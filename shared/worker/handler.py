@@ -228,8 +228,7 @@ async def held_records(
     case reference): those its own identifiers find in this store, so a hold on a customer id
     covers records found by e-mail too (shared/worker/hold_cover.py: without a search per
     hold); and every one of them, where the hold names one of the subject's strong
-    identifiers (given, learnt, or on one of these records), since they were decided to be
-    the subject's: a hold on Alice's e-mail keeps her call recordings, which carry only her
+    identifiers (given or learnt), since they were decided to be the subject's: a hold on Alice's e-mail keeps her call recordings, which carry only her
     customer id, and what an earlier command kept (a deferred erasure's) though no
     identifier finds it any more (an invoice whose account was erased)."""
     if request_type is not RequestType.ERASURE:
@@ -241,7 +240,9 @@ async def held_records(
     unknown = [r for r in records if r.searchable is None]
     searched = hold_cover.covered_by_search(active, await _found_by_holds(store, active)) if unknown else {}
     # A shared landline does not make a hold theirs: their strong identifiers do.
-    subject = known.all.strong().union(*(record.owner.strong() for record in records))
+    # Given or learnt: not every address on their records (a family's mailbox on Alice's
+    # account would bring Ben's hold on it to all of hers).
+    subject = known.all.strong()
     theirs = [
         h
         for h in active
