@@ -228,9 +228,10 @@ async def held_records(
     case reference): those its own identifiers find in this store, so a hold on a customer id
     covers records found by e-mail too (shared/worker/hold_cover.py: without a search per
     hold); and every one of them, where the hold names one of the subject's strong
-    identifiers (given or learnt), since they were decided to be the subject's: a hold on Alice's e-mail keeps her call recordings, which carry only her
-    customer id, and what an earlier command kept (a deferred erasure's) though no
-    identifier finds it any more (an invoice whose account was erased)."""
+    identifiers (given or learnt), since they were decided to be the subject's: a hold on
+    Alice's e-mail keeps her call recordings, which carry only her customer id, and what an
+    earlier command kept (a deferred erasure's) though no identifier finds it any more (an
+    invoice whose account was erased)."""
     if request_type is not RequestType.ERASURE:
         return {}
     active = await holds.active(system, moment)

@@ -224,14 +224,11 @@ class HoldsView:
             return
         self._unreadable.pop(record.key, None)
         if isinstance(message, HoldsAnnounced):
-            # It lists every hold intake has: what could not be read before it under a key it
-            # does not list is no hold it lacks (one whose message was corrupted is listed).
+            # It lists every hold intake has: what could not be read before it (every holds
+            # message is on one partition, read in order) under a key it does not list is no
+            # hold it lacks; one whose message was corrupted is listed, and stands.
             listed = {str(hold_id).encode() for hold_id in message.versions}
-            self._unreadable = {
-                key: offset
-                for key, offset in self._unreadable.items()
-                if offset > record.offset or key in listed
-            }
+            self._unreadable = {key: offset for key, offset in self._unreadable.items() if key in listed}
             self._announced = message
             self._marker_at = (
                 TopicPartition(record.topic, record.partition),
