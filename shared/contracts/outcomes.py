@@ -51,6 +51,17 @@ class FoundBy(Frozen):
     count: int = Field(ge=1)
 
 
+# Why records went to a person (shared/worker/matching.py decides; intake explains each).
+ReviewReason = Literal[
+    "shared_phone",
+    "phone_only",
+    "learnt_phone",
+    "mailbox_variant",
+    "unreadable_identifier",
+    "too_many_matches",
+]
+
+
 class ReviewItem(Frozen):
     """Records a store found that may be someone else's (shared/worker/matching.py): neither
     acted on nor learnt from until a person decides. Ids only; what matched, masked, is sealed
@@ -61,14 +72,7 @@ class ReviewItem(Frozen):
     records: dict[str, int] = Field(
         description="Records per category, the top-level ones and those under them"
     )
-    reason: Literal[
-        "shared_phone",
-        "phone_only",
-        "learnt_phone",
-        "mailbox_variant",
-        "unreadable_identifier",
-        "too_many_matches",
-    ]
+    reason: ReviewReason
     matched: list[str] = Field(description="Kinds of the subject's identifiers that found them")
     conflicting: list[str] = Field(
         description="Kinds of strong identifiers on them the subject is not known by"

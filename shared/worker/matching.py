@@ -36,17 +36,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from shared.contracts.outcomes import ReviewReason
 from shared.identity import STRONG, Identities, Kind, KnownIdentities, extension, line, mailbox
 from shared.worker.ports import Record
-
-Reason = Literal[
-    "shared_phone",
-    "phone_only",
-    "learnt_phone",
-    "mailbox_variant",
-    "unreadable_identifier",
-    "too_many_matches",
-]
 
 
 @dataclass(frozen=True)
@@ -64,7 +56,7 @@ class Ambiguous:
 
     groups: tuple[tuple[str, str], ...]
     records: tuple[Record, ...]
-    reason: Reason
+    reason: ReviewReason
     matched: Identities  # which of the subject's identifiers found them
     conflicting: Identities  # strong identifiers on them the subject is not known by
 
@@ -137,7 +129,7 @@ def classify(
 
 def _verdict(
     head: Record, known: KnownIdentities, flooded: Identities, phone_alone: bool
-) -> FoundBy | Reason:
+) -> FoundBy | ReviewReason:
     for source, identities in (("given", known.given), ("learnt", known.learnt)):
         for kind in STRONG:
             hits = set(getattr(head.matched, kind)) & set(getattr(identities, kind))
