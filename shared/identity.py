@@ -251,11 +251,20 @@ def phone_key_index(name: str, table: str, column: str) -> tuple[str, ...]:
     )
 
 
+def id_prefilter(customer_id: str) -> str:
+    """The coarse key of a normalised customer id: in upper case, so that the store returns one
+    written in another case (`c-1002`), which matching.py puts to a person (a system may tell
+    `ab12` from `AB12`)."""
+    return customer_id.upper()
+
+
 def id_key_sql(column: str) -> str:
     """The key PostgreSQL computes from a customer id as stored: without the spaces and invisible
-    characters `normalise_id` drops, its dashes hyphens (`"C-1002 "` is C-1002; one the normalisation refuses
-    becomes a candidate nobody matches, which is harmless)."""
-    return f"translate(regexp_replace({column}, '{_SQL_SPACE}', '', 'g'), '{_DASHES}', '{_HYPHENS}')"
+    characters `normalise_id` drops, its dashes hyphens, in upper case (`"c-1002 "` has
+    C-1002's key; one the normalisation refuses becomes a candidate nobody matches, which is
+    harmless)."""
+    spaceless = f"regexp_replace({column}, '{_SQL_SPACE}', '', 'g')"
+    return f"upper(translate({spaceless}, '{_DASHES}', '{_HYPHENS}'))"
 
 
 def id_key_index(name: str, table: str, column: str) -> tuple[str, str, str]:

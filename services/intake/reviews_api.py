@@ -30,6 +30,7 @@ REASONS = {
     "unreadable_identifier": "the search found it by an identifier written so that it cannot be read"
     " (a note after a number, two addresses in one field)",
     "mailbox_variant": "the address is another sub-address of the subject's (name+tag@)",
+    "id_variant": "the customer id is the subject's written in another case (c-1002 for C-1002)",
     "too_many_matches": "one identifier found more records than one person plausibly has",
     "expansion_bound": "the search stopped at its bound with identifiers learnt and not searched",
 }

@@ -57,6 +57,7 @@ ReviewReason = Literal[
     "phone_only",
     "learnt_phone",
     "mailbox_variant",
+    "id_variant",
     "unreadable_identifier",
     "too_many_matches",
 ]

@@ -21,7 +21,8 @@ certainly the subject's (acted on, and its identifiers learnt for the next round
   number reaches strangers (a household's landline learnt from one member's account finds the
   other member's records). It is shown to a reviewer, never erased on its own.
 - A record whose e-mail is a sub-address of the subject's (or the reverse: `alice+news@` for
-  `alice@`) may or may not be the same mailbox: ambiguous.
+  `alice@`) may or may not be the same mailbox: ambiguous. So is one whose customer id is the
+  subject's in another case (`c-1002`): a system may tell them apart.
 - A record with a switchboard's main number where the subject gave one of its extensions, or
   the reverse, may be the subject's or a colleague's: ambiguous (two different extensions are
   two lines, and do not match at all).
@@ -71,13 +72,15 @@ class Classified:
 
 def match(candidate: Identities, known: Identities) -> tuple[Identities, Identities]:
     """(the known identifiers equal to one of the candidate's, the known identifiers the
-    candidate holds a variant of: another sub-address of an e-mail, or a number's line where
-    the other has an extension on it)."""
+    candidate holds a variant of: another sub-address of an e-mail, a number's line where the
+    other has an extension on it, or a customer id in another case)."""
     matched = candidate.intersection(known)
     boxes = {mailbox(e) for e in candidate.emails}
     variants = [e for e in known.emails if mailbox(e) in boxes and e not in matched.emails]
     lines = [p for p in known.phones if p not in matched.phones and _same_line(p, candidate.phones)]
-    return matched, Identities.normalised({"emails": variants, "phones": lines})
+    folded = {c.casefold() for c in candidate.customer_ids}
+    ids = [c for c in known.customer_ids if c.casefold() in folded and c not in matched.customer_ids]
+    return matched, Identities.normalised({"emails": variants, "phones": lines, "customer_ids": ids})
 
 
 def _same_line(phone: str, others: Iterable[str]) -> bool:
@@ -141,6 +144,10 @@ def _verdict(
         return "unreadable_identifier"  # the search found it by a value that cannot be read
     if not head.matched and head.variants.emails:
         return "mailbox_variant"
+    if not head.matched and head.variants.customer_ids:
+        return (
+            "id_variant"  # c-1002 for C-1002: the same account, or another in a system that tells them apart
+        )
     if not head.matched and head.variants.phones:
         return "shared_phone"  # a switchboard's main number and one of its extensions
     if set(head.matched.phones) & set(known.given.phones):

@@ -16,7 +16,7 @@ import asyncpg
 
 from shared.contracts.outcomes import Action
 from shared.db import apply_schema, create_pool, ensure_database
-from shared.identity import Identities, Kind, email_prefilter, phone_prefilter
+from shared.identity import Identities, Kind, email_prefilter, id_prefilter, phone_prefilter
 from shared.settings import DatabaseSettings
 from shared.worker.journal import (
     JOURNAL_OPEN_DDL,
@@ -192,7 +192,7 @@ class PostgresStoreAdapter:
         matches (shared/identity.py: one normalisation, in Python), or where a value of a kind
         searched for cannot be read (`unread_match`), with what is under it."""
         keys = {
-            "customer_ids": identities.customer_ids,
+            "customer_ids": sorted({id_prefilter(c) for c in identities.customer_ids}),
             "email_keys": sorted({email_prefilter(e) for e in identities.emails}),
             "phone_keys": sorted({phone_prefilter(p) for p in identities.phones}),
         }

@@ -20,6 +20,7 @@ from shared.identity import (
     email_prefilter_sql,
     id_key_index,
     id_key_sql,
+    id_prefilter,
     mailbox,
     normalise_email,
     normalise_id,
@@ -174,6 +175,9 @@ def test_a_customer_id_as_stored_has_the_key_of_its_normal_form(
     raw, it did not: the account was left out of both, while a search by e-mail erased it)."""
     assert normalise_id(stored) == "C-1002"
     assert sql_key(conn, id_key_sql("v"), stored) == "C-1002"
+    # In another case and with a typographic dash, the same key: a person decides whose.
+    other = stored.replace("C-", "c\u2011")
+    assert sql_key(conn, id_key_sql("v"), other) == id_prefilter(normalise_id(other)) == "C-1002"
 
 
 async def test_an_index_on_a_key_whose_expression_changed_is_replaced_not_kept(fresh_db: str) -> None:

@@ -300,3 +300,22 @@ async def test_a_reviewers_yes_on_a_restriction_restricts_and_erases_nothing(fre
         assert await count(adapter.pool, "SELECT count(*) FROM contacts WHERE restricted") == 2
     finally:
         await adapter.close()
+
+
+async def test_a_customer_id_in_another_case_is_found_and_put_to_a_person(fresh_db: str) -> None:
+    """The CRM holds Alice's contact under `c-1002`; the request says C-1002. Found (it was
+    missed), and put to a person: a system may tell `c-1002` from `C-1002`."""
+    adapter = CrmAdapter(fresh_db)
+    await adapter.start()
+    try:
+        await adapter.pool.execute(
+            "INSERT INTO contacts (contact_id, customer_id, full_name, created_on)"
+            " VALUES ('CT-1', 'c-1002', 'Alice Hartley', current_date)"
+        )
+        request = Identities(customer_ids=["C-1002"])
+        outcome = await execute(erase("crm"), request, adapter, ActOnEverything(), utc_clock)
+        contacts = {c.category: c for c in outcome.categories}["contacts"]
+        assert (contacts.erased, contacts.in_review) == (0, 1)
+        assert [r.reason for r in outcome.reviews] == ["id_variant"]
+    finally:
+        await adapter.close()

@@ -218,3 +218,11 @@ def test_a_switchboards_main_number_on_many_extensions_is_one_decision_not_one_e
     assert not result.certain
     [item] = result.ambiguous
     assert item.reason == "too_many_matches" and len(item.records) == 60
+
+
+def test_a_customer_id_in_another_case_goes_to_a_person() -> None:
+    alice = KnownIdentities(given=Identities(customer_ids=["C-1002"]))
+    contact = account("CT-1", Identities(customer_ids=["c-1002"]), alice.all)
+    assert not contact.matched and contact.variants == Identities(customer_ids=["C-1002"])
+    [item] = classify([contact], alice).ambiguous
+    assert item.reason == "id_variant"
