@@ -190,7 +190,7 @@ async def _take(
     saga, round_before = loaded.saga, loaded.saga.round
     expansion.prime(loaded, seal)
     recorded = []
-    for outcome in outcomes:
+    for outcome in await _sent(conn, saga.request_id, outcomes):
         if saga.accepts(outcome):
             expansion.take(loaded, outcome.learnt_identifiers, seal)
         if saga.record(outcome):
@@ -202,6 +202,32 @@ async def _take(
         for outcome in recorded:
             await schedule_follow_ups(conn, outcome)
     return {outcome.message_id for outcome in recorded}
+
+
+async def _sent(
+    conn: asyncpg.Connection, request_id: str, outcomes: list[OutcomeReported]
+) -> list[OutcomeReported]:
+    """The outcomes less a follow-up erasure's answer for a command the tracker did not send
+    (the saga checks a round's and a reviewer's itself; a follow-up's ids are in the schedule)."""
+    asked = [o.command_id for o in outcomes if o.resume_of is not None]
+    if not asked:
+        return outcomes
+    sent = {
+        r["command_id"]
+        for r in await conn.fetch(
+            "SELECT command_id FROM scheduled_erasures"
+            " WHERE request_id = $1 AND command_id = ANY($2::uuid[])",
+            request_id,
+            asked,
+        )
+    }
+    for outcome in outcomes:
+        if outcome.resume_of is not None and outcome.command_id not in sent:
+            log.warning(
+                "an answer to a follow-up erasure the tracker did not send was not taken",
+                extra={"request_id": request_id, "system": outcome.system},
+            )
+    return [o for o in outcomes if o.resume_of is None or o.command_id in sent]
 
 
 async def retry_system(db: Db, event: RetrySystem, now: datetime) -> bool:

@@ -182,7 +182,14 @@ async def test_retention_end_schedules_a_deferred_erasure_and_the_report_records
     assert await schedule.dispatch_due(tracker_db, datetime(2032, 1, 2, tzinfo=UTC)) == 0  # sent once
     command = (await outbox(tracker_db, topics.command_topic("billing")))[0]
     assert command["resume_of"] == str(first.command_id) and command["command"] == "erase_subject"
-    await store.record_outcome(tracker_db, outcome("t-3", "billing", resume_of=first, erased=2))
+    # An answer to a follow-up the tracker did not send (a made-up id) is not taken.
+    forged = outcome("t-3", "billing", resume_of=first, erased=5)
+    await store.record_outcome(tracker_db, forged)
+    assert (await outbox(tracker_db, topics.REQUEST_STATUS))[-1]["report"]["systems"][0]["deferred"] == []
+    answer = outcome("t-3", "billing", resume_of=first, erased=2)
+    await store.record_outcome(
+        tracker_db, answer.model_copy(update={"command_id": UUID(command["message_id"])})
+    )
     report = (await outbox(tracker_db, topics.REQUEST_STATUS))[-1]["report"]
     billing = report["systems"][0]
     assert report["status"] == "completed_with_exceptions"  # history: something was kept at first
