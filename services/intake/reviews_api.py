@@ -28,7 +28,7 @@ REASONS = {
     "learnt_phone": "found only by a phone number learnt from another record, not given by the request",
     "phone_only": "found only by a phone number the request gave, and nothing else on it says whose it is",
     "unreadable_identifier": "the search found it by an identifier written so that it cannot be read"
-    " (a note after a number, two addresses in one field)",
+    " (two numbers or addresses in one field, a customer id with a space inside)",
     "mailbox_variant": "the address is another sub-address of the subject's (name+tag@)",
     "id_variant": "the customer id is the subject's written in another case (c-1002 for C-1002)",
     "too_many_matches": "one identifier found more records than one person plausibly has",

@@ -217,7 +217,7 @@ class HoldsView:
         except (PoisonMessage, IdentifierSealError) as exc:
             # Fail closed: a hold we cannot read might cover the records we are about to erase.
             # Not under a key no hold or marker has: any producer on the topic could otherwise
-            # stop every erasure for good (intake dead-letters it).
+            # stop every erasure for good (the tracker, which reads the topic too, dead-letters it).
             log.error("unreadable hold message", extra={"offset": record.offset, "error": str(exc)})
             if _may_be_a_hold(record.key):
                 self._unreadable[record.key] = record.offset
