@@ -178,9 +178,10 @@ def scope(
         wanted = {tuple(g) for g in command.groups}
         return [r for r in found if (r.group or r.key) in wanted], {}, []
     fresh = [r for r in found if r.key not in resumed]
-    classified = classify(
-        fresh, known, match_limit, phone_alone=command.request_type is not RequestType.ERASURE
-    )
+    # A restriction of a record with only the number on it is undone by a lift; a lift of one
+    # may undo another person's restriction (whose request set the flag is not kept).
+    phone_alone = command.request_type is RequestType.RESTRICTION
+    classified = classify(fresh, known, match_limit, phone_alone=phone_alone)
     by = {key: f"{f.kind}:{f.source}" for key, f in classified.found_by.items()}
     return classified.certain + [r for r in found if r.key in resumed], by, classified.ambiguous
 

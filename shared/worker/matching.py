@@ -11,8 +11,8 @@ certainly the subject's (acted on, and its identifiers learnt for the next round
   else's (`shared_phone`); if it carries none, nothing on it but the number says whose it is
   (`phone_only`: a household member's contact with his name and the landline). Two exceptions:
   processor data (a record a store holds for another controller), of which Lethe changes
-  nothing and refers the person to its controller, who decides whose it is; and a restriction
-  or its lift, which a lift undoes (`phone_alone`).
+  nothing and refers the person to its controller, who decides whose it is; and a restriction,
+  which a lift undoes (`phone_alone`; not a lift, which could undo another's restriction).
 - A record a store's search returned for a value that cannot be read (`07700 900461 or 900462`,
   two addresses in one field) and carries no readable strong identifier is neither acted on nor
   dropped: ambiguous (`unreadable_identifier`), since it may well be the subject's.
@@ -100,7 +100,8 @@ def classify(
     records: Sequence[Record], known: KnownIdentities, match_limit: int = 25, phone_alone: bool = False
 ) -> Classified:
     """`phone_alone`: a record with nothing on it but a number the request gave is the
-    subject's (a restriction or its lift, which can be undone; not an erasure)."""
+    subject's (a restriction, which a lift undoes; not an erasure, nor a lift, which could
+    undo another person's restriction)."""
     groups: dict[tuple[str, str], list[Record]] = defaultdict(list)
     for record in records:
         groups[record.group or record.key].append(record)

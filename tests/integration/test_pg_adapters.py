@@ -16,7 +16,7 @@ from services.crm import seed as crm_seed
 from services.crm.store import CrmAdapter
 from services.mailing import seed as mailing_seed
 from services.mailing.store import AddressSuppressed, MailingAdapter, address_hash, subscribe
-from shared.contracts import EraseSubject, RequestType, RestrictSubject
+from shared.contracts import EraseSubject, LiftRestriction, RequestType, RestrictSubject
 from shared.contracts.commands import EraseRecords
 from shared.crypto import subject_ref
 from shared.identity import Identities
@@ -317,5 +317,25 @@ async def test_a_customer_id_in_another_case_is_found_and_put_to_a_person(fresh_
         contacts = {c.category: c for c in outcome.categories}["contacts"]
         assert (contacts.erased, contacts.in_review) == (0, 1)
         assert [r.reason for r in outcome.reviews] == ["id_variant"]
+    finally:
+        await adapter.close()
+
+
+async def test_a_lift_puts_a_record_with_only_the_number_to_a_person(fresh_db: str) -> None:
+    """Ben restricted his own contact (his name and the household landline). Alice's lift,
+    naming the landline, must not undo it on its own: whose restriction set the flag is not
+    kept, so a person decides."""
+    adapter = CrmAdapter(fresh_db)
+    await adapter.start()
+    try:
+        await adapter.pool.execute(
+            "INSERT INTO contacts (contact_id, full_name, phone, restricted, created_on)"
+            " VALUES ('CT-B', 'Ben Hartley', '01632 960123', true, current_date)"
+        )
+        alice = Identities(customer_ids=["C-1001"], phones=["01632 960123"])
+        lift = LiftRestriction(request_id="it-l", system="crm", subject_ref=REF, sealed_identifiers="x")
+        outcome = await execute(lift, alice, adapter, ActOnEverything(), utc_clock)
+        assert [r.reason for r in outcome.reviews] == ["phone_only"]
+        assert await count(adapter.pool, "SELECT count(*) FROM contacts WHERE restricted") == 1
     finally:
         await adapter.close()
