@@ -68,17 +68,22 @@ def id_headers(value: bytes | None) -> Headers:
     """request_id and message_id of a JSON body, as headers: none from a body that is not JSON,
     and none that is not shaped like an id (a failed submission's may be an e-mail)."""
     if value is not None and len(value) > BODY_KEPT_MAX:  # not parsed whole: its first kilobytes
-        found = {
-            f: m.group(1).decode(errors="replace")
-            for f, r in _ID_IN_PREFIX.items()
-            if (m := r.search(value[:4096]))
-        }
-        return [(ID_HEADERS[f], v.encode()) for f, v in found.items() if _AN_ID.fullmatch(v)]
+        return _ids_in_prefix(value)
     try:
         body = json.loads(value or b"")
     except (ValueError, UnicodeDecodeError, RecursionError):  # [[[[… : deeper than the parser goes
-        return []
+        return _ids_in_prefix(value or b"")  # not JSON throughout, its ids may still be readable
     if not isinstance(body, dict):
         return []
     ids = {header: str(body.get(field)) for field, header in ID_HEADERS.items() if field in body}
     return [(header, v.encode()) for header, v in ids.items() if _AN_ID.fullmatch(v)]
+
+
+def _ids_in_prefix(value: bytes) -> Headers:
+    """The ids as a JSON body's first kilobytes write them, where the whole cannot be parsed."""
+    found = {
+        f: m.group(1).decode(errors="replace")
+        for f, r in _ID_IN_PREFIX.items()
+        if (m := r.search(value[:4096]))
+    }
+    return [(ID_HEADERS[f], v.encode()) for f, v in found.items() if _AN_ID.fullmatch(v)]

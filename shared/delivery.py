@@ -107,7 +107,7 @@ class Publisher:
         if dropped:
             error, key, value = f"{error}; its {size} bytes not kept", None, None
         # What a sender's headers may say is copied only as long as such a header is.
-        copied = [(k, v[:64]) for k, v in (record.headers or ()) if k in (ATTEMPT, REPLAYED_FROM)]
+        copied = [(k, v[:64]) for k, v in dict(record.headers or ()).items() if k in (ATTEMPT, REPLAYED_FROM)]
         source = dict(record.headers or ()).get(SOURCE_TOPIC, record.topic.encode())[:256]
         where = [
             (SOURCE_TOPIC, source),
@@ -122,7 +122,8 @@ class Publisher:
             await self.publish(topics.DEAD_LETTERS, None, seal_letter(self.seal, key, value), headers)
         except MessageSizeTooLargeError:
             error = f"{error}; its letter too large to send"
-            minimal = [(ERROR, error.encode()[:1000]), *where, (BODY_DROPPED, str(size).encode())]
+            minimal = [*id_headers(record.value), (ERROR, error.encode()[:1000]), *where]
+            minimal.append((BODY_DROPPED, str(size).encode()))
             await self.publish(topics.DEAD_LETTERS, None, b"", minimal)
 
     async def retry_later(

@@ -45,7 +45,7 @@ def _number_values(phones: Sequence[str]) -> list[str]:
     """Filter values for entries holding one of these numbers, however a directory spells its
     line: its national digits with anything between and before them (`+44 (0)7700 900461`,
     `(07700) 900461`, `07700.900.461`: LDAP's telephoneNumber matching ignores spaces and
-    hyphens only), ending with the line's last three digits, together (so also the main number of an
+    hyphens only), ending with the line's last digit (so also the main number of an
     extension's switchboard, which matching.py puts to a person); for a number with an
     extension, the line followed by anything that ends in the extension's digits (`x12`,
     `ext. 012`). The normalised forms decide. Not the line followed by anything: that is every
@@ -53,9 +53,9 @@ def _number_values(phones: Sequence[str]) -> list[str]:
     values: set[str] = set()
     for phone in phones:
         digits = extension(phone).lstrip("0") or extension(phone)
-        # Its last three digits together: a directory that indexes substrings narrows by them.
-        line_digits = national_digits(phone)
-        value = "*" + "".join(f"{d}*" for d in line_digits[:-3]) + line_digits[-3:]
+        # Anything between any two digits: `01632.96.01.23`, `+33 6.12.34.56.78` split the last
+        # ones too. Unindexed, as any filter that starts with `*` is.
+        value = "*" + "*".join(national_digits(phone))
         values.add(value)
         if digits:
             values.add(f"{value}*{escape_filter_chars(digits)}")

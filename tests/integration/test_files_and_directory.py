@@ -213,6 +213,7 @@ async def test_the_directory_finds_a_number_and_a_mailbox_however_they_are_writt
             "p-dots": "07700.900.461",
             "p-0044": "0044 (0) 7700 900461",
             "p-slash": "07700/900461",
+            "p-pairs": "0770.090.04.61",  # the last digits split too
             "p-other": "07700 900462",
         }
         mails = {"m-other-domain": "a.lice@googlemail.com", "m-dotted-tag": "a.lice+news@gmail.com"}

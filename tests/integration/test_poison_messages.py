@@ -79,6 +79,8 @@ async def test_a_poison_message_too_large_to_keep_is_dead_lettered_without_its_b
 
 async def test_a_poison_message_nested_past_the_parser_is_dead_lettered(broker: KafkaSettings) -> None:
     assert id_headers(b"[" * 5000) == []
+    # Not JSON throughout (a byte that is no UTF-8), its ids still named from its first bytes.
+    assert id_headers(b'{"request_id": "req-1", "x": "\xff"}') == [("lethe-request-id", b"req-1")]
     handled, [letter] = await handled_after(broker, b"[" * 5000)
     assert handled == [GOOD]
     assert not letter.body_dropped and "RecursionError" in letter.error
