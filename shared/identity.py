@@ -320,6 +320,20 @@ def mask(kind: str, value: str) -> str:
     return value[:head] + "•" * (len(value) - head - tail) + value[-tail:]
 
 
+def written_in(texts: Iterable[str], identities: Identities) -> bool:
+    """Whether one of these texts, as a store holds them (unread: two numbers in one field, an
+    address among others), has one of the identifiers written in it: a number's national digits
+    among its digits, an address or a customer id among its characters, case aside. What only
+    shares a store's coarse key with the subject's (the last digits of another number) has not."""
+    digits = [line_digits for phone in identities.phones if len(line_digits := national_digits(phone)) >= 6]
+    words = [e.casefold() for e in identities.emails] + [c.casefold() for c in identities.customer_ids]
+    for text in texts:
+        folded, only_digits = text.casefold(), "".join(c for c in text if c.isdigit())
+        if any(d in only_digits for d in digits) or any(w in folded for w in words):
+            return True
+    return False
+
+
 def national_digits(phone: str) -> str:
     """The digits of a number's line without its country code or trunk prefix (7700900461 for
     +447700900461): every spelling of the line holds them, in order, whatever stands between."""

@@ -47,13 +47,12 @@ class DirectorySession(PostgresJournal):
                 raise SearchTooBroad(str(exc)) from exc
             raise
         self.located.update((e.entry_uuid, e.dn) for e in entries)
-        searched = {kind for kind, _ in identities.pairs()}
         records = []
         for e in entries:
             owner, unreadable = Identities.read(ldap_uids=e.uid, emails=e.mail, phones=e.phones)
             matched, variants = match(owner, identities)
             # LDAP matched a spelling; the normalised forms decide (or a person: unread_match).
-            if matched or variants or unread_match(owner, unreadable, searched):
+            if matched or variants or unread_match(unreadable, [*e.uid, *e.mail, *e.phones], identities):
                 records.append(
                     Record(
                         category=CATEGORY,

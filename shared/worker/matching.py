@@ -14,8 +14,8 @@ certainly the subject's (acted on, and its identifiers learnt for the next round
   nothing and refers the person to its controller, who decides whose it is; and a restriction,
   which a lift undoes (`phone_alone`; not a lift, which could undo another's restriction).
 - A record a store's search returned for a value that cannot be read (`07700 900461 or 900462`,
-  two addresses in one field) and carries no readable strong identifier is neither acted on nor
-  dropped: ambiguous (`unreadable_identifier`), since it may well be the subject's.
+  two addresses in one field) with one of the subject's identifiers written in it is neither
+  acted on nor dropped: ambiguous (`unreadable_identifier`), since it may well be theirs.
 - A record found only through a phone number *learnt* from another record is ambiguous:
   nobody vouched for that number as the subject's, and two hops from the request a shared
   number reaches strangers (a household's landline learnt from one member's account finds the

@@ -6,7 +6,7 @@ subject's rows."""
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar, Self
@@ -16,7 +16,7 @@ import asyncpg
 
 from shared.contracts.outcomes import Action
 from shared.db import apply_schema, create_pool, ensure_database
-from shared.identity import Identities, Kind, email_prefilter, id_prefilter, phone_prefilter
+from shared.identity import Identities, Kind, email_prefilter, id_prefilter, phone_prefilter, written_in
 from shared.settings import DatabaseSettings
 from shared.worker.journal import (
     JOURNAL_OPEN_DDL,
@@ -109,13 +109,14 @@ class PostgresStoreSession(TransactionalJournal):
         return found
 
 
-def unread_match(owner: Identities, unreadable: Sequence[Kind], searched: set[Kind]) -> bool:
-    """A candidate nothing matched, with a value of a searched kind that cannot be read: it may
-    be the one the key matched (`07700 900461 or 900462`), so a person decides (matching.py);
-    unless a readable strong identifier on it says whose it is, which is not the subject's (a
-    stranger's contact whose number's last digits and a note brought it, shown to the subject's
-    reviewer for nothing)."""
-    return bool(searched & set(unreadable)) and not owner.strong()
+def unread_match(unreadable: Sequence[Kind], texts: Iterable[str], identities: Identities) -> bool:
+    """A candidate nothing matched, with a value of a searched kind that cannot be read, in
+    which one of the identifiers searched for is written (`07700 900461 or 900462`): a person
+    decides (matching.py), whatever else is on it. One that only shares the store's coarse key
+    (another number ending in the same digits) is a stranger's, and not shown to the subject's
+    reviewer."""
+    searched = {kind for kind, _ in identities.pairs()}
+    return bool(searched & set(unreadable)) and written_in(texts, identities)
 
 
 class PostgresStoreAdapter:
@@ -197,14 +198,14 @@ class PostgresStoreAdapter:
             "phone_keys": sorted({phone_prefilter(p) for p in identities.phones}),
         }
         rows = await conn.fetch(self.find_sql, *(keys[name] for name in self.find_params))
-        searched = {kind for kind, _ in identities.pairs()}
         heads: dict[str, Record] = {}
         for row in rows:
             if row["parent"] is None:
                 candidate = self.head(row)
                 record = candidate.record
                 matched, variants = match(candidate.matchable, identities)
-                if matched or variants or unread_match(record.owner, record.unreadable, searched):
+                texts = [v for v in row.values() if isinstance(v, str)]
+                if matched or variants or unread_match(record.unreadable, texts, identities):
                     heads[record.record_id] = record.model_copy(
                         update={"matched": matched, "variants": variants, "searchable": candidate.matchable}
                     )

@@ -244,8 +244,14 @@ async def test_records_whose_identifier_cannot_be_read_or_names_nobody_go_to_a_p
                 ("CT-4", "Alice Hartley", None, "020 7946 0000, 07700 900461"),  # hers, second
             ],
         )
-        # Zed's: another number ending in the same digits, unreadable, and his own customer id,
-        # which says whose it is: not shown to Alice's reviewer.
+        # Hers too, under a customer id the request does not give: what is written in the
+        # field decides, not that another strong identifier is on it.
+        await adapter.pool.execute(
+            "INSERT INTO contacts (contact_id, customer_id, full_name, phone, created_on)"
+            " VALUES ('CT-5', 'C-1009', 'Alice Hartley', '020 7946 0001 / 07700 900461', current_date)"
+        )
+        # Zed's: another number ending in the same digits (the key's), unreadable: Alice's is
+        # not written in it, so it is not shown to her reviewer.
         await adapter.pool.execute(
             "INSERT INTO contacts (contact_id, customer_id, full_name, phone, created_on)"
             " VALUES ('CT-9', 'C-9009', 'Zed Stone', '01632 900461 or 900462', current_date)"
@@ -257,10 +263,10 @@ async def test_records_whose_identifier_cannot_be_read_or_names_nobody_go_to_a_p
         )
         outcome = await execute(erase("crm"), alice, adapter, ActOnEverything(), utc_clock)
         contacts = {c.category: c for c in outcome.categories}["contacts"]
-        assert (contacts.found, contacts.erased, contacts.in_review) == (0, 0, 4)
+        assert (contacts.found, contacts.erased, contacts.in_review) == (0, 0, 5)
         reasons = sorted(r.reason for r in outcome.reviews)
-        assert reasons == ["phone_only", *["unreadable_identifier"] * 3]
-        assert await count(adapter.pool, "SELECT count(*) FROM contacts") == 5
+        assert reasons == ["phone_only", *["unreadable_identifier"] * 4]
+        assert await count(adapter.pool, "SELECT count(*) FROM contacts") == 6
     finally:
         await adapter.close()
 

@@ -12,6 +12,7 @@ from shared.identity import (
     normalise_id,
     normalise_phone,
     phone_prefilter,
+    written_in,
 )
 
 
@@ -168,3 +169,15 @@ def test_a_long_text_for_a_number_is_refused_without_trying_it_as_a_note() -> No
         normalise_phone("1" + " " * 3_000 + "((")
     assert _without_note("07700 900461" + " " * 100 + "(mobile)") == "07700 900461" + " " * 100 + "(mobile)"
     assert _without_note("07700 900461 (mobile)") == "07700 900461"
+
+
+def test_what_is_written_in_a_field_that_cannot_be_read() -> None:
+    alice = Identities(customer_ids=["C-1002"], emails=["alice@example.org"], phones=["07700 900461"])
+    for text in (
+        "020 7946 0000, 07700 900461",
+        "07700.900.461 or 900462",
+        "Alice <ALICE@example.org>; b@x.org",
+    ):
+        assert written_in([text], alice), text
+    for text in ("01632 900461 or 01632 900462", "0161 496 0000 / 0113 900461", "alicia@example.org; x"):
+        assert not written_in([text], alice), text
