@@ -217,10 +217,11 @@ async def test_the_directory_finds_a_number_and_a_mailbox_however_they_are_writt
             "p-other": "07700 900462",
         }
         mails = {"m-other-domain": "a.lice@googlemail.com", "m-dotted-tag": "a.lice+news@gmail.com"}
+        long_name = {"m-long-dotted": "alice.hart.ley@gmail.com"}  # for alicehartley@: dots anywhere
         await directory_seed.write(
             adapter.directory,
             [DirectoryEntrySeed(uid=u, cn=u, sn=u, mobile=n) for u, n in numbers.items()]
-            + [DirectoryEntrySeed(uid=u, cn=u, sn=u, mail=m) for u, m in mails.items()],
+            + [DirectoryEntrySeed(uid=u, cn=u, sn=u, mail=m) for u, m in (mails | long_name).items()],
         )
         async with adapter.session() as store:
             by_phone = {
@@ -229,10 +230,14 @@ async def test_the_directory_finds_a_number_and_a_mailbox_however_they_are_writt
             by_mail = {
                 r.owner.ldap_uids[0]: r for r in await store.find(Identities(emails=["a.lice@gmail.com"]))
             }
+            by_long = {
+                r.owner.ldap_uids[0] for r in await store.find(Identities(emails=["alicehartley@gmail.com"]))
+            }
         assert set(by_phone) == set(numbers) - {"p-other"}
         assert all(r.matched == Identities(phones=["+447700900461"]) for r in by_phone.values())
         assert set(by_mail) == set(mails)
         assert all(r.variants == Identities(emails=["a.lice@gmail.com"]) for r in by_mail.values())
+        assert by_long == set(long_name)
     finally:
         await adapter.close()
 
