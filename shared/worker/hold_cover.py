@@ -61,12 +61,8 @@ class HoldIndex:
     def covering(self, searchable: Identities) -> list[ActiveHold]:
         """The holds (in order) whose own search would find a record holding `searchable`."""
         near = {n for pair in searchable.pairs() for n in self._near.get(_probe(pair), ())}
-        return [
-            self.holds[n]
-            for n in sorted(near)
-            if any(match(searchable, self.holds[n].identities))
-            or same_id(searchable, self.holds[n].identities)
-        ]
+        # A customer id in another case is one of match's variants, as a store search finds it.
+        return [self.holds[n] for n in sorted(near) if any(match(searchable, self.holds[n].identities))]
 
 
 _last: tuple[tuple[ActiveHold, ...], HoldIndex] | None = None
