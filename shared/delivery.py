@@ -106,7 +106,7 @@ class Publisher:
         dropped = size > BODY_KEPT_MAX
         if dropped:
             error, key, value = f"{error}; its {size} bytes not kept", None, None
-        # What a sender's headers may say is copied only as long as such a header is.
+        # Of a sender's own headers only these two are copied, once each and bounded in length.
         copied = [(k, v[:64]) for k, v in dict(record.headers or ()).items() if k in (ATTEMPT, REPLAYED_FROM)]
         source = dict(record.headers or ()).get(SOURCE_TOPIC, record.topic.encode())[:256]
         where = [
