@@ -56,12 +56,6 @@ async def _readiness_now() -> dict[str, bool]:
 
 def run_service(name: str, main: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> None:
     """Run `main(stop_event)` until it returns; the first SIGINT/SIGTERM sets the event."""
-    try:
-        configure_logging(name)
-    except ValueError as exc:
-        print(f"{name}: configuration error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    setup_telemetry(name)
 
     async def runner() -> None:
         stop = asyncio.Event()
@@ -86,6 +80,8 @@ def run_service(name: str, main: Callable[[asyncio.Event], Coroutine[Any, Any, N
                 await health.stop()
 
     try:
+        configure_logging(name)  # a bad LETHE_LOG_LEVEL is reported below, as any setting is
+        setup_telemetry(name)
         with asyncio.Runner(loop_factory=event_loop_factory()) as loop_runner:
             loop_runner.run(runner())
     except ValidationError as exc:

@@ -21,8 +21,7 @@ from shared.worker.journal import (
     WORKER_JOURNAL_DDL,
     PostgresJournal,
 )
-from shared.worker.matching import match
-from shared.worker.pgstore import unread_match
+from shared.worker.matching import match, unread_match
 from shared.worker.ports import Decision, Record, SearchTooBroad
 from shared.worker.settings import RetrySettings
 

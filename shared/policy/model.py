@@ -131,11 +131,11 @@ def check_categories(
     policy: PolicyFile,
     system: str,
     categories: dict[str, tuple[str, ...]],
-    terms: dict[str, tuple[str, ...]] | None = None,
+    terms: dict[str, tuple[str, ...]],
 ) -> None:
     """A worker refuses to start unless every category it holds has a rule, every field a rule
     names is one of the category's personal fields, and the date a rule counts from and the fact
-    it keeps while are among what the category's records carry (`terms`, where given): a typo
+    it keeps while are among what the category's records carry (`terms`): a typo
     must mean neither 'erase nothing' nor, a date or fact never found, 'erase what the law keeps'."""
     for category, personal in categories.items():
         rule = policy.rule_for(system, category)
@@ -144,8 +144,6 @@ def check_categories(
         for field in (*rule.keep_fields, *rule.strip_fields):
             if field not in personal:
                 raise PolicyError(f"rule {rule.id}: {field!r} is not a personal field of {category}")
-        if terms is None:
-            continue
         known = terms.get(category, ())
         for name, value in (("anchor", rule.anchor), ("while_fact", rule.while_fact)):
             if value is not None and value not in known:

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from shared.contracts.outcomes import ReviewReason
-from shared.identity import STRONG, Identities, Kind, KnownIdentities, extension, line, mailbox
+from shared.identity import STRONG, Identities, Kind, KnownIdentities, extension, line, mailbox, written_in
 from shared.worker.ports import Record
 
 
@@ -81,6 +81,16 @@ def match(candidate: Identities, known: Identities) -> tuple[Identities, Identit
     folded = {c.casefold() for c in candidate.customer_ids}
     ids = [c for c in known.customer_ids if c.casefold() in folded and c not in matched.customer_ids]
     return matched, Identities.normalised({"emails": variants, "phones": lines, "customer_ids": ids})
+
+
+def unread_match(unreadable: Sequence[Kind], texts: Iterable[str], identities: Identities) -> bool:
+    """A candidate nothing matched, with a value of a searched kind that cannot be read, in
+    which one of the identifiers searched for is written (`07700 900461 or 900462`): a person
+    decides (`classify`), whatever else is on it. One that only shares the store's coarse key
+    (another number ending in the same digits) is a stranger's, and not shown to the subject's
+    reviewer."""
+    searched = {kind for kind, _ in identities.pairs()}
+    return bool(searched & set(unreadable)) and written_in(texts, identities)
 
 
 def _same_line(phone: str, others: Iterable[str]) -> bool:
@@ -145,10 +155,8 @@ def _verdict(
         return "unreadable_identifier"  # the search found it by a value that cannot be read
     if not head.matched and head.variants.emails:
         return "mailbox_variant"
-    if not head.matched and head.variants.customer_ids:
-        return (
-            "id_variant"  # c-1002 for C-1002: the same account, or another in a system that tells them apart
-        )
+    if not head.matched and head.variants.customer_ids:  # c-1002 for C-1002: the same account,
+        return "id_variant"  # or another in a system that tells them apart
     if not head.matched and head.variants.phones:
         return "shared_phone"  # a switchboard's main number and one of its extensions
     if set(head.matched.phones) & set(known.given.phones):

@@ -6,7 +6,7 @@ subject's rows."""
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar, Self
@@ -16,7 +16,7 @@ import asyncpg
 
 from shared.contracts.outcomes import Action
 from shared.db import apply_schema, create_pool, ensure_database
-from shared.identity import Identities, Kind, email_prefilter, id_prefilter, phone_prefilter, written_in
+from shared.identity import Identities, email_prefilter, id_prefilter, phone_prefilter
 from shared.settings import DatabaseSettings
 from shared.worker.journal import (
     JOURNAL_OPEN_DDL,
@@ -25,7 +25,7 @@ from shared.worker.journal import (
     WORKER_JOURNAL_DDL,
     TransactionalJournal,
 )
-from shared.worker.matching import match
+from shared.worker.matching import match, unread_match
 from shared.worker.pgbatch import JOURNAL_OPEN_MANY_DDL, CommandBatch
 from shared.worker.ports import Decision, JournalEntry, Record
 
@@ -107,16 +107,6 @@ class PostgresStoreSession(TransactionalJournal):
             )
             found.update((category, r["id"]) for r in rows)
         return found
-
-
-def unread_match(unreadable: Sequence[Kind], texts: Iterable[str], identities: Identities) -> bool:
-    """A candidate nothing matched, with a value of a searched kind that cannot be read, in
-    which one of the identifiers searched for is written (`07700 900461 or 900462`): a person
-    decides (matching.py), whatever else is on it. One that only shares the store's coarse key
-    (another number ending in the same digits) is a stranger's, and not shown to the subject's
-    reviewer."""
-    searched = {kind for kind, _ in identities.pairs()}
-    return bool(searched & set(unreadable)) and written_in(texts, identities)
 
 
 class PostgresStoreAdapter:
@@ -204,7 +194,7 @@ class PostgresStoreAdapter:
                 candidate = self.head(row)
                 record = candidate.record
                 matched, variants = match(candidate.matchable, identities)
-                texts = [v for v in row.values() if isinstance(v, str)]
+                texts = (v for v in row.values() if isinstance(v, str))  # read only if nothing matched
                 if matched or variants or unread_match(record.unreadable, texts, identities):
                     heads[record.record_id] = record.model_copy(
                         update={"matched": matched, "variants": variants, "searchable": candidate.matchable}

@@ -44,6 +44,9 @@ def test_default_policy_covers_every_category_of_every_system(adapter) -> None: 
     check_categories(POLICY, adapter.system, adapter.personal_fields, adapter.record_terms)
 
 
+BILLING = BillingAdapter("postgresql://x/y")
+
+
 def invoice(issued: date) -> Record:
     return Record(category="invoices", record_id="INV-1", dates={"issued_on": issued})
 
@@ -223,7 +226,7 @@ def test_a_strip_field_that_is_not_personal_stops_the_worker() -> None:
         }
     )
     with pytest.raises(PolicyError, match=r"billing\.invoices\.hmrc.*amount_pence"):
-        check_categories(bad, "billing", BillingAdapter("postgresql://x/y").personal_fields)
+        check_categories(bad, "billing", BILLING.personal_fields, BILLING.record_terms)
 
 
 @pytest.mark.parametrize(
@@ -253,4 +256,4 @@ def test_a_misspelt_anchor_or_fact_stops_the_worker(
 def test_a_category_without_a_rule_stops_the_worker() -> None:
     without = POLICY.model_copy(update={"rules": [r for r in POLICY.rules if r.category != "payments"]})
     with pytest.raises(PolicyError, match="no rule for billing/payments"):
-        check_categories(without, "billing", BillingAdapter("postgresql://x/y").personal_fields)
+        check_categories(without, "billing", BILLING.personal_fields, BILLING.record_terms)
