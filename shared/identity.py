@@ -323,12 +323,14 @@ def mask(kind: str, value: str) -> str:
 def written_in(texts: Iterable[str], identities: Identities) -> bool:
     """Whether one of these texts, as a store holds them (unread: two numbers in one field, an
     address among others), has one of the identifiers written in it: a number's national digits
-    among its digits, an address or a customer id among its characters, case aside. What only
-    shares a store's coarse key with the subject's (the last digits of another number) has not."""
+    among its digits (full-width ones read as digits), an address or a customer id among its
+    characters, case and spaces aside (`C- 1002`, which the store's key found). What only shares
+    a store's coarse key with the subject's (the last digits of another number) has not."""
     digits = [line_digits for phone in identities.phones if len(line_digits := national_digits(phone)) >= 6]
     words = [e.casefold() for e in identities.emails] + [c.casefold() for c in identities.customer_ids]
     for text in texts:
-        folded, only_digits = text.casefold(), "".join(c for c in text if c.isdigit())
+        folded = "".join(text.casefold().split())
+        only_digits = "".join(str(unicodedata.digit(c)) for c in text if c.isdigit())
         if any(d in only_digits for d in digits) or any(w in folded for w in words):
             return True
     return False

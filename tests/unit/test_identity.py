@@ -176,7 +176,9 @@ def test_what_is_written_in_a_field_that_cannot_be_read() -> None:
     for text in (
         "020 7946 0000, 07700 900461",
         "07700.900.461 or 900462",
+        "０７７００ ９００４６１ or 900462",
         "Alice <ALICE@example.org>; b@x.org",
+        "C- 1002",
     ):
         assert written_in([text], alice), text
     for text in ("01632 900461 or 01632 900462", "0161 496 0000 / 0113 900461", "alicia@example.org; x"):
