@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated
 from urllib.parse import urlencode
 from uuid import UUID
 
@@ -19,7 +19,7 @@ from services.intake.auth import Caller, Role, guarded, require
 from services.intake.models import ErrorBody, FreeText
 from services.intake.pages import TEMPLATES
 from shared.codec import describe_validation_error
-from shared.contracts.report import ReviewDecision
+from shared.contracts.report import ReviewDecision, ReviewState
 
 router = APIRouter(prefix="/v1/reviews", tags=["reviews"])
 pages = APIRouter(include_in_schema=False)
@@ -87,7 +87,7 @@ def view(request: Request, row: asyncpg.Record) -> ReviewView:
 async def list_reviews(
     request: Request,
     request_id: Annotated[str | None, Query(max_length=128)] = None,
-    state: Annotated[Literal["open", "erasing", "erased", "kept", "failed"] | None, Query()] = None,
+    state: Annotated[ReviewState | None, Query()] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
 ) -> list[ReviewView]:

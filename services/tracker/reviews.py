@@ -9,11 +9,18 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
-from shared.contracts import OutcomeReported
+from shared.contracts import OutcomeReported, RequestType
 from shared.contracts.outcomes import ReviewItem
 from shared.contracts.report import ReviewDecision, ReviewReport, ReviewState
 
 EXPANSION_BOUND = "expansion_bound"  # the search stopped with identifiers learnt and not searched
+# What a reviewer's 'erase' (they are the subject's) ends in once carried out: what the request
+# asked done to them. A restriction's records are restricted, not erased.
+APPLIED = {
+    RequestType.ERASURE: ReviewState.ERASED,
+    RequestType.RESTRICTION: ReviewState.RESTRICTED,
+    RequestType.LIFT_RESTRICTION: ReviewState.UNRESTRICTED,
+}
 
 
 @dataclass
@@ -72,11 +79,11 @@ class Review:
             self.command_id = command_id
         return True
 
-    def carried_out(self, outcome: OutcomeReported) -> bool:
+    def carried_out(self, outcome: OutcomeReported, request_type: RequestType) -> bool:
         if self.state is not ReviewState.ERASING or outcome.command_id != self.command_id:
             return False
         self.outcome = outcome
-        self.state = ReviewState.ERASED if outcome.status == "done" else ReviewState.FAILED
+        self.state = APPLIED[request_type] if outcome.status == "done" else ReviewState.FAILED
         return True
 
     def report(self) -> ReviewReport:
@@ -96,6 +103,8 @@ class Review:
             decided_by=self.decided_by,
             decided_role=self.decided_role,
             erased=sum(c.erased for c in cats),
+            restricted=sum(c.restricted for c in cats),
+            unrestricted=sum(c.unrestricted for c in cats),
             retained=sum(c.retained_count for c in cats),
             evidence=self.evidence,
         )

@@ -12,7 +12,7 @@ from typing import Any
 from uuid import UUID
 
 from services.tracker.recipients import Recipients
-from services.tracker.reviews import EXPANSION_BOUND, Review
+from services.tracker.reviews import APPLIED, EXPANSION_BOUND, Review
 from services.tracker.slots import SystemSlot, total
 from shared.contracts import OutcomeReported, Report, RequestStatus, RequestType, SystemState
 from shared.contracts.notices import NoticeUpdated
@@ -175,7 +175,7 @@ class Saga:
         if review is None:
             return False
         was_final = self.status.is_final
-        if not review.carried_out(outcome):
+        if not review.carried_out(outcome, self.request_type):
             return False
         self.note(
             outcome.finished_at,
@@ -215,7 +215,7 @@ class Saga:
             reason_sha256=reason_sha256,
         )
         if review.system is None:  # the search's bound: search once more, or stop here
-            review.state = ReviewState.ERASED if decision is ReviewDecision.ERASE else ReviewState.KEPT
+            review.state = APPLIED[self.request_type] if decision is ReviewDecision.ERASE else ReviewState.KEPT
             if decision is ReviewDecision.ERASE:
                 self._next_round(at, beyond_bound=True)
         self._after_change(at, was_final)

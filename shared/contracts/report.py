@@ -58,8 +58,11 @@ class ReviewDecision(StrEnum):
 
 class ReviewState(StrEnum):
     OPEN = "open"
-    ERASING = "erasing"  # decided 'erase'; the system is carrying it out
+    ERASING = "erasing"  # decided 'erase' (the subject's); the system is carrying it out
+    # Carried out: what the request asked done to the records (erasure, restriction, its lift).
     ERASED = "erased"
+    RESTRICTED = "restricted"
+    UNRESTRICTED = "unrestricted"
     KEPT = "kept"
     FAILED = "failed"
 
@@ -82,6 +85,8 @@ class ReviewReport(Frozen):
     decided_by: str | None = Field(None, description="The deciding token's id")
     decided_role: str | None = None
     erased: int = 0
+    restricted: int = 0
+    unrestricted: int = 0
     retained: int = 0
     evidence: str | None = Field(None, description="Sealed, for intake's reviewer: what matched, masked")
 

@@ -282,6 +282,25 @@ def test_review_items_hold_the_request_until_decided_and_each_is_decided_once() 
     ]
 
 
+def test_a_reviewers_yes_on_a_restriction_or_its_lift_is_reported_as_what_was_done() -> None:
+    """Not as 'erased': the command restricted (or lifted) the records and erased nothing."""
+    for kind, state, counts in (
+        (RequestType.RESTRICTION, "restricted", {"restricted": 2}),
+        (RequestType.LIFT_RESTRICTION, "unrestricted", {"unrestricted": 2}),
+    ):
+        s = saga("billing")
+        s.request_type = kind
+        item = review(records=2)
+        s.record(outcome("billing", restricted=0).model_copy(update={"reviews": [item]}))
+        yes = s.decide(item.review_id, ReviewDecision.ERASE, "tok1", "compliance", "a" * 64, T0)
+        assert yes is not None and yes.command_id is not None
+        done = outcome("billing", command_id=yes.command_id, **counts)
+        assert s.record(done.model_copy(update={"review_id": item.review_id}))
+        reported = s.report().reviews[0]
+        assert (reported.state, reported.erased) == (state, 0)
+        assert reported.model_dump()[state] == 2
+
+
 def test_keeping_records_a_reviewer_decided_on_is_an_exception_in_the_report() -> None:
     s = saga("billing")
     item = review()
