@@ -23,7 +23,9 @@ def _client() -> ApiClient:
 @app.command("list")
 def list_reviews(
     request_id: Annotated[str | None, typer.Option("--request", help="Only this request's.")] = None,
-    state: Annotated[str | None, typer.Option(help="open, erasing, erased, restricted, unrestricted, kept or failed.")] = "open",
+    state: Annotated[
+        str | None, typer.Option(help="open, erasing, erased, restricted, unrestricted, kept or failed.")
+    ] = "open",
 ) -> None:
     """Review items: what found the records, what speaks against them (masked), and why."""
     params = {k: v for k, v in (("request_id", request_id), ("state", state)) if v}

@@ -215,8 +215,9 @@ class Saga:
             reason_sha256=reason_sha256,
         )
         if review.system is None:  # the search's bound: search once more, or stop here
-            review.state = APPLIED[self.request_type] if decision is ReviewDecision.ERASE else ReviewState.KEPT
+            review.state = ReviewState.KEPT
             if decision is ReviewDecision.ERASE:
+                review.state = APPLIED[self.request_type]
                 self._next_round(at, beyond_bound=True)
         self._after_change(at, was_final)
         return review
