@@ -26,6 +26,9 @@ _DISPLAY_FORM = re.compile(r"<([^<>]*)>\s*$")  # "Alice Hartley <alice@example.c
 # A quoted local part that needs no quoting ("alice.hartley"@…) is that mailbox (RFC 5321).
 _QUOTED_ATOM = re.compile(r'^"([A-Za-z0-9!#$%&\'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&\'*+/=?^_`{|}~-]+)*)"$')
 _MAILTO = re.compile(r"^\s*mailto:", re.IGNORECASE)
+# A comment after the address (RFC 5322): `alice@example.com (work)`, and the old form of a
+# display name, `alice@example.com (Alice Hartley)`.
+_COMMENT = re.compile(r"\([^()]*\)$")  # no space before it in the pattern: quadratic on spaces
 PHONE_TAIL = 6  # digits of a number's end that every spelling of it shares (see phone_prefilter)
 
 Kind = Literal["customer_ids", "emails", "phones", "ldap_uids"]
@@ -55,14 +58,15 @@ def _printable(text: str, what: str) -> str:
 
 def normalise_email(raw: str) -> str:
     """`local@domain` as a mailbox provider compares it: surrounding whitespace, `mailto:`, a
-    list separator after it and a display form's angle brackets dropped, and quotes around a
-    local part that needs none; the local part NFC and lower-cased (providers
+    list separator or a comment after it and a display form's angle brackets dropped, quotes
+    around a local part that needs none; the local part NFC and lower-cased (providers
     compare it case-insensitively in practice, and a missed match is data that survives an
     erasure); the domain in its ASCII (punycode) form, so `bücher.example` and
     `xn--bcher-kva.example` are one domain. Sub-addresses (`alice+news@`) are kept: whether they
     are the same mailbox is for a person to decide (`mailbox`)."""
     # A list separator after it, as mail clients copy an address (`alice@example.com;`).
     text = _printable(raw, "an e-mail address").strip().rstrip(";,").strip()
+    text = _COMMENT.sub("", text).rstrip(";,").strip()
     text = _MAILTO.sub("", text)
     if match := _DISPLAY_FORM.search(text):
         text = match.group(1)

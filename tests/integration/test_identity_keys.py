@@ -147,6 +147,8 @@ def email_spellings(draw: st.DrawFn) -> tuple[str, str]:
                 "\ufeffmailto:{a}",
                 "\u200e{a}\u200f",
                 "{a}\u200b",
+                "{a} (work)",  # a comment after it (RFC 5322), or the old form of a display name
+                "{a} (Alice Hartley);",
             ]
         )
     )

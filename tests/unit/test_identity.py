@@ -134,6 +134,9 @@ def test_an_address_copied_from_a_mail_client_reads_as_the_address() -> None:
         "Alice Hartley <alice.hartley@example.co.uk>;",
         '"alice.hartley"@example.co.uk',
         " alice.hartley@example.co.uk , ",
+        "alice.hartley@example.co.uk (work)",  # a comment (RFC 5322)
+        "alice.hartley@example.co.uk (Alice Hartley);",  # the old form of a display name
+        "Alice Hartley <alice.hartley@example.co.uk> (home)",
     ):
         assert normalise_email(written) == "alice.hartley@example.co.uk", written
     with pytest.raises(ValueError):
