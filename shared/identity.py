@@ -242,27 +242,34 @@ def email_key_index(name: str, table: str, column: str) -> tuple[str, str, str]:
     return _key_index(name, table, email_prefilter_sql(column))
 
 
-def phone_tail_sql(column: str) -> str:
-    """A second key of a number as typed: the last digits of all its digits. Where a field holds
-    two numbers (`020 7946 0000, 07700 900461`) or words with digits before the number (`Tel 2:
-    07700 900461`), the first key is the first number's or nothing; this one is the last
-    number's. The row is a candidate either way, and a value that is no one number cannot be
-    read: a person decides (shared/worker/matching.py)."""
+def phone_numbers_sql(column: str) -> str:
+    """A second key of a field as typed, an array: the last digits of each number written in it
+    (`020 7946 0000, 07700 900461 or 07700 900462`; parts split at whatever cannot be part of a
+    number, or at a slash with a space beside it), and of all its digits together (words with
+    digits before the number, `Tel 2: 07700 900461`). Where a field holds more than one number,
+    the first key is the first number's or nothing. The row is a candidate by any of them, and a
+    value that is no one number cannot be read: a person decides (shared/worker/matching.py)."""
     digits = f"translate({column}, '{_FULLWIDTH_DIGITS}', '0123456789')"
-    return f"right(regexp_replace({digits}, '[^0-9]', '', 'g'), {PHONE_TAIL})"
+    apart = f"regexp_replace({digits}, '{_SQL_SPACE}+/{_SQL_SPACE}*|{_SQL_SPACE}*/{_SQL_SPACE}+', '|', 'g')"
+    parts = f"regexp_replace({apart}, '[^0-9{_SQL_NUMBER_PUNCTUATION}]+', '|', 'g')"
+    numbers = f"regexp_replace({parts}, '[^0-9|]', '', 'g')"
+    tails = f"regexp_replace({numbers}, '[0-9]*([0-9]{{{PHONE_TAIL}}})(?=[|]|$)', '\\1', 'g')"
+    together = f"right(regexp_replace({digits}, '[^0-9]', '', 'g'), {PHONE_TAIL})"
+    return f"(string_to_array({tails}, '|') || {together})"
 
 
 def phone_match_sql(column: str, keys: str) -> str:
     """A column's number has one of these keys (`keys`: a parameter, text[]), by either of its
     two indexed keys."""
-    return f"({phone_prefilter_sql(column)} = ANY({keys}) OR {phone_tail_sql(column)} = ANY({keys}))"
+    return f"({phone_prefilter_sql(column)} = ANY({keys}) OR {phone_numbers_sql(column)} && {keys})"
 
 
 def phone_key_index(name: str, table: str, column: str) -> tuple[str, ...]:
-    """DDL of the indexes on a table's two phone keys (replacing any on an earlier expression)."""
+    """DDL of the indexes on a table's two phone keys (replacing any on an earlier expression);
+    the second, an array, in a GIN index (`&&` finds a row by any of its elements)."""
     return (
         *_key_index(name, table, phone_prefilter_sql(column)),
-        *_key_index(f"{name}_tail", table, phone_tail_sql(column)),
+        *_key_index(f"{name}_tail", table, phone_numbers_sql(column), using="gin"),
     )
 
 
@@ -287,7 +294,7 @@ def id_key_index(name: str, table: str, column: str) -> tuple[str, str, str]:
     return _key_index(name, table, id_key_sql(column))
 
 
-def _key_index(name: str, table: str, expression: str) -> tuple[str, str, str]:
+def _key_index(name: str, table: str, expression: str, using: str = "btree") -> tuple[str, str, str]:
     """The index, and the removal of any earlier one: the plain `name`, or `name_<digest>` of an
     expression since changed (each is maintained on every write while it stands)."""
     digest = hashlib.sha256(expression.encode()).hexdigest()[:8]
@@ -298,7 +305,7 @@ def _key_index(name: str, table: str, expression: str) -> tuple[str, str, str]:
         AND left(indexname, {len(name) + 1}) = '{name}_' AND length(indexname) = {len(current)}
     LOOP EXECUTE format('DROP INDEX IF EXISTS %I', stale); END LOOP; END $$"""
     return (
-        f"CREATE INDEX IF NOT EXISTS {current} ON {table} (({expression}))",
+        f"CREATE INDEX IF NOT EXISTS {current} ON {table} USING {using} (({expression}))",
         f"DROP INDEX IF EXISTS {name}",
         stale,
     )

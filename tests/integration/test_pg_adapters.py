@@ -228,9 +228,9 @@ async def test_the_journal_keeps_decisions_not_whose_records_they_were(
 async def test_records_whose_identifier_cannot_be_read_or_names_nobody_go_to_a_person(fresh_db: str) -> None:
     """Alice's erasure names her customer id, address and the household landline. The CRM
     holds a contact of hers with a number and another's end, one with two addresses in its e-mail
-    field, one with two numbers in its phone field (hers the second), and Ben's: his name and
-    the landline, nothing else. The
-    store's keys find all four; none is erased, and none silently left out: a person decides."""
+    field, ones with two and three numbers in their phone field (hers the second), and Ben's:
+    his name and the landline, nothing else. The store's keys find them all; none is erased,
+    and none silently left out: a person decides."""
     adapter = CrmAdapter(fresh_db)
     await adapter.start()
     try:
@@ -242,6 +242,7 @@ async def test_records_whose_identifier_cannot_be_read_or_names_nobody_go_to_a_p
                 ("CT-2", "Alice Hartley", "alice.hartley@example.co.uk; a.hartley@work.example", None),
                 ("CT-3", "Ben Hartley", None, "01632 960123"),
                 ("CT-4", "Alice Hartley", None, "020 7946 0000, 07700 900461"),  # hers, second
+                ("CT-6", "Alice Hartley", None, "020 7946 0002 / 07700 900461 / 020 7946 0003"),
             ],
         )
         # Hers too, under a customer id the request does not give: what is written in the
@@ -263,10 +264,10 @@ async def test_records_whose_identifier_cannot_be_read_or_names_nobody_go_to_a_p
         )
         outcome = await execute(erase("crm"), alice, adapter, ActOnEverything(), utc_clock)
         contacts = {c.category: c for c in outcome.categories}["contacts"]
-        assert (contacts.found, contacts.erased, contacts.in_review) == (0, 0, 5)
+        assert (contacts.found, contacts.erased, contacts.in_review) == (0, 0, 6)
         reasons = sorted(r.reason for r in outcome.reviews)
-        assert reasons == ["phone_only", *["unreadable_identifier"] * 4]
-        assert await count(adapter.pool, "SELECT count(*) FROM contacts") == 6
+        assert reasons == ["phone_only", *["unreadable_identifier"] * 5]
+        assert await count(adapter.pool, "SELECT count(*) FROM contacts") == 7
     finally:
         await adapter.close()
 

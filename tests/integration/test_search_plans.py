@@ -1,0 +1,76 @@
+"""Each PostgreSQL store finds a person's candidates through its key indexes, not by reading
+every row: a key in the search that differs from its index's expression by a character still
+finds the right rows, only by a scan of the whole table (10,000 contacts and more in a real
+store, at every command), which no other test would notice."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from services.billing.store import BillingAdapter
+from services.crm.store import CrmAdapter
+from services.mailing.store import MailingAdapter
+from services.recordings.store import RecordingsAdapter
+from shared.identity import email_prefilter, id_prefilter, phone_prefilter
+from shared.worker.pgstore import PostgresStoreAdapter
+
+ROWS = 5000
+# The stranger rows: other ids, addresses and numbers (one, two or three in a field).
+FILL = {
+    "accounts": """INSERT INTO accounts
+            (account_id, customer_id, holder_name, email, phone, status, opened_on)
+        SELECT 'A-' || n, 'C-' || n, 'X', 'x' || n || '@example.org',
+               '07700 ' || lpad(n::text, 6, '0') || repeat(', 020 7946 ' || lpad(n::text, 4, '0'), n % 3),
+               'active', current_date FROM generate_series(1, $1) AS n""",
+    "contacts": """INSERT INTO contacts (contact_id, customer_id, full_name, email, phone, created_on)
+        SELECT 'CT-' || n, 'C-' || n, 'X', 'x' || n || '@example.org',
+               '07700 ' || lpad(n::text, 6, '0') || repeat(' / 020 7946 ' || lpad(n::text, 4, '0'), n % 3),
+               current_date FROM generate_series(1, $1) AS n""",
+    "subscribers": """INSERT INTO subscribers (subscriber_id, list_id, email, subscribed_at)
+        SELECT 'S-' || n, (SELECT min(list_id) FROM lists), 'x' || n || '@example.org', now()
+          FROM generate_series(1, $1) AS n""",
+    "recordings": """INSERT INTO recordings (recording_id, customer_id, caller, callee, recorded_at,
+            duration_s, path)
+        SELECT 'R-' || n, 'C-' || n, '07700 ' || lpad(n::text, 6, '0'), '020 7946 0000', now(), 60,
+               'r/' || n FROM generate_series(1, $1) AS n""",
+}
+
+
+def adapters(url: str, tmp: Path) -> list[tuple[PostgresStoreAdapter, str]]:
+    return [
+        (BillingAdapter(url), "accounts"),
+        (CrmAdapter(url), "contacts"),
+        (MailingAdapter(url, suppression_key="k"), "subscribers"),
+        (RecordingsAdapter(url, tmp), "recordings"),
+    ]
+
+
+@pytest.mark.parametrize("store", range(4))
+async def test_a_store_finds_candidates_by_its_indexes(fresh_db: str, tmp_path: Path, store: int) -> None:
+    adapter, table = adapters(fresh_db, tmp_path)[store]
+    await adapter.start()
+    try:
+        if table == "subscribers":
+            await adapter.pool.execute("INSERT INTO lists VALUES ('news', 'News', 'marketing')")
+        await adapter.pool.execute(FILL[table], ROWS)
+        await adapter.pool.execute(f"ANALYZE {table}")
+        keys = {
+            "customer_ids": [id_prefilter("C-4711")],
+            "email_keys": [email_prefilter("x4711@example.org")],
+            "phone_keys": [phone_prefilter("+441632960123"), phone_prefilter("+447700004711")],
+        }
+        args = [keys[name] for name in adapter.find_params]
+        async with adapter.pool.acquire() as conn:
+            plan = await explain(conn, adapter.find_sql, args)
+            found = await conn.fetch(adapter.find_sql, *args)
+    finally:
+        await adapter.close()
+    assert f"Seq Scan on {table}" not in plan, plan
+    assert any(row["parent"] is None for row in found)  # the plan is of a search that finds
+
+
+async def explain(conn: asyncpg.Connection, sql: str, args: list[object]) -> str:
+    return "\n".join(r[0] for r in await conn.fetch("EXPLAIN " + sql, *args))
