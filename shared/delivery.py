@@ -18,7 +18,7 @@ from aiokafka.errors import CommitFailedError, KafkaError, MessageSizeTooLargeEr
 from opentelemetry import trace
 from opentelemetry.trace import Span
 
-from shared import fetching, topics
+from shared import fetching, topics, unreadable
 from shared.codec import PoisonMessage
 from shared.crypto import IdentifierSeal
 from shared.dead_letters import (
@@ -227,7 +227,11 @@ async def consume_forever(
                     return False
             return True
 
-        groups = by_key([r for partition in batches.values() for r in partition])
+        fetched = [r for partition in batches.values() for r in partition]
+        for record in filter(unreadable.unreadable, fetched):  # its key and value kept, sealed
+            log.warning("unreadable record dead-lettered", extra={"consumer": what, "offset": record.offset})
+            await publisher.dead_letter(record, unreadable.ERROR)
+        groups = by_key([r for r in fetched if not unreadable.unreadable(r)])
         size = TOGETHER_MAX if together is not None else len(groups)
         for chunk in (groups[n : n + size] for n in range(0, len(groups), size)):
             if together is not None and len(chunk) > 1 and await handle_together(chunk, together, what):

@@ -25,7 +25,7 @@ from aiokafka.helpers import create_ssl_context
 from aiokafka.protocol.metadata import MetadataRequest
 from opentelemetry import propagate
 
-from shared import fetching
+from shared import fetching, unreadable
 from shared.settings import KafkaSettings
 from shared.topics import CONTROL_TOPICS, topic_config
 
@@ -50,9 +50,11 @@ class NoAutoCreateMetadataRequest(MetadataRequest):  # type: ignore[misc]
         super().__init__(topics, allow_auto_topic_creation)
 
 
-# Every aiokafka client of the process builds its metadata requests from these modules' names.
+# Every aiokafka client of the process builds its metadata requests from these modules' names,
+# and every consumer reads its fetches with the fetcher's (shared/unreadable.py).
 aiokafka.client.MetadataRequest = NoAutoCreateMetadataRequest
 aiokafka.admin.client.MetadataRequest = NoAutoCreateMetadataRequest
+unreadable.install()
 
 
 def trace_headers() -> Headers:

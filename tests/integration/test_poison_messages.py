@@ -17,7 +17,7 @@ from shared import topics
 from shared.codec import decode
 from shared.contracts import OutcomeReported
 from shared.crypto import IdentifierSeal
-from shared.dead_letters import id_headers
+from shared.dead_letters import id_headers, open_letter
 from shared.delivery import Publisher, consume_forever
 from shared.kafka import ensure_topics, make_consumer, make_producer
 from shared.settings import KafkaSettings
@@ -106,3 +106,70 @@ async def test_a_poison_message_under_the_limit_is_kept_and_named_by_its_request
     body = b'{"request_id": "R-400", "x": "' + b"a" * 400_000 + b'"}'
     handled, [letter] = await handled_after(broker, body)
     assert handled == [GOOD] and not letter.body_dropped and letter.request_id == "R-400"
+
+
+class _Undecodable(str):
+    """A header name whose bytes are no UTF-8: what a hostile client (not one of Kafka's, which
+    all write names as UTF-8) can put on the wire."""
+
+    def encode(self, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+        return b"\xff\xfename"
+
+
+async def test_a_record_whose_header_name_is_no_utf8_is_dead_lettered_and_its_neighbours_handled(
+    broker: KafkaSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """aiokafka cannot read such a record, and raised from every fetch of its partition for
+    good, dropping the readable records fetched with it: the consumer died. Now the records
+    around it, in its own batch, are handled, and it is dead-lettered with its key and value
+    (sealed: an operator may replay it) and where it was."""
+    import aiokafka.producer.message_accumulator as accumulator
+    import aiokafka.producer.producer as producing
+    from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy
+
+    topic = f"lethe.poison.{uuid4().hex[:8]}.v1"
+    await ensure_topics(broker, [topic, topics.DEAD_LETTERS])
+    for module in (accumulator, producing):  # the pure-Python builder asks the name for its bytes
+        monkeypatch.setattr(module, "DefaultRecordBatchBuilder", _DefaultRecordBatchBuilderPy)
+    hostile = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=200)
+    await hostile.start()
+    sent = [
+        await hostile.send(topic, key=b"k", value=b'{"n": 1}', partition=0),
+        await hostile.send(
+            topic, key=b"k", value=b'{"n": 2}', partition=0, headers=[(_Undecodable("x"), b"v")]
+        ),
+        await hostile.send(topic, key=b"k", value=b'{"n": 3}', partition=0),
+    ]
+    offsets = [m.offset for m in await asyncio.gather(*sent)]
+    await hostile.stop()
+    monkeypatch.undo()
+    handled: list[bytes] = []
+
+    async def handle(record: ConsumerRecord[bytes, bytes]) -> None:
+        handled.append(record.value)
+
+    producer = make_producer(broker)
+    await producer.start()
+    consumer = make_consumer(broker, [topic], f"poison-{uuid4().hex[:8]}")
+    await consumer.start()
+    seal = IdentifierSeal(Fernet.generate_key().decode())
+    publisher = Publisher(producer, seal)
+    task = asyncio.create_task(consume_forever(consumer, handle, publisher, "poison"))
+    try:
+        for _ in range(150):
+            if len(handled) >= 2 or task.done():
+                break
+            await asyncio.sleep(0.1)
+        assert not task.done(), f"the consumer died: {task.exception()!r}"
+    finally:
+        publisher.stopping.set()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await consumer.stop()
+        await producer.stop()
+    assert handled == [b'{"n": 1}', b'{"n": 3}']
+    letters = await read_topic(broker, topics.DEAD_LETTERS)
+    [letter] = [r for r in letters if DeadLetter.of(r).source_topic == topic]
+    assert not DeadLetter.of(letter).body_dropped and "header" in DeadLetter.of(letter).error
+    assert dict(letter.headers)["lethe-source-offset"] == str(offsets[1]).encode()
+    assert open_letter(seal, letter.value) == (b"k", b'{"n": 2}')
