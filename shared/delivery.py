@@ -94,18 +94,20 @@ class Publisher:
                 with trace.use_span(context, end_on_exit=False):
                     await self.publish(topic, key, value)
 
-    async def dead_letter(self, record: ConsumerRecord[bytes, bytes], error: str) -> None:
+    async def dead_letter(self, record: ConsumerRecord[bytes, bytes], error: str, body: bool = True) -> None:
         """The key and value sealed; in clear only the error, where it came from, the body's
         ids and how often it was tried or replayed (a submitter's own headers may say
         anything). No key: the original one is whatever a submitter chose, and dead letters
         need no order. A key and value too large to send sealed are left out, their size said
-        (`BODY_DROPPED`: not replayed); a letter too large whatever else says where and why."""
+        (`BODY_DROPPED`: not replayed); a letter too large whatever else says where and why.
+        `body`: False where there is none to keep (a record that could not be read)."""
         metrics.dead_letters.add(1, {"topic": record.topic})
         key, value = record.key, record.value
         size = len(key or b"") + len(value or b"")
-        dropped = size > BODY_KEPT_MAX
+        dropped = size > BODY_KEPT_MAX or not body
         if dropped:
-            error, key, value = f"{error}; its {size} bytes not kept", None, None
+            kept = f"; its {size} bytes not kept" if body else ""
+            error, key, value = f"{error}{kept}", None, None
         # Of a sender's own headers only these two are copied, once each and bounded in length.
         copied = [(k, v[:64]) for k, v in dict(record.headers or ()).items() if k in (ATTEMPT, REPLAYED_FROM)]
         source = dict(record.headers or ()).get(SOURCE_TOPIC, record.topic.encode())[:256]
@@ -228,17 +230,25 @@ async def consume_forever(
             return True
 
         fetched = [r for partition in batches.values() for r in partition]
-        for record in filter(unreadable.unreadable, fetched):  # its key and value kept, sealed
-            log.warning("unreadable record dead-lettered", extra={"consumer": what, "offset": record.offset})
-            await publisher.dead_letter(record, unreadable.ERROR)
-        groups = by_key([r for r in fetched if not unreadable.unreadable(r)])
-        size = TOGETHER_MAX if together is not None else len(groups)
+        groups = by_key(await set_aside_unreadable(fetched, publisher, what))
+        size = TOGETHER_MAX if together is not None else max(len(groups), 1)
         for chunk in (groups[n : n + size] for n in range(0, len(groups), size)):
             if together is not None and len(chunk) > 1 and await handle_together(chunk, together, what):
                 continue
             if not all(await in_groups(chunk, concurrency, in_order)):
                 return  # stopping: the batch stays uncommitted and is redone after restart
         await commit(consumer, fetched_at)
+
+
+async def set_aside_unreadable(
+    records: list[ConsumerRecord[bytes, bytes]], publisher: Publisher, what: str
+) -> list[ConsumerRecord[bytes, bytes]]:
+    """The records that could be read; each that could not (shared/unreadable.py) dead-lettered,
+    with its key and value where they were read."""
+    for record in filter(unreadable.unreadable, records):
+        log.warning("unreadable record dead-lettered", extra={"consumer": what, "offset": record.offset})
+        await publisher.dead_letter(record, unreadable.why(record), body=record.value is not None)
+    return [r for r in records if not unreadable.unreadable(r)]
 
 
 T = TypeVar("T")

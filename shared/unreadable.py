@@ -1,17 +1,19 @@
 """Records aiokafka cannot read, read as far as they can be, so that a consumer goes past them.
 
-A record header's name is a string on the wire, and aiokafka's reader decodes it as UTF-8. A
-client that is not one of Kafka's (a hostile one) can write other bytes: the reader then raised
-from every fetch of the partition, and took the readable records fetched with it along, so the
-consumer stood still on that record for good (the dead-letter path never saw it).
+aiokafka raised from every fetch of a partition holding a record it could not read, and dropped
+the readable records fetched with it: the consumer stood still on that record for good (the
+dead-letter path never saw it). A client that is not one of Kafka's can write such records:
+a header name that is not UTF-8, a length or count that is negative or past the record, a batch
+whose checksum fails; the embedded broker (tansu) stores them as given.
 
-Installed when shared.kafka is imported, this keeps each fetched partition's bytes; where
-the fast reader fails on a header name, the partition's records are read again from that one by
-aiokafka's own pure-Python reader, where a record whose header names cannot be decoded keeps its
-key, value, offset and time and has one header instead of its own: `UNREADABLE_HEADERS`. The
-consume loop dead-letters it (shared.delivery), its body sealed as any other's, so an operator
-can replay it. aiokafka's names replaced here are private: the poison-message tests pin them to
-the installed version."""
+Installed when shared.kafka is imported, this keeps each fetched partition's bytes. Where the
+fast reader fails, the partition's records are read again, from the one it failed on, by
+aiokafka's own pure-Python reader, which here hands out a record it cannot read as far as it
+can (its offset and time; its key and value where they could be read) with one header in
+place of its own: `UNREADABLE` (the header's value says why). Every record of a batch whose
+checksum fails is handed out so, as read. The consume loops dead-letter each (shared.delivery):
+its body, if read, sealed as any other's, so an operator can look and replay. aiokafka's names
+replaced here are private: the poison-message tests pin them to the installed version."""
 
 from __future__ import annotations
 
@@ -20,47 +22,100 @@ from typing import Any
 
 import aiokafka.consumer.fetcher as fetcher
 from aiokafka import ConsumerRecord
+from aiokafka.errors import CorruptRecordException
 from aiokafka.record.default_records import _DefaultRecordBatchPy, _DefaultRecordPy
 from aiokafka.record.memory_records import MemoryRecords, _MemoryRecordsPy
 from aiokafka.record.util import decode_varint
 
-UNREADABLE_HEADERS = "lethe-unreadable-headers"
-ERROR = "a record header's name is not UTF-8"
+UNREADABLE = "lethe-unreadable"
 
 
 class _LenientBatch(_DefaultRecordBatchPy):  # type: ignore[misc]
-    def _read_msg(self, *args: Any) -> _DefaultRecordPy:
-        try:
-            return super()._read_msg(*args)
-        except UnicodeDecodeError:
-            return self._without_headers()
+    def __init__(self, buffer: memoryview) -> None:
+        super().__init__(buffer)
+        self._checksum_failed = not super().validate_crc()  # before the records are unpacked
+        self._last = self.base_offset - 1  # the offset of the last record handed out
+        self._lost = False  # the records' framing cannot be followed any more (_rest)
+        self._done = False  # and the letter for the rest of the batch handed out
 
-    def _without_headers(self) -> _DefaultRecordPy:
-        """The record at the reader's place, but for its headers; the place moved past it."""
+    def validate_crc(self) -> bool:
+        return True  # a failing batch's records are each handed out as unreadable (__next__)
+
+    def __iter__(self) -> _LenientBatch:
+        try:
+            super().__iter__()  # decompresses
+        except Exception:  # a codec's own error, whichever it is
+            self._lost = True
+        return self
+
+    def __next__(self) -> _DefaultRecordPy:
+        if self._done:
+            raise StopIteration
+        if self._lost:
+            return self._rest()
+        try:
+            record: _DefaultRecordPy = super().__next__()
+        except CorruptRecordException:  # from any part of the record, or bytes left after all
+            if self._next_record_index >= self._num_records:
+                raise StopIteration from None
+            record = self._salvaged()
+        self._last = record.offset
+        if self._checksum_failed and not unreadable(record):
+            return _marked(record, b"its batch's checksum fails")
+        return record
+
+    def _salvaged(self) -> _DefaultRecordPy:
+        """The record at the reader's place, as far as it can be read; the place moved past it."""
         buffer: bytearray = self._buffer
-        pos: int = getattr(self, "_pos")  # noqa: B009 (mypy cannot type the base's)
-        length, pos = decode_varint(buffer, pos)
-        end = pos + length
-        _, pos = decode_varint(buffer, pos)  # attributes
-        time_delta, pos = decode_varint(buffer, pos)
-        offset_delta, pos = decode_varint(buffer, pos)
-        key, pos = _nullable_bytes(buffer, pos)
-        value, pos = _nullable_bytes(buffer, pos)
-        self._pos = end
+        start: int = getattr(self, "_pos")  # noqa: B009 (mypy cannot type the base's)
+        try:
+            length, pos = decode_varint(buffer, start)
+            end = pos + length
+            if length < 0 or end > len(buffer):
+                raise ValueError("record length")
+            _, pos = decode_varint(buffer, pos)  # attributes
+            time_delta, pos = decode_varint(buffer, pos)
+            offset_delta, pos = decode_varint(buffer, pos)
+        except (ValueError, IndexError):
+            return self._rest()
+        index: int = getattr(self, "_next_record_index")  # noqa: B009 (as above)
+        self._pos, self._next_record_index = end, index + 1
+        try:
+            key, pos = _nullable_bytes(buffer, pos, end)
+            value, pos = _nullable_bytes(buffer, pos, end)
+        except (ValueError, IndexError):
+            key = value = None
         timestamp = self.max_timestamp if self.timestamp_type else self.first_timestamp + time_delta
+        headers = [
+            (UNREADABLE, b"its headers could not be read" if value is not None else b"it could not be read")
+        ]
         return _DefaultRecordPy(
-            self.base_offset + offset_delta,
-            timestamp,
-            self.timestamp_type,
-            key,
-            value,
-            [(UNREADABLE_HEADERS, b"")],
+            self.base_offset + offset_delta, timestamp, self.timestamp_type, key, value, headers
+        )
+
+    def _rest(self) -> _DefaultRecordPy:
+        """Once the records' framing is lost: the batch's next offset, nothing of it read, for
+        it and the rest of the batch (one letter, whatever the batch claims to hold)."""
+        self._lost = self._done = True
+        if self._last + 1 >= self.next_offset:
+            raise StopIteration
+        why = f"it and the batch's records after it, to offset {self.next_offset - 1}, could not be read"
+        return _DefaultRecordPy(
+            self._last + 1, self.max_timestamp, self.timestamp_type, None, None, [(UNREADABLE, why.encode())]
         )
 
 
-def _nullable_bytes(buffer: bytearray, pos: int) -> tuple[bytes | None, int]:
+def _nullable_bytes(buffer: bytearray, pos: int, end: int) -> tuple[bytes | None, int]:
     size, pos = decode_varint(buffer, pos)
+    if size >= 0 and pos + size > end:
+        raise ValueError("past the record")
     return (None, pos) if size < 0 else (bytes(buffer[pos : pos + size]), pos + size)
+
+
+def _marked(record: _DefaultRecordPy, why: bytes) -> _DefaultRecordPy:
+    return _DefaultRecordPy(
+        record.offset, record.timestamp, record.timestamp_type, record.key, record.value, [(UNREADABLE, why)]
+    )
 
 
 class _LenientRecords(_MemoryRecordsPy):  # type: ignore[misc]
@@ -95,7 +150,7 @@ class _PartitionRecords(fetcher.PartitionRecords):  # type: ignore[misc]
     def _unpack_records(self) -> Iterator[ConsumerRecord[bytes, bytes]]:
         try:
             yield from super()._unpack_records()
-        except UnicodeDecodeError:
+        except Exception:  # UnicodeDecodeError, CorruptRecordException, a codec's own
             kept: object = getattr(self, "_records")  # noqa: B009 (mypy cannot type the base's)
             if not isinstance(kept, _KeptRecords):
                 raise
@@ -105,8 +160,14 @@ class _PartitionRecords(fetcher.PartitionRecords):  # type: ignore[misc]
             yield from super()._unpack_records()
 
 
-def unreadable(record: ConsumerRecord[bytes, bytes]) -> bool:
-    return bool(record.headers) and record.headers[0][0] == UNREADABLE_HEADERS
+def unreadable(record: ConsumerRecord[bytes, bytes] | _DefaultRecordPy) -> bool:
+    return bool(record.headers) and record.headers[0][0] == UNREADABLE
+
+
+def why(record: ConsumerRecord[bytes, bytes]) -> str:
+    """The dead letter's error for a record `unreadable` says is one."""
+    reason = (record.headers[0][1] or b"").decode(errors="replace")
+    return f"a record that could not be read: {reason}"
 
 
 def install() -> None:

@@ -27,7 +27,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from shared import fetching, topics
 from shared.broker_memory import BrokerMemory, until_next_check
 from shared.crypto import IdentifierSeal
-from shared.delivery import TRANSIENT, Publisher, by_key_in_order, commit, retry_state
+from shared.delivery import TRANSIENT, Publisher, by_key_in_order, commit, retry_state, set_aside_unreadable
 from shared.fetching import poll
 from shared.kafka import make_consumer, make_producer, start_with_retry
 from shared.service import mark_ready
@@ -187,8 +187,11 @@ class WorkerRuntime:
             batches = await poll(consumer, self.group_id)
             if batches:
                 try:
-                    records = [r for partition in batches.values() for r in partition]
-                    await self._batch(records, handle, together)
+                    fetched = [r for partition in batches.values() for r in partition]
+                    assert self.attempts is not None
+                    records = await set_aside_unreadable(fetched, self.attempts.publisher, self.group_id)
+                    if records:
+                        await self._batch(records, handle, together)
                 except _Stopping:
                     return  # the batch is not committed: it is processed again after the restart
                 await commit(consumer, fetched_at)

@@ -108,41 +108,65 @@ async def test_a_poison_message_under_the_limit_is_kept_and_named_by_its_request
     assert handled == [GOOD] and not letter.body_dropped and letter.request_id == "R-400"
 
 
-class _Undecodable(str):
-    """A header name whose bytes are no UTF-8: what a hostile client (not one of Kafka's, which
-    all write names as UTF-8) can put on the wire."""
+# A record's headers as aiokafka's pure-Python builder writes `[("x", b"v")]` (a count, then
+# each name's and value's length and bytes, lengths as zigzag varints), and what a hostile client
+# writes instead: a name that is not UTF-8, a negative length, a negative count (with bytes left).
+HEADERS = bytes([0x02, 0x02, 0x78, 0x02, 0x76])
+HOSTILE = {
+    "name not utf-8": bytes([0x02, 0x02, 0xFF, 0x02, 0x76]),
+    "negative name length": bytes([0x02, 0x01, 0x04, 0x76, 0x76]),
+    "negative header count": bytes([0x01, 0x00, 0x00, 0x00, 0x00]),
+    "batch checksum": HEADERS,
+}
 
-    def encode(self, encoding: str = "utf-8", errors: str = "strict") -> bytes:
-        return b"\xff\xfename"
+
+def _builder(kind: str) -> type:
+    from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy
+
+    class Hostile(_DefaultRecordBatchBuilderPy):  # type: ignore[misc]
+        def append(self, offset: int, timestamp: int, key: bytes, value: bytes, headers: list, **kw: object):  # type: ignore[no-untyped-def]
+            meta = super().append(offset, timestamp, key, value, headers, **kw)
+            if headers:
+                assert self._buffer[-5:] == HEADERS
+                self._buffer[-5:] = HOSTILE[kind]
+            return meta
+
+        def build(self) -> bytearray:
+            built: bytearray = super().build()
+            if kind == "batch checksum":
+                built[17] ^= 0xFF  # a byte of the CRC
+            return built
+
+    return Hostile
 
 
-async def test_a_record_whose_header_name_is_no_utf8_is_dead_lettered_and_its_neighbours_handled(
-    broker: KafkaSettings, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("kind", sorted(HOSTILE))
+async def test_a_record_that_cannot_be_read_is_dead_lettered_and_its_neighbours_handled(
+    broker: KafkaSettings, monkeypatch: pytest.MonkeyPatch, kind: str
 ) -> None:
-    """aiokafka cannot read such a record, and raised from every fetch of its partition for
-    good, dropping the readable records fetched with it: the consumer died. Now the records
-    around it, in its own batch, are handled, and it is dead-lettered with its key and value
-    (sealed: an operator may replay it) and where it was."""
+    """aiokafka raised from every fetch of the partition that held such a record (tansu stores
+    what a client sends), dropping the readable records fetched with it: the consumer died or
+    fetched again for ever. Now the records around it, in its own batch, are handled, and it is
+    dead-lettered with its key and value (sealed: an operator may replay it) and where it was.
+    A batch whose checksum fails has each of its records dead-lettered so."""
     import aiokafka.producer.message_accumulator as accumulator
     import aiokafka.producer.producer as producing
-    from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy
 
     topic = f"lethe.poison.{uuid4().hex[:8]}.v1"
     await ensure_topics(broker, [topic, topics.DEAD_LETTERS])
-    for module in (accumulator, producing):  # the pure-Python builder asks the name for its bytes
-        monkeypatch.setattr(module, "DefaultRecordBatchBuilder", _DefaultRecordBatchBuilderPy)
+    for module in (accumulator, producing):
+        monkeypatch.setattr(module, "DefaultRecordBatchBuilder", _builder(kind))
     hostile = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=200)
     await hostile.start()
-    sent = [
-        await hostile.send(topic, key=b"k", value=b'{"n": 1}', partition=0),
-        await hostile.send(
-            topic, key=b"k", value=b'{"n": 2}', partition=0, headers=[(_Undecodable("x"), b"v")]
-        ),
-        await hostile.send(topic, key=b"k", value=b'{"n": 3}', partition=0),
+    values = [b'{"n": 1}', b'{"n": 2}', b'{"n": 3}']
+    sent = [  # one batch: the producer lingers
+        await hostile.send(topic, key=b"k", value=v, partition=0, headers=[("x", b"v")] if n == 1 else [])
+        for n, v in enumerate(values)
     ]
     offsets = [m.offset for m in await asyncio.gather(*sent)]
     await hostile.stop()
     monkeypatch.undo()
+    bad = values if kind == "batch checksum" else values[1:2]
     handled: list[bytes] = []
 
     async def handle(record: ConsumerRecord[bytes, bytes]) -> None:
@@ -157,7 +181,8 @@ async def test_a_record_whose_header_name_is_no_utf8_is_dead_lettered_and_its_ne
     task = asyncio.create_task(consume_forever(consumer, handle, publisher, "poison"))
     try:
         for _ in range(150):
-            if len(handled) >= 2 or task.done():
+            letters = [r for r in await read_topic(broker, topics.DEAD_LETTERS) if topic in str(r.headers)]
+            if len(handled) + len(letters) >= 3 or task.done():
                 break
             await asyncio.sleep(0.1)
         assert not task.done(), f"the consumer died: {task.exception()!r}"
@@ -167,9 +192,15 @@ async def test_a_record_whose_header_name_is_no_utf8_is_dead_lettered_and_its_ne
         await asyncio.gather(task, return_exceptions=True)
         await consumer.stop()
         await producer.stop()
-    assert handled == [b'{"n": 1}', b'{"n": 3}']
-    letters = await read_topic(broker, topics.DEAD_LETTERS)
-    [letter] = [r for r in letters if DeadLetter.of(r).source_topic == topic]
-    assert not DeadLetter.of(letter).body_dropped and "header" in DeadLetter.of(letter).error
-    assert dict(letter.headers)["lethe-source-offset"] == str(offsets[1]).encode()
-    assert open_letter(seal, letter.value) == (b"k", b'{"n": 2}')
+    assert handled == [v for v in values if v not in bad]
+    letters = sorted(  # no key: any partition
+        (r for r in await read_topic(broker, topics.DEAD_LETTERS) if DeadLetter.of(r).source_topic == topic),
+        key=lambda r: int(dict(r.headers)["lethe-source-offset"]),
+    )
+    assert [open_letter(seal, r.value) for r in letters] == [(b"k", v) for v in bad]
+    assert all(
+        "could not be read" in DeadLetter.of(r).error or "checksum" in DeadLetter.of(r).error for r in letters
+    )
+    assert [dict(r.headers)["lethe-source-offset"] for r in letters] == [
+        str(offsets[values.index(v)]).encode() for v in bad
+    ]
