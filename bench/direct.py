@@ -19,23 +19,25 @@ from services.directory.ldap import Directory, LdapSettings
 from shared.identity import (
     email_prefilter,
     email_prefilter_sql,
+    id_key_sql,
+    id_prefilter,
     normalise_email,
     normalise_phone,
+    phone_match_sql,
     phone_prefilter,
-    phone_prefilter_sql,
 )
 
 # The stores' own indexed keys (shared/identity.py), without the pipeline's confirmation of each
 # match in Python: synthetic people do not share identifiers, so nothing else is reached.
-BILLING = f"""WITH a AS (SELECT account_id FROM accounts WHERE customer_id = $1
-          OR {email_prefilter_sql("email")} = $2 OR {phone_prefilter_sql("phone")} = $3),
+BILLING = f"""WITH a AS (SELECT account_id FROM accounts WHERE {id_key_sql("customer_id")} = $1
+          OR {email_prefilter_sql("email")} = $2 OR {phone_match_sql("phone", "ARRAY[$3::text]")}),
   i AS (DELETE FROM invoices WHERE account_id IN (SELECT account_id FROM a)),
   p AS (DELETE FROM payments WHERE account_id IN (SELECT account_id FROM a)),
   c AS (DELETE FROM cdrs WHERE account_id IN (SELECT account_id FROM a)),
   r AS (DELETE FROM radius_sessions WHERE account_id IN (SELECT account_id FROM a))
 DELETE FROM accounts WHERE account_id IN (SELECT account_id FROM a)"""
-CRM = f"""WITH c AS (SELECT contact_id FROM contacts WHERE customer_id = $1
-                              OR {email_prefilter_sql("email")} = $2 OR {phone_prefilter_sql("phone")} = $3),
+CRM = f"""WITH c AS (SELECT contact_id FROM contacts WHERE {id_key_sql("customer_id")} = $1
+          OR {email_prefilter_sql("email")} = $2 OR {phone_match_sql("phone", "ARRAY[$3::text]")}),
   i AS (DELETE FROM interactions WHERE contact_id IN (SELECT contact_id FROM c)),
   p AS (DELETE FROM purchases WHERE contact_id IN (SELECT contact_id FROM c)),
   f AS (DELETE FROM forum_memberships WHERE contact_id IN (SELECT contact_id FROM c))
@@ -48,7 +50,7 @@ async def erase_one(
     subject = person.subject
     assert subject is not None and subject.customer_id
     cid, email, phone = (
-        subject.customer_id,
+        id_prefilter(subject.customer_id),
         normalise_email(subject.emails[0]),
         normalise_phone(subject.phones[0]),
     )
@@ -70,8 +72,10 @@ async def erase_one(
         await conn.execute("DELETE FROM consents WHERE subscriber_id = ANY($1::text[])", ids)
         await conn.execute("DELETE FROM subscribers WHERE subscriber_id = ANY($1::text[])", ids)
     rows = await pools["recordings"].fetch(
-        f"DELETE FROM recordings WHERE customer_id = $1 OR {phone_prefilter_sql('caller')} = $2"
-        f" OR {phone_prefilter_sql('callee')} = $2 RETURNING path",
+        f"DELETE FROM recordings WHERE {id_key_sql('customer_id')} = $1"
+        f" OR {phone_match_sql('caller', 'ARRAY[$2::text]')}"
+        f" OR {phone_match_sql('callee', 'ARRAY[$2::text]')}"
+        " RETURNING path",
         cid,
         phone_key,
     )

@@ -201,19 +201,6 @@ def phone_prefilter(phone: str) -> str:
     return line(phone)[-PHONE_TAIL:]
 
 
-def phone_prefilter_sql(column: str) -> str:
-    """The same key computed by PostgreSQL from the number as typed: full-width digits read as
-    digits; from the first character after a digit that is neither a digit nor the punctuation
-    of a number, all dropped (an extension however it is marked: `x`, `ext.`, `#`, `;ext=`,
-    `,` (a dialler's pause), `~`, `int`, `доб`, a full-width x or #; or trailing words), then
-    the last digits. Words before the number (`Fax: `) are not after a digit: only their
-    letters go."""
-    digits = f"translate({column}, '{_FULLWIDTH_DIGITS}', '0123456789')"
-    mark = f"[^0-9{_SQL_NUMBER_PUNCTUATION}]"
-    number = f"regexp_replace({digits}, '(?<=[0-9])[{_SQL_NUMBER_PUNCTUATION}]*{mark}.*$', '')"
-    return f"right(regexp_replace({number}, '[^0-9]', '', 'g'), {PHONE_TAIL})"
-
-
 def email_prefilter(email: str) -> str:
     """The coarse key of a normalised address: the ASCII letters and digits of its mailbox
     name (no sub-address, no domain: `bücher.example` and its punycode differ)."""
@@ -228,11 +215,6 @@ _SQL_SPACES = (
     r"\u00ad\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff"  # and _INVISIBLE's
 )
 _SQL_SPACE = f"[{_SQL_SPACES}]"
-# What may stand between the digits of one number (spaces, invisible marks, and the punctuation
-# libphonenumber reads as part of a number: brackets, dots, slashes, dashes of every width).
-_SQL_NUMBER_PUNCTUATION = (
-    _SQL_SPACES + r"()\[\].+/\-\u2010-\u2015\u2212\u30fc\uff0d-\uff0f\uff08\uff09\uff3b\uff3d"
-)
 _FULLWIDTH_DIGITS = "".join(chr(0xFF10 + n) for n in range(10))
 
 
@@ -242,34 +224,51 @@ def email_key_index(name: str, table: str, column: str) -> tuple[str, str, str]:
     return _key_index(name, table, email_prefilter_sql(column))
 
 
-def phone_numbers_sql(column: str) -> str:
-    """A second key of a field as typed, an array: the last digits of each number written in it
-    (`020 7946 0000, 07700 900461 or 07700 900462`; parts split at whatever cannot be part of a
-    number, or at a slash with a space beside it), and of all its digits together (words with
-    digits before the number, `Tel 2: 07700 900461`). Where a field holds more than one number,
-    the first key is the first number's or nothing. The row is a candidate by any of them, and a
-    value that is no one number cannot be read: a person decides (shared/worker/matching.py)."""
-    digits = f"translate({column}, '{_FULLWIDTH_DIGITS}', '0123456789')"
-    apart = f"regexp_replace({digits}, '{_SQL_SPACE}+/{_SQL_SPACE}*|{_SQL_SPACE}*/{_SQL_SPACE}+', '|', 'g')"
-    parts = f"regexp_replace({apart}, '[^0-9{_SQL_NUMBER_PUNCTUATION}]+', '|', 'g')"
-    numbers = f"regexp_replace({parts}, '[^0-9|]', '', 'g')"
-    tails = f"regexp_replace({numbers}, '[0-9]*([0-9]{{{PHONE_TAIL}}})(?=[|]|$)', '\\1', 'g')"
-    together = f"right(regexp_replace({digits}, '[^0-9]', '', 'g'), {PHONE_TAIL})"
-    return f"(string_to_array({tails}, '|') || {together})"
+# A field's phone keys, computed by PostgreSQL from the field as typed (a function of Lethe's in
+# the store's database, named by a digest of its body, so that a changed body makes a new
+# function and a new index, never an index left stale): the last digits before each place
+# where a run of digits ends, across the runs before it (full-width digits read as digits).
+# Every number written in the field ends where a run of digits ends, whatever stands between
+# its digits, after it (an extension, a note) or between it and the next number (`, `, ` - `,
+# `/`, a space, a new line), so the key of each is there: `020 7946 0000 - 07700 900461 /
+# 07700 900462` has 460000, 900461 and 900462 (and the tails of its shorter runs, which no
+# number's key equals but by chance). A row is a candidate by any of them; a value that is no
+# one number cannot be read, and a person decides (shared/worker/matching.py). Linear in the
+# field's length, the last digits kept as it goes.
+_PHONE_KEYS_BODY = f"""DECLARE
+    keys text[] := '{{}}';
+    tail text := '';
+    run text;
+BEGIN
+    FOREACH run IN ARRAY
+        regexp_split_to_array(translate(field, '{_FULLWIDTH_DIGITS}', '0123456789'), '[^0-9]+')
+    LOOP
+        CONTINUE WHEN run = '';
+        tail := right(tail || run, {PHONE_TAIL});
+        keys := array_append(keys, tail);
+    END LOOP;
+    RETURN keys;
+END"""
+PHONE_KEYS = f"lethe_phone_keys_{hashlib.sha256(_PHONE_KEYS_BODY.encode()).hexdigest()[:8]}"
+PHONE_KEYS_DDL = (
+    f"CREATE OR REPLACE FUNCTION {PHONE_KEYS}(field text) RETURNS text[]"
+    f" LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE AS $lethe$ {_PHONE_KEYS_BODY} $lethe$"
+)
 
 
 def phone_match_sql(column: str, keys: str) -> str:
-    """A column's number has one of these keys (`keys`: a parameter, text[]), by either of its
-    two indexed keys."""
-    return f"({phone_prefilter_sql(column)} = ANY({keys}) OR {phone_numbers_sql(column)} && {keys})"
+    """A column's field holds a number with one of these keys (`keys`: a parameter, text[])."""
+    return f"{PHONE_KEYS}({column}) && {keys}"
 
 
 def phone_key_index(name: str, table: str, column: str) -> tuple[str, ...]:
-    """DDL of the indexes on a table's two phone keys (replacing any on an earlier expression);
-    the second, an array, in a GIN index (`&&` finds a row by any of its elements)."""
+    """DDL of the function and the GIN index of a column's phone keys, replacing the indexes of
+    earlier expressions: `name_<digest>` (a B-tree of the first number's key before issue 17's
+    fourteenth part) and `name_tail_<digest>` (of the last number's)."""
     return (
-        *_key_index(name, table, phone_prefilter_sql(column)),
-        *_key_index(f"{name}_tail", table, phone_numbers_sql(column), gin=True),
+        PHONE_KEYS_DDL,
+        *_key_index(name, table, f"{PHONE_KEYS}({column})", gin=True),
+        _drop_stale(f"{name}_tail", table, keep=""),
     )
 
 
@@ -304,16 +303,20 @@ def _key_index(name: str, table: str, expression: str, gin: bool = False) -> tup
     digest = hashlib.sha256(f"{kind}{expression}".encode()).hexdigest()[:8]
     current = f"{name}_{digest}"
     method = f"USING gin (({expression})) WITH (fastupdate = off)" if gin else f"(({expression}))"
-    stale = f"""DO $$ DECLARE stale text; BEGIN
-    FOR stale IN SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()
-        AND tablename = '{table}' AND indexname <> '{current}'
-        AND left(indexname, {len(name) + 1}) = '{name}_' AND length(indexname) = {len(current)}
-    LOOP EXECUTE format('DROP INDEX IF EXISTS %I', stale); END LOOP; END $$"""
     return (
         f"CREATE INDEX IF NOT EXISTS {current} ON {table} {method}",
         f"DROP INDEX IF EXISTS {name}",
-        stale,
+        _drop_stale(name, table, keep=current),
     )
+
+
+def _drop_stale(name: str, table: str, keep: str) -> str:
+    """DDL dropping the table's indexes named `name_<8 hex digits>` but `keep`."""
+    return f"""DO $$ DECLARE stale text; BEGIN
+    FOR stale IN SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()
+        AND tablename = '{table}' AND indexname <> '{keep}'
+        AND left(indexname, {len(name) + 1}) = '{name}_' AND length(indexname) = {len(name) + 9}
+    LOOP EXECUTE format('DROP INDEX IF EXISTS %I', stale); END LOOP; END $$"""
 
 
 def email_prefilter_sql(column: str) -> str:
