@@ -66,7 +66,8 @@ def normalise_email(raw: str) -> str:
     are the same mailbox is for a person to decide (`mailbox`)."""
     # A list separator after it, as mail clients copy an address (`alice@example.com;`).
     text = _printable(raw, "an e-mail address").strip().rstrip(";,").strip()
-    text = _COMMENT.sub("", text).rstrip(";,").strip()
+    if "<" not in text:  # after a display form the store's key (email_prefilter_sql) would miss it
+        text = _COMMENT.sub("", text).rstrip(";,").strip()
     text = _MAILTO.sub("", text)
     if match := _DISPLAY_FORM.search(text):
         text = match.group(1)

@@ -184,6 +184,8 @@ class Saga:
             status=outcome.status,
             erased=total(outcome.categories, "erased"),
             retained=total(outcome.categories, "retained_count"),
+            # What a restriction or its lift did instead, where it did anything.
+            **{k: n for k in ("restricted", "unrestricted") if (n := total(outcome.categories, k))},
         )
         self._after_change(outcome.finished_at, was_final)
         return True

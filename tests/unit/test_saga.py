@@ -299,6 +299,8 @@ def test_a_reviewers_yes_on_a_restriction_or_its_lift_is_reported_as_what_was_do
         reported = s.report().reviews[0]
         assert (reported.state, reported.erased) == (state, 0)
         assert reported.model_dump()[state] == 2
+        [audited] = [d for _, kind, d in s.audit if kind == "review_carried_out"]
+        assert audited[state] == 2  # in the audit chain too
 
 
 def test_keeping_records_a_reviewer_decided_on_is_an_exception_in_the_report() -> None:
