@@ -3,8 +3,10 @@ hash of the address) so that a later import can never bring the person back."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
+import re
 from collections.abc import Sequence
 from typing import Self
 
@@ -78,6 +80,21 @@ class SuppressionSettings(BaseSettings):
 
 def address_hash(key: str, email: str) -> str:
     return hmac.new(key.encode(), normalise_email(email).encode(), hashlib.sha256).hexdigest()
+
+
+def suppressed_hashes(key: str, field: str) -> list[str]:
+    """What an erased subscriber's address field puts on the suppression list: its address, or
+    where it is no one address (`a@example.com; b@example.org`, which a reviewer decided on),
+    each address in it that can be read. A field with none suppresses nothing: it could not be
+    matched against an address signing up either. (It raised, and the reviewer's erasure
+    failed at every try.)"""
+    with contextlib.suppress(ValueError):
+        return [address_hash(key, field)]
+    readable = []
+    for part in re.split(r"[;,\s]+", field):
+        with contextlib.suppress(ValueError):
+            readable.append(address_hash(key, part))
+    return list(dict.fromkeys(readable))
 
 
 class AddressSuppressed(Exception):
@@ -169,6 +186,6 @@ class MailingAdapter(PostgresStoreAdapter):
             await conn.executemany(
                 "INSERT INTO suppression (address_hash, reason) VALUES ($1, 'erasure')"
                 " ON CONFLICT DO NOTHING",
-                [(address_hash(self.suppression_key, r["email"]),) for r in emails],
+                [(h,) for r in emails for h in suppressed_hashes(self.suppression_key, r["email"])],
             )
         await super().apply_decisions(conn, decisions)

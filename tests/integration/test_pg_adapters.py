@@ -346,3 +346,43 @@ async def test_a_lift_puts_a_record_with_only_the_number_to_a_person(fresh_db: s
         assert await count(adapter.pool, "SELECT count(*) FROM contacts WHERE restricted") == 1
     finally:
         await adapter.close()
+
+
+async def test_a_reviewers_yes_on_a_subscriber_with_two_addresses_erases_and_suppresses_both(
+    fresh_db: str,
+) -> None:
+    """The list holds Alice under `alice.hartley@example.co.uk; a.hartley@work.example`: no one
+    address, so a person decides. Their yes erased nothing: the suppression entry could not be
+    made of the field, and the command failed at every try."""
+    adapter = MailingAdapter(fresh_db, suppression_key="test-key")
+    await adapter.start()
+    try:
+        await adapter.pool.execute("INSERT INTO lists VALUES ('news', 'News', 'marketing')")
+        field = "alice.hartley@example.co.uk; a.hartley@work.example"
+        await adapter.pool.execute(
+            "INSERT INTO subscribers (subscriber_id, list_id, email, subscribed_at)"
+            " VALUES ('S-1', 'news', $1, now())",
+            field,
+        )
+        alice = Identities(emails=["alice.hartley@example.co.uk"])
+        outcome = await execute(erase("mailing"), alice, adapter, ActOnEverything(), utc_clock)
+        [review] = outcome.reviews
+        assert review.reason == "unreadable_identifier"
+        decided = EraseRecords(
+            request_id="it",
+            system="mailing",
+            subject_ref=REF,
+            sealed_identifiers="x",
+            review_id=review.review_id,
+            groups=review.groups,
+        )
+        carried_out = await execute(decided, alice, adapter, ActOnEverything(), utc_clock)
+        assert carried_out.status == "done"
+        assert await count(adapter.pool, "SELECT count(*) FROM subscribers") == 0
+        hashes = {r["address_hash"] for r in await adapter.pool.fetch("SELECT address_hash FROM suppression")}
+        assert hashes == {
+            address_hash("test-key", "alice.hartley@example.co.uk"),
+            address_hash("test-key", "a.hartley@work.example"),
+        }
+    finally:
+        await adapter.close()
