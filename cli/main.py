@@ -420,6 +420,26 @@ def trace_command(
             typer.echo(line)
 
 
+@app.command("store-schema")
+def store_schema(
+    system: Annotated[str, typer.Argument(help="billing, crm, mailing or recordings")],
+) -> None:
+    """The DDL a worker runs on its store's database at its start (its tables when new, its
+    key indexes and functions, its journal), one statement after another: to build a changed
+    index beforehand on a large table (README, Deployment, Upgrading)."""
+    from importlib import import_module
+
+    from shared.worker.pgstore import JOURNAL_DDL
+
+    stores = {"billing": "BillingAdapter", "crm": "CrmAdapter", "mailing": "MailingAdapter"}
+    stores["recordings"] = "RecordingsAdapter"
+    if system not in stores:
+        raise typer.BadParameter(f"one of {', '.join(stores)}", param_hint="SYSTEM")
+    adapter = getattr(import_module(f"services.{system}.store"), stores[system])
+    for statement in (*adapter.schema, *JOURNAL_DDL):
+        typer.echo(statement.strip() + ";\n")
+
+
 @app.command("config-reference")
 def config_reference() -> None:
     """Every environment variable, its default and meaning (Markdown), from the settings classes."""

@@ -1,7 +1,8 @@
 """Each PostgreSQL store finds a person's candidates through its key indexes, not by reading
 every row: a key in the search that differs from its index's expression by a character still
 finds the right rows, only by a scan of the whole table (10,000 contacts and more in a real
-store, at every command), which no other test would notice."""
+store, at every command), which no other test would notice. And the indexes an operator builds
+beforehand from `lethe store-schema` are the ones the worker would build."""
 
 from __future__ import annotations
 
@@ -9,13 +10,18 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+from typer.testing import CliRunner
+
+from cli.main import app
 
 from services.billing.store import BillingAdapter
 from services.crm.store import CrmAdapter
 from services.mailing.store import MailingAdapter
 from services.recordings.store import RecordingsAdapter
 from shared.identity import email_prefilter, id_prefilter, phone_prefilter
+from shared.db import ensure_database
 from shared.worker.pgstore import PostgresStoreAdapter
+from tests.conftest import drop_database
 
 ROWS = 5000
 # The stranger rows: other ids, addresses and numbers (one, two or three in a field).
@@ -82,3 +88,33 @@ async def test_a_store_finds_candidates_by_its_indexes(fresh_db: str, tmp_path: 
 
 async def explain(conn: asyncpg.Connection, sql: str, args: list[object]) -> str:
     return "\n".join(r[0] for r in await conn.fetch("EXPLAIN " + sql, *args))
+
+
+async def test_the_printed_store_schema_builds_the_store_the_worker_builds(fresh_db: str) -> None:
+    """`lethe store-schema` is what an operator builds a changed index from beforehand: run as
+    printed, in psql, it must give the indexes (and their names) the worker would make."""
+    printed = CliRunner().invoke(app, ["store-schema", "crm"])
+    assert printed.exit_code == 0, printed.output
+    adapter = CrmAdapter(fresh_db)
+    await adapter.start()
+    try:
+        made = await index_names(adapter.pool)
+    finally:
+        await adapter.close()
+    database = fresh_db.rsplit("/", 1)[1] + "_printed"
+    url = f"{fresh_db.rsplit('/', 1)[0]}/{database}"
+    await ensure_database(url)
+    try:
+        conn = await asyncpg.connect(url)
+        try:
+            await conn.execute(printed.output)  # the simple protocol: every statement, in order
+            assert await index_names(conn) == made
+        finally:
+            await conn.close()
+    finally:
+        await drop_database(fresh_db.rsplit("/", 1)[0], database)
+
+
+async def index_names(conn: asyncpg.Connection | asyncpg.Pool) -> set[str]:
+    rows = await conn.fetch("SELECT indexname FROM pg_indexes WHERE schemaname = 'public'")
+    return {r["indexname"] for r in rows}
