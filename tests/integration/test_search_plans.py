@@ -13,13 +13,12 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
-
 from services.billing.store import BillingAdapter
 from services.crm.store import CrmAdapter
 from services.mailing.store import MailingAdapter
 from services.recordings.store import RecordingsAdapter
-from shared.identity import email_prefilter, id_prefilter, phone_prefilter
 from shared.db import ensure_database
+from shared.identity import email_prefilter, id_prefilter, phone_prefilter
 from shared.worker.pgstore import PostgresStoreAdapter
 from tests.conftest import drop_database
 
