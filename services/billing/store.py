@@ -72,7 +72,10 @@ SCHEMA = (
     "CREATE INDEX IF NOT EXISTS radius_account ON radius_sessions (account_id)",
 )
 
-# Candidate accounts by coarse keys, then what is under each, in one statement.
+# Candidate accounts by coarse keys, then what is under each, in one statement. The rows under
+# them by `= ANY(ARRAY(…))`, not `IN (…)`: PostgreSQL plans this statement at every execution
+# (its plan depends on the keys given), and a semi-join per table made that planning a third
+# dearer (docs/performance.md, fourteenth part).
 _FIND = f"""
 WITH candidates AS (
     SELECT * FROM accounts
@@ -84,16 +87,16 @@ SELECT NULL AS parent, 'accounts' AS category, account_id AS id, restricted, ope
   FROM candidates
 UNION ALL
 SELECT account_id, 'invoices', invoice_id, restricted, issued_on, NULL, NULL, NULL, NULL, NULL
-  FROM invoices WHERE account_id IN (SELECT account_id FROM candidates)
+  FROM invoices WHERE account_id = ANY(ARRAY(SELECT account_id FROM candidates))
 UNION ALL
 SELECT account_id, 'payments', payment_id, restricted, paid_on, NULL, NULL, NULL, NULL, NULL
-  FROM payments WHERE account_id IN (SELECT account_id FROM candidates)
+  FROM payments WHERE account_id = ANY(ARRAY(SELECT account_id FROM candidates))
 UNION ALL
 SELECT account_id, 'call_detail_records', cdr_id, restricted, started_at::date, NULL, NULL, NULL, NULL, NULL
-  FROM cdrs WHERE account_id IN (SELECT account_id FROM candidates)
+  FROM cdrs WHERE account_id = ANY(ARRAY(SELECT account_id FROM candidates))
 UNION ALL
 SELECT account_id, 'radius_sessions', session_id, restricted, started_at::date, NULL, NULL, NULL, NULL, NULL
-  FROM radius_sessions WHERE account_id IN (SELECT account_id FROM candidates)
+  FROM radius_sessions WHERE account_id = ANY(ARRAY(SELECT account_id FROM candidates))
 """
 _ANCHOR = {
     "accounts": "opened_on",

@@ -73,13 +73,13 @@ SELECT NULL AS parent, 'contacts' AS category, contact_id AS id, restricted, cre
   FROM candidates
 UNION ALL
 SELECT contact_id, 'interactions', interaction_id, restricted, occurred_at::date, NULL, NULL, NULL, NULL
-  FROM interactions WHERE contact_id IN (SELECT contact_id FROM candidates)
+  FROM interactions WHERE contact_id = ANY(ARRAY(SELECT contact_id FROM candidates))
 UNION ALL
 SELECT contact_id, 'purchases', purchase_id, restricted, purchased_on, contract_end, NULL, NULL, NULL
-  FROM purchases WHERE contact_id IN (SELECT contact_id FROM candidates)
+  FROM purchases WHERE contact_id = ANY(ARRAY(SELECT contact_id FROM candidates))
 UNION ALL
 SELECT contact_id, 'forum_memberships', membership_id, restricted, joined_on, NULL, NULL, NULL, NULL
-  FROM forum_memberships WHERE contact_id IN (SELECT contact_id FROM candidates)
+  FROM forum_memberships WHERE contact_id = ANY(ARRAY(SELECT contact_id FROM candidates))
 """
 _ANCHOR = {
     "contacts": "created_on",

@@ -60,7 +60,7 @@ SELECT NULL AS parent, 'subscribers' AS category, subscriber_id AS id, restricte
   FROM candidates
 UNION ALL
 SELECT subscriber_id, 'consent_records', consent_id, restricted, given_at::date, NULL FROM consents
- WHERE subscriber_id IN (SELECT subscriber_id FROM candidates)
+ WHERE subscriber_id = ANY(ARRAY(SELECT subscriber_id FROM candidates))
 """
 
 
