@@ -6,6 +6,7 @@ dead-lettering it, raising past every handler) leaves a letter as any other."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from uuid import uuid4
 
 import pytest
@@ -46,15 +47,32 @@ async def handled_after(
             decode(record.value, OutcomeReported)  # raises PoisonMessage
         handled.append(record.value)
 
+    async def done() -> bool:
+        return bool(handled)
+
+    await consume_until(broker, topic, handle, IdentifierSeal(Fernet.generate_key().decode()), done)
+    source = dict(headers or ()).get("lethe-source-topic", topic.encode())[:256].decode()
+    letters = [DeadLetter.of(r) for r in await read_topic(broker, topics.DEAD_LETTERS)]
+    return handled, [letter for letter in letters if letter.source_topic == source]
+
+
+async def consume_until(
+    broker: KafkaSettings,
+    topic: str,
+    handle: Callable[[ConsumerRecord[bytes, bytes]], Awaitable[None]],
+    seal: IdentifierSeal,
+    done: Callable[[], Awaitable[bool]],
+) -> None:
+    """A consume loop on `topic` until `done` (15 s at most); it must not have died."""
     producer = make_producer(broker)
     await producer.start()
     consumer = make_consumer(broker, [topic], f"poison-{uuid4().hex[:8]}")
     await consumer.start()
-    publisher = Publisher(producer, IdentifierSeal(Fernet.generate_key().decode()))
+    publisher = Publisher(producer, seal)
     task = asyncio.create_task(consume_forever(consumer, handle, publisher, "poison"))
     try:
         for _ in range(150):
-            if handled or task.done():
+            if await done() or task.done():
                 break
             await asyncio.sleep(0.1)
         assert not task.done(), f"the consumer died: {task.exception()!r}"
@@ -64,9 +82,6 @@ async def handled_after(
         await asyncio.gather(task, return_exceptions=True)
         await consumer.stop()
         await producer.stop()
-    source = dict(headers or ()).get("lethe-source-topic", topic.encode())[:256].decode()
-    letters = [DeadLetter.of(r) for r in await read_topic(broker, topics.DEAD_LETTERS)]
-    return handled, [letter for letter in letters if letter.source_topic == source]
 
 
 async def test_a_poison_message_too_large_to_keep_is_dead_lettered_without_its_body(
@@ -172,26 +187,12 @@ async def test_a_record_that_cannot_be_read_is_dead_lettered_and_its_neighbours_
     async def handle(record: ConsumerRecord[bytes, bytes]) -> None:
         handled.append(record.value)
 
-    producer = make_producer(broker)
-    await producer.start()
-    consumer = make_consumer(broker, [topic], f"poison-{uuid4().hex[:8]}")
-    await consumer.start()
+    async def done() -> bool:
+        letters = [r for r in await read_topic(broker, topics.DEAD_LETTERS) if topic in str(r.headers)]
+        return len(handled) + len(letters) >= len(values)
+
     seal = IdentifierSeal(Fernet.generate_key().decode())
-    publisher = Publisher(producer, seal)
-    task = asyncio.create_task(consume_forever(consumer, handle, publisher, "poison"))
-    try:
-        for _ in range(150):
-            letters = [r for r in await read_topic(broker, topics.DEAD_LETTERS) if topic in str(r.headers)]
-            if len(handled) + len(letters) >= 3 or task.done():
-                break
-            await asyncio.sleep(0.1)
-        assert not task.done(), f"the consumer died: {task.exception()!r}"
-    finally:
-        publisher.stopping.set()
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await consumer.stop()
-        await producer.stop()
+    await consume_until(broker, topic, handle, seal, done)
     assert handled == [v for v in values if v not in bad]
     letters = sorted(  # no key: any partition
         (r for r in await read_topic(broker, topics.DEAD_LETTERS) if DeadLetter.of(r).source_topic == topic),
