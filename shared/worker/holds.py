@@ -35,6 +35,7 @@ from shared.contracts.holds import HOLDS_MESSAGE, SNAPSHOT_KEY, HoldsAnnounced, 
 from shared.crypto import IdentifierSeal, IdentifierSealError
 from shared.identity import Identities
 from shared.settings import KafkaSettings
+from shared.unreadable import unreadable, why
 from shared.worker.holds_topic import HoldsBehind, HoldsTopic, MarkerPlace
 
 __all__ = ["ActiveHold", "HoldsBehind", "HoldsUnavailable", "HoldsView"]
@@ -205,10 +206,12 @@ class HoldsView:
         self._unreadable.clear()
 
     def _apply(self, record: ConsumerRecord[bytes, bytes]) -> None:
-        if record.value is None:  # a tombstone: nothing stands under its key any more
-            self._unreadable.pop(record.key, None)
-            return
         try:
+            if unreadable(record):  # what the client sent could not be read (shared/unreadable.py):
+                raise PoisonMessage("record", why(record))  # not a tombstone, whatever its value
+            if record.value is None:  # a tombstone: nothing stands under its key any more
+                self._unreadable.pop(record.key, None)
+                return
             message = decode(record.value, HOLDS_MESSAGE)
             if isinstance(message, HoldUpdated):
                 # Once per hold, not per command; a hold over for a day has none (it covers nothing).

@@ -18,6 +18,7 @@ from shared.contracts.holds import SNAPSHOT_KEY, HoldsAnnounced, HoldUpdated
 from shared.crypto import IdentifierSeal, new_identifier_key
 from shared.identity import Identities
 from shared.settings import KafkaSettings
+from shared.unreadable import UNREADABLE
 from shared.worker import holds, holds_topic
 from shared.worker.holds import HoldsBehind, HoldsUnavailable, HoldsView
 
@@ -27,8 +28,9 @@ T0 = datetime(2026, 11, 27, tzinfo=UTC)
 
 
 class Record:
-    def __init__(self, offset: int, key: bytes, value: bytes) -> None:
+    def __init__(self, offset: int, key: bytes, value: bytes | None, headers: tuple[Any, ...] = ()) -> None:
         self.topic, self.partition, self.offset, self.key, self.value = TP.topic, 0, offset, key, value
+        self.headers = headers
 
 
 class ScriptedLog:
@@ -36,7 +38,7 @@ class ScriptedLog:
     readable); `answering` False is a paused broker."""
 
     def __init__(self) -> None:
-        self.entries: list[tuple[bytes, bytes] | None] = []
+        self.entries: list[tuple[Any, ...] | None] = []  # key, value (None: a tombstone), headers
         self.at = 0
         self.answering = True
         self.paused: set[TopicPartition] = set()
@@ -86,8 +88,7 @@ class ScriptedLog:
         if TP in self.paused:
             return {}
         while self.answering and self.at < len(self.entries) and self.entries[self.at]:
-            key, value = self.entries[self.at]  # type: ignore[misc]
-            out.append(Record(self.at, key, value))
+            out.append(Record(self.at, *self.entries[self.at]))  # type: ignore[misc]
             self.at += 1
         return {TP: out} if out else {}
 
@@ -408,3 +409,21 @@ async def test_an_unreadable_message_that_cannot_be_a_hold_stops_nothing() -> No
     log.append(SNAPSHOT_KEY, HoldsAnnounced(versions={a.hold_id: a.version}))  # lists LIT-A: it stands
     await view.refresh()
     assert view.incomplete() == "1 unreadable hold message(s)"
+
+
+async def test_a_record_that_could_not_be_read_under_a_holds_key_holds_erasures_back() -> None:
+    """Handed out under a hold's key with nothing read of its value (shared/unreadable.py), it
+    read as a tombstone, and the view as complete: it is an unreadable hold message (fail
+    closed, as any other, until a marker that does not list it or a readable version)."""
+    log = ScriptedLog()
+    a = hold("LIT-A")
+    log.append(str(a.hold_id), a)
+    announce(log, a)
+    view = await view_on(log)
+    await view.refresh()
+    assert [h.case_reference for h in await view.active("crm", T0)] == ["LIT-A"]
+    log.entries.append((str(a.hold_id).encode(), None, ((UNREADABLE, b"it could not be read"),)))
+    await view.refresh()
+    assert view.incomplete() == "1 unreadable hold message(s)"
+    with pytest.raises(HoldsUnavailable):
+        await view.active("crm", T0)
