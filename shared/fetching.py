@@ -16,6 +16,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 
+from shared import unreadable
 from shared.telemetry import metrics
 
 log = logging.getLogger(__name__)
@@ -257,10 +258,10 @@ async def fetch_in_order(consumer: AIOKafkaConsumer, timeout_ms: int) -> Batches
                 consumer.seek(tp, want)
                 break
             contiguous.append(record)
-            want = record.offset + 1
+            want = unreadable.last_offset(record) + 1
         if contiguous:
             kept[tp] = contiguous
-            expected[tp] = contiguous[-1].offset + 1
+            expected[tp] = want
             _refetches.get(consumer, {}).pop((tp, contiguous[0].offset), None)  # a gap filled
     return kept
 

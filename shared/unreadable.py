@@ -17,6 +17,7 @@ replaced here are private: the poison-message tests pin them to the installed ve
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,6 +29,11 @@ from aiokafka.record.memory_records import MemoryRecords, _MemoryRecordsPy
 from aiokafka.record.util import decode_varint
 
 UNREADABLE = "lethe-unreadable"
+# On the one record that stands for the rest of a batch whose framing was lost: the batch's last
+# offset, after this process's own prefix (a client could write the header; it cannot know
+# the prefix, so it cannot have a consumer step over records that are there).
+_REST_TO = "lethe-unreadable-to"
+_PREFIX = secrets.token_hex(8).encode()
 
 
 class _LenientBatch(_DefaultRecordBatchPy):  # type: ignore[misc]
@@ -99,10 +105,10 @@ class _LenientBatch(_DefaultRecordBatchPy):  # type: ignore[misc]
         self._lost = self._done = True
         if self._last + 1 >= self.next_offset:
             raise StopIteration
-        why = f"it and the batch's records after it, to offset {self.next_offset - 1}, could not be read"
-        return _DefaultRecordPy(
-            self._last + 1, self.max_timestamp, self.timestamp_type, None, None, [(UNREADABLE, why.encode())]
-        )
+        last = self.next_offset - 1
+        why = f"it and the batch's records after it, to offset {last}, could not be read"
+        headers = [(UNREADABLE, why.encode()), (_REST_TO, _PREFIX + str(last).encode())]
+        return _DefaultRecordPy(self._last + 1, self.max_timestamp, self.timestamp_type, None, None, headers)
 
 
 def _nullable_bytes(buffer: bytearray, pos: int, end: int) -> tuple[bytes | None, int]:
@@ -162,6 +168,18 @@ class _PartitionRecords(fetcher.PartitionRecords):  # type: ignore[misc]
 
 def unreadable(record: ConsumerRecord[bytes, bytes] | _DefaultRecordPy) -> bool:
     return bool(record.headers) and record.headers[0][0] == UNREADABLE
+
+
+def last_offset(record: ConsumerRecord[bytes, bytes]) -> int:
+    """The last offset `record` stands for: its own; for the one record standing for the rest of
+    a batch whose framing was lost, the batch's last (fetching.fetch_in_order takes the step
+    past those offsets as no gap: it had fetched the batch again until it gave up on it)."""
+    headers: list[tuple[str, bytes | None]] = list(record.headers or ())
+    if len(headers) == 2 and headers[0][0] == UNREADABLE and headers[1][0] == _REST_TO:
+        value = headers[1][1] or b""
+        if value.startswith(_PREFIX) and value[len(_PREFIX) :].isdigit():
+            return int(value[len(_PREFIX) :])
+    return int(record.offset)
 
 
 def why(record: ConsumerRecord[bytes, bytes]) -> str:

@@ -16,8 +16,9 @@ TP = TopicPartition("lethe.outcomes.v1", 0)
 
 
 class Record:
-    def __init__(self, offset: int) -> None:
+    def __init__(self, offset: int, headers: tuple[tuple[str, bytes], ...] = ()) -> None:
         self.offset = offset
+        self.headers = headers
 
 
 class GappyConsumer:

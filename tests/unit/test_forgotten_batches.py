@@ -46,6 +46,7 @@ async def test_a_batch_is_committed_unless_the_consumer_was_rewound_after_fetchi
 class Record:
     def __init__(self, offset: int) -> None:
         self.offset = offset
+        self.headers = ()
 
 
 class Gappy(Committing):

@@ -13,8 +13,9 @@ from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy
 import shared.worker.runtime as runtime_module
 from services.billing.store import BillingAdapter
 from shared.crypto import IdentifierSeal, new_identifier_key
+from shared.fetching import fetch_in_order
 from shared.settings import KafkaSettings
-from shared.unreadable import UNREADABLE, _LenientRecords, unreadable
+from shared.unreadable import UNREADABLE, _LenientRecords, last_offset, unreadable
 from shared.worker.attempts import Attempts
 from shared.worker.policy import ActOnEverything
 from shared.worker.runtime import WorkerRuntime
@@ -59,13 +60,44 @@ def test_a_readable_batch_is_read_as_it_is() -> None:
 
 def test_a_record_whose_length_runs_past_the_batch_ends_the_batch_in_one_letter() -> None:
     """Past that record the framing cannot be followed: one record stands for it and the rest,
-    however many the batch's header claims, and says which offsets."""
+    however many the batch's header claims, and says which offsets; the consumer steps past
+    them (it had taken the step for a gap and fetched the batch again fifty times)."""
     records = _LenientRecords(batch([b"a", b"b", b"c"], corrupt=1, length=0x7E))
     got = [r for r in records.next_batch()]
     assert [(r.offset, r.value, unreadable(r)) for r in got] == [(0, b"a", False), (1, None, True)]
-    assert got[1].headers == [
-        (UNREADABLE, b"it and the batch's records after it, to offset 2, could not be read")
-    ]
+    why = b"it and the batch's records after it, to offset 2, could not be read"
+    assert got[1].headers[0] == (UNREADABLE, why)
+    assert [last_offset(r) for r in got] == [0, 2]  # type: ignore[arg-type]
+
+
+async def test_the_step_past_a_lost_batch_is_no_gap_unless_a_client_wrote_the_marker() -> None:
+    """A client can write the marker's headers, but not the process's prefix: its record would
+    otherwise have the consumer step over records that are there."""
+    [lost] = [r for r in _LenientRecords(batch([b"a", b"b", b"c"], corrupt=0)).next_batch()]
+    forged = (lost.headers[0], (lost.headers[1][0], b"2"))
+    tp = TopicPartition("t", 0)
+
+    class Consumer:
+        _group_id = None
+
+        def __init__(self, fetched: list[object]) -> None:
+            self.fetched = fetched
+            self.seeks: list[int] = []
+
+        async def getmany(self, timeout_ms: int) -> dict[TopicPartition, list[object]]:
+            return {tp: self.fetched}
+
+        def seek(self, at: TopicPartition, offset: int) -> None:
+            self.seeks.append(offset)
+
+    def record(offset: int, headers: tuple[object, ...] = ()) -> object:
+        return SimpleNamespace(offset=offset, headers=headers)
+
+    stepped = Consumer([record(0, tuple(lost.headers)), record(3)])
+    assert [r.offset for r in (await fetch_in_order(cast(AIOKafkaConsumer, stepped), 10))[tp]] == [0, 3]
+    kept = Consumer([record(0, forged), record(3)])
+    assert [r.offset for r in (await fetch_in_order(cast(AIOKafkaConsumer, kept), 10))[tp]] == [0]
+    assert kept.seeks == [1]  # what a forged marker claims to stand for is fetched again
 
 
 async def test_a_worker_dead_letters_a_record_that_could_not_be_read_and_handles_the_rest(
