@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import sys
 import unicodedata
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Annotated, Literal
@@ -217,6 +218,11 @@ _SQL_SPACES = (
 )
 _SQL_SPACE = f"[{_SQL_SPACES}]"
 _FULLWIDTH_DIGITS = "".join(chr(0xFF10 + n) for n in range(10))
+# Every decimal digit Unicode has (Arabic-Indic, Devanagari, full-width, mathematical bold…), as
+# libphonenumber reads them, and the ASCII digit each is: a number stored so had no key at all.
+_DIGITS = [chr(c) for c in range(sys.maxunicode + 1) if unicodedata.category(chr(c)) == "Nd"]
+_UNICODE_DIGITS = "".join(_DIGITS)
+_AS_ASCII = "".join(str(unicodedata.digit(c)) for c in _DIGITS)
 
 
 def email_key_index(name: str, table: str, column: str) -> tuple[str, str, str]:
@@ -228,7 +234,7 @@ def email_key_index(name: str, table: str, column: str) -> tuple[str, str, str]:
 # A field's phone keys, computed by PostgreSQL from the field as typed (a function of Lethe's in
 # the store's database, named by a digest of its body, so that a changed body makes a new
 # function and a new index, never an index left stale): the last digits before each place
-# where a run of digits ends, across the runs before it (full-width digits read as digits).
+# where a run of digits ends, across the runs before it (any decimal digit read as one).
 # Every number written in the field ends where a run of digits ends, whatever stands between
 # its digits, after it (an extension, a note) or between it and the next number (`, `, ` - `,
 # `/`, a space, a new line), so the key of each is there: `020 7946 0000 - 07700 900461 /
@@ -241,8 +247,10 @@ _PHONE_KEYS_BODY = f"""DECLARE
     tail text := '';
     run text;
 BEGIN
-    FOREACH run IN ARRAY
-        regexp_split_to_array(translate(field, '{_FULLWIDTH_DIGITS}', '0123456789'), '[^0-9]+')
+    IF field ~ '[^\x01-\x7f]' THEN  -- only then: the list of digits is long
+        field := translate(field, '{_UNICODE_DIGITS}', '{_AS_ASCII}');
+    END IF;
+    FOREACH run IN ARRAY regexp_split_to_array(field, '[^0-9]+')
     LOOP
         CONTINUE WHEN run = '';
         tail := right(tail || run, {PHONE_TAIL});
@@ -251,10 +259,17 @@ BEGIN
     RETURN keys;
 END"""
 PHONE_KEYS = f"lethe_phone_keys_{hashlib.sha256(_PHONE_KEYS_BODY.encode()).hexdigest()[:8]}"
-PHONE_KEYS_DDL = (
-    f"CREATE OR REPLACE FUNCTION {PHONE_KEYS}(field text) RETURNS text[]"
-    f" LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE AS $lethe$ {_PHONE_KEYS_BODY} $lethe$"
-)
+# Made only where none of its name is (its name says its body): one an operator made beforehand
+# under another role is not replaced, which only its owner may do. Anyone may run it: the
+# store's own applications, whose writes to the table compute it for the index.
+PHONE_KEYS_DDL = f"""DO $do$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_proc
+                    WHERE proname = '{PHONE_KEYS}' AND pronamespace = current_schema()::regnamespace) THEN
+        CREATE FUNCTION {PHONE_KEYS}(field text) RETURNS text[]
+            LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE AS $lethe$ {_PHONE_KEYS_BODY} $lethe$;
+        GRANT EXECUTE ON FUNCTION {PHONE_KEYS}(text) TO PUBLIC;
+    END IF;
+END $do$"""
 
 
 def phone_match_sql(column: str, keys: str) -> str:

@@ -81,7 +81,7 @@ class _LenientBatch(_DefaultRecordBatchPy):  # type: ignore[misc]
                 raise ValueError("record length")
             _, pos = decode_varint(buffer, pos)  # attributes
             time_delta, pos = decode_varint(buffer, pos)
-            offset_delta, pos = decode_varint(buffer, pos)
+            _, pos = decode_varint(buffer, pos)  # offset delta (see below)
         except (ValueError, IndexError):
             return self._rest()
         index: int = getattr(self, "_next_record_index")  # noqa: B009 (as above)
@@ -95,9 +95,9 @@ class _LenientBatch(_DefaultRecordBatchPy):  # type: ignore[misc]
         headers = [
             (UNREADABLE, b"its headers could not be read" if value is not None else b"it could not be read")
         ]
-        return _DefaultRecordPy(
-            self.base_offset + offset_delta, timestamp, self.timestamp_type, key, value, headers
-        )
+        # The next offset, not base + its delta: a delta that jumps ahead (a hostile one) had the
+        # records after it in the batch skipped as read already.
+        return _DefaultRecordPy(self._last + 1, timestamp, self.timestamp_type, key, value, headers)
 
     def _rest(self) -> _DefaultRecordPy:
         """Once the records' framing is lost: the batch's next offset, nothing of it read, for

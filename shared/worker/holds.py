@@ -222,7 +222,11 @@ class HoldsView:
             # Not under a key no hold or marker has: any producer on the topic could otherwise
             # stop every erasure for good (the tracker, which reads the topic too, dead-letters it).
             log.error("unreadable hold message", extra={"offset": record.offset, "error": str(exc)})
-            if _may_be_a_hold(record.key):
+            if unreadable(record) and record.key is None:  # whose key could not be read either
+                # (the rest of a batch whose framing was lost, say: intake sends holds in batches)
+                # may be any hold: until the next marker, which lists none under this made-up key.
+                self._unreadable[f"@{record.offset}".encode()] = record.offset
+            elif _may_be_a_hold(record.key):
                 self._unreadable[record.key] = record.offset
             return
         self._unreadable.pop(record.key, None)

@@ -125,6 +125,9 @@ def test_every_spelling_of_a_number_is_one_number_with_one_key(
         "020 7946 0002 / 07700 900461 / 020 7946 0003",
         "Mob: 07700 900461 (evenings), office 020 7946 0000 ext. 12",
         "07700 900461".translate({n: 0xFF10 + n - 48 for n in range(48, 58)}),  # full-width digits
+        "07700 900461".translate({n: 0x0660 + n - 48 for n in range(48, 58)}),  # Arabic-Indic
+        "07700 900461".translate({n: 0x0966 + n - 48 for n in range(48, 58)}),  # Devanagari
+        "07700 90046" + chr(0x1D7CF),  # the last, mathematical bold
     ],
 )
 def test_each_number_in_a_field_is_found_by_its_key(conn: asyncpg.Connection, field: str) -> None:

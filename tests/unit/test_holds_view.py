@@ -427,3 +427,22 @@ async def test_a_record_that_could_not_be_read_under_a_holds_key_holds_erasures_
     assert view.incomplete() == "1 unreadable hold message(s)"
     with pytest.raises(HoldsUnavailable):
         await view.active("crm", T0)
+
+
+async def test_a_record_whose_key_could_not_be_read_either_holds_erasures_back_until_a_marker() -> None:
+    """The one record that stands for the rest of a batch whose framing was lost has no key:
+    it may have been any hold (intake sends them in batches), not one no hold has."""
+    log = ScriptedLog()
+    a = hold("LIT-A")
+    log.append(str(a.hold_id), a)
+    announce(log, a)
+    view = await view_on(log)
+    await view.refresh()
+    log.entries.append(
+        (None, None, ((UNREADABLE, b"it and the batch's records after it could not be read"),))
+    )
+    await view.refresh()
+    assert view.incomplete() == "1 unreadable hold message(s)"
+    announce(log, a)  # intake's next marker: every hold it has
+    await view.refresh()
+    assert view.incomplete() is None
