@@ -2,7 +2,7 @@
 
 Stores keep identifiers as people typed them (`+44 (0)7700 900461`, `mailto:<Alice@Bücher.example>`).
 Matching is done here, in Python, on the normalised forms; a store is only asked for
-*candidates*, with a coarse key it can index (`phone_prefilter_sql`, `email_prefilter_sql`)
+*candidates*, with a coarse key it can index (`PHONE_KEYS`, `email_prefilter_sql`, `id_key_sql`)
 that is equal for every spelling of the same identifier. The coarse key may let other rows
 through; it must never keep a true match out, which `tests/integration/test_identity_keys.py`
 checks against PostgreSQL over generated spellings. There is no second normalisation to drift.
