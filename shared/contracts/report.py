@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from datetime import date
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Literal
 from uuid import UUID
 
-from pydantic import AwareDatetime, Field, SerializerFunctionWrapHandler, model_serializer
+from pydantic import AwareDatetime, Field
 
 from shared.contracts.base import Frozen, RequestType, SubjectRef, SystemName
 from shared.contracts.notices import RecipientNotice
@@ -85,20 +85,12 @@ class ReviewReport(Frozen):
     decided_by: str | None = Field(None, description="The deciding token's id")
     decided_role: str | None = None
     erased: int = 0
-    restricted: int = 0
-    unrestricted: int = 0
+    # Written only where not 0 (issue 17's fourteenth part): an intake of an earlier version,
+    # which forbids fields it does not know, reads every other snapshot.
+    restricted: int = Field(0, exclude_if=lambda n: not n)
+    unrestricted: int = Field(0, exclude_if=lambda n: not n)
     retained: int = 0
     evidence: str | None = Field(None, description="Sealed, for intake's reviewer: what matched, masked")
-
-    @model_serializer(mode="wrap")
-    def _without_new_zeros(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        """`restricted` and `unrestricted` (issue 17's fourteenth part) only where not 0: an
-        intake of an earlier version, which forbids fields it does not know, reads the rest."""
-        data: dict[str, Any] = handler(self)
-        for name in ("restricted", "unrestricted"):
-            if not data.get(name):
-                data.pop(name, None)
-        return data
 
 
 class DeferredErasure(Frozen):
