@@ -427,16 +427,16 @@ def store_schema(
     """The DDL a worker runs on its store's database at its start (its tables when new, its
     key indexes and functions, its journal), one statement after another: to build a changed
     index beforehand on a large table (README, Deployment, Upgrading)."""
-    from importlib import import_module
+    from services.billing.store import BillingAdapter
+    from services.crm.store import CrmAdapter
+    from services.mailing.store import MailingAdapter
+    from services.recordings.store import RecordingsAdapter
 
-    from shared.worker.pgstore import JOURNAL_DDL
-
-    stores = {"billing": "BillingAdapter", "crm": "CrmAdapter", "mailing": "MailingAdapter"}
-    stores["recordings"] = "RecordingsAdapter"
+    adapters = (BillingAdapter, CrmAdapter, MailingAdapter, RecordingsAdapter)
+    stores = {adapter.system: adapter for adapter in adapters}
     if system not in stores:
         raise typer.BadParameter(f"one of {', '.join(stores)}", param_hint="SYSTEM")
-    adapter = getattr(import_module(f"services.{system}.store"), stores[system])
-    for statement in (*adapter.schema, *JOURNAL_DDL):
+    for statement in stores[system].ddl():
         typer.echo(statement.strip() + ";\n")
 
 

@@ -140,6 +140,11 @@ class PostgresStoreAdapter:
     def record_terms(self) -> dict[str, tuple[str, ...]]:
         return {t.category: t.terms for t in self.tables}
 
+    @classmethod
+    def ddl(cls) -> tuple[str, ...]:
+        """What `start` runs on the store's database, in order (`lethe store-schema` prints it)."""
+        return (*cls.schema, *JOURNAL_DDL)
+
     @property
     def pool(self) -> asyncpg.Pool:
         if self._pool is None:
@@ -149,7 +154,7 @@ class PostgresStoreAdapter:
     async def start(self) -> None:
         await ensure_database(self.database_url)
         self._pool = await create_pool(self.database_url, self.pool_max)
-        await apply_schema(self._pool, *self.schema, *JOURNAL_DDL)
+        await apply_schema(self._pool, *self.ddl())
 
     async def close(self) -> None:
         if self._pool is not None:
