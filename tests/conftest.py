@@ -22,6 +22,9 @@ from cli.seed import SeedFile, read
 from cli.slapd import start_slapd
 from cli.stack import Stack, StackConfig
 from services.directory.ldap import LdapSettings
+from shared.contracts import RequestType
+from shared.contracts.commands import EraseRecords
+from shared.contracts.outcomes import ReviewItem
 from shared.settings import KafkaSettings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -115,6 +118,22 @@ def demo_seed() -> SeedFile:
 
 def person(seed: SeedFile, label: str):  # type: ignore[no-untyped-def]
     return next(p for p in seed.people if p.label == label)
+
+
+def said_yes(
+    review: ReviewItem, request_id: str, system: str, subject: str, applies: RequestType = RequestType.ERASURE
+) -> EraseRecords:
+    """The command a reviewer's yes on `review` sends its system, as the tracker builds it
+    (services/tracker/repository.py), for a worker tested without one."""
+    return EraseRecords(
+        request_id=request_id,
+        system=system,
+        subject_ref=subject,
+        sealed_identifiers="x",
+        review_id=review.review_id,
+        groups=review.groups,
+        applies=applies,
+    )
 
 
 @contextmanager

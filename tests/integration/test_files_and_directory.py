@@ -19,13 +19,12 @@ from services.recordings import seed as recordings_seed
 from services.recordings.files import resolve
 from services.recordings.store import RecordingsAdapter
 from shared.contracts import EraseSubject, LiftRestriction, RestrictSubject
-from shared.contracts.commands import EraseRecords
 from shared.crypto import subject_ref
 from shared.identity import Identities
 from shared.worker.handler import execute
 from shared.worker.policy import ActOnEverything
 from shared.worker.runtime import utc_clock
-from tests.conftest import person
+from tests.conftest import person, said_yes
 
 pytestmark = pytest.mark.integration
 ALICE = Identities(
@@ -140,14 +139,7 @@ async def test_directory_erasure_deletes_the_entry_found_by_phone_spelling(
         assert review.conflicting == ["emails", "ldap_uids"]
         assert "uid=cpatel,ou=people" in entries(slapd)
         # The reviewer says it is hers: that entry, and nothing else, goes.
-        decided = EraseRecords(
-            request_id="it-1",
-            system="directory",
-            subject_ref=REF,
-            sealed_identifiers="x",
-            review_id=review.review_id,
-            groups=review.groups,
-        )
+        decided = said_yes(review, "it-1", "directory", REF)
         erased = await execute(decided, phone_only, adapter, ActOnEverything(), utc_clock)
         assert erased.categories[0].erased == 1 and erased.status == "done" and not erased.reviews
         assert "uid=cpatel,ou=people" not in entries(slapd)

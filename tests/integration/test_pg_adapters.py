@@ -17,13 +17,12 @@ from services.crm.store import CrmAdapter
 from services.mailing import seed as mailing_seed
 from services.mailing.store import AddressSuppressed, MailingAdapter, address_hash, subscribe
 from shared.contracts import EraseSubject, LiftRestriction, RequestType, RestrictSubject
-from shared.contracts.commands import EraseRecords
 from shared.crypto import subject_ref
 from shared.identity import Identities
 from shared.worker.handler import execute
 from shared.worker.policy import ActOnEverything
 from shared.worker.runtime import utc_clock
-from tests.conftest import person
+from tests.conftest import person, said_yes
 
 pytestmark = pytest.mark.integration
 # Alice as an upstream tool would name her: other spellings than the stores hold.
@@ -292,15 +291,7 @@ async def test_a_reviewers_yes_on_a_restriction_restricts_and_erases_nothing(fre
         assert (contacts.restricted, contacts.in_review) == (1, 1)
         [review] = outcome.reviews
         assert review.reason == "shared_phone"
-        decided = EraseRecords(
-            request_id="it-r",
-            system="crm",
-            subject_ref=REF,
-            sealed_identifiers="x",
-            review_id=review.review_id,
-            groups=review.groups,
-            applies=RequestType.RESTRICTION,
-        )
+        decided = said_yes(review, "it-r", "crm", REF, applies=RequestType.RESTRICTION)
         carried_out = await execute(decided, alice, adapter, ActOnEverything(), utc_clock)
         contacts = {c.category: c for c in carried_out.categories}["contacts"]
         assert (contacts.restricted, contacts.erased, carried_out.status) == (1, 0, "done")
@@ -368,14 +359,7 @@ async def test_a_reviewers_yes_on_a_subscriber_with_two_addresses_erases_and_sup
         outcome = await execute(erase("mailing"), alice, adapter, ActOnEverything(), utc_clock)
         [review] = outcome.reviews
         assert review.reason == "unreadable_identifier"
-        decided = EraseRecords(
-            request_id="it",
-            system="mailing",
-            subject_ref=REF,
-            sealed_identifiers="x",
-            review_id=review.review_id,
-            groups=review.groups,
-        )
+        decided = said_yes(review, "it", "mailing", REF)
         carried_out = await execute(decided, alice, adapter, ActOnEverything(), utc_clock)
         assert carried_out.status == "done"
         assert await count(adapter.pool, "SELECT count(*) FROM subscribers") == 0
