@@ -116,16 +116,15 @@ class Publisher:
             ("lethe-source-partition", str(record.partition).encode()),
             ("lethe-source-offset", str(record.offset).encode()),
         ]
-        headers = [*copied, *id_headers(record.value), (ERROR, error.encode()[:1000]), *where]
-        headers.append((SEALED, ENVELOPE_VERSION))
+        ids = id_headers(record.value)  # a body's parse: once, whichever letter goes
+        headers = [*copied, *ids, (ERROR, error.encode()[:1000]), *where, (SEALED, ENVELOPE_VERSION)]
         if dropped:
             headers.append((BODY_DROPPED, str(size).encode()))
         try:
             await self.publish(topics.DEAD_LETTERS, None, seal_letter(self.seal, key, value), headers)
         except MessageSizeTooLargeError:
             error = f"{error}; its letter too large to send"
-            minimal = [*id_headers(record.value), (ERROR, error.encode()[:1000]), *where]
-            minimal.append((BODY_DROPPED, str(size).encode()))
+            minimal = [*ids, (ERROR, error.encode()[:1000]), *where, (BODY_DROPPED, str(size).encode())]
             await self.publish(topics.DEAD_LETTERS, None, b"", minimal)
 
     async def retry_later(
