@@ -10,7 +10,8 @@ from shared.identity import Identities, extension, mailbox, national_digits
 
 # A Gmail name this long is searched with dots anywhere in it too (`a*l*i*c*e*h*a*r*t*l*e*y@`):
 # anchored at both ends, a long name matches few others; a short one, with anything after it,
-# had matched half of a 20,000-entry directory.
+# had matched half of a 20,000-entry directory. A shorter name is searched in each of its
+# spellings with single dots instead: at most 2**4 names for five letters.
 SPREAD_MIN = 6
 
 
@@ -27,14 +28,16 @@ def subject_filter(ids: Identities) -> str | None:
                 terms.append(f"(mail={escape_filter_chars(f'{local}@{domain}')})")
             continue
         # Gmail ignores dots and answers under either domain. LDAP cannot ignore the dots, and
-        # a filter with anything between the letters matched half of a large directory, past
-        # its size limit: the name as given and without dots, alone or with a tag, under each
-        # domain (a.lice@googlemail.com, a.lice+news@gmail.com; not al.ice: matching.py).
-        given = email.rpartition("@")[0].split("+", 1)[0]
-        names = [escape_filter_chars(name) for name in sorted({given, local})]
-        if len(local) >= SPREAD_MIN:  # dots anywhere, anchored at the name's first and last letter
-            names.append("*".join(escape_filter_chars(c) for c in local))
-        for name in names:
+        # a filter with anything between the letters of a short name matched half of a large
+        # directory, past its size limit: a short name in each of its spellings, a long one
+        # with anything between its letters; as given too, alone or with a tag, under each
+        # domain (a.lice@googlemail.com, al.ice+news@gmail.com, a.l.i.c.e@gmail.com).
+        given = escape_filter_chars(email.rpartition("@")[0].split("+", 1)[0])
+        if len(local) >= SPREAD_MIN:
+            names = {given, escape_filter_chars(local), "*".join(escape_filter_chars(c) for c in local)}
+        else:
+            names = {given, *(escape_filter_chars(n) for n in dotted(local))}
+        for name in sorted(names):
             for host in ("gmail.com", "googlemail.com"):
                 terms += [f"(mail={name}@{host})", f"(mail={name}+*@{host})"]
     for attribute in ("telephoneNumber", "mobile"):
@@ -42,6 +45,15 @@ def subject_filter(ids: Identities) -> str | None:
     if not terms:
         return None
     return f"(&(objectClass=inetOrgPerson)(|{''.join(dict.fromkeys(terms))}))"
+
+
+def dotted(name: str) -> list[str]:
+    """Each spelling of a name with at most one dot between two letters (`joe`, `j.oe`, `jo.e`,
+    `j.o.e`): how people write a short Gmail name that Gmail reads without its dots."""
+    spellings = [name[:1]]
+    for c in name[1:]:
+        spellings = [s + sep + c for s in spellings for sep in ("", ".")]
+    return spellings
 
 
 def uuid_filter(entry_uuids: Sequence[str]) -> str:
