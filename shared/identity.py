@@ -27,6 +27,9 @@ _DISPLAY_FORM = re.compile(r"<([^<>]*)>\s*$")  # "Alice Hartley <alice@example.c
 # A quoted local part that needs no quoting ("alice.hartley"@…) is that mailbox (RFC 5321).
 _QUOTED_ATOM = re.compile(r'^"([A-Za-z0-9!#$%&\'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&\'*+/=?^_`{|}~-]+)*)"$')
 _MAILTO = re.compile(r"^\s*mailto:", re.IGNORECASE)
+# What a local part cannot hold unquoted (RFC 5322 specials): where one shows, the field is a
+# list of addresses or not an address.
+_SPECIALS = re.compile(r'[@,;:<>()\[\]\\"]')
 # A comment after the address (RFC 5322): `alice@example.com (work)`, and the old form of a
 # display name, `alice@example.com (Alice Hartley)`.
 _COMMENT = re.compile(r"\([^()]*\)$")  # no space before it in the pattern: quadratic on spaces
@@ -71,11 +74,18 @@ def normalise_email(raw: str) -> str:
         text = _COMMENT.sub("", text).rstrip(";,").strip()
     text = _MAILTO.sub("", text)
     if match := _DISPLAY_FORM.search(text):
-        text = match.group(1)
-    text = _MAILTO.sub("", text.strip()).strip()
+        named = text[: match.start()]
+        text = _MAILTO.sub("", match.group(1).strip()).strip()
+        # A name with an address in it is a list (`Alice <a@x>, Ben <b@x>`), unless it is the
+        # address itself, as some mail clients write it (`alice@x <alice@x>`). Read as its
+        # last address, Ben's request had erased Alice's account as certainly his.
+        if "@" in named and named.strip().strip("'\"").strip().casefold() != text.casefold():
+            raise ValueError("not an e-mail address: several addresses")
     local, at, domain = text.rpartition("@")
     if quoted := _QUOTED_ATOM.match(local):
         local = quoted.group(1)
+    elif _SPECIALS.search(local):  # `alice@x,ben` of `alice@x,ben@y`: a list, not a local part
+        raise ValueError("not an e-mail address: several addresses or unquoted specials")
     # Lower-cased before its length is checked: some letters grow (İ is two characters lower),
     # and a value must normalise to what normalises again to itself (it is sealed, then
     # validated again where it is opened).

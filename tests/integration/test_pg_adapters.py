@@ -271,6 +271,39 @@ async def test_records_whose_identifier_cannot_be_read_or_names_nobody_go_to_a_p
         await adapter.close()
 
 
+async def test_an_account_whose_address_field_lists_two_people_is_not_erased_as_either(
+    fresh_db: str,
+) -> None:
+    """Alice's account carries `Alice Hartley <alice@…>, Ben Hartley <ben@…>`: read as its last
+    address, Ben's request erased it as certainly his, and learnt her customer id (the next
+    round would have erased the rest of her). Another carries `alice@…,ben@…`, read as one
+    address, nobody's. Now the store's key finds each, and a person decides."""
+    adapter = BillingAdapter(fresh_db)
+    await adapter.start()
+    try:
+        await adapter.pool.executemany(
+            "INSERT INTO accounts (account_id, customer_id, holder_name, email, status, opened_on)"
+            " VALUES ($1, $2, 'Alice Hartley', $3, 'active', current_date)",
+            [
+                (
+                    "ACC-1",
+                    "C-1001",
+                    "Alice Hartley <alice.hartley@example.co.uk>, Ben Hartley <ben.hartley@example.co.uk>",
+                ),
+                ("ACC-2", "C-1002", "ben.hartley@example.co.uk,alice.hartley@example.co.uk"),
+            ],
+        )
+        ben = Identities(emails=["ben.hartley@example.co.uk"])
+        outcome = await execute(erase("billing"), ben, adapter, ActOnEverything(), utc_clock)
+        accounts = {c.category: c for c in outcome.categories}["accounts"]
+        assert (accounts.found, accounts.erased, accounts.in_review) == (0, 0, 2)
+        assert {r.reason for r in outcome.reviews} == {"unreadable_identifier"}
+        assert not outcome.learnt
+        assert await count(adapter.pool, "SELECT count(*) FROM accounts") == 2
+    finally:
+        await adapter.close()
+
+
 async def test_a_reviewers_yes_on_a_restriction_restricts_and_erases_nothing(fresh_db: str) -> None:
     """Alice asks for restriction. A contact with the household landline and another customer
     id goes to a person, who says it is hers ('erase', the one yes there is): it is restricted,

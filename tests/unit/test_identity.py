@@ -144,6 +144,25 @@ def test_an_address_copied_from_a_mail_client_reads_as_the_address() -> None:
         normalise_email('"alice hartley"@example.co.uk')  # a quoted name that needs its quotes
 
 
+def test_a_field_of_several_addresses_is_no_one_address() -> None:
+    """Read as its last address, `Alice <…>, Ben <…>` made Alice's account certainly Ben's (his
+    request erased it); read as one, `alice@…,ben@…` was nobody's and left for both. Unread,
+    a person decides where the subject's address is written in it (written_in)."""
+    for listed in (
+        "Alice Hartley <alice.hartley@example.co.uk>, Ben Hartley <ben.hartley@example.co.uk>",
+        "alice.hartley@example.co.uk,ben.hartley@example.co.uk",
+        "alice.hartley@example.co.uk;ben.hartley@example.co.uk",
+        "alice.hartley@example.co.uk <ben.hartley@example.co.uk>",
+        "<alice.hartley@example.co.uk",
+    ):
+        with pytest.raises(ValueError):
+            normalise_email(listed)
+        assert written_in([listed], Identities(emails=["ben.hartley@example.co.uk"])) == ("ben" in listed)
+    # The address itself as its display name, as some mail clients write it, is the address.
+    for written in ("alice@example.com <alice@example.com>", '"Alice@Example.com" <alice@example.com>'):
+        assert normalise_email(written) == "alice@example.com", written
+
+
 def test_a_customer_id_with_a_typographic_dash_is_the_id_with_a_hyphen() -> None:
     for dash in "\u2010\u2011\u2013\u2014\u2212\uff0d":
         assert normalise_id(f"C{dash}1002") == "C-1002"
