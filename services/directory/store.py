@@ -51,7 +51,8 @@ class DirectorySession(PostgresJournal):
             owner, unreadable = Identities.read(ldap_uids=e.uid, emails=e.mail, phones=e.phones)
             matched, variants = match(owner, identities)
             # LDAP matched a spelling; the normalised forms decide (or a person: unread_match).
-            if matched or variants or unread_match(unreadable, [*e.uid, *e.mail, *e.phones], identities):
+            texts = (*e.uid, *e.mail, *e.phones)
+            if matched or variants or unread_match(unreadable, texts, identities):
                 records.append(
                     Record(
                         category=CATEGORY,
@@ -62,6 +63,7 @@ class DirectorySession(PostgresJournal):
                         variants=variants,
                         unreadable=unreadable,
                         searchable=owner,
+                        unread_texts=texts if unreadable else (),
                     )
                 )
         return records

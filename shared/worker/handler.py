@@ -254,7 +254,7 @@ async def held_records(
     held: dict[tuple[str, str], str] = {}
     for record in records:
         if record.searchable is not None:
-            covering = index.covering(record.searchable)
+            covering = index.covering(record.searchable) + hold_cover.written_on(record, active)
         else:
             covering = list(searched.get(record.key, ()))
         # A hold found by the record's own identifiers is the one its decision cites.

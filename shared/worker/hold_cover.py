@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 
-from shared.identity import KINDS, Identities, Kind, line, mailbox
+from shared.identity import KINDS, Identities, Kind, line, mailbox, written_in
 from shared.worker.holds import ActiveHold
 from shared.worker.matching import match
 from shared.worker.ports import Record
@@ -81,6 +81,15 @@ def _probe(pair: tuple[Kind, str]) -> tuple[str, str]:
     return pair
 
 
+def written_on(record: Record, holds: Sequence[ActiveHold]) -> list[ActiveHold]:
+    """The holds one of whose identifiers is written in a value on the record that cannot be
+    read (`07700 900461 / 01632 960000` under a hold on the first number): its search finds
+    the record, but no identifier read off the record matches it. A hold errs on keeping."""
+    if not record.unread_texts:
+        return []
+    return [hold for hold in holds if written_in(record.unread_texts, hold.identities)]
+
+
 def same_id(one: Identities, other: Identities) -> bool:
     """Whether the two share a customer id written in another case: Legal types `c-1001` for
     the billing system's `C-1001`. A hold errs on keeping (an erasure stays exact: a system
@@ -127,9 +136,11 @@ def covered_by_search(holds: Sequence[ActiveHold], found: Iterable[Record]) -> d
     """Record key → the holds (in order) whose own identifiers found it, of what the
     `searches` found together: worked out once for all the records that need it."""
     by_identifier = index(found)
+    unread = [(r.key, r.category, written_on(r, holds)) for r in found if r.unread_texts]
     covered: dict[Key, list[ActiveHold]] = defaultdict(list)
     for hold in holds:
-        for key in found_by(hold, by_identifier):
+        written = {key: category for key, category, on in unread if hold in on}
+        for key in found_by(hold, by_identifier) | written:
             covered[key].append(hold)
     return covered
 

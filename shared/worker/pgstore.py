@@ -199,10 +199,15 @@ class PostgresStoreAdapter:
                 candidate = self.head(row)
                 record = candidate.record
                 matched, variants = match(candidate.matchable, identities)
-                texts = (v for v in row.values() if isinstance(v, str))  # read only if nothing matched
+                texts = tuple(v for v in row.values() if isinstance(v, str)) if record.unreadable else ()
                 if matched or variants or unread_match(record.unreadable, texts, identities):
                     heads[record.record_id] = record.model_copy(
-                        update={"matched": matched, "variants": variants, "searchable": candidate.matchable}
+                        update={
+                            "matched": matched,
+                            "variants": variants,
+                            "searchable": candidate.matchable,
+                            "unread_texts": texts,
+                        }
                     )
         children = [
             self.child(row).model_copy(
@@ -213,6 +218,7 @@ class PostgresStoreAdapter:
                     "variants": head.variants,
                     "unreadable": head.unreadable,
                     "searchable": head.searchable,
+                    "unread_texts": head.unread_texts,
                 }
             )
             for row in rows

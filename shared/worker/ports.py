@@ -45,6 +45,10 @@ class Record(Frozen):
     # each hold (shared/worker/hold_cover.py). None: not known (a record an earlier command
     # kept, read back from its journal). Never stored with a plan nor sent.
     searchable: Identities | None = Field(None, exclude=True, repr=False)
+    # Where a value on it cannot be read (`unreadable`), the record's texts as the store holds
+    # them: a hold's identifier written in one covers it (`07700 900461 / 01632 960000` under a
+    # hold on the first), as a subject's puts it to a person. Never stored nor sent, as above.
+    unread_texts: tuple[str, ...] = Field((), exclude=True, repr=False)
 
     @property
     def key(self) -> tuple[str, str]:

@@ -302,3 +302,30 @@ async def test_a_hold_on_an_address_only_a_record_carries_keeps_that_record_alon
         assert (contacts.erased, sum(r.count for r in contacts.retained)) == (1, 1)
     finally:
         await adapter.close()
+
+
+async def test_a_hold_on_a_number_written_beside_another_in_one_field_keeps_the_record(
+    fresh_db: str,
+) -> None:
+    """Alice's contact carries `07700 900123 / 01632 960000`, two numbers in one field, and
+    a hold stands on the first. The field cannot be read as one number, so no number read off
+    the record matched the hold, and the contact was erased under it. Her other contact, with
+    the same numbers apart, is kept as before; one with neither number is erased."""
+    adapter = CrmAdapter(fresh_db)
+    await adapter.start()
+    try:
+        await adapter.pool.executemany(
+            "INSERT INTO contacts (contact_id, customer_id, full_name, phone, created_on)"
+            " VALUES ($1, 'C-1001', 'Alice Hartley', $2, current_date - 400)",
+            [("CT-1", "07700 900123 / 01632 960000"), ("CT-2", "07700 900123"), ("CT-3", "01632 960999")],
+        )
+        hold = ActiveHold("LIT-7", Identities(phones=["+447700900123"]), None)
+        request = Identities(customer_ids=["C-1001"])
+        outcome = await execute(erase("crm"), request, adapter, POLICY, utc_clock, holds=Holds([hold]))
+        contacts = {c.category: c for c in outcome.categories}["contacts"]
+        assert contacts.erased == 1
+        assert [(r.hold_reference, r.count) for r in contacts.retained] == [("LIT-7", 2)]
+        left = {r["contact_id"] for r in await adapter.pool.fetch("SELECT contact_id FROM contacts")}
+        assert left == {"CT-1", "CT-2"}
+    finally:
+        await adapter.close()

@@ -79,11 +79,39 @@ def test_the_index_finds_the_holds_a_records_identifiers_match_as_a_search_would
 
 def test_what_a_record_is_searchable_by_is_never_written_with_a_plan() -> None:
     """It is the record's identifiers in clear, a call's other party too: kept in memory for
-    the holds, never in the journal (whose plans keep no identifiers once the outcome is)."""
-    record = Record(category="calls", record_id="R-1", searchable=Identities(emails=["alice@example.com"]))
+    the holds, never in the journal (whose plans keep no identifiers once the outcome is).
+    So are the texts of a record with a value that cannot be read."""
+    record = Record(
+        category="calls",
+        record_id="R-1",
+        searchable=Identities(emails=["alice@example.com"]),
+        unreadable=("phones",),
+        unread_texts=("07700 900461 / 01632 960000",),
+    )
     plan = journal.PLAN.dump_json([Decision(record=record, action=Action.ERASED)])
     assert b"alice" not in plan and b"searchable" not in plan
+    assert b"900461" not in plan and b"unread_texts" not in plan
     assert b"alice" not in record.model_dump_json().encode()
+
+
+def test_a_hold_written_in_a_value_that_cannot_be_read_covers_the_record_its_search_found() -> None:
+    """A hold on a number that a record's field holds beside another (read back from a
+    journal, the record is covered by what the holds' search found): no number read off the
+    record matches it, but it is written there."""
+    on_first, on_second, elsewhere = (
+        hold("H1", phones=["+447700900461"]),
+        hold("H2", phones=["+441632960000"]),
+        hold("H3", phones=["+447700900462"]),
+    )
+    contact = Record(
+        category="contacts",
+        record_id="CT-1",
+        unreadable=("phones",),
+        unread_texts=("07700 900461 / 01632 960000",),
+    )
+    covered = hold_cover.covered_by_search([on_first, on_second, elsewhere], [contact])
+    assert covered == {contact.key: [on_first, on_second]}
+    assert hold_cover.written_on(contact.model_copy(update={"unread_texts": ()}), [on_first]) == []
 
 
 def test_the_index_is_made_again_only_when_the_holds_change() -> None:
