@@ -17,8 +17,8 @@ from ldap.filter import escape_filter_chars
 from cli.seed import PersonSeed
 from services.directory.ldap import Directory, LdapSettings
 from shared.identity import (
+    email_match_sql,
     email_prefilter,
-    email_prefilter_sql,
     id_key_sql,
     id_prefilter,
     normalise_email,
@@ -30,14 +30,14 @@ from shared.identity import (
 # The stores' own indexed keys (shared/identity.py), without the pipeline's confirmation of each
 # match in Python: synthetic people do not share identifiers, so nothing else is reached.
 BILLING = f"""WITH a AS (SELECT account_id FROM accounts WHERE {id_key_sql("customer_id")} = $1
-          OR {email_prefilter_sql("email")} = $2 OR {phone_match_sql("phone", "ARRAY[$3::text]")}),
+          OR {email_match_sql("email", "ARRAY[$2::text]")} OR {phone_match_sql("phone", "ARRAY[$3::text]")}),
   i AS (DELETE FROM invoices WHERE account_id IN (SELECT account_id FROM a)),
   p AS (DELETE FROM payments WHERE account_id IN (SELECT account_id FROM a)),
   c AS (DELETE FROM cdrs WHERE account_id IN (SELECT account_id FROM a)),
   r AS (DELETE FROM radius_sessions WHERE account_id IN (SELECT account_id FROM a))
 DELETE FROM accounts WHERE account_id IN (SELECT account_id FROM a)"""
 CRM = f"""WITH c AS (SELECT contact_id FROM contacts WHERE {id_key_sql("customer_id")} = $1
-          OR {email_prefilter_sql("email")} = $2 OR {phone_match_sql("phone", "ARRAY[$3::text]")}),
+          OR {email_match_sql("email", "ARRAY[$2::text]")} OR {phone_match_sql("phone", "ARRAY[$3::text]")}),
   i AS (DELETE FROM interactions WHERE contact_id IN (SELECT contact_id FROM c)),
   p AS (DELETE FROM purchases WHERE contact_id IN (SELECT contact_id FROM c)),
   f AS (DELETE FROM forum_memberships WHERE contact_id IN (SELECT contact_id FROM c))
@@ -66,7 +66,8 @@ async def erase_one(
         ids = [
             r["subscriber_id"]
             for r in await conn.fetch(
-                f"SELECT subscriber_id FROM subscribers WHERE {email_prefilter_sql('email')} = $1", email_key
+                f"SELECT subscriber_id FROM subscribers WHERE {email_match_sql('email', 'ARRAY[$1::text]')}",
+                email_key,
             )
         ]
         await conn.execute("DELETE FROM consents WHERE subscriber_id = ANY($1::text[])", ids)

@@ -2,7 +2,7 @@
 
 Stores keep identifiers as people typed them (`+44 (0)7700 900461`, `mailto:<Alice@Bücher.example>`).
 Matching is done here, in Python, on the normalised forms; a store is only asked for
-*candidates*, with a coarse key it can index (`PHONE_KEYS`, `email_prefilter_sql`, `id_key_sql`)
+*candidates*, with a coarse key it can index (`PHONE_KEYS`, `EMAIL_KEYS`, `id_key_sql`)
 that is equal for every spelling of the same identifier. The coarse key may let other rows
 through; it must never keep a true match out, which `tests/integration/test_identity_keys.py`
 checks against PostgreSQL over generated spellings. There is no second normalisation to drift.
@@ -70,8 +70,7 @@ def normalise_email(raw: str) -> str:
     are the same mailbox is for a person to decide (`mailbox`)."""
     # A list separator after it, as mail clients copy an address (`alice@example.com;`).
     text = _printable(raw, "an e-mail address").strip().rstrip(";,").strip()
-    if "<" not in text:  # after a display form the store's key (email_prefilter_sql) would miss it
-        text = _COMMENT.sub("", text).rstrip(";,").strip()
+    text = _COMMENT.sub("", text).rstrip(";,").strip()  # also after a display form: EMAIL_KEYS
     text = _MAILTO.sub("", text)
     if match := _DISPLAY_FORM.search(text):
         named = text[: match.start()]
@@ -235,10 +234,33 @@ _UNICODE_DIGITS = "".join(_DIGITS)
 _AS_ASCII = "".join(str(unicodedata.digit(c)) for c in _DIGITS)
 
 
-def email_key_index(name: str, table: str, column: str) -> tuple[str, str, str]:
-    """DDL of the index on a table's e-mail key; its name carries a digest of the expression, so
-    a store created with an earlier expression gets the new index (and loses the old one)."""
-    return _key_index(name, table, email_prefilter_sql(column))
+# A field's e-mail keys, computed by PostgreSQL from the field as typed (a function named by a
+# digest of its body, as PHONE_KEYS is): the key of the field read as one address
+# (`email_prefilter_sql`: its last display form, else all of it), and the key of the name
+# before each `@` in it, back to the space or mark before that name, so that every address of
+# a list is found (`Alice <alice@x>, Ben <ben@x>`, `alice@x,ben@x`: only the first or the last
+# had been), and one in a display form with a comment after it. Decomposed letters are
+# composed first (a UTF-8 database): the key keeps ASCII letters only, and a decomposed `é`
+# left an `e` that a composed one, as a request gives it, does not. At most 16 names a field:
+# a key a name, and a hostile field of thousands of `@` is not a write that takes seconds.
+_EMAIL_NAME_START = f"^.*[{_SQL_SPACES}<>,;:()\\[\\]\"'']"  # '' is one quote in SQL
+_EMAIL_KEYS_BODY = f"""DECLARE
+    keys text[];
+    parts text[];
+    name text;
+BEGIN
+    IF field ~ '[^\x01-\x7f]' AND current_setting('server_encoding') = 'UTF8' THEN
+        field := normalize(field, NFC);
+    END IF;
+    keys := ARRAY[{{whole}}];
+    parts := string_to_array(field, '@');
+    FOR i IN 1 .. least(coalesce(array_length(parts, 1), 1) - 1, 16)
+    LOOP
+        name := regexp_replace(rtrim(parts[i], '"'''), '{_EMAIL_NAME_START}', '');
+        keys := array_append(keys, regexp_replace(lower(split_part(name, '+', 1)), '[^a-z0-9]', '', 'g'));
+    END LOOP;
+    RETURN keys;
+END"""
 
 
 # A field's phone keys, computed by PostgreSQL from the field as typed (a function of Lethe's in
@@ -269,17 +291,23 @@ BEGIN
     RETURN keys;
 END"""
 PHONE_KEYS = f"lethe_phone_keys_{hashlib.sha256(_PHONE_KEYS_BODY.encode()).hexdigest()[:8]}"
+
+
 # Made only where none of its name is (its name says its body): one an operator made beforehand
 # under another role is not replaced, which only its owner may do. Anyone may run it: the
 # store's own applications, whose writes to the table compute it for the index.
-PHONE_KEYS_DDL = f"""DO $do$ BEGIN
+def _function_ddl(name: str, body: str) -> str:
+    return f"""DO $do$ BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_proc
-                    WHERE proname = '{PHONE_KEYS}' AND pronamespace = current_schema()::regnamespace) THEN
-        CREATE FUNCTION {PHONE_KEYS}(field text) RETURNS text[]
-            LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE AS $lethe$ {_PHONE_KEYS_BODY} $lethe$;
-        GRANT EXECUTE ON FUNCTION {PHONE_KEYS}(text) TO PUBLIC;
+                    WHERE proname = '{name}' AND pronamespace = current_schema()::regnamespace) THEN
+        CREATE FUNCTION {name}(field text) RETURNS text[]
+            LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE AS $lethe$ {body} $lethe$;
+        GRANT EXECUTE ON FUNCTION {name}(text) TO PUBLIC;
     END IF;
 END $do$"""
+
+
+PHONE_KEYS_DDL = _function_ddl(PHONE_KEYS, _PHONE_KEYS_BODY)
 
 
 def phone_match_sql(column: str, keys: str) -> str:
@@ -346,11 +374,30 @@ def _drop_stale(name: str, table: str, keep: str) -> str:
 
 
 def email_prefilter_sql(column: str) -> str:
-    """The same key computed by PostgreSQL from the address as typed."""
+    """The same key computed by PostgreSQL from the address as typed (of a field read as one
+    address: EMAIL_KEYS has it among the keys of each address in the field)."""
     inner = rf"coalesce(substring({column} from '<([^<>]*)>[{_SQL_SPACES};,]*$'), {column})"
     bare = rf"regexp_replace({inner}, '^{_SQL_SPACE}*(mailto:)?{_SQL_SPACE}*', '', 'i')"
     local = rf"split_part(split_part({bare}, '@', 1), '+', 1)"
     return f"regexp_replace(lower({local}), '[^a-z0-9]', '', 'g')"
+
+
+_EMAIL_BODY = _EMAIL_KEYS_BODY.replace("{whole}", email_prefilter_sql("field"))
+EMAIL_KEYS = f"lethe_email_keys_{hashlib.sha256(_EMAIL_BODY.encode()).hexdigest()[:8]}"
+
+
+def email_match_sql(column: str, keys: str) -> str:
+    """A column's field holds an address with one of these keys (`keys`: a parameter, text[])."""
+    return f"{EMAIL_KEYS}({column}) && {keys}"
+
+
+def email_key_index(name: str, table: str, column: str) -> tuple[str, ...]:
+    """DDL of the function and the GIN index of a column's e-mail keys, replacing the index of
+    an earlier expression (a B-tree of the field's one key before issue 17's fifteenth part)."""
+    return (
+        _function_ddl(EMAIL_KEYS, _EMAIL_BODY),
+        *_key_index(name, table, f"{EMAIL_KEYS}({column})", gin=True),
+    )
 
 
 def mask(kind: str, value: str) -> str:

@@ -7,7 +7,7 @@ import asyncpg
 from shared.identity import (
     Identities,
     email_key_index,
-    email_prefilter_sql,
+    email_match_sql,
     id_key_index,
     id_key_sql,
     phone_key_index,
@@ -80,7 +80,7 @@ _FIND = f"""
 WITH candidates AS (
     SELECT * FROM accounts
      WHERE {id_key_sql("customer_id")} = ANY($1::text[])
-        OR {email_prefilter_sql("email")} = ANY($2::text[])
+        OR {email_match_sql("email", "$2::text[]")}
         OR {phone_match_sql("phone", "$3::text[]")})
 SELECT NULL AS parent, 'accounts' AS category, account_id AS id, restricted, opened_on AS d1,
        closed_on AS d2, customer_id, email, phone, status

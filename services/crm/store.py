@@ -10,7 +10,7 @@ import asyncpg
 from shared.identity import (
     Identities,
     email_key_index,
-    email_prefilter_sql,
+    email_match_sql,
     id_key_index,
     id_key_sql,
     phone_key_index,
@@ -66,7 +66,7 @@ _FIND = f"""
 WITH candidates AS (
     SELECT * FROM contacts
      WHERE {id_key_sql("customer_id")} = ANY($1::text[])
-        OR {email_prefilter_sql("email")} = ANY($2::text[])
+        OR {email_match_sql("email", "$2::text[]")}
         OR {phone_match_sql("phone", "$3::text[]")})
 SELECT NULL AS parent, 'contacts' AS category, contact_id AS id, restricted, created_on AS d1,
        NULL::date AS d2, customer_id, email, phone

@@ -15,7 +15,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.contracts.outcomes import Action
-from shared.identity import Identities, email_key_index, email_prefilter_sql, normalise_email
+from shared.identity import Identities, email_key_index, email_match_sql, normalise_email
 from shared.secrets import check_key
 from shared.settings import DatabaseSettings
 from shared.worker.pgstore import Candidate, CategoryTable, PostgresStoreAdapter
@@ -54,7 +54,7 @@ SCHEMA = (
 # Candidate subscribers by the e-mail's coarse key, then their consent records, in one statement.
 _FIND = f"""
 WITH candidates AS (
-    SELECT * FROM subscribers WHERE {email_prefilter_sql("email")} = ANY($1::text[]))
+    SELECT * FROM subscribers WHERE {email_match_sql("email", "$1::text[]")})
 SELECT NULL AS parent, 'subscribers' AS category, subscriber_id AS id, restricted,
        subscribed_at::date AS d1, email
   FROM candidates

@@ -4,6 +4,7 @@ through the worker's handler, check the database itself."""
 from __future__ import annotations
 
 import asyncio
+import unicodedata
 from collections.abc import AsyncIterator
 
 import asyncpg
@@ -300,6 +301,43 @@ async def test_an_account_whose_address_field_lists_two_people_is_not_erased_as_
         assert {r.reason for r in outcome.reviews} == {"unreadable_identifier"}
         assert not outcome.learnt
         assert await count(adapter.pool, "SELECT count(*) FROM accounts") == 2
+    finally:
+        await adapter.close()
+
+
+async def test_every_address_of_a_subscriber_field_is_searched_and_a_decomposed_one_found(
+    fresh_db: str,
+) -> None:
+    """The list's fields as people fill them: two addresses (Ben's second), a display form with
+    a comment, an accent stored decomposed. Only a field's first address (a display form's
+    last) had a key, and the decomposed `é` left an `e` the request's key has not: Ben's
+    subscriptions and José's were never found. Now each is, and the lists go to a person."""
+    adapter = MailingAdapter(fresh_db, suppression_key="test-key")
+    await adapter.start()
+    try:
+        await adapter.pool.execute("INSERT INTO lists VALUES ('news', 'News', 'marketing')")
+        fields = {
+            "S-1": "alice.hartley@example.co.uk,ben.hartley@example.co.uk",
+            "S-2": "alice.hartley@example.co.uk, Ben.Hartley@example.co.uk",
+            "S-3": "Ben Hartley <ben.hartley@example.co.uk> (home)",
+            "S-4": unicodedata.normalize("NFD", "José.García@example.es"),
+            "S-5": "benjamin.hartley@example.co.uk",  # someone else's
+        }
+        await adapter.pool.executemany(
+            "INSERT INTO subscribers (subscriber_id, list_id, email, subscribed_at)"
+            " VALUES ($1, 'news', $2, now())",
+            list(fields.items()),
+        )
+        ben = Identities(emails=["ben.hartley@example.co.uk"])
+        outcome = await execute(erase("mailing"), ben, adapter, ActOnEverything(), utc_clock)
+        subscribers = {c.category: c for c in outcome.categories}["subscribers"]
+        assert (subscribers.erased, subscribers.in_review) == (1, 2)
+        assert {r.reason for r in outcome.reviews} == {"unreadable_identifier"}
+        jose = Identities(emails=["josé.garcía@example.es"])
+        outcome = await execute(erase("mailing"), jose, adapter, ActOnEverything(), utc_clock)
+        assert {c.category: c.erased for c in outcome.categories}["subscribers"] == 1
+        left = {r["subscriber_id"] for r in await adapter.pool.fetch("SELECT subscriber_id FROM subscribers")}
+        assert left == {"S-1", "S-2", "S-5"}
     finally:
         await adapter.close()
 
