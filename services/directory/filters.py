@@ -22,6 +22,7 @@ def subject_filter(ids: Identities) -> str | None:
     for email in ids.emails:
         local, _, domain = mailbox(email).rpartition("@")
         terms.append(f"(mail={escape_filter_chars(email)})")
+        terms += _written_around(email)
         if domain != "gmail.com":  # the mailbox, and its other sub-addresses
             terms.append(f"(mail={escape_filter_chars(local)}+*@{escape_filter_chars(domain)})")
             if f"{local}@{domain}" != email:
@@ -45,6 +46,19 @@ def subject_filter(ids: Identities) -> str | None:
     if not terms:
         return None
     return f"(&(objectClass=inetOrgPerson)(|{''.join(dict.fromkeys(terms))}))"
+
+
+def _written_around(email: str) -> list[str]:
+    """Terms for the address with something written around it, as the normalisation reads it
+    (shared/identity.py): a display form (`Alice Hartley <alice@x>`), `mailto:`, a comment or
+    a trailing dot after it, a list it is in, quotes around its name. Each is anchored at a
+    mark before the address or at the value's start: `*alice@x*` would find every `…alice@x`
+    too, and a short name's would reach a large directory's size limit."""
+    value = escape_filter_chars(email)
+    local, _, domain = email.rpartition("@")
+    quoted = f'"{escape_filter_chars(local)}"@{escape_filter_chars(domain)}'
+    around = [f"{value}*", f"*<{value}>*", f"*:{value}*", f"*,{value}*", f"*;{value}*", f"* {value}*"]
+    return [f"(mail={term})" for term in (*around, quoted, f"{quoted}*")]
 
 
 def dotted(name: str) -> list[str]:

@@ -243,6 +243,44 @@ async def test_the_directory_finds_a_number_and_a_mailbox_however_they_are_writt
         await adapter.close()
 
 
+async def test_the_directory_finds_an_address_with_something_written_around_it(
+    fresh_db: str, slapd: LdapSettings
+) -> None:
+    """Values of `mail` as directories imported from other systems hold them: each reads as
+    Carol's address (or, a list, goes to a person), and LDAP's exact match had found none.
+    One that only ends or starts like hers is not hers."""
+    adapter = DirectoryAdapter(fresh_db, slapd)
+    await adapter.start()
+    try:
+        carols = {
+            "c-display": "Carol Finch <carol.finch@example.org>",
+            "c-mailto": "mailto:carol.finch@example.org",
+            "c-dot": "carol.finch@example.org.",
+            "c-quoted": '"carol.finch"@example.org',
+            "c-comment": "carol.finch@example.org (home)",
+            "c-display-comment": "Carol Finch <Carol.Finch@example.org> (home)",
+        }
+        listed = {"c-list": "dan.finch@example.org, carol.finch@example.org"}
+        others = {
+            "c-malice": "mcarol.finch@example.org",
+            "c-longer": "carol.finch@example.org.evil.org",
+        }
+        await directory_seed.write(
+            adapter.directory,
+            [DirectoryEntrySeed(uid=u, cn=u, sn=u, mail=m) for u, m in (carols | listed | others).items()],
+        )
+        async with adapter.session() as store:
+            found = {
+                r.owner.ldap_uids[0]: r
+                for r in await store.find(Identities(emails=["carol.finch@example.org"]))
+            }
+        assert set(found) == set(carols) | set(listed)
+        assert all(found[u].matched == Identities(emails=["carol.finch@example.org"]) for u in carols)
+        assert found["c-list"].unreadable == ("emails",)
+    finally:
+        await adapter.close()
+
+
 async def test_directory_uid_is_matched_without_regard_to_case_as_ldap_finds_it(
     fresh_db: str, slapd: LdapSettings, demo_seed: SeedFile
 ) -> None:
