@@ -63,7 +63,7 @@ def _printable(text: str, what: str) -> str:
 def normalise_email(raw: str) -> str:
     """`local@domain` as a mailbox provider compares it: surrounding whitespace, `mailto:`, a
     list separator or a comment after it and a display form's angle brackets dropped, quotes
-    around a local part that needs none; the local part NFC and lower-cased (providers
+    around a local part that needs none; the local part NFKC and lower-cased (providers
     compare it case-insensitively in practice, and a missed match is data that survives an
     erasure); the domain in its ASCII (punycode) form, so `bücher.example` and
     `xn--bcher-kva.example` are one domain. Sub-addresses (`alice+news@`) are kept: whether they
@@ -83,12 +83,15 @@ def normalise_email(raw: str) -> str:
     local, at, domain = text.rpartition("@")
     if quoted := _QUOTED_ATOM.match(local):
         local = quoted.group(1)
-    elif _SPECIALS.search(local):  # `alice@x,ben` of `alice@x,ben@y`: a list, not a local part
+    # Compatibility forms as their letters (full-width `\uff21lice`, typed with an East Asian input
+    # method, is alice), and lower-cased before its length is checked: some letters grow (İ is
+    # two characters lower), and a value must normalise to what normalises again to itself (it
+    # is sealed, then validated again where it is opened).
+    local = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", local).lower())
+    if not quoted and _SPECIALS.search(local):  # `alice@x,ben` of `alice@x,ben@y`: a list
         raise ValueError("not an e-mail address: several addresses or unquoted specials")
-    # Lower-cased before its length is checked: some letters grow (İ is two characters lower),
-    # and a value must normalise to what normalises again to itself (it is sealed, then
-    # validated again where it is opened).
-    local = unicodedata.normalize("NFC", unicodedata.normalize("NFC", local).lower())
+    if any(c.isspace() or unicodedata.category(c) in ("Cc", "Cf") for c in local):  # ¨ is " ̈"
+        raise ValueError("not an e-mail address")
     if not at or not local or not domain or len(local) > 64 or any(c.isspace() for c in text):
         raise ValueError("not an e-mail address")
     try:
@@ -239,9 +242,10 @@ _AS_ASCII = "".join(str(unicodedata.digit(c)) for c in _DIGITS)
 # (`email_prefilter_sql`: its last display form, else all of it), and the key of the name
 # before each `@` in it, back to the space or mark before that name, so that every address of
 # a list is found (`Alice <alice@x>, Ben <ben@x>`, `alice@x,ben@x`: only the first or the last
-# had been), and one in a display form with a comment after it. Decomposed letters are
-# composed first (a UTF-8 database): the key keeps ASCII letters only, and a decomposed `é`
-# left an `e` that a composed one, as a request gives it, does not. At most 16 names a field:
+# had been), and one in a display form with a comment after it. The field is normalised first
+# as the address is (NFKC, in a UTF-8 database): the key keeps ASCII letters only, and a
+# decomposed `é` left an `e` that a composed one, as a request gives it, does not, and a
+# full-width `\uff21` nothing where the request's `a` is one. At most 16 names a field:
 # a key a name, and a hostile field of thousands of `@` is not a write that takes seconds.
 _EMAIL_NAME_START = f"^.*[{_SQL_SPACES}<>,;:()\\[\\]\"'']"  # '' is one quote in SQL
 _EMAIL_KEYS_BODY = f"""DECLARE
@@ -250,7 +254,7 @@ _EMAIL_KEYS_BODY = f"""DECLARE
     name text;
 BEGIN
     IF field ~ '[^\x01-\x7f]' AND current_setting('server_encoding') = 'UTF8' THEN
-        field := normalize(field, NFC);
+        field := normalize(field, NFKC);
     END IF;
     keys := ARRAY[{{whole}}];
     parts := string_to_array(field, '@');

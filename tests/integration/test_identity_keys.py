@@ -216,6 +216,7 @@ def test_every_spelling_of_an_address_is_one_address_with_one_key(
         "Alice Hartley <alice.hartley@example.co.uk> (home)",
         "(alice.hartley@example.co.uk)",
         "[alice.hartley@example.co.uk]",
+        "\uff21lice.hartley@example.co.uk",  # full-width, as an East Asian input method types it
     ],
 )
 def test_each_address_in_a_field_is_found_by_its_key(conn: asyncpg.Connection, field: str) -> None:

@@ -160,6 +160,10 @@ def test_a_field_of_several_addresses_is_no_one_address() -> None:
         with pytest.raises(ValueError):
             normalise_email(listed)
         assert written_in([listed], Identities(emails=["ben.hartley@example.co.uk"])) == ("ben" in listed)
+    # Full-width letters, as an East Asian input method types them, are the letters.
+    assert normalise_email("\uff21lice@example.com") == "alice@example.com"
+    with pytest.raises(ValueError):  # and a full-width comma a comma: a list
+        normalise_email("alice@example.com\uff0cben@example.com")
     # The address itself as its display name, as some mail clients write it, is the address.
     for written in ("alice@example.com <alice@example.com>", '"Alice@Example.com" <alice@example.com>'):
         assert normalise_email(written) == "alice@example.com", written
