@@ -33,7 +33,8 @@ def subject_filter(ids: Identities) -> str | None:
         # directory, past its size limit: a short name in each of its spellings, a long one
         # with anything between its letters; as given too, alone or with a tag, under each
         # domain (a.lice@googlemail.com, al.ice+news@gmail.com, a.l.i.c.e@gmail.com).
-        given = escape_filter_chars(email.rpartition("@")[0].split("+", 1)[0])
+        as_given = email.rpartition("@")[0].split("+", 1)[0]
+        given = escape_filter_chars(as_given)
         if len(local) >= SPREAD_MIN:
             names = {given, escape_filter_chars(local), "*".join(escape_filter_chars(c) for c in local)}
         else:
@@ -41,6 +42,8 @@ def subject_filter(ids: Identities) -> str | None:
         for name in sorted(names):
             for host in ("gmail.com", "googlemail.com"):
                 terms += [f"(mail={name}@{host})", f"(mail={name}+*@{host})"]
+        for host in ("gmail.com", "googlemail.com"):  # written around: as given, and without dots
+            terms += [t for name in sorted({as_given, local}) for t in _written_around(f"{name}@{host}")]
     for attribute in ("telephoneNumber", "mobile"):
         terms += [f"({attribute}={v})" for v in _number_values(ids.phones)]
     if not terms:
@@ -57,7 +60,10 @@ def _written_around(email: str) -> list[str]:
     value = escape_filter_chars(email)
     local, _, domain = email.rpartition("@")
     quoted = f'"{escape_filter_chars(local)}"@{escape_filter_chars(domain)}'
-    around = [f"{value}*", f"*<{value}>*", f"*:{value}*", f"*,{value}*", f"*;{value}*", f"* {value}*"]
+    around = [f"{value}*", f"*<{value}>*"]
+    # After a list's mark or `mailto:`, with or without a space (slapd drops a term's leading
+    # space: `* alice@x*` is `*alice@x*`, which found every `…alice@x` up to the size limit).
+    around += [f"*{mark}{space}{value}*" for mark in ",;:" for space in ("", " ")]
     return [f"(mail={term})" for term in (*around, quoted, f"{quoted}*")]
 
 

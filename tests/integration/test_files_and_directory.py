@@ -215,6 +215,7 @@ async def test_the_directory_finds_a_number_and_a_mailbox_however_they_are_writt
             "m-every-dot": "a.l.i.c.e+x@googlemail.com",
         }
         strangers = {"m-alicia": "a.licia@gmail.com", "m-malice": "m.alice@gmail.com"}
+        mails["m-display"] = "Alice <alice@googlemail.com>"
         long_name = {"m-long-dotted": "alice.hart.ley@gmail.com"}  # for alicehartley@: dots anywhere
         await directory_seed.write(
             adapter.directory,
@@ -255,6 +256,7 @@ async def test_the_directory_finds_an_address_with_something_written_around_it(
         carols = {
             "c-display": "Carol Finch <carol.finch@example.org>",
             "c-mailto": "mailto:carol.finch@example.org",
+            "c-mailto-space": "mailto: carol.finch@example.org",
             "c-dot": "carol.finch@example.org.",
             "c-quoted": '"carol.finch"@example.org',
             "c-comment": "carol.finch@example.org (home)",
@@ -277,6 +279,29 @@ async def test_the_directory_finds_an_address_with_something_written_around_it(
         assert set(found) == set(carols) | set(listed)
         assert all(found[u].matched == Identities(emails=["carol.finch@example.org"]) for u in carols)
         assert found["c-list"].unreadable == ("emails",)
+    finally:
+        await adapter.close()
+
+
+async def test_a_short_address_is_not_searched_as_the_end_of_every_longer_one(
+    fresh_db: str, slapd: LdapSettings
+) -> None:
+    """Six hundred entries end in `a@size.example`, past a directory's usual size limit of
+    500: a term that reads as `*a@size.example*` (a leading space, which slapd drops) found
+    them all, and the search failed at that limit, and with it the erasure."""
+    adapter = DirectoryAdapter(fresh_db, slapd)
+    await adapter.start()
+    try:
+        await directory_seed.write(
+            adapter.directory,
+            [
+                DirectoryEntrySeed(uid=f"s-{n}", cn="s", sn="s", mail=f"user{n}a@size.example")
+                for n in range(600)
+            ],
+        )
+        query = subject_filter(Identities(emails=["a@size.example"]))
+        assert query is not None
+        assert adapter.directory.search_all(query) == []  # what LDAP returns, before Python reads it
     finally:
         await adapter.close()
 
