@@ -55,8 +55,13 @@ async def _readiness_now() -> dict[str, bool]:
     return await _readiness[0]() if _readiness else {}
 
 
+_service_process = False  # set by run_service: the process is the service's own
+
+
 def run_service(name: str, main: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> None:
     """Run `main(stop_event)` until it returns; the first SIGINT/SIGTERM sets the event."""
+    global _service_process
+    _service_process = True
 
     async def runner() -> None:
         stop = asyncio.Event()
@@ -123,9 +128,11 @@ def mark_ready() -> None:
 
     What the start made (modules, schemas, the telemetry SDK: some 65,000 objects in a worker,
     110,000 in intake) lives as long as the process, and each of the garbage collector's full
-    passes walked all of it again: frozen, it is left out of them (3–5 ms of a service's CPU a
-    full pass less; docs/performance.md, fifteenth part)."""
-    if not gc.get_freeze_count():  # once: a test process starts many services
+    passes walked all of it again: frozen, it is left out of them (30 to 50 ms of a service's
+    CPU a full pass less; docs/performance.md, fifteenth part). Once, in a service's own process
+    (a test process starts many). The price: an object made at the start and dropped later in
+    a reference cycle (a client replaced after a reconnect) is never collected."""
+    if _service_process and not gc.get_freeze_count():
         gc.collect()  # what the start left as garbage is not kept for good
         gc.freeze()
     ready_file = os.environ.get("LETHE_READY_FILE")
