@@ -10,12 +10,15 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 from collections.abc import Sequence
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from pydantic import ValidationError
 
 from shared.identity import Identities, KnownIdentities
+
+log = logging.getLogger(__name__)
 
 
 class IdentifierSealError(ValueError):
@@ -60,11 +63,33 @@ class IdentifierSeal:
         plain = self.open_text(token)
         try:
             data = json.loads(plain)
+        except ValueError as exc:
+            raise IdentifierSealError("sealed_identifiers: not a valid identifier set") from exc
+        try:
             if isinstance(data, dict) and "given" in data:
                 return KnownIdentities.model_validate(data)
             return KnownIdentities(given=Identities.model_validate(data))
         except (ValidationError, ValueError) as exc:
-            raise IdentifierSealError("sealed_identifiers: not a valid identifier set") from exc
+            try:
+                known = _as_sealed(data)
+            except (ValidationError, ValueError):
+                raise IdentifierSealError("sealed_identifiers: not a valid identifier set") from exc
+            log.warning("identifiers an earlier version sealed no longer normalise; kept as sealed")
+            return known
+
+
+def _as_sealed(data: object) -> KnownIdentities:
+    """Identifiers an earlier version normalised and sealed, which this one refuses (a field
+    of several addresses, `alice@x,ben@x`, read then as one address): a hold on them must still
+    open, or every erasure would wait for it (shared/worker/holds.py); each is kept as sealed."""
+    if isinstance(data, dict) and "given" in data:
+        extra = set(data) - {"given", "learnt"}
+        if extra:
+            raise ValueError(f"unexpected fields: {sorted(extra)}")
+        return KnownIdentities.model_construct(
+            given=Identities.as_sealed(data["given"]), learnt=Identities.as_sealed(data.get("learnt", {}))
+        )
+    return KnownIdentities.model_construct(given=Identities.as_sealed(data), learnt=Identities())
 
 
 def _fernet(key: str, variable: str) -> Fernet:

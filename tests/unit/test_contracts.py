@@ -109,6 +109,21 @@ def test_sealed_identifiers_need_the_key() -> None:
         other.open(SEAL.seal(ALICE))
 
 
+def test_identifiers_an_earlier_version_sealed_open_as_sealed_where_they_no_longer_read() -> None:
+    """An address an earlier version read as one (`alice@x,ben@y`, now a list) sealed in a
+    hold: refused, the hold could not be opened, and every erasure waited for it."""
+    for sealed in (
+        {"emails": ["alice@example.com,ben@example.org", "Carol@Example.com"]},
+        {"given": {"emails": ["alice@example.com,ben@example.org"]}, "learnt": {"phones": ["07700 900461"]}},
+    ):
+        opened = SEAL.open_known(SEAL.seal_text(json.dumps(sealed))).all
+        assert "alice@example.com,ben@example.org" in opened.emails
+        assert {v for _, v in opened.pairs()} & {"carol@example.com", "+447700900461"}  # the rest as now
+    for broken in ({"emails": "x"}, {"names": ["x"]}, {"emails": [1]}, ["x"], {"given": {}, "other": {}}):
+        with pytest.raises(IdentifierSealError):
+            SEAL.open(SEAL.seal_text(json.dumps(broken)))
+
+
 def test_events_require_timezone_aware_times() -> None:
     with pytest.raises(ValueError):
         OutcomeReported(
