@@ -30,6 +30,11 @@ _MAILTO = re.compile(r"^\s*mailto:", re.IGNORECASE)
 # What a local part cannot hold unquoted (RFC 5322 specials): where one shows, the field is a
 # list of addresses or not an address.
 _SPECIALS = re.compile(r'[@,;:<>()\[\]\\"]')
+# What reads as an address in a text that holds several (a display name, a list): the run of
+# characters around an `@` up to a space or a mark no unquoted address holds.
+_ADDRESS_TOKEN = re.compile(r"[^\s<>()\[\],;:]+@[^\s<>()\[\],;:]+")
+# Full-width ASCII (U+FF01-U+FF5E) as ASCII.
+_FULLWIDTH = {0xFF01 + n: 0x21 + n for n in range(94)}
 # A comment after the address (RFC 5322): `alice@example.com (work)`, and the old form of a
 # display name, `alice@example.com (Alice Hartley)`.
 _COMMENT = re.compile(r"\([^()]*\)$")  # no space before it in the pattern: quadratic on spaces
@@ -63,35 +68,37 @@ def _printable(text: str, what: str) -> str:
 def normalise_email(raw: str) -> str:
     """`local@domain` as a mailbox provider compares it: surrounding whitespace, `mailto:`, a
     list separator or a comment after it and a display form's angle brackets dropped, quotes
-    around a local part that needs none; the local part NFKC and lower-cased (providers
-    compare it case-insensitively in practice, and a missed match is data that survives an
-    erasure); the domain in its ASCII (punycode) form, so `bücher.example` and
+    around a local part that needs none; full-width characters as ASCII; the local part NFC
+    and lower-cased (providers compare it case-insensitively in practice, and a missed match is
+    data that survives an erasure); the domain in its ASCII (punycode) form, so `bücher.example` and
     `xn--bcher-kva.example` are one domain. Sub-addresses (`alice+news@`) are kept: whether they
     are the same mailbox is for a person to decide (`mailbox`)."""
     # A list separator after it, as mail clients copy an address (`alice@example.com;`).
-    text = _printable(raw, "an e-mail address").strip().rstrip(";,").strip()
+    text = _printable(raw, "an e-mail address").translate(_FULLWIDTH).strip().rstrip(";,").strip()
     text = _COMMENT.sub("", text).rstrip(";,").strip()  # also after a display form: EMAIL_KEYS
     text = _MAILTO.sub("", text)
     if match := _DISPLAY_FORM.search(text):
         named = text[: match.start()]
-        text = _MAILTO.sub("", match.group(1).strip()).strip()
-        # A name with an address in it is a list (`Alice <a@x>, Ben <b@x>`), unless it is the
-        # address itself, as some mail clients write it (`alice@x <alice@x>`). Read as its
-        # last address, Ben's request had erased Alice's account as certainly his.
-        if "@" in named and named.strip().strip("'\"").strip().casefold() != text.casefold():
+        text = match.group(1)
+        # A name with another address in it is a list (`Alice <a@x>, Ben <b@x>`); the address
+        # itself in it is how mail clients write it (`alice@x <alice@x>`, Exchange's `"Hartley,
+        # Alice (alice@x)" <alice@x>`). Read as its last address, Ben's request had erased
+        # Alice's account as certainly his.
+        address = _MAILTO.sub("", text.strip()).strip().casefold()
+        if any(a.strip("\"'").casefold() != address for a in _ADDRESS_TOKEN.findall(named)):
             raise ValueError("not an e-mail address: several addresses")
+    text = _MAILTO.sub("", text.strip()).strip()
     local, at, domain = text.rpartition("@")
     if quoted := _QUOTED_ATOM.match(local):
         local = quoted.group(1)
-    # Compatibility forms as their letters (full-width `\uff21lice`, typed with an East Asian input
-    # method, is alice), and lower-cased before its length is checked: some letters grow (İ is
-    # two characters lower), and a value must normalise to what normalises again to itself (it
-    # is sealed, then validated again where it is opened).
-    local = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", local).lower())
+    # Lower-cased (full-width letters are ASCII already: `\uff21lice`, as an East Asian input
+    # method types it, is alice; not every compatibility form: `bob\u00b2` is not bob2's), and
+    # before its length is checked: some letters grow (İ is two characters lower), and a value
+    # must normalise to what normalises again to itself (it is sealed, then validated again
+    # where it is opened).
+    local = unicodedata.normalize("NFC", unicodedata.normalize("NFC", local).lower())
     if not quoted and _SPECIALS.search(local):  # `alice@x,ben` of `alice@x,ben@y`: a list
         raise ValueError("not an e-mail address: several addresses or unquoted specials")
-    if any(c.isspace() or unicodedata.category(c) in ("Cc", "Cf") for c in local):  # ¨ is " ̈"
-        raise ValueError("not an e-mail address")
     if not at or not local or not domain or len(local) > 64 or any(c.isspace() for c in text):
         raise ValueError("not an e-mail address")
     try:
@@ -224,10 +231,9 @@ def email_prefilter(email: str) -> str:
 # Python's \s is every Unicode space; PostgreSQL's is ASCII only under a C locale. An address
 # stored with a no-break space before `mailto:` must still get its key (the review found one
 # with a trailing "\r" surviving an erasure when SQL trimmed less than Python).
-_SQL_SPACES = (
-    r"\s\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\u0085\u001c-\u001f"
-    r"\u00ad\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff"  # and _INVISIBLE's
-)
+_SQL_BLANKS = r"\s\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\u0085\u001c-\u001f"
+_SQL_INVISIBLE = r"\u00ad\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff"  # _INVISIBLE's
+_SQL_SPACES = _SQL_BLANKS + _SQL_INVISIBLE
 _SQL_SPACE = f"[{_SQL_SPACES}]"
 _FULLWIDTH_DIGITS = "".join(chr(0xFF10 + n) for n in range(10))
 # Every decimal digit Unicode has (Arabic-Indic, Devanagari, full-width, mathematical bold…), as
@@ -242,26 +248,38 @@ _AS_ASCII = "".join(str(unicodedata.digit(c)) for c in _DIGITS)
 # (`email_prefilter_sql`: its last display form, else all of it), and the key of the name
 # before each `@` in it, back to the space or mark before that name, so that every address of
 # a list is found (`Alice <alice@x>, Ben <ben@x>`, `alice@x,ben@x`: only the first or the last
-# had been), and one in a display form with a comment after it. The field is normalised first
-# as the address is (NFKC, in a UTF-8 database): the key keeps ASCII letters only, and a
-# decomposed `é` left an `e` that a composed one, as a request gives it, does not, and a
-# full-width `\uff21` nothing where the request's `a` is one. At most 16 names a field:
-# a key a name, and a hostile field of thousands of `@` is not a write that takes seconds.
-_EMAIL_NAME_START = f"^.*[{_SQL_SPACES}<>,;:()\\[\\]\"'']"  # '' is one quote in SQL
+# had been), and one in a display form with a comment after it. The field is read first as
+# `normalise_email` reads it: invisible marks dropped (a soft hyphen in a name had cut it),
+# full-width characters as ASCII, composed (NFC, in a UTF-8 database): the key keeps ASCII
+# letters only, and a decomposed `é` left an `e` that a composed one, as a request gives it,
+# does not. The first and last 16 names of a field, each key at most 64 characters (a name
+# has no more): a hostile field of thousands of `@` is not a write that takes seconds, nor a
+# key past what an index row holds.
+_SQL_FULLWIDTH = "".join(chr(c) for c in _FULLWIDTH).replace("'", "''")
+_SQL_HALFWIDTH = "".join(chr(c) for c in _FULLWIDTH.values()).replace("'", "''")
+_EMAIL_NAME_START = f'^.*[{_SQL_BLANKS}<>,;:()\\[\\]"]'
 _EMAIL_KEYS_BODY = f"""DECLARE
     keys text[];
     parts text[];
+    n integer;
     name text;
 BEGIN
-    IF field ~ '[^\x01-\x7f]' AND current_setting('server_encoding') = 'UTF8' THEN
-        field := normalize(field, NFKC);
+    IF field ~ '[^\x01-\x7f]' THEN
+        field := translate(regexp_replace(field, '[{_SQL_INVISIBLE}]', '', 'g'),
+            '{_SQL_FULLWIDTH}', '{_SQL_HALFWIDTH}');
+        IF current_setting('server_encoding') = 'UTF8' THEN
+            field := normalize(field, NFC);
+        END IF;
     END IF;
-    keys := ARRAY[{{whole}}];
+    keys := ARRAY[left({{whole}}, 64)];
     parts := string_to_array(field, '@');
-    FOR i IN 1 .. least(coalesce(array_length(parts, 1), 1) - 1, 16)
+    n := coalesce(array_length(parts, 1), 1) - 1;
+    FOR i IN 1 .. n
     LOOP
+        CONTINUE WHEN i > 16 AND i <= n - 16;
         name := regexp_replace(rtrim(parts[i], '"'''), '{_EMAIL_NAME_START}', '');
-        keys := array_append(keys, regexp_replace(lower(split_part(name, '+', 1)), '[^a-z0-9]', '', 'g'));
+        name := regexp_replace(lower(split_part(name, '+', 1)), '[^a-z0-9]', '', 'g');
+        keys := array_append(keys, left(name, 64));
     END LOOP;
     RETURN keys;
 END"""
@@ -420,16 +438,37 @@ def written_in(texts: Iterable[str], identities: Identities) -> bool:
     """Whether one of these texts, as a store holds them (unread: two numbers in one field, an
     address among others), has one of the identifiers written in it: a number's national digits
     among its digits (full-width ones read as digits), an address or a customer id among its
-    characters, case and spaces aside (`C- 1002`, which the store's key found). What only shares
-    a store's coarse key with the subject's (the last digits of another number) has not."""
+    characters, case and spaces aside (`C- 1002`, which the store's key found), or another
+    spelling of an address's mailbox (`Ben <ben@x>, Alice <a.lice+news@gmail.com>`, as a hold
+    on it or a search for it finds that alone). What only shares a store's coarse key with the
+    subject's (the last digits of another number) has not."""
     digits = [line_digits for phone in identities.phones if len(line_digits := national_digits(phone)) >= 6]
-    words = [e.casefold() for e in identities.emails] + [c.casefold() for c in identities.customer_ids]
+    ids = [c.casefold() for c in identities.customer_ids]
+    # An address alone, not the end of a longer one's name nor the start of a longer domain
+    # (malice@, alice@gmail.com.evil.org).
+    addresses = [
+        re.compile(rf"(?<![\w.+%'-]){re.escape(e.casefold())}(?![\w-]|\.\w)") for e in identities.emails
+    ]
+    mailboxes = {mailbox(e) for e in identities.emails}
     for text in texts:
         folded = "".join(text.casefold().split())
         only_digits = "".join(str(unicodedata.digit(c)) for c in text if c.isdigit())
-        if any(d in only_digits for d in digits) or any(w in folded for w in words):
+        if any(d in only_digits for d in digits) or any(c in folded for c in ids):
             return True
+        if any(a.search(folded) for a in addresses):
+            return True
+        if mailboxes and any(
+            _mailbox_of(a) in mailboxes for a in _ADDRESS_TOKEN.findall(text.translate(_FULLWIDTH))
+        ):
+            return True  # another spelling of the mailbox (a.lice@gmail.com, alice+news@)
     return False
+
+
+def _mailbox_of(written: str) -> str | None:
+    try:
+        return mailbox(normalise_email(written))
+    except ValueError:
+        return None
 
 
 def national_digits(phone: str) -> str:
@@ -480,6 +519,25 @@ class Identities(BaseModel):
                     kept.setdefault(kind, []).append(normalised)
         # Normalised above: not again by the validators.
         return cls.normalised(kept), tuple(k for k in KINDS if k in unreadable)
+
+    @classmethod
+    def as_sealed(cls, data: object) -> Identities:
+        """Identifiers as an earlier version sealed them: each normalised as now, or kept as
+        it was sealed (that version's normal form) where it no longer normalises."""
+        if not isinstance(data, dict) or set(data) - set(KINDS):
+            raise ValueError("not an identifier set")
+        kept: dict[str, list[str]] = {}
+        for kind, values in data.items():
+            if not isinstance(values, list) or len(values) > MAX_IDENTIFIERS:
+                raise ValueError(f"{kind}: not a list of at most {MAX_IDENTIFIERS}")
+            for value in values:
+                if not isinstance(value, str):
+                    raise ValueError(f"{kind}: not text")
+                try:
+                    kept.setdefault(kind, []).append(NORMALISE[kind](value))
+                except ValueError:
+                    kept.setdefault(kind, []).append(_printable(value, kind))
+        return cls.normalised(kept)
 
     def pairs(self) -> Iterator[tuple[Kind, str]]:
         for kind in KINDS:

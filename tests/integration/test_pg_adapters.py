@@ -342,6 +342,35 @@ async def test_every_address_of_a_subscriber_field_is_searched_and_a_decomposed_
         await adapter.close()
 
 
+async def test_a_list_with_another_spelling_of_the_subjects_mailbox_goes_to_a_person(fresh_db: str) -> None:
+    """Alice's Gmail address as mail clients write it (with a space after `mailto:`, in
+    Exchange's form), and in lists beside Ben's under other spellings of her mailbox: found
+    alone, those spellings go to a person, and so they do in a list (they had been dropped)."""
+    adapter = MailingAdapter(fresh_db, suppression_key="k")
+    await adapter.start()
+    try:
+        await adapter.pool.execute("INSERT INTO lists VALUES ('news', 'News', 'marketing')")
+        fields = {
+            "S-1": "mailto: alice.hartley@gmail.com",
+            "S-2": '"Hartley, Alice (alice.hartley@gmail.com)" <alice.hartley@gmail.com>',
+            "S-3": "Ben Hartley <ben@example.co.uk>, Alice Hartley <a.lice.hartley@googlemail.com>",
+            "S-4": "Ben Hartley <ben@example.co.uk>, Alice Hartley <alice.hartley+news@gmail.com>",
+        }
+        await adapter.pool.executemany(
+            "INSERT INTO subscribers (subscriber_id, list_id, email, subscribed_at)"
+            " VALUES ($1, 'news', $2, now())",
+            list(fields.items()),
+        )
+        alice = Identities(emails=["alice.hartley@gmail.com"])
+        outcome = await execute(erase("mailing"), alice, adapter, ActOnEverything(), utc_clock)
+        subscribers = {c.category: c for c in outcome.categories}["subscribers"]
+        assert (subscribers.erased, subscribers.in_review) == (2, 2)
+        left = {r["subscriber_id"] for r in await adapter.pool.fetch("SELECT subscriber_id FROM subscribers")}
+        assert left == {"S-3", "S-4"}
+    finally:
+        await adapter.close()
+
+
 async def test_a_reviewers_yes_on_a_restriction_restricts_and_erases_nothing(fresh_db: str) -> None:
     """Alice asks for restriction. A contact with the household landline and another customer
     id goes to a person, who says it is hers ('erase', the one yes there is): it is restricted,

@@ -165,8 +165,28 @@ def test_a_field_of_several_addresses_is_no_one_address() -> None:
     with pytest.raises(ValueError):  # and a full-width comma a comma: a list
         normalise_email("alice@example.com\uff0cben@example.com")
     # The address itself as its display name, as some mail clients write it, is the address.
-    for written in ("alice@example.com <alice@example.com>", '"Alice@Example.com" <alice@example.com>'):
+    for written in (
+        "alice@example.com <alice@example.com>",
+        '"Alice@Example.com" <alice@example.com>',
+        '"Hartley, Alice (alice@example.com)" <alice@example.com>',  # as Exchange writes it
+        "mailto: alice@example.com",
+    ):
         assert normalise_email(written) == "alice@example.com", written
+    # Not every compatibility form: a superscript two is not a two (bob2's is another mailbox).
+    assert normalise_email("bob\u00b2@example.com") != normalise_email("bob2@example.com")
+
+
+def test_another_spelling_of_a_mailbox_in_a_list_is_written_in_it() -> None:
+    """A search or a hold for alice@gmail.com finds `a.lice@googlemail.com` alone, as a variant;
+    in a list with Ben's address it is as much hers (a person decides; a hold keeps it)."""
+    alice = Identities(emails=["alice@gmail.com"])
+    for listed in (
+        "Ben <ben@example.com>, Alice <a.lice@googlemail.com>",
+        "ben@example.com; alice+news@gmail.com",
+        "ben@example.com,\uff41lice@gmail.com",
+    ):
+        assert written_in([listed], alice), listed
+    assert not written_in(["ben@example.com, malice@gmail.com"], alice)
 
 
 def test_a_customer_id_with_a_typographic_dash_is_the_id_with_a_hyphen() -> None:
