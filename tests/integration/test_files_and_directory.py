@@ -279,6 +279,22 @@ async def test_the_directory_finds_an_address_with_something_written_around_it(
         assert set(found) == set(carols) | set(listed)
         assert all(found[u].matched == Identities(emails=["carol.finch@example.org"]) for u in carols)
         assert found["c-list"].unreadable == ("emails",)
+        # A short name is searched by marks before it, not by what ends like it.
+        jo = {"j-display": "Jo <jo@finch.example>", "j-mailto": "mailto: jo@finch.example"}
+        jo_listed = {
+            "j-list": "x@finch.example, jo@finch.example",
+            "j-list2": "x@finch.example;jo@finch.example",
+        }
+        await directory_seed.write(
+            adapter.directory,
+            [
+                DirectoryEntrySeed(uid=u, cn=u, sn=u, mail=m)
+                for u, m in (jo | jo_listed | {"j-other": "bojo@finch.example"}).items()
+            ],
+        )
+        async with adapter.session() as store:
+            found = {r.owner.ldap_uids[0] for r in await store.find(Identities(emails=["jo@finch.example"]))}
+        assert found == set(jo) | set(jo_listed)
     finally:
         await adapter.close()
 
