@@ -16,18 +16,17 @@ from ldap.filter import escape_filter_chars
 
 from cli.seed import PersonSeed
 from services.directory.ldap import Directory, LdapSettings
-from shared.identity import (
+from shared.identity import normalise_email, normalise_phone
+from shared.keys import (
     email_match_sql,
     email_prefilter,
     id_key_sql,
     id_prefilter,
-    normalise_email,
-    normalise_phone,
     phone_match_sql,
     phone_prefilter,
 )
 
-# The stores' own indexed keys (shared/identity.py), without the pipeline's confirmation of each
+# The stores' own indexed keys (shared/keys.py), without the pipeline's confirmation of each
 # match in Python: synthetic people do not share identifiers, so nothing else is reached.
 BILLING = f"""WITH a AS (SELECT account_id FROM accounts WHERE {id_key_sql("customer_id")} = $1
           OR {email_match_sql("email", "ARRAY[$2::text]")} OR {phone_match_sql("phone", "ARRAY[$3::text]")}),

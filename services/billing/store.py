@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncpg
 
-from shared.identity import (
-    Identities,
+from shared.identity import Identities
+from shared.keys import (
     email_key_index,
     email_match_sql,
     id_key_index,

@@ -7,8 +7,8 @@ from datetime import date
 
 import asyncpg
 
-from shared.identity import (
-    Identities,
+from shared.identity import Identities
+from shared.keys import (
     email_key_index,
     email_match_sql,
     id_key_index,

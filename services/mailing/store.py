@@ -15,7 +15,8 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.contracts.outcomes import Action
-from shared.identity import Identities, email_key_index, email_match_sql, normalise_email
+from shared.identity import Identities, normalise_email
+from shared.keys import email_key_index, email_match_sql
 from shared.secrets import check_key
 from shared.settings import DatabaseSettings
 from shared.worker.pgstore import Candidate, CategoryTable, PostgresStoreAdapter

@@ -16,7 +16,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.recordings import files
 from shared.contracts.outcomes import Action
-from shared.identity import Identities, id_key_index, id_key_sql, phone_key_index, phone_match_sql
+from shared.identity import Identities
+from shared.keys import id_key_index, id_key_sql, phone_key_index, phone_match_sql
 from shared.settings import DatabaseSettings
 from shared.telemetry.messaging import TRACER
 from shared.worker.pgbatch import CommandBatch

@@ -132,7 +132,7 @@ def found_by(hold: ActiveHold, found: Found) -> dict[Key, str]:
     return {key: cat for pair in hold.identities.pairs() for key, cat in found.get(pair, {}).items()}
 
 
-def covered_by_search(holds: Sequence[ActiveHold], found: Iterable[Record]) -> dict[Key, list[ActiveHold]]:
+def covered_by_search(holds: Sequence[ActiveHold], found: Sequence[Record]) -> dict[Key, list[ActiveHold]]:
     """Record key → the holds (in order) whose own identifiers found it, of what the
     `searches` found together: worked out once for all the records that need it."""
     by_identifier = index(found)

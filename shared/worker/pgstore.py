@@ -16,7 +16,8 @@ import asyncpg
 
 from shared.contracts.outcomes import Action
 from shared.db import apply_schema, create_pool, ensure_database
-from shared.identity import Identities, email_prefilter, id_prefilter, phone_prefilter
+from shared.identity import Identities
+from shared.keys import email_prefilter, id_prefilter, phone_prefilter
 from shared.settings import DatabaseSettings
 from shared.worker.journal import (
     JOURNAL_OPEN_DDL,

@@ -15,7 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shared.db import ensure_database
-from shared.identity import (
+from shared.identity import mailbox, normalise_email, normalise_id, normalise_phone
+from shared.keys import (
     EMAIL_KEYS,
     PHONE_KEYS,
     PHONE_KEYS_DDL,
@@ -24,10 +25,6 @@ from shared.identity import (
     id_key_index,
     id_key_sql,
     id_prefilter,
-    mailbox,
-    normalise_email,
-    normalise_id,
-    normalise_phone,
     phone_key_index,
     phone_prefilter,
 )

@@ -18,7 +18,7 @@ from services.crm.store import CrmAdapter
 from services.mailing.store import MailingAdapter
 from services.recordings.store import RecordingsAdapter
 from shared.db import ensure_database
-from shared.identity import email_prefilter, id_prefilter, phone_prefilter
+from shared.keys import email_prefilter, id_prefilter, phone_prefilter
 from shared.worker.pgstore import PostgresStoreAdapter
 from tests.conftest import drop_database
 

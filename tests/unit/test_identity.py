@@ -11,9 +11,9 @@ from shared.identity import (
     normalise_email,
     normalise_id,
     normalise_phone,
-    phone_prefilter,
     written_in,
 )
+from shared.keys import phone_prefilter
 
 
 @pytest.mark.parametrize(
