@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import unicodedata
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import asyncpg
 import pytest
@@ -40,6 +41,23 @@ def erase(system: str) -> EraseSubject:
 async def count(pool: asyncpg.Pool, sql: str, *args: object) -> int:
     value = await pool.fetchval(sql, *args)
     return int(value)
+
+
+@asynccontextmanager
+async def mailing_list(fresh_db: str, fields: dict[str, str]) -> AsyncIterator[MailingAdapter]:
+    """A mailing store whose one list has these subscribers (id: the e-mail field as stored)."""
+    adapter = MailingAdapter(fresh_db, suppression_key="test-key")
+    await adapter.start()
+    try:
+        await adapter.pool.execute("INSERT INTO lists VALUES ('news', 'News', 'marketing')")
+        await adapter.pool.executemany(
+            "INSERT INTO subscribers (subscriber_id, list_id, email, subscribed_at)"
+            " VALUES ($1, 'news', $2, now())",
+            list(fields.items()),
+        )
+        yield adapter
+    finally:
+        await adapter.close()
 
 
 async def test_billing_erases_both_of_alices_accounts_and_keeps_bens(
@@ -312,22 +330,14 @@ async def test_every_address_of_a_subscriber_field_is_searched_and_a_decomposed_
     a comment, an accent stored decomposed. Only a field's first address (a display form's
     last) had a key, and the decomposed `é` left an `e` the request's key has not: Ben's
     subscriptions and José's were never found. Now each is, and the lists go to a person."""
-    adapter = MailingAdapter(fresh_db, suppression_key="test-key")
-    await adapter.start()
-    try:
-        await adapter.pool.execute("INSERT INTO lists VALUES ('news', 'News', 'marketing')")
-        fields = {
-            "S-1": "alice.hartley@example.co.uk,ben.hartley@example.co.uk",
-            "S-2": "alice.hartley@example.co.uk, Ben.Hartley@example.co.uk",
-            "S-3": "Ben Hartley <ben.hartley@example.co.uk> (home)",
-            "S-4": unicodedata.normalize("NFD", "José.García@example.es"),
-            "S-5": "benjamin.hartley@example.co.uk",  # someone else's
-        }
-        await adapter.pool.executemany(
-            "INSERT INTO subscribers (subscriber_id, list_id, email, subscribed_at)"
-            " VALUES ($1, 'news', $2, now())",
-            list(fields.items()),
-        )
+    fields = {
+        "S-1": "alice.hartley@example.co.uk,ben.hartley@example.co.uk",
+        "S-2": "alice.hartley@example.co.uk, Ben.Hartley@example.co.uk",
+        "S-3": "Ben Hartley <ben.hartley@example.co.uk> (home)",
+        "S-4": unicodedata.normalize("NFD", "José.García@example.es"),
+        "S-5": "benjamin.hartley@example.co.uk",  # someone else's
+    }
+    async with mailing_list(fresh_db, fields) as adapter:
         ben = Identities(emails=["ben.hartley@example.co.uk"])
         outcome = await execute(erase("mailing"), ben, adapter, ActOnEverything(), utc_clock)
         subscribers = {c.category: c for c in outcome.categories}["subscribers"]
@@ -338,37 +348,25 @@ async def test_every_address_of_a_subscriber_field_is_searched_and_a_decomposed_
         assert {c.category: c.erased for c in outcome.categories}["subscribers"] == 1
         left = {r["subscriber_id"] for r in await adapter.pool.fetch("SELECT subscriber_id FROM subscribers")}
         assert left == {"S-1", "S-2", "S-5"}
-    finally:
-        await adapter.close()
 
 
 async def test_a_list_with_another_spelling_of_the_subjects_mailbox_goes_to_a_person(fresh_db: str) -> None:
     """Alice's Gmail address as mail clients write it (with a space after `mailto:`, in
     Exchange's form), and in lists beside Ben's under other spellings of her mailbox: found
     alone, those spellings go to a person, and so they do in a list (they had been dropped)."""
-    adapter = MailingAdapter(fresh_db, suppression_key="k")
-    await adapter.start()
-    try:
-        await adapter.pool.execute("INSERT INTO lists VALUES ('news', 'News', 'marketing')")
-        fields = {
-            "S-1": "mailto: alice.hartley@gmail.com",
-            "S-2": '"Hartley, Alice (alice.hartley@gmail.com)" <alice.hartley@gmail.com>',
-            "S-3": "Ben Hartley <ben@example.co.uk>, Alice Hartley <a.lice.hartley@googlemail.com>",
-            "S-4": "Ben Hartley <ben@example.co.uk>, Alice Hartley <alice.hartley+news@gmail.com>",
-        }
-        await adapter.pool.executemany(
-            "INSERT INTO subscribers (subscriber_id, list_id, email, subscribed_at)"
-            " VALUES ($1, 'news', $2, now())",
-            list(fields.items()),
-        )
+    fields = {
+        "S-1": "mailto: alice.hartley@gmail.com",
+        "S-2": '"Hartley, Alice (alice.hartley@gmail.com)" <alice.hartley@gmail.com>',
+        "S-3": "Ben Hartley <ben@example.co.uk>, Alice Hartley <a.lice.hartley@googlemail.com>",
+        "S-4": "Ben Hartley <ben@example.co.uk>, Alice Hartley <alice.hartley+news@gmail.com>",
+    }
+    async with mailing_list(fresh_db, fields) as adapter:
         alice = Identities(emails=["alice.hartley@gmail.com"])
         outcome = await execute(erase("mailing"), alice, adapter, ActOnEverything(), utc_clock)
         subscribers = {c.category: c for c in outcome.categories}["subscribers"]
         assert (subscribers.erased, subscribers.in_review) == (2, 2)
         left = {r["subscriber_id"] for r in await adapter.pool.fetch("SELECT subscriber_id FROM subscribers")}
         assert left == {"S-3", "S-4"}
-    finally:
-        await adapter.close()
 
 
 async def test_a_reviewers_yes_on_a_restriction_restricts_and_erases_nothing(fresh_db: str) -> None:
@@ -445,16 +443,8 @@ async def test_a_reviewers_yes_on_a_subscriber_with_two_addresses_erases_and_sup
     """The list holds Alice under `alice.hartley@example.co.uk; a.hartley@work.example`: no one
     address, so a person decides. Their yes erased nothing: the suppression entry could not be
     made of the field, and the command failed at every try."""
-    adapter = MailingAdapter(fresh_db, suppression_key="test-key")
-    await adapter.start()
-    try:
-        await adapter.pool.execute("INSERT INTO lists VALUES ('news', 'News', 'marketing')")
-        field = "alice.hartley@example.co.uk; a.hartley@work.example"
-        await adapter.pool.execute(
-            "INSERT INTO subscribers (subscriber_id, list_id, email, subscribed_at)"
-            " VALUES ('S-1', 'news', $1, now())",
-            field,
-        )
+    field = "alice.hartley@example.co.uk; a.hartley@work.example"
+    async with mailing_list(fresh_db, {"S-1": field}) as adapter:
         alice = Identities(emails=["alice.hartley@example.co.uk"])
         outcome = await execute(erase("mailing"), alice, adapter, ActOnEverything(), utc_clock)
         [review] = outcome.reviews
@@ -468,5 +458,3 @@ async def test_a_reviewers_yes_on_a_subscriber_with_two_addresses_erases_and_sup
             address_hash("test-key", "alice.hartley@example.co.uk"),
             address_hash("test-key", "a.hartley@work.example"),
         }
-    finally:
-        await adapter.close()
