@@ -27,8 +27,8 @@ _MAILTO = re.compile(r"^\s*mailto:", re.IGNORECASE)
 # list of addresses or not an address.
 _SPECIALS = re.compile(r'[@,;:<>()\[\]\\"]')
 # What reads as an address in a text that holds several (a display name, a list): the run of
-# characters around an `@` up to a space or a mark no unquoted address holds.
-_ADDRESS_TOKEN = re.compile(r"[^\s<>()\[\],;:]+@[^\s<>()\[\],;:]+")
+# characters around an `@` up to a space or a mark that separates addresses in a list.
+_ADDRESS_TOKEN = re.compile(r"[^\s<>()\[\],;:/|]+@[^\s<>()\[\],;:/|]+")
 # Full-width ASCII (U+FF01-U+FF5E) as ASCII.
 FULLWIDTH = {0xFF01 + n: 0x21 + n for n in range(94)}
 # A comment after the address (RFC 5322): `alice@example.com (work)`, and the old form of a

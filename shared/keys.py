@@ -45,41 +45,56 @@ _UNICODE_DIGITS = "".join(_DIGITS)
 _AS_ASCII = "".join(str(unicodedata.digit(c)) for c in _DIGITS)
 
 
+def email_prefilter_sql(column: str) -> str:
+    """The same key computed by PostgreSQL from the address as typed (of a field read as one
+    address: EMAIL_KEYS has it among the keys of each address in the field)."""
+    inner = rf"coalesce(substring({column} from '<([^<>]*)>[{_SQL_SPACES};,]*$'), {column})"
+    bare = rf"regexp_replace({inner}, '^{_SQL_SPACE}*(mailto:)?{_SQL_SPACE}*', '', 'i')"
+    local = rf"split_part(split_part({bare}, '@', 1), '+', 1)"
+    return f"regexp_replace(lower({local}), '[^a-z0-9]', '', 'g')"
+
+
 # A field's e-mail keys, computed by PostgreSQL from the field as typed (a function named by a
 # digest of its body, as PHONE_KEYS is): the key of the field read as one address
 # (`email_prefilter_sql`: its last display form, else all of it), and the key of the name
 # before each `@` in it, back to the space or mark before that name, so that every address of
-# a list is found (`Alice <alice@x>, Ben <ben@x>`, `alice@x,ben@x`: only the first or the last
-# had been), and one in a display form with a comment after it. The field is read first as
-# `normalise_email` reads it: invisible marks dropped (a soft hyphen in a name had cut it),
-# full-width characters as ASCII, composed (NFC, in a UTF-8 database): the key keeps ASCII
-# letters only, and a decomposed `é` left an `e` that a composed one, as a request gives it,
-# does not. The first and last 16 names of a field, each key at most 64 characters (a name
+# a list is found (`Alice <alice@x>, Ben <ben@x>`, `alice@x,ben@x`, `ben@x/alice@x`: only the
+# first or the last had been), and one in a display form with a comment after it. The field is
+# read as `normalise_email` reads an address: invisible marks dropped (a soft hyphen in a name
+# had cut it), full-width characters as ASCII, and each name composed (NFC, in a UTF-8
+# database; the whole field composed would join a mark to the `<` before a name): the key keeps
+# ASCII letters only, and a decomposed `é` left an `e` that a composed one, as a request gives
+# it, does not. The first and last 50 names of a field, each key at most 64 characters (a name
 # has no more): a hostile field of thousands of `@` is not a write that takes seconds, nor a
 # key past what an index row holds.
 _SQL_FULLWIDTH = "".join(chr(c) for c in FULLWIDTH).replace("'", "''")
 _SQL_HALFWIDTH = "".join(chr(c) for c in FULLWIDTH.values()).replace("'", "''")
-_EMAIL_NAME_START = f'^.*[{_SQL_BLANKS}<>,;:()\\[\\]"]'
+_EMAIL_NAME_START = f'^.*[{_SQL_BLANKS}<>,;:()\\[\\]"/|]'
+_EMAIL_NAMES = 50
 _EMAIL_KEYS_BODY = f"""DECLARE
     keys text[];
     parts text[];
     n integer;
     name text;
+    whole text;
+    composing boolean := false;
 BEGIN
     IF field ~ '[^\x01-\x7f]' THEN
         field := translate(regexp_replace(field, '[{_SQL_INVISIBLE}]', '', 'g'),
             '{_SQL_FULLWIDTH}', '{_SQL_HALFWIDTH}');
-        IF current_setting('server_encoding') = 'UTF8' THEN
-            field := normalize(field, NFC);
-        END IF;
+        composing := current_setting('server_encoding') = 'UTF8';
     END IF;
-    keys := ARRAY[left({{whole}}, 64)];
+    whole := CASE WHEN composing THEN normalize(field, NFC) ELSE field END;
+    keys := ARRAY[left({email_prefilter_sql("whole")}, 64)];
     parts := string_to_array(field, '@');
     n := coalesce(array_length(parts, 1), 1) - 1;
     FOR i IN 1 .. n
     LOOP
-        CONTINUE WHEN i > 16 AND i <= n - 16;
+        CONTINUE WHEN i > {_EMAIL_NAMES} AND i <= n - {_EMAIL_NAMES};
         name := regexp_replace(rtrim(parts[i], '"'''), '{_EMAIL_NAME_START}', '');
+        IF composing THEN
+            name := normalize(name, NFC);
+        END IF;
         name := regexp_replace(lower(split_part(name, '+', 1)), '[^a-z0-9]', '', 'g');
         keys := array_append(keys, left(name, 64));
     END LOOP;
@@ -197,17 +212,7 @@ def _drop_stale(name: str, table: str, keep: str) -> str:
     LOOP EXECUTE format('DROP INDEX IF EXISTS %I', stale); END LOOP; END $$"""
 
 
-def email_prefilter_sql(column: str) -> str:
-    """The same key computed by PostgreSQL from the address as typed (of a field read as one
-    address: EMAIL_KEYS has it among the keys of each address in the field)."""
-    inner = rf"coalesce(substring({column} from '<([^<>]*)>[{_SQL_SPACES};,]*$'), {column})"
-    bare = rf"regexp_replace({inner}, '^{_SQL_SPACE}*(mailto:)?{_SQL_SPACE}*', '', 'i')"
-    local = rf"split_part(split_part({bare}, '@', 1), '+', 1)"
-    return f"regexp_replace(lower({local}), '[^a-z0-9]', '', 'g')"
-
-
-_EMAIL_BODY = _EMAIL_KEYS_BODY.replace("{whole}", email_prefilter_sql("field"))
-EMAIL_KEYS = f"lethe_email_keys_{hashlib.sha256(_EMAIL_BODY.encode()).hexdigest()[:8]}"
+EMAIL_KEYS = f"lethe_email_keys_{hashlib.sha256(_EMAIL_KEYS_BODY.encode()).hexdigest()[:8]}"
 
 
 def email_match_sql(column: str, keys: str) -> str:
@@ -219,6 +224,6 @@ def email_key_index(name: str, table: str, column: str) -> tuple[str, ...]:
     """DDL of the function and the GIN index of a column's e-mail keys, replacing the index of
     an earlier expression (a B-tree of the field's one key before issue 17's fifteenth part)."""
     return (
-        _function_ddl(EMAIL_KEYS, _EMAIL_BODY),
+        _function_ddl(EMAIL_KEYS, _EMAIL_KEYS_BODY),
         *_key_index(name, table, f"{EMAIL_KEYS}({column})", gin=True),
     )

@@ -22,7 +22,8 @@ def subject_filter(ids: Identities) -> str | None:
     for email in ids.emails:
         local, _, domain = mailbox(email).rpartition("@")
         terms.append(f"(mail={escape_filter_chars(email)})")
-        terms += _written_around(email)
+        name, _, host = email.rpartition("@")
+        terms += _written_around(escape_filter_chars(name), escape_filter_chars(host))
         if domain != "gmail.com":  # the mailbox, and its other sub-addresses
             terms.append(f"(mail={escape_filter_chars(local)}+*@{escape_filter_chars(domain)})")
             if f"{local}@{domain}" != email:
@@ -33,8 +34,7 @@ def subject_filter(ids: Identities) -> str | None:
         # directory, past its size limit: a short name in each of its spellings, a long one
         # with anything between its letters; as given too, alone or with a tag, under each
         # domain (a.lice@googlemail.com, al.ice+news@gmail.com, a.l.i.c.e@gmail.com).
-        as_given = email.rpartition("@")[0].split("+", 1)[0]
-        given = escape_filter_chars(as_given)
+        given = escape_filter_chars(email.rpartition("@")[0].split("+", 1)[0])
         if len(local) >= SPREAD_MIN:
             names = {given, escape_filter_chars(local), "*".join(escape_filter_chars(c) for c in local)}
         else:
@@ -42,8 +42,12 @@ def subject_filter(ids: Identities) -> str | None:
         for name in sorted(names):
             for host in ("gmail.com", "googlemail.com"):
                 terms += [f"(mail={name}@{host})", f"(mail={name}+*@{host})"]
-        for host in ("gmail.com", "googlemail.com"):  # written around: as given, and without dots
-            terms += [t for name in sorted({as_given, local}) for t in _written_around(f"{name}@{host}")]
+        # Written around: as given, without dots, and (a long name) with dots anywhere.
+        around = {given, escape_filter_chars(local)}
+        if len(local) >= SPREAD_MIN:
+            around.add("*".join(escape_filter_chars(c) for c in local))
+        for host in ("gmail.com", "googlemail.com"):
+            terms += [t for name in sorted(around) for t in _written_around(name, host)]
     for attribute in ("telephoneNumber", "mobile"):
         terms += [f"({attribute}={v})" for v in _number_values(ids.phones)]
     if not terms:
@@ -51,23 +55,18 @@ def subject_filter(ids: Identities) -> str | None:
     return f"(&(objectClass=inetOrgPerson)(|{''.join(dict.fromkeys(terms))}))"
 
 
-def _written_around(email: str) -> list[str]:
-    """Terms for the address with something written around it, as the normalisation reads it
+def _written_around(name: str, domain: str) -> list[str]:
+    """Terms for an address with something written around it, as the normalisation reads it
     (shared/identity.py): a display form (`Alice Hartley <alice@x>`), `mailto:`, a comment or
-    a trailing dot after it, a list it is in, quotes around its name. Each is anchored at a
-    mark before the address or at the value's start where the name is short: `*al@x*` would
-    find every `…al@x` too, up to a large directory's size limit; a name of SPREAD_MIN letters
-    or more, which few others end with, is one term, `*alice.hartley@x*`."""
-    value = escape_filter_chars(email)
-    local, _, domain = email.rpartition("@")
-    quoted = f'"{escape_filter_chars(local)}"@{escape_filter_chars(domain)}*'
-    if len(local) >= SPREAD_MIN:  # few names end so: one term (ten cost slapd a third more CPU)
-        return [f"(mail=*{value}*)", f"(mail={quoted})"]
-    around = [f"{value}*", f"*<{value}>*"]
-    # After a list's mark or `mailto:`, with or without a space (slapd drops a term's leading
-    # space: `* alice@x*` is `*alice@x*`, which found every `…alice@x` up to the size limit).
-    around += [f"*{mark}{space}{value}*" for mark in ",;:" for space in ("", " ")]
-    return [f"(mail={term})" for term in (*around, quoted)]
+    a trailing dot after it, a list it is in (after `,`, `;` or `/`), quotes around its name.
+    `name` and `domain` are filter text (escaped; a Gmail name's `*` between its letters). Each
+    term is anchored at a mark before the address or at the value's start: `*taylor@x*` would
+    find every `p.taylor@x` too, past a directory's size limit, and so would a term with a
+    space before the address, which slapd drops."""
+    value = f"{name}@{domain}"
+    around = [f"{value}*", f"*<{value}>*", f'"{name}"@{domain}*']
+    around += [f"*{mark}{space}{value}*" for mark in ",;:/" for space in ("", " ")]
+    return [f"(mail={term})" for term in around]
 
 
 def dotted(name: str) -> list[str]:

@@ -216,7 +216,11 @@ async def test_the_directory_finds_a_number_and_a_mailbox_however_they_are_writt
         }
         strangers = {"m-alicia": "a.licia@gmail.com", "m-malice": "m.alice@gmail.com"}
         mails["m-display"] = "Alice <alice@googlemail.com>"
-        long_name = {"m-long-dotted": "alice.hart.ley@gmail.com"}  # for alicehartley@: dots anywhere
+        long_name = {  # for alicehartley@: dots anywhere, written around too
+            "m-long-dotted": "alice.hart.ley@gmail.com",
+            "m-long-mailto": "mailto:alice.hartley@gmail.com",
+            "m-long-display": "Alice Hartley <alice.hart.ley@googlemail.com>",
+        }
         await directory_seed.write(
             adapter.directory,
             [DirectoryEntrySeed(uid=u, cn=u, sn=u, mobile=n) for u, n in numbers.items()]
@@ -284,6 +288,7 @@ async def test_the_directory_finds_an_address_with_something_written_around_it(
         jo_listed = {
             "j-list": "x@finch.example, jo@finch.example",
             "j-list2": "x@finch.example;jo@finch.example",
+            "j-list3": "x@finch.example/jo@finch.example",
         }
         await directory_seed.write(
             adapter.directory,
@@ -299,25 +304,27 @@ async def test_the_directory_finds_an_address_with_something_written_around_it(
         await adapter.close()
 
 
-async def test_a_short_address_is_not_searched_as_the_end_of_every_longer_one(
+async def test_an_address_is_not_searched_as_the_end_of_every_longer_one(
     fresh_db: str, slapd: LdapSettings
 ) -> None:
-    """Six hundred entries end in `a@size.example`, past a directory's usual size limit of
-    500: a term that reads as `*a@size.example*` (a leading space, which slapd drops) found
-    them all, and the search failed at that limit, and with it the erasure."""
+    """Six hundred entries end in `taylor@size.example` (first.last, as a company writes them),
+    past a directory's usual size limit of 500: a term `*taylor@size.example*`, or one that
+    slapd reads so (a leading space, which it drops), found them all for a Taylor, and a short
+    one (`*r@size.example*`) for an R, and the search failed at that limit, and the erasure."""
     adapter = DirectoryAdapter(fresh_db, slapd)
     await adapter.start()
     try:
         await directory_seed.write(
             adapter.directory,
             [
-                DirectoryEntrySeed(uid=f"s-{n}", cn="s", sn="s", mail=f"user{n}a@size.example")
+                DirectoryEntrySeed(uid=f"s-{n}", cn="s", sn="s", mail=f"p{n}.taylor@size.example")
                 for n in range(600)
             ],
         )
-        query = subject_filter(Identities(emails=["a@size.example"]))
-        assert query is not None
-        assert adapter.directory.search_all(query) == []  # what LDAP returns, before Python reads it
+        for address in ("taylor@size.example", "r@size.example"):
+            query = subject_filter(Identities(emails=[address]))
+            assert query is not None
+            assert adapter.directory.search_all(query) == [], address  # what LDAP returns
     finally:
         await adapter.close()
 

@@ -112,9 +112,14 @@ def test_a_hold_written_in_a_value_that_cannot_be_read_covers_the_record_its_sea
     covered = hold_cover.covered_by_search([on_first, on_second, elsewhere], [contact])
     assert covered == {contact.key: [on_first, on_second]}
     # Another spelling of a held mailbox in a list, as the hold's search finds it alone.
-    listed = contact.model_copy(update={"unread_texts": ("ben@example.com, a.lice@googlemail.com",)})
     on_alice = hold("H4", emails=["alice@gmail.com"])
-    assert hold_cover.written_on(listed, [on_first, on_alice]) == [on_alice]
+    for field in (
+        "ben@example.com, a.lice@googlemail.com",
+        "ben@y.org/a.lice@gmail.com",
+        "ben@y.org|alice@gmail.com",
+    ):
+        listed = contact.model_copy(update={"unread_texts": (field,)})
+        assert hold_cover.written_on(listed, [on_first, on_alice]) == [on_alice], field
     assert hold_cover.written_on(contact.model_copy(update={"unread_texts": ()}), [on_first]) == []
 
 
