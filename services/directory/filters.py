@@ -24,35 +24,39 @@ def subject_filter(ids: Identities) -> str | None:
         terms.append(f"(mail={escape_filter_chars(email)})")
         name, _, host = email.rpartition("@")
         terms += _written_around(escape_filter_chars(name), escape_filter_chars(host))
-        if domain != "gmail.com":  # the mailbox, and its other sub-addresses
-            terms.append(f"(mail={escape_filter_chars(local)}+*@{escape_filter_chars(domain)})")
-            if f"{local}@{domain}" != email:
-                terms.append(f"(mail={escape_filter_chars(f'{local}@{domain}')})")
+        if domain == "gmail.com":
+            terms += _gmail_terms(email, local)
             continue
-        # Gmail ignores dots and answers under either domain. LDAP cannot ignore the dots, and
-        # a filter with anything between the letters of a short name matched half of a large
-        # directory, past its size limit: a short name in each of its spellings, a long one
-        # with anything between its letters; as given too, alone or with a tag, under each
-        # domain (a.lice@googlemail.com, al.ice+news@gmail.com, a.l.i.c.e@gmail.com).
-        given = escape_filter_chars(email.rpartition("@")[0].split("+", 1)[0])
-        if len(local) >= SPREAD_MIN:
-            names = {given, escape_filter_chars(local), "*".join(escape_filter_chars(c) for c in local)}
-        else:
-            names = {given, *(escape_filter_chars(n) for n in dotted(local))}
-        for name in sorted(names):
-            for host in ("gmail.com", "googlemail.com"):
-                terms += [f"(mail={name}@{host})", f"(mail={name}+*@{host})"]
-        # Written around: as given, without dots, and (a long name) with dots anywhere.
-        around = {given, escape_filter_chars(local)}
-        if len(local) >= SPREAD_MIN:
-            around.add("*".join(escape_filter_chars(c) for c in local))
-        for host in ("gmail.com", "googlemail.com"):
-            terms += [t for name in sorted(around) for t in _written_around(name, host)]
+        # The mailbox, and its other sub-addresses.
+        terms.append(f"(mail={escape_filter_chars(local)}+*@{escape_filter_chars(domain)})")
+        if f"{local}@{domain}" != email:
+            terms.append(f"(mail={escape_filter_chars(f'{local}@{domain}')})")
     for attribute in ("telephoneNumber", "mobile"):
         terms += [f"({attribute}={v})" for v in _number_values(ids.phones)]
     if not terms:
         return None
     return f"(&(objectClass=inetOrgPerson)(|{''.join(dict.fromkeys(terms))}))"
+
+
+def _gmail_terms(email: str, name: str) -> list[str]:
+    """Gmail ignores dots and answers under either domain. LDAP cannot ignore the dots, and a
+    filter with anything between the letters of a short name matched half of a large
+    directory, past its size limit: a short name in each of its spellings, a long one with
+    anything between its letters; as given too, alone or with a tag, under each domain
+    (a.lice@googlemail.com, al.ice+news@gmail.com, a.l.i.c.e@gmail.com); and written around as
+    given, without dots and (a long one) with dots anywhere. `name`: the mailbox's."""
+    given = escape_filter_chars(email.rpartition("@")[0].split("+", 1)[0])
+    plain = escape_filter_chars(name)
+    if len(name) >= SPREAD_MIN:
+        spread = "*".join(escape_filter_chars(c) for c in name)
+        spellings, around = {given, plain, spread}, {given, plain, spread}
+    else:
+        spellings, around = {given, *(escape_filter_chars(n) for n in dotted(name))}, {given, plain}
+    terms = []
+    for host in ("gmail.com", "googlemail.com"):
+        terms += [t for n in sorted(spellings) for t in (f"(mail={n}@{host})", f"(mail={n}+*@{host})")]
+        terms += [t for n in sorted(around) for t in _written_around(n, host)]
+    return terms
 
 
 def _written_around(name: str, domain: str) -> list[str]:
