@@ -58,8 +58,10 @@ def email_prefilter_sql(column: str) -> str:
 # digest of its body, as PHONE_KEYS is): the key of the field read as one address
 # (`email_prefilter_sql`: its last display form, else all of it), and the key of the name
 # before each `@` in it, back to the space or mark before that name, so that every address of
-# a list is found (`Alice <alice@x>, Ben <ben@x>`, `alice@x,ben@x`, `ben@x/alice@x`: only the
-# first or the last had been), and one in a display form with a comment after it. The field is
+# a list is found (`Alice <alice@x>, Ben <ben@x>`, `alice@x,ben@x`: only the first or the last
+# had been), and one in a display form with a comment after it; a name with a `/` or `|` in
+# it, which may join a list or be part of the name (`ben@x/alice@x`, `ben/sales@x`), has the
+# keys of both readings. The field is
 # read as `normalise_email` reads an address: invisible marks dropped (a soft hyphen in a name
 # had cut it), full-width characters as ASCII, and each name composed (NFC, in a UTF-8
 # database; the whole field composed would join a mark to the `<` before a name): the key keeps
@@ -69,13 +71,14 @@ def email_prefilter_sql(column: str) -> str:
 # key past what an index row holds.
 _SQL_FULLWIDTH = "".join(chr(c) for c in FULLWIDTH).replace("'", "''")
 _SQL_HALFWIDTH = "".join(chr(c) for c in FULLWIDTH.values()).replace("'", "''")
-_EMAIL_NAME_START = f'^.*[{_SQL_BLANKS}<>,;:()\\[\\]"/|]'
+_EMAIL_NAME_START = f'^.*[{_SQL_BLANKS}<>,;:()\\[\\]"]'
 _EMAIL_NAMES = 50
 _EMAIL_KEYS_BODY = f"""DECLARE
     keys text[];
     parts text[];
     n integer;
     name text;
+    names text[];
     whole text;
     composing boolean := false;
 BEGIN
@@ -92,11 +95,18 @@ BEGIN
     LOOP
         CONTINUE WHEN i > {_EMAIL_NAMES} AND i <= n - {_EMAIL_NAMES};
         name := regexp_replace(rtrim(parts[i], '"'''), '{_EMAIL_NAME_START}', '');
-        IF composing THEN
-            name := normalize(name, NFC);
+        names := ARRAY[name];
+        IF name ~ '[/|]' THEN  -- a list's mark, or a character of the name (`ben/sales@`)
+            names := names || regexp_replace(name, '^.*[/|]', '');
         END IF;
-        name := regexp_replace(lower(split_part(name, '+', 1)), '[^a-z0-9]', '', 'g');
-        keys := array_append(keys, left(name, 64));
+        FOREACH name IN ARRAY names
+        LOOP
+            IF composing THEN
+                name := normalize(name, NFC);
+            END IF;
+            name := regexp_replace(lower(split_part(name, '+', 1)), '[^a-z0-9]', '', 'g');
+            keys := array_append(keys, left(name, 64));
+        END LOOP;
     END LOOP;
     RETURN keys;
 END"""

@@ -242,6 +242,16 @@ def test_an_apostrophe_in_a_name_is_part_of_it(conn: asyncpg.Connection, field: 
     assert email_prefilter("sean.o'brien@example.ie") in keys, keys
 
 
+@pytest.mark.parametrize(
+    "field", ["x@example.org, ben/sales@example.org", "Ben <\u0338ben/sales@example.org> (x)"]
+)
+def test_a_slash_in_a_name_may_be_part_of_it(conn: asyncpg.Connection, field: str) -> None:
+    """`/` and `|` may join a list's addresses or be part of one's name: a field has the keys
+    of both readings (a mark joined to the `<` before the name, the whole field's key missed)."""
+    keys = LOOP.run_until_complete(conn.fetchval(f"SELECT {EMAIL_KEYS}($1)", field))
+    assert email_prefilter(normalise_email("ben/sales@example.org")) in keys, keys
+
+
 def test_a_field_of_thousands_of_names_has_a_bounded_number_of_keys_none_past_an_index_row(
     conn: asyncpg.Connection,
 ) -> None:
