@@ -8,9 +8,11 @@ to drift.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import unicodedata
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Annotated, Literal
 
 import idna
@@ -72,17 +74,16 @@ def normalise_email(raw: str) -> str:
     text = _printable(raw, "an e-mail address").translate(FULLWIDTH).strip().rstrip(";,").strip()
     text = _COMMENT.sub("", text).rstrip(";,").strip()  # also after a display form: EMAIL_KEYS
     text = _MAILTO.sub("", text)
+    named = ""
     if match := _DISPLAY_FORM.search(text):
-        named = text[: match.start()]
-        text = match.group(1)
-        # A name with another address in it is a list (`Alice <a@x>, Ben <b@x>`); the address
-        # itself in it is how mail clients write it (`alice@x <alice@x>`, Exchange's `"Hartley,
-        # Alice (alice@x)" <alice@x>`). Read as its last address, Ben's request had erased
-        # Alice's account as certainly his.
-        address = _MAILTO.sub("", text.strip()).strip().casefold()
-        if any(a.strip("\"'").casefold() != address for a in _ADDRESS_TOKEN.findall(named)):
-            raise ValueError("not an e-mail address: several addresses")
+        named, text = text[: match.start()], match.group(1)
     text = _MAILTO.sub("", text.strip()).strip()
+    # A name with another address in it is a list (`Alice <a@x>, Ben <b@x>`); the address itself
+    # in it is how mail clients write it (`alice@x <alice@x>`, Exchange's `"Hartley, Alice
+    # (alice@x)" <alice@x>`). Read as its last address, Ben's request had erased Alice's
+    # account as certainly his.
+    if any(a.strip("\"'").casefold() != text.casefold() for a in _ADDRESS_TOKEN.findall(named)):
+        raise ValueError("not an e-mail address: several addresses")
     local, at, domain = text.rpartition("@")
     if quoted := _QUOTED_ATOM.match(local):
         local = quoted.group(1)
@@ -222,41 +223,59 @@ def mask(kind: str, value: str) -> str:
     return value[:head] + "•" * (len(value) - head - tail) + value[-tail:]
 
 
+def addresses_in(text: str) -> list[str]:
+    """The addresses that can be read in a text that holds several (a list, display forms), each
+    normalised: the runs of characters around an `@` up to a space or a list's mark."""
+    found = []
+    for token in _ADDRESS_TOKEN.findall(text.translate(FULLWIDTH)):
+        with contextlib.suppress(ValueError):
+            found.append(normalise_email(token))
+    return found
+
+
+@dataclass(frozen=True)
+class Written:
+    """Texts as a store holds them (unread: two numbers in one field, an address among others),
+    read once for whichever identifiers are asked of them (a record's texts for each hold)."""
+
+    folded: tuple[str, ...]  # case and spaces aside
+    digits: tuple[str, ...]  # each text's digits, full-width ones read as digits
+    mailboxes: frozenset[str]  # of the addresses that can be read in them
+
+    @classmethod
+    def of(cls, texts: Iterable[str]) -> Written:
+        texts = tuple(texts)
+        return cls(
+            tuple("".join(t.casefold().split()) for t in texts),
+            tuple("".join(str(unicodedata.digit(c)) for c in t if c.isdigit()) for t in texts),
+            frozenset(mailbox(a) for t in texts for a in addresses_in(t)),
+        )
+
+    def names(self, identities: Identities) -> bool:
+        """Whether one of the identifiers is written in them: a number's national digits among a
+        text's digits, an address or a customer id among its characters (`C- 1002`, which the
+        store's key found), or another spelling of an address's mailbox (`Ben <ben@x>, Alice
+        <a.lice+news@gmail.com>`, as a hold on it or a search for it finds that alone). What only
+        shares a store's coarse key with it (the last digits of another number) is not."""
+        numbers = [n for phone in identities.phones if len(n := national_digits(phone)) >= 6]
+        if any(n in digits for n in numbers for digits in self.digits):
+            return True
+        ids = [c.casefold() for c in identities.customer_ids]
+        if any(c in folded for c in ids for folded in self.folded):
+            return True
+        # An address alone, not the end of a longer one's name nor the start of a longer domain
+        # (malice@, alice@gmail.com.evil.org).
+        addresses = [
+            re.compile(rf"(?<![\w.+%'-]){re.escape(e.casefold())}(?![\w-]|\.\w)") for e in identities.emails
+        ]
+        if any(a.search(folded) for a in addresses for folded in self.folded):
+            return True
+        return any(mailbox(e) in self.mailboxes for e in identities.emails)
+
+
 def written_in(texts: Iterable[str], identities: Identities) -> bool:
-    """Whether one of these texts, as a store holds them (unread: two numbers in one field, an
-    address among others), has one of the identifiers written in it: a number's national digits
-    among its digits (full-width ones read as digits), an address or a customer id among its
-    characters, case and spaces aside (`C- 1002`, which the store's key found), or another
-    spelling of an address's mailbox (`Ben <ben@x>, Alice <a.lice+news@gmail.com>`, as a hold
-    on it or a search for it finds that alone). What only shares a store's coarse key with the
-    subject's (the last digits of another number) has not."""
-    digits = [line_digits for phone in identities.phones if len(line_digits := national_digits(phone)) >= 6]
-    ids = [c.casefold() for c in identities.customer_ids]
-    # An address alone, not the end of a longer one's name nor the start of a longer domain
-    # (malice@, alice@gmail.com.evil.org).
-    addresses = [
-        re.compile(rf"(?<![\w.+%'-]){re.escape(e.casefold())}(?![\w-]|\.\w)") for e in identities.emails
-    ]
-    mailboxes = {mailbox(e) for e in identities.emails}
-    for text in texts:
-        folded = "".join(text.casefold().split())
-        only_digits = "".join(str(unicodedata.digit(c)) for c in text if c.isdigit())
-        if any(d in only_digits for d in digits) or any(c in folded for c in ids):
-            return True
-        if any(a.search(folded) for a in addresses):
-            return True
-        if mailboxes and any(
-            _mailbox_of(a) in mailboxes for a in _ADDRESS_TOKEN.findall(text.translate(FULLWIDTH))
-        ):
-            return True  # another spelling of the mailbox (a.lice@gmail.com, alice+news@)
-    return False
-
-
-def _mailbox_of(written: str) -> str | None:
-    try:
-        return mailbox(normalise_email(written))
-    except ValueError:
-        return None
+    """Whether one of the identifiers is written in one of these texts (`Written.names`)."""
+    return Written.of(texts).names(identities)
 
 
 def national_digits(phone: str) -> str:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
-import re
 from collections.abc import Sequence
 from typing import Self
 
@@ -15,7 +14,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.contracts.outcomes import Action
-from shared.identity import Identities, normalise_email
+from shared.identity import Identities, addresses_in, normalise_email
 from shared.keys import email_key_index, email_match_sql
 from shared.secrets import check_key
 from shared.settings import DatabaseSettings
@@ -91,11 +90,7 @@ def suppressed_hashes(key: str, field: str) -> list[str]:
     failed at every try.)"""
     with contextlib.suppress(ValueError):
         return [address_hash(key, field)]
-    readable = []
-    for part in re.split(r"[;,\s]+", field):
-        with contextlib.suppress(ValueError):
-            readable.append(address_hash(key, part))
-    return list(dict.fromkeys(readable))
+    return list(dict.fromkeys(address_hash(key, address) for address in addresses_in(field)))
 
 
 class AddressSuppressed(Exception):

@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 
-from shared.identity import KINDS, Identities, Kind, line, mailbox, written_in
+from shared.identity import KINDS, Identities, Kind, Written, line, mailbox
 from shared.worker.holds import ActiveHold
 from shared.worker.matching import match
 from shared.worker.ports import Record
@@ -87,7 +87,8 @@ def written_on(record: Record, holds: Sequence[ActiveHold]) -> list[ActiveHold]:
     the record, but no identifier read off the record matches it. A hold errs on keeping."""
     if not record.unread_texts:
         return []
-    return [hold for hold in holds if written_in(record.unread_texts, hold.identities)]
+    written = Written.of(record.unread_texts)  # read once for all the holds
+    return [hold for hold in holds if written.names(hold.identities)]
 
 
 def same_id(one: Identities, other: Identities) -> bool:
