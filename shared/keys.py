@@ -139,7 +139,10 @@ BEGIN
     END LOOP;
     RETURN keys;
 END"""
-PHONE_KEYS = f"lethe_phone_keys_{hashlib.sha256(_PHONE_KEYS_BODY.encode()).hexdigest()[:8]}"
+
+
+def _function_name(kind: str, body: str) -> str:
+    return f"lethe_{kind}_keys_{hashlib.sha256(body.encode()).hexdigest()[:8]}"
 
 
 # Made only where none of its name is (its name says its body): one an operator made beforehand
@@ -156,7 +159,10 @@ def _function_ddl(name: str, body: str) -> str:
 END $do$"""
 
 
+PHONE_KEYS = _function_name("phone", _PHONE_KEYS_BODY)
 PHONE_KEYS_DDL = _function_ddl(PHONE_KEYS, _PHONE_KEYS_BODY)
+EMAIL_KEYS = _function_name("email", _EMAIL_KEYS_BODY)
+EMAIL_KEYS_DDL = _function_ddl(EMAIL_KEYS, _EMAIL_KEYS_BODY)
 
 
 def phone_match_sql(column: str, keys: str) -> str:
@@ -173,6 +179,17 @@ def phone_key_index(name: str, table: str, column: str) -> tuple[str, ...]:
         *_key_index(name, table, f"{PHONE_KEYS}({column})", gin=True),
         _drop_stale(f"{name}_tail", table, keep=""),
     )
+
+
+def email_match_sql(column: str, keys: str) -> str:
+    """A column's field holds an address with one of these keys (`keys`: a parameter, text[])."""
+    return f"{EMAIL_KEYS}({column}) && {keys}"
+
+
+def email_key_index(name: str, table: str, column: str) -> tuple[str, ...]:
+    """DDL of the function and the GIN index of a column's e-mail keys, replacing the index of
+    an earlier expression (a B-tree of the field's one key before issue 17's fifteenth part)."""
+    return (EMAIL_KEYS_DDL, *_key_index(name, table, f"{EMAIL_KEYS}({column})", gin=True))
 
 
 def id_prefilter(customer_id: str) -> str:
@@ -220,20 +237,3 @@ def _drop_stale(name: str, table: str, keep: str) -> str:
         AND tablename = '{table}' AND indexname <> '{keep}'
         AND left(indexname, {len(name) + 1}) = '{name}_' AND length(indexname) = {len(name) + 9}
     LOOP EXECUTE format('DROP INDEX IF EXISTS %I', stale); END LOOP; END $$"""
-
-
-EMAIL_KEYS = f"lethe_email_keys_{hashlib.sha256(_EMAIL_KEYS_BODY.encode()).hexdigest()[:8]}"
-
-
-def email_match_sql(column: str, keys: str) -> str:
-    """A column's field holds an address with one of these keys (`keys`: a parameter, text[])."""
-    return f"{EMAIL_KEYS}({column}) && {keys}"
-
-
-def email_key_index(name: str, table: str, column: str) -> tuple[str, ...]:
-    """DDL of the function and the GIN index of a column's e-mail keys, replacing the index of
-    an earlier expression (a B-tree of the field's one key before issue 17's fifteenth part)."""
-    return (
-        _function_ddl(EMAIL_KEYS, _EMAIL_KEYS_BODY),
-        *_key_index(name, table, f"{EMAIL_KEYS}({column})", gin=True),
-    )

@@ -49,7 +49,7 @@ def _gmail_terms(email: str, name: str) -> list[str]:
     plain = escape_filter_chars(name)
     if len(name) >= SPREAD_MIN:
         spread = "*".join(escape_filter_chars(c) for c in name)
-        spellings, around = {given, plain, spread}, {given, plain, spread}
+        spellings = around = {given, plain, spread}
     else:
         spellings, around = {given, *(escape_filter_chars(n) for n in dotted(name))}, {given, plain}
     terms = []

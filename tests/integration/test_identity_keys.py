@@ -18,6 +18,7 @@ from shared.db import ensure_database
 from shared.identity import mailbox, normalise_email, normalise_id, normalise_phone
 from shared.keys import (
     EMAIL_KEYS,
+    EMAIL_KEYS_DDL,
     PHONE_KEYS,
     PHONE_KEYS_DDL,
     email_key_index,
@@ -38,7 +39,7 @@ def conn(pg_server: str) -> Iterator[asyncpg.Connection]:
     connection = LOOP.run_until_complete(asyncpg.connect(f"{pg_server}/postgres"))
     LOOP.run_until_complete(connection.execute("BEGIN"))  # the phone keys' function, never committed
     LOOP.run_until_complete(connection.execute(PHONE_KEYS_DDL))
-    LOOP.run_until_complete(connection.execute(email_key_index("t_email_key", "t", "v")[0]))
+    LOOP.run_until_complete(connection.execute(EMAIL_KEYS_DDL))
     yield connection
     LOOP.run_until_complete(connection.execute("ROLLBACK"))
     LOOP.run_until_complete(connection.close())
